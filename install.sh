@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# sandboxctl installer for Debian/Ubuntu. Idempotent: run it again to update.
+#
+#   ./install.sh            install packages, the guest kernel and the sandboxctl binary
+#   ./install.sh --run      the same, then start a server with a local agent (the quick start)
+#   ./install.sh --deps     only packages and the guest kernel
+#   ./install.sh --test     packages and kernel, then the whole test suite (cargo test)
+#
+# Environment: SANDBOXCTL_DATA_DIR (default /var/lib/sandboxctl), SANDBOXCTL_KERNEL_DIR
+# (default $SANDBOXCTL_DATA_DIR/kernel), PREFIX (default /usr/local).
+set -euo pipefail
+
+mode=install
+case "${1:-}" in
+  --run) mode=run ;;
+  --deps) mode=deps ;;
+  --test) mode=test ;;
+  "") ;;
+  -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+  *) echo "install.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
+esac
+
+DATA_DIR=${SANDBOXCTL_DATA_DIR:-/var/lib/sandboxctl}
+KERNEL_DIR=${SANDBOXCTL_KERNEL_DIR:-$DATA_DIR/kernel}
+PREFIX=${PREFIX:-/usr/local}
+here=$(cd "$(dirname "$0")" && pwd)
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || die "run as root or install sudo"
+  SUDO=sudo
+fi
+
+install_packages() {
+  local pkgs=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs ca-certificates)
+  local missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    say "packages already installed"
+    return
+  fi
+  say "installing packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/tmp/sandboxctl-apt.log 2>&1; then
+    # A newer qemu-utils (e.g. from backports) breaks the distribution's qemu-system-x86:
+    # pin qemu-utils to the same version as qemu-system-x86.
+    local ver
+    ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate/{print $2}')
+    say "retrying with qemu-utils=$ver to match qemu-system-x86"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades --no-install-recommends \
+      qemu-system-x86 "qemu-utils=$ver" busybox-static cpio e2fsprogs ca-certificates \
+      >/tmp/sandboxctl-apt.log 2>&1 || { tail -20 /tmp/sandboxctl-apt.log; die "apt-get install failed"; }
+  fi
+}
+
+install_kernel() {
+  if [ -f "$KERNEL_DIR/vmlinuz" ] && [ -d "$KERNEL_DIR/modules" ]; then
+    say "guest kernel present in $KERNEL_DIR ($(cat "$KERNEL_DIR/version" 2>/dev/null))"
+    return
+  fi
+  say "fetching the guest kernel (Debian cloud kernel) into $KERNEL_DIR"
+  local tmp meta real
+  tmp=$(mktemp -d)
+  chmod 777 "$tmp"
+  (cd "$tmp" && apt-get download linux-image-cloud-amd64 >/dev/null 2>&1) \
+    || { $SUDO apt-get update -qq; (cd "$tmp" && apt-get download linux-image-cloud-amd64 >/dev/null 2>&1); } \
+    || die "could not download linux-image-cloud-amd64"
+  meta=$(ls "$tmp"/linux-image-cloud-amd64_*.deb)
+  real=$(dpkg-deb -f "$meta" Depends | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*cloud-amd64' | head -1)
+  [ -n "$real" ] || die "cannot tell which kernel linux-image-cloud-amd64 depends on"
+  (cd "$tmp" && apt-get download "$real" >/dev/null 2>&1) || die "could not download $real"
+  mkdir -p "$tmp/x"
+  dpkg-deb -x "$tmp"/"$real"_*.deb "$tmp/x"
+  local ver=${real#linux-image-}
+  $SUDO mkdir -p "$KERNEL_DIR.new"
+  $SUDO cp "$tmp/x/boot/vmlinuz-$ver" "$KERNEL_DIR.new/vmlinuz"
+  $SUDO mkdir -p "$KERNEL_DIR.new/modules"
+  $SUDO cp -a "$tmp/x/lib/modules/$ver/kernel" "$KERNEL_DIR.new/modules/"
+  echo "$ver" | $SUDO tee "$KERNEL_DIR.new/version" >/dev/null
+  $SUDO rm -rf "$KERNEL_DIR"
+  $SUDO mv "$KERNEL_DIR.new" "$KERNEL_DIR"
+  rm -rf "$tmp"
+  say "guest kernel $ver installed"
+}
+
+install_binary() {
+  command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+  say "building sandboxctl (release; a few minutes on 2 cores)"
+  (cd "$here" && cargo build --release --locked)
+  $SUDO install -m 0755 "$here/target/release/sandboxctl" "$PREFIX/bin/sandboxctl"
+  say "installed $PREFIX/bin/sandboxctl"
+}
+
+install_packages
+install_kernel
+[ "$mode" = deps ] && exit 0
+if [ "$mode" = test ]; then
+  command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+  say "running the test suite (real server, agents and microVMs under QEMU)"
+  cd "$here"
+  exec env SANDBOXCTL_KERNEL_DIR="$KERNEL_DIR" cargo test --locked
+fi
+install_binary
+$SUDO mkdir -p "$DATA_DIR"
+if [ "$mode" = run ]; then
+  say "starting sandboxctl server with a local agent (Ctrl-C stops it)"
+  exec $SUDO env SANDBOXCTL_KERNEL_DIR="$KERNEL_DIR" "$PREFIX/bin/sandboxctl" server --local-agent --data-dir "$DATA_DIR"
+fi
+say "done. Start it with: sandboxctl server --local-agent --data-dir $DATA_DIR"

@@ -1,0 +1,123 @@
+//! What the server calls on an agent. Every route demands a token signed by the server's key
+//! (pinned at registration) with this host's id as audience; anything else gets 401.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::vm::{VmError, VmManager};
+use crate::proto::agent::{CreateVmRequest, VmInfo, VmListResponse};
+use crate::proto::api::{ErrorBody, ErrorDetail, ExecRequest, ExecResponse};
+use crate::server::api::extract::parse_json;
+use crate::server::auth::AgentCallVerifier;
+
+#[derive(Clone)]
+pub struct AgentState {
+    pub vms: Arc<VmManager>,
+    pub verifier: Arc<AgentCallVerifier>,
+}
+
+fn error(status: StatusCode, code: &str, message: String, field: Option<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message,
+                field,
+                sandbox_ids: None,
+            },
+        }),
+    )
+        .into_response()
+}
+
+pub struct AgentApiError(VmError);
+
+impl From<VmError> for AgentApiError {
+    fn from(e: VmError) -> Self {
+        AgentApiError(e)
+    }
+}
+
+impl IntoResponse for AgentApiError {
+    fn into_response(self) -> Response {
+        match self.0 {
+            VmError::NotFound(id) => error(StatusCode::NOT_FOUND, "not_found", format!("no VM {id}"), None),
+            VmError::Conflict(m) => error(StatusCode::CONFLICT, "conflict", m, None),
+            VmError::BadRequest { field, message } => error(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                format!("{field}: {message}"),
+                Some(field.to_string()),
+            ),
+            VmError::GuestUnavailable(m) => error(StatusCode::BAD_GATEWAY, "guest_unavailable", m, None),
+            VmError::Internal(e) => {
+                tracing::error!(error = ?e, "agent internal error");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{e:#}"), None)
+            }
+        }
+    }
+}
+
+async fn require_server(State(st): State<AgentState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| st.verifier.verify(t.trim()));
+    if !ok {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "missing, invalid or expired credentials".into(), None);
+    }
+    next.run(req).await
+}
+
+/// A JSON body parsed with field-naming errors (same rules as the server's).
+struct Body<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = Response;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text(), None))?;
+        parse_json(&bytes).map(Body).map_err(IntoResponse::into_response)
+    }
+}
+
+async fn list(State(st): State<AgentState>) -> Json<VmListResponse> {
+    Json(VmListResponse { vms: st.vms.list().await })
+}
+
+async fn create(State(st): State<AgentState>, Body(req): Body<CreateVmRequest>) -> Result<(StatusCode, Json<VmInfo>), AgentApiError> {
+    Ok((StatusCode::CREATED, Json(st.vms.create(req).await?)))
+}
+
+async fn get_vm(State(st): State<AgentState>, Path(id): Path<String>) -> Result<Json<VmInfo>, AgentApiError> {
+    Ok(Json(st.vms.get(&id).await?))
+}
+
+async fn destroy(State(st): State<AgentState>, Path(id): Path<String>) -> Result<StatusCode, AgentApiError> {
+    st.vms.destroy(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn exec(State(st): State<AgentState>, Path(id): Path<String>, Body(req): Body<ExecRequest>) -> Result<Json<ExecResponse>, AgentApiError> {
+    Ok(Json(st.vms.exec(&id, req).await?))
+}
+
+pub fn router(state: AgentState) -> Router {
+    Router::new()
+        .route("/v1/vms", get(list).post(create))
+        .route("/v1/vms/{id}", get(get_vm).delete(destroy))
+        .route("/v1/vms/{id}/exec", post(exec))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route".into(), None) })
+        .layer(middleware::from_fn_with_state(state.clone(), require_server))
+        .with_state(state)
+}

@@ -1,0 +1,9 @@
+//! The host agent: registers once, heartbeats, serves the server's calls and runs microVMs.
+
+pub mod api;
+pub mod credentials;
+pub mod facts;
+pub mod images;
+pub mod register;
+pub mod run;
+pub mod vm;

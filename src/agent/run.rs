@@ -1,0 +1,166 @@
+//! `sandboxctl agent run`: start the VM manager, serve the server's calls, heartbeat.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+use super::api::{AgentState, router};
+use super::credentials::{self, Credentials};
+use super::facts;
+use super::vm::{AccelChoice, VmConfig, VmManager};
+use crate::proto::agent::{HeartbeatRequest, RefreshRequest};
+use crate::server::api::hosts::RefreshResponse;
+use crate::server::auth::AgentCallVerifier;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub kernel_dir: PathBuf,
+    /// Overrides the listen address stored at registration.
+    pub listen: Option<String>,
+    pub accel: AccelChoice,
+    pub heartbeat_interval: Duration,
+    /// The binary put into guest images (None: this executable).
+    pub guest_binary: Option<PathBuf>,
+}
+
+/// Runs the agent until `shutdown` completes. VMs keep running after the agent exits; the next
+/// agent process reattaches to them.
+pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let creds = credentials::load(&cfg.data_dir)?.with_context(|| {
+        format!(
+            "no credentials in {}: run `sandboxctl agent register --server URL --token TOKEN --data-dir {}` first",
+            cfg.data_dir.display(),
+            cfg.data_dir.display()
+        )
+    })?;
+    let listen = cfg.listen.clone().unwrap_or_else(|| creds.listen.clone());
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("agent cannot listen on {listen}"))?;
+    let vms = VmManager::start(VmConfig {
+        data_dir: cfg.data_dir.clone(),
+        kernel_dir: cfg.kernel_dir.clone(),
+        accel: cfg.accel,
+        guest_binary: cfg.guest_binary.clone(),
+    })
+    .await
+    .context("starting the VM manager")?;
+    let accel = vms.accel().clone();
+    tracing::info!(host = %creds.host_id, %listen, accel = accel.kind, reason = %accel.reason, "agent serving");
+    let verifier = Arc::new(AgentCallVerifier::new(&creds.server_public_key, &creds.host_id)?);
+    let state = AgentState {
+        vms: vms.clone(),
+        verifier,
+    };
+    let hb = Heartbeat {
+        data_dir: cfg.data_dir.clone(),
+        creds: Arc::new(Mutex::new(creds)),
+        vms,
+        accel_kind: accel.kind.to_string(),
+        accel_reason: accel.reason.clone(),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?,
+    };
+    let interval = cfg.heartbeat_interval;
+    let heartbeats = tokio::spawn(async move { hb.run(interval).await });
+    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    heartbeats.abort();
+    result.context("serving the agent API")
+}
+
+struct Heartbeat {
+    data_dir: PathBuf,
+    creds: Arc<Mutex<Credentials>>,
+    vms: Arc<VmManager>,
+    accel_kind: String,
+    accel_reason: String,
+    http: reqwest::Client,
+}
+
+#[derive(Debug)]
+enum BeatError {
+    /// 401/403: the credentials need refreshing.
+    Auth,
+    Other(String),
+}
+
+impl Heartbeat {
+    async fn run(self, interval: Duration) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.beat().await {
+                Ok(()) => {
+                    backoff = Duration::from_secs(1);
+                    tokio::time::sleep(interval).await;
+                }
+                Err(BeatError::Auth) => match self.refresh().await {
+                    Ok(()) => tracing::info!("host credentials refreshed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "refreshing host credentials failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                },
+                Err(BeatError::Other(e)) => {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                    tokio::time::sleep(interval.min(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn beat(&self) -> Result<(), BeatError> {
+        let (url, token, advertise) = {
+            let c = self.creds.lock().await;
+            (format!("{}/v1/hosts/{}/heartbeat", c.server_url, c.host_id), c.token.clone(), c.advertise.clone())
+        };
+        let (running_vms, used_memory_mb, used_vcpus) = self.vms.usage().await;
+        let req = HeartbeatRequest {
+            facts: facts::gather(&self.data_dir, &advertise, &self.accel_kind, &self.accel_reason),
+            running_vms,
+            used_memory_mb,
+            used_vcpus,
+        };
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(token)
+            .json(&req)
+            .send()
+            .await
+            .map_err(|e| BeatError::Other(e.without_url().to_string()))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            401 | 403 => Err(BeatError::Auth),
+            s => Err(BeatError::Other(format!("server answered {s}"))),
+        }
+    }
+
+    async fn refresh(&self) -> anyhow::Result<()> {
+        let mut c = self.creds.lock().await;
+        let resp = self
+            .http
+            .post(format!("{}/v1/hosts/auth/refresh", c.server_url))
+            .json(&RefreshRequest {
+                refresh_token: c.refresh_token.clone(),
+            })
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.without_url()))?;
+        if !resp.status().is_success() {
+            anyhow::bail!("the server refused the refresh token ({})", resp.status());
+        }
+        let r: RefreshResponse = resp.json().await?;
+        c.token = r.token;
+        c.token_expires_at = r.token_expires_at;
+        c.refresh_token = r.refresh_token;
+        c.refresh_expires_at = r.refresh_expires_at;
+        credentials::save(&self.data_dir, &c)
+    }
+}

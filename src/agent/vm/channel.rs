@@ -1,0 +1,356 @@
+//! The host end of the guest channel: one connection per VM to QEMU's virtio-serial socket,
+//! multiplexing requests by stream id.
+//!
+//! A connection starts with Hello (fresh nonce) and ignores everything until the matching
+//! HelloAck: bytes the guest wrote while no host was connected (replies meant for a previous
+//! agent) arrive first and are dropped. Stream ids come from a per-process counter with a random
+//! start, so stale replies never match a live request.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::sock::connect_unix;
+use crate::proto::guest::{
+    ErrorMsg, ExecStart, Exit, Frame, FrameDecoder, FrameKind, Hello, HelloAck, Init, InitAck,
+    PROTOCOL_VERSION, Signal,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("cannot reach the guest: {0}")]
+    Connect(String),
+    #[error("the guest connection closed")]
+    Closed,
+    #[error("the guest did not answer in time")]
+    Timeout,
+    #[error("the guest refused: {0}")]
+    Guest(String),
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+}
+
+fn next_id() -> u64 {
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let counter = NEXT.get_or_init(|| {
+        // Random start (high bits) so ids differ from any previous agent process's.
+        let start = (rand::rng().random::<u64>() >> 16) << 12 | 1;
+        AtomicU64::new(start)
+    });
+    counter.fetch_add(1, Ordering::Relaxed)
+}
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
+
+/// One live connection.
+struct Conn {
+    out: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Conn {
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    fn shutdown(&self) {
+        self.alive.store(false, Ordering::Release);
+        for t in &self.tasks {
+            t.abort();
+        }
+        lock(&self.pending).clear();
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What an exec produced, with each stream capped.
+#[derive(Debug)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub truncated: bool,
+    pub exit: Exit,
+}
+
+/// The channel to one VM's guest program; reconnects on demand.
+pub struct GuestChannel {
+    dir: PathBuf,
+    sock: &'static str,
+    slot: Mutex<Option<Arc<Conn>>>,
+    connecting: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl GuestChannel {
+    pub fn new(dir: &Path, sock: &'static str) -> GuestChannel {
+        GuestChannel {
+            dir: dir.to_path_buf(),
+            sock,
+            slot: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Ends the connection for good; requests in flight fail with `Closed`.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(c) = lock(&self.slot).take() {
+            c.shutdown();
+        }
+    }
+
+    /// Drops the current connection (the VM keeps running); the next request reconnects.
+    pub fn disconnect(&self) {
+        if let Some(c) = lock(&self.slot).take() {
+            c.shutdown();
+        }
+    }
+
+    fn live(&self) -> Option<Arc<Conn>> {
+        lock(&self.slot).as_ref().filter(|c| c.is_alive()).cloned()
+    }
+
+    /// A live, handshaken connection, made if needed within `wait`.
+    async fn conn(&self, wait: Duration) -> Result<(Arc<Conn>, Option<HelloAck>), ChannelError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ChannelError::Closed);
+        }
+        if let Some(c) = self.live() {
+            return Ok((c, None));
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(c) = self.live() {
+            return Ok((c, None));
+        }
+        let (conn, ack) = self.handshake(Instant::now() + wait).await?;
+        let conn = Arc::new(conn);
+        *lock(&self.slot) = Some(conn.clone());
+        // close() may have run meanwhile and found the slot empty.
+        if self.closed.load(Ordering::Acquire) {
+            self.close();
+            return Err(ChannelError::Closed);
+        }
+        Ok((conn, Some(ack)))
+    }
+
+    /// Connects (retrying until the socket exists and the guest answers) and says Hello.
+    pub async fn connect(&self, wait: Duration) -> Result<HelloAck, ChannelError> {
+        self.disconnect();
+        match self.conn(wait).await? {
+            (_, Some(ack)) => Ok(ack),
+            (_, None) => Err(ChannelError::Protocol("connection raced".into())),
+        }
+    }
+
+    async fn handshake(&self, deadline: Instant) -> Result<(Conn, HelloAck), ChannelError> {
+        let stream = loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(ChannelError::Closed);
+            }
+            match connect_unix(&self.dir, self.sock).await {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => return Err(ChannelError::Connect(format!("{e:#}"))),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let (mut r, mut w) = stream.into_split();
+        let mut decoder = FrameDecoder::new();
+        let mut nonces = HashSet::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut next_hello = Instant::now();
+        let ack = 'outer: loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(ChannelError::Closed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ChannelError::Timeout);
+            }
+            if now >= next_hello {
+                let nonce = rand::rng().random::<u64>();
+                nonces.insert(nonce);
+                let hello = Frame::json(FrameKind::Hello, 0, &Hello { nonce, protocol: PROTOCOL_VERSION });
+                let bytes = hello.encode().map_err(|e| ChannelError::Protocol(e.to_string()))?;
+                w.write_all(&bytes).await.map_err(|e| ChannelError::Connect(e.to_string()))?;
+                next_hello = now + Duration::from_secs(1);
+            }
+            let until = next_hello.min(deadline);
+            let n = match tokio::time::timeout_at(until.into(), r.read(&mut buf)).await {
+                Err(_) => continue,
+                Ok(Ok(0)) => return Err(ChannelError::Connect("QEMU closed the guest socket".into())),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(ChannelError::Connect(e.to_string())),
+            };
+            decoder.push(&buf[..n]);
+            while let Some(f) = decoder.next_frame() {
+                if f.kind == FrameKind::HelloAck
+                    && let Ok(ack) = f.parse::<HelloAck>()
+                    && nonces.contains(&ack.nonce)
+                {
+                    break 'outer ack;
+                }
+                tracing::debug!(kind = ?f.kind, id = f.id, "dropping a frame from before the handshake");
+            }
+        };
+        if decoder.skipped > 0 {
+            tracing::debug!(bytes = decoder.skipped, "skipped garbage before the handshake");
+        }
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+        let writer_alive = alive.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                if w.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            writer_alive.store(false, Ordering::Release);
+        });
+        let reader = tokio::spawn(read_loop(r, decoder, pending.clone(), alive.clone()));
+        Ok((Conn { out: tx, pending, alive, tasks: vec![writer, reader] }, ack))
+    }
+
+    /// Sends `frame` as the opening of stream `id` and returns the stream's replies.
+    async fn open_stream(&self, frame: Frame, wait: Duration) -> Result<Stream, ChannelError> {
+        let (conn, _) = self.conn(wait).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = frame.id;
+        lock(&conn.pending).insert(id, tx);
+        let bytes = frame.encode().map_err(|e| ChannelError::Protocol(e.to_string()))?;
+        if conn.out.send(bytes).await.is_err() {
+            lock(&conn.pending).remove(&id);
+            return Err(ChannelError::Closed);
+        }
+        Ok(Stream { id, rx, conn, done: false })
+    }
+
+    /// Gives the guest its identity, clock and entropy.
+    pub async fn init(&self, init: &Init, wait: Duration) -> Result<InitAck, ChannelError> {
+        let id = next_id();
+        let mut s = self.open_stream(Frame::json(FrameKind::Init, id, init), wait).await?;
+        let f = s.next(Instant::now() + wait).await?;
+        s.done = true;
+        match f.kind {
+            FrameKind::InitAck => f.parse().map_err(|e| ChannelError::Protocol(e.to_string())),
+            FrameKind::Error => Err(guest_error(&f)),
+            k => Err(ChannelError::Protocol(format!("{k:?} in answer to Init"))),
+        }
+    }
+
+    /// Runs a command to its end, keeping at most `cap` bytes of each output stream.
+    /// `wait` bounds the whole call (the guest enforces the command's own timeout).
+    pub async fn exec(&self, req: &ExecStart, cap: usize, wait: Duration) -> Result<ExecOutput, ChannelError> {
+        let deadline = Instant::now() + wait;
+        let id = next_id();
+        let mut s = self.open_stream(Frame::json(FrameKind::ExecStart, id, req), Duration::from_secs(10)).await?;
+        let mut out = ExecOutput {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            truncated: false,
+            exit: Exit { exit_code: -1, signal: None, timed_out: false, duration_ms: 0 },
+        };
+        loop {
+            let f = s.next(deadline).await?;
+            match f.kind {
+                FrameKind::Stdout | FrameKind::Stderr => {
+                    let buf = if f.kind == FrameKind::Stdout { &mut out.stdout } else { &mut out.stderr };
+                    let room = cap.saturating_sub(buf.len());
+                    if f.payload.len() > room {
+                        out.truncated = true;
+                    }
+                    buf.extend_from_slice(&f.payload[..f.payload.len().min(room)]);
+                }
+                FrameKind::ExecStarted => tracing::debug!(id, "exec started"),
+                FrameKind::Exit => {
+                    s.done = true;
+                    out.exit = f.parse().map_err(|e| ChannelError::Protocol(e.to_string()))?;
+                    return Ok(out);
+                }
+                FrameKind::Error => {
+                    s.done = true;
+                    return Err(guest_error(&f));
+                }
+                k => tracing::debug!(id, kind = ?k, "unexpected frame in an exec stream"),
+            }
+        }
+    }
+}
+
+fn guest_error(f: &Frame) -> ChannelError {
+    ChannelError::Guest(f.parse::<ErrorMsg>().map(|e| e.message).unwrap_or_else(|_| "unknown error".into()))
+}
+
+/// The replies of one request. Dropped before its end, it asks the guest to kill the process.
+struct Stream {
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    conn: Arc<Conn>,
+    done: bool,
+}
+
+impl Stream {
+    async fn next(&mut self, deadline: Instant) -> Result<Frame, ChannelError> {
+        match tokio::time::timeout_at(deadline.into(), self.rx.recv()).await {
+            Err(_) => Err(ChannelError::Timeout),
+            Ok(None) => Err(ChannelError::Closed),
+            Ok(Some(f)) => Ok(f),
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        lock(&self.conn.pending).remove(&self.id);
+        if !self.done && self.conn.is_alive() {
+            let kill = Frame::json(FrameKind::Signal, self.id, &Signal { signal: libc::SIGKILL });
+            if let Ok(bytes) = kill.encode() {
+                let _ = self.conn.out.try_send(bytes);
+            }
+        }
+    }
+}
+
+async fn read_loop(mut r: OwnedReadHalf, mut decoder: FrameDecoder, pending: Pending, alive: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 128 * 1024];
+    // Frames already decoded during the handshake's last read.
+    loop {
+        while let Some(f) = decoder.next_frame() {
+            let tx = lock(&pending).get(&f.id).cloned();
+            match tx {
+                Some(tx) => {
+                    if tx.send(f).is_err() {
+                        // The requester went away.
+                    }
+                }
+                None => tracing::debug!(kind = ?f.kind, id = f.id, "dropping a frame for no live request"),
+            }
+        }
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => decoder.push(&buf[..n]),
+        }
+    }
+    alive.store(false, Ordering::Release);
+    lock(&pending).clear();
+}

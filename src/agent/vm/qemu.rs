@@ -1,0 +1,288 @@
+//! The QEMU side: accelerator detection, the microvm command line, spawning a detached QEMU and
+//! looking at its process afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{Accel, AccelChoice};
+use crate::agent::images::{Kernel, Template};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// File names inside a VM's folder. QEMU runs with the folder as its working directory and gets
+/// these relative names, which keeps unix socket paths short whatever the data dir is.
+pub const QMP_SOCK: &str = "qmp.sock";
+pub const AGENT_SOCK: &str = "agent.sock";
+pub const CONSOLE_LOG: &str = "console.log";
+pub const QEMU_LOG: &str = "qemu.log";
+pub const DISK: &str = "disk.qcow2";
+pub const BASE: &str = "base.ext4";
+pub const PID_FILE: &str = "qemu.pid";
+
+/// Everything the command line is made from.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec<'a> {
+    pub id: &'a str,
+    pub vcpus: u32,
+    pub memory_mb: u32,
+    pub network: bool,
+    pub accel: &'a Accel,
+    pub kernel: &'a Kernel,
+    pub template: &'a Template,
+    pub tsc_khz: Option<u64>,
+}
+
+/// The kernel command line. Under TCG the TSC calibration can hang when the host is busy
+/// (VM.md): give the rate and skip the checks.
+pub fn kernel_cmdline(accel: &Accel, tsc_khz: Option<u64>) -> String {
+    let mut s = String::from("console=ttyS0 quiet panic=-1 reboot=t");
+    if accel.kind == "tcg" {
+        s.push_str(" no_timer_check tsc=reliable");
+        if let Some(khz) = tsc_khz {
+            s.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    s
+}
+
+/// QEMU's arguments (without the program name). Device order matters for future snapshot
+/// restores (the migration stream names devices by MMIO slot): serial channel, disk, network.
+pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-name", spec.id, "-M", "microvm"]);
+    if spec.accel.kind == "kvm" {
+        push(&["-accel", "kvm", "-cpu", "host"]);
+    } else if spec.vcpus > 1 {
+        push(&["-accel", "tcg,thread=multi", "-cpu", "max"]);
+    } else {
+        push(&["-accel", "tcg", "-cpu", "max"]);
+    }
+    let mem = spec.memory_mb.to_string();
+    let smp = spec.vcpus.to_string();
+    push(&["-m", &mem, "-smp", &smp]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&["-serial", &format!("file:{CONSOLE_LOG}")]);
+    push(&["-qmp", &format!("unix:{QMP_SOCK},server=on,wait=off")]);
+    let kernel = spec.kernel.vmlinuz.to_string_lossy();
+    let initrd = spec.template.initrd.to_string_lossy();
+    let cmdline = kernel_cmdline(spec.accel, spec.tsc_khz);
+    push(&["-kernel", &kernel, "-initrd", &initrd, "-append", &cmdline]);
+    push(&[
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        &format!("socket,id=agent,path={AGENT_SOCK},server=on,wait=off"),
+        "-device",
+        "virtserialport,chardev=agent,name=agent0",
+    ]);
+    push(&[
+        "-blockdev",
+        &format!("driver=file,filename={DISK},node-name=file0"),
+        "-blockdev",
+        "driver=qcow2,file=file0,node-name=disk0",
+        "-device",
+        "virtio-blk-device,drive=disk0",
+    ]);
+    if spec.network {
+        push(&["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"]);
+    }
+    a
+}
+
+/// Creates the VM's disk: a hard link to the template's base image (so a template rebuild never
+/// pulls the base from under a VM) and a qcow2 overlay on it.
+pub async fn prepare_disk(dir: &Path, template: &Template) -> anyhow::Result<()> {
+    let base = dir.join(BASE);
+    if std::fs::hard_link(&template.rootfs, &base).is_err() {
+        // Another filesystem: point at the template directly.
+        std::os::unix::fs::symlink(&template.rootfs, &base)
+            .with_context(|| format!("link {}", template.rootfs.display()))?;
+    }
+    let out = tokio::process::Command::new("qemu-img")
+        .current_dir(dir)
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", BASE, DISK])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("run qemu-img (install qemu-utils)")?;
+    if !out.status.success() {
+        anyhow::bail!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Starts QEMU in its own session (it outlives the agent) with `dir` as working directory.
+pub fn spawn(dir: &Path, args: &[String]) -> anyhow::Result<tokio::process::Child> {
+    let log = std::fs::File::create(dir.join(QEMU_LOG)).context("create qemu.log")?;
+    let log2 = log.try_clone()?;
+    let mut cmd = tokio::process::Command::new(QEMU);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .kill_on_drop(false);
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("start {QEMU} (install qemu-system-x86)"))
+}
+
+/// True when `pid` is a live (not zombie) QEMU whose working directory is `dir`.
+pub fn is_our_qemu(pid: u32, dir: &Path) -> bool {
+    if !is_alive(pid) {
+        return false;
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let want = std::fs::canonicalize(dir).ok();
+    let exe_ok = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
+        .unwrap_or(false);
+    exe_ok && cwd.is_some() && cwd == want
+}
+
+/// True when the process exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S …": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+pub fn kill(pid: u32, sig: i32) {
+    if pid > 1 {
+        // SAFETY: plain kill(2).
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+}
+
+/// The host's TSC rate in kHz, for `tsc_early_khz=`: the nominal rate in the CPU's model name
+/// ("… @ 2.30GHz") or else the "cpu MHz" line of /proc/cpuinfo.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    parse_tsc_khz(&info)
+}
+
+fn parse_tsc_khz(info: &str) -> Option<u64> {
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    if let Some(model) = field("model name")
+        && let Some((_, ghz)) = model.rsplit_once('@')
+        && let Some(num) = ghz.trim().strip_suffix("GHz")
+        && let Ok(g) = num.trim().parse::<f64>()
+    {
+        return Some((g * 1_000_000.0).round() as u64);
+    }
+    let mhz = field("cpu MHz")?.parse::<f64>().ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+/// Picks the accelerator. Auto: KVM only with vmx/svm in /proc/cpuinfo, an openable /dev/kvm and
+/// a probe boot that works; TCG otherwise, with the reason.
+pub async fn detect_accel(choice: AccelChoice, kernel: &Kernel) -> Accel {
+    match choice {
+        AccelChoice::Tcg => Accel { kind: "tcg", reason: "software emulation chosen by configuration".into() },
+        AccelChoice::Kvm => Accel { kind: "kvm", reason: "KVM chosen by configuration".into() },
+        AccelChoice::Auto => {
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let hw = cpuinfo
+                .lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+            if !hw {
+                return Accel {
+                    kind: "tcg",
+                    reason: "the CPU advertises no hardware virtualisation (no vmx/svm flag), \
+                             so VMs run under QEMU software emulation"
+                        .into(),
+                };
+            }
+            if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+                return Accel { kind: "tcg", reason: format!("/dev/kvm cannot be opened ({e}); using software emulation") };
+            }
+            match probe_kvm(kernel).await {
+                Ok(()) => Accel { kind: "kvm", reason: "hardware virtualisation with a working /dev/kvm".into() },
+                Err(e) => Accel { kind: "tcg", reason: format!("a KVM probe boot failed ({e:#}); using software emulation") },
+            }
+        }
+    }
+}
+
+/// Boots the kernel under KVM with no root filesystem: a working KVM gets as far as the
+/// "unable to mount root" panic, which (panic=-1, -no-reboot) ends QEMU.
+async fn probe_kvm(kernel: &Kernel) -> anyhow::Result<()> {
+    let fut = tokio::process::Command::new(QEMU)
+        .args(["-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .args(["-append", "console=ttyS0 panic=-1 reboot=t"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .context("timed out")?
+        .context("run qemu")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Kernel panic") || text.contains("VFS:") {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::bail!("{}", err.lines().last().unwrap_or("the kernel did not start"))
+    }
+}
+
+/// The last `n` lines of the VM's console, for error messages.
+pub fn console_tail(dir: &Path, n: usize) -> String {
+    let read = |name: &str| std::fs::read(dir.join(name)).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let mut text = read(CONSOLE_LOG);
+    text.push_str(&read(QEMU_LOG));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+pub fn pid_file(dir: &Path) -> PathBuf {
+    dir.join(PID_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsc_from_model_name_or_mhz() {
+        let a = "model name\t: Intel(R) Xeon(R) CPU E5-2686 v4 @ 2.30GHz\ncpu MHz\t\t: 2299.998\n";
+        assert_eq!(parse_tsc_khz(a), Some(2_300_000));
+        let b = "model name\t: Intel(R) Xeon(R) Processor\ncpu MHz\t\t: 2299.998\n";
+        assert_eq!(parse_tsc_khz(b), Some(2_299_998));
+        assert_eq!(parse_tsc_khz("nothing"), None);
+    }
+
+    #[test]
+    fn tcg_cmdline_has_calibration_workarounds() {
+        let tcg = Accel { kind: "tcg", reason: String::new() };
+        let s = kernel_cmdline(&tcg, Some(2_300_000));
+        assert!(s.contains("no_timer_check tsc=reliable tsc_early_khz=2300000"));
+        let kvm = Accel { kind: "kvm", reason: String::new() };
+        assert!(!kernel_cmdline(&kvm, Some(1)).contains("tsc"));
+    }
+}

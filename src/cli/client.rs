@@ -1,0 +1,206 @@
+//! The one typed client of the REST API, used by the CLI and the integration tests.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::proto::api::*;
+use crate::server::api::hosts::{DeletePreview, TokenResponse};
+use crate::server::api::keys::{KeyListResponse, KeyResponse};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        sandbox_ids: Option<Vec<String>>,
+    },
+    #[error("cannot reach the server: {0}")]
+    Transport(String),
+    #[error("unexpected answer from the server: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: &str, token: Option<String>) -> ApiClient {
+        ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .expect("HTTP client builds"),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn with_token(&self, token: &str) -> ApiClient {
+        ApiClient {
+            token: Some(token.to_string()),
+            ..self.clone()
+        }
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&B>, timeout: Duration) -> Result<Option<T>, ClientError> {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path)).timeout(timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Transport(e.without_url().to_string()))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: b.error.code,
+                    message: b.error.message,
+                    sandbox_ids: b.error.sandbox_ids,
+                },
+                Err(_) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: "http_error".into(),
+                    message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                    sandbox_ids: None,
+                },
+            });
+        }
+        if status == reqwest::StatusCode::NO_CONTENT || bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn json<B: Serialize, T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {
+        self.json_timeout(method, path, body, Duration::from_secs(60)).await
+    }
+
+    async fn json_timeout<B: Serialize, T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&B>, timeout: Duration) -> Result<T, ClientError> {
+        self.send(method, path, body, timeout)
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty answer".into()))
+    }
+
+    async fn empty(&self, method: reqwest::Method, path: &str) -> Result<(), ClientError> {
+        self.send::<(), serde_json::Value>(method, path, None, Duration::from_secs(120)).await.map(|_| ())
+    }
+
+    pub async fn healthz(&self) -> bool {
+        matches!(self.http.get(format!("{}/healthz", self.base)).timeout(Duration::from_secs(2)).send().await, Ok(r) if r.status().is_success())
+    }
+
+    pub async fn signup(&self, email: &str, password: &str, name: &str) -> Result<AuthResponse, ClientError> {
+        let body = SignupRequest {
+            email: email.into(),
+            password: password.into(),
+            name: name.into(),
+        };
+        self.json(reqwest::Method::POST, "/v1/auth/signup", Some(&body)).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<AuthResponse, ClientError> {
+        let body = LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        };
+        self.json(reqwest::Method::POST, "/v1/auth/login", Some(&body)).await
+    }
+
+    pub async fn me(&self) -> Result<MeResponse, ClientError> {
+        self.json::<(), _>(reqwest::Method::GET, "/v1/me", None).await
+    }
+
+    pub async fn create_host(&self, req: &CreateHostRequest) -> Result<CreateHostResponse, ClientError> {
+        self.json(reqwest::Method::POST, "/v1/hosts", Some(req)).await
+    }
+
+    pub async fn list_hosts(&self) -> Result<Vec<HostResponse>, ClientError> {
+        Ok(self.json::<(), HostListResponse>(reqwest::Method::GET, "/v1/hosts", None).await?.hosts)
+    }
+
+    pub async fn get_host(&self, id: &str) -> Result<HostResponse, ClientError> {
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/hosts/{id}"), None).await
+    }
+
+    pub async fn host_token(&self, id: &str) -> Result<TokenResponse, ClientError> {
+        self.json::<(), _>(reqwest::Method::POST, &format!("/v1/hosts/{id}/token"), None).await
+    }
+
+    pub async fn host_delete_preview(&self, id: &str) -> Result<DeletePreview, ClientError> {
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/hosts/{id}/delete-preview"), None).await
+    }
+
+    pub async fn delete_host(&self, id: &str, force: bool) -> Result<(), ClientError> {
+        let q = if force { "?force=true" } else { "" };
+        self.empty(reqwest::Method::DELETE, &format!("/v1/hosts/{id}{q}")).await
+    }
+
+    pub async fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<SandboxResponse, ClientError> {
+        self.json_timeout(reqwest::Method::POST, "/v1/sandboxes", Some(req), Duration::from_secs(330)).await
+    }
+
+    pub async fn list_sandboxes(&self, status: Option<&str>) -> Result<Vec<SandboxResponse>, ClientError> {
+        let q = status.map(|s| format!("?status={s}")).unwrap_or_default();
+        Ok(self
+            .json::<(), SandboxListResponse>(reqwest::Method::GET, &format!("/v1/sandboxes{q}"), None)
+            .await?
+            .sandboxes)
+    }
+
+    pub async fn get_sandbox(&self, id: &str) -> Result<SandboxResponse, ClientError> {
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/sandboxes/{id}"), None).await
+    }
+
+    pub async fn delete_sandbox(&self, id: &str) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::DELETE, &format!("/v1/sandboxes/{id}")).await
+    }
+
+    pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, ClientError> {
+        let limit = Duration::from_secs(req.timeout_sec.unwrap_or(60) + 60);
+        self.json_timeout(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/exec"), Some(req), limit).await
+    }
+
+    pub async fn create_key(&self, name: &str) -> Result<KeyResponse, ClientError> {
+        self.json(reqwest::Method::POST, "/v1/api-keys", Some(&serde_json::json!({ "name": name }))).await
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyResponse>, ClientError> {
+        Ok(self.json::<(), KeyListResponse>(reqwest::Method::GET, "/v1/api-keys", None).await?.keys)
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::DELETE, &format!("/v1/api-keys/{id}")).await
+    }
+}

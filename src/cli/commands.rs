@@ -1,0 +1,405 @@
+//! What each client command does. Errors print one sentence; exit codes: 0 ok, 1 failure,
+//! 2 usage; `sandbox exec` exits with the command's own code.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use super::client::ApiClient;
+use super::config::{self, CliConfig};
+use super::{HostCommand, KeyCommand, LoginArgs, SandboxCommand, SignupArgs};
+use crate::proto::api::{CreateHostRequest, CreateSandboxRequest, ExecRequest, HostResponse, SandboxResponse};
+
+/// The client for the stored (or env-given) server and token.
+pub fn client() -> anyhow::Result<ApiClient> {
+    let cfg = config::load()?;
+    let server = std::env::var("SANDBOXCTL_SERVER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or(cfg.server)
+        .context("no server configured: run `sandboxctl login --server URL --email EMAIL` (or set SANDBOXCTL_SERVER)")?;
+    let token = std::env::var("SANDBOXCTL_TOKEN").ok().filter(|s| !s.is_empty()).or(cfg.token);
+    if token.is_none() {
+        bail!("not logged in: run `sandboxctl login --server {server} --email EMAIL` (or set SANDBOXCTL_TOKEN to an API key)");
+    }
+    Ok(ApiClient::new(&server, token))
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    let pw = if from_stdin {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading the password from stdin")?;
+        s.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        std::env::var("SANDBOXCTL_PASSWORD").context("give the password with --password-stdin or SANDBOXCTL_PASSWORD")?
+    };
+    if pw.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(pw)
+}
+
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn parse_pairs(flag: &str, pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--{flag} {p}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn age(ts: i64) -> String {
+    let secs = (crate::server::db::now() - ts).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// Prints rows as an aligned table.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn sandbox_rows(list: &[SandboxResponse]) {
+    table(
+        &["ID", "STATUS", "TEMPLATE", "HOST", "VCPU", "MEM", "TIMEOUT", "AGE"],
+        list.iter()
+            .map(|s| {
+                vec![
+                    s.id.clone(),
+                    s.status.clone(),
+                    s.template.clone(),
+                    s.host_id.clone().unwrap_or_else(|| "-".into()),
+                    s.vcpus.to_string(),
+                    format!("{}M", s.memory_mb),
+                    if s.timeout_sec == 0 { "never".into() } else { format!("{}s", s.timeout_sec) },
+                    age(s.created_at),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn host_rows(list: &[HostResponse]) {
+    table(
+        &["ID", "TYPE", "STATUS", "NAME", "ADDRESS", "ACCEL", "CPU", "MEM", "VMS", "HEARTBEAT"],
+        list.iter()
+            .map(|h| {
+                vec![
+                    h.id.clone(),
+                    h.host_type.clone(),
+                    h.status.clone(),
+                    h.name.clone().unwrap_or_else(|| "-".into()),
+                    h.address.clone().unwrap_or_else(|| "-".into()),
+                    h.accel.clone().unwrap_or_else(|| "-".into()),
+                    h.cpu_cores.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    h.memory_mb.map(|m| format!("{m}M")).unwrap_or_else(|| "-".into()),
+                    h.running_vms.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                    h.last_heartbeat_at.map(|t| format!("{} ago", age(t))).unwrap_or_else(|| "never".into()),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub async fn signup(a: SignupArgs) -> anyhow::Result<i32> {
+    let pw = read_password(a.password_stdin)?;
+    let c = ApiClient::new(&a.server, None);
+    let r = c.signup(&a.email, &pw, &a.name).await?;
+    config::save(&CliConfig {
+        server: Some(c.base().to_string()),
+        token: Some(r.token),
+        email: Some(r.email.clone()),
+    })?;
+    println!("signed up and logged in as {} <{}>{}", r.name, r.email, if r.is_admin { " (platform admin)" } else { "" });
+    Ok(0)
+}
+
+pub async fn login(a: LoginArgs) -> anyhow::Result<i32> {
+    let pw = read_password(a.password_stdin)?;
+    let c = ApiClient::new(&a.server, None);
+    let r = c.login(&a.email, &pw).await?;
+    config::save(&CliConfig {
+        server: Some(c.base().to_string()),
+        token: Some(r.token),
+        email: Some(r.email.clone()),
+    })?;
+    println!("logged in to {} as {} <{}>", c.base(), r.name, r.email);
+    if r.team_id.is_none() {
+        println!("note: you are not in any active team; sandboxes need one");
+    }
+    Ok(0)
+}
+
+pub fn logout() -> anyhow::Result<i32> {
+    let mut cfg = config::load()?;
+    cfg.token = None;
+    config::save(&cfg)?;
+    println!("logged out");
+    Ok(0)
+}
+
+pub async fn whoami(json: bool) -> anyhow::Result<i32> {
+    let me = client()?.me().await?;
+    if json {
+        print_json(&me)?;
+    } else {
+        println!("{} <{}>", me.name, me.email);
+        println!("user:  {}{}", me.user_id, if me.is_admin { " (platform admin)" } else { "" });
+        println!("team:  {} ({})", me.team_id.as_deref().unwrap_or("none"), me.role.as_deref().unwrap_or("-"));
+    }
+    Ok(0)
+}
+
+pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
+    let c = client()?;
+    match cmd {
+        SandboxCommand::Create {
+            template,
+            vcpus,
+            memory,
+            timeout,
+            env,
+            metadata,
+            no_network,
+            json,
+        } => {
+            let req = CreateSandboxRequest {
+                template: Some(template),
+                vcpus,
+                memory_mb: memory,
+                timeout_sec: timeout,
+                env: Some(parse_pairs("env", &env)?),
+                metadata: Some(parse_pairs("meta", &metadata)?),
+                network: Some(!no_network),
+            };
+            if !json {
+                eprint!("creating sandbox… ");
+                let _ = std::io::stderr().flush();
+            }
+            let s = c.create_sandbox(&req).await;
+            if !json {
+                eprintln!("{}", if s.is_ok() { "done" } else { "failed" });
+            }
+            let s = s?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!("{}", s.id);
+                eprintln!(
+                    "{} on host {} ({} vCPU, {} MB{})",
+                    s.status,
+                    s.host_id.as_deref().unwrap_or("-"),
+                    s.vcpus,
+                    s.memory_mb,
+                    s.boot_ms.map(|b| format!(", started in {:.1} s", b as f64 / 1000.0)).unwrap_or_default()
+                );
+            }
+        }
+        SandboxCommand::List { status, json } => {
+            let list = c.list_sandboxes(status.as_deref()).await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                sandbox_rows(&list);
+            }
+        }
+        SandboxCommand::Get { id, json } => {
+            let s = c.get_sandbox(&id).await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                sandbox_rows(std::slice::from_ref(&s));
+                if let Some(e) = &s.error {
+                    println!("error: {e}");
+                }
+            }
+        }
+        SandboxCommand::Exec {
+            id,
+            timeout,
+            cwd,
+            env,
+            json,
+            command,
+        } => {
+            let (cmd, args) = command.split_first().context("give the command after --")?;
+            let req = ExecRequest {
+                cmd: cmd.clone(),
+                args: args.to_vec(),
+                timeout_sec: timeout,
+                env: parse_pairs("env", &env)?,
+                cwd,
+            };
+            let out = c.exec(&id, &req).await?;
+            if json {
+                print_json(&out)?;
+            } else {
+                std::io::stdout().write_all(out.stdout.as_bytes())?;
+                std::io::stdout().flush()?;
+                std::io::stderr().write_all(out.stderr.as_bytes())?;
+                if out.timed_out {
+                    eprintln!("sandboxctl: the command timed out");
+                }
+                if out.truncated {
+                    eprintln!("sandboxctl: output was truncated");
+                }
+            }
+            return Ok(out.exit_code.clamp(0, 255));
+        }
+        SandboxCommand::Kill { id, json } => {
+            c.delete_sandbox(&id).await?;
+            if json {
+                print_json(&serde_json::json!({ "id": id, "deleted": true }))?;
+            } else {
+                println!("{id} deleted");
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn host(cmd: HostCommand) -> anyhow::Result<i32> {
+    let c = client()?;
+    match cmd {
+        HostCommand::Create {
+            host_type,
+            team,
+            name,
+            json,
+        } => {
+            let r = c
+                .create_host(&CreateHostRequest {
+                    host_type,
+                    team_id: team,
+                    name,
+                    provider: None,
+                    zone: None,
+                })
+                .await?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("host {} created (pending). On the new host, within an hour, run:\n", r.host.id);
+                println!("  {}\n", r.register_command);
+                println!("then start it with: sandboxctl agent run --data-dir /var/lib/sandboxctl/agent");
+            }
+        }
+        HostCommand::List { json } => {
+            let list = c.list_hosts().await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                host_rows(&list);
+            }
+        }
+        HostCommand::Get { id, json } => {
+            let h = c.get_host(&id).await?;
+            if json {
+                print_json(&h)?;
+            } else {
+                host_rows(std::slice::from_ref(&h));
+                if let Some(r) = &h.accel_reason {
+                    println!("accel: {r}");
+                }
+            }
+        }
+        HostCommand::Token { id, json } => {
+            let t = c.host_token(&id).await?;
+            if json {
+                print_json(&t)?;
+            } else {
+                println!("{}", t.register_command);
+            }
+        }
+        HostCommand::Delete { id, force, json } => match c.delete_host(&id, force).await {
+            Ok(()) => {
+                if json {
+                    print_json(&serde_json::json!({ "id": id, "deleted": true }))?;
+                } else {
+                    println!("{id} deleted");
+                }
+            }
+            Err(super::client::ClientError::Api {
+                code,
+                sandbox_ids: Some(ids),
+                ..
+            }) if code == "host_has_sandboxes" => {
+                eprintln!("host {id} still runs {} sandbox(es):", ids.len());
+                for s in &ids {
+                    eprintln!("  {s}");
+                }
+                eprintln!("delete them first, or run again with --force to destroy them");
+                return Ok(1);
+            }
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(0)
+}
+
+pub async fn key(cmd: KeyCommand) -> anyhow::Result<i32> {
+    let c = client()?;
+    match cmd {
+        KeyCommand::Create { name, json } => {
+            let k = c.create_key(&name).await?;
+            if json {
+                print_json(&k)?;
+            } else {
+                println!("{}", k.key.as_deref().unwrap_or(""));
+                eprintln!("API key {} created; it is shown only this once", k.id);
+            }
+        }
+        KeyCommand::List { json } => {
+            let keys = c.list_keys().await?;
+            if json {
+                print_json(&keys)?;
+            } else {
+                table(
+                    &["ID", "NAME", "PREFIX", "CREATED", "LAST USED"],
+                    keys.iter()
+                        .map(|k| {
+                            vec![
+                                k.id.clone(),
+                                k.name.clone(),
+                                format!("{}…", k.prefix),
+                                format!("{} ago", age(k.created_at)),
+                                k.last_used_at.map(|t| format!("{} ago", age(t))).unwrap_or_else(|| "never".into()),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        KeyCommand::Revoke { id } => {
+            c.revoke_key(&id).await?;
+            println!("{id} revoked");
+        }
+    }
+    Ok(0)
+}

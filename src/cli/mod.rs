@@ -1,0 +1,304 @@
+//! The clap tree and the client commands.
+
+pub mod client;
+pub mod commands;
+pub mod config;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::settings::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "sandboxctl", version, about = "Self-hosted microVM sandboxes across your own Linux hosts")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (REST API, scheduler, host monitor).
+    Server(ServerArgs),
+    /// Run or register a host agent.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// The program inside every microVM (started by the guest's init; not for people).
+    #[command(hide = true)]
+    Guest {
+        /// The virtio-serial port to serve.
+        #[arg(long, default_value = "/dev/vport0p1")]
+        port: PathBuf,
+    },
+    /// Create an account (the first account on a server becomes its admin) and log in.
+    Signup(SignupArgs),
+    /// Log in and remember the server and token in the config file.
+    Login(LoginArgs),
+    /// Forget the stored token.
+    Logout,
+    /// Show who you are logged in as.
+    Whoami(JsonFlag),
+    /// Create, inspect, use and delete sandboxes.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+    /// Manage the host fleet.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Manage the team's API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl From<AccelArg> for crate::agent::vm::AccelChoice {
+    fn from(a: AccelArg) -> Self {
+        match a {
+            AccelArg::Auto => Self::Auto,
+            AccelArg::Kvm => Self::Kvm,
+            AccelArg::Tcg => Self::Tcg,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address for the API and dashboard.
+    #[arg(long, env = "SANDBOXCTL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the database and keys live.
+    #[arg(long, env = "SANDBOXCTL_DATA_DIR", default_value = "/var/lib/sandboxctl")]
+    pub data_dir: PathBuf,
+    /// The URL agents and users reach this server at (default: http://LISTEN).
+    #[arg(long, env = "SANDBOXCTL_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Also run an agent for this machine, registered automatically.
+    #[arg(long, env = "SANDBOXCTL_LOCAL_AGENT")]
+    pub local_agent: bool,
+    /// Where the local agent listens.
+    #[arg(long, env = "SANDBOXCTL_LOCAL_AGENT_LISTEN", default_value = "127.0.0.1:9090")]
+    pub local_agent_listen: String,
+    /// The admin account created on a fresh server with --local-agent.
+    #[arg(long, env = "SANDBOXCTL_ADMIN_EMAIL", default_value = "admin@sandboxctl.local")]
+    pub admin_email: String,
+    #[command(flatten)]
+    pub vm: VmArgs,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// The guest kernel (vmlinuz, modules/) that install.sh fetched.
+    #[arg(long, env = "SANDBOXCTL_KERNEL_DIR", default_value = "/var/lib/sandboxctl/kernel")]
+    pub kernel_dir: PathBuf,
+    /// Hardware acceleration: auto uses KVM only where it really works.
+    #[arg(long, env = "SANDBOXCTL_ACCEL", value_enum, default_value = "auto")]
+    pub accel: AccelArg,
+}
+
+#[derive(Debug, Args)]
+pub struct TimingArgs {
+    /// How often agents send heartbeats.
+    #[arg(long, env = "SANDBOXCTL_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// How often the host monitor runs.
+    #[arg(long, env = "SANDBOXCTL_MONITOR_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub monitor_interval: Duration,
+    /// A host with no heartbeat for this long becomes unreachable.
+    #[arg(long, env = "SANDBOXCTL_HOST_STALE_AFTER", default_value = "90s", value_parser = parse_duration)]
+    pub host_stale_after: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Register this host with a one-time token; stores credentials and exits.
+    Register {
+        /// The server's URL.
+        #[arg(long, env = "SANDBOXCTL_SERVER")]
+        server: String,
+        /// The registration token from `sandboxctl host create`.
+        #[arg(long, env = "SANDBOXCTL_REGISTRATION_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, env = "SANDBOXCTL_DATA_DIR", default_value = "/var/lib/sandboxctl/agent")]
+        data_dir: PathBuf,
+        /// Where the agent will listen.
+        #[arg(long, env = "SANDBOXCTL_AGENT_LISTEN", default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// The address the server should call (default: --listen).
+        #[arg(long, env = "SANDBOXCTL_AGENT_ADVERTISE")]
+        advertise: Option<String>,
+    },
+    /// Serve the server's calls and run microVMs.
+    Run {
+        #[arg(long, env = "SANDBOXCTL_DATA_DIR", default_value = "/var/lib/sandboxctl/agent")]
+        data_dir: PathBuf,
+        /// Override the listen address stored at registration.
+        #[arg(long, env = "SANDBOXCTL_AGENT_LISTEN")]
+        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        vm: VmArgs,
+        /// How often to send heartbeats.
+        #[arg(long, env = "SANDBOXCTL_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+        heartbeat_interval: Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SignupArgs {
+    #[arg(long, env = "SANDBOXCTL_SERVER")]
+    pub server: String,
+    #[arg(long)]
+    pub email: String,
+    #[arg(long)]
+    pub name: String,
+    /// Read the password from standard input (else SANDBOXCTL_PASSWORD).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[arg(long, env = "SANDBOXCTL_SERVER")]
+    pub server: String,
+    #[arg(long)]
+    pub email: String,
+    /// Read the password from standard input (else SANDBOXCTL_PASSWORD).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Start a new sandbox and wait until it answers.
+    Create {
+        #[arg(long, default_value = "minimal")]
+        template: String,
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Memory in MB.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// Idle timeout in seconds (0 = never).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Environment variables, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Metadata, KEY=VALUE (repeatable).
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
+        /// No network device at all.
+        #[arg(long)]
+        no_network: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the team's sandboxes.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one sandbox.
+    Get {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command; prints its output and exits with its exit code.
+    Exec {
+        id: String,
+        /// Seconds before the command is killed.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Working directory inside the sandbox.
+        #[arg(long)]
+        cwd: Option<String>,
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments (after --).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop and delete a sandbox.
+    Kill {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Add a host; prints the command to run on it.
+    Create {
+        /// regular (platform admins) or byoc (your team's own machine).
+        #[arg(long = "type", default_value = "regular")]
+        host_type: String,
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Get {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A fresh registration token for a host that has not registered yet.
+    Token {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a host; refuses while it runs sandboxes unless --force.
+    Delete {
+        id: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key (shown once).
+    Create {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Revoke {
+        id: String,
+    },
+}

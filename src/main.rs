@@ -1,0 +1,114 @@
+use clap::Parser;
+use sandboxctl::agent;
+use sandboxctl::cli::{AgentCommand, Cli, Command, commands};
+use sandboxctl::server::{self, ServerConfig, local::LocalAgentConfig};
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SANDBOXCTL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Command::Guest { port } = &cli.command {
+        init_logs("info");
+        if let Err(e) = sandboxctl::guest::run(port) {
+            eprintln!("sandboxctl guest: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sandboxctl: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(async move {
+        match dispatch(cli.command).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("sandboxctl: {e:#}");
+                1
+            }
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
+    match cmd {
+        Command::Server(a) => {
+            init_logs("info,tower_http=warn");
+            let local_agent = a.local_agent.then(|| LocalAgentConfig {
+                listen: a.local_agent_listen.clone(),
+                kernel_dir: a.vm.kernel_dir.clone(),
+                accel: a.vm.accel.into(),
+                heartbeat_interval: a.timing.heartbeat_interval,
+                admin_email: a.admin_email.clone(),
+            });
+            server::run(ServerConfig {
+                listen: a.listen,
+                data_dir: a.data_dir,
+                public_url: a.public_url,
+                monitor_interval: a.timing.monitor_interval,
+                host_stale_after: a.timing.host_stale_after,
+                local_agent,
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Agent(AgentCommand::Register {
+            server,
+            token,
+            data_dir,
+            listen,
+            advertise,
+        }) => {
+            init_logs("warn");
+            let advertise = advertise.unwrap_or_else(|| listen.to_string());
+            let c = agent::register::register(&server, &token, &data_dir, &listen.to_string(), &advertise).await?;
+            println!("registered as host {} with {}", c.host_id, c.server_url);
+            println!("credentials saved in {}", agent::credentials::path(&data_dir).display());
+            println!("start the agent with: sandboxctl agent run --data-dir {}", data_dir.display());
+            Ok(0)
+        }
+        Command::Agent(AgentCommand::Run {
+            data_dir,
+            listen,
+            vm,
+            heartbeat_interval,
+        }) => {
+            init_logs("info");
+            agent::run::run(
+                agent::run::AgentConfig {
+                    data_dir,
+                    kernel_dir: vm.kernel_dir,
+                    listen: listen.map(|l| l.to_string()),
+                    accel: vm.accel.into(),
+                    heartbeat_interval,
+                    guest_binary: None,
+                },
+                async {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {},
+                        _ = term.recv() => {},
+                    }
+                },
+            )
+            .await?;
+            Ok(0)
+        }
+        Command::Guest { .. } => unreachable!("handled before the runtime starts"),
+        Command::Signup(a) => commands::signup(a).await,
+        Command::Login(a) => commands::login(a).await,
+        Command::Logout => commands::logout(),
+        Command::Whoami(j) => commands::whoami(j.json).await,
+        Command::Sandbox(c) => commands::sandbox(c).await,
+        Command::Host(c) => commands::host(c).await,
+        Command::Key(c) => commands::key(c).await,
+    }
+}

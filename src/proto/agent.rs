@@ -1,0 +1,113 @@
+//! What the server and the agents say to each other.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What an agent knows about its machine, sent at registration and with every heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostFacts {
+    pub arch: String,
+    pub cpu_cores: u32,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    /// `host:port` where the agent serves the server's calls.
+    pub address: String,
+    /// "kvm" or "tcg".
+    pub accel: String,
+    /// Why that accelerator was chosen, in words.
+    pub accel_reason: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub token: String,
+    pub facts: HostFacts,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub host_id: String,
+    /// Host JWT, sent as `Authorization: Bearer` on heartbeats.
+    pub token: String,
+    pub token_expires_at: i64,
+    pub refresh_token: String,
+    pub refresh_expires_at: i64,
+    /// The server's Ed25519 public key (base64url, 32 bytes): calls from the server are signed with it.
+    pub server_public_key: String,
+}
+
+impl std::fmt::Debug for RegisterResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterResponse")
+            .field("host_id", &self.host_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub facts: HostFacts,
+    /// Live capacity figures.
+    pub running_vms: u32,
+    pub used_memory_mb: u64,
+    pub used_vcpus: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// A microVM the server asks an agent to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateVmRequest {
+    /// The sandbox id (`sbx_…`); the VM is known by it on the agent.
+    pub id: String,
+    pub template: String,
+    pub vcpus: u32,
+    pub memory_mb: u32,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// User-mode networking with egress when true; no network device when false.
+    #[serde(default = "yes")]
+    pub network: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Starting,
+    Running,
+    Paused,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub id: String,
+    pub template: String,
+    pub state: VmState,
+    pub vcpus: u32,
+    pub memory_mb: u32,
+    pub pid: Option<u32>,
+    /// Milliseconds from the create call to the guest's first answer.
+    pub boot_ms: Option<u64>,
+    /// "cold" or "snapshot".
+    pub boot_kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmListResponse {
+    pub vms: Vec<VmInfo>,
+}

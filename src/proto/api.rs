@@ -1,0 +1,175 @@
+//! The public REST API's request and response bodies.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sandbox_ids: Option<Vec<String>>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SignupRequest {
+    pub email: String,
+    pub password: String,
+    pub name: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AuthResponse {
+    pub token: String,
+    pub user_id: String,
+    pub team_id: Option<String>,
+    pub email: String,
+    pub name: String,
+    pub is_admin: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeResponse {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub is_admin: bool,
+    pub team_id: Option<String>,
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateHostRequest {
+    #[serde(rename = "type")]
+    pub host_type: String,
+    #[serde(default)]
+    pub team_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostResponse {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub host_type: String,
+    pub team_id: Option<String>,
+    pub name: Option<String>,
+    pub provider: Option<String>,
+    pub zone: Option<String>,
+    pub status: String,
+    pub arch: Option<String>,
+    pub cpu_cores: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub disk_gb: Option<u64>,
+    pub address: Option<String>,
+    pub accel: Option<String>,
+    pub accel_reason: Option<String>,
+    pub running_vms: Option<u32>,
+    pub last_heartbeat_at: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CreateHostResponse {
+    pub host: HostResponse,
+    /// Shown once: `sandboxctl agent register --token …` consumes it.
+    pub registration_token: String,
+    pub registration_expires_at: i64,
+    /// The command to paste on the new host.
+    pub register_command: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostListResponse {
+    pub hosts: Vec<HostResponse>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateSandboxRequest {
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u32>,
+    #[serde(default)]
+    pub timeout_sec: Option<u64>,
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub network: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxResponse {
+    pub id: String,
+    pub team_id: String,
+    pub host_id: Option<String>,
+    pub template: String,
+    pub status: String,
+    pub vcpus: u32,
+    pub memory_mb: u32,
+    pub timeout_sec: u64,
+    pub metadata: BTreeMap<String, String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub error: Option<String>,
+    /// Milliseconds the agent took from the create call to the guest's first answer.
+    pub boot_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxListResponse {
+    pub sandboxes: Vec<SandboxResponse>,
+}
+
+/// A one-shot command in a sandbox. `cmd` runs directly (looked up in PATH), not through a shell.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub cmd: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub timeout_sec: Option<u64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecResponse {
+    /// Output decoded as UTF-8 (invalid sequences replaced).
+    pub stdout: String,
+    pub stderr: String,
+    /// The exit status; 128+N when killed by signal N; 124 when the timeout killed it.
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub timed_out: bool,
+    /// True when output beyond the per-stream cap was dropped.
+    #[serde(default)]
+    pub truncated: bool,
+}

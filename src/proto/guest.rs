@@ -1,0 +1,449 @@
+//! The host ↔ guest channel: one multiplexed, binary-safe byte stream over virtio-serial.
+//!
+//! Every message is a [`Frame`]:
+//!
+//! ```text
+//! offset size
+//!      0    4  magic "SBXg"
+//!      4    1  kind (FrameKind)
+//!      5    1  flags (reserved, 0)
+//!      6    2  reserved, 0
+//!      8    8  stream id, little endian (0 = the connection itself)
+//!     16    4  payload length, little endian (≤ MAX_PAYLOAD)
+//!     20    4  header check: FNV-1a 32 of bytes 0..20
+//!     24    n  payload
+//! ```
+//!
+//! Control messages carry JSON payloads (the structs below); data messages (`Stdin`, `Stdout`,
+//! `Stderr`, `FileData`) carry raw bytes, so non-UTF-8 output crosses unchanged. The magic plus the
+//! header check let a reader resynchronise after garbage: [`FrameDecoder`] skips bytes until a
+//! header checks out.
+//!
+//! virtio-serial delivers guest writes made while no host is connected to the *next* host
+//! connection, so a host opens every connection with [`Hello`] carrying a fresh nonce and drops
+//! everything until the matching [`HelloAck`]. Request ids are chosen by the host and never reused
+//! within a host process, so late replies to a previous connection's requests are recognisably stale.
+//!
+//! Serde and std only: no tokio in here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Bumped when a frame kind or payload changes incompatibly.
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const MAGIC: [u8; 4] = *b"SBXg";
+pub const HEADER_LEN: usize = 24;
+/// Largest payload a peer may send; bigger lengths are treated as garbage.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Size of the data chunks the guest sends (stdout, stderr, file data).
+pub const CHUNK: usize = 64 * 1024;
+
+/// What a frame is. Values are stable on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// host → guest, id 0, [`Hello`].
+    Hello = 0x01,
+    /// guest → host, id 0, [`HelloAck`].
+    HelloAck = 0x02,
+    /// host → guest, [`Init`]: the sandbox's identity. Also sent after a snapshot restore.
+    Init = 0x03,
+    /// guest → host, [`InitAck`].
+    InitAck = 0x04,
+    /// host → guest, [`Ping`]; guest → host `Pong` with the same payload.
+    Ping = 0x05,
+    Pong = 0x06,
+
+    /// host → guest, [`ExecStart`]: starts a process under this stream id.
+    ExecStart = 0x10,
+    /// guest → host, [`ExecStarted`].
+    ExecStarted = 0x11,
+    /// host → guest, raw bytes for the process's stdin; an empty payload closes it.
+    Stdin = 0x12,
+    /// guest → host, raw bytes.
+    Stdout = 0x13,
+    /// guest → host, raw bytes.
+    Stderr = 0x14,
+    /// host → guest, [`Signal`]: delivered to the process group.
+    Signal = 0x15,
+    /// host → guest, [`Resize`]: the PTY's new size.
+    Resize = 0x16,
+    /// guest → host, [`Exit`]: the last frame of an exec stream.
+    Exit = 0x17,
+
+    /// host → guest, [`FileRequest`] (read, write, list, stat, …).
+    FileRequest = 0x20,
+    /// both ways: raw bytes of a file being read or written; an empty payload ends the file.
+    FileData = 0x21,
+    /// guest → host, [`FileResult`]: the last frame of a file stream.
+    FileResult = 0x22,
+
+    /// guest → host, [`ErrorMsg`]: the request under this id failed (or, with id 0, the frame
+    /// could not be understood).
+    Error = 0x7f,
+}
+
+impl FrameKind {
+    pub fn from_u8(v: u8) -> Option<FrameKind> {
+        use FrameKind::*;
+        Some(match v {
+            0x01 => Hello,
+            0x02 => HelloAck,
+            0x03 => Init,
+            0x04 => InitAck,
+            0x05 => Ping,
+            0x06 => Pong,
+            0x10 => ExecStart,
+            0x11 => ExecStarted,
+            0x12 => Stdin,
+            0x13 => Stdout,
+            0x14 => Stderr,
+            0x15 => Signal,
+            0x16 => Resize,
+            0x17 => Exit,
+            0x20 => FileRequest,
+            0x21 => FileData,
+            0x22 => FileResult,
+            0x7f => Error,
+            _ => return None,
+        })
+    }
+}
+
+/// One message on the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub id: u64,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("payload of {0} bytes is over the {MAX_PAYLOAD} byte limit")]
+    TooLarge(usize),
+    #[error("bad {kind:?} payload: {source}")]
+    Payload {
+        kind: FrameKind,
+        source: serde_json::Error,
+    },
+}
+
+impl Frame {
+    pub fn new(kind: FrameKind, id: u64, payload: Vec<u8>) -> Frame {
+        Frame { kind, id, payload }
+    }
+
+    /// A frame whose payload is `msg` as JSON.
+    pub fn json<T: Serialize>(kind: FrameKind, id: u64, msg: &T) -> Frame {
+        // Serialising these plain structs cannot fail.
+        let payload = serde_json::to_vec(msg).unwrap_or_default();
+        Frame { kind, id, payload }
+    }
+
+    /// The payload read as JSON.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, FrameError> {
+        serde_json::from_slice(&self.payload).map_err(|source| FrameError::Payload {
+            kind: self.kind,
+            source,
+        })
+    }
+
+    /// Appends the encoded frame to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        if self.payload.len() > MAX_PAYLOAD {
+            return Err(FrameError::TooLarge(self.payload.len()));
+        }
+        let mut header = [0u8; HEADER_LEN];
+        header[0..4].copy_from_slice(&MAGIC);
+        header[4] = self.kind as u8;
+        header[8..16].copy_from_slice(&self.id.to_le_bytes());
+        header[16..20].copy_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        let check = fnv1a(&header[0..20]);
+        header[20..24].copy_from_slice(&check.to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.payload);
+        Ok(())
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// Turns a byte stream into frames, skipping garbage.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    /// Bytes thrown away while looking for a frame header (for logs).
+    pub skipped: u64,
+}
+
+impl FrameDecoder {
+    pub fn new() -> FrameDecoder {
+        FrameDecoder::default()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Forgets any partial frame (e.g. when the peer reconnects).
+    pub fn reset(&mut self) {
+        self.buf.clear();
+    }
+
+    /// The next complete frame, if the buffer holds one.
+    pub fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            // Find the magic.
+            let start = match find(&self.buf, &MAGIC) {
+                Some(i) => i,
+                None => {
+                    // Keep a tail that could be the start of a magic.
+                    let keep = self.buf.len().min(MAGIC.len() - 1);
+                    let drop = self.buf.len() - keep;
+                    self.skipped += drop as u64;
+                    self.buf.drain(..drop);
+                    return None;
+                }
+            };
+            if start > 0 {
+                self.skipped += start as u64;
+                self.buf.drain(..start);
+            }
+            if self.buf.len() < HEADER_LEN {
+                return None;
+            }
+            let h = &self.buf[..HEADER_LEN];
+            let check = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
+            let len = u32::from_le_bytes([h[16], h[17], h[18], h[19]]) as usize;
+            let kind = FrameKind::from_u8(h[4]);
+            let valid = check == fnv1a(&h[0..20]) && len <= MAX_PAYLOAD && kind.is_some();
+            let Some(kind) = kind.filter(|_| valid) else {
+                // Not a real header: skip the magic's first byte and look again.
+                self.skipped += 1;
+                self.buf.drain(..1);
+                continue;
+            };
+            if self.buf.len() < HEADER_LEN + len {
+                return None;
+            }
+            let id = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+            let payload = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
+            self.buf.drain(..HEADER_LEN + len);
+            return Some(Frame { kind, id, payload });
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---- payloads ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    /// Fresh per connection attempt; echoed in [`HelloAck`].
+    pub nonce: u64,
+    pub protocol: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HelloAck {
+    pub nonce: u64,
+    pub protocol: u32,
+    /// The guest program's version (the crate version).
+    pub version: String,
+    /// The sandbox id given by the last [`Init`], if any.
+    pub sandbox_id: Option<String>,
+    /// Milliseconds since the guest kernel booted.
+    pub uptime_ms: u64,
+    /// Execs still running in the guest.
+    pub running: u32,
+}
+
+/// The sandbox's identity and clock; sent after boot and after every snapshot restore.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Init {
+    pub sandbox_id: String,
+    /// Environment every exec starts with (before the exec's own variables).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Wall-clock time to set, in milliseconds since the Unix epoch.
+    pub time_unix_ms: u64,
+    /// Random bytes to mix into the guest's entropy pool.
+    #[serde(default)]
+    pub entropy: Vec<u8>,
+    /// Hostname to set; the sandbox id when absent.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InitAck {
+    /// The guest's clock before it was set (ms since the epoch), to log the skew.
+    pub previous_time_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ping {
+    pub token: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Starts a process. It runs directly (looked up in PATH), not through a shell.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecStart {
+    pub cmd: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Added to the sandbox's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// The guest kills the process group after this long and reports exit code 124.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// True: the host will send `Stdin` frames (the last one empty). False: stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run on a PTY of this size (stdout carries the terminal's output; no stderr). Not yet
+    /// implemented by the guest.
+    #[serde(default)]
+    pub pty: Option<PtySize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecStarted {
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Signal {
+    /// A signal number (9 = SIGKILL, 15 = SIGTERM, …).
+    pub signal: i32,
+}
+
+pub type Resize = PtySize;
+
+/// How an exec ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Exit {
+    /// The exit status; 128+N when killed by signal N; 124 on timeout; 127 when the command was
+    /// not found, 126 when it could not be started.
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+/// File operations, streamed in [`FileData`](FrameKind::FileData) chunks. Not yet implemented
+/// by the guest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FileRequest {
+    Read { path: String },
+    Write { path: String, mode: Option<u32> },
+    List { path: String },
+    Stat { path: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    pub mode: u32,
+    pub is_dir: bool,
+    pub modified_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileResult {
+    #[serde(default)]
+    pub entries: Vec<FileEntry>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorMsg {
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_binary_payload() {
+        let f = Frame::new(FrameKind::Stdout, 42, vec![0xff, 0x00, b'S', b'B', b'X', b'g', 0xfe]);
+        let bytes = f.encode().unwrap();
+        let mut d = FrameDecoder::new();
+        d.push(&bytes);
+        assert_eq!(d.next_frame(), Some(f));
+        assert_eq!(d.next_frame(), None);
+    }
+
+    #[test]
+    fn resynchronises_after_garbage_and_partial_frames() {
+        let a = Frame::json(FrameKind::Hello, 0, &Hello { nonce: 7, protocol: 1 });
+        let b = Frame::new(FrameKind::Stderr, 3, b"oops".to_vec());
+        let mut stream = b"garbage SBXg SBX".to_vec();
+        // A truncated frame (a previous connection's leftovers) before the good ones.
+        let partial = b.encode().unwrap();
+        stream.extend_from_slice(&partial[..HEADER_LEN - 3]);
+        stream.extend_from_slice(&a.encode().unwrap());
+        stream.extend_from_slice(&b.encode().unwrap());
+        let mut d = FrameDecoder::new();
+        // Feed byte by byte to exercise partial reads.
+        let mut got = Vec::new();
+        for byte in stream {
+            d.push(&[byte]);
+            while let Some(f) = d.next_frame() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, vec![a, b]);
+        assert!(d.skipped > 0);
+    }
+
+    #[test]
+    fn rejects_oversized_lengths() {
+        let mut bytes = Frame::new(FrameKind::Stdout, 1, vec![1, 2, 3]).encode().unwrap();
+        bytes[16..20].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+        let good = Frame::new(FrameKind::Pong, 9, vec![]);
+        bytes.extend_from_slice(&good.encode().unwrap());
+        let mut d = FrameDecoder::new();
+        d.push(&bytes);
+        assert_eq!(d.next_frame(), Some(good));
+    }
+
+    #[test]
+    fn json_payloads_parse() {
+        let e = ExecStart { cmd: "echo".into(), args: vec!["hi".into()], ..Default::default() };
+        let f = Frame::json(FrameKind::ExecStart, 5, &e);
+        assert_eq!(f.parse::<ExecStart>().unwrap(), e);
+        let r = FileRequest::Read { path: "/etc/hostname".into() };
+        let f = Frame::json(FrameKind::FileRequest, 6, &r);
+        assert_eq!(f.parse::<FileRequest>().unwrap(), r);
+    }
+}

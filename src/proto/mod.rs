@@ -1,0 +1,5 @@
+//! Wire types shared by server, agent, guest and CLI. Serde only: no axum, rusqlite or tokio here.
+
+pub mod agent;
+pub mod api;
+pub mod guest;

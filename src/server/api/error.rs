@@ -1,0 +1,175 @@
+//! The one place where errors become HTTP answers: `{"error": {"code", "message"}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::proto::api::{ErrorBody, ErrorDetail};
+use crate::server::db::DbError;
+use crate::server::pool::AgentError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {message}")]
+    BadRequest { field: String, message: String },
+    #[error("invalid request body: {0}")]
+    BadBody(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("host has live sandboxes")]
+    HostHasSandboxes(Vec<String>),
+    #[error("request body too large")]
+    TooLarge,
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    NoHostAvailable(String),
+    #[error("{message}")]
+    HostFailed { code: &'static str, message: String },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad(field: &str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Forbidden {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        use ApiError::*;
+        match self {
+            BadRequest { field, message } => (StatusCode::BAD_REQUEST, "invalid_field", format!("{field}: {message}")),
+            BadBody(m) => (StatusCode::BAD_REQUEST, "invalid_body", m.clone()),
+            Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing, invalid or expired credentials".into(),
+            ),
+            Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message.clone()),
+            NotFound(what) => (StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
+            Conflict { code, message } => (StatusCode::CONFLICT, code, message.clone()),
+            HostHasSandboxes(ids) => (
+                StatusCode::CONFLICT,
+                "host_has_sandboxes",
+                format!(
+                    "the host still runs {} sandbox(es); delete them first or pass ?force=true",
+                    ids.len()
+                ),
+            ),
+            TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body too large".into(),
+            ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many attempts; retry later".into(),
+            ),
+            NoHostAvailable(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_host_available",
+                format!("no host can take this sandbox: {reason}"),
+            ),
+            HostFailed { code, message } => (StatusCode::BAD_GATEWAY, code, message.clone()),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the server log".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        if let ApiError::Internal(e) = &self {
+            tracing::error!(error = ?e, "internal error");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message,
+                field: match &self {
+                    ApiError::BadRequest { field, .. } => Some(field.clone()),
+                    _ => None,
+                },
+                sandbox_ids: match &self {
+                    ApiError::HostHasSandboxes(ids) => Some(ids.clone()),
+                    _ => None,
+                },
+            },
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after_secs } = self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::NotFound => ApiError::NotFound("resource"),
+            DbError::Conflict(code) => ApiError::conflict(code, code.replace('_', " ")),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::Unreachable(m) => ApiError::HostFailed {
+                code: "host_unreachable",
+                message: format!("the sandbox's host did not answer: {m}"),
+            },
+            AgentError::Remote {
+                status,
+                code,
+                message,
+                field,
+            } => match status {
+                400 | 422 => ApiError::BadRequest {
+                    field: field.unwrap_or(code),
+                    message,
+                },
+                404 => ApiError::NotFound("sandbox on its host"),
+                409 => ApiError::conflict("sandbox_conflict", message),
+                _ => ApiError::HostFailed {
+                    code: "host_error",
+                    message: format!("the sandbox's host failed: {message}"),
+                },
+            },
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

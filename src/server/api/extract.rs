@@ -1,0 +1,225 @@
+//! Extractors: JSON bodies whose errors name the field, and the callers a handler can demand
+//! (`Caller` for sandbox work: user JWT or API key; `AuthUser`: user JWT only; `AuthHost`: host JWT).
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::crypto::sha256_hex;
+use crate::server::AppState;
+use crate::server::db::{api_keys, users};
+
+/// A JSON body. Malformed JSON → 400 `invalid_body`; a missing or mistyped field → 400
+/// `invalid_field` naming it; too large → 413.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("");
+            if !ct.starts_with("application/json") {
+                return Err(ApiError::BadBody(format!(
+                    "content-type must be application/json, not '{ct}'"
+                )));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(_) => ApiError::TooLarge,
+            other => ApiError::BadBody(other.body_text()),
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ApiError::BadBody("the request body is empty; send a JSON object".into()));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let msg = inner.to_string();
+                // serde reports a missing field at the parent's path; name the field itself.
+                let field = msg
+                    .strip_prefix("missing field `")
+                    .and_then(|r| r.split('`').next())
+                    .map(|f| if path == "." { f.to_string() } else { format!("{path}.{f}") })
+                    .unwrap_or_else(|| if path == "." { "body".to_string() } else { path.clone() });
+                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                ApiError::BadRequest { field, message: msg }
+            }
+            _ => ApiError::BadBody(format!("malformed JSON: {inner}")),
+        }
+    })
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    User,
+    ApiKey,
+}
+
+/// Whoever may work with sandboxes: a user (JWT) or a team API key.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub kind: CallerKind,
+    /// The user, or for an API key the user who created it.
+    pub user_id: String,
+    pub team_id: Option<String>,
+    pub role: Option<String>,
+    pub is_admin: bool,
+}
+
+impl Caller {
+    /// The team to work in, or 403 `no_team`.
+    pub fn team(&self) -> Result<&str, ApiError> {
+        self.team_id.as_deref().ok_or_else(|| {
+            ApiError::forbidden(
+                "no_team",
+                "you are not in any active team: create one or ask to be added, then log in again",
+            )
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?.to_string();
+        if token.starts_with("sk_") {
+            let hash = sha256_hex(token.as_bytes());
+            let key = state
+                .db
+                .call(move |c| api_keys::authenticate(c, &hash))
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
+            return Ok(Caller {
+                kind: CallerKind::ApiKey,
+                user_id: key.created_by,
+                team_id: Some(key.team_id),
+                role: Some("member".into()),
+                is_admin: false,
+            });
+        }
+        let u = AuthUser::from_token(&token, state).await?;
+        Ok(Caller {
+            kind: CallerKind::User,
+            user_id: u.user_id,
+            team_id: u.team_id,
+            role: u.role,
+            is_admin: u.is_admin,
+        })
+    }
+}
+
+/// A signed-in user (user JWT only; API keys and host tokens are refused). The team and role are
+/// re-read from the database on every request.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub team_id: Option<String>,
+    pub role: Option<String>,
+    pub is_admin: bool,
+}
+
+impl AuthUser {
+    async fn from_token(token: &str, state: &AppState) -> Result<AuthUser, ApiError> {
+        let claims = state.keys.verify_user(token).ok_or(ApiError::Unauthorized)?;
+        let (user, role) = state
+            .db
+            .call(move |c| {
+                let user = users::get(c, &claims.sub)?;
+                let role = match &claims.team {
+                    Some(t) => users::membership(c, t, &user.id)?.map(|r| (t.clone(), r)),
+                    None => None,
+                };
+                Ok((user, role))
+            })
+            .await
+            .map_err(|_| ApiError::Unauthorized)?;
+        Ok(AuthUser {
+            user_id: user.id,
+            email: user.email,
+            name: user.name,
+            team_id: role.as_ref().map(|r| r.0.clone()),
+            role: role.map(|r| r.1),
+            is_admin: user.is_admin,
+        })
+    }
+
+    pub fn is_team_admin(&self, team_id: &str) -> bool {
+        self.team_id.as_deref() == Some(team_id) && matches!(self.role.as_deref(), Some("owner" | "admin"))
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?.to_string();
+        if token.starts_with("sk_") {
+            return Err(ApiError::forbidden(
+                "user_token_required",
+                "API keys work for sandboxes only; sign in as a user for this",
+            ));
+        }
+        AuthUser::from_token(&token, state).await
+    }
+}
+
+/// A registered host (host JWT).
+#[derive(Debug, Clone)]
+pub struct AuthHost {
+    pub host_id: String,
+}
+
+impl FromRequestParts<AppState> for AuthHost {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let claims = state.keys.verify_host(token).ok_or(ApiError::Unauthorized)?;
+        Ok(AuthHost { host_id: claims.sub })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::api::SignupRequest;
+
+    fn field_of(body: &str) -> String {
+        match parse_json::<SignupRequest>(body.as_bytes()) {
+            Err(ApiError::BadRequest { field, .. }) => field,
+            Err(other) => format!("other: {other}"),
+            Ok(_) => "ok".into(),
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        assert_eq!(field_of(r#"{"email":"a@b.c","password":"x"}"#), "name");
+        assert_eq!(field_of(r#"{"email":5,"password":"x","name":"n"}"#), "email");
+        assert!(matches!(parse_json::<SignupRequest>(b"{"), Err(ApiError::BadBody(_))));
+        assert!(matches!(parse_json::<SignupRequest>(b""), Err(ApiError::BadBody(_))));
+        assert_eq!(field_of(r#"[1]"#), "body");
+    }
+}

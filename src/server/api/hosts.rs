@@ -1,0 +1,349 @@
+//! The host registry: create (with a one-time registration token), register, heartbeat, refresh,
+//! list, get, delete (with its preview).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, AuthHost, AuthUser};
+use crate::crypto::{self, sha256_hex};
+use crate::proto::agent::{HeartbeatRequest, HeartbeatResponse, RefreshRequest, RegisterRequest, RegisterResponse};
+use crate::proto::api::{CreateHostRequest, CreateHostResponse, HostListResponse, HostResponse};
+use crate::server::AppState;
+use crate::server::db::hosts::{self, HostRow, NewHost, RefreshOutcome};
+use crate::server::db::{DbError, now, sandboxes, users};
+
+pub fn to_resp(h: HostRow) -> HostResponse {
+    HostResponse {
+        id: h.id,
+        host_type: h.host_type,
+        team_id: h.team_id,
+        name: h.name,
+        provider: h.provider,
+        zone: h.zone,
+        status: h.status,
+        arch: h.arch,
+        cpu_cores: h.cpu_cores,
+        memory_mb: h.memory_mb,
+        disk_gb: h.disk_gb,
+        address: h.address,
+        accel: h.accel,
+        accel_reason: h.accel_reason,
+        running_vms: h.running_vms,
+        last_heartbeat_at: h.last_heartbeat_at,
+        created_at: h.created_at,
+    }
+}
+
+fn label(field: &str, v: Option<String>) -> ApiResult<Option<String>> {
+    match v {
+        None => Ok(None),
+        Some(s) => {
+            let s = s.trim().to_string();
+            if s.is_empty() || s.chars().count() > 100 || s.chars().any(char::is_control) {
+                Err(ApiError::bad(field, "must be 1 to 100 printable characters"))
+            } else {
+                Ok(Some(s))
+            }
+        }
+    }
+}
+
+/// May this user manage (see, delete, re-token) this host?
+fn can_manage(user: &AuthUser, h: &HostRow) -> bool {
+    user.is_admin || h.team_id.as_deref().is_some_and(|t| user.is_team_admin(t))
+}
+
+async fn visible_host(st: &AppState, user: &AuthUser, id: String) -> ApiResult<HostRow> {
+    let h = st.db.call(move |c| hosts::get(c, &id)).await.map_err(|e| match e {
+        DbError::NotFound => ApiError::NotFound("host"),
+        other => other.into(),
+    })?;
+    if !can_manage(user, &h) {
+        return Err(ApiError::NotFound("host"));
+    }
+    Ok(h)
+}
+
+fn register_command(st: &AppState, token: &str) -> String {
+    format!(
+        "sandboxctl agent register --server {} --token {} --data-dir /var/lib/sandboxctl/agent",
+        st.settings.public_url, token
+    )
+}
+
+pub async fn create(State(st): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<CreateHostRequest>) -> ApiResult<(StatusCode, Json<CreateHostResponse>)> {
+    let team_id = match req.host_type.as_str() {
+        "regular" => {
+            if req.team_id.is_some() {
+                return Err(ApiError::bad("team_id", "only BYOC hosts belong to a team"));
+            }
+            if !user.is_admin {
+                return Err(ApiError::forbidden("admin_required", "only platform admins add regular hosts"));
+            }
+            None
+        }
+        "byoc" => {
+            let team = req.team_id.clone().or_else(|| user.team_id.clone()).ok_or_else(|| ApiError::bad("team_id", "required for a BYOC host"))?;
+            let (t, uid) = (team.clone(), user.user_id.clone());
+            let (active, role) = st
+                .db
+                .call(move |c| Ok((users::team_active(c, &t)?, users::membership(c, &t, &uid)?)))
+                .await?;
+            if !active {
+                return Err(ApiError::NotFound("team"));
+            }
+            if !(user.is_admin || matches!(role.as_deref(), Some("owner" | "admin"))) {
+                return Err(ApiError::forbidden("team_admin_required", "only the team's owners and admins add its hosts"));
+            }
+            Some(team)
+        }
+        _ => return Err(ApiError::bad("type", "must be 'regular' or 'byoc'")),
+    };
+    let name = label("name", req.name)?;
+    let provider = label("provider", req.provider)?;
+    let zone = label("zone", req.zone)?;
+    let token = crypto::random_token("hrt_");
+    let hash = sha256_hex(token.as_bytes());
+    let (host_type, uid) = (req.host_type.clone(), user.user_id.clone());
+    let (row, expires) = st
+        .db
+        .call(move |c| {
+            hosts::create(
+                c,
+                &NewHost {
+                    host_type: &host_type,
+                    team_id: team_id.as_deref(),
+                    name: name.as_deref(),
+                    provider: provider.as_deref(),
+                    zone: zone.as_deref(),
+                    created_by: Some(&uid),
+                },
+                &hash,
+            )
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateHostResponse {
+            host: to_resp(row),
+            register_command: register_command(&st, &token),
+            registration_token: token,
+            registration_expires_at: expires,
+        }),
+    ))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub registration_token: String,
+    pub registration_expires_at: i64,
+    pub register_command: String,
+}
+
+pub async fn new_token(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<TokenResponse>> {
+    let h = visible_host(&st, &user, id).await?;
+    let token = crypto::random_token("hrt_");
+    let hash = sha256_hex(token.as_bytes());
+    let uid = user.user_id.clone();
+    let expires = st
+        .db
+        .call(move |c| hosts::new_registration_token(c, &h.id, &hash, Some(&uid)))
+        .await
+        .map_err(|e| match e {
+            DbError::Conflict(code) => ApiError::conflict(code, "the host is already registered; a new token is only for pending hosts"),
+            other => other.into(),
+        })?;
+    Ok(Json(TokenResponse {
+        register_command: register_command(&st, &token),
+        registration_token: token,
+        registration_expires_at: expires,
+    }))
+}
+
+pub async fn list(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<HostListResponse>> {
+    let uid = user.user_id.clone();
+    let all = user.is_admin;
+    let rows = st
+        .db
+        .call(move |c| {
+            // Teams where the caller is owner or admin.
+            let mut stmt = c.prepare(
+                "SELECT m.team_id FROM memberships m JOIN teams t ON t.id = m.team_id
+                 WHERE m.user_id = ?1 AND m.role IN ('owner', 'admin') AND t.deleted_at IS NULL",
+            )?;
+            let teams: Vec<String> = stmt.query_map([&uid], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            hosts::list(c, all, &teams)
+        })
+        .await?;
+    Ok(Json(HostListResponse {
+        hosts: rows.into_iter().map(to_resp).collect(),
+    }))
+}
+
+pub async fn get(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<HostResponse>> {
+    Ok(Json(to_resp(visible_host(&st, &user, id).await?)))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeletePreview {
+    pub host_id: String,
+    pub sandbox_ids: Vec<String>,
+}
+
+pub async fn delete_preview(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<DeletePreview>> {
+    let h = visible_host(&st, &user, id).await?;
+    let hid = h.id.clone();
+    let live = st.db.call(move |c| sandboxes::live_on_host(c, &hid)).await?;
+    Ok(Json(DeletePreview {
+        host_id: h.id,
+        sandbox_ids: live.into_iter().map(|s| s.id).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    pub force: Option<String>,
+}
+
+pub async fn delete(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>, Query(q): Query<DeleteQuery>) -> ApiResult<StatusCode> {
+    let force = match q.force.as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(_) => return Err(ApiError::bad("force", "must be true or false")),
+    };
+    let h = visible_host(&st, &user, id).await?;
+    let hid = h.id.clone();
+    let live = st.db.call(move |c| sandboxes::live_on_host(c, &hid)).await?;
+    if !live.is_empty() && !force {
+        return Err(ApiError::HostHasSandboxes(live.into_iter().map(|s| s.id).collect()));
+    }
+    if let Some(addr) = &h.address {
+        let client = st.pool.get(&h.id, addr);
+        for s in &live {
+            if let Err(e) = client.destroy_vm(&s.id).await {
+                tracing::warn!(host = %h.id, sandbox = %s.id, error = %e, "could not destroy sandbox on deleted host");
+            }
+        }
+    }
+    let (hid, uid) = (h.id.clone(), user.user_id.clone());
+    st.db
+        .call(move |c| {
+            for s in &live {
+                let _ = sandboxes::transition(c, &s.id, crate::server::state::SandboxStatus::Stopped, Some("host deleted"))
+                    .or_else(|_| sandboxes::transition(c, &s.id, crate::server::state::SandboxStatus::Error, Some("host deleted")));
+            }
+            hosts::delete(c, &hid, Some(&uid))
+        })
+        .await?;
+    st.pool.evict(&h.id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn register(State(st): State<AppState>, ApiJson(req): ApiJson<RegisterRequest>) -> ApiResult<Json<RegisterResponse>> {
+    validate_facts(&req.facts)?;
+    if req.token.is_empty() || req.token.len() > 200 {
+        return Err(ApiError::bad("token", "required"));
+    }
+    let hash = sha256_hex(req.token.as_bytes());
+    let refresh = crypto::random_token("hrf_");
+    let refresh_hash = sha256_hex(refresh.as_bytes());
+    let facts = req.facts.clone();
+    let host_id = st
+        .db
+        .call(move |c| hosts::register(c, &hash, &facts, &refresh_hash))
+        .await
+        .map_err(|e| match e {
+            // Unknown, used or expired tokens all look the same from outside.
+            DbError::NotFound | DbError::Conflict(_) => ApiError::Unauthorized,
+            other => other.into(),
+        })?;
+    st.pool.evict(&host_id);
+    let (token, exp) = st.keys.host_token(&host_id)?;
+    tracing::info!(host = %host_id, address = %req.facts.address, accel = %req.facts.accel, "host registered");
+    Ok(Json(RegisterResponse {
+        host_id,
+        token,
+        token_expires_at: exp,
+        refresh_token: refresh,
+        refresh_expires_at: now() + hosts::REFRESH_TTL_SECS,
+        server_public_key: st.keys.agent_call_public_key().to_string(),
+    }))
+}
+
+fn validate_facts(f: &crate::proto::agent::HostFacts) -> ApiResult<()> {
+    if f.address.is_empty() || f.address.len() > 255 || f.address.parse::<std::net::SocketAddr>().is_err() && !f.address.contains(':') {
+        return Err(ApiError::bad("facts.address", "must be host:port where the agent listens"));
+    }
+    if f.cpu_cores == 0 || f.cpu_cores > 4096 {
+        return Err(ApiError::bad("facts.cpu_cores", "out of range"));
+    }
+    if f.memory_mb == 0 {
+        return Err(ApiError::bad("facts.memory_mb", "out of range"));
+    }
+    if !matches!(f.accel.as_str(), "kvm" | "tcg") {
+        return Err(ApiError::bad("facts.accel", "must be kvm or tcg"));
+    }
+    for (field, v) in [("facts.arch", &f.arch), ("facts.version", &f.version), ("facts.accel_reason", &f.accel_reason)] {
+        if v.len() > 500 {
+            return Err(ApiError::bad(field, "too long"));
+        }
+    }
+    Ok(())
+}
+
+pub async fn heartbeat(State(st): State<AppState>, host: AuthHost, Path(id): Path<String>, ApiJson(req): ApiJson<HeartbeatRequest>) -> ApiResult<Json<HeartbeatResponse>> {
+    if host.host_id != id {
+        return Err(ApiError::forbidden("wrong_host", "a host may only heartbeat for itself"));
+    }
+    validate_facts(&req.facts)?;
+    let status = st
+        .db
+        .call(move |c| hosts::heartbeat(c, &id, &req))
+        .await
+        .map_err(|e| match e {
+            // The host was deleted: its credentials are worthless now.
+            DbError::NotFound => ApiError::Unauthorized,
+            other => other.into(),
+        })?;
+    Ok(Json(HeartbeatResponse { status }))
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct RefreshResponse {
+    pub host_id: String,
+    pub token: String,
+    pub token_expires_at: i64,
+    pub refresh_token: String,
+    pub refresh_expires_at: i64,
+}
+
+pub async fn refresh(State(st): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<Json<RefreshResponse>> {
+    if req.refresh_token.is_empty() || req.refresh_token.len() > 200 {
+        return Err(ApiError::Unauthorized);
+    }
+    let hash = sha256_hex(req.refresh_token.as_bytes());
+    let new = crypto::random_token("hrf_");
+    let new_hash = sha256_hex(new.as_bytes());
+    let outcome = st.db.call(move |c| hosts::rotate_refresh(c, &hash, &new_hash)).await?;
+    match outcome {
+        RefreshOutcome::Rotated { host_id } => {
+            let (token, exp) = st.keys.host_token(&host_id)?;
+            Ok(Json(RefreshResponse {
+                host_id,
+                token,
+                token_expires_at: exp,
+                refresh_token: new,
+                refresh_expires_at: now() + hosts::REFRESH_TTL_SECS,
+            }))
+        }
+        RefreshOutcome::Reuse { host_id } => {
+            tracing::warn!(host = %host_id, "refresh token reuse: the token family is revoked");
+            Err(ApiError::Unauthorized)
+        }
+        RefreshOutcome::Invalid => Err(ApiError::Unauthorized),
+    }
+}

@@ -1,0 +1,95 @@
+//! Team API keys.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, AuthUser};
+use crate::crypto;
+use crate::ids::new_id;
+use crate::server::AppState;
+use crate::server::db::api_keys::{self, ApiKeyRow};
+
+#[derive(Debug, Deserialize)]
+pub struct CreateKeyRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyResponse {
+    pub id: String,
+    pub team_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    /// Only in the answer to create.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyListResponse {
+    pub keys: Vec<KeyResponse>,
+}
+
+fn to_resp(r: ApiKeyRow, key: Option<String>) -> KeyResponse {
+    KeyResponse {
+        id: r.id,
+        team_id: r.team_id,
+        name: r.name,
+        prefix: r.prefix,
+        created_by: r.created_by,
+        created_at: r.created_at,
+        last_used_at: r.last_used_at,
+        key,
+    }
+}
+
+fn team_of(user: &AuthUser) -> ApiResult<String> {
+    user.team_id
+        .clone()
+        .ok_or_else(|| ApiError::forbidden("no_team", "you are not in any active team"))
+}
+
+pub async fn create(State(st): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<CreateKeyRequest>) -> ApiResult<(StatusCode, Json<KeyResponse>)> {
+    let team = team_of(&user)?;
+    let name = req.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad("name", "must be 1 to 100 printable characters"));
+    }
+    let key = crypto::random_token("sk_");
+    let prefix: String = key.chars().take(10).collect();
+    let hash = crypto::sha256_hex(key.as_bytes());
+    let id = new_id("key");
+    let uid = user.user_id.clone();
+    let row = st
+        .db
+        .call(move |c| api_keys::create(c, &id, &team, &name, &prefix, &hash, &uid))
+        .await?;
+    Ok((StatusCode::CREATED, Json(to_resp(row, Some(key)))))
+}
+
+pub async fn list(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<KeyListResponse>> {
+    let team = team_of(&user)?;
+    let rows = st.db.call(move |c| api_keys::list(c, &team)).await?;
+    Ok(Json(KeyListResponse {
+        keys: rows.into_iter().map(|r| to_resp(r, None)).collect(),
+    }))
+}
+
+pub async fn revoke(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let team = team_of(&user)?;
+    let uid = user.user_id.clone();
+    st.db
+        .call(move |c| api_keys::revoke(c, &team, &id, &uid))
+        .await
+        .map_err(|e| match e {
+            crate::server::db::DbError::NotFound => ApiError::NotFound("API key"),
+            other => other.into(),
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}

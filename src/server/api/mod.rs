@@ -1,0 +1,57 @@
+//! The REST API's router. Every route and its guard are listed here.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod hosts;
+pub mod keys;
+pub mod sandboxes;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::server::AppState;
+
+/// Largest JSON body the API reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/auth/signup", post(auth::signup))
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/me", get(auth::me))
+        .route("/v1/api-keys", post(keys::create).get(keys::list))
+        .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/v1/hosts", post(hosts::create).get(hosts::list))
+        .route("/v1/hosts/register", post(hosts::register))
+        .route("/v1/hosts/auth/refresh", post(hosts::refresh))
+        .route("/v1/hosts/{id}", get(hosts::get).delete(hosts::delete))
+        .route("/v1/hosts/{id}/delete-preview", get(hosts::delete_preview))
+        .route("/v1/hosts/{id}/token", post(hosts::new_token))
+        .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
+        .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
+        .route("/v1/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::delete))
+        .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::NotFound("route")
+}
+
+async fn method_not_allowed() -> (axum::http::StatusCode, axum::Json<crate::proto::api::ErrorBody>) {
+    (
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(crate::proto::api::ErrorBody {
+            error: crate::proto::api::ErrorDetail {
+                code: "method_not_allowed".into(),
+                message: "this route does not take that method".into(),
+                field: None,
+                sandbox_ids: None,
+            },
+        }),
+    )
+}

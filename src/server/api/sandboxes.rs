@@ -1,0 +1,297 @@
+//! Sandboxes: create (placed by the scheduler, started on its host), list, get, delete, exec.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, Caller};
+use crate::ids::{is_valid, new_id};
+use crate::proto::agent::CreateVmRequest;
+use crate::proto::api::{CreateSandboxRequest, ExecRequest, ExecResponse, SandboxListResponse, SandboxResponse};
+use crate::server::AppState;
+use crate::server::db::sandboxes::{self, NewSandbox, SandboxRow};
+use crate::server::db::{DbError, hosts};
+use crate::server::pool::AgentError;
+use crate::server::scheduler::{Candidate, PlacementRequest};
+use crate::server::state::SandboxStatus;
+
+pub const DEFAULT_TEMPLATE: &str = "minimal";
+pub const MAX_VCPUS: u32 = 16;
+pub const MIN_MEMORY_MB: u32 = 128;
+pub const MAX_MEMORY_MB: u32 = 65536;
+pub const MAX_TIMEOUT_SEC: u64 = 7 * 86400;
+const MAX_MAP_ENTRIES: usize = 100;
+const MAX_VALUE_BYTES: usize = 4096;
+
+pub fn to_resp(s: SandboxRow) -> SandboxResponse {
+    SandboxResponse {
+        id: s.id,
+        team_id: s.team_id,
+        host_id: s.host_id,
+        template: s.template,
+        status: s.status.as_str().to_string(),
+        vcpus: s.vcpus,
+        memory_mb: s.memory_mb,
+        timeout_sec: s.timeout_sec,
+        metadata: s.metadata,
+        created_at: s.created_at,
+        started_at: s.started_at,
+        ended_at: s.ended_at,
+        error: s.error,
+        boot_ms: s.boot_ms,
+    }
+}
+
+pub fn valid_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 128
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn check_map(field: &str, m: &BTreeMap<String, String>, env_names: bool) -> ApiResult<()> {
+    if m.len() > MAX_MAP_ENTRIES {
+        return Err(ApiError::bad(field, format!("at most {MAX_MAP_ENTRIES} entries")));
+    }
+    for (k, v) in m {
+        if env_names && !valid_env_name(k) {
+            return Err(ApiError::bad(&format!("{field}.{k}"), "not a valid variable name (letters, digits, _)"));
+        }
+        if !env_names && (k.is_empty() || k.len() > 128 || k.chars().any(char::is_control)) {
+            return Err(ApiError::bad(field, "keys must be 1 to 128 printable characters"));
+        }
+        if v.len() > MAX_VALUE_BYTES || v.contains('\0') {
+            return Err(ApiError::bad(&format!("{field}.{k}"), format!("values must be at most {MAX_VALUE_BYTES} bytes, no NUL")));
+        }
+    }
+    Ok(())
+}
+
+fn valid_template_name(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') && !t.starts_with('.')
+}
+
+pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): ApiJson<CreateSandboxRequest>) -> ApiResult<(StatusCode, Json<SandboxResponse>)> {
+    let team_id = caller.team()?.to_string();
+    let template = req.template.clone().unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
+    if !valid_template_name(&template) {
+        return Err(ApiError::bad("template", "1 to 64 letters, digits, '-', '_' or '.'"));
+    }
+    let vcpus = req.vcpus.unwrap_or(1);
+    if !(1..=MAX_VCPUS).contains(&vcpus) {
+        return Err(ApiError::bad("vcpus", format!("must be 1 to {MAX_VCPUS}")));
+    }
+    let memory_mb = req.memory_mb.unwrap_or(256);
+    if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&memory_mb) {
+        return Err(ApiError::bad("memory_mb", format!("must be {MIN_MEMORY_MB} to {MAX_MEMORY_MB}")));
+    }
+    let timeout_sec = req.timeout_sec.unwrap_or(300);
+    if timeout_sec > MAX_TIMEOUT_SEC {
+        return Err(ApiError::bad("timeout_sec", format!("must be 0 (never) to {MAX_TIMEOUT_SEC}")));
+    }
+    let env = req.env.clone().unwrap_or_default();
+    check_map("env", &env, true)?;
+    let metadata = req.metadata.clone().unwrap_or_default();
+    check_map("metadata", &metadata, false)?;
+
+    // Place it.
+    let (candidates, load) = st
+        .db
+        .call(|c| Ok((hosts::schedulable(c)?, sandboxes::load_by_host(c)?)))
+        .await?;
+    let candidates: Vec<Candidate> = candidates
+        .iter()
+        .map(|h| {
+            let (used_vcpus, used_memory_mb) = load.get(&h.id).copied().unwrap_or((0, 0));
+            Candidate {
+                host_id: h.id.clone(),
+                team_id: h.team_id.clone(),
+                cpu_cores: h.cpu_cores.unwrap_or(1),
+                memory_mb: h.memory_mb.unwrap_or(0),
+                used_vcpus,
+                used_memory_mb,
+            }
+        })
+        .collect();
+    let placement = PlacementRequest {
+        team_id: team_id.clone(),
+        vcpus,
+        memory_mb,
+        pinned_host: None,
+    };
+    let host_id = st.scheduler.place(&candidates, &placement).map_err(ApiError::NoHostAvailable)?;
+    let host = candidates_address(&st, &host_id).await?;
+
+    let new = NewSandbox {
+        id: new_id("sbx"),
+        team_id: team_id.clone(),
+        host_id: host_id.clone(),
+        template: template.clone(),
+        vcpus,
+        memory_mb,
+        timeout_sec,
+        network: req.network.unwrap_or(true),
+        metadata,
+        env: env.clone(),
+        created_by: caller.user_id.clone(),
+    };
+    let id = new.id.clone();
+    let vm = CreateVmRequest {
+        id: id.clone(),
+        template,
+        vcpus,
+        memory_mb,
+        env,
+        network: new.network,
+    };
+    st.db.call(move |c| sandboxes::insert(c, &new)).await?;
+
+    // Start it in a task of its own: a client that goes away mid-create leaves no sandbox stuck in
+    // `starting`.
+    let client = st.pool.get(&host_id, &host);
+    let db = st.db.clone();
+    let task = tokio::spawn(async move {
+        let result = client.create_vm(&vm).await;
+        let sid = vm.id.clone();
+        let outcome = match &result {
+            Ok(info) => {
+                let boot_ms = info.boot_ms;
+                db.call(move |c| {
+                    sandboxes::transition(c, &sid, SandboxStatus::Running, None)?;
+                    sandboxes::set_boot_ms(c, &sid, boot_ms)
+                })
+                .await
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                db.call(move |c| sandboxes::transition(c, &sid, SandboxStatus::Error, Some(&msg)).map(|_| ()))
+                    .await
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::error!(sandbox = %vm.id, error = %e, "recording sandbox start");
+        }
+        result
+    });
+    let result = task.await.map_err(|e| anyhow::anyhow!("create task: {e}"))?;
+    if let Err(e) = result {
+        tracing::warn!(sandbox = %id, host = %host_id, error = %e, "sandbox failed to start");
+        return Err(match e {
+            AgentError::Remote { status: 400 | 422, code, message, field } => ApiError::BadRequest {
+                field: field.unwrap_or(code),
+                message,
+            },
+            other => ApiError::HostFailed {
+                code: "sandbox_start_failed",
+                message: format!("sandbox {id} failed to start on host {host_id}: {other}"),
+            },
+        });
+    }
+    let row = st.db.call(move |c| sandboxes::get(c, &team_id, &id)).await?;
+    Ok((StatusCode::CREATED, Json(to_resp(row))))
+}
+
+async fn candidates_address(st: &AppState, host_id: &str) -> ApiResult<String> {
+    let hid = host_id.to_string();
+    let h = st.db.call(move |c| hosts::get(c, &hid)).await?;
+    h.address.ok_or_else(|| ApiError::NoHostAvailable("the chosen host has no address".into()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub status: Option<String>,
+}
+
+pub async fn list(State(st): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult<Json<SandboxListResponse>> {
+    let team_id = caller.team()?.to_string();
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<SandboxStatus>().map_err(|e| ApiError::bad("status", e))?),
+    };
+    let rows = st.db.call(move |c| sandboxes::list(c, &team_id, status)).await?;
+    Ok(Json(SandboxListResponse {
+        sandboxes: rows.into_iter().map(to_resp).collect(),
+    }))
+}
+
+async fn load(st: &AppState, caller: &Caller, id: String) -> ApiResult<SandboxRow> {
+    let team_id = caller.team()?.to_string();
+    if !is_valid("sbx", &id) {
+        return Err(ApiError::NotFound("sandbox"));
+    }
+    st.db.call(move |c| sandboxes::get(c, &team_id, &id)).await.map_err(|e| match e {
+        DbError::NotFound => ApiError::NotFound("sandbox"),
+        other => other.into(),
+    })
+}
+
+pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<SandboxResponse>> {
+    Ok(Json(to_resp(load(&st, &caller, id).await?)))
+}
+
+/// The agent client for a sandbox's host.
+async fn host_client(st: &AppState, s: &SandboxRow) -> ApiResult<crate::server::pool::AgentClient> {
+    let host_id = s.host_id.clone().ok_or_else(|| ApiError::conflict("sandbox_has_no_host", "the sandbox's host was deleted"))?;
+    let addr = candidates_address(st, &host_id).await?;
+    Ok(st.pool.get(&host_id, &addr))
+}
+
+pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let s = load(&st, &caller, id).await?;
+    if s.status.is_terminal() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    if s.host_id.is_some() {
+        let client = host_client(&st, &s).await?;
+        match client.destroy_vm(&s.id).await {
+            Ok(()) | Err(AgentError::Remote { status: 404, .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let sid = s.id.clone();
+    st.db
+        .call(move |c| {
+            let (next, why) = match sandboxes::get_any(c, &sid)?.map(|r| r.status) {
+                Some(SandboxStatus::Pending | SandboxStatus::Starting) => (SandboxStatus::Error, Some("deleted while starting")),
+                Some(s) if s.is_terminal() => return Ok(()),
+                _ => (SandboxStatus::Stopped, None),
+            };
+            sandboxes::transition(c, &sid, next, why)?;
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn exec(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiJson(req): ApiJson<ExecRequest>) -> ApiResult<Json<ExecResponse>> {
+    if req.cmd.is_empty() || req.cmd.len() > 4096 || req.cmd.contains('\0') {
+        return Err(ApiError::bad("cmd", "required: the program to run (not through a shell)"));
+    }
+    if req.args.len() > 4096 || req.args.iter().any(|a| a.contains('\0')) {
+        return Err(ApiError::bad("args", "at most 4096 arguments, no NUL bytes"));
+    }
+    if let Some(t) = req.timeout_sec
+        && !(1..=3600).contains(&t)
+    {
+        return Err(ApiError::bad("timeout_sec", "must be 1 to 3600"));
+    }
+    check_map("env", &req.env, true)?;
+    if let Some(cwd) = &req.cwd
+        && (!cwd.starts_with('/') || cwd.len() > 4096 || cwd.contains('\0'))
+    {
+        return Err(ApiError::bad("cwd", "must be an absolute path"));
+    }
+    let s = load(&st, &caller, id).await?;
+    if s.status != SandboxStatus::Running {
+        return Err(ApiError::conflict("sandbox_not_running", format!("the sandbox is {}, not running", s.status)));
+    }
+    let client = host_client(&st, &s).await?;
+    let out = client.exec(&s.id, &req).await?;
+    let sid = s.id.clone();
+    st.db.call(move |c| sandboxes::touch(c, &sid)).await?;
+    Ok(Json(out))
+}

@@ -1,0 +1,193 @@
+//! Signing keys and tokens: user JWTs, host JWTs (distinct audiences) and the Ed25519-signed
+//! tokens that authenticate the server's calls to agents.
+
+pub mod keys;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::server::db::now;
+
+pub const ISSUER: &str = "sandboxctl";
+pub const USER_AUDIENCE: &str = "sandboxctl-user";
+pub const HOST_AUDIENCE: &str = "sandboxctl-host";
+pub const USER_TOKEN_TTL_SECS: i64 = 24 * 3600;
+pub const HOST_TOKEN_TTL_SECS: i64 = 7 * 86400;
+/// Lifetime of a server → agent call token.
+pub const AGENT_CALL_TTL_SECS: i64 = 60;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserClaims {
+    pub sub: String,
+    pub email: String,
+    pub name: String,
+    pub team: Option<String>,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostClaims {
+    pub sub: String,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// Claims of a server → agent call: the audience is the host id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentCallClaims {
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+pub struct TokenKeys {
+    hs_enc: EncodingKey,
+    hs_dec: DecodingKey,
+    ed_enc: EncodingKey,
+    ed_public: String,
+}
+
+impl TokenKeys {
+    pub fn new(hs_secret: &[u8], ed: &crate::crypto::SigningKeyPair) -> anyhow::Result<TokenKeys> {
+        Ok(TokenKeys {
+            hs_enc: EncodingKey::from_secret(hs_secret)?,
+            hs_dec: DecodingKey::from_secret(hs_secret)?,
+            ed_enc: EncodingKey::from_ed_der(&ed.pkcs8_der()),
+            ed_public: ed.public_b64(),
+        })
+    }
+
+    /// The public key agents pin at registration (base64url).
+    pub fn agent_call_public_key(&self) -> &str {
+        &self.ed_public
+    }
+
+    pub fn user_token(&self, user_id: &str, email: &str, name: &str, team: Option<&str>) -> anyhow::Result<String> {
+        let t = now();
+        let claims = UserClaims {
+            sub: user_id.into(),
+            email: email.into(),
+            name: name.into(),
+            team: team.map(str::to_string),
+            iss: ISSUER.into(),
+            aud: USER_AUDIENCE.into(),
+            iat: t,
+            exp: t + USER_TOKEN_TTL_SECS,
+        };
+        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.hs_enc)?)
+    }
+
+    pub fn host_token(&self, host_id: &str) -> anyhow::Result<(String, i64)> {
+        let t = now();
+        let exp = t + HOST_TOKEN_TTL_SECS;
+        let claims = HostClaims {
+            sub: host_id.into(),
+            iss: ISSUER.into(),
+            aud: HOST_AUDIENCE.into(),
+            iat: t,
+            exp,
+        };
+        Ok((jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.hs_enc)?, exp))
+    }
+
+    pub fn agent_call_token(&self, host_id: &str) -> anyhow::Result<String> {
+        let t = now();
+        let claims = AgentCallClaims {
+            iss: ISSUER.into(),
+            aud: host_id.into(),
+            iat: t,
+            exp: t + AGENT_CALL_TTL_SECS,
+        };
+        Ok(jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.ed_enc)?)
+    }
+
+    fn validation(aud: &str) -> Validation {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_audience(&[aud]);
+        v.set_issuer(&[ISSUER]);
+        v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        v.leeway = 5;
+        v
+    }
+
+    pub fn verify_user(&self, token: &str) -> Option<UserClaims> {
+        jsonwebtoken::decode::<UserClaims>(token, &self.hs_dec, &Self::validation(USER_AUDIENCE))
+            .ok()
+            .map(|d| d.claims)
+    }
+
+    pub fn verify_host(&self, token: &str) -> Option<HostClaims> {
+        jsonwebtoken::decode::<HostClaims>(token, &self.hs_dec, &Self::validation(HOST_AUDIENCE))
+            .ok()
+            .map(|d| d.claims)
+    }
+}
+
+/// What an agent uses to check that a call really comes from its server.
+pub struct AgentCallVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl AgentCallVerifier {
+    pub fn new(server_public_key_b64: &str, host_id: &str) -> anyhow::Result<Self> {
+        let key = DecodingKey::from_ed_components(server_public_key_b64)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&[host_id]);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+        validation.leeway = 5;
+        Ok(Self { key, validation })
+    }
+
+    pub fn verify(&self, token: &str) -> bool {
+        match jsonwebtoken::decode::<AgentCallClaims>(token, &self.key, &self.validation) {
+            Ok(d) => d.claims.exp - d.claims.iat <= AGENT_CALL_TTL_SECS,
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SigningKeyPair;
+
+    #[test]
+    fn audiences_are_distinct() {
+        let ed = SigningKeyPair::generate();
+        let k = TokenKeys::new(b"0123456789abcdef0123456789abcdef", &ed).unwrap();
+        let u = k.user_token("usr_1", "a@b.c", "A", Some("team_1")).unwrap();
+        let (h, _) = k.host_token("host_1").unwrap();
+        assert!(k.verify_user(&u).is_some());
+        assert!(k.verify_host(&h).is_some());
+        assert!(k.verify_user(&h).is_none(), "host token accepted as user token");
+        assert!(k.verify_host(&u).is_none(), "user token accepted as host token");
+        let other = TokenKeys::new(b"another secret another secret 12", &ed).unwrap();
+        assert!(other.verify_user(&u).is_none());
+    }
+
+    #[test]
+    fn agent_calls_are_bound_to_one_host_and_key() {
+        let ed = SigningKeyPair::generate();
+        let k = TokenKeys::new(b"0123456789abcdef0123456789abcdef", &ed).unwrap();
+        let t = k.agent_call_token("host_a").unwrap();
+        let va = AgentCallVerifier::new(k.agent_call_public_key(), "host_a").unwrap();
+        let vb = AgentCallVerifier::new(k.agent_call_public_key(), "host_b").unwrap();
+        assert!(va.verify(&t));
+        assert!(!vb.verify(&t));
+        let forged = TokenKeys::new(b"0123456789abcdef0123456789abcdef", &SigningKeyPair::generate()).unwrap();
+        assert!(!va.verify(&forged.agent_call_token("host_a").unwrap()));
+        // An HS256 token with the public key as secret (algorithm confusion) is refused.
+        let hs = EncodingKey::from_secret(k.agent_call_public_key().as_bytes()).unwrap();
+        let claims = AgentCallClaims { iss: ISSUER.into(), aud: "host_a".into(), iat: now(), exp: now() + 30 };
+        let confused = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &hs).unwrap();
+        assert!(!va.verify(&confused));
+    }
+}

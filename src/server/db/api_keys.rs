@@ -1,0 +1,97 @@
+//! Team API keys: stored as SHA-256 hashes, shown once.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{DbError, DbResult, audit, now};
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub team_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        id: r.get(0)?,
+        team_id: r.get(1)?,
+        name: r.get(2)?,
+        prefix: r.get(3)?,
+        created_by: r.get(4)?,
+        created_at: r.get(5)?,
+        last_used_at: r.get(6)?,
+    })
+}
+
+const COLS: &str = "id, team_id, name, prefix, created_by, created_at, last_used_at";
+
+pub fn create(
+    conn: &Connection,
+    id: &str,
+    team_id: &str,
+    name: &str,
+    prefix: &str,
+    key_hash: &str,
+    created_by: &str,
+) -> DbResult<ApiKeyRow> {
+    let t = now();
+    conn.execute(
+        "INSERT INTO api_keys (id, team_id, name, prefix, key_hash, created_by, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![id, team_id, name, prefix, key_hash, created_by, t],
+    )?;
+    audit::record(conn, Some(created_by), "api_key.create", Some(id), None)?;
+    Ok(ApiKeyRow {
+        id: id.into(),
+        team_id: team_id.into(),
+        name: name.into(),
+        prefix: prefix.into(),
+        created_by: created_by.into(),
+        created_at: t,
+        last_used_at: None,
+    })
+}
+
+pub fn list(conn: &Connection, team_id: &str) -> DbResult<Vec<ApiKeyRow>> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {COLS} FROM api_keys WHERE team_id = ?1 AND revoked_at IS NULL ORDER BY created_at, id"
+    ))?;
+    let rows = st.query_map([team_id], key_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn revoke(conn: &Connection, team_id: &str, id: &str, actor: &str) -> DbResult<()> {
+    let n = conn.execute(
+        "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND team_id = ?3 AND revoked_at IS NULL",
+        params![now(), id, team_id],
+    )?;
+    if n == 0 {
+        return Err(DbError::NotFound);
+    }
+    audit::record(conn, Some(actor), "api_key.revoke", Some(id), None)?;
+    Ok(())
+}
+
+/// Looks a presented key up by its hash (unrevoked, team active) and stamps `last_used_at`.
+pub fn authenticate(conn: &Connection, key_hash: &str) -> DbResult<Option<ApiKeyRow>> {
+    let row = conn
+        .query_row(
+            "SELECT k.id, k.team_id, k.name, k.prefix, k.created_by, k.created_at, k.last_used_at
+             FROM api_keys k JOIN teams t ON t.id = k.team_id
+             WHERE k.key_hash = ?1 AND k.revoked_at IS NULL AND t.deleted_at IS NULL",
+            [key_hash],
+            key_row,
+        )
+        .optional()?;
+    if let Some(r) = &row {
+        conn.execute(
+            "UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2",
+            params![now(), r.id],
+        )?;
+    }
+    Ok(row)
+}

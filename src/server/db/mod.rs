@@ -1,0 +1,139 @@
+//! All SQL lives here. One SQLite file in WAL mode, one connection behind a mutex (one writer),
+//! used from blocking tasks so the async threads never wait on disk.
+
+pub mod api_keys;
+pub mod audit;
+pub mod hosts;
+pub mod sandboxes;
+pub mod users;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness or state rule refused the write; the code says which.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database file and applies every pending migration.
+    pub fn open(path: &Path) -> anyhow::Result<Db> {
+        let mut conn = Connection::open(path)?;
+        Self::configure(&mut conn)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// An in-memory database with the full schema, for unit tests.
+    pub fn open_in_memory() -> anyhow::Result<Db> {
+        let mut conn = Connection::open_in_memory()?;
+        Self::configure(&mut conn)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn configure(conn: &mut Connection) -> anyhow::Result<()> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        embedded::migrations::runner().run(conn)?;
+        Ok(())
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    pub async fn call<T, F>(&self, f: F) -> DbResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Maps "no rows" to `NotFound`.
+pub(crate) fn one<T>(r: rusqlite::Result<T>) -> DbResult<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Err(DbError::NotFound),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_to_an_empty_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        let conn = db.conn.lock().unwrap();
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN
+                 ('users','teams','memberships','api_keys','oauth_identities','hosts','host_tags',
+                  'host_registration_tokens','host_refresh_tokens','sandboxes','templates','audit_events')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 12);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+        assert_eq!(fk, 1);
+        drop(conn);
+        // Opening again applies nothing twice.
+        drop(db);
+        Db::open(&dir.path().join("t.db")).unwrap();
+    }
+}

@@ -1,0 +1,172 @@
+//! Sandbox rows. Status changes go through the state machine in `server::state`.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{DbError, DbResult, now, one};
+use crate::server::state::SandboxStatus;
+
+#[derive(Debug, Clone)]
+pub struct SandboxRow {
+    pub id: String,
+    pub team_id: String,
+    pub host_id: Option<String>,
+    pub template: String,
+    pub status: SandboxStatus,
+    pub vcpus: u32,
+    pub memory_mb: u32,
+    pub timeout_sec: u64,
+    pub network: bool,
+    pub metadata: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub boot_ms: Option<u64>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub error: Option<String>,
+}
+
+const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec, network,
+    metadata, env, boot_ms, created_at, started_at, ended_at, error";
+
+fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
+    let status: String = r.get(4)?;
+    let metadata: String = r.get(9)?;
+    let env: String = r.get(10)?;
+    Ok(SandboxRow {
+        id: r.get(0)?,
+        team_id: r.get(1)?,
+        host_id: r.get(2)?,
+        template: r.get(3)?,
+        status: status.parse().unwrap_or(SandboxStatus::Error),
+        vcpus: r.get(5)?,
+        memory_mb: r.get(6)?,
+        timeout_sec: r.get(7)?,
+        network: r.get(8)?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        env: serde_json::from_str(&env).unwrap_or_default(),
+        boot_ms: r.get(11)?,
+        created_at: r.get(12)?,
+        started_at: r.get(13)?,
+        ended_at: r.get(14)?,
+        error: r.get(15)?,
+    })
+}
+
+pub struct NewSandbox {
+    pub id: String,
+    pub team_id: String,
+    pub host_id: String,
+    pub template: String,
+    pub vcpus: u32,
+    pub memory_mb: u32,
+    pub timeout_sec: u64,
+    pub network: bool,
+    pub metadata: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub created_by: String,
+}
+
+/// Inserts a sandbox already placed on a host, in `starting`.
+pub fn insert(conn: &Connection, s: &NewSandbox) -> DbResult<()> {
+    conn.execute(
+        "INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec,
+            network, metadata, env, created_by, created_at)
+         VALUES (?1, ?2, ?3, ?4, 'starting', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            s.id,
+            s.team_id,
+            s.host_id,
+            s.template,
+            s.vcpus,
+            s.memory_mb,
+            s.timeout_sec,
+            s.network,
+            serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into()),
+            serde_json::to_string(&s.env).unwrap_or_else(|_| "{}".into()),
+            s.created_by,
+            now()
+        ],
+    )?;
+    Ok(())
+}
+
+/// A sandbox of this team (other teams' sandboxes are not found).
+pub fn get(conn: &Connection, team_id: &str, id: &str) -> DbResult<SandboxRow> {
+    one(conn.query_row(
+        &format!("SELECT {COLS} FROM sandboxes WHERE id = ?1 AND team_id = ?2"),
+        params![id, team_id],
+        sandbox_row,
+    ))
+}
+
+pub fn get_any(conn: &Connection, id: &str) -> DbResult<Option<SandboxRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLS} FROM sandboxes WHERE id = ?1"),
+            [id],
+            sandbox_row,
+        )
+        .optional()?)
+}
+
+pub fn list(conn: &Connection, team_id: &str, status: Option<SandboxStatus>) -> DbResult<Vec<SandboxRow>> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {COLS} FROM sandboxes WHERE team_id = ?1 AND (?2 IS NULL OR status = ?2)
+         ORDER BY created_at DESC, id"
+    ))?;
+    let rows = st.query_map(params![team_id, status.map(|s| s.as_str())], sandbox_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Live sandboxes on a host (what a host delete would touch).
+pub fn live_on_host(conn: &Connection, host_id: &str) -> DbResult<Vec<SandboxRow>> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {COLS} FROM sandboxes WHERE host_id = ?1 AND status NOT IN ('stopped', 'error') ORDER BY id"
+    ))?;
+    let rows = st.query_map([host_id], sandbox_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Moves a sandbox to `next` if the state machine allows it from its current status; refuses with
+/// `Conflict("invalid_transition")` otherwise.
+pub fn transition(conn: &Connection, id: &str, next: SandboxStatus, error: Option<&str>) -> DbResult<SandboxStatus> {
+    let current: String = one(conn.query_row("SELECT status FROM sandboxes WHERE id = ?1", [id], |r| r.get(0)))?;
+    let current: SandboxStatus = current.parse().map_err(|_| DbError::Conflict("invalid_transition"))?;
+    if !current.can_become(next) {
+        return Err(DbError::Conflict("invalid_transition"));
+    }
+    let t = now();
+    conn.execute(
+        "UPDATE sandboxes SET status = ?1,
+            started_at = CASE WHEN ?1 = 'running' AND started_at IS NULL THEN ?2 ELSE started_at END,
+            ended_at = CASE WHEN ?1 IN ('stopped', 'error') THEN ?2 ELSE ended_at END,
+            last_active_at = ?2,
+            error = coalesce(?3, error)
+         WHERE id = ?4",
+        params![next.as_str(), t, error, id],
+    )?;
+    Ok(current)
+}
+
+pub fn set_boot_ms(conn: &Connection, id: &str, boot_ms: Option<u64>) -> DbResult<()> {
+    conn.execute("UPDATE sandboxes SET boot_ms = ?1 WHERE id = ?2", params![boot_ms, id])?;
+    Ok(())
+}
+
+pub fn touch(conn: &Connection, id: &str) -> DbResult<()> {
+    conn.execute("UPDATE sandboxes SET last_active_at = ?1 WHERE id = ?2", params![now(), id])?;
+    Ok(())
+}
+
+/// Sum of vCPUs and memory of the live sandboxes on each host, for the scheduler.
+pub fn load_by_host(conn: &Connection) -> DbResult<BTreeMap<String, (u32, u64)>> {
+    let mut st = conn.prepare(
+        "SELECT host_id, sum(vcpus), sum(memory_mb) FROM sandboxes
+         WHERE host_id IS NOT NULL AND status IN ('pending', 'starting', 'running', 'missing')
+         GROUP BY host_id",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,212 @@
+//! Users, teams and memberships.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{DbError, DbResult, audit, is_unique_violation, now, one};
+use crate::ids::new_id;
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub password_hash: Option<String>,
+    pub is_admin: bool,
+    pub created_at: i64,
+}
+
+const USER_COLS: &str = "id, email, name, password_hash, is_admin, created_at";
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        id: r.get(0)?,
+        email: r.get(1)?,
+        name: r.get(2)?,
+        password_hash: r.get(3)?,
+        is_admin: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+/// A team membership of a user, only for teams that are not deleted.
+#[derive(Debug, Clone)]
+pub struct MembershipRow {
+    pub team_id: String,
+    pub role: String,
+}
+
+/// Creates the user, a personal team and the owner membership in one transaction. The first user
+/// of a fresh server becomes the platform admin.
+pub fn create_with_team(
+    conn: &mut Connection,
+    email: &str,
+    name: &str,
+    password_hash: Option<&str>,
+) -> DbResult<(UserRow, String)> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+    let is_admin = users == 0;
+    let t = now();
+    let user_id = new_id("usr");
+    let inserted = tx.execute(
+        "INSERT INTO users (id, email, name, password_hash, is_admin, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        params![user_id, email, name, password_hash, is_admin, t],
+    );
+    match inserted {
+        Err(e) if is_unique_violation(&e) => return Err(DbError::Conflict("email_taken")),
+        r => {
+            r?;
+        }
+    }
+    let team_id = new_id("team");
+    let slug = format!("{}-{}", slugify(name), &team_id[5..11]);
+    tx.execute(
+        "INSERT INTO teams (id, name, slug, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![team_id, format!("{name}'s team"), slug, t],
+    )?;
+    tx.execute(
+        "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES (?1, ?2, 'owner', 1, ?3)",
+        params![team_id, user_id, t],
+    )?;
+    audit::record(&tx, Some(&user_id), "user.signup", Some(&user_id), None)?;
+    tx.commit()?;
+    Ok((
+        UserRow {
+            id: user_id,
+            email: email.to_string(),
+            name: name.to_string(),
+            password_hash: password_hash.map(str::to_string),
+            is_admin,
+            created_at: t,
+        },
+        team_id,
+    ))
+}
+
+fn slugify(s: &str) -> String {
+    let slug: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let slug = slug.trim_matches('-');
+    let slug: String = slug.chars().take(40).collect();
+    if slug.is_empty() {
+        "team".to_string()
+    } else {
+        slug
+    }
+}
+
+pub fn by_email(conn: &Connection, email: &str) -> DbResult<Option<UserRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {USER_COLS} FROM users WHERE email = ?1"),
+            [email],
+            user_row,
+        )
+        .optional()?)
+}
+
+pub fn get(conn: &Connection, id: &str) -> DbResult<UserRow> {
+    one(conn.query_row(
+        &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
+        [id],
+        user_row,
+    ))
+}
+
+/// The team a login lands in: the default membership's team if it is active, else the earliest
+/// joined active team. Soft-deleted teams never count.
+pub fn login_team(conn: &Connection, user_id: &str) -> DbResult<Option<MembershipRow>> {
+    Ok(conn
+        .query_row(
+            "SELECT m.team_id, m.role FROM memberships m JOIN teams t ON t.id = m.team_id
+             WHERE m.user_id = ?1 AND t.deleted_at IS NULL
+             ORDER BY m.is_default DESC, m.created_at ASC, m.team_id ASC LIMIT 1",
+            [user_id],
+            |r| {
+                Ok(MembershipRow {
+                    team_id: r.get(0)?,
+                    role: r.get(1)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// The caller's role in an active team, or None.
+pub fn membership(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT m.role FROM memberships m JOIN teams t ON t.id = m.team_id
+             WHERE m.team_id = ?1 AND m.user_id = ?2 AND t.deleted_at IS NULL",
+            params![team_id, user_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// True when the team exists and is not deleted.
+pub fn team_active(conn: &Connection, team_id: &str) -> DbResult<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM teams WHERE id = ?1 AND deleted_at IS NULL",
+            [team_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+pub fn count(conn: &Connection) -> DbResult<i64> {
+    Ok(conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::db::Db;
+
+    #[tokio::test]
+    async fn first_user_is_admin_and_login_team_skips_deleted_teams() {
+        let db = Db::open_in_memory().unwrap();
+        let (a, team_a) = db
+            .call(|c| create_with_team(c, "a@x.io", "Ann", Some("h")))
+            .await
+            .unwrap();
+        assert!(a.is_admin);
+        let (b, team_b) = db
+            .call(|c| create_with_team(c, "b@x.io", "Bob", Some("h")))
+            .await
+            .unwrap();
+        assert!(!b.is_admin);
+        let dup = db
+            .call(|c| create_with_team(c, "a@x.io", "Ann2", Some("h")))
+            .await;
+        assert!(matches!(dup, Err(DbError::Conflict("email_taken"))));
+
+        // Bob is invited to Ann's team (not default); his own team is deleted.
+        let (bid, ta, tb) = (b.id.clone(), team_a.clone(), team_b.clone());
+        let team = db
+            .call(move |c| {
+                c.execute(
+                    "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES (?1, ?2, 'member', 0, 0)",
+                    params![ta, bid],
+                )?;
+                c.execute("UPDATE teams SET deleted_at = 1 WHERE id = ?1", [tb])?;
+                login_team(c, &bid)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(team.team_id, team_a);
+        assert_eq!(team.role, "member");
+    }
+}

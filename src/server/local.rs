@@ -1,0 +1,96 @@
+//! `sandboxctl server --local-agent`: an agent for this machine in the same process, registered
+//! automatically, and a ready admin login on a fresh server.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::agent::run::AgentConfig;
+use crate::agent::vm::AccelChoice;
+use crate::agent::{credentials, register};
+use crate::crypto::{self, sha256_hex};
+use crate::server::AppState;
+use crate::server::db::hosts::{self, NewHost};
+use crate::server::db::users;
+
+#[derive(Debug, Clone)]
+pub struct LocalAgentConfig {
+    pub listen: String,
+    pub kernel_dir: PathBuf,
+    pub accel: AccelChoice,
+    pub heartbeat_interval: Duration,
+    pub admin_email: String,
+}
+
+/// Makes sure an admin exists (printing how to log in), registers the local agent on first start,
+/// and runs it.
+pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> anyhow::Result<()> {
+    ensure_admin(&state, data_dir, &cfg.admin_email).await?;
+    let agent_dir = data_dir.join("agent");
+    if credentials::load(&agent_dir)?.is_none() {
+        let token = crypto::random_token("hrt_");
+        let hash = sha256_hex(token.as_bytes());
+        state
+            .db
+            .call(move |c| {
+                hosts::create(
+                    c,
+                    &NewHost {
+                        host_type: "regular",
+                        team_id: None,
+                        name: Some("local"),
+                        provider: Some("local"),
+                        zone: None,
+                        created_by: None,
+                    },
+                    &hash,
+                )
+            })
+            .await?;
+        register::register(&state.settings.public_url, &token, &agent_dir, &cfg.listen, &cfg.listen)
+            .await
+            .context("registering the local agent")?;
+        println!("local agent registered (listening on {})", cfg.listen);
+    }
+    println!("starting the local agent (the first start builds the guest image: a few seconds)");
+    crate::agent::run::run(
+        AgentConfig {
+            data_dir: agent_dir,
+            kernel_dir: cfg.kernel_dir,
+            listen: None,
+            accel: cfg.accel,
+            heartbeat_interval: cfg.heartbeat_interval,
+            guest_binary: None,
+        },
+        std::future::pending(),
+    )
+    .await
+}
+
+async fn ensure_admin(state: &AppState, data_dir: &Path, email: &str) -> anyhow::Result<()> {
+    let pw_file = data_dir.join("admin-password");
+    let n = state.db.call(|c| users::count(c)).await?;
+    let url = &state.settings.public_url;
+    if n == 0 {
+        let password = crypto::random_token("").chars().take(20).collect::<String>();
+        crate::agent::credentials::write_private_atomic(&pw_file, password.as_bytes())?;
+        let pw = password.clone();
+        let hash = tokio::task::spawn_blocking(move || crypto::hash_password(&pw)).await??;
+        let em = email.to_string();
+        state
+            .db
+            .call(move |c| users::create_with_team(c, &em, "Admin", Some(&hash)))
+            .await?;
+        println!("created the platform admin {email}; its password is in {}", pw_file.display());
+    }
+    if pw_file.exists() {
+        println!(
+            "log in with:\n  sandboxctl login --server {url} --email {email} --password-stdin < {}",
+            pw_file.display()
+        );
+    } else {
+        println!("log in with: sandboxctl login --server {url} --email YOUR_EMAIL");
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The control plane: REST API, embedded SPA, accounts, host registry, scheduler and monitor,
+//! with its state in one SQLite file.
+
+pub mod api;
+pub mod auth;
+pub mod db;
+pub mod local;
+pub mod monitor;
+pub mod pool;
+pub mod scheduler;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use self::auth::TokenKeys;
+use self::auth::keys::ServerKeys;
+use self::db::Db;
+use self::pool::HostClientPool;
+use self::scheduler::{RoundRobinScheduler, Scheduler};
+
+/// Settings that handlers and background tasks read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The URL agents and users reach this server at (shown in registration commands).
+    pub public_url: String,
+    pub monitor_interval: Duration,
+    pub host_stale_after: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub keys: Arc<TokenKeys>,
+    pub pool: Arc<HostClientPool>,
+    pub scheduler: Arc<dyn Scheduler>,
+    pub settings: Arc<Settings>,
+}
+
+impl AppState {
+    /// Opens the database and keys in `data_dir` (creating both on first start).
+    pub fn open(data_dir: &Path, settings: Settings) -> anyhow::Result<AppState> {
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        restrict_dir(data_dir);
+        let db = Db::open(&data_dir.join("sandboxctl.db")).context("opening the database")?;
+        let keys = ServerKeys::load(data_dir)?;
+        let keys = Arc::new(TokenKeys::new(&keys.jwt_secret, &keys.agent_signing)?);
+        Ok(AppState {
+            db,
+            pool: Arc::new(HostClientPool::new(keys.clone())),
+            keys,
+            scheduler: Arc::new(RoundRobinScheduler::default()),
+            settings: Arc::new(settings),
+        })
+    }
+}
+
+fn restrict_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(api::router())
+        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Serves the API on `listener` until `shutdown` completes; starts the host monitor.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let monitor = tokio::spawn(monitor::HostMonitor::run(state.clone()));
+    let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    monitor.abort();
+    result.context("serving HTTP")
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub public_url: Option<String>,
+    pub monitor_interval: Duration,
+    pub host_stale_after: Duration,
+    pub local_agent: Option<local::LocalAgentConfig>,
+}
+
+pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another server running? try --listen 127.0.0.1:0)", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = cfg.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let state = AppState::open(
+        &cfg.data_dir,
+        Settings {
+            public_url: public_url.clone(),
+            monitor_interval: cfg.monitor_interval,
+            host_stale_after: cfg.host_stale_after,
+        },
+    )?;
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "sandboxctl server listening");
+    println!("sandboxctl server listening on {public_url}");
+    let shutdown = async {
+        let _ = shutdown_signal().await;
+    };
+    let server = tokio::spawn(serve(listener, state.clone(), shutdown));
+    if let Some(local) = cfg.local_agent {
+        let st = state.clone();
+        let data_dir = cfg.data_dir.clone();
+        tokio::spawn(async move {
+            if let Err(e) = local::start(st, &data_dir, local).await {
+                eprintln!("sandboxctl: the local agent failed: {e:#}");
+                tracing::error!(error = ?e, "local agent failed");
+            }
+        });
+    }
+    server.await.context("server task")?
+}
+
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}

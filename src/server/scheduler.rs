@@ -1,0 +1,151 @@
+//! Placement: which host gets a new sandbox. Pure over a snapshot of the fleet.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// What the scheduler knows about a host.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub host_id: String,
+    pub team_id: Option<String>,
+    pub cpu_cores: u32,
+    pub memory_mb: u64,
+    /// vCPUs and memory already promised to live sandboxes.
+    pub used_vcpus: u32,
+    pub used_memory_mb: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlacementRequest {
+    pub team_id: String,
+    pub vcpus: u32,
+    pub memory_mb: u32,
+    /// Only this host may take it (a snapshot template lives there).
+    pub pinned_host: Option<String>,
+}
+
+/// vCPUs may be overcommitted this many times over the host's cores.
+pub const VCPU_OVERCOMMIT: u32 = 4;
+
+pub trait Scheduler: Send + Sync {
+    /// The chosen host, or the reason none fits.
+    fn place(&self, hosts: &[Candidate], req: &PlacementRequest) -> Result<String, String>;
+}
+
+/// The hosts that may take the request, in a stable order.
+pub fn eligible<'a>(hosts: &'a [Candidate], req: &PlacementRequest) -> Result<Vec<&'a Candidate>, String> {
+    if hosts.is_empty() {
+        return Err("no host is online".into());
+    }
+    let team_owns_byoc = hosts.iter().any(|h| h.team_id.as_deref() == Some(req.team_id.as_str()));
+    let mut visible: Vec<&Candidate> = hosts
+        .iter()
+        .filter(|h| match &h.team_id {
+            // A team with its own hosts is pinned to them; BYOC hosts serve only their team.
+            Some(t) => t == &req.team_id,
+            None => !team_owns_byoc,
+        })
+        .collect();
+    if let Some(pin) = &req.pinned_host {
+        visible.retain(|h| &h.host_id == pin);
+        if visible.is_empty() {
+            return Err(format!("the template lives on host {pin}, which is not online for this team"));
+        }
+    }
+    if visible.is_empty() {
+        return Err("no online host serves this team".into());
+    }
+    let fits: Vec<&Candidate> = visible
+        .into_iter()
+        .filter(|h| {
+            h.used_memory_mb + u64::from(req.memory_mb) <= h.memory_mb
+                && h.used_vcpus + req.vcpus <= h.cpu_cores * VCPU_OVERCOMMIT
+                && req.vcpus <= h.cpu_cores
+        })
+        .collect();
+    if fits.is_empty() {
+        return Err(format!(
+            "no online host has room for {} vCPU and {} MB",
+            req.vcpus, req.memory_mb
+        ));
+    }
+    Ok(fits)
+}
+
+/// Round-robin over the eligible hosts.
+#[derive(Default)]
+pub struct RoundRobinScheduler {
+    next: AtomicUsize,
+}
+
+impl Scheduler for RoundRobinScheduler {
+    fn place(&self, hosts: &[Candidate], req: &PlacementRequest) -> Result<String, String> {
+        let fits = eligible(hosts, req)?;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % fits.len();
+        Ok(fits[i].host_id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, team: Option<&str>) -> Candidate {
+        Candidate {
+            host_id: id.into(),
+            team_id: team.map(Into::into),
+            cpu_cores: 2,
+            memory_mb: 4096,
+            used_vcpus: 0,
+            used_memory_mb: 0,
+        }
+    }
+
+    fn req(team: &str) -> PlacementRequest {
+        PlacementRequest {
+            team_id: team.into(),
+            vcpus: 1,
+            memory_mb: 256,
+            pinned_host: None,
+        }
+    }
+
+    #[test]
+    fn round_robin_spreads() {
+        let s = RoundRobinScheduler::default();
+        let hosts = [host("a", None), host("b", None), host("c", None)];
+        let picks: Vec<String> = (0..6).map(|_| s.place(&hosts, &req("t")).unwrap()).collect();
+        assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn byoc_hosts_serve_only_their_team_and_pin_it() {
+        let s = RoundRobinScheduler::default();
+        let hosts = [host("shared", None), host("mine", Some("t1"))];
+        for _ in 0..4 {
+            assert_eq!(s.place(&hosts, &req("t1")).unwrap(), "mine");
+            assert_eq!(s.place(&hosts, &req("t2")).unwrap(), "shared");
+        }
+        let only_byoc = [host("mine", Some("t1"))];
+        assert!(s.place(&only_byoc, &req("t2")).is_err());
+    }
+
+    #[test]
+    fn capacity_and_pins_are_respected() {
+        let s = RoundRobinScheduler::default();
+        let mut full = host("full", None);
+        full.used_memory_mb = 4000;
+        let hosts = [full, host("free", None)];
+        for _ in 0..3 {
+            assert_eq!(s.place(&hosts, &req("t")).unwrap(), "free");
+        }
+        let mut big = req("t");
+        big.vcpus = 3;
+        assert!(s.place(&hosts, &big).unwrap_err().contains("room"));
+        let mut pinned = req("t");
+        pinned.pinned_host = Some("full".into());
+        assert!(s.place(&hosts, &pinned).is_err());
+        pinned.pinned_host = Some("gone".into());
+        assert!(s.place(&hosts, &pinned).unwrap_err().contains("gone"));
+        assert!(s.place(&[], &req("t")).unwrap_err().contains("no host"));
+    }
+}

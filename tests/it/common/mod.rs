@@ -1,0 +1,283 @@
+//! The harness: the real `sandboxctl` binary as server and agent processes, on ephemeral ports,
+//! with temp data dirs. Logs go to files in the data dirs (printed on failure with TEST_LOG=1).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sandboxctl::cli::client::ApiClient;
+use sandboxctl::proto::api::{AuthResponse, CreateHostRequest};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sandboxctl");
+
+pub fn kernel_dir() -> PathBuf {
+    std::env::var_os("SANDBOXCTL_KERNEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/sandboxctl/kernel"))
+}
+
+/// Tests that boot microVMs take this first: on 2 cores, one at a time keeps boots honest.
+pub async fn vm_permit() -> SemaphorePermit<'static> {
+    static SEM: OnceLock<Semaphore> = OnceLock::new();
+    SEM.get_or_init(|| Semaphore::new(1)).acquire().await.expect("semaphore open")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn log_env(cmd: &mut Command) {
+    cmd.env("SANDBOXCTL_LOG", std::env::var("TEST_LOG_FILTER").unwrap_or_else(|_| "info".into()));
+}
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    child: Child,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log);
+        log_env(&mut cmd);
+        let mut child = cmd.spawn().expect("server starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && let Some(url) = line.strip_prefix("sandboxctl server listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                    sent = true;
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(30)).expect("server printed its URL");
+        let s = TestServer { dir, url, child };
+        let c = s.anon();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.healthz().await {
+            assert!(Instant::now() < deadline, "server never became healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn anon(&self) -> ApiClient {
+        ApiClient::new(&self.url, None)
+    }
+
+    /// Signs up a user; returns the auth answer and a client with its token.
+    pub async fn signup(&self, email: &str, name: &str) -> (AuthResponse, ApiClient) {
+        let r = self.anon().signup(email, "correct horse battery", name).await.expect("signup");
+        let c = self.anon().with_token(&r.token);
+        (r, c)
+    }
+
+    /// Opens the server's real SQLite file (for checks and for aging tokens).
+    pub fn sqlite(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.data_dir().join("sandboxctl.db")).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::env::var_os("TEST_LOG").is_some() {
+            eprintln!("--- server log ---\n{}", self.log());
+        }
+    }
+}
+
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub host_id: String,
+    pub addr: String,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl TestAgent {
+    /// Creates a regular host as `admin`, registers a real agent process with the token, runs it,
+    /// and waits until the server sees the host online and the agent answers.
+    pub async fn start(server: &TestServer, admin: &ApiClient) -> TestAgent {
+        Self::start_with(server, admin, &[]).await
+    }
+
+    pub async fn start_with(server: &TestServer, admin: &ApiClient, extra: &[&str]) -> TestAgent {
+        let created = admin
+            .create_host(&CreateHostRequest {
+                host_type: "regular".into(),
+                team_id: None,
+                name: Some("test".into()),
+                provider: None,
+                zone: None,
+            })
+            .await
+            .expect("host create");
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let out = Command::new(BIN)
+            .args(["agent", "register", "--server", &server.url, "--token", &created.registration_token, "--listen", &addr, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "register failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut a = TestAgent {
+            dir,
+            host_id: created.host.id.clone(),
+            addr,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        a.spawn();
+        a.wait_ready(admin).await;
+        a
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["agent", "run", "--data-dir"])
+            .arg(self.dir.path())
+            .arg("--kernel-dir")
+            .arg(kernel_dir())
+            .args(["--heartbeat-interval", "1s"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log);
+        log_env(&mut cmd);
+        self.child = Some(cmd.spawn().expect("agent starts"));
+    }
+
+    /// Waits until the agent's port accepts connections and its heartbeat reached the server.
+    pub async fn wait_ready(&self, admin: &ApiClient) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let port_up = tokio::net::TcpStream::connect(&self.addr).await.is_ok();
+            let hb = admin.get_host(&self.host_id).await.map(|h| h.status == "online" && h.accel.as_deref().is_some()).unwrap_or(false);
+            if port_up && hb {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent never became ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// QEMU processes whose command line mentions this agent's data dir.
+    pub fn qemu_pids(&self) -> Vec<u32> {
+        qemu_pids_under(self.dir.path())
+    }
+}
+
+pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("qemu-system") && cmd.contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill();
+        // VMs outlive their agent on purpose; a test's VMs must not outlive the test.
+        for pid in self.qemu_pids() {
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        if std::env::var_os("TEST_LOG").is_some() {
+            eprintln!("--- agent log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A raw HTTP call, for inputs the typed client cannot send.
+pub async fn raw(method: reqwest::Method, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b.to_string());
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// The error code of an error answer.
+pub fn code(v: &serde_json::Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+/// Runs the CLI with its own config file; returns (exit code, stdout, stderr).
+pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("SANDBOXCTL_CONFIG", config)
+        .env_remove("SANDBOXCTL_SERVER")
+        .env_remove("SANDBOXCTL_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
