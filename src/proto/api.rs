@@ -173,3 +173,21 @@ pub struct ExecResponse {
     #[serde(default)]
     pub truncated: bool,
 }
+
+impl std::fmt::Debug for AuthResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthResponse")
+            .field("user_id", &self.user_id)
+            .field("team_id", &self.team_id)
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for CreateHostResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateHostResponse")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}

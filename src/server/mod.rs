@@ -7,6 +7,7 @@ pub mod db;
 pub mod local;
 pub mod monitor;
 pub mod pool;
+pub mod ratelimit;
 pub mod scheduler;
 pub mod state;
 
@@ -43,6 +44,7 @@ pub struct AppState {
     pub pool: Arc<HostClientPool>,
     pub scheduler: Arc<dyn Scheduler>,
     pub settings: Arc<Settings>,
+    pub limits: Arc<ratelimit::AuthLimits>,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
             keys,
             scheduler: Arc::new(RoundRobinScheduler::default()),
             settings: Arc::new(settings),
+            limits: Arc::new(ratelimit::AuthLimits::default()),
         })
     }
 }
@@ -79,7 +82,8 @@ pub fn app(state: AppState) -> Router {
 /// Serves the API on `listener` until `shutdown` completes; starts the host monitor.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let monitor = tokio::spawn(monitor::HostMonitor::run(state.clone()));
-    let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown).await;
     monitor.abort();
     result.context("serving HTTP")
 }

@@ -178,7 +178,8 @@ fn build_root(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
     }
 
     // init.
-    write_file(&root.join("etc/inittab"), 0o644, INITTAB.as_bytes())?;
+    let inittab = INITTAB.replace("@PORT@", GUEST_PORT);
+    write_file(&root.join("etc/inittab"), 0o644, inittab.as_bytes())?;
     write_file(&root.join("etc/init.d/rcS"), 0o755, RCS.as_bytes())?;
     write_file(&root.join("etc/hostname"), 0o644, b"sandbox\n")?;
     write_file(&root.join("etc/hosts"), 0o644, b"127.0.0.1 localhost\n::1 localhost\n")?;
@@ -311,7 +312,7 @@ exec switch_root /newroot /sbin/init
 "#;
 
 const INITTAB: &str = "::sysinit:/etc/init.d/rcS
-::respawn:/usr/bin/sandboxctl guest --port /dev/vport0p1
+::respawn:/usr/bin/sandboxctl guest --port @PORT@
 ::shutdown:/bin/umount -a -r
 ";
 

@@ -1,7 +1,9 @@
 //! Signup, login and the caller's identity.
 
 use axum::Json;
-use axum::extract::State;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiResult};
@@ -56,7 +58,23 @@ fn validate_password(p: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn signup(State(st): State<AppState>, ApiJson(req): ApiJson<SignupRequest>) -> ApiResult<(StatusCode, Json<AuthResponse>)> {
+/// Takes one attempt from the per-IP bucket and, when given, the per-account bucket.
+pub fn rate_limit(st: &AppState, ip: IpAddr, account: Option<&str>) -> Result<(), ApiError> {
+    st.limits
+        .per_ip
+        .check(&ip.to_string())
+        .map_err(|s| ApiError::RateLimited { retry_after_secs: s })?;
+    if let Some(a) = account {
+        st.limits
+            .per_account
+            .check(a)
+            .map_err(|s| ApiError::RateLimited { retry_after_secs: s })?;
+    }
+    Ok(())
+}
+
+pub async fn signup(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, ApiJson(req): ApiJson<SignupRequest>) -> ApiResult<(StatusCode, Json<AuthResponse>)> {
+    rate_limit(&st, peer.ip(), None)?;
     let email = normalize_email(&req.email)?;
     validate_password(&req.password)?;
     let name = validate_name(&req.name)?;
@@ -87,11 +105,12 @@ pub async fn signup(State(st): State<AppState>, ApiJson(req): ApiJson<SignupRequ
     ))
 }
 
-pub async fn login(State(st): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<AuthResponse>> {
+pub async fn login(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<AuthResponse>> {
     let email = req.email.trim().to_lowercase();
     if email.is_empty() {
         return Err(ApiError::bad("email", "required"));
     }
+    rate_limit(&st, peer.ip(), Some(&format!("login:{email}")))?;
     if req.password.is_empty() || req.password.len() > MAX_PASSWORD {
         return Err(ApiError::bad("password", "required"));
     }

@@ -2,7 +2,7 @@
 //! list, get, delete (with its preview).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -136,11 +136,19 @@ pub async fn create(State(st): State<AppState>, user: AuthUser, ApiJson(req): Ap
     ))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub struct TokenResponse {
     pub registration_token: String,
     pub registration_expires_at: i64,
     pub register_command: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("registration_expires_at", &self.registration_expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 pub async fn new_token(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<TokenResponse>> {
@@ -321,7 +329,8 @@ pub struct RefreshResponse {
     pub refresh_expires_at: i64,
 }
 
-pub async fn refresh(State(st): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<Json<RefreshResponse>> {
+pub async fn refresh(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<Json<RefreshResponse>> {
+    super::auth::rate_limit(&st, peer.ip(), Some(&format!("refresh:{}", &sha256_hex(req.refresh_token.as_bytes())[..16])))?;
     if req.refresh_token.is_empty() || req.refresh_token.len() > 200 {
         return Err(ApiError::Unauthorized);
     }

@@ -17,7 +17,7 @@ pub struct CreateKeyRequest {
     pub name: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub struct KeyResponse {
     pub id: String,
     pub team_id: String,
@@ -29,6 +29,15 @@ pub struct KeyResponse {
     /// Only in the answer to create.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+impl std::fmt::Debug for KeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyResponse")
+            .field("id", &self.id)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod hosts;
 pub mod keys;
 pub mod sandboxes;
+pub mod teams;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -20,7 +21,14 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/auth/signup", post(auth::signup))
         .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/switch-team", post(teams::switch))
         .route("/v1/me", get(auth::me))
+        .route("/v1/users/search", get(teams::search_users))
+        .route("/v1/teams", get(teams::list).post(teams::create))
+        .route("/v1/teams/{id}", get(teams::get).patch(teams::rename).delete(teams::delete))
+        .route("/v1/teams/{id}/members", post(teams::add_member))
+        .route("/v1/teams/{id}/members/{user_id}", axum::routing::patch(teams::set_role).delete(teams::remove_member))
+        .route("/v1/teams/{id}/leave", post(teams::leave))
         .route("/v1/api-keys", post(keys::create).get(keys::list))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/hosts", post(hosts::create).get(hosts::list))

@@ -240,18 +240,24 @@ async fn host_client(st: &AppState, s: &SandboxRow) -> ApiResult<crate::server::
     Ok(st.pool.get(&host_id, &addr))
 }
 
+/// Ends a sandbox's VM on its host (a VM the host no longer has counts as ended).
+pub async fn destroy_on_host(st: &AppState, s: &SandboxRow) -> ApiResult<()> {
+    if s.host_id.is_none() {
+        return Ok(());
+    }
+    let client = host_client(st, s).await?;
+    match client.destroy_vm(&s.id).await {
+        Ok(()) | Err(AgentError::Remote { status: 404, .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let s = load(&st, &caller, id).await?;
     if s.status.is_terminal() {
         return Ok(StatusCode::NO_CONTENT);
     }
-    if s.host_id.is_some() {
-        let client = host_client(&st, &s).await?;
-        match client.destroy_vm(&s.id).await {
-            Ok(()) | Err(AgentError::Remote { status: 404, .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    destroy_on_host(&st, &s).await?;
     let sid = s.id.clone();
     st.db
         .call(move |c| {

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod hosts;
 pub mod sandboxes;
+pub mod teams;
 pub mod users;
 
 use std::path::Path;

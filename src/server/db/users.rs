@@ -5,6 +5,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{DbError, DbResult, audit, is_unique_violation, now, one};
 use crate::ids::new_id;
 
+
 #[derive(Debug, Clone)]
 pub struct UserRow {
     pub id: String,
@@ -59,16 +60,8 @@ pub fn create_with_team(
             r?;
         }
     }
-    let team_id = new_id("team");
-    let slug = format!("{}-{}", slugify(name), &team_id[5..11]);
-    tx.execute(
-        "INSERT INTO teams (id, name, slug, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![team_id, format!("{name}'s team"), slug, t],
-    )?;
-    tx.execute(
-        "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES (?1, ?2, 'owner', 1, ?3)",
-        params![team_id, user_id, t],
-    )?;
+    let team = super::teams::insert(&tx, &format!("{name}'s team"), &user_id, true)?;
+    let team_id = team.id;
     audit::record(&tx, Some(&user_id), "user.signup", Some(&user_id), None)?;
     tx.commit()?;
     Ok((
@@ -82,26 +75,6 @@ pub fn create_with_team(
         },
         team_id,
     ))
-}
-
-fn slugify(s: &str) -> String {
-    let slug: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let slug = slug.trim_matches('-');
-    let slug: String = slug.chars().take(40).collect();
-    if slug.is_empty() {
-        "team".to_string()
-    } else {
-        slug
-    }
 }
 
 pub fn by_email(conn: &Connection, email: &str) -> DbResult<Option<UserRow>> {

@@ -1,0 +1,330 @@
+//! Teams: mine, create, get with members, rename, delete, members add/role/remove, leave; switching
+//! the token's team; finding users to add.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::auth::validate_name;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, AuthUser};
+use crate::proto::api::AuthResponse;
+use crate::server::AppState;
+use crate::server::db::teams::{self, MemberRow, TeamRow};
+use crate::server::db::{DbError, sandboxes, users};
+use crate::server::state::SandboxStatus;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TeamResponse {
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    pub is_byoc: bool,
+    pub created_at: i64,
+    /// The caller's role in it.
+    pub role: String,
+    #[serde(default)]
+    pub is_default: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TeamListResponse {
+    pub teams: Vec<TeamResponse>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberResponse {
+    pub user_id: String,
+    pub name: String,
+    pub email: String,
+    pub role: String,
+    pub joined_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TeamDetailResponse {
+    #[serde(flatten)]
+    pub team: TeamResponse,
+    pub members: Vec<MemberResponse>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NameRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AddMemberRequest {
+    pub email: String,
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RoleRequest {
+    pub role: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SwitchTeamRequest {
+    pub team_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SearchQuery {
+    #[serde(default)]
+    pub q: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserSummary {
+    pub user_id: String,
+    pub name: String,
+    pub email: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserSearchResponse {
+    pub users: Vec<UserSummary>,
+}
+
+fn team_resp(t: TeamRow, role: String, is_default: bool) -> TeamResponse {
+    TeamResponse {
+        id: t.id,
+        name: t.name,
+        slug: t.slug,
+        is_byoc: t.is_byoc,
+        created_at: t.created_at,
+        role,
+        is_default,
+    }
+}
+
+fn member_resp(m: MemberRow) -> MemberResponse {
+    MemberResponse {
+        user_id: m.user_id,
+        name: m.name,
+        email: m.email,
+        role: m.role,
+        joined_at: m.joined_at,
+    }
+}
+
+/// The caller's role in an active team, or 404 (a team you are not in does not exist for you).
+async fn role_in(st: &AppState, user: &AuthUser, team_id: &str) -> ApiResult<(TeamRow, String)> {
+    let (t, u) = (team_id.to_string(), user.user_id.clone());
+    let found = st
+        .db
+        .call(move |c| {
+            let role = users::membership(c, &t, &u)?;
+            match role {
+                Some(r) => Ok(Some((teams::get(c, &t)?, r))),
+                None => Ok(None),
+            }
+        })
+        .await?;
+    found.ok_or(ApiError::NotFound("team"))
+}
+
+fn require_admin(role: &str) -> ApiResult<()> {
+    if matches!(role, "owner" | "admin") {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("team_admin_required", "only the team's owners and admins can do this"))
+    }
+}
+
+fn not_found_as(what: &'static str) -> impl Fn(DbError) -> ApiError {
+    move |e| match e {
+        DbError::NotFound => ApiError::NotFound(what),
+        DbError::Conflict("owner_is_fixed") => {
+            ApiError::conflict("owner_is_fixed", "the team's owner cannot be removed, demoted or leave")
+        }
+        DbError::Conflict("already_member") => ApiError::conflict("already_member", "already a member of this team"),
+        other => other.into(),
+    }
+}
+
+pub async fn list(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<TeamListResponse>> {
+    let uid = user.user_id.clone();
+    let rows = st.db.call(move |c| teams::mine(c, &uid)).await?;
+    Ok(Json(TeamListResponse {
+        teams: rows.into_iter().map(|r| team_resp(r.team, r.role, r.is_default)).collect(),
+    }))
+}
+
+pub async fn create(State(st): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<NameRequest>) -> ApiResult<(StatusCode, Json<TeamResponse>)> {
+    let name = validate_name(&req.name)?;
+    let uid = user.user_id.clone();
+    let t = st.db.call(move |c| teams::create(c, &name, &uid)).await?;
+    Ok((StatusCode::CREATED, Json(team_resp(t, "owner".into(), false))))
+}
+
+pub async fn get(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<TeamDetailResponse>> {
+    let (team, role) = role_in(&st, &user, &id).await?;
+    let members = st.db.call(move |c| teams::members(c, &id)).await?;
+    Ok(Json(TeamDetailResponse {
+        team: team_resp(team, role, false),
+        members: members.into_iter().map(member_resp).collect(),
+    }))
+}
+
+pub async fn rename(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiJson(req): ApiJson<NameRequest>) -> ApiResult<Json<TeamResponse>> {
+    let (_, role) = role_in(&st, &user, &id).await?;
+    require_admin(&role)?;
+    let name = validate_name(&req.name)?;
+    let (tid, uid) = (id.clone(), user.user_id.clone());
+    let team = st
+        .db
+        .call(move |c| {
+            teams::rename(c, &tid, &name, &uid)?;
+            teams::get(c, &tid)
+        })
+        .await
+        .map_err(not_found_as("team"))?;
+    Ok(Json(team_resp(team, role, false)))
+}
+
+/// Soft-deletes a team (owner only) after destroying its live sandboxes on their hosts.
+pub async fn delete(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let (_, role) = role_in(&st, &user, &id).await?;
+    if role != "owner" {
+        return Err(ApiError::forbidden("owner_required", "only the team's owner can delete it"));
+    }
+    let tid = id.clone();
+    let live = st
+        .db
+        .call(move |c| {
+            let mut all = sandboxes::list(c, &tid, None)?;
+            all.retain(|s| !s.status.is_terminal());
+            Ok(all)
+        })
+        .await?;
+    for s in &live {
+        super::sandboxes::destroy_on_host(&st, s).await?;
+    }
+    let uid = user.user_id.clone();
+    st.db
+        .call(move |c| {
+            let tx = c.transaction()?;
+            for s in &live {
+                let next = if matches!(s.status, SandboxStatus::Pending | SandboxStatus::Starting) {
+                    SandboxStatus::Error
+                } else {
+                    SandboxStatus::Stopped
+                };
+                sandboxes::transition(&tx, &s.id, next, Some("team deleted"))?;
+            }
+            teams::soft_delete(&tx, &id, &uid)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(not_found_as("team"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn valid_role(field: &str, role: &str) -> ApiResult<()> {
+    match role {
+        "admin" | "member" => Ok(()),
+        "owner" => Err(ApiError::bad(field, "a team has one owner; choose admin or member")),
+        _ => Err(ApiError::bad(field, "must be admin or member")),
+    }
+}
+
+pub async fn add_member(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiJson(req): ApiJson<AddMemberRequest>) -> ApiResult<(StatusCode, Json<MemberResponse>)> {
+    let (_, role) = role_in(&st, &user, &id).await?;
+    require_admin(&role)?;
+    let new_role = req.role.unwrap_or_else(|| "member".into());
+    valid_role("role", &new_role)?;
+    let email = req.email.trim().to_lowercase();
+    if email.is_empty() {
+        return Err(ApiError::bad("email", "required"));
+    }
+    let (tid, uid) = (id.clone(), user.user_id.clone());
+    let member = st
+        .db
+        .call(move |c| {
+            let target = users::by_email(c, &email)?.ok_or(DbError::NotFound)?;
+            teams::add_member(c, &tid, &target.id, &new_role, &uid)?;
+            teams::members(c, &tid)?.into_iter().find(|m| m.user_id == target.id).ok_or(DbError::NotFound)
+        })
+        .await
+        .map_err(not_found_as("user"))?;
+    Ok((StatusCode::CREATED, Json(member_resp(member))))
+}
+
+pub async fn set_role(State(st): State<AppState>, user: AuthUser, Path((id, member)): Path<(String, String)>, ApiJson(req): ApiJson<RoleRequest>) -> ApiResult<Json<MemberResponse>> {
+    let (_, role) = role_in(&st, &user, &id).await?;
+    require_admin(&role)?;
+    valid_role("role", &req.role)?;
+    let uid = user.user_id.clone();
+    let m = st
+        .db
+        .call(move |c| {
+            teams::set_role(c, &id, &member, &req.role, &uid)?;
+            teams::members(c, &id)?.into_iter().find(|m| m.user_id == member).ok_or(DbError::NotFound)
+        })
+        .await
+        .map_err(not_found_as("member"))?;
+    Ok(Json(member_resp(m)))
+}
+
+pub async fn remove_member(State(st): State<AppState>, user: AuthUser, Path((id, member)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let (_, role) = role_in(&st, &user, &id).await?;
+    if member != user.user_id {
+        require_admin(&role)?;
+    }
+    let uid = user.user_id.clone();
+    st.db
+        .call(move |c| teams::remove_member(c, &id, &member, &uid))
+        .await
+        .map_err(not_found_as("member"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn leave(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    role_in(&st, &user, &id).await?;
+    let uid = user.user_id.clone();
+    st.db
+        .call(move |c| teams::remove_member(c, &id, &uid, &uid))
+        .await
+        .map_err(not_found_as("member"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new user token for another of the caller's teams; name and role come from the database.
+pub async fn switch(State(st): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<SwitchTeamRequest>) -> ApiResult<Json<AuthResponse>> {
+    let (t, u) = (req.team_id.clone(), user.user_id.clone());
+    let (fresh, role) = st
+        .db
+        .call(move |c| Ok((users::get(c, &u)?, users::membership(c, &t, &u)?)))
+        .await?;
+    if role.is_none() {
+        return Err(ApiError::NotFound("team"));
+    }
+    let token = st.keys.user_token(&fresh.id, &fresh.email, &fresh.name, Some(&req.team_id))?;
+    Ok(Json(AuthResponse {
+        token,
+        user_id: fresh.id,
+        team_id: Some(req.team_id),
+        email: fresh.email,
+        name: fresh.name,
+        is_admin: fresh.is_admin,
+    }))
+}
+
+pub async fn search_users(State(st): State<AppState>, _user: AuthUser, Query(q): Query<SearchQuery>) -> ApiResult<Json<UserSearchResponse>> {
+    let q = q.q.trim().to_lowercase();
+    if q.chars().count() < 3 {
+        return Err(ApiError::bad("q", "give at least 3 characters"));
+    }
+    let rows = st.db.call(move |c| teams::search_users(c, &q)).await?;
+    Ok(Json(UserSearchResponse {
+        users: rows
+            .into_iter()
+            .map(|(user_id, name, email)| UserSummary { user_id, name, email })
+            .collect(),
+    }))
+}

@@ -1,0 +1,216 @@
+//! The VM manager against real QEMU: boot, exec, destroy, and reattach after an agent restart.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sandboxctl::agent::vm::{
+    AccelChoice, CreateVmRequest, ExecRequest, ExecResponse, VmConfig, VmError, VmManager, VmState,
+};
+
+use crate::common::{BIN, kernel_dir, vm_permit};
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("TEST_LOG_FILTER").unwrap_or_else(|_| "sandboxctl=debug".into()))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+fn config(data_dir: &Path) -> VmConfig {
+    VmConfig {
+        data_dir: data_dir.to_path_buf(),
+        kernel_dir: kernel_dir(),
+        accel: AccelChoice::Auto,
+        guest_binary: Some(PathBuf::from(BIN)),
+    }
+}
+
+fn create_request(id: &str) -> CreateVmRequest {
+    let mut env = BTreeMap::new();
+    env.insert("SANDBOX_GREETING".to_string(), "hello from create".to_string());
+    CreateVmRequest {
+        id: id.to_string(),
+        template: "minimal".into(),
+        vcpus: 1,
+        memory_mb: 256,
+        env,
+        network: false,
+    }
+}
+
+fn cmd(cmd: &str, args: &[&str]) -> ExecRequest {
+    ExecRequest { cmd: cmd.into(), args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+}
+
+async fn sh(vms: &VmManager, id: &str, script: &str) -> ExecResponse {
+    vms.exec(id, cmd("sh", &["-c", script])).await.expect("exec")
+}
+
+fn qemu_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z")),
+        Err(_) => false,
+    }
+}
+
+async fn assert_gone(vms: &VmManager, data_dir: &Path, id: &str, pid: u32) {
+    assert!(matches!(vms.get(id).await, Err(VmError::NotFound(_))));
+    assert!(!qemu_alive(pid), "QEMU {pid} still running after destroy");
+    assert!(!data_dir.join("vms").join(id).exists(), "files left after destroy");
+    assert!(matches!(vms.destroy(id).await, Err(VmError::NotFound(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_boot_exec_destroy() {
+    init_logs();
+    let _permit = vm_permit().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let vms = VmManager::start(config(tmp.path())).await.expect("start the manager");
+    eprintln!("manager up in {:?}, accel {} ({})", t0.elapsed(), vms.accel().kind, vms.accel().reason);
+    assert_eq!(vms.templates().await, vec!["minimal".to_string()]);
+
+    // Validation names the field.
+    for (req, field) in [
+        (CreateVmRequest { id: "../etc".into(), ..create_request("x") }, "id"),
+        (CreateVmRequest { vcpus: 0, ..create_request("sbx_v") }, "vcpus"),
+        (CreateVmRequest { memory_mb: 64, ..create_request("sbx_v") }, "memory_mb"),
+        (CreateVmRequest { template: "nope".into(), ..create_request("sbx_v") }, "template"),
+    ] {
+        match vms.create(req).await {
+            Err(VmError::BadRequest { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected BadRequest on {field}, got {other:?}"),
+        }
+    }
+
+    let id = "sbx_it_vm1";
+    let t = Instant::now();
+    let info = vms.create(create_request(id)).await.expect("create");
+    eprintln!("cold boot: {:?} (boot_ms {:?})", t.elapsed(), info.boot_ms);
+    assert_eq!(info.state, VmState::Running);
+    assert!(info.boot_ms.is_some());
+    let pid = info.pid.expect("pid");
+    assert!(matches!(vms.create(create_request(id)).await, Err(VmError::Conflict(_))));
+    assert_eq!(vms.list().await.len(), 1);
+    assert_eq!(vms.usage().await, (1, 256, 1));
+
+    let r = vms.exec(id, cmd("echo", &["hello", "world"])).await.unwrap();
+    assert_eq!((r.stdout.as_str(), r.exit_code, r.timed_out), ("hello world\n", 0, false));
+
+    let r = vms.exec(id, cmd("uname", &["-a"])).await.unwrap();
+    assert!(r.stdout.starts_with("Linux "), "{r:?}");
+    assert!(r.stdout.contains(id), "hostname is the sandbox id: {r:?}");
+
+    let r = sh(&vms, id, "echo out; echo err >&2; exit 3").await;
+    assert_eq!((r.stdout.as_str(), r.stderr.as_str(), r.exit_code), ("out\n", "err\n", 3));
+
+    let mut req = cmd("sh", &["-c", "echo $SANDBOX_GREETING/$FOO/$(pwd)"]);
+    req.env.insert("FOO".into(), "bar".into());
+    req.cwd = Some("/tmp".into());
+    let r = vms.exec(id, req).await.unwrap();
+    assert_eq!(r.stdout, "hello from create/bar//tmp\n");
+
+    let r = sh(&vms, id, r"printf 'a\377\376b'").await;
+    assert_eq!(r.stdout, "a\u{FFFD}\u{FFFD}b");
+
+    let r = vms.exec(id, cmd("no-such-binary", &[])).await.unwrap();
+    assert_eq!(r.exit_code, 127);
+    assert!(r.stderr.contains("not found"), "{r:?}");
+
+    let mut req = cmd("pwd", &[]);
+    req.cwd = Some("/does/not/exist".into());
+    let r = vms.exec(id, req).await.unwrap();
+    assert_eq!(r.exit_code, 126, "{r:?}");
+
+    let r = sh(&vms, id, "kill -9 $$").await;
+    assert_eq!(r.exit_code, 128 + 9);
+
+    let mut req = cmd("sh", &["-c", "echo started; sleep 30"]);
+    req.timeout_sec = Some(1);
+    let t = Instant::now();
+    let r = vms.exec(id, req).await.unwrap();
+    assert!(r.timed_out && r.exit_code == 124, "{r:?}");
+    assert_eq!(r.stdout, "started\n");
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    let mut req = cmd("true", &[]);
+    req.timeout_sec = Some(3601);
+    assert!(matches!(vms.exec(id, req).await, Err(VmError::BadRequest { field: "timeout_sec", .. })));
+
+    // Concurrent execs share the channel.
+    let vms2 = vms.clone();
+    let t = Instant::now();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let vms = vms2.clone();
+            tokio::spawn(async move { sh(&vms, id, &format!("sleep 1; echo {i}")).await })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap().stdout, format!("{i}\n"));
+    }
+    assert!(t.elapsed() < Duration::from_secs(4), "execs ran one after another: {:?}", t.elapsed());
+
+    // Output beyond the cap is dropped, the command still completes.
+    let t = Instant::now();
+    let r = sh(&vms, id, "head -c 11000000 /dev/zero | tr '\\0' x; echo done >&2").await;
+    eprintln!("11 MB of output in {:?}", t.elapsed());
+    assert!(r.truncated);
+    assert_eq!(r.stdout.len(), 10 * 1024 * 1024);
+    assert_eq!((r.stderr.as_str(), r.exit_code), ("done\n", 0));
+
+    // Destroy while an exec runs: the exec fails, the VM is gone.
+    let vms3 = vms.clone();
+    let exec = tokio::spawn(async move { vms3.exec(id, cmd("sleep", &["20"])).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    vms.destroy(id).await.expect("destroy");
+    let r = tokio::time::timeout(Duration::from_secs(5), exec).await.expect("exec ended").unwrap();
+    assert!(r.is_err(), "{r:?}");
+    assert_gone(&vms, tmp.path(), id, pid).await;
+    assert_eq!(vms.usage().await, (0, 0, 0));
+    drop(vms2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_survives_agent_restart() {
+    init_logs();
+    let _permit = vm_permit().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let id = "sbx_it_restart";
+    let vms = VmManager::start(config(tmp.path())).await.expect("start");
+    let info = vms.create(create_request(id)).await.expect("create");
+    let pid = info.pid.unwrap();
+    let r = sh(&vms, id, "echo before > /root/mark; cat /root/mark").await;
+    assert_eq!(r.stdout, "before\n");
+    // A command left running across the restart: its late output must not confuse the next agent.
+    let vms_a = vms.clone();
+    let left = tokio::spawn(async move { sh(&vms_a, id, "sleep 1; echo stale").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    left.abort();
+    drop(vms); // the agent goes away; the VM keeps running
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(qemu_alive(pid));
+    let vms = VmManager::start(config(tmp.path())).await.expect("restart");
+    let info = vms.get(id).await.expect("reattached");
+    assert_eq!((info.state, info.pid), (VmState::Running, Some(pid)));
+    let r = sh(&vms, id, "cat /root/mark; echo $SANDBOX_GREETING").await;
+    assert_eq!(r.stdout, "before\nhello from create\n");
+    vms.destroy(id).await.unwrap();
+    assert_gone(&vms, tmp.path(), id, pid).await;
+
+    // A VM whose QEMU died while no agent ran is cleaned up at start.
+    let info = vms.create(create_request(id)).await.expect("create again");
+    drop(vms);
+    let pid = info.pid.unwrap();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let vms = VmManager::start(config(tmp.path())).await.expect("restart");
+    assert!(vms.list().await.is_empty());
+    assert!(!tmp.path().join("vms").join(id).exists());
+}
