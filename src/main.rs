@@ -110,5 +110,6 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         Command::Sandbox(c) => commands::sandbox(c).await,
         Command::Host(c) => commands::host(c).await,
         Command::Key(c) => commands::key(c).await,
+        Command::Team(c) => commands::team(c).await,
     }
 }

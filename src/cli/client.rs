@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::proto::api::*;
 use crate::server::api::hosts::{DeletePreview, TokenResponse};
 use crate::server::api::keys::{KeyListResponse, KeyResponse};
+use crate::server::api::teams::{MemberResponse, TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse, UserSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -203,4 +204,69 @@ impl ApiClient {
     pub async fn revoke_key(&self, id: &str) -> Result<(), ClientError> {
         self.empty(reqwest::Method::DELETE, &format!("/v1/api-keys/{id}")).await
     }
+
+    pub async fn list_teams(&self) -> Result<Vec<TeamResponse>, ClientError> {
+        Ok(self.json::<(), TeamListResponse>(reqwest::Method::GET, "/v1/teams", None).await?.teams)
+    }
+
+    pub async fn create_team(&self, name: &str) -> Result<TeamResponse, ClientError> {
+        self.json(reqwest::Method::POST, "/v1/teams", Some(&serde_json::json!({ "name": name }))).await
+    }
+
+    pub async fn get_team(&self, id: &str) -> Result<TeamDetailResponse, ClientError> {
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/teams/{id}"), None).await
+    }
+
+    pub async fn rename_team(&self, id: &str, name: &str) -> Result<TeamResponse, ClientError> {
+        self.json(reqwest::Method::PATCH, &format!("/v1/teams/{id}"), Some(&serde_json::json!({ "name": name }))).await
+    }
+
+    pub async fn delete_team(&self, id: &str) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::DELETE, &format!("/v1/teams/{id}")).await
+    }
+
+    pub async fn add_member(&self, team: &str, email: &str, role: &str) -> Result<MemberResponse, ClientError> {
+        self.json(
+            reqwest::Method::POST,
+            &format!("/v1/teams/{team}/members"),
+            Some(&serde_json::json!({ "email": email, "role": role })),
+        )
+        .await
+    }
+
+    pub async fn set_role(&self, team: &str, user: &str, role: &str) -> Result<MemberResponse, ClientError> {
+        self.json(
+            reqwest::Method::PATCH,
+            &format!("/v1/teams/{team}/members/{user}"),
+            Some(&serde_json::json!({ "role": role })),
+        )
+        .await
+    }
+
+    pub async fn remove_member(&self, team: &str, user: &str) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::DELETE, &format!("/v1/teams/{team}/members/{user}")).await
+    }
+
+    pub async fn leave_team(&self, team: &str) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::POST, &format!("/v1/teams/{team}/leave")).await
+    }
+
+    pub async fn switch_team(&self, team: &str) -> Result<AuthResponse, ClientError> {
+        self.json(reqwest::Method::POST, "/v1/auth/switch-team", Some(&serde_json::json!({ "team_id": team }))).await
+    }
+
+    pub async fn search_users(&self, q: &str) -> Result<Vec<UserSummary>, ClientError> {
+        let url = format!("/v1/users/search?q={}", urlencode(q));
+        Ok(self.json::<(), UserSearchResponse>(reqwest::Method::GET, &url, None).await?.users)
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

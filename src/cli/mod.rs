@@ -50,6 +50,9 @@ pub enum Command {
     /// Manage the team's API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Teams and their members.
+    #[command(subcommand)]
+    Team(TeamCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -300,5 +303,64 @@ pub enum KeyCommand {
     },
     Revoke {
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TeamCommand {
+    /// Your teams, with your role.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a team (you become its owner).
+    Create {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work in another of your teams from now on.
+    Switch { team: String },
+    /// The members of a team (default: the current one).
+    Members {
+        team: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a user by email.
+    Add {
+        email: String,
+        #[arg(long, default_value = "member")]
+        role: String,
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Remove a member.
+    Remove {
+        user_id: String,
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Change a member's role (admin or member).
+    Role {
+        user_id: String,
+        role: String,
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Rename a team.
+    Rename {
+        name: String,
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Leave a team.
+    Leave { team: String },
+    /// Delete a team (owner only): its sandboxes are destroyed first.
+    Delete {
+        team: String,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
     },
 }

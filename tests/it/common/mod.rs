@@ -219,7 +219,8 @@ pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("qemu-system") && cmd.contains(&needle) {
+        let cwd = std::fs::read_link(e.path().join("cwd")).map(|p| p.starts_with(dir)).unwrap_or(false);
+        if cmd.contains("qemu-system") && (cwd || cmd.contains(&needle)) {
             out.push(pid);
         }
     }
