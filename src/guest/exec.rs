@@ -44,19 +44,33 @@ fn kill_group(pgid: i32, sig: i32) {
 }
 
 /// Starts the exec on its own thread and returns at once.
-pub(crate) fn start(guest: Arc<Guest>, id: u64, req: ExecStart, base_env: BTreeMap<String, String>) {
+pub(crate) fn start(
+    guest: Arc<Guest>,
+    id: u64,
+    req: ExecStart,
+    base_env: BTreeMap<String, String>,
+) {
     let g = guest.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("exec-{id}"))
         .spawn(move || run(g, id, req, base_env));
     if let Err(e) = spawned {
-        guest.send(Frame::new(FrameKind::Stderr, id, format!("sandboxctl: {e}\n").into_bytes()));
+        guest.send(Frame::new(
+            FrameKind::Stderr,
+            id,
+            format!("sandboxctl: {e}\n").into_bytes(),
+        ));
         guest.send(exit_frame(id, 126, None, false, Duration::ZERO));
     }
 }
 
 fn exit_frame(id: u64, code: i32, signal: Option<i32>, timed_out: bool, d: Duration) -> Frame {
-    let exit = Exit { exit_code: code, signal, timed_out, duration_ms: d.as_millis() as u64 };
+    let exit = Exit {
+        exit_code: code,
+        signal,
+        timed_out,
+        duration_ms: d.as_millis() as u64,
+    };
     Frame::json(FrameKind::Exit, id, &exit)
 }
 
@@ -78,7 +92,11 @@ fn run(guest: Arc<Guest>, id: u64, req: ExecStart, mut env: BTreeMap<String, Str
         .env_clear()
         .envs(&env)
         .current_dir(req.cwd.as_deref().unwrap_or("/root"))
-        .stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
+        .stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -111,16 +129,38 @@ fn run(guest: Arc<Guest>, id: u64, req: ExecStart, mut env: BTreeMap<String, Str
         });
         Mutex::new(tx)
     });
-    guest.lock_execs().insert(id, ExecHandle { pgid, stdin: stdin_tx });
-    guest.send(Frame::json(FrameKind::ExecStarted, id, &ExecStarted { pid }));
+    guest.lock_execs().insert(
+        id,
+        ExecHandle {
+            pgid,
+            stdin: stdin_tx,
+        },
+    );
+    guest.send(Frame::json(
+        FrameKind::ExecStarted,
+        id,
+        &ExecStarted { pid },
+    ));
 
     // Output readers: forward until EOF, or just drain once the exec has been reported.
     let finished = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut readers = 0;
     let pipes: [(Option<Box<dyn Read + Send>>, FrameKind); 2] = [
-        (child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), FrameKind::Stdout),
-        (child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>), FrameKind::Stderr),
+        (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            FrameKind::Stdout,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            FrameKind::Stderr,
+        ),
     ];
     for (pipe, kind) in pipes {
         let Some(mut pipe) = pipe else { continue };

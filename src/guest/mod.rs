@@ -49,7 +49,14 @@ pub fn run(port: &Path) -> anyhow::Result<()> {
         init: Mutex::new(init),
         execs: Mutex::new(HashMap::new()),
     });
-    eprintln!("sandboxctl guest {} serving {}", env!("CARGO_PKG_VERSION"), port.display());
+    eprintln!(
+        "sandboxctl guest {} serving {}",
+        env!("CARGO_PKG_VERSION"),
+        port.display()
+    );
+    // Tell a host that is already connected that this is a new guest program (the previous one
+    // crashed): its requests in flight will get no answer. Nonce 0 is never a host's.
+    guest.send(guest.hello_ack(0));
     reader_loop(reader, &guest);
     Ok(())
 }
@@ -64,8 +71,10 @@ fn open_port(port: &Path) -> anyhow::Result<File> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no port")))
-        .with_context(|| format!("open {}", port.display()))
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("no port")))
+    .with_context(|| format!("open {}", port.display()))
 }
 
 fn writer_loop(mut port: File, rx: Receiver<Frame>) {
@@ -134,22 +143,28 @@ impl Guest {
     }
 
     fn error(&self, id: u64, message: impl Into<String>) {
-        self.send(Frame::json(FrameKind::Error, id, &ErrorMsg { message: message.into() }));
+        self.send(Frame::json(
+            FrameKind::Error,
+            id,
+            &ErrorMsg {
+                message: message.into(),
+            },
+        ));
     }
 
     fn handle(self: &Arc<Self>, frame: Frame) {
         match frame.kind {
             FrameKind::Hello => match frame.parse::<Hello>() {
                 Ok(hello) => {
-                    let ack = HelloAck {
-                        nonce: hello.nonce,
-                        protocol: PROTOCOL_VERSION,
-                        version: env!("CARGO_PKG_VERSION").to_string(),
-                        sandbox_id: self.lock_init().as_ref().map(|i| i.sandbox_id.clone()),
-                        uptime_ms: sys::uptime_ms(),
-                        running: self.lock_execs().len() as u32,
-                    };
-                    self.send(Frame::json(FrameKind::HelloAck, 0, &ack));
+                    // Streams belong to the connection that opened them: a new host cannot know
+                    // their ids, so what a previous host left running is ended.
+                    let orphans: Vec<u64> = self.lock_execs().keys().copied().collect();
+                    for id in orphans {
+                        if let Some(h) = self.lock_execs().get(&id) {
+                            h.signal(libc::SIGKILL);
+                        }
+                    }
+                    self.send(self.hello_ack(hello.nonce));
                 }
                 Err(e) => self.error(0, e.to_string()),
             },
@@ -163,7 +178,9 @@ impl Guest {
                         let _ = std::fs::write(INIT_STATE, bytes);
                     }
                     *self.lock_init() = Some(init);
-                    let ack = InitAck { previous_time_unix_ms: previous };
+                    let ack = InitAck {
+                        previous_time_unix_ms: previous,
+                    };
                     self.send(Frame::json(FrameKind::InitAck, frame.id, &ack));
                 }
                 Err(e) => self.error(frame.id, e.to_string()),
@@ -194,17 +211,35 @@ impl Guest {
                 Err(e) => self.error(frame.id, e.to_string()),
             },
             FrameKind::Resize | FrameKind::FileRequest | FrameKind::FileData => {
-                self.error(frame.id, format!("{:?} is not supported by this guest yet", frame.kind));
+                self.error(
+                    frame.id,
+                    format!("{:?} is not supported by this guest yet", frame.kind),
+                );
             }
             // Host-bound kinds arriving here are ignored.
             _ => {}
         }
     }
 
+    fn hello_ack(&self, nonce: u64) -> Frame {
+        let ack = HelloAck {
+            nonce,
+            protocol: PROTOCOL_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            sandbox_id: self.lock_init().as_ref().map(|i| i.sandbox_id.clone()),
+            uptime_ms: sys::uptime_ms(),
+            running: self.lock_execs().len() as u32,
+        };
+        Frame::json(FrameKind::HelloAck, 0, &ack)
+    }
+
     /// The environment every exec starts from: defaults plus the sandbox's env from Init.
     fn base_env(&self) -> BTreeMap<String, String> {
         let mut env: BTreeMap<String, String> = [
-            ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ),
             ("HOME", "/root"),
             ("USER", "root"),
             ("LOGNAME", "root"),

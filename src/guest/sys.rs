@@ -8,7 +8,11 @@ use crate::proto::guest::Init;
 pub(crate) fn uptime_ms() -> u64 {
     std::fs::read_to_string("/proc/uptime")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|f| f.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<f64>().ok())
+        })
         .map(|secs| (secs * 1000.0) as u64)
         .unwrap_or(0)
 }
@@ -31,7 +35,10 @@ pub(crate) fn apply_init(init: &Init) {
         // SAFETY: a valid timespec pointer for the duration of the call.
         let rc = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
         if rc != 0 {
-            eprintln!("sandboxctl guest: set clock: {}", std::io::Error::last_os_error());
+            eprintln!(
+                "sandboxctl guest: set clock: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     if !init.entropy.is_empty() {
@@ -42,7 +49,10 @@ pub(crate) fn apply_init(init: &Init) {
     // SAFETY: pointer and length describe a live byte slice.
     let rc = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
     if rc != 0 {
-        eprintln!("sandboxctl guest: sethostname: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "sandboxctl guest: sethostname: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

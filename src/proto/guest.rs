@@ -257,13 +257,17 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Hello {
-    /// Fresh per connection attempt; echoed in [`HelloAck`].
+    /// Fresh per connection attempt, never 0; echoed in [`HelloAck`]. Receiving a Hello ends the
+    /// guest's running streams (they belonged to a previous connection).
     pub nonce: u64,
     pub protocol: u32,
 }
 
+/// The answer to [`Hello`]. The guest program also sends one unasked, with nonce 0, when it
+/// starts: a host connected at that moment learns that its requests in flight are lost.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HelloAck {
+    /// The Hello's nonce; 0 when unasked. A host never uses 0.
     pub nonce: u64,
     pub protocol: u32,
     /// The guest program's version (the crate version).
@@ -395,7 +399,11 @@ mod tests {
 
     #[test]
     fn round_trip_binary_payload() {
-        let f = Frame::new(FrameKind::Stdout, 42, vec![0xff, 0x00, b'S', b'B', b'X', b'g', 0xfe]);
+        let f = Frame::new(
+            FrameKind::Stdout,
+            42,
+            vec![0xff, 0x00, b'S', b'B', b'X', b'g', 0xfe],
+        );
         let bytes = f.encode().unwrap();
         let mut d = FrameDecoder::new();
         d.push(&bytes);
@@ -405,7 +413,14 @@ mod tests {
 
     #[test]
     fn resynchronises_after_garbage_and_partial_frames() {
-        let a = Frame::json(FrameKind::Hello, 0, &Hello { nonce: 7, protocol: 1 });
+        let a = Frame::json(
+            FrameKind::Hello,
+            0,
+            &Hello {
+                nonce: 7,
+                protocol: 1,
+            },
+        );
         let b = Frame::new(FrameKind::Stderr, 3, b"oops".to_vec());
         let mut stream = b"garbage SBXg SBX".to_vec();
         // A truncated frame (a previous connection's leftovers) before the good ones.
@@ -428,7 +443,9 @@ mod tests {
 
     #[test]
     fn rejects_oversized_lengths() {
-        let mut bytes = Frame::new(FrameKind::Stdout, 1, vec![1, 2, 3]).encode().unwrap();
+        let mut bytes = Frame::new(FrameKind::Stdout, 1, vec![1, 2, 3])
+            .encode()
+            .unwrap();
         bytes[16..20].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
         let good = Frame::new(FrameKind::Pong, 9, vec![]);
         bytes.extend_from_slice(&good.encode().unwrap());
@@ -439,10 +456,16 @@ mod tests {
 
     #[test]
     fn json_payloads_parse() {
-        let e = ExecStart { cmd: "echo".into(), args: vec!["hi".into()], ..Default::default() };
+        let e = ExecStart {
+            cmd: "echo".into(),
+            args: vec!["hi".into()],
+            ..Default::default()
+        };
         let f = Frame::json(FrameKind::ExecStart, 5, &e);
         assert_eq!(f.parse::<ExecStart>().unwrap(), e);
-        let r = FileRequest::Read { path: "/etc/hostname".into() };
+        let r = FileRequest::Read {
+            path: "/etc/hostname".into(),
+        };
         let f = Frame::json(FrameKind::FileRequest, 6, &r);
         assert_eq!(f.parse::<FileRequest>().unwrap(), r);
     }

@@ -10,6 +10,7 @@ pub mod pool;
 pub mod ratelimit;
 pub mod scheduler;
 pub mod state;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -75,6 +76,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api::router())
+        .fallback(web::fallback)
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }

@@ -29,6 +29,16 @@ impl RateLimiter {
         self.check_at(key, Instant::now())
     }
 
+    /// Without taking anything: the seconds until `key` has an attempt again, if it has none now.
+    pub fn blocked(&self, key: &str) -> Option<u64> {
+        let now = Instant::now();
+        let per_sec = 1.0 / self.limit.refill.as_secs_f64().max(0.001);
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = buckets.get(key)?;
+        let tokens = (tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(f64::from(self.limit.capacity));
+        (tokens < 1.0).then(|| ((1.0 - tokens) / per_sec).ceil().max(1.0) as u64)
+    }
+
     fn check_at(&self, key: &str, now: Instant) -> Result<(), u64> {
         let cap = f64::from(self.limit.capacity);
         let per_sec = 1.0 / self.limit.refill.as_secs_f64().max(0.001);

@@ -1,6 +1,8 @@
 //! The integration suite: real server, real agents, real SQLite files and real microVMs.
 
+mod accounts;
 mod api;
+mod authz;
 mod common;
 mod e2e;
 mod vm;

@@ -13,7 +13,9 @@ use crate::common::{BIN, kernel_dir, vm_permit};
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(std::env::var("TEST_LOG_FILTER").unwrap_or_else(|_| "sandboxctl=debug".into()))
+            .with_env_filter(
+                std::env::var("TEST_LOG_FILTER").unwrap_or_else(|_| "sandboxctl=debug".into()),
+            )
             .with_test_writer()
             .try_init();
     }
@@ -30,7 +32,10 @@ fn config(data_dir: &Path) -> VmConfig {
 
 fn create_request(id: &str) -> CreateVmRequest {
     let mut env = BTreeMap::new();
-    env.insert("SANDBOX_GREETING".to_string(), "hello from create".to_string());
+    env.insert(
+        "SANDBOX_GREETING".to_string(),
+        "hello from create".to_string(),
+    );
     CreateVmRequest {
         id: id.to_string(),
         template: "minimal".into(),
@@ -42,16 +47,26 @@ fn create_request(id: &str) -> CreateVmRequest {
 }
 
 fn cmd(cmd: &str, args: &[&str]) -> ExecRequest {
-    ExecRequest { cmd: cmd.into(), args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    ExecRequest {
+        cmd: cmd.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 async fn sh(vms: &VmManager, id: &str, script: &str) -> ExecResponse {
-    vms.exec(id, cmd("sh", &["-c", script])).await.expect("exec")
+    vms.exec(id, cmd("sh", &["-c", script]))
+        .await
+        .expect("exec")
 }
 
 fn qemu_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z")),
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next()),
+            Some("Z")
+        ),
         Err(_) => false,
     }
 }
@@ -59,7 +74,10 @@ fn qemu_alive(pid: u32) -> bool {
 async fn assert_gone(vms: &VmManager, data_dir: &Path, id: &str, pid: u32) {
     assert!(matches!(vms.get(id).await, Err(VmError::NotFound(_))));
     assert!(!qemu_alive(pid), "QEMU {pid} still running after destroy");
-    assert!(!data_dir.join("vms").join(id).exists(), "files left after destroy");
+    assert!(
+        !data_dir.join("vms").join(id).exists(),
+        "files left after destroy"
+    );
     assert!(matches!(vms.destroy(id).await, Err(VmError::NotFound(_))));
 }
 
@@ -69,16 +87,47 @@ async fn vm_boot_exec_destroy() {
     let _permit = vm_permit().await;
     let tmp = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
-    let vms = VmManager::start(config(tmp.path())).await.expect("start the manager");
-    eprintln!("manager up in {:?}, accel {} ({})", t0.elapsed(), vms.accel().kind, vms.accel().reason);
+    let vms = VmManager::start(config(tmp.path()))
+        .await
+        .expect("start the manager");
+    eprintln!(
+        "manager up in {:?}, accel {} ({})",
+        t0.elapsed(),
+        vms.accel().kind,
+        vms.accel().reason
+    );
     assert_eq!(vms.templates().await, vec!["minimal".to_string()]);
 
     // Validation names the field.
     for (req, field) in [
-        (CreateVmRequest { id: "../etc".into(), ..create_request("x") }, "id"),
-        (CreateVmRequest { vcpus: 0, ..create_request("sbx_v") }, "vcpus"),
-        (CreateVmRequest { memory_mb: 64, ..create_request("sbx_v") }, "memory_mb"),
-        (CreateVmRequest { template: "nope".into(), ..create_request("sbx_v") }, "template"),
+        (
+            CreateVmRequest {
+                id: "../etc".into(),
+                ..create_request("x")
+            },
+            "id",
+        ),
+        (
+            CreateVmRequest {
+                vcpus: 0,
+                ..create_request("sbx_v")
+            },
+            "vcpus",
+        ),
+        (
+            CreateVmRequest {
+                memory_mb: 64,
+                ..create_request("sbx_v")
+            },
+            "memory_mb",
+        ),
+        (
+            CreateVmRequest {
+                template: "nope".into(),
+                ..create_request("sbx_v")
+            },
+            "template",
+        ),
     ] {
         match vms.create(req).await {
             Err(VmError::BadRequest { field: f, .. }) => assert_eq!(f, field),
@@ -93,19 +142,31 @@ async fn vm_boot_exec_destroy() {
     assert_eq!(info.state, VmState::Running);
     assert!(info.boot_ms.is_some());
     let pid = info.pid.expect("pid");
-    assert!(matches!(vms.create(create_request(id)).await, Err(VmError::Conflict(_))));
+    assert!(matches!(
+        vms.create(create_request(id)).await,
+        Err(VmError::Conflict(_))
+    ));
     assert_eq!(vms.list().await.len(), 1);
     assert_eq!(vms.usage().await, (1, 256, 1));
 
-    let r = vms.exec(id, cmd("echo", &["hello", "world"])).await.unwrap();
-    assert_eq!((r.stdout.as_str(), r.exit_code, r.timed_out), ("hello world\n", 0, false));
+    let r = vms
+        .exec(id, cmd("echo", &["hello", "world"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stdout.as_str(), r.exit_code, r.timed_out),
+        ("hello world\n", 0, false)
+    );
 
     let r = vms.exec(id, cmd("uname", &["-a"])).await.unwrap();
     assert!(r.stdout.starts_with("Linux "), "{r:?}");
     assert!(r.stdout.contains(id), "hostname is the sandbox id: {r:?}");
 
     let r = sh(&vms, id, "echo out; echo err >&2; exit 3").await;
-    assert_eq!((r.stdout.as_str(), r.stderr.as_str(), r.exit_code), ("out\n", "err\n", 3));
+    assert_eq!(
+        (r.stdout.as_str(), r.stderr.as_str(), r.exit_code),
+        ("out\n", "err\n", 3)
+    );
 
     let mut req = cmd("sh", &["-c", "echo $SANDBOX_GREETING/$FOO/$(pwd)"]);
     req.env.insert("FOO".into(), "bar".into());
@@ -138,7 +199,13 @@ async fn vm_boot_exec_destroy() {
 
     let mut req = cmd("true", &[]);
     req.timeout_sec = Some(3601);
-    assert!(matches!(vms.exec(id, req).await, Err(VmError::BadRequest { field: "timeout_sec", .. })));
+    assert!(matches!(
+        vms.exec(id, req).await,
+        Err(VmError::BadRequest {
+            field: "timeout_sec",
+            ..
+        })
+    ));
 
     // Concurrent execs share the channel.
     let vms2 = vms.clone();
@@ -152,11 +219,20 @@ async fn vm_boot_exec_destroy() {
     for (i, h) in handles.into_iter().enumerate() {
         assert_eq!(h.await.unwrap().stdout, format!("{i}\n"));
     }
-    assert!(t.elapsed() < Duration::from_secs(4), "execs ran one after another: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "execs ran one after another: {:?}",
+        t.elapsed()
+    );
 
     // Output beyond the cap is dropped, the command still completes.
     let t = Instant::now();
-    let r = sh(&vms, id, "head -c 11000000 /dev/zero | tr '\\0' x; echo done >&2").await;
+    let r = sh(
+        &vms,
+        id,
+        "head -c 11000000 /dev/zero | tr '\\0' x; echo done >&2",
+    )
+    .await;
     eprintln!("11 MB of output in {:?}", t.elapsed());
     assert!(r.truncated);
     assert_eq!(r.stdout.len(), 10 * 1024 * 1024);
@@ -167,7 +243,10 @@ async fn vm_boot_exec_destroy() {
     let exec = tokio::spawn(async move { vms3.exec(id, cmd("sleep", &["20"])).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     vms.destroy(id).await.expect("destroy");
-    let r = tokio::time::timeout(Duration::from_secs(5), exec).await.expect("exec ended").unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), exec)
+        .await
+        .expect("exec ended")
+        .unwrap();
     assert!(r.is_err(), "{r:?}");
     assert_gone(&vms, tmp.path(), id, pid).await;
     assert_eq!(vms.usage().await, (0, 0, 0));
@@ -181,10 +260,32 @@ async fn vm_survives_agent_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let id = "sbx_it_restart";
     let vms = VmManager::start(config(tmp.path())).await.expect("start");
-    let info = vms.create(create_request(id)).await.expect("create");
+    // Two vCPUs (multi-threaded TCG) and a NIC, which the first test does not cover.
+    let req = CreateVmRequest {
+        vcpus: 2,
+        network: true,
+        ..create_request(id)
+    };
+    let t = Instant::now();
+    let info = vms.create(req).await.expect("create");
+    eprintln!("cold boot, 2 vCPUs + network: {:?}", t.elapsed());
     let pid = info.pid.unwrap();
-    let r = sh(&vms, id, "echo before > /root/mark; cat /root/mark").await;
-    assert_eq!(r.stdout, "before\n");
+    let r = sh(
+        &vms,
+        id,
+        "echo before > /root/mark; cat /root/mark; grep -c ^processor /proc/cpuinfo",
+    )
+    .await;
+    assert_eq!(r.stdout, "before\n2\n");
+    let r = sh(
+        &vms,
+        id,
+        "ip -4 addr show eth0; ip route; cat /etc/resolv.conf",
+    )
+    .await;
+    assert!(r.stdout.contains("10.0.2.15/24"), "{r:?}");
+    assert!(r.stdout.contains("default via 10.0.2.2"), "{r:?}");
+    assert!(r.stdout.contains("nameserver 10.0.2.3"), "{r:?}");
     // A command left running across the restart: its late output must not confuse the next agent.
     let vms_a = vms.clone();
     let left = tokio::spawn(async move { sh(&vms_a, id, "sleep 1; echo stale").await });

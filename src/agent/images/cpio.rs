@@ -12,7 +12,10 @@ pub(crate) struct Cpio {
 
 impl Cpio {
     pub(crate) fn new() -> Cpio {
-        Cpio { out: Vec::new(), ino: 1 }
+        Cpio {
+            out: Vec::new(),
+            ino: 1,
+        }
     }
 
     pub(crate) fn dir(&mut self, path: &str) {
@@ -69,7 +72,21 @@ impl Cpio {
 
     pub(crate) fn finish(mut self) -> Vec<u8> {
         self.ino = 0;
-        let fields = [0u32, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, TRAILER.len() as u32 + 1, 0];
+        let fields = [
+            0u32,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            TRAILER.len() as u32 + 1,
+            0,
+        ];
         self.out.extend_from_slice(b"070701");
         for f in fields {
             self.out.extend_from_slice(format!("{f:08x}").as_bytes());

@@ -40,14 +40,22 @@ const MODULES: &[&str] = &[
 /// Free space in the root filesystem beyond its content (the image is sparse).
 const FREE_BYTES: u64 = 1 << 30;
 
-pub(super) fn ensure(data_dir: &Path, kernel: &Kernel, guest_binary: &Path) -> anyhow::Result<Template> {
+pub(super) fn ensure(
+    data_dir: &Path,
+    kernel: &Kernel,
+    guest_binary: &Path,
+) -> anyhow::Result<Template> {
     let templates = templates_dir(data_dir);
-    std::fs::create_dir_all(&templates).with_context(|| format!("create {}", templates.display()))?;
+    std::fs::create_dir_all(&templates)
+        .with_context(|| format!("create {}", templates.display()))?;
     clean_leftovers(&templates);
     let stamp = stamp(kernel, guest_binary)?;
     let final_dir = templates.join(MINIMAL);
     if let Some(t) = template(data_dir, MINIMAL)
-        && std::fs::read_to_string(final_dir.join("stamp")).ok().as_deref() == Some(stamp.as_str())
+        && std::fs::read_to_string(final_dir.join("stamp"))
+            .ok()
+            .as_deref()
+            == Some(stamp.as_str())
     {
         tracing::debug!("template minimal is up to date");
         return Ok(t);
@@ -83,7 +91,8 @@ fn stamp(kernel: &Kernel, guest_binary: &Path) -> anyhow::Result<String> {
         h.update(&buf[..n]);
     }
     let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let bb = std::fs::metadata(BUSYBOX).with_context(|| format!("{BUSYBOX} (install busybox-static)"))?;
+    let bb = std::fs::metadata(BUSYBOX)
+        .with_context(|| format!("{BUSYBOX} (install busybox-static)"))?;
     let bb_mtime = bb
         .modified()
         .ok()
@@ -123,18 +132,40 @@ fn write_file(path: &Path, mode: u32, content: &[u8]) -> anyhow::Result<()> {
 
 fn build_root(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
     for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "etc/init.d", "proc", "sys", "dev",
-        "tmp", "run", "root", "var/tmp", "var/log", "home", "mnt", "lib", "lib64",
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "usr/local/bin",
+        "etc/init.d",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "root",
+        "var/tmp",
+        "var/log",
+        "home",
+        "mnt",
+        "lib",
+        "lib64",
     ] {
         std::fs::create_dir_all(root.join(d))?;
     }
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
-    std::fs::set_permissions(root.join("var/tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    std::fs::set_permissions(
+        root.join("var/tmp"),
+        std::fs::Permissions::from_mode(0o1777),
+    )?;
     std::fs::set_permissions(root.join("root"), std::fs::Permissions::from_mode(0o700))?;
 
     // busybox and its applets.
     std::fs::copy(BUSYBOX, root.join("bin/busybox")).context("copy busybox")?;
-    let list = Command::new(BUSYBOX).arg("--list-full").output().context("busybox --list-full")?;
+    let list = Command::new(BUSYBOX)
+        .arg("--list-full")
+        .output()
+        .context("busybox --list-full")?;
     if !list.status.success() {
         bail!("busybox --list-full failed");
     }
@@ -182,15 +213,27 @@ fn build_root(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
     write_file(&root.join("etc/inittab"), 0o644, inittab.as_bytes())?;
     write_file(&root.join("etc/init.d/rcS"), 0o755, RCS.as_bytes())?;
     write_file(&root.join("etc/hostname"), 0o644, b"sandbox\n")?;
-    write_file(&root.join("etc/hosts"), 0o644, b"127.0.0.1 localhost\n::1 localhost\n")?;
+    write_file(
+        &root.join("etc/hosts"),
+        0o644,
+        b"127.0.0.1 localhost\n::1 localhost\n",
+    )?;
     write_file(&root.join("etc/resolv.conf"), 0o644, b"")?;
     write_file(
         &root.join("etc/passwd"),
         0o644,
         b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
-    write_file(&root.join("etc/group"), 0o644, b"root:x:0:\ntty:x:5:\nnogroup:x:65534:\n")?;
-    write_file(&root.join("etc/shadow"), 0o600, b"root:*:19000:0:99999:7:::\n")?;
+    write_file(
+        &root.join("etc/group"),
+        0o644,
+        b"root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+    )?;
+    write_file(
+        &root.join("etc/shadow"),
+        0o600,
+        b"root:*:19000:0:99999:7:::\n",
+    )?;
     write_file(
         &root.join("etc/profile"),
         0o644,
@@ -201,7 +244,10 @@ fn build_root(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
 
 /// The libraries and loader `ldd` lists for `binary` (empty for a static binary).
 fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(binary).output().context("run ldd")?;
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("run ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut libs = Vec::new();
     for line in text.lines() {
@@ -240,27 +286,60 @@ fn make_ext4(root: &Path, image: &Path) -> anyhow::Result<()> {
     f.set_len(size)?;
     drop(f);
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "sbxroot", "-m", "0", "-O", "^has_journal", "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "sbxroot",
+            "-m",
+            "0",
+            "-O",
+            "^has_journal",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
         .arg(root)
         .arg(image)
         .output()
         .context("run mkfs.ext4 (install e2fsprogs)")?;
     if !out.status.success() {
-        bail!("mkfs.ext4 failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
 
 fn build_initrd(kernel: &Kernel) -> anyhow::Result<Vec<u8>> {
     let mut c = Cpio::new();
-    for d in ["/bin", "/dev", "/proc", "/sys", "/newroot", "/lib", "/lib/modules"] {
+    for d in [
+        "/bin",
+        "/dev",
+        "/proc",
+        "/sys",
+        "/newroot",
+        "/lib",
+        "/lib/modules",
+    ] {
         c.dir(d);
     }
     c.char_dev("/dev/console", 0o600, 5, 1);
     c.char_dev("/dev/null", 0o666, 1, 3);
     let busybox = std::fs::read(BUSYBOX).with_context(|| format!("read {BUSYBOX}"))?;
     c.file("/bin/busybox", 0o755, &busybox);
-    for applet in ["sh", "mount", "umount", "insmod", "sleep", "switch_root", "echo", "mkdir", "cat"] {
+    for applet in [
+        "sh",
+        "mount",
+        "umount",
+        "insmod",
+        "sleep",
+        "switch_root",
+        "echo",
+        "mkdir",
+        "cat",
+    ] {
         c.symlink(&format!("/bin/{applet}"), "busybox");
     }
     for m in MODULES {
@@ -284,7 +363,9 @@ fn gzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let input = data.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output()?;
-    writer.join().map_err(|_| anyhow::anyhow!("gzip writer panicked"))??;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("gzip writer panicked"))??;
     if !out.status.success() {
         bail!("gzip failed");
     }

@@ -34,21 +34,31 @@ impl Kernel {
         let version = std::fs::read_to_string(kernel_dir.join("version"))
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
-        Ok(Kernel { vmlinuz, version, modules: kernel_dir.join("modules") })
+        Ok(Kernel {
+            vmlinuz,
+            version,
+            modules: kernel_dir.join("modules"),
+        })
     }
 
     /// Path of module `name` (`virtio_blk`), searched in the modules tree.
     pub fn module(&self, name: &str) -> anyhow::Result<PathBuf> {
         let file = format!("{name}.ko");
-        find_file(&self.modules, &file)
-            .with_context(|| format!("kernel module {file} not found under {}", self.modules.display()))
+        find_file(&self.modules, &file).with_context(|| {
+            format!(
+                "kernel module {file} not found under {}",
+                self.modules.display()
+            )
+        })
     }
 }
 
 fn find_file(dir: &Path, file: &str) -> Option<PathBuf> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             match e.file_type() {
@@ -102,7 +112,11 @@ pub fn list_templates(data_dir: &Path) -> Vec<String> {
 
 /// Makes sure the `minimal` template exists and matches its inputs; builds it otherwise.
 /// Blocking (runs mkfs, strip, gzip): call from `spawn_blocking`.
-pub fn ensure_minimal(data_dir: &Path, kernel: &Kernel, guest_binary: &Path) -> anyhow::Result<Template> {
+pub fn ensure_minimal(
+    data_dir: &Path,
+    kernel: &Kernel,
+    guest_binary: &Path,
+) -> anyhow::Result<Template> {
     minimal::ensure(data_dir, kernel, guest_binary)
 }
 
@@ -112,15 +126,21 @@ fn install_dir(tmp_dir: &Path, final_dir: &Path) -> anyhow::Result<()> {
     if final_dir.exists() {
         let old = final_dir.with_file_name(format!(
             ".old-{}-{}",
-            final_dir.file_name().and_then(|n| n.to_str()).unwrap_or("t"),
+            final_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("t"),
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(final_dir, &old).with_context(|| format!("move {} away", final_dir.display()))?;
-        std::fs::rename(tmp_dir, final_dir).with_context(|| format!("install {}", final_dir.display()))?;
+        std::fs::rename(final_dir, &old)
+            .with_context(|| format!("move {} away", final_dir.display()))?;
+        std::fs::rename(tmp_dir, final_dir)
+            .with_context(|| format!("install {}", final_dir.display()))?;
         let _ = std::fs::remove_dir_all(&old);
     } else {
-        std::fs::rename(tmp_dir, final_dir).with_context(|| format!("install {}", final_dir.display()))?;
+        std::fs::rename(tmp_dir, final_dir)
+            .with_context(|| format!("install {}", final_dir.display()))?;
     }
     Ok(())
 }

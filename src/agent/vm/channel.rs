@@ -169,7 +169,9 @@ impl GuestChannel {
             }
             match connect_unix(&self.dir, self.sock).await {
                 Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => return Err(ChannelError::Connect(format!("{e:#}"))),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(ChannelError::Connect(format!("{e:#}")));
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
@@ -187,17 +189,30 @@ impl GuestChannel {
                 return Err(ChannelError::Timeout);
             }
             if now >= next_hello {
-                let nonce = rand::rng().random::<u64>();
+                let nonce = rand::rng().random::<u64>() | 1;
                 nonces.insert(nonce);
-                let hello = Frame::json(FrameKind::Hello, 0, &Hello { nonce, protocol: PROTOCOL_VERSION });
-                let bytes = hello.encode().map_err(|e| ChannelError::Protocol(e.to_string()))?;
-                w.write_all(&bytes).await.map_err(|e| ChannelError::Connect(e.to_string()))?;
+                let hello = Frame::json(
+                    FrameKind::Hello,
+                    0,
+                    &Hello {
+                        nonce,
+                        protocol: PROTOCOL_VERSION,
+                    },
+                );
+                let bytes = hello
+                    .encode()
+                    .map_err(|e| ChannelError::Protocol(e.to_string()))?;
+                w.write_all(&bytes)
+                    .await
+                    .map_err(|e| ChannelError::Connect(e.to_string()))?;
                 next_hello = now + Duration::from_secs(1);
             }
             let until = next_hello.min(deadline);
             let n = match tokio::time::timeout_at(until.into(), r.read(&mut buf)).await {
                 Err(_) => continue,
-                Ok(Ok(0)) => return Err(ChannelError::Connect("QEMU closed the guest socket".into())),
+                Ok(Ok(0)) => {
+                    return Err(ChannelError::Connect("QEMU closed the guest socket".into()));
+                }
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(ChannelError::Connect(e.to_string())),
             };
@@ -213,7 +228,10 @@ impl GuestChannel {
             }
         };
         if decoder.skipped > 0 {
-            tracing::debug!(bytes = decoder.skipped, "skipped garbage before the handshake");
+            tracing::debug!(
+                bytes = decoder.skipped,
+                "skipped garbage before the handshake"
+            );
         }
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
@@ -228,7 +246,15 @@ impl GuestChannel {
             writer_alive.store(false, Ordering::Release);
         });
         let reader = tokio::spawn(read_loop(r, decoder, pending.clone(), alive.clone()));
-        Ok((Conn { out: tx, pending, alive, tasks: vec![writer, reader] }, ack))
+        Ok((
+            Conn {
+                out: tx,
+                pending,
+                alive,
+                tasks: vec![writer, reader],
+            },
+            ack,
+        ))
     }
 
     /// Sends `frame` as the opening of stream `id` and returns the stream's replies.
@@ -237,18 +263,27 @@ impl GuestChannel {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = frame.id;
         lock(&conn.pending).insert(id, tx);
-        let bytes = frame.encode().map_err(|e| ChannelError::Protocol(e.to_string()))?;
+        let bytes = frame
+            .encode()
+            .map_err(|e| ChannelError::Protocol(e.to_string()))?;
         if conn.out.send(bytes).await.is_err() {
             lock(&conn.pending).remove(&id);
             return Err(ChannelError::Closed);
         }
-        Ok(Stream { id, rx, conn, done: false })
+        Ok(Stream {
+            id,
+            rx,
+            conn,
+            done: false,
+        })
     }
 
     /// Gives the guest its identity, clock and entropy.
     pub async fn init(&self, init: &Init, wait: Duration) -> Result<InitAck, ChannelError> {
         let id = next_id();
-        let mut s = self.open_stream(Frame::json(FrameKind::Init, id, init), wait).await?;
+        let mut s = self
+            .open_stream(Frame::json(FrameKind::Init, id, init), wait)
+            .await?;
         let f = s.next(Instant::now() + wait).await?;
         s.done = true;
         match f.kind {
@@ -260,21 +295,40 @@ impl GuestChannel {
 
     /// Runs a command to its end, keeping at most `cap` bytes of each output stream.
     /// `wait` bounds the whole call (the guest enforces the command's own timeout).
-    pub async fn exec(&self, req: &ExecStart, cap: usize, wait: Duration) -> Result<ExecOutput, ChannelError> {
+    pub async fn exec(
+        &self,
+        req: &ExecStart,
+        cap: usize,
+        wait: Duration,
+    ) -> Result<ExecOutput, ChannelError> {
         let deadline = Instant::now() + wait;
         let id = next_id();
-        let mut s = self.open_stream(Frame::json(FrameKind::ExecStart, id, req), Duration::from_secs(10)).await?;
+        let mut s = self
+            .open_stream(
+                Frame::json(FrameKind::ExecStart, id, req),
+                Duration::from_secs(10),
+            )
+            .await?;
         let mut out = ExecOutput {
             stdout: Vec::new(),
             stderr: Vec::new(),
             truncated: false,
-            exit: Exit { exit_code: -1, signal: None, timed_out: false, duration_ms: 0 },
+            exit: Exit {
+                exit_code: -1,
+                signal: None,
+                timed_out: false,
+                duration_ms: 0,
+            },
         };
         loop {
             let f = s.next(deadline).await?;
             match f.kind {
                 FrameKind::Stdout | FrameKind::Stderr => {
-                    let buf = if f.kind == FrameKind::Stdout { &mut out.stdout } else { &mut out.stderr };
+                    let buf = if f.kind == FrameKind::Stdout {
+                        &mut out.stdout
+                    } else {
+                        &mut out.stderr
+                    };
                     let room = cap.saturating_sub(buf.len());
                     if f.payload.len() > room {
                         out.truncated = true;
@@ -284,7 +338,9 @@ impl GuestChannel {
                 FrameKind::ExecStarted => tracing::debug!(id, "exec started"),
                 FrameKind::Exit => {
                     s.done = true;
-                    out.exit = f.parse().map_err(|e| ChannelError::Protocol(e.to_string()))?;
+                    out.exit = f
+                        .parse()
+                        .map_err(|e| ChannelError::Protocol(e.to_string()))?;
                     return Ok(out);
                 }
                 FrameKind::Error => {
@@ -298,7 +354,11 @@ impl GuestChannel {
 }
 
 fn guest_error(f: &Frame) -> ChannelError {
-    ChannelError::Guest(f.parse::<ErrorMsg>().map(|e| e.message).unwrap_or_else(|_| "unknown error".into()))
+    ChannelError::Guest(
+        f.parse::<ErrorMsg>()
+            .map(|e| e.message)
+            .unwrap_or_else(|_| "unknown error".into()),
+    )
 }
 
 /// The replies of one request. Dropped before its end, it asks the guest to kill the process.
@@ -323,7 +383,13 @@ impl Drop for Stream {
     fn drop(&mut self) {
         lock(&self.conn.pending).remove(&self.id);
         if !self.done && self.conn.is_alive() {
-            let kill = Frame::json(FrameKind::Signal, self.id, &Signal { signal: libc::SIGKILL });
+            let kill = Frame::json(
+                FrameKind::Signal,
+                self.id,
+                &Signal {
+                    signal: libc::SIGKILL,
+                },
+            );
             if let Ok(bytes) = kill.encode() {
                 let _ = self.conn.out.try_send(bytes);
             }
@@ -331,11 +397,24 @@ impl Drop for Stream {
     }
 }
 
-async fn read_loop(mut r: OwnedReadHalf, mut decoder: FrameDecoder, pending: Pending, alive: Arc<AtomicBool>) {
+async fn read_loop(
+    mut r: OwnedReadHalf,
+    mut decoder: FrameDecoder,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 128 * 1024];
     // Frames already decoded during the handshake's last read.
     loop {
         while let Some(f) = decoder.next_frame() {
+            if f.kind == FrameKind::HelloAck {
+                // nonce 0: the guest program restarted; nothing in flight will be answered.
+                if f.parse::<HelloAck>().is_ok_and(|a| a.nonce == 0) {
+                    tracing::warn!("the guest program restarted; failing its requests in flight");
+                    lock(&pending).clear();
+                }
+                continue;
+            }
             let tx = lock(&pending).get(&f.id).cloned();
             match tx {
                 Some(tx) => {
@@ -343,7 +422,9 @@ async fn read_loop(mut r: OwnedReadHalf, mut decoder: FrameDecoder, pending: Pen
                         // The requester went away.
                     }
                 }
-                None => tracing::debug!(kind = ?f.kind, id = f.id, "dropping a frame for no live request"),
+                None => {
+                    tracing::debug!(kind = ?f.kind, id = f.id, "dropping a frame for no live request")
+                }
             }
         }
         match r.read(&mut buf).await {

@@ -77,7 +77,10 @@ pub enum VmError {
     #[error("{0}")]
     Conflict(String),
     #[error("{field}: {message}")]
-    BadRequest { field: &'static str, message: String },
+    BadRequest {
+        field: &'static str,
+        message: String,
+    },
     #[error("guest did not answer: {0}")]
     GuestUnavailable(String),
     #[error(transparent)]
@@ -85,7 +88,10 @@ pub enum VmError {
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> VmError {
-    VmError::BadRequest { field, message: message.into() }
+    VmError::BadRequest {
+        field,
+        message: message.into(),
+    }
 }
 
 /// What is kept on disk about a VM (`vm.json`), enough to reattach after an agent restart.
@@ -180,7 +186,8 @@ impl VmManager {
     /// reattaches to VMs a previous agent left running (cleaning up the dead ones).
     pub async fn start(cfg: VmConfig) -> anyhow::Result<Arc<VmManager>> {
         let vms_dir = cfg.data_dir.join("vms");
-        std::fs::create_dir_all(&vms_dir).with_context(|| format!("create {}", vms_dir.display()))?;
+        std::fs::create_dir_all(&vms_dir)
+            .with_context(|| format!("create {}", vms_dir.display()))?;
         let kernel = Kernel::find(&cfg.kernel_dir)?;
         let accel = qemu::detect_accel(cfg.accel, &kernel).await;
         tracing::info!(accel = accel.kind, reason = %accel.reason, "VM accelerator");
@@ -194,7 +201,9 @@ impl VmManager {
             .context("template build panicked")??;
         let mgr = VmManager {
             tsc_khz: qemu::host_tsc_khz(),
-            host_cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            host_cores: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
             host_memory_mb: host_memory_mb().unwrap_or(1024),
             cfg,
             accel,
@@ -218,12 +227,17 @@ impl VmManager {
     }
 
     fn lookup(&self, id: &str) -> Result<Arc<Vm>, VmError> {
-        self.vms().get(id).cloned().ok_or_else(|| VmError::NotFound(id.to_string()))
+        self.vms()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| VmError::NotFound(id.to_string()))
     }
 
     /// Reattaches to live VMs in `data_dir/vms` and removes the rest.
     async fn rediscover(&self) {
-        let Ok(entries) = std::fs::read_dir(self.cfg.data_dir.join("vms")) else { return };
+        let Ok(entries) = std::fs::read_dir(self.cfg.data_dir.join("vms")) else {
+            return;
+        };
         for e in entries.flatten() {
             let dir = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
@@ -287,17 +301,29 @@ impl VmManager {
         validate_id(&req.id)?;
         let max_vcpus = self.host_cores.clamp(1, MAX_VCPUS);
         if req.vcpus < 1 || req.vcpus > max_vcpus {
-            return Err(bad("vcpus", format!("must be between 1 and {max_vcpus} on this host")));
+            return Err(bad(
+                "vcpus",
+                format!("must be between 1 and {max_vcpus} on this host"),
+            ));
         }
-        if u64::from(req.memory_mb) < u64::from(MIN_MEMORY_MB) || u64::from(req.memory_mb) > self.host_memory_mb {
+        if u64::from(req.memory_mb) < u64::from(MIN_MEMORY_MB)
+            || u64::from(req.memory_mb) > self.host_memory_mb
+        {
             return Err(bad(
                 "memory_mb",
-                format!("must be between {MIN_MEMORY_MB} and {} on this host", self.host_memory_mb),
+                format!(
+                    "must be between {MIN_MEMORY_MB} and {} on this host",
+                    self.host_memory_mb
+                ),
             ));
         }
         validate_env(&req.env)?;
-        images::template(&self.cfg.data_dir, &req.template)
-            .ok_or_else(|| bad("template", format!("unknown template {:?} on this host", req.template)))
+        images::template(&self.cfg.data_dir, &req.template).ok_or_else(|| {
+            bad(
+                "template",
+                format!("unknown template {:?} on this host", req.template),
+            )
+        })
     }
 
     /// Boots a VM from a template; returns once the guest program has answered.
@@ -321,7 +347,12 @@ impl VmManager {
                 boot_ms: None,
                 boot_kind: None,
             },
-            rt: Mutex::new(Runtime { state: VmState::Starting, pid: None, boot_ms: None, boot_kind: None }),
+            rt: Mutex::new(Runtime {
+                state: VmState::Starting,
+                pid: None,
+                boot_ms: None,
+                boot_kind: None,
+            }),
             channel: GuestChannel::new(&dir, qemu::AGENT_SOCK),
             destroyed: AtomicBool::new(false),
             exited: Some(exited_rx),
@@ -366,7 +397,9 @@ impl VmManager {
             // Left over from a VM that is no longer known: it is not running.
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
-        tokio::fs::create_dir_all(dir).await.with_context(|| format!("create {}", dir.display()))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("create {}", dir.display()))?;
         write_record(dir, &vm.record)?;
         qemu::prepare_disk(dir, template).await?;
         let spec = qemu::LaunchSpec {
@@ -412,7 +445,10 @@ impl VmManager {
             }
         };
         let hello = hello.map_err(|e| {
-            VmError::Internal(anyhow::anyhow!("the guest did not come up: {e} ({})", qemu::console_tail(dir, 8)))
+            VmError::Internal(anyhow::anyhow!(
+                "the guest did not come up: {e} ({})",
+                qemu::console_tail(dir, 8)
+            ))
         })?;
         let boot_ms = started.elapsed().as_millis() as u64;
         tracing::debug!(vm = %vm.id, guest = %hello.version, uptime_ms = hello.uptime_ms, "guest answered");
@@ -466,7 +502,10 @@ impl VmManager {
 
     /// Ends the QEMU process and removes every file of the VM.
     pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
-        let vm = self.vms().remove(id).ok_or_else(|| VmError::NotFound(id.to_string()))?;
+        let vm = self
+            .vms()
+            .remove(id)
+            .ok_or_else(|| VmError::NotFound(id.to_string()))?;
         vm.destroyed.store(true, Ordering::Release);
         vm.channel.close();
         vm.kill_qemu().await;
@@ -487,7 +526,10 @@ impl VmManager {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Some(e) = last {
-            return Err(VmError::Internal(anyhow::anyhow!("remove {}: {e}", vm.dir.display())));
+            return Err(VmError::Internal(anyhow::anyhow!(
+                "remove {}: {e}",
+                vm.dir.display()
+            )));
         }
         tracing::info!(vm = %id, "VM destroyed");
         Ok(())
@@ -497,7 +539,10 @@ impl VmManager {
         let vm = self.lookup(id)?;
         let timeout = req.timeout_sec.unwrap_or(DEFAULT_EXEC_TIMEOUT_SEC);
         if timeout == 0 || timeout > MAX_EXEC_TIMEOUT_SEC {
-            return Err(bad("timeout_sec", format!("must be between 1 and {MAX_EXEC_TIMEOUT_SEC}")));
+            return Err(bad(
+                "timeout_sec",
+                format!("must be between 1 and {MAX_EXEC_TIMEOUT_SEC}"),
+            ));
         }
         if req.cmd.is_empty() || req.cmd.contains('\0') {
             return Err(bad("cmd", "must be a non-empty command name or path"));
@@ -513,8 +558,14 @@ impl VmManager {
         }
         match vm.info().state {
             VmState::Running => {}
-            VmState::Starting => return Err(VmError::Conflict(format!("VM {id} is still starting"))),
-            s => return Err(VmError::Conflict(format!("VM {id} is {s:?}, not running").to_lowercase())),
+            VmState::Starting => {
+                return Err(VmError::Conflict(format!("VM {id} is still starting")));
+            }
+            s => {
+                return Err(VmError::Conflict(
+                    format!("VM {id} is {s:?}, not running").to_lowercase(),
+                ));
+            }
         }
         let start = ExecStart {
             cmd: req.cmd,
@@ -529,7 +580,9 @@ impl VmManager {
         let result = vm.channel.exec(&start, OUTPUT_CAP, wait).await;
         let out = match result {
             Ok(out) => out,
-            Err(_) if vm.destroyed.load(Ordering::Acquire) => return Err(VmError::NotFound(id.to_string())),
+            Err(_) if vm.destroyed.load(Ordering::Acquire) => {
+                return Err(VmError::NotFound(id.to_string()));
+            }
             Err(ChannelError::Guest(msg)) => return Err(VmError::GuestUnavailable(msg)),
             Err(e) => {
                 // A broken connection is retried by the next request.
@@ -556,7 +609,10 @@ impl VmManager {
         let mut mem = 0u64;
         let mut cpus = 0;
         for vm in vms {
-            if matches!(vm.info().state, VmState::Starting | VmState::Running | VmState::Paused) {
+            if matches!(
+                vm.info().state,
+                VmState::Starting | VmState::Running | VmState::Paused
+            ) {
                 n += 1;
                 mem += u64::from(vm.record.memory_mb);
                 cpus += vm.record.vcpus;
@@ -592,15 +648,24 @@ impl Drop for VmManager {
 /// `sbx_` followed by 1 to 60 of `[A-Za-z0-9_-]`: ids become path components.
 pub fn validate_id(id: &str) -> Result<(), VmError> {
     let ok = id.strip_prefix("sbx_").is_some_and(|rest| {
-        (1..=60).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        (1..=60).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     });
-    if ok { Ok(()) } else { Err(bad("id", "must match ^sbx_[A-Za-z0-9_-]{1,60}$")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(bad("id", "must match ^sbx_[A-Za-z0-9_-]{1,60}$"))
+    }
 }
 
 fn validate_env(env: &BTreeMap<String, String>) -> Result<(), VmError> {
     for (k, v) in env {
         let mut bytes = k.bytes();
-        let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
         if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(bad("env", format!("{k:?} is not a valid variable name")));
         }
@@ -612,7 +677,11 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), VmError> {
 }
 
 fn read_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(qemu::pid_file(dir)).ok()?.trim().parse().ok()
+    std::fs::read_to_string(qemu::pid_file(dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -647,7 +716,15 @@ mod tests {
     #[test]
     fn ids_are_safe_path_components() {
         assert!(validate_id("sbx_abc-DEF_09").is_ok());
-        for bad in ["sbx_", "abc", "sbx_../x", "sbx_a/b", "sbx_a.b", "SBX_a", &format!("sbx_{}", "a".repeat(61))] {
+        for bad in [
+            "sbx_",
+            "abc",
+            "sbx_../x",
+            "sbx_a/b",
+            "sbx_a.b",
+            "SBX_a",
+            &format!("sbx_{}", "a".repeat(61)),
+        ] {
             assert!(validate_id(bad).is_err(), "{bad}");
         }
     }
@@ -658,6 +735,9 @@ mod tests {
         env.insert("GOOD_1".to_string(), "x".to_string());
         assert!(validate_env(&env).is_ok());
         env.insert("1BAD".to_string(), "x".to_string());
-        assert!(matches!(validate_env(&env), Err(VmError::BadRequest { field: "env", .. })));
+        assert!(matches!(
+            validate_env(&env),
+            Err(VmError::BadRequest { field: "env", .. })
+        ));
     }
 }

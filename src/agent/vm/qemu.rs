@@ -38,7 +38,8 @@ pub struct LaunchSpec<'a> {
 /// The kernel command line. Under TCG the TSC calibration can hang when the host is busy
 /// (VM.md): give the rate and skip the checks.
 pub fn kernel_cmdline(accel: &Accel, tsc_khz: Option<u64>) -> String {
-    let mut s = String::from("console=ttyS0 quiet panic=-1 reboot=t");
+    // cryptomgr.notests: the crypto self-tests cost ~0.5 s of emulated CPU at every boot.
+    let mut s = String::from("console=ttyS0 quiet panic=-1 reboot=t cryptomgr.notests");
     if accel.kind == "tcg" {
         s.push_str(" no_timer_check tsc=reliable");
         if let Some(khz) = tsc_khz {
@@ -64,7 +65,13 @@ pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
     let mem = spec.memory_mb.to_string();
     let smp = spec.vcpus.to_string();
     push(&["-m", &mem, "-smp", &smp]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     push(&["-serial", &format!("file:{CONSOLE_LOG}")]);
     push(&["-qmp", &format!("unix:{QMP_SOCK},server=on,wait=off")]);
     let kernel = spec.kernel.vmlinuz.to_string_lossy();
@@ -88,7 +95,12 @@ pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
         "virtio-blk-device,drive=disk0",
     ]);
     if spec.network {
-        push(&["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"]);
+        push(&[
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ]);
     }
     a
 }
@@ -110,7 +122,10 @@ pub async fn prepare_disk(dir: &Path, template: &Template) -> anyhow::Result<()>
         .await
         .context("run qemu-img (install qemu-utils)")?;
     if !out.status.success() {
-        anyhow::bail!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -133,7 +148,8 @@ pub fn spawn(dir: &Path, args: &[String]) -> anyhow::Result<tokio::process::Chil
             Ok(())
         });
     }
-    cmd.spawn().with_context(|| format!("start {QEMU} (install qemu-system-x86)"))
+    cmd.spawn()
+        .with_context(|| format!("start {QEMU} (install qemu-system-x86)"))
 }
 
 /// True when `pid` is a live (not zombie) QEMU whose working directory is `dir`.
@@ -199,8 +215,14 @@ fn parse_tsc_khz(info: &str) -> Option<u64> {
 /// a probe boot that works; TCG otherwise, with the reason.
 pub async fn detect_accel(choice: AccelChoice, kernel: &Kernel) -> Accel {
     match choice {
-        AccelChoice::Tcg => Accel { kind: "tcg", reason: "software emulation chosen by configuration".into() },
-        AccelChoice::Kvm => Accel { kind: "kvm", reason: "KVM chosen by configuration".into() },
+        AccelChoice::Tcg => Accel {
+            kind: "tcg",
+            reason: "software emulation chosen by configuration".into(),
+        },
+        AccelChoice::Kvm => Accel {
+            kind: "kvm",
+            reason: "KVM chosen by configuration".into(),
+        },
         AccelChoice::Auto => {
             let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
             let hw = cpuinfo
@@ -215,12 +237,25 @@ pub async fn detect_accel(choice: AccelChoice, kernel: &Kernel) -> Accel {
                         .into(),
                 };
             }
-            if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-                return Accel { kind: "tcg", reason: format!("/dev/kvm cannot be opened ({e}); using software emulation") };
+            if let Err(e) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+            {
+                return Accel {
+                    kind: "tcg",
+                    reason: format!("/dev/kvm cannot be opened ({e}); using software emulation"),
+                };
             }
             match probe_kvm(kernel).await {
-                Ok(()) => Accel { kind: "kvm", reason: "hardware virtualisation with a working /dev/kvm".into() },
-                Err(e) => Accel { kind: "tcg", reason: format!("a KVM probe boot failed ({e:#}); using software emulation") },
+                Ok(()) => Accel {
+                    kind: "kvm",
+                    reason: "hardware virtualisation with a working /dev/kvm".into(),
+                },
+                Err(e) => Accel {
+                    kind: "tcg",
+                    reason: format!("a KVM probe boot failed ({e:#}); using software emulation"),
+                },
             }
         }
     }
@@ -230,8 +265,18 @@ pub async fn detect_accel(choice: AccelChoice, kernel: &Kernel) -> Accel {
 /// "unable to mount root" panic, which (panic=-1, -no-reboot) ends QEMU.
 async fn probe_kvm(kernel: &Kernel) -> anyhow::Result<()> {
     let fut = tokio::process::Command::new(QEMU)
-        .args(["-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128", "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128", "-smp", "1",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .args(["-append", "console=ttyS0 panic=-1 reboot=t"])
@@ -247,13 +292,20 @@ async fn probe_kvm(kernel: &Kernel) -> anyhow::Result<()> {
         Ok(())
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        anyhow::bail!("{}", err.lines().last().unwrap_or("the kernel did not start"))
+        anyhow::bail!(
+            "{}",
+            err.lines().last().unwrap_or("the kernel did not start")
+        )
     }
 }
 
 /// The last `n` lines of the VM's console, for error messages.
 pub fn console_tail(dir: &Path, n: usize) -> String {
-    let read = |name: &str| std::fs::read(dir.join(name)).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
     let mut text = read(CONSOLE_LOG);
     text.push_str(&read(QEMU_LOG));
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -279,10 +331,16 @@ mod tests {
 
     #[test]
     fn tcg_cmdline_has_calibration_workarounds() {
-        let tcg = Accel { kind: "tcg", reason: String::new() };
+        let tcg = Accel {
+            kind: "tcg",
+            reason: String::new(),
+        };
         let s = kernel_cmdline(&tcg, Some(2_300_000));
         assert!(s.contains("no_timer_check tsc=reliable tsc_early_khz=2300000"));
-        let kvm = Accel { kind: "kvm", reason: String::new() };
+        let kvm = Accel {
+            kind: "kvm",
+            reason: String::new(),
+        };
         assert!(!kernel_cmdline(&kvm, Some(1)).contains("tsc"));
     }
 }

@@ -23,7 +23,10 @@ impl Qmp {
     pub async fn connect(dir: &Path, name: &str) -> anyhow::Result<Qmp> {
         let stream: UnixStream = connect_unix(dir, name).await?;
         let (r, w) = stream.into_split();
-        let mut qmp = Qmp { reader: BufReader::new(r), writer: w };
+        let mut qmp = Qmp {
+            reader: BufReader::new(r),
+            writer: w,
+        };
         let greeting = qmp.read_message().await.context("QMP greeting")?;
         if greeting.get("QMP").is_none() {
             bail!("not a QMP greeting: {greeting}");
@@ -44,7 +47,11 @@ impl Qmp {
     }
 
     /// Runs a command and returns its `return` value; events in between are skipped.
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut msg = json!({ "execute": command });
         if let Some(a) = arguments {
             msg["arguments"] = a;
@@ -58,7 +65,10 @@ impl Qmp {
                 return Ok(r.clone());
             }
             if let Some(e) = v.get("error") {
-                bail!("QMP {command}: {}", e.get("desc").and_then(Value::as_str).unwrap_or("error"));
+                bail!(
+                    "QMP {command}: {}",
+                    e.get("desc").and_then(Value::as_str).unwrap_or("error")
+                );
             }
             tracing::debug!(event = %v, "QMP event");
         }
@@ -67,6 +77,9 @@ impl Qmp {
     /// "running", "paused", … (QMP's `query-status`).
     pub async fn status(&mut self) -> anyhow::Result<String> {
         let v = self.execute("query-status", None).await?;
-        Ok(v.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string())
+        Ok(v.get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string())
     }
 }

@@ -13,7 +13,9 @@ const SUN_PATH_MAX: usize = 100;
 pub async fn connect_unix(dir: &Path, name: &str) -> anyhow::Result<UnixStream> {
     let full = dir.join(name);
     if full.as_os_str().len() < SUN_PATH_MAX {
-        return UnixStream::connect(&full).await.with_context(|| format!("connect {}", full.display()));
+        return UnixStream::connect(&full)
+            .await
+            .with_context(|| format!("connect {}", full.display()));
     }
     let dir_fd = std::fs::OpenOptions::new()
         .read(true)
@@ -21,7 +23,9 @@ pub async fn connect_unix(dir: &Path, name: &str) -> anyhow::Result<UnixStream> 
         .open(dir)
         .with_context(|| format!("open {}", dir.display()))?;
     let via = format!("/proc/self/fd/{}/{name}", dir_fd.as_raw_fd());
-    let stream = UnixStream::connect(&via).await.with_context(|| format!("connect {}", full.display()));
+    let stream = UnixStream::connect(&via)
+        .await
+        .with_context(|| format!("connect {}", full.display()));
     drop(dir_fd);
     stream
 }

@@ -58,19 +58,24 @@ fn validate_password(p: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Takes one attempt from the per-IP bucket and, when given, the per-account bucket.
+/// Takes one attempt from the per-IP bucket, and refuses when the account's bucket of failed
+/// attempts is empty (failures are taken with [`account_failed`]).
 pub fn rate_limit(st: &AppState, ip: IpAddr, account: Option<&str>) -> Result<(), ApiError> {
     st.limits
         .per_ip
         .check(&ip.to_string())
         .map_err(|s| ApiError::RateLimited { retry_after_secs: s })?;
-    if let Some(a) = account {
-        st.limits
-            .per_account
-            .check(a)
-            .map_err(|s| ApiError::RateLimited { retry_after_secs: s })?;
+    if let Some(a) = account
+        && let Some(s) = st.limits.per_account.blocked(a)
+    {
+        return Err(ApiError::RateLimited { retry_after_secs: s });
     }
     Ok(())
+}
+
+/// Records a failed attempt against an account.
+pub fn account_failed(st: &AppState, account: &str) {
+    let _ = st.limits.per_account.check(account);
 }
 
 pub async fn signup(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, ApiJson(req): ApiJson<SignupRequest>) -> ApiResult<(StatusCode, Json<AuthResponse>)> {
@@ -110,10 +115,14 @@ pub async fn login(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     if email.is_empty() {
         return Err(ApiError::bad("email", "required"));
     }
-    rate_limit(&st, peer.ip(), Some(&format!("login:{email}")))?;
-    if req.password.is_empty() || req.password.len() > MAX_PASSWORD {
+    if req.password.is_empty() {
         return Err(ApiError::bad("password", "required"));
     }
+    if req.password.len() > MAX_PASSWORD {
+        return Err(ApiError::bad("password", format!("must be at most {MAX_PASSWORD} bytes")));
+    }
+    let account = format!("login:{email}");
+    rate_limit(&st, peer.ip(), Some(&account))?;
     let em = email.clone();
     let found = st.db.call(move |c| users::by_email(c, &em)).await?;
     // The same argon2 work whether or not the user exists.
@@ -128,6 +137,7 @@ pub async fn login(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     let user = match found {
         Some(u) if ok && u.password_hash.is_some() => u,
         _ => {
+            account_failed(&st, &account);
             st.db
                 .call(move |c| audit::record(c, None, "user.login_failed", Some(&email), None))
                 .await?;

@@ -152,13 +152,10 @@ impl From<AgentError> for ApiError {
                 message: format!("the sandbox's host did not answer: {m}"),
             },
             AgentError::Remote {
-                status,
-                code,
-                message,
-                field,
+                status, message, field, ..
             } => match status {
                 400 | 422 => ApiError::BadRequest {
-                    field: field.unwrap_or(code),
+                    field: field.unwrap_or_else(|| "request".into()),
                     message,
                 },
                 404 => ApiError::NotFound("sandbox on its host"),

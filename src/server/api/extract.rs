@@ -38,11 +38,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(ApiError::BadBody("the request body is empty; send a JSON object".into()));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(ApiError::BadBody("the request body is empty; send a JSON object".into())),
+        Some(b'{') => {}
+        Some(_) => return Err(ApiError::BadBody("the request body must be a JSON object".into())),
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
@@ -59,7 +61,23 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
             _ => ApiError::BadBody(format!("malformed JSON: {inner}")),
         }
-    })
+    })?;
+    de.end().map_err(|_| ApiError::BadBody("unexpected data after the JSON object".into()))?;
+    Ok(value)
+}
+
+/// A query string whose errors are JSON like every other 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::bad("query", e.body_text()))
+    }
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -220,6 +238,11 @@ mod tests {
         assert_eq!(field_of(r#"{"email":5,"password":"x","name":"n"}"#), "email");
         assert!(matches!(parse_json::<SignupRequest>(b"{"), Err(ApiError::BadBody(_))));
         assert!(matches!(parse_json::<SignupRequest>(b""), Err(ApiError::BadBody(_))));
-        assert_eq!(field_of(r#""just a string""#), "body");
+        assert!(matches!(parse_json::<SignupRequest>(br#""just a string""#), Err(ApiError::BadBody(_))));
+        assert!(matches!(parse_json::<SignupRequest>(br#"["a@b.c","pw123456","Ann"]"#), Err(ApiError::BadBody(_))));
+        assert!(matches!(
+            parse_json::<SignupRequest>(br#"{"email":"a@b.c","password":"pw123456","name":"A"} trailing"#),
+            Err(ApiError::BadBody(_))
+        ));
     }
 }

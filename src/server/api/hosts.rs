@@ -2,12 +2,12 @@
 //! list, get, delete (with its preview).
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, AuthHost, AuthUser};
+use super::extract::{ApiJson, ApiQuery, AuthHost, AuthUser};
 use crate::crypto::{self, sha256_hex};
 use crate::proto::agent::{HeartbeatRequest, HeartbeatResponse, RefreshRequest, RegisterRequest, RegisterResponse};
 use crate::proto::api::{CreateHostRequest, CreateHostResponse, HostListResponse, HostResponse};
@@ -51,20 +51,27 @@ fn label(field: &str, v: Option<String>) -> ApiResult<Option<String>> {
     }
 }
 
-/// May this user manage (see, delete, re-token) this host?
-fn can_manage(user: &AuthUser, h: &HostRow) -> bool {
-    user.is_admin || h.team_id.as_deref().is_some_and(|t| user.is_team_admin(t))
-}
-
+/// A host the user may manage (see, delete, re-token): any host for platform admins, else a BYOC
+/// host of an active team where the user is owner or admin. Others are not found.
 async fn visible_host(st: &AppState, user: &AuthUser, id: String) -> ApiResult<HostRow> {
-    let h = st.db.call(move |c| hosts::get(c, &id)).await.map_err(|e| match e {
-        DbError::NotFound => ApiError::NotFound("host"),
-        other => other.into(),
-    })?;
-    if !can_manage(user, &h) {
-        return Err(ApiError::NotFound("host"));
-    }
-    Ok(h)
+    let (uid, admin) = (user.user_id.clone(), user.is_admin);
+    let found = st
+        .db
+        .call(move |c| {
+            let h = hosts::get(c, &id)?;
+            let allowed = admin
+                || match &h.team_id {
+                    Some(t) => matches!(users::membership(c, t, &uid)?.as_deref(), Some("owner" | "admin")),
+                    None => false,
+                };
+            Ok(allowed.then_some(h))
+        })
+        .await
+        .map_err(|e| match e {
+            DbError::NotFound => ApiError::NotFound("host"),
+            other => other.into(),
+        })?;
+    found.ok_or(ApiError::NotFound("host"))
 }
 
 fn register_command(st: &AppState, token: &str) -> String {
@@ -92,7 +99,7 @@ pub async fn create(State(st): State<AppState>, user: AuthUser, ApiJson(req): Ap
                 .db
                 .call(move |c| Ok((users::team_active(c, &t)?, users::membership(c, &t, &uid)?)))
                 .await?;
-            if !active {
+            if !active || (role.is_none() && !user.is_admin) {
                 return Err(ApiError::NotFound("team"));
             }
             if !(user.is_admin || matches!(role.as_deref(), Some("owner" | "admin"))) {
@@ -217,7 +224,7 @@ pub struct DeleteQuery {
     pub force: Option<String>,
 }
 
-pub async fn delete(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>, Query(q): Query<DeleteQuery>) -> ApiResult<StatusCode> {
+pub async fn delete(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiQuery(q): ApiQuery<DeleteQuery>) -> ApiResult<StatusCode> {
     let force = match q.force.as_deref() {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") | Some("") => true,
@@ -283,8 +290,17 @@ pub async fn register(State(st): State<AppState>, ApiJson(req): ApiJson<Register
 }
 
 fn validate_facts(f: &crate::proto::agent::HostFacts) -> ApiResult<()> {
-    if f.address.is_empty() || f.address.len() > 255 || f.address.parse::<std::net::SocketAddr>().is_err() && !f.address.contains(':') {
+    let addr_ok = f.address.len() <= 255
+        && f.address.rsplit_once(':').is_some_and(|(host, port)| {
+            port.parse::<u16>().is_ok_and(|p| p != 0)
+                && !host.is_empty()
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+        });
+    if !addr_ok {
         return Err(ApiError::bad("facts.address", "must be host:port where the agent listens"));
+    }
+    if f.disk_gb > 1_000_000_000 {
+        return Err(ApiError::bad("facts.disk_gb", "out of range"));
     }
     if f.cpu_cores == 0 || f.cpu_cores > 4096 {
         return Err(ApiError::bad("facts.cpu_cores", "out of range"));
@@ -330,7 +346,7 @@ pub struct RefreshResponse {
 }
 
 pub async fn refresh(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<Json<RefreshResponse>> {
-    super::auth::rate_limit(&st, peer.ip(), Some(&format!("refresh:{}", &sha256_hex(req.refresh_token.as_bytes())[..16])))?;
+    super::auth::rate_limit(&st, peer.ip(), None)?;
     if req.refresh_token.is_empty() || req.refresh_token.len() > 200 {
         return Err(ApiError::Unauthorized);
     }

@@ -41,13 +41,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
         .route("/v1/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::delete))
         .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
-        .fallback(not_found)
+        // Unknown paths go to the app's fallback (`server::web::fallback`): JSON 404 under /v1.
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-}
-
-async fn not_found() -> error::ApiError {
-    error::ApiError::NotFound("route")
 }
 
 async fn method_not_allowed() -> (axum::http::StatusCode, axum::Json<crate::proto::api::ErrorBody>) {

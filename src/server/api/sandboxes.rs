@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use crate::ids::{is_valid, new_id};
 use crate::proto::agent::CreateVmRequest;
 use crate::proto::api::{CreateSandboxRequest, ExecRequest, ExecResponse, SandboxListResponse, SandboxResponse};
@@ -124,7 +124,7 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
         pinned_host: None,
     };
     let host_id = st.scheduler.place(&candidates, &placement).map_err(ApiError::NoHostAvailable)?;
-    let host = candidates_address(&st, &host_id).await?;
+    let (host, _) = host_address(&st, &host_id).await?;
 
     let new = NewSandbox {
         id: new_id("sbx"),
@@ -181,8 +181,8 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
     if let Err(e) = result {
         tracing::warn!(sandbox = %id, host = %host_id, error = %e, "sandbox failed to start");
         return Err(match e {
-            AgentError::Remote { status: 400 | 422, code, message, field } => ApiError::BadRequest {
-                field: field.unwrap_or(code),
+            AgentError::Remote { status: 400 | 422, message, field, .. } => ApiError::BadRequest {
+                field: field.unwrap_or_else(|| "request".into()),
                 message,
             },
             other => ApiError::HostFailed {
@@ -195,10 +195,19 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
     Ok((StatusCode::CREATED, Json(to_resp(row))))
 }
 
-async fn candidates_address(st: &AppState, host_id: &str) -> ApiResult<String> {
+/// The host's address and whether it is online.
+async fn host_address(st: &AppState, host_id: &str) -> ApiResult<(String, bool)> {
     let hid = host_id.to_string();
-    let h = st.db.call(move |c| hosts::get(c, &hid)).await?;
-    h.address.ok_or_else(|| ApiError::NoHostAvailable("the chosen host has no address".into()))
+    let h = st.db.call(move |c| hosts::get(c, &hid)).await.map_err(|e| match e {
+        DbError::NotFound => ApiError::conflict("sandbox_has_no_host", "the sandbox's host was deleted"),
+        other => other.into(),
+    })?;
+    let online = h.status == "online" || h.status == "draining";
+    let addr = h.address.ok_or_else(|| ApiError::HostFailed {
+        code: "host_unreachable",
+        message: "the sandbox's host has no address".into(),
+    })?;
+    Ok((addr, online))
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,7 +215,7 @@ pub struct ListQuery {
     pub status: Option<String>,
 }
 
-pub async fn list(State(st): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult<Json<SandboxListResponse>> {
+pub async fn list(State(st): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<SandboxListResponse>> {
     let team_id = caller.team()?.to_string();
     let status = match q.status.as_deref() {
         None | Some("") => None,
@@ -233,21 +242,31 @@ pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<Stri
     Ok(Json(to_resp(load(&st, &caller, id).await?)))
 }
 
-/// The agent client for a sandbox's host.
-async fn host_client(st: &AppState, s: &SandboxRow) -> ApiResult<crate::server::pool::AgentClient> {
+/// The agent client for a sandbox's host, and whether that host is online.
+async fn host_client(st: &AppState, s: &SandboxRow) -> ApiResult<(crate::server::pool::AgentClient, bool)> {
     let host_id = s.host_id.clone().ok_or_else(|| ApiError::conflict("sandbox_has_no_host", "the sandbox's host was deleted"))?;
-    let addr = candidates_address(st, &host_id).await?;
-    Ok(st.pool.get(&host_id, &addr))
+    let (addr, online) = host_address(st, &host_id).await?;
+    Ok((st.pool.get(&host_id, &addr), online))
 }
 
-/// Ends a sandbox's VM on its host (a VM the host no longer has counts as ended).
+/// Ends a sandbox's VM on its host (a VM the host no longer has counts as ended). A host that is
+/// unreachable cannot be asked: the sandbox is ended in the database all the same, and the host
+/// monitor destroys the VM as an orphan if the host comes back.
 pub async fn destroy_on_host(st: &AppState, s: &SandboxRow) -> ApiResult<()> {
     if s.host_id.is_none() {
         return Ok(());
     }
-    let client = host_client(st, s).await?;
+    let (client, online) = match host_client(st, s).await {
+        Ok(c) => c,
+        Err(ApiError::Conflict { code: "sandbox_has_no_host", .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     match client.destroy_vm(&s.id).await {
         Ok(()) | Err(AgentError::Remote { status: 404, .. }) => Ok(()),
+        Err(AgentError::Unreachable(e)) if !online => {
+            tracing::warn!(sandbox = %s.id, error = %e, "host unreachable: sandbox ended without it");
+            Ok(())
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -295,8 +314,11 @@ pub async fn exec(State(st): State<AppState>, caller: Caller, Path(id): Path<Str
     if s.status != SandboxStatus::Running {
         return Err(ApiError::conflict("sandbox_not_running", format!("the sandbox is {}, not running", s.status)));
     }
-    let client = host_client(&st, &s).await?;
-    let out = client.exec(&s.id, &req).await?;
+    let (client, _) = host_client(&st, &s).await?;
+    let out = client.exec(&s.id, &req).await.map_err(|e| match e {
+        AgentError::Remote { status: 404, .. } => ApiError::conflict("sandbox_not_running", "the sandbox's VM is gone from its host"),
+        other => other.into(),
+    })?;
     let sid = s.id.clone();
     st.db.call(move |c| sandboxes::touch(c, &sid)).await?;
     Ok(Json(out))

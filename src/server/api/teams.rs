@@ -2,13 +2,13 @@
 //! the token's team; finding users to add.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::auth::validate_name;
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, AuthUser};
+use super::extract::{ApiJson, ApiQuery, AuthUser};
 use crate::proto::api::AuthResponse;
 use crate::server::AppState;
 use crate::server::db::teams::{self, MemberRow, TeamRow};
@@ -163,9 +163,16 @@ pub async fn create(State(st): State<AppState>, user: AuthUser, ApiJson(req): Ap
 
 pub async fn get(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<TeamDetailResponse>> {
     let (team, role) = role_in(&st, &user, &id).await?;
-    let members = st.db.call(move |c| teams::members(c, &id)).await?;
+    let uid = user.user_id.clone();
+    let (members, is_default) = st
+        .db
+        .call(move |c| {
+            let mine = teams::mine(c, &uid)?;
+            Ok((teams::members(c, &id)?, mine.iter().any(|t| t.team.id == id && t.is_default)))
+        })
+        .await?;
     Ok(Json(TeamDetailResponse {
-        team: team_resp(team, role, false),
+        team: team_resp(team, role, is_default),
         members: members.into_iter().map(member_resp).collect(),
     }))
 }
@@ -315,12 +322,14 @@ pub async fn switch(State(st): State<AppState>, user: AuthUser, ApiJson(req): Ap
     }))
 }
 
-pub async fn search_users(State(st): State<AppState>, _user: AuthUser, Query(q): Query<SearchQuery>) -> ApiResult<Json<UserSearchResponse>> {
+/// Finds users to add to a team: members of the caller's teams, or one user by exact email.
+pub async fn search_users(State(st): State<AppState>, user: AuthUser, ApiQuery(q): ApiQuery<SearchQuery>) -> ApiResult<Json<UserSearchResponse>> {
     let q = q.q.trim().to_lowercase();
-    if q.chars().count() < 3 {
-        return Err(ApiError::bad("q", "give at least 3 characters"));
+    if q.chars().filter(|c| c.is_alphanumeric()).count() < 3 {
+        return Err(ApiError::bad("q", "give at least 3 letters or digits"));
     }
-    let rows = st.db.call(move |c| teams::search_users(c, &q)).await?;
+    let uid = user.user_id.clone();
+    let rows = st.db.call(move |c| teams::search_users(c, &uid, &q)).await?;
     Ok(Json(UserSearchResponse {
         users: rows
             .into_iter()

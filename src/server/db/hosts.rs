@@ -332,7 +332,7 @@ pub fn mark_stale(conn: &mut Connection, cutoff: i64) -> DbResult<Vec<String>> {
     let ids: Vec<String> = {
         let mut st = tx.prepare(
             "UPDATE hosts SET status = 'unreachable', updated_at = ?1
-             WHERE status IN ('online', 'draining') AND coalesce(last_heartbeat_at, 0) < ?2 RETURNING id",
+             WHERE status = 'online' AND coalesce(last_heartbeat_at, 0) < ?2 RETURNING id",
         )?;
         st.query_map(params![now(), cutoff], |r| r.get(0))?
             .collect::<Result<_, _>>()?

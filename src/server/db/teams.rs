@@ -200,13 +200,25 @@ pub fn remove_member(conn: &Connection, team_id: &str, user_id: &str, actor: &st
     Ok(())
 }
 
-/// Users whose email starts with, or whose name contains, `q` (at most 20).
-pub fn search_users(conn: &Connection, q: &str) -> DbResult<Vec<(String, String, String)>> {
-    let like_prefix = format!("{}%", q.replace(['%', '_', '\\'], ""));
-    let like_any = format!("%{}%", q.replace(['%', '_', '\\'], ""));
+/// Users the caller may find: people who share an active team with them, matched by email prefix or
+/// name, plus the one user whose email is exactly `q` (so a new member can be added by address).
+/// At most 20. Nobody can list strangers.
+pub fn search_users(conn: &Connection, caller: &str, q: &str) -> DbResult<Vec<(String, String, String)>> {
+    let clean: String = q.chars().filter(|c| !matches!(c, '%' | '_' | '\\')).collect();
+    if clean.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut st = conn.prepare(
-        "SELECT id, name, email FROM users WHERE email LIKE ?1 OR name LIKE ?2 ORDER BY email LIMIT 20",
+        "SELECT u.id, u.name, u.email FROM users u
+         WHERE u.email = ?3
+            OR ((u.email LIKE ?1 OR u.name LIKE ?2) AND EXISTS (
+                SELECT 1 FROM memberships a JOIN memberships b ON a.team_id = b.team_id
+                JOIN teams t ON t.id = a.team_id AND t.deleted_at IS NULL
+                WHERE a.user_id = ?4 AND b.user_id = u.id))
+         ORDER BY u.email LIMIT 20",
     )?;
-    let rows = st.query_map(params![like_prefix, like_any], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let rows = st.query_map(params![format!("{clean}%"), format!("%{clean}%"), q, caller], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -1,0 +1,283 @@
+//! The authorization matrix: every route × every kind of caller → the exact status. A route added
+//! to the router without a row here fails `every_route_is_in_the_matrix`.
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+use sandboxctl::cli::client::ApiClient;
+use sandboxctl::proto::api::CreateHostRequest;
+
+use crate::common::{TestServer, raw};
+
+/// Callers, in the order each row lists its statuses.
+const ROLES: [&str; 9] = ["none", "expired", "host", "apikey", "other_team", "platform_admin", "member", "admin", "owner"];
+
+struct Row {
+    method: Method,
+    /// The route as the router spells it.
+    route: &'static str,
+    /// The concrete path, with placeholders: {T}, {fresh_team}, {fresh_byoc}, {fresh_key},
+    /// {fresh_member}, {sbx}, {H}.
+    path: &'static str,
+    body: Option<&'static str>,
+    expect: [u16; 9],
+}
+
+fn r(method: Method, route: &'static str, path: &'static str, body: Option<&'static str>, expect: [u16; 9]) -> Row {
+    Row {
+        method,
+        route,
+        path,
+        body,
+        expect,
+    }
+}
+
+fn rows() -> Vec<Row> {
+    use Method as M;
+    //            none exp  host key  other padm memb admn ownr
+    vec![
+        r(M::GET, "/healthz", "/healthz", None, [200, 200, 200, 200, 200, 200, 200, 200, 200]),
+        r(M::POST, "/v1/auth/signup", "/v1/auth/signup", Some("{}"), [400; 9]),
+        r(M::POST, "/v1/auth/login", "/v1/auth/login", Some("{}"), [400; 9]),
+        r(M::POST, "/v1/auth/switch-team", "/v1/auth/switch-team", Some(r#"{"team_id":"{T}"}"#), [401, 401, 401, 403, 404, 404, 200, 200, 200]),
+        r(M::GET, "/v1/me", "/v1/me", None, [401, 401, 401, 403, 200, 200, 200, 200, 200]),
+        r(M::GET, "/v1/users/search", "/v1/users/search?q=example", None, [401, 401, 401, 403, 200, 200, 200, 200, 200]),
+        r(M::GET, "/v1/teams", "/v1/teams", None, [401, 401, 401, 403, 200, 200, 200, 200, 200]),
+        r(M::POST, "/v1/teams", "/v1/teams", Some(r#"{"name":"new team"}"#), [401, 401, 401, 403, 201, 201, 201, 201, 201]),
+        r(M::GET, "/v1/teams/{id}", "/v1/teams/{T}", None, [401, 401, 401, 403, 404, 404, 200, 200, 200]),
+        r(M::PATCH, "/v1/teams/{id}", "/v1/teams/{T}", Some(r#"{"name":"renamed"}"#), [401, 401, 401, 403, 404, 404, 403, 200, 200]),
+        r(M::DELETE, "/v1/teams/{id}", "/v1/teams/{fresh_team}", None, [401, 401, 401, 403, 404, 404, 403, 403, 204]),
+        r(M::POST, "/v1/teams/{id}/members", "/v1/teams/{T}/members", Some(r#"{"email":"{fresh_user_email}"}"#), [401, 401, 401, 403, 404, 404, 403, 201, 201]),
+        r(M::PATCH, "/v1/teams/{id}/members/{user_id}", "/v1/teams/{T}/members/{fresh_member}", Some(r#"{"role":"admin"}"#), [401, 401, 401, 403, 404, 404, 403, 200, 200]),
+        r(M::DELETE, "/v1/teams/{id}/members/{user_id}", "/v1/teams/{T}/members/{fresh_member}", None, [401, 401, 401, 403, 404, 404, 403, 204, 204]),
+        r(M::POST, "/v1/teams/{id}/leave", "/v1/teams/{fresh_team}/leave", None, [401, 401, 401, 403, 404, 404, 204, 204, 409]),
+        r(M::POST, "/v1/api-keys", "/v1/api-keys", Some(r#"{"name":"k"}"#), [401, 401, 401, 403, 201, 201, 201, 201, 201]),
+        r(M::GET, "/v1/api-keys", "/v1/api-keys", None, [401, 401, 401, 403, 200, 200, 200, 200, 200]),
+        r(M::DELETE, "/v1/api-keys/{id}", "/v1/api-keys/{fresh_key}", None, [401, 401, 401, 403, 404, 404, 204, 204, 204]),
+        r(M::POST, "/v1/hosts", "/v1/hosts", Some(r#"{"type":"regular"}"#), [401, 401, 401, 403, 403, 201, 403, 403, 403]),
+        r(M::GET, "/v1/hosts", "/v1/hosts", None, [401, 401, 401, 403, 200, 200, 200, 200, 200]),
+        r(M::GET, "/v1/hosts/{id}", "/v1/hosts/{fresh_byoc}", None, [401, 401, 401, 403, 404, 200, 404, 200, 200]),
+        r(M::DELETE, "/v1/hosts/{id}", "/v1/hosts/{fresh_byoc}", None, [401, 401, 401, 403, 404, 204, 404, 204, 204]),
+        r(M::GET, "/v1/hosts/{id}/delete-preview", "/v1/hosts/{fresh_byoc}/delete-preview", None, [401, 401, 401, 403, 404, 200, 404, 200, 200]),
+        r(M::POST, "/v1/hosts/{id}/token", "/v1/hosts/{fresh_byoc}/token", None, [401, 401, 401, 403, 404, 200, 404, 200, 200]),
+        r(M::POST, "/v1/hosts/register", "/v1/hosts/register", Some("{}"), [400; 9]),
+        r(M::POST, "/v1/hosts/auth/refresh", "/v1/hosts/auth/refresh", Some(r#"{"refresh_token":"hrf_nope"}"#), [401; 9]),
+        r(M::POST, "/v1/hosts/{id}/heartbeat", "/v1/hosts/{H}/heartbeat", Some(HEARTBEAT), [401, 401, 200, 401, 401, 401, 401, 401, 401]),
+        r(M::POST, "/v1/sandboxes", "/v1/sandboxes", Some("{}"), [401, 401, 401, 503, 503, 503, 503, 503, 503]),
+        r(M::GET, "/v1/sandboxes", "/v1/sandboxes", None, [401, 401, 401, 200, 200, 200, 200, 200, 200]),
+        r(M::GET, "/v1/sandboxes/{id}", "/v1/sandboxes/{sbx}", None, [401, 401, 401, 200, 404, 404, 200, 200, 200]),
+        r(M::DELETE, "/v1/sandboxes/{id}", "/v1/sandboxes/{sbx}", None, [401, 401, 401, 204, 404, 404, 204, 204, 204]),
+        r(M::POST, "/v1/sandboxes/{id}/exec", "/v1/sandboxes/{sbx}/exec", Some(r#"{"cmd":"true"}"#), [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+    ]
+}
+
+const HEARTBEAT: &str = r#"{"facts":{"arch":"x86_64","cpu_cores":2,"memory_mb":2048,"disk_gb":10,"address":"127.0.0.1:1","accel":"tcg","accel_reason":"t","version":"t"},"running_vms":0,"used_memory_mb":0,"used_vcpus":0}"#;
+
+struct Fixture {
+    s: TestServer,
+    tokens: Vec<Option<String>>,
+    team: String,
+    owner: ApiClient,
+    admin_email: String,
+    member_email: String,
+    owner_email: String,
+    host: String,
+    sandbox: String,
+    n: std::sync::atomic::AtomicUsize,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let s = TestServer::start().await;
+        let (padmin, _) = s.signup("root@example.com", "Root").await;
+        let (owner, oc) = s.signup("owner@example.com", "Owner").await;
+        let (_, _) = s.signup("admin@example.com", "Team Admin").await;
+        let (_, _) = s.signup("member@example.com", "Member").await;
+        let (other, _) = s.signup("other@example.com", "Other").await;
+        let team = owner.team_id.clone().unwrap();
+        oc.add_member(&team, "admin@example.com", "admin").await.unwrap();
+        oc.add_member(&team, "member@example.com", "member").await.unwrap();
+        // Log the admin and member in to the shared team.
+        let admin = s.anon().login("admin@example.com", "correct horse battery").await.unwrap();
+        let admin = s.anon().with_token(&admin.token).switch_team(&team).await.unwrap();
+        let member = s.anon().login("member@example.com", "correct horse battery").await.unwrap();
+        let member = s.anon().with_token(&member.token).switch_team(&team).await.unwrap();
+        let key = oc.create_key("matrix").await.unwrap().key.unwrap();
+
+        // A registered host and its JWT.
+        let root = s.anon().with_token(&padmin.token);
+        let h = root
+            .create_host(&CreateHostRequest {
+                host_type: "regular".into(),
+                team_id: None,
+                name: None,
+                provider: None,
+                zone: None,
+            })
+            .await
+            .unwrap();
+        let body = format!(r#"{{"token":"{}","facts":{}}}"#, h.registration_token, &HEARTBEAT[9..HEARTBEAT.find(r#","running_vms"#).unwrap()]);
+        let (st, reg) = raw(Method::POST, &format!("{}/v1/hosts/register", s.url), None, Some(&body)).await;
+        assert_eq!(st, 200, "{reg}");
+        let host_token = reg["token"].as_str().unwrap().to_string();
+        // Draining: it heartbeats but takes no sandboxes (nothing listens at its address).
+        s.sqlite().execute("UPDATE hosts SET status = 'draining' WHERE id = ?1", [&h.host.id]).unwrap();
+
+        // An expired user token for the owner, signed with the server's real key.
+        let secret = std::fs::read(s.data_dir().join("jwt.key")).unwrap();
+        let now = sandboxctl::server::db::now();
+        let claims = sandboxctl::server::auth::UserClaims {
+            sub: owner.user_id.clone(),
+            email: owner.email.clone(),
+            name: owner.name.clone(),
+            team: Some(team.clone()),
+            iss: "sandboxctl".into(),
+            aud: "sandboxctl-user".into(),
+            iat: now - 100_000,
+            exp: now - 1000,
+        };
+        let expired = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&secret).unwrap(),
+        )
+        .unwrap();
+
+        // A (stopped) sandbox of the team, written straight into the real database file.
+        let sandbox = "sbx_matrixfixture".to_string();
+        s.sqlite()
+            .execute(
+                "INSERT INTO sandboxes (id, team_id, template, status, vcpus, memory_mb, timeout_sec, created_at)
+                 VALUES (?1, ?2, 'minimal', 'stopped', 1, 256, 0, 0)",
+                [&sandbox, &team],
+            )
+            .unwrap();
+
+        let tokens = vec![
+            None,
+            Some(expired),
+            Some(host_token),
+            Some(key),
+            Some(other.token),
+            Some(padmin.token),
+            Some(member.token),
+            Some(admin.token),
+            Some(owner.token.clone()),
+        ];
+        Fixture {
+            s,
+            tokens,
+            team,
+            owner: oc,
+            admin_email: "admin@example.com".into(),
+            member_email: "member@example.com".into(),
+            owner_email: owner.email,
+            host: h.host.id,
+            sandbox,
+            n: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn next(&self) -> usize {
+        self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fills the placeholders of a path or body, creating fresh resources where asked.
+    async fn fill(&self, text: &str) -> String {
+        let mut out = text.replace("{T}", &self.team).replace("{H}", &self.host).replace("{sbx}", &self.sandbox);
+        if out.contains("{fresh_team}") {
+            let t = self.owner.create_team(&format!("fresh {}", self.next())).await.unwrap();
+            self.owner.add_member(&t.id, &self.admin_email, "admin").await.unwrap();
+            self.owner.add_member(&t.id, &self.member_email, "member").await.unwrap();
+            out = out.replace("{fresh_team}", &t.id);
+        }
+        if out.contains("{fresh_byoc}") {
+            let h = self
+                .owner
+                .create_host(&CreateHostRequest {
+                    host_type: "byoc".into(),
+                    team_id: Some(self.team.clone()),
+                    name: None,
+                    provider: None,
+                    zone: None,
+                })
+                .await
+                .unwrap();
+            out = out.replace("{fresh_byoc}", &h.host.id);
+        }
+        if out.contains("{fresh_key}") {
+            let k = self.owner.create_key("fresh").await.unwrap();
+            out = out.replace("{fresh_key}", &k.id);
+        }
+        if out.contains("{fresh_member}") || out.contains("{fresh_user_email}") {
+            let email = format!("fresh{}@example.com", self.next());
+            let (u, _) = self.s.signup(&email, "Fresh").await;
+            if out.contains("{fresh_member}") {
+                self.owner.add_member(&self.team, &email, "member").await.unwrap();
+            }
+            out = out.replace("{fresh_member}", &u.user_id).replace("{fresh_user_email}", &email);
+        }
+        let _ = &self.owner_email;
+        out
+    }
+}
+
+#[tokio::test]
+async fn authorization_matrix() {
+    let f = Fixture::new().await;
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for row in rows() {
+        for (i, role) in ROLES.iter().enumerate() {
+            let path = f.fill(row.path).await;
+            let body = match row.body {
+                Some(b) => Some(f.fill(b).await),
+                None => None,
+            };
+            let (st, v) = raw(row.method.clone(), &format!("{}{path}", f.s.url), f.tokens[i].as_deref(), body.as_deref()).await;
+            checked += 1;
+            if st != row.expect[i] {
+                failures.push(format!("{} {} as {role}: expected {}, got {st} {v}", row.method, row.route, row.expect[i]));
+            }
+            if st >= 400 {
+                assert!(v["error"]["code"].is_string(), "{} {} as {role}: error without a code: {v}", row.method, row.route);
+            }
+        }
+    }
+    eprintln!("authorization matrix: {} routes x {} callers = {checked} checks", rows().len(), ROLES.len());
+    assert!(failures.is_empty(), "{} of {checked} checks failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Every route the router serves has a row (and nothing else has one).
+#[test]
+fn every_route_is_in_the_matrix() {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/server/api/mod.rs")).unwrap();
+    let mut served = BTreeSet::new();
+    served.insert(("GET".to_string(), "/healthz".to_string()));
+    for line in src.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+        let path = line.split('"').nth(1).unwrap().to_string();
+        for m in ["get", "post", "patch", "put", "delete"] {
+            if line.contains(&format!("{m}(")) {
+                served.insert((m.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let in_matrix: BTreeSet<(String, String)> = rows().iter().map(|r| (r.method.to_string(), r.route.to_string())).collect();
+    assert_eq!(served, in_matrix, "the router and the authorization matrix disagree");
+
+    // And every route is described in openapi.yaml.
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let mut current = String::new();
+    let mut documented = BTreeSet::new();
+    for line in spec.lines() {
+        if let Some(p) = line.strip_prefix("  /").and_then(|p| p.strip_suffix(':')) {
+            current = format!("/{p}");
+        } else if let Some(m) = line.strip_prefix("    ").and_then(|m| m.strip_suffix(':'))
+            && ["get", "post", "patch", "put", "delete"].contains(&m)
+        {
+            documented.insert((m.to_uppercase(), current.clone()));
+        }
+    }
+    assert_eq!(served, documented, "the router and openapi.yaml disagree");
+}

@@ -1,0 +1,134 @@
+// The one client of the sandboxctl REST API (/v1, described in openapi.yaml). Every call goes
+// through request(): it adds the token, turns {"error":{"code","message"}} answers into ApiError,
+// reports 401s (an expired session) and can be cancelled wholesale when the user changes.
+
+/** An error answer from the API (or the network), with the server's code and message. */
+export class ApiError extends Error {
+  constructor(status, code, message, detail = {}) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.field = detail.field ?? null;
+    this.sandboxIds = detail.sandbox_ids ?? null;
+    this.retryAfter = detail.retryAfter ?? null;
+  }
+}
+
+/** True for requests cancelled on purpose (page left, user signed out): not worth showing. */
+export function isAbort(err) {
+  return err?.name === 'AbortError';
+}
+
+let token = null;
+let unauthorized = () => {};
+let session = new AbortController();
+
+export function setToken(t) {
+  token = t;
+}
+
+/** Called with the ApiError when an authenticated call answers 401. */
+export function onUnauthorized(fn) {
+  unauthorized = fn;
+}
+
+/** Cancels every request still in flight (their answers belong to a previous user or team). */
+export function cancelAll() {
+  session.abort();
+  session = new AbortController();
+}
+
+async function request(method, path, { body, query, signal, auth = true } = {}) {
+  const url = new URL(path, window.location.origin);
+  for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined && v !== null) url.searchParams.set(k, v);
+  const headers = { Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const sentToken = auth ? token : null;
+  if (sentToken) headers.Authorization = `Bearer ${sentToken}`;
+  const signals = [session.signal, signal].filter(Boolean);
+  let resp;
+  try {
+    resp = await fetch(url, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: signals.length > 1 ? AbortSignal.any(signals) : signals[0],
+      cache: 'no-store',
+      credentials: 'omit',
+    });
+  } catch (err) {
+    if (isAbort(err)) throw err;
+    throw new ApiError(0, 'network_error', 'Cannot reach the sandboxctl server. Check that it is running and try again.');
+  }
+  if (resp.status === 204) return null;
+  const text = await resp.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (resp.ok) return data;
+  const e = data?.error;
+  let err;
+  if (e && typeof e.message === 'string') {
+    err = new ApiError(resp.status, e.code, sentence(e.message), { ...e, retryAfter: resp.headers.get('Retry-After') });
+    if (resp.status === 429 && err.retryAfter) err.message = `Too many attempts. Try again in ${err.retryAfter} s.`;
+  } else {
+    err = new ApiError(resp.status, `http_${resp.status}`, `The server answered ${resp.status} ${resp.statusText || ''}`.trim() + '.');
+  }
+  // A 401 on a call made with the current token means the session is over.
+  if (resp.status === 401 && sentToken && sentToken === token) unauthorized(err);
+  throw err;
+}
+
+/** "the sandbox is stopped, not running" → "The sandbox is stopped, not running." */
+function sentence(msg) {
+  const m = msg.trim();
+  if (!m) return 'Something went wrong.';
+  const s = m[0].toUpperCase() + m.slice(1);
+  return /[.!?]$/.test(s) ? s : `${s}.`;
+}
+
+const enc = encodeURIComponent;
+
+export const api = {
+  // Accounts
+  signup: (body) => request('POST', '/v1/auth/signup', { body, auth: false }),
+  login: (body) => request('POST', '/v1/auth/login', { body, auth: false }),
+  me: (o) => request('GET', '/v1/me', o),
+  switchTeam: (teamId, o) => request('POST', '/v1/auth/switch-team', { ...o, body: { team_id: teamId } }),
+  searchUsers: (q, o) => request('GET', '/v1/users/search', { ...o, query: { q } }).then((r) => r.users),
+
+  // Teams
+  teams: (o) => request('GET', '/v1/teams', o).then((r) => r.teams),
+  createTeam: (name, o) => request('POST', '/v1/teams', { ...o, body: { name } }),
+  team: (id, o) => request('GET', `/v1/teams/${enc(id)}`, o),
+  renameTeam: (id, name, o) => request('PATCH', `/v1/teams/${enc(id)}`, { ...o, body: { name } }),
+  deleteTeam: (id, o) => request('DELETE', `/v1/teams/${enc(id)}`, o),
+  addMember: (id, email, role, o) => request('POST', `/v1/teams/${enc(id)}/members`, { ...o, body: { email, role } }),
+  setRole: (id, userId, role, o) => request('PATCH', `/v1/teams/${enc(id)}/members/${enc(userId)}`, { ...o, body: { role } }),
+  removeMember: (id, userId, o) => request('DELETE', `/v1/teams/${enc(id)}/members/${enc(userId)}`, o),
+  leaveTeam: (id, o) => request('POST', `/v1/teams/${enc(id)}/leave`, o),
+
+  // API keys
+  keys: (o) => request('GET', '/v1/api-keys', o).then((r) => r.keys),
+  createKey: (name, o) => request('POST', '/v1/api-keys', { ...o, body: { name } }),
+  revokeKey: (id, o) => request('DELETE', `/v1/api-keys/${enc(id)}`, o),
+
+  // Hosts
+  hosts: (o) => request('GET', '/v1/hosts', o).then((r) => r.hosts),
+  host: (id, o) => request('GET', `/v1/hosts/${enc(id)}`, o),
+  createHost: (body, o) => request('POST', '/v1/hosts', { ...o, body }),
+  hostToken: (id, o) => request('POST', `/v1/hosts/${enc(id)}/token`, o),
+  hostDeletePreview: (id, o) => request('GET', `/v1/hosts/${enc(id)}/delete-preview`, o),
+  deleteHost: (id, force, o) => request('DELETE', `/v1/hosts/${enc(id)}`, { ...o, query: force ? { force: 'true' } : undefined }),
+
+  // Sandboxes
+  sandboxes: (o) => request('GET', '/v1/sandboxes', o).then((r) => r.sandboxes),
+  sandbox: (id, o) => request('GET', `/v1/sandboxes/${enc(id)}`, o),
+  createSandbox: (body, o) => request('POST', '/v1/sandboxes', { ...o, body }),
+  deleteSandbox: (id, o) => request('DELETE', `/v1/sandboxes/${enc(id)}`, o),
+  exec: (id, body, o) => request('POST', `/v1/sandboxes/${enc(id)}/exec`, { ...o, body }),
+};
