@@ -49,6 +49,25 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 heartbeat_interval: a.timing.heartbeat_interval,
                 admin_email: a.admin_email.clone(),
             });
+            let github = match &a.github.github_client_id {
+                None => None,
+                Some(id) => {
+                    let secret = match (&a.github.github_client_secret_file, std::env::var("SANDBOXCTL_GITHUB_CLIENT_SECRET")) {
+                        (Some(f), _) => std::fs::read_to_string(f)
+                            .map_err(|e| anyhow::anyhow!("reading --github-client-secret-file {}: {e}", f.display()))?
+                            .trim()
+                            .to_string(),
+                        (None, Ok(s)) => s,
+                        (None, Err(_)) => anyhow::bail!("--github-client-id needs the secret in --github-client-secret-file or SANDBOXCTL_GITHUB_CLIENT_SECRET"),
+                    };
+                    Some(server::api::oauth::GithubConfig {
+                        client_id: id.clone(),
+                        client_secret: sandboxctl::crypto::Secret(secret),
+                        web_url: a.github.github_url.trim_end_matches('/').to_string(),
+                        api_url: a.github.github_api_url.trim_end_matches('/').to_string(),
+                    })
+                }
+            };
             server::run(ServerConfig {
                 listen: a.listen,
                 data_dir: a.data_dir,
@@ -56,6 +75,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 monitor_interval: a.timing.monitor_interval,
                 host_stale_after: a.timing.host_stale_after,
                 local_agent,
+                github,
             })
             .await?;
             Ok(0)

@@ -96,6 +96,24 @@ pub struct ServerArgs {
     pub vm: VmArgs,
     #[command(flatten)]
     pub timing: TimingArgs,
+    #[command(flatten)]
+    pub github: GithubArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GithubArgs {
+    /// GitHub OAuth app client id: enables "Log in with GitHub".
+    #[arg(long, env = "SANDBOXCTL_GITHUB_CLIENT_ID")]
+    pub github_client_id: Option<String>,
+    /// A file holding the OAuth app's client secret.
+    #[arg(long, env = "SANDBOXCTL_GITHUB_CLIENT_SECRET_FILE")]
+    pub github_client_secret_file: Option<PathBuf>,
+    /// GitHub's web address (change only for GitHub Enterprise or tests).
+    #[arg(long, env = "SANDBOXCTL_GITHUB_URL", default_value = "https://github.com")]
+    pub github_url: String,
+    /// GitHub's API address.
+    #[arg(long, env = "SANDBOXCTL_GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api_url: String,
 }
 
 #[derive(Debug, Args)]

@@ -36,6 +36,7 @@ pub struct Settings {
     pub public_url: String,
     pub monitor_interval: Duration,
     pub host_stale_after: Duration,
+    pub github: Option<api::oauth::GithubConfig>,
 }
 
 #[derive(Clone)]
@@ -98,6 +99,7 @@ pub struct ServerConfig {
     pub monitor_interval: Duration,
     pub host_stale_after: Duration,
     pub local_agent: Option<local::LocalAgentConfig>,
+    pub github: Option<api::oauth::GithubConfig>,
 }
 
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
@@ -112,6 +114,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             public_url: public_url.clone(),
             monitor_interval: cfg.monitor_interval,
             host_stale_after: cfg.host_stale_after,
+            github: cfg.github.clone(),
         },
     )?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "sandboxctl server listening");

@@ -5,4 +5,5 @@ mod api;
 mod authz;
 mod common;
 mod e2e;
+mod oauth;
 mod vm;

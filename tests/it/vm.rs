@@ -238,6 +238,15 @@ async fn vm_boot_exec_destroy() {
     assert_eq!(r.stdout.len(), 10 * 1024 * 1024);
     assert_eq!((r.stderr.as_str(), r.exit_code), ("done\n", 0));
 
+    // A crashed guest program is respawned by init; the exec it was serving fails, the next one
+    // works and the sandbox keeps its identity.
+    let r = vms
+        .exec(id, cmd("sh", &["-c", "kill -9 $PPID; sleep 5"]))
+        .await;
+    assert!(matches!(r, Err(VmError::GuestUnavailable(_))), "{r:?}");
+    let r = sh(&vms, id, "echo $SANDBOX_GREETING; hostname").await;
+    assert_eq!(r.stdout, format!("hello from create\n{id}\n"));
+
     // Destroy while an exec runs: the exec fails, the VM is gone.
     let vms3 = vms.clone();
     let exec = tokio::spawn(async move { vms3.exec(id, cmd("sleep", &["20"])).await });
@@ -303,14 +312,25 @@ async fn vm_survives_agent_restart() {
     vms.destroy(id).await.unwrap();
     assert_gone(&vms, tmp.path(), id, pid).await;
 
-    // A VM whose QEMU died while no agent ran is cleaned up at start.
+    // A guest that powers off leaves a stopped VM; a later agent cleans it up.
     let info = vms.create(create_request(id)).await.expect("create again");
-    drop(vms);
     let pid = info.pid.unwrap();
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
+    let _ = vms.exec(id, cmd("poweroff", &["-f"])).await;
+    let t = Instant::now();
+    while vms.get(id).await.unwrap().state != VmState::Stopped {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "VM still running after poweroff"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!qemu_alive(pid));
+    assert_eq!(vms.usage().await, (0, 0, 0));
+    assert!(matches!(
+        vms.exec(id, cmd("true", &[])).await,
+        Err(VmError::Conflict(_))
+    ));
+    drop(vms);
     let vms = VmManager::start(config(tmp.path())).await.expect("restart");
     assert!(vms.list().await.is_empty());
     assert!(!tmp.path().join("vms").join(id).exists());

@@ -65,7 +65,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -94,7 +94,7 @@ impl Cpio {
         self.out.extend_from_slice(TRAILER.as_bytes());
         self.out.push(0);
         self.pad();
-        while self.out.len() % 512 != 0 {
+        while !self.out.len().is_multiple_of(512) {
             self.out.push(0);
         }
         self.out

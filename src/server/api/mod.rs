@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 pub mod hosts;
 pub mod keys;
+pub mod oauth;
 pub mod sandboxes;
 pub mod teams;
 
@@ -22,6 +23,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/signup", post(auth::signup))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/switch-team", post(teams::switch))
+        .route("/v1/auth/providers", get(oauth::providers))
+        .route("/v1/auth/github/start", get(oauth::start))
+        .route("/v1/auth/github/callback", get(oauth::callback))
         .route("/v1/me", get(auth::me))
         .route("/v1/users/search", get(teams::search_users))
         .route("/v1/teams", get(teams::list).post(teams::create))

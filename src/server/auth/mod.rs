@@ -47,6 +47,8 @@ pub struct AgentCallClaims {
 }
 
 pub struct TokenKeys {
+    /// Key for HMACs over short-lived values (the OAuth state cookie), derived from the JWT secret.
+    mac_key: [u8; 32],
     hs_enc: EncodingKey,
     hs_dec: DecodingKey,
     ed_enc: EncodingKey,
@@ -55,12 +57,34 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     pub fn new(hs_secret: &[u8], ed: &crate::crypto::SigningKeyPair) -> anyhow::Result<TokenKeys> {
+        let mut mac_key = [0u8; 32];
+        mac_key.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest([b"sandboxctl-mac:".as_slice(), hs_secret].concat()));
         Ok(TokenKeys {
+            mac_key,
             hs_enc: EncodingKey::from_secret(hs_secret)?,
             hs_dec: DecodingKey::from_secret(hs_secret)?,
             ed_enc: EncodingKey::from_ed_der(&ed.pkcs8_der()),
             ed_public: ed.public_b64(),
         })
+    }
+
+    /// `value.MAC` where MAC is HMAC-SHA256 over `value` (base64url).
+    pub fn seal(&self, value: &str) -> String {
+        format!("{value}.{}", self.mac(value))
+    }
+
+    /// The value of a sealed string whose MAC checks out.
+    pub fn unseal<'a>(&self, sealed: &'a str) -> Option<&'a str> {
+        let (value, mac) = sealed.rsplit_once('.')?;
+        crate::crypto::ct_eq(mac.as_bytes(), self.mac(value).as_bytes()).then_some(value)
+    }
+
+    fn mac(&self, value: &str) -> String {
+        use base64::Engine;
+        use hmac::{KeyInit, Mac};
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.mac_key).expect("any key length works");
+        m.update(value.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
     }
 
     /// The public key agents pin at registration (base64url).
@@ -171,6 +195,17 @@ mod tests {
         assert!(k.verify_host(&u).is_none(), "user token accepted as host token");
         let other = TokenKeys::new(b"another secret another secret 12", &ed).unwrap();
         assert!(other.verify_user(&u).is_none());
+    }
+
+    #[test]
+    fn sealed_values_detect_tampering() {
+        let k = TokenKeys::new(b"0123456789abcdef0123456789abcdef", &SigningKeyPair::generate()).unwrap();
+        let sealed = k.seal("state-123.1700000000");
+        assert_eq!(k.unseal(&sealed), Some("state-123.1700000000"));
+        assert_eq!(k.unseal(&sealed.replace("123", "124")), None);
+        assert_eq!(k.unseal("nodot"), None);
+        let other = TokenKeys::new(b"another secret another secret 12", &SigningKeyPair::generate()).unwrap();
+        assert_eq!(other.unseal(&sealed), None);
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub fn create_with_team(
     password_hash: Option<&str>,
 ) -> DbResult<(UserRow, String)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = insert_with_team(&tx, email, name, password_hash)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+fn insert_with_team(tx: &Connection, email: &str, name: &str, password_hash: Option<&str>) -> DbResult<(UserRow, String)> {
     let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
     let is_admin = users == 0;
     let t = now();
@@ -60,10 +66,9 @@ pub fn create_with_team(
             r?;
         }
     }
-    let team = super::teams::insert(&tx, &format!("{name}'s team"), &user_id, true)?;
+    let team = super::teams::insert(tx, &format!("{name}'s team"), &user_id, true)?;
     let team_id = team.id;
-    audit::record(&tx, Some(&user_id), "user.signup", Some(&user_id), None)?;
-    tx.commit()?;
+    audit::record(tx, Some(&user_id), "user.signup", Some(&user_id), None)?;
     Ok((
         UserRow {
             id: user_id,
@@ -136,6 +141,39 @@ pub fn team_active(conn: &Connection, team_id: &str) -> DbResult<bool> {
         )
         .optional()?
         .is_some())
+}
+
+/// The user behind an OAuth identity.
+pub fn by_identity(conn: &Connection, provider: &str, provider_user_id: &str) -> DbResult<Option<UserRow>> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {USER_COLS} FROM users WHERE id = (SELECT user_id FROM oauth_identities WHERE provider = ?1 AND provider_user_id = ?2)"
+            ),
+            params![provider, provider_user_id],
+            user_row,
+        )
+        .optional()?)
+}
+
+/// Creates a password-less user with a personal team and links the OAuth identity, in one
+/// transaction. An email that already has an account is `Conflict("email_taken")`.
+pub fn create_from_identity(
+    conn: &mut Connection,
+    provider: &str,
+    provider_user_id: &str,
+    email: &str,
+    name: &str,
+) -> DbResult<(UserRow, String)> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (user, team) = insert_with_team(&tx, email, name, None)?;
+    tx.execute(
+        "INSERT INTO oauth_identities (provider, provider_user_id, user_id, email) VALUES (?1, ?2, ?3, ?4)",
+        params![provider, provider_user_id, user.id, email],
+    )
+    .map_err(|e| if is_unique_violation(&e) { DbError::Conflict("identity_taken") } else { e.into() })?;
+    tx.commit()?;
+    Ok((user, team))
 }
 
 pub fn count(conn: &Connection) -> DbResult<i64> {

@@ -282,3 +282,7 @@ pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, S
     let out = child.wait_with_output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
+
+pub fn urlenc(s: &str) -> String {
+    sandboxctl::cli::client::urlencode(s)
+}

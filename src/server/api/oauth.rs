@@ -1,0 +1,279 @@
+//! Login with GitHub, when configured: `start` redirects to GitHub with a state that is also kept
+//! in an HMAC-sealed cookie; `callback` checks both, trades the code for an access token, reads the
+//! GitHub user and signs them in (a new identity gets a user and a personal team; an email that
+//! already has an account answers `email_taken`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header::{ACCEPT, COOKIE, LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::auth::validate_name;
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiQuery;
+use crate::crypto;
+use crate::proto::api::AuthResponse;
+use crate::server::AppState;
+use crate::server::db::{DbError, now, users};
+
+const COOKIE_NAME: &str = "sandboxctl_oauth_state";
+const STATE_TTL_SECS: i64 = 600;
+
+#[derive(Clone)]
+pub struct GithubConfig {
+    pub client_id: String,
+    pub client_secret: crypto::Secret,
+    /// `https://github.com` (authorize and token endpoints).
+    pub web_url: String,
+    /// `https://api.github.com`.
+    pub api_url: String,
+}
+
+impl std::fmt::Debug for GithubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubConfig")
+            .field("client_id", &self.client_id)
+            .field("web_url", &self.web_url)
+            .field("api_url", &self.api_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProvidersResponse {
+    pub github: bool,
+}
+
+pub async fn providers(State(st): State<AppState>) -> Json<ProvidersResponse> {
+    Json(ProvidersResponse {
+        github: st.settings.github.is_some(),
+    })
+}
+
+fn github(st: &AppState) -> ApiResult<&GithubConfig> {
+    st.settings
+        .github
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("GitHub login (not configured on this server)"))
+}
+
+fn callback_url(st: &AppState) -> String {
+    format!("{}/v1/auth/github/callback", st.settings.public_url)
+}
+
+pub async fn start(State(st): State<AppState>) -> ApiResult<Response> {
+    let gh = github(&st)?;
+    let state = crypto::random_token("");
+    let sealed = st.keys.seal(&format!("{state}.{}", now() + STATE_TTL_SECS));
+    let url = format!(
+        "{}/login/oauth/authorize?client_id={}&redirect_uri={}&scope=read%3Auser%20user%3Aemail&state={}",
+        gh.web_url,
+        crate::cli::client::urlencode(&gh.client_id),
+        crate::cli::client::urlencode(&callback_url(&st)),
+        state
+    );
+    let secure = if st.settings.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE_NAME}={sealed}; Path=/v1/auth/github; HttpOnly; SameSite=Lax; Max-Age={STATE_TTL_SECS}{secure}");
+    let mut resp = StatusCode::FOUND.into_response();
+    resp.headers_mut().insert(LOCATION, HeaderValue::from_str(&url).map_err(|e| anyhow::anyhow!("{e}"))?);
+    resp.headers_mut().insert(SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| anyhow::anyhow!("{e}"))?);
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenAnswer {
+    access_token: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GithubUser {
+    id: u64,
+    login: String,
+    name: Option<String>,
+    email: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GithubEmail {
+    email: String,
+    primary: bool,
+    verified: bool,
+}
+
+fn cookie_state(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE_NAME}=")))
+        .map(str::to_string)
+        .next()
+}
+
+/// Checks the state against the sealed cookie (and its expiry).
+fn check_state(st: &AppState, headers: &HeaderMap, state: &str) -> bool {
+    let Some(sealed) = cookie_state(headers) else {
+        return false;
+    };
+    let Some(value) = st.keys.unseal(&sealed) else {
+        return false;
+    };
+    let Some((expected, exp)) = value.rsplit_once('.') else {
+        return false;
+    };
+    exp.parse::<i64>().is_ok_and(|e| e > now()) && crypto::ct_eq(expected.as_bytes(), state.as_bytes())
+}
+
+pub async fn callback(State(st): State<AppState>, headers: HeaderMap, ApiQuery(q): ApiQuery<CallbackQuery>) -> Response {
+    if let Err(e) = github(&st) {
+        return e.into_response();
+    }
+    let wants_json = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    let result = sign_in(&st, &headers, q).await;
+    let clear = format!("{COOKIE_NAME}=; Path=/v1/auth/github; HttpOnly; SameSite=Lax; Max-Age=0");
+    let mut resp = match (result, wants_json) {
+        (Ok(auth), true) => Json(auth).into_response(),
+        (Err(e), true) => e.into_response(),
+        // The browser goes back to the dashboard with the token (or the error) in the fragment,
+        // which never reaches a server.
+        (Ok(auth), false) => redirect(&format!("/#oauth_token={}", auth.token)),
+        (Err(e), false) => {
+            let code = match &e {
+                ApiError::Conflict { code, .. } => *code,
+                ApiError::Unauthorized => "oauth_failed",
+                _ => "oauth_failed",
+            };
+            tracing::warn!(error = %e, "GitHub sign-in failed");
+            redirect(&format!("/#oauth_error={code}"))
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        resp.headers_mut().append(SET_COOKIE, v);
+    }
+    resp
+}
+
+fn redirect(to: &str) -> Response {
+    let mut resp = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp
+}
+
+async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiResult<AuthResponse> {
+    let gh = github(st)?.clone();
+    if let Some(e) = q.error {
+        return Err(ApiError::forbidden("oauth_denied", format!("GitHub said: {e}")));
+    }
+    let code = q.code.filter(|c| !c.is_empty() && c.len() < 512).ok_or_else(|| ApiError::bad("code", "required"))?;
+    let state = q.state.ok_or_else(|| ApiError::bad("state", "required"))?;
+    if !check_state(st, headers, &state) {
+        return Err(ApiError::forbidden("oauth_state_mismatch", "the sign-in took too long or did not start here; try again"));
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .user_agent("sandboxctl")
+        .build()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let upstream = |e: reqwest::Error| ApiError::HostFailed {
+        code: "oauth_upstream",
+        message: format!("GitHub did not answer: {}", e.without_url()),
+    };
+    let token: TokenAnswer = http
+        .post(format!("{}/login/oauth/access_token", gh.web_url))
+        .header(ACCEPT, "application/json")
+        .form(&[
+            ("client_id", gh.client_id.as_str()),
+            ("client_secret", gh.client_secret.expose()),
+            ("code", code.as_str()),
+            ("redirect_uri", callback_url(st).as_str()),
+        ])
+        .send()
+        .await
+        .map_err(upstream)?
+        .json()
+        .await
+        .map_err(upstream)?;
+    let access = token.access_token.ok_or_else(|| {
+        ApiError::forbidden("oauth_denied", format!("GitHub refused the code: {}", token.error.unwrap_or_default()))
+    })?;
+    let user: GithubUser = http
+        .get(format!("{}/user", gh.api_url))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(upstream)?
+        .json()
+        .await
+        .map_err(upstream)?;
+    let emails: Vec<GithubEmail> = http
+        .get(format!("{}/user/emails", gh.api_url))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(upstream)?
+        .json()
+        .await
+        .unwrap_or_default();
+    let email = emails
+        .iter()
+        .find(|e| e.primary && e.verified)
+        .map(|e| e.email.clone())
+        .or(user.email.clone())
+        .ok_or_else(|| ApiError::forbidden("oauth_no_email", "your GitHub account has no verified email"))?;
+    let email = super::auth::normalize_email(&email)?;
+    let name = validate_name(user.name.as_deref().filter(|n| !n.trim().is_empty()).unwrap_or(&user.login)).unwrap_or_else(|_| user.login.chars().take(100).collect());
+    let gh_id = user.id.to_string();
+    let (u, team) = st
+        .db
+        .call(move |c| {
+            if let Some(u) = users::by_identity(c, "github", &gh_id)? {
+                let team = users::login_team(c, &u.id)?.map(|m| m.team_id);
+                return Ok((u, team));
+            }
+            if users::by_email(c, &email)?.is_some() {
+                return Err(DbError::Conflict("email_taken"));
+            }
+            let (u, team) = users::create_from_identity(c, "github", &gh_id, &email, &name)?;
+            Ok((u, Some(team)))
+        })
+        .await
+        .map_err(|e| match e {
+            DbError::Conflict("email_taken") => ApiError::conflict(
+                "email_taken",
+                "an account with this email already exists; log in with your password",
+            ),
+            other => other.into(),
+        })?;
+    let token = st.keys.user_token(&u.id, &u.email, &u.name, team.as_deref())?;
+    Ok(AuthResponse {
+        token,
+        user_id: u.id,
+        team_id: team,
+        email: u.email,
+        name: u.name,
+        is_admin: u.is_admin,
+    })
+}

@@ -1,0 +1,234 @@
+// Hosts (platform admins: all; team owners/admins: their BYOC hosts): status and capacity, adding a
+// host (its one-line register command to copy), new tokens for pending hosts, and deleting with a
+// preview of the sandboxes it would take down.
+
+import { api } from '../api.js';
+import { ago, dateTime, mib } from '../format.js';
+import { alertBox, badge, busy, button, copyField, dataTable, emptyState, field, fill, h, markField, openDialog, pageHeader, toast } from '../ui.js';
+import { currentTeam, isTeamAdmin, store } from '../store.js';
+
+const REFRESH_MS = 5000;
+const STATUS_KIND = { online: 'ok', pending: 'wait', unreachable: 'bad', draining: 'info' };
+
+export default {
+  title: 'Hosts',
+  render(ctx) {
+    const alert = alertBox();
+    const add = button('Add host', { variant: 'primary', icon: 'plus', onclick: () => createDialog(load) });
+    const table = dataTable({
+      label: 'Hosts',
+      empty: emptyState('No hosts yet', 'Sandboxes run on hosts: Linux machines running the sandboxctl agent. Add one to get its register command.', button('Add host', { variant: 'primary', icon: 'plus', onclick: () => add.click() })),
+      columns: [
+        { label: 'Host', cell: (x) => h('div', {}, h('div', { class: 'strong' }, x.name || x.id), x.name && h('div', { class: 'mono small muted' }, x.id)) },
+        { label: 'Status', cell: (x) => badge(x.status, STATUS_KIND[x.status] ?? 'off') },
+        { label: 'Type', class: 'col-opt', cell: (x) => (x.type === 'byoc' ? h('span', {}, 'BYOC', teamName(x.team_id) && h('span', { class: 'muted' }, ` · ${teamName(x.team_id)}`)) : 'Regular') },
+        { label: 'Accel', cell: (x) => (x.accel ? h('span', { title: x.accel_reason ?? '' }, x.accel.toUpperCase()) : '—') },
+        { label: 'Capacity', class: 'col-opt', cell: capacity },
+        { label: 'VMs', class: 'num', cell: (x) => x.running_vms ?? '—' },
+        { label: 'Last heartbeat', cell: (x) => h('span', { title: dateTime(x.last_heartbeat_at) }, ago(x.last_heartbeat_at)) },
+        { label: 'Address', class: 'col-opt', cell: (x) => (x.address ? h('span', { class: 'mono small' }, x.address) : '—') },
+        {
+          label: 'Actions',
+          class: 'actions-cell',
+          cell: (x) =>
+            h(
+              'div',
+              { class: 'row-actions' },
+              x.status === 'pending' && button('New token', { small: true, 'aria-label': `New registration token for ${x.name || x.id}`, onclick: () => newToken(x) }),
+              button('Delete', { variant: 'danger', small: true, 'aria-label': `Delete ${x.name || x.id}`, onclick: () => deleteDialog(x, load) }),
+            ),
+        },
+      ],
+    });
+
+    async function load() {
+      try {
+        const hosts = await api.hosts({ signal: ctx.signal });
+        hosts.sort((a, b) => a.created_at - b.created_at);
+        table.update(hosts);
+        alert.clear();
+      } catch (err) {
+        alert.show(err);
+      }
+    }
+
+    load();
+    ctx.every(REFRESH_MS, load);
+    return h(
+      'div',
+      { class: 'page' },
+      pageHeader('Hosts', { subtitle: store.me.is_admin ? 'All hosts of this server.' : 'The BYOC hosts of the teams you administer.', actions: [add] }),
+      alert,
+      h('section', { class: 'card card-flush' }, table),
+    );
+  },
+};
+
+function teamName(id) {
+  return id ? (store.teams.find((t) => t.id === id)?.name ?? null) : null;
+}
+
+function capacity(x) {
+  const parts = [x.cpu_cores && `${x.cpu_cores} cores`, x.memory_mb && mib(x.memory_mb), x.disk_gb && `${x.disk_gb} GB disk`].filter(Boolean);
+  return parts.length ? parts.join(' · ') : '—';
+}
+
+/** The register command, once, with what to do next. */
+function commandView(r) {
+  return h(
+    'div',
+    { class: 'stack register' },
+    h('p', {}, 'Run this on the new host. The token in it works once, within the hour:'),
+    copyField(r.register_command, 'Register command', { multiline: true }),
+    h('p', { class: 'muted small' }, 'Then start the agent there with ', h('code', {}, 'sandboxctl agent run --data-dir /var/lib/sandboxctl/agent'), '. The host turns online with its first heartbeat.'),
+  );
+}
+
+function createDialog(reload) {
+  const team = currentTeam();
+  const canByoc = Boolean(team) && isTeamAdmin();
+  const canRegular = store.me.is_admin;
+  openDialog({
+    title: 'Add a host',
+    wide: true,
+    onClose: reload,
+    build(close) {
+      const choice = (value, label, hint, enabled) =>
+        h('label', { class: ['choice', !enabled && 'disabled'] }, h('input', { type: 'radio', name: 'type', value, disabled: !enabled }), h('span', {}, h('strong', {}, label), h('small', { class: 'muted' }, hint)));
+      const types = h(
+        'fieldset',
+        { class: 'choices' },
+        h('legend', {}, 'Type'),
+        choice('regular', 'Regular', canRegular ? 'Shared by every team on this server.' : 'Only platform admins add shared hosts.', canRegular),
+        choice('byoc', `BYOC for ${team?.name ?? 'your team'}`, canByoc ? 'Runs only this team’s sandboxes.' : 'You must be an owner or admin of the active team.', canByoc),
+      );
+      const first = types.querySelector('input:not([disabled])');
+      if (first) first.checked = true;
+      const name = h('input', { name: 'name', maxlength: 100, placeholder: 'e.g. fra-1', autocomplete: 'off' });
+      const a = alertBox();
+      const submit = button('Create host', { variant: 'primary', type: 'submit', disabled: !first });
+      const body = h('div');
+      const form = h(
+        'form',
+        {
+          class: 'stack',
+          async onsubmit(e) {
+            e.preventDefault();
+            a.clear();
+            const type = types.querySelector('input:checked')?.value;
+            const req = { type, name: name.value.trim() || undefined };
+            if (type === 'byoc') req.team_id = team.id;
+            try {
+              const r = await busy(submit, 'Creating…', () => api.createHost(req));
+              toast(`Host ${r.host.id} created; it waits for its agent.`);
+              fill(body, h('div', { class: 'stack' }, commandView(r), h('div', { class: 'actions' }, button('Done', { variant: 'primary', onclick: close }))));
+            } catch (err) {
+              a.show(err);
+              markField(form, err);
+            }
+          },
+        },
+        types,
+        field('Name (optional)', name),
+        a,
+        h('div', { class: 'actions' }, button('Cancel', { onclick: close }), submit),
+      );
+      return fill(body, form);
+    },
+  });
+}
+
+function newToken(x) {
+  openDialog({
+    title: `Register ${x.name || x.id}`,
+    wide: true,
+    build(close) {
+      const body = h('div', {}, h('p', { class: 'muted' }, 'Issuing a new token…'));
+      api.hostToken(x.id).then(
+        (r) => fill(body, h('div', { class: 'stack' }, commandView(r), h('div', { class: 'actions' }, button('Done', { variant: 'primary', onclick: close })))),
+        (err) => {
+          const a = alertBox();
+          a.show(err);
+          fill(body, a, h('div', { class: 'actions' }, button('Close', { onclick: close })));
+        },
+      );
+      return body;
+    },
+  });
+}
+
+/**
+ * Deleting: the preview lists the sandboxes still on the host; with some, deleting needs "force"
+ * (they are destroyed). A plain delete that races a new sandbox answers 409 with its ids: the
+ * dialog then shows those and offers force.
+ */
+function deleteDialog(x, reload) {
+  const label = x.name || x.id;
+  openDialog({
+    title: `Delete host ${label}?`,
+    wide: true,
+    build(close) {
+      const body = h('div', { class: 'stack' }, h('p', { class: 'muted' }, 'Checking what runs on this host…'));
+      const a = alertBox();
+      const force = h('input', { type: 'checkbox', id: 'force-delete', name: 'force' });
+      const ok = button('Delete host', { variant: 'danger', type: 'submit' });
+      const affected = h('div');
+
+      const showSandboxes = (ids) => {
+        if (ids.length === 0) {
+          fill(affected, h('p', {}, 'No sandboxes run on this host. Its agent loses its credentials and the host leaves the fleet.'));
+          force.checked = false;
+          ok.disabled = false;
+          return;
+        }
+        fill(
+          affected,
+          h('p', { class: 'alert alert-warn' }, `This host still runs ${ids.length} sandbox${ids.length === 1 ? '' : 'es'}:`),
+          h('ul', { class: 'id-list', 'aria-label': 'Affected sandboxes' }, ids.map((id) => h('li', {}, h('code', {}, id)))),
+          h('label', { class: 'check', for: 'force-delete' }, force, `Destroy ${ids.length === 1 ? 'it' : 'them'} and delete the host anyway (force)`),
+        );
+        ok.disabled = !force.checked;
+      };
+      force.addEventListener('change', () => (ok.disabled = !force.checked));
+
+      const form = h(
+        'form',
+        {
+          class: 'stack',
+          async onsubmit(e) {
+            e.preventDefault();
+            a.clear();
+            try {
+              await busy(ok, 'Deleting…', () => api.deleteHost(x.id, force.checked));
+              close();
+              toast(`Host ${label} deleted.`);
+              reload();
+            } catch (err) {
+              if (err.code === 'host_has_sandboxes') {
+                showSandboxes(err.sandboxIds ?? []);
+                a.show(err);
+              } else {
+                a.show(err);
+              }
+            }
+          },
+        },
+        affected,
+        a,
+        h('div', { class: 'actions' }, button('Cancel', { onclick: close }), ok),
+      );
+      api.hostDeletePreview(x.id).then(
+        (p) => {
+          showSandboxes(p.sandbox_ids);
+          fill(body, form);
+        },
+        (err) => {
+          a.show(err);
+          fill(body, form);
+          ok.disabled = false;
+        },
+      );
+      return body;
+    },
+  });
+}
