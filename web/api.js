@@ -97,6 +97,7 @@ export const api = {
   // Accounts
   signup: (body) => request('POST', '/v1/auth/signup', { body, auth: false }),
   login: (body) => request('POST', '/v1/auth/login', { body, auth: false }),
+  providers: (o) => request('GET', '/v1/auth/providers', { ...o, auth: false }),
   me: (o) => request('GET', '/v1/me', o),
   switchTeam: (teamId, o) => request('POST', '/v1/auth/switch-team', { ...o, body: { team_id: teamId } }),
   searchUsers: (q, o) => request('GET', '/v1/users/search', { ...o, query: { q } }).then((r) => r.users),

@@ -326,6 +326,11 @@ function interceptLinks(e) {
   navigate(url.pathname + url.search);
 }
 
+const OAUTH_ERRORS = {
+  email_taken: 'An account with your GitHub email already exists. Sign in with its password.',
+  oauth_failed: 'Signing in with GitHub did not work. Please try again.',
+};
+
 async function start() {
   onUnauthorized(() => {
     if (store.token) signOut('Your session has expired. Please sign in again.');
@@ -335,6 +340,24 @@ async function start() {
   document.addEventListener('keydown', (e) => e.key === 'Escape' && shell?.sidebar.classList.contains('open') && toggleMenu(false));
   // Another tab signed in or out: follow it.
   window.addEventListener('storage', (e) => e.key === TOKEN_KEY && window.location.reload());
+
+  // Back from GitHub: the token (or the error's code) is in the fragment, which no server saw.
+  const oauth = new URLSearchParams(window.location.hash.slice(1));
+  if (oauth.has('oauth_token') || oauth.has('oauth_error')) {
+    window.history.replaceState({}, '', window.location.pathname);
+    if (oauth.get('oauth_token')) {
+      try {
+        return await signIn({ token: oauth.get('oauth_token') });
+      } catch (err) {
+        if (err.status === 401) return;
+        flash = errorText(err);
+        return render();
+      }
+    }
+    flash = OAUTH_ERRORS[oauth.get('oauth_error')] ?? OAUTH_ERRORS.oauth_failed;
+    saveToken(null);
+    return render();
+  }
 
   const token = savedToken();
   if (token) {

@@ -205,6 +205,14 @@ impl ApiClient {
         self.empty(reqwest::Method::DELETE, &format!("/v1/api-keys/{id}")).await
     }
 
+    pub async fn set_host_tags(&self, id: &str, tags: &[String]) -> Result<HostResponse, ClientError> {
+        self.json(reqwest::Method::PUT, &format!("/v1/hosts/{id}/tags"), Some(&serde_json::json!({ "tags": tags }))).await
+    }
+
+    pub async fn drain_host(&self, id: &str) -> Result<HostResponse, ClientError> {
+        self.json::<(), _>(reqwest::Method::POST, &format!("/v1/hosts/{id}/drain"), None).await
+    }
+
     pub async fn list_teams(&self) -> Result<Vec<TeamResponse>, ClientError> {
         Ok(self.json::<(), TeamListResponse>(reqwest::Method::GET, "/v1/teams", None).await?.teams)
     }

@@ -337,6 +337,22 @@ pub async fn host(cmd: HostCommand) -> anyhow::Result<i32> {
                 println!("{}", t.register_command);
             }
         }
+        HostCommand::Tag { id, tags, json } => {
+            let h = c.set_host_tags(&id, &tags).await?;
+            if json {
+                print_json(&h)?;
+            } else {
+                println!("{}: {}", h.id, if h.tags.is_empty() { "no tags".to_string() } else { h.tags.join(", ") });
+            }
+        }
+        HostCommand::Drain { id, json } => {
+            let h = c.drain_host(&id).await?;
+            if json {
+                print_json(&h)?;
+            } else {
+                println!("{} is {}: it keeps its sandboxes and takes no new ones", h.id, h.status);
+            }
+        }
         HostCommand::Delete { id, force, json } => match c.delete_host(&id, force).await {
             Ok(()) => {
                 if json {

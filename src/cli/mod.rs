@@ -297,6 +297,20 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replace a host's tags.
+    Tag {
+        id: String,
+        /// The tags (none clears them).
+        tags: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop placing new sandboxes on a host (its sandboxes keep running).
+    Drain {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a host; refuses while it runs sandboxes unless --force.
     Delete {
         id: String,

@@ -191,6 +191,10 @@ impl Guest {
                         self.error(frame.id, "stream id already in use");
                         return;
                     }
+                    if req.pty.is_some() {
+                        self.error(frame.id, "exec on a PTY is not supported by this guest yet");
+                        return;
+                    }
                     let base_env = self.base_env();
                     exec::start(self.clone(), frame.id, req, base_env);
                 }

@@ -86,6 +86,8 @@ pub struct HostResponse {
     pub running_vms: Option<u32>,
     pub last_heartbeat_at: Option<i64>,
     pub created_at: i64,
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]

@@ -1,11 +1,59 @@
-//! `HostMonitor`: marks hosts whose heartbeats stopped as unreachable (and their sandboxes missing).
+//! `HostMonitor`: passive — hosts whose heartbeats stopped become unreachable and their sandboxes
+//! missing; active — for each online host, what the agent runs is reconciled with the database.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::proto::agent::VmState;
 use crate::server::AppState;
-use crate::server::db::{hosts, now};
+use crate::server::db::sandboxes::SandboxRow;
+use crate::server::db::{hosts, now, sandboxes};
+use crate::server::state::SandboxStatus;
 
 pub struct HostMonitor;
+
+/// What reconciliation decided for one host.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// (sandbox, new status)
+    pub changes: Vec<(String, SandboxStatus)>,
+    /// VMs on the agent that no live sandbox wants.
+    pub orphans: Vec<String>,
+}
+
+/// Pure: compares the database's live sandboxes on a host with the VMs the agent reports.
+/// `known_dead` are VM ids the database knows as ended (or does not know at all: pass every
+/// reported id not in `live` and let the caller check).
+pub fn reconcile(live: &[SandboxRow], agent: &HashMap<String, VmState>) -> Reconciliation {
+    let mut out = Reconciliation::default();
+    for s in live {
+        let on_agent = agent.get(&s.id).copied();
+        let next = match (s.status, on_agent) {
+            // A create is in flight; its handler records the outcome.
+            (SandboxStatus::Starting | SandboxStatus::Pending, _) => None,
+            (SandboxStatus::Missing, Some(VmState::Running | VmState::Starting)) => Some(SandboxStatus::Running),
+            (SandboxStatus::Missing | SandboxStatus::Running, Some(VmState::Paused)) => Some(SandboxStatus::Paused),
+            (SandboxStatus::Paused, Some(VmState::Running)) => Some(SandboxStatus::Running),
+            (SandboxStatus::Missing | SandboxStatus::Running | SandboxStatus::Paused, None | Some(VmState::Stopped)) => {
+                Some(SandboxStatus::Stopped)
+            }
+            _ => None,
+        };
+        if let Some(n) = next
+            && n != s.status
+        {
+            out.changes.push((s.id.clone(), n));
+        }
+    }
+    for (id, state) in agent {
+        let wanted = live.iter().any(|s| &s.id == id && !s.status.is_terminal());
+        if !wanted || *state == VmState::Stopped {
+            out.orphans.push(id.clone());
+        }
+    }
+    out.orphans.sort();
+    out
+}
 
 impl HostMonitor {
     /// Runs forever on the state's intervals.
@@ -19,14 +67,134 @@ impl HostMonitor {
         }
     }
 
-    /// One pass: the passive staleness check.
+    /// One pass: the passive staleness check, then reconciliation with every online host.
     pub async fn tick(state: &AppState) -> anyhow::Result<()> {
-        let stale = state.settings.host_stale_after;
-        let cutoff = now() - i64::try_from(stale.max(Duration::from_secs(1)).as_secs()).unwrap_or(i64::MAX);
+        let stale = state.settings.host_stale_after.max(Duration::from_secs(1));
+        let cutoff = now() - i64::try_from(stale.as_secs()).unwrap_or(i64::MAX);
         let changed = state.db.call(move |c| hosts::mark_stale(c, cutoff)).await?;
         for h in changed {
             tracing::warn!(host = %h, "host missed its heartbeats: unreachable, its sandboxes missing");
         }
+        let online = state.db.call(hosts::schedulable_or_draining).await?;
+        let passes = online.into_iter().filter_map(|h| {
+            let addr = h.address.clone()?;
+            let st = state.clone();
+            Some(async move {
+                if let Err(e) = Self::reconcile_host(&st, &h.id, &addr).await {
+                    tracing::warn!(host = %h.id, error = %e, "reconciliation failed");
+                }
+            })
+        });
+        futures_util::future::join_all(passes).await;
         Ok(())
+    }
+
+    async fn reconcile_host(state: &AppState, host_id: &str, addr: &str) -> anyhow::Result<()> {
+        let client = state.pool.get(host_id, addr);
+        let vms = tokio::time::timeout(Duration::from_secs(15), client.list_vms()).await??;
+        let agent: HashMap<String, VmState> = vms.into_iter().map(|v| (v.id, v.state)).collect();
+        let hid = host_id.to_string();
+        let live = state.db.call(move |c| sandboxes::live_on_host(c, &hid)).await?;
+        let plan = reconcile(&live, &agent);
+        if !plan.changes.is_empty() {
+            let changes = plan.changes.clone();
+            state
+                .db
+                .call(move |c| {
+                    for (id, next) in &changes {
+                        let why = (*next == SandboxStatus::Stopped).then_some("the VM is gone from its host");
+                        if let Err(e) = sandboxes::transition(c, id, *next, why) {
+                            tracing::debug!(sandbox = %id, error = %e, "reconcile transition skipped");
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+            for (id, next) in &plan.changes {
+                tracing::info!(host = %host_id, sandbox = %id, status = %next, "reconciled");
+            }
+        }
+        for id in plan.orphans {
+            // Re-check: a sandbox created since the listing is not an orphan.
+            let sid = id.clone();
+            let row = state.db.call(move |c| sandboxes::get_any(c, &sid)).await?;
+            if row.is_some_and(|r| !r.status.is_terminal() && r.host_id.as_deref() == Some(host_id)) {
+                continue;
+            }
+            tracing::warn!(host = %host_id, vm = %id, "destroying an orphan VM");
+            if let Err(e) = client.destroy_vm(&id).await {
+                tracing::warn!(host = %host_id, vm = %id, error = %e, "could not destroy orphan");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, status: SandboxStatus) -> SandboxRow {
+        SandboxRow {
+            id: id.into(),
+            team_id: "t".into(),
+            host_id: Some("h".into()),
+            template: "minimal".into(),
+            status,
+            vcpus: 1,
+            memory_mb: 256,
+            timeout_sec: 0,
+            network: true,
+            metadata: Default::default(),
+            env: Default::default(),
+            boot_ms: None,
+            created_at: 0,
+            started_at: None,
+            ended_at: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn reconciliation_plans() {
+        use SandboxStatus::*;
+        let live = [
+            row("missing_alive", Missing),
+            row("missing_paused", Missing),
+            row("missing_gone", Missing),
+            row("running_gone", Running),
+            row("running_paused", Running),
+            row("running_ok", Running),
+            row("starting", Starting),
+        ];
+        let agent: HashMap<String, VmState> = [
+            ("missing_alive", VmState::Running),
+            ("missing_paused", VmState::Paused),
+            ("running_paused", VmState::Paused),
+            ("running_ok", VmState::Running),
+            ("orphan", VmState::Running),
+            ("starting", VmState::Starting),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let plan = reconcile(&live, &agent);
+        let mut changes = plan.changes.clone();
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            changes,
+            vec![
+                ("missing_alive".to_string(), Running),
+                ("missing_gone".to_string(), Stopped),
+                ("missing_paused".to_string(), Paused),
+                ("running_gone".to_string(), Stopped),
+                ("running_paused".to_string(), Paused),
+            ]
+        );
+        assert_eq!(plan.orphans, vec!["orphan".to_string()]);
+        for (id, next) in &plan.changes {
+            let from = live.iter().find(|s| &s.id == id).unwrap().status;
+            assert!(from.can_become(*next), "{from} -> {next}");
+        }
     }
 }

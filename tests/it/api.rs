@@ -200,6 +200,7 @@ async fn host_tokens_are_checked() {
     let now = sandboxctl::server::db::now();
     let claims = sandboxctl::server::auth::HostClaims {
         sub: created.host.id.clone(),
+        generation: 0,
         iss: "sandboxctl".into(),
         aud: "sandboxctl-host".into(),
         iat: now - 1000,

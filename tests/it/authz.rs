@@ -64,6 +64,8 @@ fn rows() -> Vec<Row> {
         r(M::DELETE, "/v1/hosts/{id}", "/v1/hosts/{fresh_byoc}", None, [401, 401, 401, 403, 404, 204, 404, 204, 204]),
         r(M::GET, "/v1/hosts/{id}/delete-preview", "/v1/hosts/{fresh_byoc}/delete-preview", None, [401, 401, 401, 403, 404, 200, 404, 200, 200]),
         r(M::POST, "/v1/hosts/{id}/token", "/v1/hosts/{fresh_byoc}/token", None, [401, 401, 401, 403, 404, 200, 404, 200, 200]),
+        r(M::PUT, "/v1/hosts/{id}/tags", "/v1/hosts/{fresh_byoc}/tags", Some(r#"{"tags":["gpu"]}"#), [401, 401, 401, 403, 404, 200, 404, 200, 200]),
+        r(M::POST, "/v1/hosts/{id}/drain", "/v1/hosts/{fresh_byoc}/drain", None, [401, 401, 401, 403, 404, 409, 404, 409, 409]),
         r(M::POST, "/v1/hosts/register", "/v1/hosts/register", Some("{}"), [400; 9]),
         r(M::POST, "/v1/hosts/auth/refresh", "/v1/hosts/auth/refresh", Some(r#"{"refresh_token":"hrf_nope"}"#), [401; 9]),
         r(M::POST, "/v1/hosts/{id}/heartbeat", "/v1/hosts/{H}/heartbeat", Some(HEARTBEAT), [401, 401, 200, 401, 401, 401, 401, 401, 401]),

@@ -57,12 +57,24 @@ export default {
       submit,
     );
 
+    // Other ways in, when the server offers them.
+    const providers = h('div', { class: 'stack', hidden: true });
+    api.providers({ signal: ctx.signal }).then(
+      (p) => {
+        if (!p?.github) return;
+        providers.append(h('a', { class: 'btn btn-secondary btn-block', href: '/v1/auth/github/start' }, 'Continue with GitHub'), h('p', { class: 'divider' }, h('span', {}, 'or')));
+        providers.hidden = false;
+      },
+      () => {},
+    );
+
     return h(
       'section',
       { class: 'card auth-card' },
       h('div', { class: 'auth-brand' }, icon('logo', 'brand-logo'), h('span', {}, 'sandboxctl')),
       h('h1', { tabindex: '-1' }, signup ? 'Create your account' : 'Sign in'),
       h('p', { class: 'muted' }, signup ? 'Your account comes with a personal team.' : 'MicroVM sandboxes on your own hosts.'),
+      providers,
       form,
       h('p', { class: 'auth-switch' }, signup ? 'Already have an account? ' : 'New here? ', h('a', { href: signup ? '/login' : '/signup' }, signup ? 'Sign in' : 'Create an account')),
     );

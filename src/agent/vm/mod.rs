@@ -561,11 +561,8 @@ impl VmManager {
             VmState::Starting => {
                 return Err(VmError::Conflict(format!("VM {id} is still starting")));
             }
-            s => {
-                return Err(VmError::Conflict(
-                    format!("VM {id} is {s:?}, not running").to_lowercase(),
-                ));
-            }
+            VmState::Paused => return Err(VmError::Conflict(format!("VM {id} is paused"))),
+            VmState::Stopped => return Err(VmError::Conflict(format!("VM {id} has stopped"))),
         }
         let start = ExecStart {
             cmd: req.cmd,

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use crate::crypto::sha256_hex;
 use crate::server::AppState;
-use crate::server::db::{api_keys, users};
+use crate::server::db::{api_keys, hosts, users};
 
 /// A JSON body. Malformed JSON → 400 `invalid_body`; a missing or mistyped field → 400
 /// `invalid_field` naming it; too large → 413.
@@ -215,6 +215,12 @@ impl FromRequestParts<AppState> for AuthHost {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let claims = state.keys.verify_host(token).ok_or(ApiError::Unauthorized)?;
+        let id = claims.sub.clone();
+        let current = state.db.call(move |c| hosts::token_generation(c, &id)).await?;
+        if current != Some(claims.generation) {
+            // Deleted host, or its credentials were revoked (refresh-token reuse).
+            return Err(ApiError::Unauthorized);
+        }
         Ok(AuthHost { host_id: claims.sub })
     }
 }

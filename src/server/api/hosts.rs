@@ -34,6 +34,7 @@ pub fn to_resp(h: HostRow) -> HostResponse {
         running_vms: h.running_vms,
         last_heartbeat_at: h.last_heartbeat_at,
         created_at: h.created_at,
+        tags: h.tags,
     }
 }
 
@@ -168,7 +169,10 @@ pub async fn new_token(State(st): State<AppState>, user: AuthUser, Path(id): Pat
         .call(move |c| hosts::new_registration_token(c, &h.id, &hash, Some(&uid)))
         .await
         .map_err(|e| match e {
-            DbError::Conflict(code) => ApiError::conflict(code, "the host is already registered; a new token is only for pending hosts"),
+            DbError::Conflict(code) => ApiError::conflict(
+                code,
+                "the host is registered and its credentials are valid; a new token is only for pending hosts or hosts whose credentials were revoked",
+            ),
             other => other.into(),
         })?;
     Ok(Json(TokenResponse {
@@ -267,7 +271,7 @@ pub async fn register(State(st): State<AppState>, ApiJson(req): ApiJson<Register
     let refresh = crypto::random_token("hrf_");
     let refresh_hash = sha256_hex(refresh.as_bytes());
     let facts = req.facts.clone();
-    let host_id = st
+    let (host_id, generation) = st
         .db
         .call(move |c| hosts::register(c, &hash, &facts, &refresh_hash))
         .await
@@ -277,7 +281,7 @@ pub async fn register(State(st): State<AppState>, ApiJson(req): ApiJson<Register
             other => other.into(),
         })?;
     st.pool.evict(&host_id);
-    let (token, exp) = st.keys.host_token(&host_id)?;
+    let (token, exp) = st.keys.host_token(&host_id, generation)?;
     tracing::info!(host = %host_id, address = %req.facts.address, accel = %req.facts.accel, "host registered");
     Ok(Json(RegisterResponse {
         host_id,
@@ -355,8 +359,8 @@ pub async fn refresh(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<
     let new_hash = sha256_hex(new.as_bytes());
     let outcome = st.db.call(move |c| hosts::rotate_refresh(c, &hash, &new_hash)).await?;
     match outcome {
-        RefreshOutcome::Rotated { host_id } => {
-            let (token, exp) = st.keys.host_token(&host_id)?;
+        RefreshOutcome::Rotated { host_id, generation } => {
+            let (token, exp) = st.keys.host_token(&host_id, generation)?;
             Ok(Json(RefreshResponse {
                 host_id,
                 token,
@@ -371,4 +375,47 @@ pub async fn refresh(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<
         }
         RefreshOutcome::Invalid => Err(ApiError::Unauthorized),
     }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TagsRequest {
+    pub tags: Vec<String>,
+}
+
+pub async fn set_tags(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiJson(req): ApiJson<TagsRequest>) -> ApiResult<Json<HostResponse>> {
+    if req.tags.len() > 32 {
+        return Err(ApiError::bad("tags", "at most 32 tags"));
+    }
+    for t in &req.tags {
+        if t.is_empty() || t.len() > 64 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:=/".contains(&b)) {
+            return Err(ApiError::bad("tags", format!("'{t}': tags are 1 to 64 letters, digits or - _ . : = /")));
+        }
+    }
+    let h = visible_host(&st, &user, id).await?;
+    let uid = user.user_id.clone();
+    let row = st
+        .db
+        .call(move |c| {
+            hosts::set_tags(c, &h.id, &req.tags, &uid)?;
+            hosts::get(c, &h.id)
+        })
+        .await?;
+    Ok(Json(to_resp(row)))
+}
+
+pub async fn drain(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<HostResponse>> {
+    let h = visible_host(&st, &user, id).await?;
+    let uid = user.user_id.clone();
+    let row = st
+        .db
+        .call(move |c| {
+            hosts::drain(c, &h.id, &uid)?;
+            hosts::get(c, &h.id)
+        })
+        .await
+        .map_err(|e| match e {
+            DbError::Conflict(_) => ApiError::conflict("invalid_transition", "only an online host can be drained"),
+            other => other.into(),
+        })?;
+    Ok(Json(to_resp(row)))
 }

@@ -41,6 +41,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/hosts/{id}", get(hosts::get).delete(hosts::delete))
         .route("/v1/hosts/{id}/delete-preview", get(hosts::delete_preview))
         .route("/v1/hosts/{id}/token", post(hosts::new_token))
+        .route("/v1/hosts/{id}/tags", axum::routing::put(hosts::set_tags))
+        .route("/v1/hosts/{id}/drain", post(hosts::drain))
         .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
         .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
         .route("/v1/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::delete))

@@ -31,6 +31,9 @@ pub struct UserClaims {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostClaims {
     pub sub: String,
+    /// The host's token generation when issued; a bump voids the token.
+    #[serde(default, rename = "gen")]
+    pub generation: i64,
     pub iss: String,
     pub aud: String,
     pub iat: i64,
@@ -107,11 +110,12 @@ impl TokenKeys {
         Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.hs_enc)?)
     }
 
-    pub fn host_token(&self, host_id: &str) -> anyhow::Result<(String, i64)> {
+    pub fn host_token(&self, host_id: &str, generation: i64) -> anyhow::Result<(String, i64)> {
         let t = now();
         let exp = t + HOST_TOKEN_TTL_SECS;
         let claims = HostClaims {
             sub: host_id.into(),
+            generation,
             iss: ISSUER.into(),
             aud: HOST_AUDIENCE.into(),
             iat: t,
@@ -188,7 +192,7 @@ mod tests {
         let ed = SigningKeyPair::generate();
         let k = TokenKeys::new(b"0123456789abcdef0123456789abcdef", &ed).unwrap();
         let u = k.user_token("usr_1", "a@b.c", "A", Some("team_1")).unwrap();
-        let (h, _) = k.host_token("host_1").unwrap();
+        let (h, _) = k.host_token("host_1", 0).unwrap();
         assert!(k.verify_user(&u).is_some());
         assert!(k.verify_host(&h).is_some());
         assert!(k.verify_user(&h).is_none(), "host token accepted as user token");

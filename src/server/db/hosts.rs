@@ -30,10 +30,12 @@ pub struct HostRow {
     pub used_memory_mb: Option<u64>,
     pub used_vcpus: Option<u32>,
     pub created_at: i64,
+    pub tags: Vec<String>,
 }
 
 const COLS: &str = "id, type, team_id, name, provider, zone, arch, cpu_cores, memory_mb, disk_gb, address,
-    accel, accel_reason, status, last_heartbeat_at, running_vms, used_memory_mb, used_vcpus, created_at";
+    accel, accel_reason, status, last_heartbeat_at, running_vms, used_memory_mb, used_vcpus, created_at,
+    (SELECT group_concat(tag, char(10)) FROM (SELECT tag FROM host_tags WHERE host_id = hosts.id ORDER BY tag))";
 
 fn host_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRow> {
     Ok(HostRow {
@@ -56,6 +58,10 @@ fn host_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRow> {
         used_memory_mb: r.get(16)?,
         used_vcpus: r.get(17)?,
         created_at: r.get(18)?,
+        tags: r
+            .get::<_, Option<String>>(19)?
+            .map(|t| t.split('\n').filter(|x| !x.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -112,7 +118,7 @@ pub fn new_registration_token(
     let status: String = one(tx.query_row("SELECT status FROM hosts WHERE id = ?1", [host_id], |r| {
         r.get(0)
     }))?;
-    if status != "pending" {
+    if status != "pending" && has_live_credentials(&tx, host_id)? {
         return Err(DbError::Conflict("host_already_registered"));
     }
     tx.execute(
@@ -132,7 +138,7 @@ pub fn register(
     token_hash: &str,
     facts: &HostFacts,
     refresh_hash: &str,
-) -> DbResult<String> {
+) -> DbResult<(String, i64)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let t = now();
     let host_id: Option<String> = tx
@@ -150,7 +156,8 @@ pub fn register(
     let n = tx.execute(
         "UPDATE hosts SET arch = ?1, cpu_cores = ?2, memory_mb = ?3, disk_gb = ?4, address = ?5,
              accel = ?6, accel_reason = ?7, status = 'online', last_heartbeat_at = ?8, updated_at = ?8
-         WHERE id = ?9 AND status = 'pending'",
+         WHERE id = ?9 AND (status = 'pending' OR NOT EXISTS
+             (SELECT 1 FROM host_refresh_tokens WHERE host_id = ?9 AND revoked_at IS NULL))",
         params![
             facts.arch,
             facts.cpu_cores,
@@ -168,8 +175,9 @@ pub fn register(
     }
     insert_refresh_token(&tx, &host_id, &new_id("fam"), None, refresh_hash)?;
     audit::record(&tx, Some(&host_id), "host.register", Some(&host_id), None)?;
+    let generation = token_generation(&tx, &host_id)?.ok_or(DbError::NotFound)?;
     tx.commit()?;
-    Ok(host_id)
+    Ok((host_id, generation))
 }
 
 fn insert_refresh_token(
@@ -189,11 +197,30 @@ fn insert_refresh_token(
     Ok(id)
 }
 
+/// True while the host holds a refresh token that is not revoked.
+pub fn has_live_credentials(conn: &Connection, host_id: &str) -> DbResult<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM host_refresh_tokens WHERE host_id = ?1 AND revoked_at IS NULL LIMIT 1",
+            [host_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// The generation host JWTs must carry to be accepted, or None for a deleted host.
+pub fn token_generation(conn: &Connection, host_id: &str) -> DbResult<Option<i64>> {
+    Ok(conn
+        .query_row("SELECT token_generation FROM hosts WHERE id = ?1", [host_id], |r| r.get(0))
+        .optional()?)
+}
+
 /// Outcome of presenting a refresh token.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RefreshOutcome {
     /// A new refresh token was issued for this host.
-    Rotated { host_id: String },
+    Rotated { host_id: String, generation: i64 },
     /// The token was already retired: the whole family is now revoked.
     Reuse { host_id: String },
     /// Unknown, expired or revoked.
@@ -236,6 +263,11 @@ pub fn rotate_refresh(conn: &mut Connection, presented_hash: &str, new_hash: &st
             "UPDATE host_refresh_tokens SET revoked_at = ?1 WHERE family_id = ?2 AND revoked_at IS NULL",
             params![t, family],
         )?;
+        // Every host JWT issued so far stops working: the host must register again.
+        tx.execute(
+            "UPDATE hosts SET token_generation = token_generation + 1, updated_at = ?1 WHERE id = ?2",
+            params![t, host_id],
+        )?;
         audit::record(&tx, Some(&host_id), "host.refresh_reuse", Some(&host_id), Some(&family))?;
         tx.commit()?;
         return Ok(RefreshOutcome::Reuse { host_id });
@@ -252,8 +284,9 @@ pub fn rotate_refresh(conn: &mut Connection, presented_hash: &str, new_hash: &st
         params![t, id],
     )?;
     audit::record(&tx, Some(&host_id), "host.refresh", Some(&host_id), None)?;
+    let generation = token_generation(&tx, &host_id)?.ok_or(DbError::NotFound)?;
     tx.commit()?;
-    Ok(RefreshOutcome::Rotated { host_id })
+    Ok(RefreshOutcome::Rotated { host_id, generation })
 }
 
 /// Records a heartbeat; an unreachable host comes back online. Returns the host's status.
@@ -311,6 +344,40 @@ pub fn schedulable(conn: &Connection) -> DbResult<Vec<HostRow>> {
     ))?;
     let rows = st.query_map([], host_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Hosts the monitor reconciles: online or draining, with an address.
+pub fn schedulable_or_draining(conn: &mut Connection) -> DbResult<Vec<HostRow>> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {COLS} FROM hosts WHERE status IN ('online', 'draining') AND address IS NOT NULL ORDER BY id"
+    ))?;
+    let rows = st.query_map([], host_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Replaces the host's tags.
+pub fn set_tags(conn: &mut Connection, host_id: &str, tags: &[String], actor: &str) -> DbResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute("DELETE FROM host_tags WHERE host_id = ?1", [host_id])?;
+    for t in tags {
+        tx.execute("INSERT OR IGNORE INTO host_tags (host_id, tag) VALUES (?1, ?2)", params![host_id, t])?;
+    }
+    audit::record(&tx, Some(actor), "host.tags", Some(host_id), Some(&tags.join(",")))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Moves an online host to draining: it keeps its sandboxes and takes no new ones.
+pub fn drain(conn: &Connection, host_id: &str, actor: &str) -> DbResult<()> {
+    let n = conn.execute(
+        "UPDATE hosts SET status = 'draining', updated_at = ?1 WHERE id = ?2 AND status = 'online'",
+        params![now(), host_id],
+    )?;
+    if n == 0 {
+        return Err(DbError::Conflict("invalid_transition"));
+    }
+    audit::record(conn, Some(actor), "host.drain", Some(host_id), None)?;
+    Ok(())
 }
 
 /// Deletes the host row with its tokens (sandbox rows keep their history with host_id cleared).
