@@ -184,9 +184,13 @@ function updateShell() {
   const role = [me.role && capitalize(me.role), me.is_admin && 'Platform admin'].filter(Boolean).join(' · ');
   fill(
     shell.user,
-    h('span', { class: 'avatar', 'aria-hidden': 'true' }, initials(me.name)),
-    h('div', { class: 'user-text' }, h('div', { class: 'user-name', title: me.name }, me.name), h('div', { class: 'user-role' }, role || 'No team')),
-    h('button', { type: 'button', class: 'btn btn-sidebar btn-icon', 'aria-label': 'Log out', title: 'Log out', onclick: () => signOut() }, icon('out')),
+    h(
+      'div',
+      { class: 'user-id' },
+      h('span', { class: 'avatar', 'aria-hidden': 'true' }, initials(me.name)),
+      h('div', { class: 'user-text' }, h('div', { class: 'user-name', title: me.name }, me.name), h('div', { class: 'user-role', title: role }, role || 'No team')),
+    ),
+    h('button', { type: 'button', class: 'btn btn-sidebar btn-sm btn-block', onclick: () => signOut() }, icon('out'), h('span', {}, 'Log out')),
   );
 }
 

@@ -93,6 +93,12 @@ impl Heartbeat {
     async fn run(self, interval: Duration) {
         let mut backoff = Duration::from_secs(1);
         loop {
+            if self.expires_soon().await {
+                match self.refresh().await {
+                    Ok(()) => tracing::info!("host credentials refreshed before expiry"),
+                    Err(e) => tracing::warn!(error = %e, "refreshing host credentials before expiry failed"),
+                }
+            }
             match self.beat().await {
                 Ok(()) => {
                     backoff = Duration::from_secs(1);
@@ -113,6 +119,12 @@ impl Heartbeat {
                 }
             }
         }
+    }
+
+    /// True when the host JWT expires within a day (refreshed ahead, not on the first 401).
+    async fn expires_soon(&self) -> bool {
+        let c = self.creds.lock().await;
+        c.token_expires_at - crate::server::db::now() < 86400
     }
 
     async fn beat(&self) -> Result<(), BeatError> {

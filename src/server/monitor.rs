@@ -1,7 +1,8 @@
 //! `HostMonitor`: passive — hosts whose heartbeats stopped become unreachable and their sandboxes
 //! missing; active — for each online host, what the agent runs is reconciled with the database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::proto::agent::VmState;
@@ -47,7 +48,8 @@ pub fn reconcile(live: &[SandboxRow], agent: &HashMap<String, VmState>) -> Recon
     }
     for (id, state) in agent {
         let wanted = live.iter().any(|s| &s.id == id && !s.status.is_terminal());
-        if !wanted || *state == VmState::Stopped {
+        // A VM still starting is left for the next pass: its create call may be in flight.
+        if *state != VmState::Starting && (!wanted || *state == VmState::Stopped) {
             out.orphans.push(id.clone());
         }
     }
@@ -56,19 +58,22 @@ pub fn reconcile(live: &[SandboxRow], agent: &HashMap<String, VmState>) -> Recon
 }
 
 impl HostMonitor {
-    /// Runs forever on the state's intervals.
+    /// Runs forever on the state's intervals. A slow or frozen agent never delays the staleness
+    /// check: each host's reconciliation runs in its own task, one at a time per host.
     pub async fn run(state: AppState) {
         let interval = state.settings.monitor_interval;
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         loop {
             tokio::time::sleep(interval).await;
-            if let Err(e) = Self::tick(&state).await {
+            if let Err(e) = Self::tick(&state, &in_flight).await {
                 tracing::warn!(error = %e, "host monitor pass failed");
             }
         }
     }
 
-    /// One pass: the passive staleness check, then reconciliation with every online host.
-    pub async fn tick(state: &AppState) -> anyhow::Result<()> {
+    /// One pass: the passive staleness check, then reconciliation with every online host (in the
+    /// background, skipping hosts whose previous reconciliation is still running).
+    pub async fn tick(state: &AppState, in_flight: &Arc<Mutex<HashSet<String>>>) -> anyhow::Result<()> {
         let stale = state.settings.host_stale_after.max(Duration::from_secs(1));
         let cutoff = now() - i64::try_from(stale.as_secs()).unwrap_or(i64::MAX);
         let changed = state.db.call(move |c| hosts::mark_stale(c, cutoff)).await?;
@@ -76,22 +81,25 @@ impl HostMonitor {
             tracing::warn!(host = %h, "host missed its heartbeats: unreachable, its sandboxes missing");
         }
         let online = state.db.call(hosts::schedulable_or_draining).await?;
-        let passes = online.into_iter().filter_map(|h| {
-            let addr = h.address.clone()?;
-            let st = state.clone();
-            Some(async move {
+        for h in online {
+            let Some(addr) = h.address.clone() else { continue };
+            if !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(h.id.clone()) {
+                continue;
+            }
+            let (st, flight) = (state.clone(), in_flight.clone());
+            tokio::spawn(async move {
                 if let Err(e) = Self::reconcile_host(&st, &h.id, &addr).await {
                     tracing::warn!(host = %h.id, error = %e, "reconciliation failed");
                 }
-            })
-        });
-        futures_util::future::join_all(passes).await;
+                flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&h.id);
+            });
+        }
         Ok(())
     }
 
     async fn reconcile_host(state: &AppState, host_id: &str, addr: &str) -> anyhow::Result<()> {
         let client = state.pool.get(host_id, addr);
-        let vms = tokio::time::timeout(Duration::from_secs(15), client.list_vms()).await??;
+        let vms = tokio::time::timeout(Duration::from_secs(10), client.list_vms()).await??;
         let agent: HashMap<String, VmState> = vms.into_iter().map(|v| (v.id, v.state)).collect();
         let hid = host_id.to_string();
         let live = state.db.call(move |c| sandboxes::live_on_host(c, &hid)).await?;
@@ -173,6 +181,7 @@ mod tests {
             ("running_paused", VmState::Paused),
             ("running_ok", VmState::Running),
             ("orphan", VmState::Running),
+            ("orphan_starting", VmState::Starting),
             ("starting", VmState::Starting),
         ]
         .into_iter()

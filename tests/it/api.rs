@@ -227,3 +227,94 @@ async fn host_tokens_are_checked() {
     assert_eq!(st, 200, "{r1}");
     assert_ne!(r1["refresh_token"], rt);
 }
+
+async fn register_host(s: &TestServer, admin: &sandboxctl::cli::client::ApiClient) -> (String, serde_json::Value) {
+    let created = admin.create_host(&regular()).await.unwrap();
+    let body = serde_json::json!({ "token": created.registration_token, "facts": facts("127.0.0.1:1") }).to_string();
+    let (st, reg) = raw(Method::POST, &format!("{}/v1/hosts/register", s.url), None, Some(&body)).await;
+    assert_eq!(st, 200, "{reg}");
+    (created.host.id, reg)
+}
+
+async fn refresh(s: &TestServer, token: &str) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({ "refresh_token": token }).to_string();
+    raw(Method::POST, &format!("{}/v1/hosts/auth/refresh", s.url), None, Some(&body)).await
+}
+
+async fn heartbeat(s: &TestServer, host: &str, token: &str) -> u16 {
+    let hb = serde_json::json!({ "facts": facts("127.0.0.1:1"), "running_vms": 0, "used_memory_mb": 0, "used_vcpus": 0 }).to_string();
+    raw(Method::POST, &format!("{}/v1/hosts/{host}/heartbeat", s.url), Some(token), Some(&hb)).await.0
+}
+
+#[tokio::test]
+async fn refresh_rotation_survives_a_crash_and_reuse_revokes_the_family() {
+    let s = TestServer::start().await;
+    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let (host, reg) = register_host(&s, &admin).await;
+    let t0 = reg["refresh_token"].as_str().unwrap().to_string();
+
+    // Rotation: t0 -> t1. The agent "crashes" before saving t1 and presents t0 again: still fine
+    // (its successor was never used), and the unused t1 is dropped.
+    let (st, r1) = refresh(&s, &t0).await;
+    assert_eq!(st, 200);
+    let t1 = r1["refresh_token"].as_str().unwrap().to_string();
+    let (st, r1b) = refresh(&s, &t0).await;
+    assert_eq!(st, 200, "a crash mid-rotation must not lock the host out: {r1b}");
+    let t1b = r1b["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(refresh(&s, &t1).await.0, 401, "the dropped successor is dead");
+    // Using the successor retires t0 for good; presenting t0 now is reuse.
+    let (st, r2) = refresh(&s, &t1b).await;
+    assert_eq!(st, 200);
+    let t2 = r2["refresh_token"].as_str().unwrap().to_string();
+    let jwt = r2["token"].as_str().unwrap().to_string();
+    assert_eq!(heartbeat(&s, &host, &jwt).await, 200);
+    assert_eq!(refresh(&s, &t0).await.0, 401, "reuse of a retired token");
+    // The whole family is revoked, host JWTs issued so far stop working, and it is audited.
+    assert_eq!(refresh(&s, &t2).await.0, 401);
+    assert_eq!(heartbeat(&s, &host, &jwt).await, 401);
+    let n: i64 = s
+        .sqlite()
+        .query_row("SELECT count(*) FROM audit_events WHERE action = 'host.refresh_reuse' AND target = ?1", [&host], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    // The host must register again: a new registration token is allowed now, and works.
+    let t = admin.host_token(&host).await.unwrap();
+    let body = serde_json::json!({ "token": t.registration_token, "facts": facts("127.0.0.1:1") }).to_string();
+    let (st, again) = raw(Method::POST, &format!("{}/v1/hosts/register", s.url), None, Some(&body)).await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["host_id"], host.as_str());
+    assert_eq!(heartbeat(&s, &host, again["token"].as_str().unwrap()).await, 200);
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_with_one_token_leave_one_winner() {
+    let s = TestServer::start().await;
+    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let (_, reg) = register_host(&s, &admin).await;
+    let t0 = reg["refresh_token"].as_str().unwrap().to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (url, t) = (s.url.clone(), t0.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = serde_json::json!({ "refresh_token": t }).to_string();
+            raw(Method::POST, &format!("{url}/v1/hosts/auth/refresh"), None, Some(&body)).await
+        }));
+    }
+    let mut issued = Vec::new();
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert!(st == 200 || st == 401, "{st}: {v}");
+        if st == 200 {
+            issued.push(v["refresh_token"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(!issued.is_empty());
+    // Of all the successors handed out, exactly one still works.
+    let mut alive = 0;
+    for t in &issued {
+        if refresh(&s, t).await.0 == 200 {
+            alive += 1;
+        }
+    }
+    assert_eq!(alive, 1, "exactly one winner among {} answers", issued.len());
+}

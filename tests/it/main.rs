@@ -5,5 +5,6 @@ mod api;
 mod authz;
 mod common;
 mod e2e;
+mod fleet;
 mod oauth;
 mod vm;

@@ -19,14 +19,13 @@ export default {
       label: 'Hosts',
       empty: emptyState('No hosts yet', 'Sandboxes run on hosts: Linux machines running the sandboxctl agent. Add one to get its register command.', button('Add host', { variant: 'primary', icon: 'plus', onclick: () => add.click() })),
       columns: [
-        { label: 'Host', cell: (x) => h('div', {}, h('div', { class: 'strong' }, x.name || x.id), x.name && h('div', { class: 'mono small muted' }, x.id)) },
+        { label: 'Host', cell: (x) => h('div', {}, h('div', { class: 'strong' }, x.name || x.id), x.name && h('div', { class: 'mono small muted' }, x.id), x.address && h('div', { class: 'mono small muted', title: 'Where the agent listens' }, x.address)) },
         { label: 'Status', cell: (x) => badge(x.status, STATUS_KIND[x.status] ?? 'off') },
         { label: 'Type', class: 'col-opt', cell: (x) => (x.type === 'byoc' ? h('span', {}, 'BYOC', teamName(x.team_id) && h('span', { class: 'muted' }, ` · ${teamName(x.team_id)}`)) : 'Regular') },
         { label: 'Accel', cell: (x) => (x.accel ? h('span', { title: x.accel_reason ?? '' }, x.accel.toUpperCase()) : '—') },
         { label: 'Capacity', class: 'col-opt', cell: capacity },
         { label: 'VMs', class: 'num', cell: (x) => x.running_vms ?? '—' },
         { label: 'Last heartbeat', cell: (x) => h('span', { title: dateTime(x.last_heartbeat_at) }, ago(x.last_heartbeat_at)) },
-        { label: 'Address', class: 'col-opt', cell: (x) => (x.address ? h('span', { class: 'mono small' }, x.address) : '—') },
         {
           label: 'Actions',
           class: 'actions-cell',
@@ -69,8 +68,9 @@ function teamName(id) {
 }
 
 function capacity(x) {
-  const parts = [x.cpu_cores && `${x.cpu_cores} cores`, x.memory_mb && mib(x.memory_mb), x.disk_gb && `${x.disk_gb} GB disk`].filter(Boolean);
-  return parts.length ? parts.join(' · ') : '—';
+  const parts = [x.cpu_cores && `${x.cpu_cores} CPU`, x.memory_mb && mib(x.memory_mb)].filter(Boolean);
+  if (!parts.length) return '—';
+  return h('span', { title: [x.arch, x.disk_gb && `${x.disk_gb} GB disk`].filter(Boolean).join(', ') }, parts.join(' · '));
 }
 
 /** The register command, once, with what to do next. */
@@ -172,7 +172,7 @@ function deleteDialog(x, reload) {
       const a = alertBox();
       const force = h('input', { type: 'checkbox', id: 'force-delete', name: 'force' });
       const ok = button('Delete host', { variant: 'danger', type: 'submit' });
-      const affected = h('div');
+      const affected = h('div', { class: 'stack stack-sm' });
 
       const showSandboxes = (ids) => {
         if (ids.length === 0) {

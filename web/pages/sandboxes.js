@@ -17,7 +17,7 @@ export default {
     const noTeam = !hasTeam();
     const noTeamNote = 'You have no active team: create one in the sidebar, or ask a team admin to add you.';
 
-    const search = h('input', { type: 'search', class: 'search-input', placeholder: 'Search id, status, template, host, metadata', 'aria-label': 'Search sandboxes', oninput: show });
+    const search = h('input', { type: 'search', class: 'search-input', placeholder: 'Search by id, status, template, metadata…', 'aria-label': 'Search sandboxes', oninput: show });
     const showEnded = h('input', { type: 'checkbox', id: 'show-ended', onchange: show });
     const updated = h('span', { class: 'muted small', 'aria-live': 'off' });
     const createBtn = button('New sandbox', {
@@ -39,8 +39,8 @@ export default {
         { label: 'Status', cell: (s) => statusBadge(s.status) },
         { label: 'Template', cell: (s) => s.template },
         { label: 'Host', class: 'col-opt', cell: (s) => (s.host_id ? h('span', { class: 'mono small' }, s.host_id) : '—') },
-        { label: 'vCPU', class: 'num', cell: (s) => s.vcpus },
-        { label: 'Memory', class: 'num', cell: (s) => mib(s.memory_mb) },
+
+        { label: 'Resources', cell: (s) => `${s.vcpus} vCPU · ${mib(s.memory_mb)}` },
         { label: 'Timeout', class: 'col-opt', cell: (s) => timeout(s.timeout_sec) },
         { label: 'Age', cell: (s) => age(s.created_at) },
         { label: 'Actions', class: 'actions-cell', cell: (s) => h('div', { class: 'row-actions' }, actionButtons(s, load)) },
@@ -72,7 +72,7 @@ export default {
     return h(
       'div',
       { class: 'page' },
-      pageHeader('Sandboxes', { subtitle: currentTeam() ? `Team ${currentTeam().name}` : 'No active team', actions: [createBtn] }),
+      pageHeader('Sandboxes', { subtitle: currentTeam() ? `The sandboxes of ${currentTeam().name}.` : 'No active team', actions: [createBtn] }),
       noTeam && h('p', { class: 'alert alert-info', id: 'no-team-note' }, noTeamNote),
       h(
         'div',

@@ -145,12 +145,13 @@ export default {
             }
           },
         },
-        h('div', { class: 'field combo' }, h('label', { for: 'member-email' }, 'Add by email'), suggest.wrap, h('small', { class: 'hint' }, 'Type 3 or more characters to see matching people.')),
+        h('div', { class: 'field combo' }, h('label', { for: 'member-email' }, 'Add by email'), suggest.wrap),
         field('Role', role),
         add,
       );
       email.id = 'member-email';
-      return h('div', {}, form, a);
+      email.setAttribute('aria-describedby', 'member-email-hint');
+      return h('div', { class: 'stack stack-sm' }, form, h('small', { class: 'hint', id: 'member-email-hint' }, 'People in your teams are suggested as you type (3+ characters); anyone else by their exact email.'), a);
     }
 
     function dangerCard(team) {

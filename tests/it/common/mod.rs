@@ -132,16 +132,21 @@ impl TestAgent {
     }
 
     pub async fn start_with(server: &TestServer, admin: &ApiClient, extra: &[&str]) -> TestAgent {
-        let created = admin
-            .create_host(&CreateHostRequest {
-                host_type: "regular".into(),
-                team_id: None,
-                name: Some("test".into()),
-                provider: None,
-                zone: None,
-            })
-            .await
-            .expect("host create");
+        let req = CreateHostRequest {
+            host_type: "regular".into(),
+            team_id: None,
+            name: Some("test".into()),
+            provider: None,
+            zone: None,
+        };
+        Self::start_host(server, admin, &req, extra).await
+    }
+
+    /// Creates the host described by `req` as `creator` (a platform admin, or a team owner for a
+    /// BYOC host) and starts an agent for it.
+    pub async fn start_host(server: &TestServer, creator: &ApiClient, req: &CreateHostRequest, extra: &[&str]) -> TestAgent {
+        let admin = creator;
+        let created = admin.create_host(req).await.expect("host create");
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let out = Command::new(BIN)
@@ -285,4 +290,46 @@ pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, S
 
 pub fn urlenc(s: &str) -> String {
     sandboxctl::cli::client::urlencode(s)
+}
+
+/// Polls `check` every 200 ms until it is true or `secs` pass.
+pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A token for calling an agent as the server would, signed with the server's real key.
+pub fn agent_call_token(server: &TestServer, host_id: &str, expired: bool) -> String {
+    let seed: [u8; 32] = std::fs::read(server.data_dir().join("agent-signing.key")).unwrap().try_into().unwrap();
+    let kp = sandboxctl::crypto::SigningKeyPair::from_seed(seed);
+    if !expired {
+        let keys = sandboxctl::server::auth::TokenKeys::new(&[0u8; 32], &kp).unwrap();
+        return keys.agent_call_token(host_id).unwrap();
+    }
+    let now = sandboxctl::server::db::now();
+    let claims = sandboxctl::server::auth::AgentCallClaims {
+        iss: "sandboxctl".into(),
+        aud: host_id.into(),
+        iat: now - 120,
+        exp: now - 60,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(&kp.pkcs8_der()),
+    )
+    .unwrap()
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
 }

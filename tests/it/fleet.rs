@@ -1,0 +1,153 @@
+//! The fleet: several real agent processes, round-robin placement, BYOC isolation, staleness and
+//! recovery, orphans, crashes and host deletion. Intervals are shrunk through the flags.
+
+use reqwest::Method;
+use sandboxctl::proto::api::{CreateHostRequest, CreateSandboxRequest, ExecRequest, SandboxResponse};
+
+use crate::common::{TestAgent, TestServer, agent_call_token, code, raw, signal, vm_permit, wait_until};
+
+async fn create(c: &sandboxctl::cli::client::ApiClient) -> SandboxResponse {
+    c.create_sandbox(&CreateSandboxRequest::default()).await.expect("sandbox create")
+}
+
+async fn status(c: &sandboxctl::cli::client::ApiClient, id: &str) -> String {
+    c.get_sandbox(id).await.map(|s| s.status).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn fleet_spreads_isolates_heals_and_deletes() {
+    let _vm = vm_permit().await;
+    let started = std::time::Instant::now();
+    let s = TestServer::start_with(&["--monitor-interval", "1s", "--host-stale-after", "3s"]).await;
+    let (_, admin) = s.signup("root@example.com", "Root").await;
+    let mut a = TestAgent::start(&s, &admin).await;
+    let b = TestAgent::start(&s, &admin).await;
+
+    // Round robin over the two shared hosts.
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for _ in 0..4 {
+        let sb = create(&admin).await;
+        match sb.host_id.as_deref() {
+            Some(h) if h == a.host_id => on_a.push(sb.id),
+            Some(h) if h == b.host_id => on_b.push(sb.id),
+            other => panic!("placed on {other:?}"),
+        }
+    }
+    assert_eq!((on_a.len(), on_b.len()), (2, 2), "round robin spreads 4 sandboxes 2/2");
+
+    // A team with its own (BYOC) host gets it; nobody else does.
+    let (o, owner) = s.signup("owner@example.com", "Owner").await;
+    let byoc = CreateHostRequest {
+        host_type: "byoc".into(),
+        team_id: o.team_id.clone(),
+        name: Some("my box".into()),
+        provider: None,
+        zone: None,
+    };
+    let c = TestAgent::start_host(&s, &owner, &byoc, &[]).await;
+    for _ in 0..2 {
+        assert_eq!(create(&owner).await.host_id.as_deref(), Some(c.host_id.as_str()), "the team is pinned to its own host");
+    }
+    let other = create(&admin).await;
+    assert_ne!(other.host_id.as_deref(), Some(c.host_id.as_str()), "a BYOC host never runs another team's sandbox");
+    if other.host_id.as_deref() == Some(a.host_id.as_str()) {
+        on_a.push(other.id.clone());
+    } else {
+        on_b.push(other.id.clone());
+    }
+    // The owner sees their host, not the others.
+    let visible: Vec<String> = owner.list_hosts().await.unwrap().into_iter().map(|h| h.id).collect();
+    assert_eq!(visible, vec![c.host_id.clone()]);
+
+    // Calls to an agent with an expired (but correctly signed) token are refused.
+    let expired = agent_call_token(&s, &c.host_id, true);
+    let (st, _) = raw(Method::GET, &format!("http://{}/v1/vms", c.addr), Some(&expired), None).await;
+    assert_eq!(st, 401);
+    let for_other_host = agent_call_token(&s, &a.host_id, false);
+    let (st, _) = raw(Method::GET, &format!("http://{}/v1/vms", c.addr), Some(&for_other_host), None).await;
+    assert_eq!(st, 401, "a token for another host is refused");
+
+    // An orphan: a VM the database does not know is destroyed by the monitor.
+    let token = agent_call_token(&s, &b.host_id, false);
+    let (st, v) = raw(
+        Method::POST,
+        &format!("http://{}/v1/vms", b.addr),
+        Some(&token),
+        Some(r#"{"id":"sbx_orphan","template":"minimal","vcpus":1,"memory_mb":256}"#),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let list_url = format!("http://{}/v1/vms", b.addr);
+    wait_until(30, "the orphan VM to be destroyed", || {
+        let (url, s2) = (list_url.clone(), &s);
+        let bid = b.host_id.clone();
+        async move {
+            let t = agent_call_token(s2, &bid, false);
+            let (_, v) = raw(Method::GET, &url, Some(&t), None).await;
+            !v["vms"].as_array().unwrap().iter().any(|vm| vm["id"] == "sbx_orphan")
+        }
+    })
+    .await;
+    assert!(!b.dir.path().join("vms/sbx_orphan").exists());
+
+    // Agent A stops answering: host unreachable, its sandboxes missing; back again: both heal.
+    let t0 = std::time::Instant::now();
+    signal(a.pid().unwrap(), libc::SIGSTOP);
+    wait_until(30, "host A unreachable", || async { admin.get_host(&a.host_id).await.unwrap().status == "unreachable" }).await;
+    for id in &on_a {
+        wait_until(10, "sandbox missing", || async { status(&admin, id).await == "missing" }).await;
+    }
+    let stale_secs = t0.elapsed().as_secs_f64();
+    signal(a.pid().unwrap(), libc::SIGCONT);
+    wait_until(30, "host A online again", || async { admin.get_host(&a.host_id).await.unwrap().status == "online" }).await;
+    for id in &on_a {
+        wait_until(30, "sandbox running again", || async { status(&admin, id).await == "running" }).await;
+    }
+    let heal_secs = t0.elapsed().as_secs_f64() - stale_secs;
+    let r = admin
+        .exec(&on_a[0], &ExecRequest { cmd: "echo".into(), args: vec!["still here".into()], ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "still here\n");
+    eprintln!("failover: unreachable+missing after {stale_secs:.1} s, healed {heal_secs:.1} s after SIGCONT");
+
+    // Agent A dies with its VMs; when it comes back, their sandboxes are stopped.
+    a.kill();
+    for pid in a.qemu_pids() {
+        signal(pid, libc::SIGKILL);
+    }
+    a.spawn();
+    for id in &on_a {
+        wait_until(60, "sandbox stopped after its VM vanished", || async { status(&admin, id).await == "stopped" }).await;
+    }
+    let gone = admin.get_sandbox(&on_a[0]).await.unwrap();
+    assert!(gone.error.unwrap_or_default().contains("gone"));
+
+    // Deleting host B: 409 with its sandboxes, then force.
+    let e = admin.delete_host(&b.host_id, false).await.unwrap_err();
+    assert_eq!(e.code(), Some("host_has_sandboxes"));
+    let (st, v) = raw(Method::DELETE, &format!("{}/v1/hosts/{}", s.url, b.host_id), Some(&login(&s).await), None).await;
+    assert_eq!((st, code(&v)), (409, "host_has_sandboxes"));
+    let mut ids: Vec<String> = v["error"]["sandbox_ids"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+    ids.sort();
+    on_b.sort();
+    assert_eq!(ids, on_b);
+    admin.delete_host(&b.host_id, true).await.unwrap();
+    assert_eq!(admin.get_host(&b.host_id).await.unwrap_err().status(), Some(404));
+    for id in &on_b {
+        assert_eq!(status(&admin, id).await, "stopped");
+    }
+    wait_until(20, "host B's VMs gone", || async { b.qemu_pids().is_empty() }).await;
+
+    // Clean up the BYOC sandboxes through the API.
+    for sb in owner.list_sandboxes(Some("running")).await.unwrap() {
+        owner.delete_sandbox(&sb.id).await.unwrap();
+    }
+    wait_until(20, "host C's VMs gone", || async { c.qemu_pids().is_empty() }).await;
+    eprintln!("fleet test: 3 agents, 8 VMs, {:.0} s", started.elapsed().as_secs_f64());
+}
+
+async fn login(s: &TestServer) -> String {
+    s.anon().login("root@example.com", "correct horse battery").await.unwrap().token
+}

@@ -1,0 +1,361 @@
+// The dashboard in a real Chromium against a real sandboxctl server with a real agent.
+//
+// Run by tests/it/web.rs (cargo test), which starts the server and agent and sets:
+//   SANDBOXCTL_URL          the server, e.g. http://127.0.0.1:40123
+//   SANDBOXCTL_ADMIN_EMAIL  the platform admin (first account), SANDBOXCTL_ADMIN_PASSWORD its password
+//   SANDBOXCTL_AGENT_HOST   the id of the host whose agent runs (regular host, online)
+//   SCREENSHOT_DIR          where the page screenshots go (default ../../target/screenshots)
+//   CHROMIUM                the browser (default /usr/bin/chromium)
+// By hand: node --test web/tests/ with those set.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const BASE = need('SANDBOXCTL_URL').replace(/\/$/, '');
+const ADMIN_EMAIL = need('SANDBOXCTL_ADMIN_EMAIL');
+const ADMIN_PASSWORD = need('SANDBOXCTL_ADMIN_PASSWORD');
+const AGENT_HOST = need('SANDBOXCTL_AGENT_HOST');
+const SHOTS = resolve(process.env.SCREENSHOT_DIR ?? join(here, '..', '..', 'target', 'screenshots'));
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const PASSWORD = 'correct horse battery';
+const RUN = Date.now().toString(36);
+const ADA = { name: 'Ada Lovelace', email: `ada-${RUN}@example.com` };
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set: run this through cargo test (tests/it/web.rs), or set it by hand`);
+  return v;
+}
+
+/** Runs the steps in order; after the first failure the rest are skipped, not piled on. */
+function stepper(t) {
+  let failed = null;
+  return async (name, fn) => {
+    await t.test(name, { skip: failed ? `an earlier step failed (${failed})` : false }, async () => {
+      const started = Date.now();
+      try {
+        await fn();
+      } catch (err) {
+        failed = name;
+        await shot(`FAILED-${name.replace(/\W+/g, '-')}`).catch(() => {});
+        throw err;
+      } finally {
+        timings.push(`${name}: ${Date.now() - started} ms`);
+      }
+    });
+  };
+}
+
+let context;
+let page;
+const timings = [];
+const problems = [];
+
+async function shot(name) {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: false });
+}
+
+const sidebar = () => page.locator('#sidebar');
+const main = () => page.locator('main');
+const dialog = () => page.locator('dialog[open]');
+const row = (text) => page.locator('tbody tr', { hasText: text });
+
+async function go(label) {
+  await sidebar().getByRole('link', { name: label, exact: true }).click();
+  await page.getByRole('heading', { level: 1 }).first().waitFor();
+}
+
+async function signIn(email, password) {
+  await page.getByLabel('Email').fill(email);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+}
+
+test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
+  mkdirSync(SHOTS, { recursive: true });
+  const profile = mkdtempSync(join(tmpdir(), 'sandboxctl-chromium-'));
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run', '--disable-component-update', '--disable-sync', '--disable-quic'],
+    viewport: { width: 1280, height: 800 },
+    baseURL: BASE,
+  });
+  t.after(async () => {
+    await context?.close();
+    rmSync(profile, { recursive: true, force: true });
+    console.log(`step timings:\n  ${timings.join('\n  ')}`);
+  });
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BASE });
+  page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(15_000);
+  // Script errors and CSP refusals are bugs; failed requests the app handles (401, 409) are not.
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => m.type() === 'error' && !/Failed to load resource/.test(m.text()) && problems.push(`console: ${m.text()}`));
+  page.on('requestfailed', (r) => !/ERR_ABORTED/.test(r.failure()?.errorText ?? '') && problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
+  page.on('request', (r) => !r.url().startsWith(BASE) && !r.url().startsWith('data:') && problems.push(`external request: ${r.url()}`));
+
+  const step = stepper(t);
+  let keyValue;
+  let sandboxId;
+  let pendingHost;
+
+  await step('the app loads and asks to sign in; a wrong password is refused readably', async () => {
+    await page.goto('/');
+    await page.waitForURL('**/login');
+    await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+    await shot('login');
+    await signIn('nobody@example.com', 'not the password');
+    await main().getByRole('alert').getByText('Wrong email or password.').waitFor();
+  });
+
+  await step('sign up: the sidebar shows the name, not the email', async () => {
+    await page.getByRole('link', { name: 'Create an account' }).click();
+    await page.waitForURL('**/signup');
+    await page.getByLabel('Name').fill(ADA.name);
+    await page.getByLabel('Email').fill(ADA.email);
+    await page.getByLabel('Password').fill('short');
+    await page.getByRole('button', { name: 'Create account', exact: true }).click();
+    await page.getByText('The password must be at least 8 characters.').waitFor();
+    await page.getByLabel('Password').fill(PASSWORD);
+    await page.getByRole('button', { name: 'Create account', exact: true }).click();
+    await page.waitForURL('**/sandboxes');
+    await sidebar().locator('.user-name').getByText(ADA.name, { exact: true }).waitFor();
+    assert.ok(!(await sidebar().innerText()).includes(ADA.email), 'the sidebar shows the email');
+    await sidebar().getByRole('link', { name: 'Hosts' }).waitFor(); // owner of the personal team
+  });
+
+  await step('the session survives a reload', async () => {
+    await page.reload();
+    await sidebar().locator('.user-name').getByText(ADA.name).waitFor();
+    assert.match(page.url(), /\/sandboxes$/);
+  });
+
+  await step('an API key is shown once, with a copy button', async () => {
+    await go('API keys');
+    await page.getByLabel('Name').fill('ci');
+    await page.getByRole('button', { name: 'Create key', exact: true }).click();
+    const shown = page.getByRole('textbox', { name: 'API key' });
+    await shown.waitFor();
+    keyValue = await shown.inputValue();
+    assert.match(keyValue, /^sk_/);
+    await page.getByRole('button', { name: 'Copy', exact: true }).click();
+    await page.getByRole('button', { name: 'Copied', exact: true }).waitFor();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), keyValue);
+    await row('ci').getByText(`${keyValue.slice(0, 10)}…`).waitFor();
+    await shot('keys');
+    await page.getByRole('button', { name: 'I have copied it', exact: true }).click();
+    await page.reload();
+    await row('ci').waitFor();
+    assert.ok(!(await page.content()).includes(keyValue), 'the key is shown again');
+  });
+
+  await step('team page: separate Name and Email columns; add a member by exact email', async () => {
+    await go('Team');
+    const headers = await main().locator('table thead th').allInnerTexts();
+    assert.deepEqual(headers.slice(0, 3).map((x) => x.trim()), ['Name', 'Email', 'Role']);
+    const me = row(ADA.email);
+    assert.equal((await me.locator('td').nth(0).innerText()).replace(' (you)', '').trim(), ADA.name);
+    assert.equal((await me.locator('td').nth(1).innerText()).trim(), ADA.email);
+    // Someone outside the team is found by their exact email only.
+    await page.getByLabel('Add by email').fill(ADMIN_EMAIL);
+    await page.getByRole('listbox').getByRole('option', { name: /Admin/ }).click();
+    assert.equal(await page.getByLabel('Add by email').inputValue(), ADMIN_EMAIL);
+    await page.getByRole('button', { name: 'Add member', exact: true }).click();
+    await row(ADMIN_EMAIL).waitFor();
+    assert.equal((await row(ADMIN_EMAIL).locator('td').nth(0).innerText()).trim(), 'Admin');
+    await shot('team');
+  });
+
+  await step('create a second team, then switch between teams', async () => {
+    await sidebar().getByRole('button', { name: 'Create team', exact: true }).click();
+    await dialog().getByLabel('Team name').fill(`Research ${RUN}`);
+    await dialog().getByRole('button', { name: 'Create team', exact: true }).click();
+    await dialog().waitFor({ state: 'detached' });
+    await page.getByRole('heading', { level: 1, name: `Research ${RUN}` }).waitFor();
+    const select = sidebar().getByLabel('Team');
+    assert.equal(await select.locator('option:checked').innerText(), `Research ${RUN}`);
+    // A co-member is suggested from 3 characters on; the keyboard picks it.
+    const email = page.getByLabel('Add by email');
+    await email.pressSequentially('adm');
+    await page.getByRole('listbox').getByRole('option', { name: /Admin/ }).waitFor();
+    await email.press('ArrowDown');
+    await email.press('Enter');
+    assert.equal(await email.inputValue(), ADMIN_EMAIL);
+    await page.getByLabel('Role', { exact: true }).selectOption('admin');
+    await page.getByRole('button', { name: 'Add member', exact: true }).click();
+    await row(ADMIN_EMAIL).getByRole('combobox').waitFor();
+    assert.equal(await row(ADMIN_EMAIL).getByRole('combobox').inputValue(), 'admin');
+    // Keys belong to a team: the new one has none; switching back shows "ci" again.
+    await go('API keys');
+    await page.getByText('No API keys').waitFor();
+    const personal = (await select.locator('option').allInnerTexts()).find((n) => !n.startsWith('Research'));
+    await select.selectOption({ label: personal });
+    await row('ci').waitFor();
+    assert.equal(await select.locator('option:checked').innerText(), personal);
+  });
+
+  await step('log out, log in as someone else: nothing of the previous user shows', async () => {
+    await sidebar().getByRole('button', { name: 'Log out', exact: true }).click();
+    await page.waitForURL('**/login');
+    assert.equal(await page.evaluate(() => localStorage.length), 0);
+    await signIn(ADMIN_EMAIL, ADMIN_PASSWORD);
+    await page.waitForURL('**/sandboxes');
+    await sidebar().locator('.user-name').getByText('Admin', { exact: true }).waitFor();
+    assert.equal(await sidebar().locator('.user-name').innerText(), 'Admin');
+    // Admin is a member of Ada's teams now, but the active team is Admin's own.
+    assert.ok(!(await sidebar().getByLabel('Team').locator('option:checked').innerText()).includes(ADA.name));
+    await go('API keys');
+    await page.getByText('No API keys').waitFor();
+    assert.ok(!(await page.content()).includes(keyValue.slice(0, 10)));
+  });
+
+  await step('create a sandbox (with progress) and see it running', async () => {
+    await go('Sandboxes');
+    await page.getByRole('button', { name: 'New sandbox', exact: true }).first().click();
+    await dialog().getByLabel('Environment').fill('GREETING=hello\n1BAD=x');
+    await dialog().getByRole('button', { name: 'Create sandbox', exact: true }).click();
+    await dialog().getByText('Environment, line 2').waitFor();
+    await dialog().getByLabel('Environment').fill('GREETING=hello');
+    await dialog().getByLabel('Metadata').fill('purpose=browser-test');
+    await dialog().getByRole('button', { name: 'Create sandbox', exact: true }).click();
+    // The button counts the seconds while the VM boots (unless it was quicker than a look).
+    await Promise.race([dialog().getByRole('button', { name: /Starting… \d+s/ }).waitFor(), dialog().waitFor({ state: 'detached', timeout: 120_000 })]);
+    await dialog().waitFor({ state: 'detached', timeout: 120_000 });
+    const r = page.locator('tbody tr', { hasText: 'running' }).first();
+    await r.waitFor();
+    sandboxId = (await r.locator('td').first().innerText()).trim();
+    assert.match(sandboxId, /^sbx_/);
+    assert.ok((await r.innerText()).includes('minimal'));
+    await page.getByLabel('Search sandboxes').fill('browser-test');
+    await row(sandboxId).waitFor();
+    await page.getByLabel('Search sandboxes').fill('no-such-thing');
+    await page.getByText('Nothing matches').waitFor();
+    await page.getByLabel('Search sandboxes').fill('');
+    await row(sandboxId).waitFor();
+    await shot('sandboxes');
+  });
+
+  await step('run a command in the sandbox and see its output', async () => {
+    await page.getByRole('link', { name: sandboxId }).click();
+    await page.waitForURL(`**/sandboxes/${sandboxId}`);
+    await page.getByRole('heading', { level: 1, name: new RegExp(sandboxId) }).waitFor();
+    const cmd = page.getByLabel('Command');
+    await cmd.fill(`sh -c 'echo "$GREETING from $(uname -s)"'`);
+    await page.getByRole('button', { name: 'Run', exact: true }).click();
+    const result = page.locator('.exec-result').first();
+    await result.getByText('exit 0', { exact: true }).waitFor({ timeout: 60_000 });
+    assert.equal(await result.getByLabel('stdout').innerText(), 'hello from Linux\n');
+    await cmd.fill(`sh -c 'echo oops >&2; exit 3'`);
+    await cmd.press('Enter');
+    await page.locator('.exec-result').first().getByText('exit 3', { exact: true }).waitFor({ timeout: 60_000 });
+    assert.equal(await page.locator('.exec-result').first().getByLabel('stderr').innerText(), 'oops\n');
+    await shot('sandbox');
+  });
+
+  await step('hosts: the agent is online; a new host shows its register command', async () => {
+    await go('Hosts');
+    const agent = row(AGENT_HOST);
+    await agent.getByText('online').waitFor();
+    assert.match(await agent.innerText(), /KVM|TCG/);
+    await page.getByRole('button', { name: 'Add host', exact: true }).first().click();
+    await dialog().getByLabel('Name (optional)').fill('spare');
+    await dialog().getByRole('button', { name: 'Create host', exact: true }).click();
+    const command = dialog().getByLabel('Register command');
+    await command.waitFor();
+    const text = await command.inputValue();
+    assert.match(text, new RegExp(`^sandboxctl agent register --server ${BASE.replace(/[.]/g, '\\.')} --token hrt_\\S+`));
+    await dialog().getByRole('button', { name: 'Copy', exact: true }).click();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), text);
+    await shot('hosts-register');
+    await dialog().getByRole('button', { name: 'Done', exact: true }).click();
+    const spare = row('spare');
+    await spare.getByText('pending').waitFor();
+    pendingHost = (await spare.locator('.mono').first().innerText()).trim();
+    await shot('hosts');
+  });
+
+  await step('deleting the host that runs the sandbox previews it and needs force', async () => {
+    await row(AGENT_HOST).getByRole('button', { name: /^Delete/ }).click();
+    const list = dialog().getByRole('list', { name: 'Affected sandboxes' });
+    await list.getByText(sandboxId).waitFor();
+    const del = dialog().getByRole('button', { name: 'Delete host', exact: true });
+    assert.equal(await del.isDisabled(), true);
+    await dialog().getByLabel(/force/).check();
+    assert.equal(await del.isEnabled(), true);
+    await shot('hosts-delete-preview');
+    await dialog().getByRole('button', { name: 'Cancel', exact: true }).click();
+    await dialog().waitFor({ state: 'detached' });
+    await row(AGENT_HOST).getByText('online').waitFor();
+  });
+
+  await step('a plain delete that meets sandboxes gets the 409 and its ids', async () => {
+    // The preview said "none" but a sandbox exists by the time of the delete: the server's 409
+    // (host_has_sandboxes, with the ids) is shown and force is offered.
+    await page.route(`**/v1/hosts/${AGENT_HOST}/delete-preview`, (r) => r.fulfill({ json: { host_id: AGENT_HOST, sandbox_ids: [] } }));
+    await row(AGENT_HOST).getByRole('button', { name: /^Delete/ }).click();
+    await dialog().getByText('No sandboxes run on this host').waitFor();
+    await dialog().getByRole('button', { name: 'Delete host', exact: true }).click();
+    await dialog().getByRole('alert').getByText(/still runs \d+ sandbox/).waitFor();
+    await dialog().getByRole('list', { name: 'Affected sandboxes' }).getByText(sandboxId).waitFor();
+    await page.unroute(`**/v1/hosts/${AGENT_HOST}/delete-preview`);
+    await dialog().getByRole('button', { name: 'Cancel', exact: true }).click();
+    await row(AGENT_HOST).getByText('online').waitFor();
+  });
+
+  await step('delete the pending host', async () => {
+    await row(pendingHost).getByRole('button', { name: /^Delete/ }).click();
+    await dialog().getByText('No sandboxes run on this host').waitFor();
+    await dialog().getByRole('button', { name: 'Delete host', exact: true }).click();
+    await dialog().waitFor({ state: 'detached' });
+    await row(pendingHost).waitFor({ state: 'detached' });
+  });
+
+  await step('phone width: the sidebar becomes a menu', async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.goto('/sandboxes');
+    await row(sandboxId).waitFor();
+    const box = await sidebar().boundingBox();
+    assert.ok(box.x + box.width <= 0, 'the sidebar is on screen at phone width');
+    await shot('sandboxes-phone');
+    await page.getByRole('button', { name: 'Menu', exact: true }).click();
+    await sidebar().getByRole('link', { name: 'Team' }).click();
+    await page.getByRole('heading', { level: 1 }).waitFor();
+    await page.waitForFunction(() => document.getElementById('sidebar').getBoundingClientRect().right <= 0);
+    await shot('team-phone');
+    await page.setViewportSize({ width: 1280, height: 800 });
+  });
+
+  await step('force-delete the agent host: its sandbox is destroyed', async () => {
+    await go('Hosts');
+    await row(AGENT_HOST).getByRole('button', { name: /^Delete/ }).click();
+    await dialog().getByRole('list', { name: 'Affected sandboxes' }).getByText(sandboxId).waitFor();
+    await dialog().getByLabel(/force/).check();
+    await dialog().getByRole('button', { name: 'Delete host', exact: true }).click();
+    await dialog().waitFor({ state: 'detached', timeout: 60_000 });
+    await row(AGENT_HOST).waitFor({ state: 'detached' });
+    await go('Sandboxes');
+    await page.getByText('No sandboxes yet').or(page.getByText('Nothing matches')).waitFor();
+    await page.getByLabel('Show ended').check();
+    await row(sandboxId).getByText('stopped').waitFor();
+  });
+
+  await step('an expired session goes back to the login page with a message', async () => {
+    await page.evaluate(() => localStorage.setItem('sandboxctl.token', 'eyJhbGciOiJIUzI1NiJ9.e30.bad'));
+    await page.goto('/sandboxes');
+    await page.waitForURL('**/login');
+    await page.getByText('Your session has expired. Please sign in again.').waitFor();
+    await signIn(ADMIN_EMAIL, ADMIN_PASSWORD);
+    await page.waitForURL('**/sandboxes');
+  });
+
+  await step('no script errors, CSP refusals or external requests', async () => {
+    assert.deepEqual(problems, []);
+  });
+});
