@@ -3,8 +3,9 @@
 #
 #   ./install.sh            install packages, the guest kernel and the sandboxctl binary
 #   ./install.sh --run      the same, then start a server with a local agent (the quick start)
-#   ./install.sh --deps     only packages and the guest kernel
-#   ./install.sh --test     packages and kernel, then the whole test suite (cargo test)
+#   ./install.sh --deps     only packages and the guest kernel, plus what the tests need (Chromium,
+#                           Node.js and web/tests' node modules for the dashboard's browser test)
+#   ./install.sh --test     those, then the whole test suite (cargo test)
 #
 # Environment: SANDBOXCTL_DATA_DIR (default /var/lib/sandboxctl), SANDBOXCTL_KERNEL_DIR
 # (default $SANDBOXCTL_DATA_DIR/kernel), PREFIX (default /usr/local).
@@ -16,7 +17,7 @@ case "${1:-}" in
   --deps) mode=deps ;;
   --test) mode=test ;;
   "") ;;
-  -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
   *) echo "install.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
 esac
 
@@ -55,6 +56,24 @@ install_packages() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades --no-install-recommends \
       qemu-system-x86 "qemu-utils=$ver" busybox-static cpio e2fsprogs ca-certificates \
       >/tmp/sandboxctl-apt.log 2>&1 || { tail -20 /tmp/sandboxctl-apt.log; die "apt-get install failed"; }
+  fi
+}
+
+# The dashboard's browser test (tests/it/web.rs): Chromium, Node.js and web/tests' node modules.
+install_test_deps() {
+  local missing=()
+  dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q 'install ok installed' || missing+=(chromium)
+  command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing for the browser test: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/tmp/sandboxctl-apt.log 2>&1 \
+      || { tail -20 /tmp/sandboxctl-apt.log; die "apt-get install ${missing[*]} failed"; }
+  fi
+  local tests="$here/web/tests"
+  if [ ! -d "$tests/node_modules/playwright-core" ] || [ "$tests/package-lock.json" -nt "$tests/node_modules/.package-lock.json" ]; then
+    say "installing the browser test's node modules (npm ci in web/tests)"
+    (cd "$tests" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in web/tests failed"
   fi
 }
 
@@ -98,6 +117,7 @@ install_binary() {
 
 install_packages
 install_kernel
+case "$mode" in deps|test) install_test_deps ;; esac
 [ "$mode" = deps ] && exit 0
 if [ "$mode" = test ]; then
   command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"

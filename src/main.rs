@@ -76,6 +76,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 host_stale_after: a.timing.host_stale_after,
                 local_agent,
                 github,
+                max_file_bytes: a.max_file_bytes,
             })
             .await?;
             Ok(0)

@@ -123,6 +123,8 @@ export const api = {
   host: (id, o) => request('GET', `/v1/hosts/${enc(id)}`, o),
   createHost: (body, o) => request('POST', '/v1/hosts', { ...o, body }),
   hostToken: (id, o) => request('POST', `/v1/hosts/${enc(id)}/token`, o),
+  setHostTags: (id, tags, o) => request('PUT', `/v1/hosts/${enc(id)}/tags`, { ...o, body: { tags } }),
+  drainHost: (id, o) => request('POST', `/v1/hosts/${enc(id)}/drain`, o),
   hostDeletePreview: (id, o) => request('GET', `/v1/hosts/${enc(id)}/delete-preview`, o),
   deleteHost: (id, force, o) => request('DELETE', `/v1/hosts/${enc(id)}`, { ...o, query: force ? { force: 'true' } : undefined }),
 

@@ -138,6 +138,7 @@ impl Heartbeat {
             running_vms,
             used_memory_mb,
             used_vcpus,
+            templates: self.vms.templates().await,
         };
         let resp = self
             .http

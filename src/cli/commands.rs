@@ -184,6 +184,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
             vcpus,
             memory,
             timeout,
+            on_timeout,
             env,
             metadata,
             no_network,
@@ -197,6 +198,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 env: Some(parse_pairs("env", &env)?),
                 metadata: Some(parse_pairs("meta", &metadata)?),
                 network: Some(!no_network),
+                on_timeout,
             };
             if !json {
                 eprint!("creating sandbox… ");

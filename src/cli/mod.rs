@@ -89,6 +89,9 @@ pub struct ServerArgs {
     /// Where the local agent listens.
     #[arg(long, env = "SANDBOXCTL_LOCAL_AGENT_LISTEN", default_value = "127.0.0.1:9090")]
     pub local_agent_listen: String,
+    /// Largest file a sandbox file upload may carry, in bytes.
+    #[arg(long, env = "SANDBOXCTL_MAX_FILE_BYTES", default_value_t = 1 << 30)]
+    pub max_file_bytes: u64,
     /// The admin account created on a fresh server with --local-agent.
     #[arg(long, env = "SANDBOXCTL_ADMIN_EMAIL", default_value = "admin@sandboxctl.local")]
     pub admin_email: String,
@@ -218,6 +221,9 @@ pub enum SandboxCommand {
         /// Idle timeout in seconds (0 = never).
         #[arg(long)]
         timeout: Option<u64>,
+        /// What the timeout does: pause (default) or kill.
+        #[arg(long, value_parser = ["pause", "kill"])]
+        on_timeout: Option<String>,
         /// Environment variables, KEY=VALUE (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,

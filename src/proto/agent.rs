@@ -53,6 +53,9 @@ pub struct HeartbeatRequest {
     pub running_vms: u32,
     pub used_memory_mb: u64,
     pub used_vcpus: u32,
+    /// Names of the base templates ready on this host.
+    #[serde(default)]
+    pub templates: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,4 +113,56 @@ pub struct VmInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmListResponse {
     pub vms: Vec<VmInfo>,
+}
+
+/// Keep a sandbox's memory and disk as a template on its host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotVmRequest {
+    /// The template's name on the agent: the server passes the template id (`tpl_…`).
+    pub template: String,
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateStatus {
+    Building,
+    Ready,
+    Failed,
+}
+
+/// A template as an agent holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateInfo {
+    /// `minimal`, `debian`, or a server template id (`tpl_…`) for snapshots and uploaded rootfs.
+    pub name: String,
+    /// `base` (built by the agent), `snapshot` (memory + disk of a sandbox) or `rootfs` (uploaded).
+    pub kind: String,
+    pub status: TemplateStatus,
+    /// What a build is doing now, in words.
+    #[serde(default)]
+    pub progress: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub size_bytes: u64,
+    /// True when a boot snapshot exists, so sandboxes start by restoring it.
+    #[serde(default)]
+    pub has_snapshot: bool,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u32>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateListResponse {
+    pub templates: Vec<TemplateInfo>,
+}
+
+/// Build a base template on the agent (`debian`: debootstrap of Debian stable with python3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildTemplateRequest {
+    pub name: String,
 }

@@ -121,6 +121,9 @@ pub struct CreateSandboxRequest {
     pub metadata: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub network: Option<bool>,
+    /// What happens when `timeout_sec` of idleness pass: `pause` (default) or `kill`.
+    #[serde(default)]
+    pub on_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +143,14 @@ pub struct SandboxResponse {
     pub error: Option<String>,
     /// Milliseconds the agent took from the create call to the guest's first answer.
     pub boot_ms: Option<u64>,
+    /// `pause` or `kill`.
+    #[serde(default)]
+    pub on_timeout: String,
+    #[serde(default)]
+    pub last_active_at: Option<i64>,
+    /// When the idle timeout will pause or kill it (running sandboxes with a timeout).
+    #[serde(default)]
+    pub timeout_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,4 +203,128 @@ impl std::fmt::Debug for CreateHostResponse {
             .field("host", &self.host)
             .finish_non_exhaustive()
     }
+}
+
+/// The terminal size of a PTY.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// The first message on an exec stream: what to run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecStreamStart {
+    pub cmd: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Kill after this many seconds (default: never for streams).
+    #[serde(default)]
+    pub timeout_sec: Option<u64>,
+    /// Run on a pseudo-terminal of this size (stdout and stderr then arrive merged as stdout).
+    #[serde(default)]
+    pub pty: Option<PtySize>,
+}
+
+/// Text (JSON) messages a client sends on `GET …/exec/stream`. Stdin goes as binary messages whose
+/// first byte is 0 followed by the bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecClientMessage {
+    Start(ExecStreamStart),
+    Resize { rows: u16, cols: u16 },
+    /// A signal number (2 = SIGINT, 15 = SIGTERM, 9 = SIGKILL, …) for the process group.
+    Signal { signal: i32 },
+    /// Close stdin.
+    Eof,
+}
+
+/// Text (JSON) messages the server sends on an exec stream. Output goes as binary messages whose
+/// first byte is 1 (stdout) or 2 (stderr), followed by the raw bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecServerMessage {
+    Started {
+        #[serde(default)]
+        pid: Option<u32>,
+    },
+    Exit {
+        exit_code: i32,
+        #[serde(default)]
+        signal: Option<i32>,
+        #[serde(default)]
+        timed_out: bool,
+        duration_ms: u64,
+    },
+    Error { code: String, message: String },
+}
+
+pub const STREAM_STDIN: u8 = 0;
+pub const STREAM_STDOUT: u8 = 1;
+pub const STREAM_STDERR: u8 = 2;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// One entry of a sandbox's filesystem.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub path: String,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits, e.g. 420 (0o644).
+    pub mode: u32,
+    /// Unix seconds.
+    pub modified: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileListResponse {
+    pub path: String,
+    pub entries: Vec<FileEntry>,
+}
+
+/// A template sandboxes can start from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateResponse {
+    /// `tpl_…` for the team's own templates; the name for base templates.
+    pub id: String,
+    pub name: String,
+    /// `base`, `snapshot` or `rootfs`.
+    pub kind: String,
+    pub team_id: Option<String>,
+    /// Where a snapshot lives (sandboxes from it start there); None for base templates.
+    pub host_id: Option<String>,
+    /// Base templates: how many online hosts have it.
+    #[serde(default)]
+    pub hosts: Option<u32>,
+    pub vcpus: Option<u32>,
+    pub memory_mb: Option<u32>,
+    pub size_bytes: Option<u64>,
+    pub source_sandbox_id: Option<String>,
+    pub created_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateListResponse {
+    pub templates: Vec<TemplateResponse>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub sandbox_id: String,
+    pub name: String,
 }

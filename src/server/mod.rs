@@ -37,6 +37,8 @@ pub struct Settings {
     pub monitor_interval: Duration,
     pub host_stale_after: Duration,
     pub github: Option<api::oauth::GithubConfig>,
+    /// Largest file a sandbox file upload may carry.
+    pub max_file_bytes: u64,
 }
 
 #[derive(Clone)]
@@ -100,6 +102,7 @@ pub struct ServerConfig {
     pub host_stale_after: Duration,
     pub local_agent: Option<local::LocalAgentConfig>,
     pub github: Option<api::oauth::GithubConfig>,
+    pub max_file_bytes: u64,
 }
 
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
@@ -115,6 +118,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             monitor_interval: cfg.monitor_interval,
             host_stale_after: cfg.host_stale_after,
             github: cfg.github.clone(),
+            max_file_bytes: cfg.max_file_bytes,
         },
     )?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "sandboxctl server listening");

@@ -80,6 +80,13 @@ impl HostMonitor {
         for h in changed {
             tracing::warn!(host = %h, "host missed its heartbeats: unreachable, its sandboxes missing");
         }
+        if in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert("timeouts".into()) {
+            let (st, flight) = (state.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                Self::enforce_timeouts(&st).await;
+                flight.lock().unwrap_or_else(|p| p.into_inner()).remove("timeouts");
+            });
+        }
         let online = state.db.call(hosts::schedulable_or_draining).await?;
         for h in online {
             let Some(addr) = h.address.clone() else { continue };
@@ -95,6 +102,38 @@ impl HostMonitor {
             });
         }
         Ok(())
+    }
+
+    /// Pauses (or kills, if so created) running sandboxes idle past their timeout.
+    async fn enforce_timeouts(state: &AppState) {
+        let expired = match state.db.call(|c| sandboxes::idle_expired(c, now())).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing idle sandboxes");
+                return;
+            }
+        };
+        for s in expired {
+            let result = if s.on_timeout == "kill" {
+                match crate::server::api::sandboxes::destroy_on_host(state, &s).await {
+                    Ok(()) => {
+                        let sid = s.id.clone();
+                        state
+                            .db
+                            .call(move |c| sandboxes::transition(c, &sid, SandboxStatus::Stopped, Some("idle timeout")).map(|_| ()))
+                            .await
+                            .map_err(Into::into)
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                crate::server::api::lifecycle::pause_row(state, &s).await
+            };
+            match result {
+                Ok(()) => tracing::info!(sandbox = %s.id, action = %s.on_timeout, "idle timeout"),
+                Err(e) => tracing::warn!(sandbox = %s.id, error = %e, "idle timeout could not {}", s.on_timeout),
+            }
+        }
     }
 
     async fn reconcile_host(state: &AppState, host_id: &str, addr: &str) -> anyhow::Result<()> {
@@ -160,6 +199,8 @@ mod tests {
             started_at: None,
             ended_at: None,
             error: None,
+            on_timeout: "pause".into(),
+            last_active_at: None,
         }
     }
 

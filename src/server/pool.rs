@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::proto::agent::{CreateVmRequest, VmInfo, VmListResponse};
+use crate::proto::agent::{
+    BuildTemplateRequest, CreateVmRequest, SnapshotVmRequest, TemplateInfo, TemplateListResponse, VmInfo, VmListResponse,
+};
 use crate::proto::api::{ErrorBody, ExecRequest, ExecResponse};
 use crate::server::auth::TokenKeys;
 
@@ -114,6 +116,98 @@ impl AgentClient {
         )
         .await?;
         Ok(())
+    }
+
+    pub async fn pause_vm(&self, id: &str) -> Result<VmInfo, AgentError> {
+        let r = self
+            .call::<(), _>(reqwest::Method::POST, &format!("/v1/vms/{id}/pause"), None, Duration::from_secs(120))
+            .await?;
+        Self::expect(r)
+    }
+
+    pub async fn resume_vm(&self, id: &str) -> Result<VmInfo, AgentError> {
+        let r = self
+            .call::<(), _>(reqwest::Method::POST, &format!("/v1/vms/{id}/resume"), None, Duration::from_secs(120))
+            .await?;
+        Self::expect(r)
+    }
+
+    pub async fn snapshot_vm(&self, id: &str, req: &SnapshotVmRequest) -> Result<TemplateInfo, AgentError> {
+        let r = self
+            .call(reqwest::Method::POST, &format!("/v1/vms/{id}/snapshot"), Some(req), Duration::from_secs(300))
+            .await?;
+        Self::expect(r)
+    }
+
+    pub async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentError> {
+        let r: Option<TemplateListResponse> = self
+            .call::<(), _>(reqwest::Method::GET, "/v1/templates", None, Duration::from_secs(15))
+            .await?;
+        Ok(Self::expect(r)?.templates)
+    }
+
+    pub async fn build_template(&self, req: &BuildTemplateRequest) -> Result<TemplateInfo, AgentError> {
+        let r = self
+            .call(reqwest::Method::POST, "/v1/templates", Some(req), Duration::from_secs(30))
+            .await?;
+        Self::expect(r)
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<(), AgentError> {
+        self.call::<(), serde_json::Value>(reqwest::Method::DELETE, &format!("/v1/templates/{name}"), None, Duration::from_secs(60))
+            .await?;
+        Ok(())
+    }
+
+    /// A raw request whose successful answer is handed back unread (for streaming bodies); error
+    /// answers are decoded like every other call.
+    pub async fn stream(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<reqwest::Body>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, AgentError> {
+        let token = self
+            .keys
+            .agent_call_token(&self.host_id)
+            .map_err(|e| AgentError::Unreachable(format!("signing call: {e}")))?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path_and_query))
+            .bearer_auth(token);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        if let Some(b) = body {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/octet-stream").body(b);
+        }
+        let resp = req.send().await.map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let (code, message, field) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => (b.error.code, b.error.message, b.error.field),
+            Err(_) => ("agent_error".into(), String::from_utf8_lossy(&bytes).chars().take(300).collect(), None),
+        };
+        Err(AgentError::Remote {
+            status,
+            code,
+            message,
+            field,
+        })
+    }
+
+    /// The WebSocket URL and a bearer token for a streaming exec on the agent.
+    pub fn exec_stream_target(&self, id: &str) -> Result<(String, String), AgentError> {
+        let token = self
+            .keys
+            .agent_call_token(&self.host_id)
+            .map_err(|e| AgentError::Unreachable(format!("signing call: {e}")))?;
+        let ws = self.base.replacen("http", "ws", 1);
+        Ok((format!("{ws}/v1/vms/{id}/exec/stream"), token))
     }
 
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {

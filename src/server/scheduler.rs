@@ -12,6 +12,8 @@ pub struct Candidate {
     /// vCPUs and memory already promised to live sandboxes.
     pub used_vcpus: u32,
     pub used_memory_mb: u64,
+    /// Base templates ready on the host.
+    pub templates: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -21,6 +23,8 @@ pub struct PlacementRequest {
     pub memory_mb: u32,
     /// Only this host may take it (a snapshot template lives there).
     pub pinned_host: Option<String>,
+    /// The base template the host must have ready (None for a pinned snapshot).
+    pub base_template: Option<String>,
 }
 
 /// vCPUs may be overcommitted this many times over the host's cores.
@@ -53,6 +57,12 @@ pub fn eligible<'a>(hosts: &'a [Candidate], req: &PlacementRequest) -> Result<Ve
     }
     if visible.is_empty() {
         return Err("no online host serves this team".into());
+    }
+    if let Some(t) = &req.base_template {
+        visible.retain(|h| h.templates.contains(t));
+        if visible.is_empty() {
+            return Err(format!("no online host has the template '{t}' ready"));
+        }
     }
     let fits: Vec<&Candidate> = visible
         .into_iter()
@@ -97,6 +107,7 @@ mod tests {
             memory_mb: 4096,
             used_vcpus: 0,
             used_memory_mb: 0,
+            templates: vec!["minimal".into()],
         }
     }
 
@@ -106,6 +117,7 @@ mod tests {
             vcpus: 1,
             memory_mb: 256,
             pinned_host: None,
+            base_template: Some("minimal".into()),
         }
     }
 
@@ -147,5 +159,8 @@ mod tests {
         pinned.pinned_host = Some("gone".into());
         assert!(s.place(&hosts, &pinned).unwrap_err().contains("gone"));
         assert!(s.place(&[], &req("t")).unwrap_err().contains("no host"));
+        let mut debian = req("t");
+        debian.base_template = Some("debian".into());
+        assert!(s.place(&hosts, &debian).unwrap_err().contains("debian"));
     }
 }

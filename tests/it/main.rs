@@ -8,3 +8,4 @@ mod e2e;
 mod fleet;
 mod oauth;
 mod vm;
+mod web;

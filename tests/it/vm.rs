@@ -71,6 +71,12 @@ fn qemu_alive(pid: u32) -> bool {
     }
 }
 
+fn console(data_dir: &Path, id: &str) -> String {
+    std::fs::read(data_dir.join("vms").join(id).join("console.log"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 async fn assert_gone(vms: &VmManager, data_dir: &Path, id: &str, pid: u32) {
     assert!(matches!(vms.get(id).await, Err(VmError::NotFound(_))));
     assert!(!qemu_alive(pid), "QEMU {pid} still running after destroy");
@@ -315,7 +321,16 @@ async fn vm_survives_agent_restart() {
     // A guest that powers off leaves a stopped VM; a later agent cleans it up.
     let info = vms.create(create_request(id)).await.expect("create again");
     let pid = info.pid.unwrap();
-    let _ = vms.exec(id, cmd("poweroff", &["-f"])).await;
+    let off = tokio::time::timeout(
+        Duration::from_secs(20),
+        vms.exec(id, cmd("poweroff", &["-f"])),
+    )
+    .await;
+    assert!(
+        off.is_ok(),
+        "poweroff hung; console: {}",
+        console(tmp.path(), id)
+    );
     let t = Instant::now();
     while vms.get(id).await.unwrap().state != VmState::Stopped {
         assert!(

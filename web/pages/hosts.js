@@ -1,10 +1,10 @@
 // Hosts (platform admins: all; team owners/admins: their BYOC hosts): status and capacity, adding a
-// host (its one-line register command to copy), new tokens for pending hosts, and deleting with a
-// preview of the sandboxes it would take down.
+// host (its one-line register command to copy), new tokens for pending hosts, tags, draining, and
+// deleting with a preview of the sandboxes it would take down.
 
 import { api } from '../api.js';
 import { ago, dateTime, mib } from '../format.js';
-import { alertBox, badge, busy, button, copyField, dataTable, emptyState, field, fill, h, markField, openDialog, pageHeader, toast } from '../ui.js';
+import { alertBox, badge, busy, button, confirmDialog, copyField, dataTable, emptyState, field, fill, h, markField, openDialog, pageHeader, toast } from '../ui.js';
 import { currentTeam, isTeamAdmin, store } from '../store.js';
 
 const REFRESH_MS = 5000;
@@ -19,13 +19,12 @@ export default {
       label: 'Hosts',
       empty: emptyState('No hosts yet', 'Sandboxes run on hosts: Linux machines running the sandboxctl agent. Add one to get its register command.', button('Add host', { variant: 'primary', icon: 'plus', onclick: () => add.click() })),
       columns: [
-        { label: 'Host', cell: (x) => h('div', {}, h('div', { class: 'strong' }, x.name || x.id), x.name && h('div', { class: 'mono small muted' }, x.id), x.address && h('div', { class: 'mono small muted', title: 'Where the agent listens' }, x.address)) },
+        { label: 'Host', cell: (x) => h('div', {}, h('div', { class: 'strong' }, x.name || x.id), x.name && h('div', { class: 'mono small muted' }, x.id), x.address && h('div', { class: 'mono small muted', title: 'Where the agent listens' }, x.address), x.tags?.length > 0 && h('div', { class: 'tags' }, x.tags.map((t) => h('span', { class: 'tag' }, t)))) },
         { label: 'Status', cell: (x) => badge(x.status, STATUS_KIND[x.status] ?? 'off') },
         { label: 'Type', class: 'col-opt', cell: (x) => (x.type === 'byoc' ? h('span', {}, 'BYOC', teamName(x.team_id) && h('span', { class: 'muted' }, ` · ${teamName(x.team_id)}`)) : 'Regular') },
-        { label: 'Accel', cell: (x) => (x.accel ? h('span', { title: x.accel_reason ?? '' }, x.accel.toUpperCase()) : '—') },
-        { label: 'Capacity', class: 'col-opt', cell: capacity },
+        { label: 'Capacity', cell: capacity },
         { label: 'VMs', class: 'num', cell: (x) => x.running_vms ?? '—' },
-        { label: 'Last heartbeat', cell: (x) => h('span', { title: dateTime(x.last_heartbeat_at) }, ago(x.last_heartbeat_at)) },
+        { label: 'Heartbeat', cell: (x) => h('span', { title: dateTime(x.last_heartbeat_at) }, ago(x.last_heartbeat_at)) },
         {
           label: 'Actions',
           class: 'actions-cell',
@@ -34,6 +33,8 @@ export default {
               'div',
               { class: 'row-actions' },
               x.status === 'pending' && button('New token', { small: true, 'aria-label': `New registration token for ${x.name || x.id}`, onclick: () => newToken(x) }),
+              button('Tags', { small: true, 'aria-label': `Tags of ${x.name || x.id}`, onclick: () => tagsDialog(x, load) }),
+              x.status === 'online' && button('Drain', { small: true, 'aria-label': `Drain ${x.name || x.id}`, onclick: () => drain(x, load) }),
               button('Delete', { variant: 'danger', small: true, 'aria-label': `Delete ${x.name || x.id}`, onclick: () => deleteDialog(x, load) }),
             ),
         },
@@ -67,10 +68,12 @@ function teamName(id) {
   return id ? (store.teams.find((t) => t.id === id)?.name ?? null) : null;
 }
 
+/** Cores and memory, and how VMs run there (KVM, or TCG: software emulation). */
 function capacity(x) {
   const parts = [x.cpu_cores && `${x.cpu_cores} CPU`, x.memory_mb && mib(x.memory_mb)].filter(Boolean);
   if (!parts.length) return '—';
-  return h('span', { title: [x.arch, x.disk_gb && `${x.disk_gb} GB disk`].filter(Boolean).join(', ') }, parts.join(' · '));
+  const title = [x.arch, x.disk_gb && `${x.disk_gb} GB disk`, x.accel_reason].filter(Boolean).join(' · ');
+  return h('span', { title }, parts.join(' · '), x.accel && h('span', { class: 'tag accel' }, x.accel.toUpperCase()));
 }
 
 /** The register command, once, with what to do next. */
@@ -153,6 +156,56 @@ function newToken(x) {
         },
       );
       return body;
+    },
+  });
+}
+
+function drain(x, reload) {
+  confirmDialog({
+    title: `Drain ${x.name || x.id}?`,
+    message: 'No new sandboxes are placed on a draining host; the ones it runs keep running. Delete it once they are gone.',
+    confirmLabel: 'Drain host',
+    busyLabel: 'Draining…',
+    action: () => api.drainHost(x.id),
+    onDone: () => {
+      toast(`Host ${x.name || x.id} is draining.`);
+      reload();
+    },
+  });
+}
+
+function tagsDialog(x, reload) {
+  openDialog({
+    title: `Tags of ${x.name || x.id}`,
+    build(close) {
+      const tags = h('input', { name: 'tags', autocomplete: 'off', spellcheck: 'false', placeholder: 'zone=fra gpu ssd' });
+      tags.value = (x.tags ?? []).join(' ');
+      const a = alertBox();
+      const ok = button('Save tags', { variant: 'primary', type: 'submit' });
+      const form = h(
+        'form',
+        {
+          class: 'stack',
+          async onsubmit(e) {
+            e.preventDefault();
+            a.clear();
+            const list = tags.value.split(/[\s,]+/).filter(Boolean);
+            try {
+              await busy(ok, 'Saving…', () => api.setHostTags(x.id, list));
+              close();
+              toast('Tags saved.');
+              reload();
+            } catch (err) {
+              a.show(err);
+              markField(form, err);
+            }
+          },
+        },
+        field('Tags', tags, 'Separated by spaces or commas; letters, digits and - _ . : = /.'),
+        a,
+        h('div', { class: 'actions' }, button('Cancel', { onclick: close }), ok),
+      );
+      return form;
     },
   });
 }

@@ -201,6 +201,30 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     assert.equal(await select.locator('option:checked').innerText(), personal);
   });
 
+  await step('delete teams (typed confirmation); with no team left, creating sandboxes is explained away', async () => {
+    const select = sidebar().getByLabel('Team');
+    const personal = await select.locator('option:checked').innerText();
+    await select.selectOption({ label: `Research ${RUN}` });
+    await row('ci').waitFor({ state: 'detached' });
+    for (const name of [`Research ${RUN}`, personal]) {
+      await go('Team');
+      await page.getByRole('heading', { level: 1, name }).waitFor();
+      await page.getByRole('button', { name: 'Delete team', exact: true }).click();
+      const del = dialog().getByRole('button', { name: 'Delete team', exact: true });
+      assert.equal(await del.isDisabled(), true);
+      await dialog().getByLabel(/Type .* to confirm/).fill(name);
+      await del.click();
+      await dialog().waitFor({ state: 'detached' });
+    }
+    assert.equal(await select.locator('option:checked').innerText(), 'No active team');
+    await go('Sandboxes');
+    const create = page.getByRole('button', { name: 'New sandbox', exact: true });
+    assert.equal(await create.isDisabled(), true);
+    assert.match(await create.evaluate((b) => document.getElementById(b.getAttribute('aria-describedby'))?.textContent ?? ''), /no active team/);
+    assert.equal(await sidebar().getByRole('link', { name: 'Hosts' }).count(), 0);
+    await shot('no-team');
+  });
+
   await step('log out, log in as someone else: nothing of the previous user shows', async () => {
     await sidebar().getByRole('button', { name: 'Log out', exact: true }).click();
     await page.waitForURL('**/login');
@@ -330,6 +354,19 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     await page.waitForFunction(() => document.getElementById('sidebar').getBoundingClientRect().right <= 0);
     await shot('team-phone');
     await page.setViewportSize({ width: 1280, height: 800 });
+  });
+
+  await step('tag and drain the agent host', async () => {
+    await go('Hosts');
+    await row(AGENT_HOST).getByRole('button', { name: /^Tags/ }).click();
+    await dialog().getByLabel('Tags').fill('zone=test, browser');
+    await dialog().getByRole('button', { name: 'Save tags', exact: true }).click();
+    await dialog().waitFor({ state: 'detached' });
+    await row(AGENT_HOST).getByText('zone=test', { exact: true }).waitFor();
+    await row(AGENT_HOST).getByRole('button', { name: /^Drain/ }).click();
+    await dialog().getByRole('button', { name: 'Drain host', exact: true }).click();
+    await dialog().waitFor({ state: 'detached' });
+    await row(AGENT_HOST).getByText('draining').waitFor();
   });
 
   await step('force-delete the agent host: its sandbox is destroyed', async () => {

@@ -38,8 +38,10 @@ pub const DEFAULT_EXEC_TIMEOUT_SEC: u64 = 60;
 pub const MAX_EXEC_TIMEOUT_SEC: u64 = 3600;
 pub const MAX_VCPUS: u32 = 16;
 pub const MIN_MEMORY_MB: u32 = 128;
-/// How long a cold boot may take before create gives up (TCG on a busy host is slow).
-const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long one cold boot may take before it counts as hung (TCG on a busy host is slow: 10 s
+/// seen with both cores loaded), and how many boots create tries.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(45);
+const BOOT_ATTEMPTS: u32 = 2;
 /// Extra time the host waits beyond an exec's own timeout (the guest enforces that one).
 const EXEC_GRACE: Duration = Duration::from_secs(30);
 const RECORD: &str = "vm.json";
@@ -116,6 +118,24 @@ struct Runtime {
     pid: Option<u32>,
     boot_ms: Option<u64>,
     boot_kind: Option<String>,
+}
+
+/// Why a boot attempt failed: hung boots are worth another try.
+enum BootError {
+    Hung(String),
+    Failed(VmError),
+}
+
+impl From<VmError> for BootError {
+    fn from(e: VmError) -> BootError {
+        BootError::Failed(e)
+    }
+}
+
+impl From<anyhow::Error> for BootError {
+    fn from(e: anyhow::Error) -> BootError {
+        BootError::Failed(VmError::Internal(e))
+    }
 }
 
 struct Vm {
@@ -331,56 +351,74 @@ impl VmManager {
         let started = Instant::now();
         let template = self.validate(&req)?;
         let dir = self.vm_dir(&req.id);
-        let (exited_tx, exited_rx) = watch::channel(false);
-        let vm = Arc::new(Vm {
-            id: req.id.clone(),
-            dir: dir.clone(),
-            record: VmRecord {
+        let mut attempt = 1;
+        loop {
+            let (exited_tx, exited_rx) = watch::channel(false);
+            let vm = Arc::new(Vm {
                 id: req.id.clone(),
-                template: req.template.clone(),
-                vcpus: req.vcpus,
-                memory_mb: req.memory_mb,
-                network: req.network,
-                env: req.env.clone(),
-                accel: self.accel.kind.to_string(),
-                created_unix_ms: now_unix_ms(),
-                boot_ms: None,
-                boot_kind: None,
-            },
-            rt: Mutex::new(Runtime {
-                state: VmState::Starting,
-                pid: None,
-                boot_ms: None,
-                boot_kind: None,
-            }),
-            channel: GuestChannel::new(&dir, qemu::AGENT_SOCK),
-            destroyed: AtomicBool::new(false),
-            exited: Some(exited_rx),
-        });
-        {
-            let mut vms = self.vms();
-            if vms.contains_key(&req.id) {
-                return Err(VmError::Conflict(format!("VM {} already exists", req.id)));
+                dir: dir.clone(),
+                record: VmRecord {
+                    id: req.id.clone(),
+                    template: req.template.clone(),
+                    vcpus: req.vcpus,
+                    memory_mb: req.memory_mb,
+                    network: req.network,
+                    env: req.env.clone(),
+                    accel: self.accel.kind.to_string(),
+                    created_unix_ms: now_unix_ms(),
+                    boot_ms: None,
+                    boot_kind: None,
+                },
+                rt: Mutex::new(Runtime {
+                    state: VmState::Starting,
+                    pid: None,
+                    boot_ms: None,
+                    boot_kind: None,
+                }),
+                channel: GuestChannel::new(&dir, qemu::AGENT_SOCK),
+                destroyed: AtomicBool::new(false),
+                exited: Some(exited_rx),
+            });
+            {
+                let mut vms = self.vms();
+                if vms.contains_key(&req.id) {
+                    return Err(VmError::Conflict(format!("VM {} already exists", req.id)));
+                }
+                vms.insert(req.id.clone(), vm.clone());
             }
-            vms.insert(req.id.clone(), vm.clone());
-        }
-        match self.boot(&vm, &template, exited_tx, started).await {
-            Ok(info) => Ok(info),
-            Err(e) => {
-                vm.channel.close();
-                vm.kill_qemu().await;
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                {
-                    let mut vms = self.vms();
-                    if vms.get(&req.id).is_some_and(|v| Arc::ptr_eq(v, &vm)) {
-                        vms.remove(&req.id);
-                    }
+            let err = match self.boot(&vm, &template, exited_tx, started).await {
+                Ok(info) => return Ok(info),
+                Err(e) => e,
+            };
+            vm.channel.close();
+            vm.kill_qemu().await;
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            {
+                let mut vms = self.vms();
+                if vms.get(&req.id).is_some_and(|v| Arc::ptr_eq(v, &vm)) {
+                    vms.remove(&req.id);
                 }
-                if vm.destroyed.load(Ordering::Acquire) {
-                    return Err(VmError::NotFound(req.id));
+            }
+            if vm.destroyed.load(Ordering::Acquire) {
+                return Err(VmError::NotFound(req.id));
+            }
+            match err {
+                // A cold boot under TCG can stall for good (VM.md: timer calibration on a busy
+                // host); a second try usually goes through.
+                BootError::Hung(why) if attempt < BOOT_ATTEMPTS => {
+                    tracing::warn!(vm = %req.id, attempt, %why, "the guest did not come up; booting again");
+                    attempt += 1;
                 }
-                tracing::warn!(vm = %req.id, error = %e, "boot failed");
-                Err(e)
+                BootError::Hung(why) => {
+                    tracing::warn!(vm = %req.id, %why, "boot failed");
+                    return Err(VmError::Internal(anyhow::anyhow!(
+                        "the guest did not come up: {why}"
+                    )));
+                }
+                BootError::Failed(e) => {
+                    tracing::warn!(vm = %req.id, error = %e, "boot failed");
+                    return Err(e);
+                }
             }
         }
     }
@@ -391,7 +429,7 @@ impl VmManager {
         template: &Template,
         exited_tx: watch::Sender<bool>,
         started: Instant,
-    ) -> Result<VmInfo, VmError> {
+    ) -> Result<VmInfo, BootError> {
         let dir = &vm.dir;
         if dir.exists() {
             // Left over from a VM that is no longer known: it is not running.
@@ -431,7 +469,7 @@ impl VmManager {
             }
         });
         if vm.destroyed.load(Ordering::Acquire) {
-            return Err(VmError::NotFound(vm.id.clone()));
+            return Err(VmError::NotFound(vm.id.clone()).into());
         }
 
         // Wait for the guest program, or for QEMU to die, whichever comes first.
@@ -439,17 +477,27 @@ impl VmManager {
         let hello = tokio::select! {
             r = vm.channel.connect(BOOT_TIMEOUT) => r,
             _ = exited.wait_for(|e| *e) => {
-                return Err(VmError::Internal(anyhow::anyhow!(
+                return Err(BootError::Failed(VmError::Internal(anyhow::anyhow!(
                     "QEMU exited during boot: {}", qemu::console_tail(dir, 8)
-                )));
+                ))));
             }
         };
-        let hello = hello.map_err(|e| {
-            VmError::Internal(anyhow::anyhow!(
-                "the guest did not come up: {e} ({})",
-                qemu::console_tail(dir, 8)
-            ))
-        })?;
+        let hello = match hello {
+            Ok(h) => h,
+            Err(ChannelError::Timeout) => {
+                return Err(BootError::Hung(format!(
+                    "no answer in {} s (console: {})",
+                    BOOT_TIMEOUT.as_secs(),
+                    qemu::console_tail(dir, 8)
+                )));
+            }
+            Err(e) => {
+                return Err(BootError::Failed(VmError::Internal(anyhow::anyhow!(
+                    "the guest did not come up: {e} ({})",
+                    qemu::console_tail(dir, 8)
+                ))));
+            }
+        };
         let boot_ms = started.elapsed().as_millis() as u64;
         tracing::debug!(vm = %vm.id, guest = %hello.version, uptime_ms = hello.uptime_ms, "guest answered");
         let mut entropy = vec![0u8; 64];
@@ -468,7 +516,7 @@ impl VmManager {
         {
             let mut rt = vm.rt();
             if vm.destroyed.load(Ordering::Acquire) || rt.state == VmState::Stopped {
-                return Err(VmError::NotFound(vm.id.clone()));
+                return Err(VmError::NotFound(vm.id.clone()).into());
             }
             rt.state = VmState::Running;
             rt.boot_ms = Some(boot_ms);

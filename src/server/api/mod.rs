@@ -3,11 +3,15 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod files;
 pub mod hosts;
 pub mod keys;
+pub mod lifecycle;
 pub mod oauth;
 pub mod sandboxes;
+pub mod stream;
 pub mod teams;
+pub mod templates;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -47,6 +51,22 @@ pub fn router() -> Router<AppState> {
         .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
         .route("/v1/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::delete))
         .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
+        .route("/v1/sandboxes/{id}/exec/stream", get(stream::exec_stream))
+        .route("/v1/sandboxes/{id}/pause", post(lifecycle::pause))
+        .route("/v1/sandboxes/{id}/resume", post(lifecycle::resume))
+        .route("/v1/sandboxes/{id}/timeout", post(lifecycle::set_timeout))
+        .route("/v1/sandboxes/{id}/logs", get(lifecycle::logs))
+        .route(
+            "/v1/sandboxes/{id}/files",
+            get(files::read).put(files::write).layer(DefaultBodyLimit::disable()).delete(files::remove),
+        )
+        .route("/v1/sandboxes/{id}/files/list", get(files::list))
+        .route("/v1/sandboxes/{id}/files/stat", get(files::stat))
+        .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
+        .route("/v1/snapshots", post(templates::snapshot))
+        .route("/v1/templates", get(templates::list).post(templates::build))
+        .route("/v1/templates/{id}", axum::routing::delete(templates::delete))
+        .route("/v1/templates/{id}/build", get(templates::build_status))
         // Unknown paths go to the app's fallback (`server::web::fallback`): JSON 404 under /v1.
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -43,6 +43,10 @@ pub fn to_resp(s: SandboxRow) -> SandboxResponse {
         ended_at: s.ended_at,
         error: s.error,
         boot_ms: s.boot_ms,
+        timeout_at: (s.status == SandboxStatus::Running && s.timeout_sec > 0)
+            .then(|| s.last_active_at.or(s.started_at).unwrap_or(s.created_at) + s.timeout_sec as i64),
+        on_timeout: s.on_timeout,
+        last_active_at: s.last_active_at,
     }
 }
 
@@ -53,7 +57,7 @@ pub fn valid_env_name(k: &str) -> bool {
         && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn check_map(field: &str, m: &BTreeMap<String, String>, env_names: bool) -> ApiResult<()> {
+pub(crate) fn check_map(field: &str, m: &BTreeMap<String, String>, env_names: bool) -> ApiResult<()> {
     if m.len() > MAX_MAP_ENTRIES {
         return Err(ApiError::bad(field, format!("at most {MAX_MAP_ENTRIES} entries")));
     }
@@ -71,7 +75,7 @@ fn check_map(field: &str, m: &BTreeMap<String, String>, env_names: bool) -> ApiR
     Ok(())
 }
 
-fn valid_template_name(t: &str) -> bool {
+pub(crate) fn valid_template_name(t: &str) -> bool {
     !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') && !t.starts_with('.')
 }
 
@@ -81,11 +85,26 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
     if !valid_template_name(&template) {
         return Err(ApiError::bad("template", "1 to 64 letters, digits, '-', '_' or '.'"));
     }
-    let vcpus = req.vcpus.unwrap_or(1);
+    // A team template (a snapshot, which lives on one host and restores with its own size), else
+    // a base template some host has ready.
+    let (t, n) = (team_id.clone(), template.clone());
+    let own = st.db.call(move |c| crate::server::db::templates::by_name(c, &t, &n)).await?;
+    let (vcpus, memory_mb) = match &own {
+        Some(t) => {
+            let (tv, tm) = (t.vcpus.unwrap_or(1), t.memory_mb.unwrap_or(256));
+            if req.vcpus.is_some_and(|v| v != tv) {
+                return Err(ApiError::bad("vcpus", format!("the snapshot '{template}' restores with {tv} vCPU")));
+            }
+            if req.memory_mb.is_some_and(|m| m != tm) {
+                return Err(ApiError::bad("memory_mb", format!("the snapshot '{template}' restores with {tm} MB")));
+            }
+            (tv, tm)
+        }
+        None => (req.vcpus.unwrap_or(1), req.memory_mb.unwrap_or(256)),
+    };
     if !(1..=MAX_VCPUS).contains(&vcpus) {
         return Err(ApiError::bad("vcpus", format!("must be 1 to {MAX_VCPUS}")));
     }
-    let memory_mb = req.memory_mb.unwrap_or(256);
     if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&memory_mb) {
         return Err(ApiError::bad("memory_mb", format!("must be {MIN_MEMORY_MB} to {MAX_MEMORY_MB}")));
     }
@@ -97,12 +116,22 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
     check_map("env", &env, true)?;
     let metadata = req.metadata.clone().unwrap_or_default();
     check_map("metadata", &metadata, false)?;
+    let on_timeout = req.on_timeout.clone().unwrap_or_else(|| "pause".into());
+    if on_timeout != "pause" && on_timeout != "kill" {
+        return Err(ApiError::bad("on_timeout", "must be pause or kill"));
+    }
 
     // Place it.
-    let (candidates, load) = st
+    let (candidates, load, all_hosts) = st
         .db
-        .call(|c| Ok((hosts::schedulable(c)?, sandboxes::load_by_host(c)?)))
+        .call(|c| Ok((hosts::schedulable(c)?, sandboxes::load_by_host(c)?, hosts::list(c, true, &[])?)))
         .await?;
+    if own.is_none()
+        && !crate::server::api::templates::BASE_TEMPLATES.contains(&template.as_str())
+        && !all_hosts.iter().any(|h| h.templates.contains(&template))
+    {
+        return Err(ApiError::bad("template", format!("no template '{template}' (see GET /v1/templates)")));
+    }
     let candidates: Vec<Candidate> = candidates
         .iter()
         .map(|h| {
@@ -114,6 +143,7 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
                 memory_mb: h.memory_mb.unwrap_or(0),
                 used_vcpus,
                 used_memory_mb,
+                templates: h.templates.clone(),
             }
         })
         .collect();
@@ -121,7 +151,8 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
         team_id: team_id.clone(),
         vcpus,
         memory_mb,
-        pinned_host: None,
+        pinned_host: own.as_ref().and_then(|t| t.host_id.clone()),
+        base_template: own.is_none().then(|| template.clone()),
     };
     let host_id = st.scheduler.place(&candidates, &placement).map_err(ApiError::NoHostAvailable)?;
     let (host, _) = host_address(&st, &host_id).await?;
@@ -138,11 +169,12 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
         metadata,
         env: env.clone(),
         created_by: caller.user_id.clone(),
+        on_timeout,
     };
     let id = new.id.clone();
     let vm = CreateVmRequest {
         id: id.clone(),
-        template,
+        template: own.as_ref().map(|t| t.id.clone()).unwrap_or(template),
         vcpus,
         memory_mb,
         env,
@@ -227,7 +259,7 @@ pub async fn list(State(st): State<AppState>, caller: Caller, ApiQuery(q): ApiQu
     }))
 }
 
-async fn load(st: &AppState, caller: &Caller, id: String) -> ApiResult<SandboxRow> {
+pub(crate) async fn load(st: &AppState, caller: &Caller, id: String) -> ApiResult<SandboxRow> {
     let team_id = caller.team()?.to_string();
     if !is_valid("sbx", &id) {
         return Err(ApiError::NotFound("sandbox"));
@@ -243,7 +275,7 @@ pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<Stri
 }
 
 /// The agent client for a sandbox's host, and whether that host is online.
-async fn host_client(st: &AppState, s: &SandboxRow) -> ApiResult<(crate::server::pool::AgentClient, bool)> {
+pub(crate) async fn host_client(st: &AppState, s: &SandboxRow) -> ApiResult<(crate::server::pool::AgentClient, bool)> {
     let host_id = s.host_id.clone().ok_or_else(|| ApiError::conflict("sandbox_has_no_host", "the sandbox's host was deleted"))?;
     let (addr, online) = host_address(st, &host_id).await?;
     Ok((st.pool.get(&host_id, &addr), online))

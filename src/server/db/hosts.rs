@@ -31,11 +31,14 @@ pub struct HostRow {
     pub used_vcpus: Option<u32>,
     pub created_at: i64,
     pub tags: Vec<String>,
+    /// Base templates ready on the host (as of its last heartbeat).
+    pub templates: Vec<String>,
 }
 
 const COLS: &str = "id, type, team_id, name, provider, zone, arch, cpu_cores, memory_mb, disk_gb, address,
     accel, accel_reason, status, last_heartbeat_at, running_vms, used_memory_mb, used_vcpus, created_at,
-    (SELECT group_concat(tag, char(10)) FROM (SELECT tag FROM host_tags WHERE host_id = hosts.id ORDER BY tag))";
+    (SELECT group_concat(tag, char(10)) FROM (SELECT tag FROM host_tags WHERE host_id = hosts.id ORDER BY tag)),
+    templates";
 
 fn host_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRow> {
     Ok(HostRow {
@@ -62,6 +65,7 @@ fn host_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRow> {
             .get::<_, Option<String>>(19)?
             .map(|t| t.split('\n').filter(|x| !x.is_empty()).map(str::to_string).collect())
             .unwrap_or_default(),
+        templates: serde_json::from_str(&r.get::<_, String>(20)?).unwrap_or_default(),
     })
 }
 
@@ -296,7 +300,7 @@ pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbR
         .query_row(
             "UPDATE hosts SET last_heartbeat_at = ?1, updated_at = ?1, address = ?2, cpu_cores = ?3,
                 memory_mb = ?4, disk_gb = ?5, accel = ?6, accel_reason = ?7, running_vms = ?8,
-                used_memory_mb = ?9, used_vcpus = ?10,
+                used_memory_mb = ?9, used_vcpus = ?10, templates = ?12,
                 status = CASE WHEN status = 'unreachable' THEN 'online' ELSE status END
              WHERE id = ?11 AND status != 'pending'
              RETURNING status",
@@ -311,7 +315,8 @@ pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbR
                 hb.running_vms,
                 hb.used_memory_mb,
                 hb.used_vcpus,
-                host_id
+                host_id,
+                serde_json::to_string(&hb.templates).unwrap_or_else(|_| "[]".into())
             ],
             |r| r.get(0),
         )
@@ -338,7 +343,7 @@ pub fn list(conn: &Connection, all: bool, team_ids: &[String]) -> DbResult<Vec<H
 }
 
 /// Hosts that may take new sandboxes: online with an address.
-pub fn schedulable(conn: &Connection) -> DbResult<Vec<HostRow>> {
+pub fn schedulable(conn: &mut Connection) -> DbResult<Vec<HostRow>> {
     let mut st = conn.prepare(&format!(
         "SELECT {COLS} FROM hosts WHERE status = 'online' AND address IS NOT NULL ORDER BY id"
     ))?;

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod hosts;
 pub mod sandboxes;
 pub mod teams;
+pub mod templates;
 pub mod users;
 
 use std::path::Path;

@@ -25,10 +25,12 @@ pub struct SandboxRow {
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub error: Option<String>,
+    pub on_timeout: String,
+    pub last_active_at: Option<i64>,
 }
 
 const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec, network,
-    metadata, env, boot_ms, created_at, started_at, ended_at, error";
+    metadata, env, boot_ms, created_at, started_at, ended_at, error, on_timeout, last_active_at";
 
 fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
     let status: String = r.get(4)?;
@@ -51,6 +53,8 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
         started_at: r.get(13)?,
         ended_at: r.get(14)?,
         error: r.get(15)?,
+        on_timeout: r.get(16)?,
+        last_active_at: r.get(17)?,
     })
 }
 
@@ -66,14 +70,15 @@ pub struct NewSandbox {
     pub metadata: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
     pub created_by: String,
+    pub on_timeout: String,
 }
 
 /// Inserts a sandbox already placed on a host, in `starting`.
 pub fn insert(conn: &Connection, s: &NewSandbox) -> DbResult<()> {
     conn.execute(
         "INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec,
-            network, metadata, env, created_by, created_at)
-         VALUES (?1, ?2, ?3, ?4, 'starting', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            network, metadata, env, created_by, created_at, on_timeout)
+         VALUES (?1, ?2, ?3, ?4, 'starting', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             s.id,
             s.team_id,
@@ -86,7 +91,8 @@ pub fn insert(conn: &Connection, s: &NewSandbox) -> DbResult<()> {
             serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into()),
             serde_json::to_string(&s.env).unwrap_or_else(|_| "{}".into()),
             s.created_by,
-            now()
+            now(),
+            s.on_timeout
         ],
     )?;
     Ok(())
@@ -168,5 +174,24 @@ pub fn load_by_host(conn: &Connection) -> DbResult<BTreeMap<String, (u32, u64)>>
          GROUP BY host_id",
     )?;
     let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Sets a new idle timeout (and what happens then), counting from now.
+pub fn set_timeout(conn: &Connection, id: &str, timeout_sec: u64, on_timeout: Option<&str>) -> DbResult<()> {
+    conn.execute(
+        "UPDATE sandboxes SET timeout_sec = ?1, on_timeout = coalesce(?2, on_timeout), last_active_at = ?3 WHERE id = ?4",
+        params![timeout_sec, on_timeout, now(), id],
+    )?;
+    Ok(())
+}
+
+/// Running sandboxes idle past their timeout.
+pub fn idle_expired(conn: &Connection, at: i64) -> DbResult<Vec<SandboxRow>> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {COLS} FROM sandboxes WHERE status = 'running' AND timeout_sec > 0
+           AND coalesce(last_active_at, started_at, created_at) + timeout_sec <= ?1 ORDER BY id"
+    ))?;
+    let rows = st.query_map([at], sandbox_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

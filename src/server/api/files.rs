@@ -1,0 +1,202 @@
+//! A sandbox's files over REST, streamed both ways: neither the server nor the agent holds a file
+//! in memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiQuery, Caller};
+use super::sandboxes::{host_client, load};
+use crate::cli::client::urlencode;
+use crate::proto::api::{FileEntry, FileListResponse};
+use crate::server::AppState;
+use crate::server::db::sandboxes::{self, SandboxRow};
+use crate::server::pool::{AgentClient, AgentError};
+use crate::server::state::SandboxStatus;
+
+#[derive(Debug, Deserialize)]
+pub struct FileQuery {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub recursive: Option<bool>,
+    #[serde(default)]
+    pub parents: Option<bool>,
+    /// Permission bits for a written file, in octal (`644`).
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+fn check_path(q: &FileQuery) -> ApiResult<String> {
+    let p = q.path.clone().ok_or_else(|| ApiError::bad("path", "required: an absolute path in the sandbox"))?;
+    if !p.starts_with('/') || p.len() > 4096 || p.contains('\0') {
+        return Err(ApiError::bad("path", "must be an absolute path (at most 4096 bytes, no NUL)"));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Err(ApiError::bad("path", "must not contain '..'"));
+    }
+    Ok(p)
+}
+
+/// The running sandbox's agent client, and the sandbox (activity is recorded).
+async fn target(st: &AppState, caller: &Caller, id: String) -> ApiResult<(AgentClient, SandboxRow)> {
+    let s = load(st, caller, id).await?;
+    if s.status != SandboxStatus::Running {
+        return Err(ApiError::conflict("sandbox_not_running", format!("the sandbox is {}, not running", s.status)));
+    }
+    let (client, _) = host_client(st, &s).await?;
+    let sid = s.id.clone();
+    st.db.call(move |c| sandboxes::touch(c, &sid)).await?;
+    Ok((client, s))
+}
+
+/// File errors from the host keep their meaning: a missing file is 404, a directory where a file
+/// should be (or the like) 409 with the host's code, over the size limit 413.
+fn map_agent(e: AgentError) -> ApiError {
+    match e {
+        AgentError::Remote { status: 404, code, .. } if code == "file_not_found" => ApiError::NotFound("file"),
+        AgentError::Remote { status: 404, .. } => ApiError::conflict("sandbox_not_running", "the sandbox's VM is gone from its host"),
+        AgentError::Remote { status: 413, .. } => ApiError::TooLarge,
+        AgentError::Remote { status: 403, message, .. } => ApiError::forbidden("permission_denied", message),
+        AgentError::Remote { status: 409, code, message, .. } => {
+            let code = match code.as_str() {
+                "is_a_directory" => "is_a_directory",
+                "not_a_directory" => "not_a_directory",
+                "exists" => "exists",
+                "not_empty" => "not_empty",
+                _ => "file_conflict",
+            };
+            ApiError::conflict(code, message)
+        }
+        other => other.into(),
+    }
+}
+
+fn query(path: &str, q: &FileQuery) -> String {
+    let mut s = format!("path={}", urlencode(path));
+    if q.recursive == Some(true) {
+        s.push_str("&recursive=true");
+    }
+    if q.parents == Some(true) {
+        s.push_str("&parents=true");
+    }
+    if let Some(m) = &q.mode {
+        s.push_str(&format!("&mode={}", urlencode(m)));
+    }
+    s
+}
+
+/// Reads a file: the raw bytes, streamed.
+pub async fn read(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<Response> {
+    let path = check_path(&q)?;
+    let (client, s) = target(&st, &caller, id).await?;
+    let resp = client
+        .stream(reqwest::Method::GET, &format!("/v1/vms/{}/files?{}", s.id, query(&path, &q)), None, None)
+        .await
+        .map_err(map_agent)?;
+    let mut out = Response::builder().status(StatusCode::OK).header(CONTENT_TYPE, "application/octet-stream");
+    if let Some(len) = resp.headers().get(CONTENT_LENGTH) {
+        out = out.header(CONTENT_LENGTH, len.clone());
+    }
+    out.body(Body::from_stream(resp.bytes_stream()))
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("building the answer: {e}")))
+}
+
+/// Writes a file from the raw request body, streamed; over the limit → 413 and nothing written.
+pub async fn write(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FileQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<FileEntry>)> {
+    let path = check_path(&q)?;
+    if let Some(m) = &q.mode
+        && (m.is_empty() || m.len() > 4 || u32::from_str_radix(m, 8).is_err())
+    {
+        return Err(ApiError::bad("mode", "octal permission bits such as 644"));
+    }
+    let limit = st.settings.max_file_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge);
+    }
+    let (client, s) = target(&st, &caller, id).await?;
+    let seen = Arc::new(AtomicU64::new(0));
+    let over = Arc::new(AtomicBool::new(false));
+    let (seen2, over2) = (seen.clone(), over.clone());
+    let stream = body.into_data_stream().map_err(std::io::Error::other).and_then(move |chunk| {
+        let total = seen2.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+        let res = if total > limit {
+            over2.store(true, Ordering::Relaxed);
+            Err(std::io::Error::other("file larger than the limit"))
+        } else {
+            Ok(chunk)
+        };
+        std::future::ready(res)
+    });
+    let result = client
+        .stream(
+            reqwest::Method::PUT,
+            &format!("/v1/vms/{}/files?{}", s.id, query(&path, &q)),
+            Some(reqwest::Body::wrap_stream(stream)),
+            None,
+        )
+        .await;
+    if over.load(Ordering::Relaxed) {
+        return Err(ApiError::TooLarge);
+    }
+    let resp = result.map_err(map_agent)?;
+    let entry: FileEntry = resp.json().await.map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))?;
+    Ok((StatusCode::CREATED, Json(entry)))
+}
+
+async fn json_call<T: serde::de::DeserializeOwned>(client: &AgentClient, method: reqwest::Method, path: String) -> ApiResult<T> {
+    let resp = client.stream(method, &path, None, Some(std::time::Duration::from_secs(60))).await.map_err(map_agent)?;
+    resp.json().await.map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))
+}
+
+pub async fn list(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<Json<FileListResponse>> {
+    let path = check_path(&q)?;
+    let (client, s) = target(&st, &caller, id).await?;
+    Ok(Json(json_call(&client, reqwest::Method::GET, format!("/v1/vms/{}/files/list?{}", s.id, query(&path, &q))).await?))
+}
+
+pub async fn stat(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<Json<FileEntry>> {
+    let path = check_path(&q)?;
+    let (client, s) = target(&st, &caller, id).await?;
+    Ok(Json(json_call(&client, reqwest::Method::GET, format!("/v1/vms/{}/files/stat?{}", s.id, query(&path, &q))).await?))
+}
+
+pub async fn mkdir(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<(StatusCode, Json<FileEntry>)> {
+    let path = check_path(&q)?;
+    let (client, s) = target(&st, &caller, id).await?;
+    let e = json_call(&client, reqwest::Method::POST, format!("/v1/vms/{}/files/mkdir?{}", s.id, query(&path, &q))).await?;
+    Ok((StatusCode::CREATED, Json(e)))
+}
+
+pub async fn remove(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<StatusCode> {
+    let path = check_path(&q)?;
+    if path == "/" {
+        return Err(ApiError::bad("path", "refusing to remove /"));
+    }
+    let (client, s) = target(&st, &caller, id).await?;
+    client
+        .stream(reqwest::Method::DELETE, &format!("/v1/vms/{}/files?{}", s.id, query(&path, &q)), None, Some(std::time::Duration::from_secs(120)))
+        .await
+        .map_err(map_agent)?;
+    Ok(StatusCode::NO_CONTENT)
+}
