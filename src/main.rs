@@ -132,5 +132,6 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         Command::Host(c) => commands::host(c).await,
         Command::Key(c) => commands::key(c).await,
         Command::Team(c) => commands::team(c).await,
+        Command::Template(c) => commands::template(c).await,
     }
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::proto::api::*;
+use futures_util::StreamExt;
 use crate::server::api::hosts::{DeletePreview, TokenResponse};
 use crate::server::api::keys::{KeyListResponse, KeyResponse};
 use crate::server::api::teams::{MemberResponse, TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse, UserSummary};
@@ -62,6 +63,10 @@ impl ApiClient {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn with_token(&self, token: &str) -> ApiClient {
@@ -211,6 +216,119 @@ impl ApiClient {
 
     pub async fn drain_host(&self, id: &str) -> Result<HostResponse, ClientError> {
         self.json::<(), _>(reqwest::Method::POST, &format!("/v1/hosts/{id}/drain"), None).await
+    }
+
+    pub async fn pause_sandbox(&self, id: &str) -> Result<SandboxResponse, ClientError> {
+        self.json_timeout::<(), _>(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/pause"), None, Duration::from_secs(180)).await
+    }
+
+    pub async fn resume_sandbox(&self, id: &str) -> Result<SandboxResponse, ClientError> {
+        self.json_timeout::<(), _>(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/resume"), None, Duration::from_secs(180)).await
+    }
+
+    pub async fn set_timeout(&self, id: &str, timeout_sec: u64, on_timeout: Option<&str>) -> Result<SandboxResponse, ClientError> {
+        let body = serde_json::json!({ "timeout_sec": timeout_sec, "on_timeout": on_timeout });
+        self.json(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/timeout"), Some(&body)).await
+    }
+
+    pub async fn snapshot(&self, sandbox_id: &str, name: &str, overwrite: bool) -> Result<TemplateResponse, ClientError> {
+        let q = if overwrite { "?overwrite=true" } else { "" };
+        let body = SnapshotRequest {
+            sandbox_id: sandbox_id.into(),
+            name: name.into(),
+        };
+        self.json_timeout(reqwest::Method::POST, &format!("/v1/snapshots{q}"), Some(&body), Duration::from_secs(330)).await
+    }
+
+    pub async fn list_templates(&self) -> Result<Vec<TemplateResponse>, ClientError> {
+        Ok(self.json::<(), TemplateListResponse>(reqwest::Method::GET, "/v1/templates", None).await?.templates)
+    }
+
+    pub async fn delete_template(&self, id: &str) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::DELETE, &format!("/v1/templates/{}", urlencode(id))).await
+    }
+
+    pub async fn build_template(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.json(reqwest::Method::POST, "/v1/templates", Some(&serde_json::json!({ "name": name }))).await
+    }
+
+    pub async fn template_build_status(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/templates/{}/build", urlencode(name)), None).await
+    }
+
+    pub async fn logs(&self, id: &str) -> Result<String, ClientError> {
+        let resp = self.raw(reqwest::Method::GET, &format!("/v1/sandboxes/{id}/logs"), None).await?;
+        resp.text().await.map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    /// A request whose successful answer is handed back unread (for streaming).
+    pub async fn raw(&self, method: reqwest::Method, path: &str, body: Option<reqwest::Body>) -> Result<reqwest::Response, ClientError> {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/octet-stream").body(b);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Transport(e.without_url().to_string()))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => ClientError::Api {
+                status,
+                code: b.error.code,
+                message: b.error.message,
+                sandbox_ids: b.error.sandbox_ids,
+            },
+            Err(_) => ClientError::Api {
+                status,
+                code: "http_error".into(),
+                message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                sandbox_ids: None,
+            },
+        })
+    }
+
+    /// Streams a file out of a sandbox into `out`; returns the bytes written.
+    pub async fn download<W: tokio::io::AsyncWrite + Unpin>(&self, id: &str, path: &str, out: &mut W) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let resp = self.raw(reqwest::Method::GET, &format!("/v1/sandboxes/{id}/files?path={}", urlencode(path)), None).await?;
+        let mut stream = resp.bytes_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ClientError::Transport(e.to_string()))?;
+            out.write_all(&chunk).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+            n += chunk.len() as u64;
+        }
+        out.flush().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(n)
+    }
+
+    /// Streams `body` into a file of a sandbox.
+    pub async fn upload(&self, id: &str, path: &str, body: reqwest::Body) -> Result<FileEntry, ClientError> {
+        let resp = self.raw(reqwest::Method::PUT, &format!("/v1/sandboxes/{id}/files?path={}", urlencode(path)), Some(body)).await?;
+        resp.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn list_files(&self, id: &str, path: &str) -> Result<FileListResponse, ClientError> {
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/sandboxes/{id}/files/list?path={}", urlencode(path)), None).await
+    }
+
+    pub async fn stat_file(&self, id: &str, path: &str) -> Result<FileEntry, ClientError> {
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/sandboxes/{id}/files/stat?path={}", urlencode(path)), None).await
+    }
+
+    pub async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<FileEntry, ClientError> {
+        let p = if parents { "&parents=true" } else { "" };
+        self.json::<(), _>(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/files/mkdir?path={}{p}", urlencode(path)), None).await
+    }
+
+    pub async fn remove_file(&self, id: &str, path: &str, recursive: bool) -> Result<(), ClientError> {
+        let r = if recursive { "&recursive=true" } else { "" };
+        self.empty(reqwest::Method::DELETE, &format!("/v1/sandboxes/{id}/files?path={}{r}", urlencode(path))).await
     }
 
     pub async fn list_teams(&self) -> Result<Vec<TeamResponse>, ClientError> {

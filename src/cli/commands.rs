@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::client::ApiClient;
 use super::config::{self, CliConfig};
-use super::{HostCommand, KeyCommand, LoginArgs, SandboxCommand, SignupArgs, TeamCommand};
+use super::{FilesCommand, HostCommand, KeyCommand, LoginArgs, SandboxCommand, SignupArgs, TeamCommand, TemplateCommand};
 use crate::proto::api::{CreateHostRequest, CreateSandboxRequest, ExecRequest, HostResponse, SandboxResponse};
 
 /// The client for the stored (or env-given) server and token.
@@ -247,33 +247,97 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
             timeout,
             cwd,
             env,
+            tty,
             json,
             command,
         } => {
             let (cmd, args) = command.split_first().context("give the command after --")?;
-            let req = ExecRequest {
+            let env = parse_pairs("env", &env)?;
+            if json {
+                let req = ExecRequest {
+                    cmd: cmd.clone(),
+                    args: args.to_vec(),
+                    timeout_sec: timeout,
+                    env,
+                    cwd,
+                };
+                let out = c.exec(&id, &req).await?;
+                print_json(&out)?;
+                return Ok(out.exit_code.clamp(0, 255));
+            }
+            use std::io::IsTerminal;
+            let start = crate::proto::api::ExecStreamStart {
                 cmd: cmd.clone(),
                 args: args.to_vec(),
-                timeout_sec: timeout,
-                env: parse_pairs("env", &env)?,
+                env,
                 cwd,
+                timeout_sec: timeout,
+                pty: tty.then(|| crate::proto::api::PtySize { rows: 24, cols: 80 }),
             };
-            let out = c.exec(&id, &req).await?;
-            if json {
-                print_json(&out)?;
-            } else {
-                std::io::stdout().write_all(out.stdout.as_bytes())?;
-                std::io::stdout().flush()?;
-                std::io::stderr().write_all(out.stderr.as_bytes())?;
-                if out.timed_out {
-                    eprintln!("sandboxctl: the command timed out");
-                }
-                if out.truncated {
-                    eprintln!("sandboxctl: output was truncated");
-                }
-            }
-            return Ok(out.exit_code.clamp(0, 255));
+            let code = super::stream::run(&c, &id, start, tty || !std::io::stdin().is_terminal()).await?;
+            return Ok(code.clamp(0, 255));
         }
+        SandboxCommand::Shell { id } => {
+            let start = super::stream::shell_start()?;
+            return super::stream::run(&c, &id, start, true).await;
+        }
+        SandboxCommand::Pause { id, json } => {
+            let s = c.pause_sandbox(&id).await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!("{} {}", s.id, s.status);
+            }
+        }
+        SandboxCommand::Resume { id, json } => {
+            let s = c.resume_sandbox(&id).await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!("{} {}", s.id, s.status);
+            }
+        }
+        SandboxCommand::Timeout {
+            id,
+            seconds,
+            on_timeout,
+            json,
+        } => {
+            let s = c.set_timeout(&id, seconds, on_timeout.as_deref()).await?;
+            if json {
+                print_json(&s)?;
+            } else if let Some(at) = s.timeout_at {
+                println!("{} will {} after {}s idle (at {}, in {}s)", s.id, s.on_timeout, s.timeout_sec, at, at - crate::server::db::now());
+            } else {
+                println!("{}: no idle timeout", s.id);
+            }
+        }
+        SandboxCommand::Logs { id } => {
+            print!("{}", c.logs(&id).await?);
+        }
+        SandboxCommand::Snapshot { id, name, overwrite, json } => {
+            if !json {
+                eprint!("saving memory and disk… ");
+            }
+            let t = c.snapshot(&id, &name, overwrite).await;
+            if !json {
+                eprintln!("{}", if t.is_ok() { "done" } else { "failed" });
+            }
+            let t = t?;
+            if json {
+                print_json(&t)?;
+            } else {
+                println!("{}", t.id);
+                eprintln!(
+                    "template {} on host {} ({} MB); start one with: sandboxctl sandbox create --template {}",
+                    t.name,
+                    t.host_id.as_deref().unwrap_or("-"),
+                    t.size_bytes.unwrap_or(0) / 1_000_000,
+                    t.name
+                );
+            }
+        }
+        SandboxCommand::Files(f) => return files(&c, f).await,
         SandboxCommand::Kill { id, json } => {
             c.delete_sandbox(&id).await?;
             if json {
@@ -517,6 +581,148 @@ pub async fn team(cmd: TeamCommand) -> anyhow::Result<i32> {
             }
             c.delete_team(&team).await?;
             println!("{team} deleted");
+        }
+    }
+    Ok(0)
+}
+
+async fn files(c: &ApiClient, cmd: FilesCommand) -> anyhow::Result<i32> {
+    match cmd {
+        FilesCommand::Get { id, path, dest } => {
+            if dest.as_os_str() == "-" {
+                c.download(&id, &path, &mut tokio::io::stdout()).await?;
+            } else {
+                let tmp = dest.with_extension("sandboxctl-part");
+                let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+                let n = match c.download(&id, &path, &mut f).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tokio::fs::remove_file(&tmp).await;
+                        return Err(e.into());
+                    }
+                };
+                tokio::fs::rename(&tmp, &dest).await?;
+                eprintln!("{n} bytes written to {}", dest.display());
+            }
+        }
+        FilesCommand::Put { id, src, path } => {
+            let body = if src.as_os_str() == "-" {
+                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tokio::io::stdin()))
+            } else {
+                let f = tokio::fs::File::open(&src).await.with_context(|| format!("opening {}", src.display()))?;
+                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f))
+            };
+            let e = c.upload(&id, &path, body).await?;
+            eprintln!("{} bytes written to {}", e.size, e.path);
+        }
+        FilesCommand::Ls { id, path, json } => {
+            let l = c.list_files(&id, &path).await?;
+            if json {
+                print_json(&l)?;
+            } else {
+                table(
+                    &["MODE", "SIZE", "NAME"],
+                    l.entries
+                        .iter()
+                        .map(|e| {
+                            let kind = match e.kind {
+                                crate::proto::api::FileKind::Dir => "d",
+                                crate::proto::api::FileKind::Symlink => "l",
+                                crate::proto::api::FileKind::File => "-",
+                                crate::proto::api::FileKind::Other => "?",
+                            };
+                            let name = match &e.link_target {
+                                Some(t) => format!("{} -> {t}", e.name),
+                                None => e.name.clone(),
+                            };
+                            vec![format!("{kind}{:o}", e.mode & 0o7777), e.size.to_string(), name]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        FilesCommand::Stat { id, path, json } => {
+            let e = c.stat_file(&id, &path).await?;
+            if json {
+                print_json(&e)?;
+            } else {
+                println!("{} {:?} {} bytes mode {:o}", e.path, e.kind, e.size, e.mode & 0o7777);
+            }
+        }
+        FilesCommand::Mkdir { id, path, parents } => {
+            let e = c.mkdir(&id, &path, parents).await?;
+            println!("{}", e.path);
+        }
+        FilesCommand::Rm { id, path, recursive } => {
+            c.remove_file(&id, &path, recursive).await?;
+            println!("{path} removed");
+        }
+    }
+    Ok(0)
+}
+
+pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
+    let c = client()?;
+    match cmd {
+        TemplateCommand::List { json } => {
+            let list = c.list_templates().await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                table(
+                    &["ID", "NAME", "KIND", "WHERE", "SIZE", "CREATED"],
+                    list.iter()
+                        .map(|t| {
+                            vec![
+                                t.id.clone(),
+                                t.name.clone(),
+                                t.kind.clone(),
+                                match (&t.host_id, t.hosts) {
+                                    (Some(h), _) => h.clone(),
+                                    (None, Some(n)) => format!("{n} host(s)"),
+                                    _ => "-".into(),
+                                },
+                                t.size_bytes.map(|b| format!("{}M", b / 1_000_000)).unwrap_or_else(|| "-".into()),
+                                t.created_at.map(|t| format!("{} ago", age(t))).unwrap_or_else(|| "-".into()),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        TemplateCommand::Build { name, no_wait } => {
+            let r = c.build_template(&name).await?;
+            let n = r["hosts"].as_array().map(Vec::len).unwrap_or(0);
+            eprintln!("building {name} on {n} host(s)");
+            for f in r["failed"].as_array().into_iter().flatten() {
+                eprintln!("  {}: {}", f["host_id"].as_str().unwrap_or("?"), f["error"].as_str().unwrap_or("?"));
+            }
+            if no_wait {
+                return Ok(0);
+            }
+            let mut last = String::new();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let st = c.template_build_status(&name).await?;
+                let hosts = st["hosts"].as_array().cloned().unwrap_or_default();
+                let line = hosts
+                    .iter()
+                    .map(|h| format!("{}: {} {}", h["host_id"].as_str().unwrap_or("?"), h["status"].as_str().unwrap_or("?"), h["progress"].as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if line != last {
+                    eprintln!("{line}");
+                    last = line;
+                }
+                if hosts.iter().all(|h| h["status"] != "building") {
+                    let failed = hosts.iter().any(|h| h["status"] == "failed" || h["error"].is_string());
+                    return Ok(if failed { 1 } else { 0 });
+                }
+            }
+        }
+        TemplateCommand::Delete { id } => {
+            c.delete_template(&id).await?;
+            println!("{id} deleted");
         }
     }
     Ok(0)

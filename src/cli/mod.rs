@@ -3,6 +3,7 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Teams and their members.
     #[command(subcommand)]
     Team(TeamCommand),
+    /// Templates sandboxes start from.
+    #[command(subcommand)]
+    Template(TemplateCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -249,7 +253,8 @@ pub enum SandboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command; prints its output and exits with its exit code.
+    /// Run a command: its output streams as it comes, standard input is passed on when it is a
+    /// pipe, Ctrl-C reaches the command, and the CLI exits with the command's exit code.
     Exec {
         id: String,
         /// Seconds before the command is killed.
@@ -260,12 +265,55 @@ pub enum SandboxCommand {
         cwd: Option<String>,
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
+        /// Run on a pseudo-terminal.
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// One-shot: wait and print {stdout, stderr, exit_code, duration_ms} as JSON.
         #[arg(long)]
         json: bool,
         /// The command and its arguments (after --).
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// An interactive shell in the sandbox.
+    Shell { id: String },
+    /// Pause: memory and devices saved to disk, the VM process ended.
+    Pause {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a paused sandbox where it left off.
+    Resume {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set (or extend, counting from now) the idle timeout; 0 = never.
+    Timeout {
+        id: String,
+        seconds: u64,
+        #[arg(long, value_parser = ["pause", "kill"])]
+        on_timeout: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The guest's console log.
+    Logs { id: String },
+    /// Keep the sandbox's memory and disk as a template of your team.
+    Snapshot {
+        id: String,
+        /// The template's name.
+        name: String,
+        /// Replace an existing template of that name.
+        #[arg(long)]
+        overwrite: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Files inside a sandbox.
+    #[command(subcommand)]
+    Files(FilesCommand),
     /// Stop and delete a sandbox.
     Kill {
         id: String,
@@ -401,4 +449,59 @@ pub enum TeamCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// Download a file (to stdout with `-`).
+    Get { id: String, path: String, dest: PathBuf },
+    /// Upload a file (from stdin with `-`).
+    Put { id: String, src: PathBuf, path: String },
+    /// List a directory.
+    Ls {
+        id: String,
+        #[arg(default_value = "/")]
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one entry.
+    Stat {
+        id: String,
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a directory.
+    Mkdir {
+        id: String,
+        path: String,
+        #[arg(long, short = 'p')]
+        parents: bool,
+    },
+    /// Remove a file or (with -r) a directory tree.
+    Rm {
+        id: String,
+        path: String,
+        #[arg(long, short = 'r')]
+        recursive: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Base templates (and on how many hosts) and your team's snapshots.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a base template (`debian`) on every host (platform admins), showing progress.
+    Build {
+        name: String,
+        /// Return at once instead of following the build.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete one of your team's templates (by id or name).
+    Delete { id: String },
 }

@@ -46,7 +46,10 @@ pub async fn fallback(method: Method, uri: Uri, headers: HeaderMap) -> Response 
     }
     match WebAssets::get(INDEX) {
         Some(file) => serve(INDEX, file, &headers, head),
-        None => plain(StatusCode::NOT_FOUND, "the dashboard is not built into this binary"),
+        None => plain(
+            StatusCode::NOT_FOUND,
+            "the dashboard is not built into this binary",
+        ),
     }
 }
 
@@ -61,19 +64,24 @@ fn asset_path(path: &str) -> Option<String> {
     if rel.is_empty() {
         return Some(INDEX.to_string());
     }
-    let ok = rel
-        .split('/')
-        .all(|seg| !seg.is_empty() && !seg.starts_with('.') && !seg.contains('\\') && !seg.contains('\0'));
+    let ok = rel.split('/').all(|seg| {
+        !seg.is_empty() && !seg.starts_with('.') && !seg.contains('\\') && !seg.contains('\0')
+    });
     ok.then(|| rel.to_string())
 }
 
 /// Whether the last segment has an extension (`app.js`), as opposed to an app route (`/team`).
 fn looks_like_file(rel: &str) -> bool {
-    rel.rsplit('/').next().is_some_and(|last| last.contains('.'))
+    rel.rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains('.'))
 }
 
 pub fn content_type(path: &str) -> &'static str {
-    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "html" | "htm" => "text/html; charset=utf-8",
         "js" | "mjs" => "text/javascript; charset=utf-8",
@@ -98,12 +106,26 @@ fn serve(path: &str, file: rust_embed::EmbeddedFile, req: &HeaderMap, head: bool
     let fresh = req
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag));
-    let status = if fresh { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
-    let body = if fresh || head { Body::empty() } else { Body::from(file.data) };
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == etag)
+        });
+    let status = if fresh {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
+    let body = if fresh || head {
+        Body::empty()
+    } else {
+        Body::from(file.data)
+    };
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(path)));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(path)),
+    );
     // No fingerprinted file names: the browser keeps a copy but asks (cheaply, by ETag) every time,
     // so an upgraded server never runs with yesterday's scripts.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -116,16 +138,26 @@ fn serve(path: &str, file: rust_embed::EmbeddedFile, req: &HeaderMap, head: bool
 
 fn plain(status: StatusCode, msg: &'static str) -> Response {
     let mut resp = (status, msg).into_response();
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     security_headers(resp.headers_mut());
     resp
 }
 
 fn security_headers(h: &mut HeaderMap) {
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -140,12 +172,30 @@ mod tests {
     fn paths_stay_inside_the_app() {
         assert_eq!(asset_path("/").as_deref(), Some("index.html"));
         assert_eq!(asset_path("/app.js").as_deref(), Some("app.js"));
-        assert_eq!(asset_path("/pages/team.js").as_deref(), Some("pages/team.js"));
-        assert_eq!(asset_path("/sandboxes/sbx_1").as_deref(), Some("sandboxes/sbx_1"));
-        for bad in ["/../Cargo.toml", "/pages/../../x", "/.gitignore", "//etc/passwd", "/a//b", "/a\\b"] {
+        assert_eq!(
+            asset_path("/pages/team.js").as_deref(),
+            Some("pages/team.js")
+        );
+        assert_eq!(
+            asset_path("/sandboxes/sbx_1").as_deref(),
+            Some("sandboxes/sbx_1")
+        );
+        for bad in [
+            "/../Cargo.toml",
+            "/pages/../../x",
+            "/.gitignore",
+            "//etc/passwd",
+            "/a//b",
+            "/a\\b",
+        ] {
             assert_eq!(asset_path(bad), None, "{bad}");
         }
-        assert!(is_api_path("/v1") && is_api_path("/v1/nope") && !is_api_path("/v1x") && !is_api_path("/team"));
+        assert!(
+            is_api_path("/v1")
+                && is_api_path("/v1/nope")
+                && !is_api_path("/v1x")
+                && !is_api_path("/team")
+        );
         assert!(looks_like_file("pages/x.js") && !looks_like_file("sandboxes/sbx_1"));
     }
 

@@ -16,16 +16,22 @@ const PASSWORD: &str = "correct horse battery";
 const BROWSER_TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn web_tests_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("web").join("tests")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("web")
+        .join("tests")
 }
 
 fn chromium() -> PathBuf {
-    std::env::var_os("SANDBOXCTL_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+    std::env::var_os("SANDBOXCTL_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
 }
 
 fn screenshot_dir() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(|t| root.join(t)).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|t| root.join(t))
+        .unwrap_or_else(|| root.join("target"));
     target.join("screenshots")
 }
 
@@ -33,16 +39,36 @@ fn screenshot_dir() -> PathBuf {
 fn browser_prerequisites() -> Result<(), String> {
     let browser = chromium();
     if !browser.is_file() {
-        return Err(format!("no Chromium at {} (the Debian package `chromium`; SANDBOXCTL_CHROMIUM names another binary)", browser.display()));
+        return Err(format!(
+            "no Chromium at {} (the Debian package `chromium`; SANDBOXCTL_CHROMIUM names another binary)",
+            browser.display()
+        ));
     }
-    let node = std::process::Command::new("node").arg("--version").output().map_err(|e| format!("cannot run `node` ({e}); Node.js 18 or newer is needed"))?;
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run `node` ({e}); Node.js 18 or newer is needed"))?;
     let version = String::from_utf8_lossy(&node.stdout).trim().to_string();
-    let major: u32 = version.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let major: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     if major < 18 {
-        return Err(format!("node {version} is too old; Node.js 18 or newer is needed"));
+        return Err(format!(
+            "node {version} is too old; Node.js 18 or newer is needed"
+        ));
     }
-    if !web_tests_dir().join("node_modules").join("playwright-core").is_dir() {
-        return Err(format!("{}/node_modules is missing (run `npm ci` there)", web_tests_dir().display()));
+    if !web_tests_dir()
+        .join("node_modules")
+        .join("playwright-core")
+        .is_dir()
+    {
+        return Err(format!(
+            "{}/node_modules is missing (run `npm ci` there)",
+            web_tests_dir().display()
+        ));
     }
     Ok(())
 }
@@ -56,20 +82,58 @@ async fn the_server_serves_the_app_and_keeps_api_errors_json() {
         assert_eq!(r.status(), 200, "{path}");
         let h = r.headers().clone();
         assert_eq!(h["content-type"], "text/html; charset=utf-8", "{path}");
-        assert!(h["content-security-policy"].to_str().unwrap().starts_with("default-src 'self'"), "{path}");
-        assert!(r.text().await.unwrap().contains(r#"<script type="module" src="/app.js">"#), "{path}");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .starts_with("default-src 'self'"),
+            "{path}"
+        );
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains(r#"<script type="module" src="/app.js">"#),
+            "{path}"
+        );
     }
-    let r = client.get(format!("{}/app.js", s.url)).send().await.unwrap();
-    assert_eq!(r.headers()["content-type"], "text/javascript; charset=utf-8");
+    let r = client
+        .get(format!("{}/app.js", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
     let etag = r.headers()["etag"].clone();
-    let again = client.get(format!("{}/app.js", s.url)).header("if-none-match", etag).send().await.unwrap();
+    let again = client
+        .get(format!("{}/app.js", s.url))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 304);
-    for missing in ["/nope.js", "/tests/dashboard.test.mjs", "/tests/package.json", "/.gitignore"] {
-        let r = client.get(format!("{}{missing}", s.url)).send().await.unwrap();
+    for missing in [
+        "/nope.js",
+        "/tests/dashboard.test.mjs",
+        "/tests/package.json",
+        "/.gitignore",
+    ] {
+        let r = client
+            .get(format!("{}{missing}", s.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "{missing}");
     }
     // The API's own answers are untouched: unknown /v1 routes and other methods are JSON 404s.
-    for (method, path) in [(Method::GET, "/v1/nope"), (Method::GET, "/v1"), (Method::POST, "/team"), (Method::DELETE, "/")] {
+    for (method, path) in [
+        (Method::GET, "/v1/nope"),
+        (Method::GET, "/v1"),
+        (Method::POST, "/team"),
+        (Method::DELETE, "/"),
+    ] {
         let (st, v) = raw(method.clone(), &format!("{}{path}", s.url), None, None).await;
         assert_eq!((st, code(&v)), (404, "not_found"), "{method} {path}");
     }
@@ -80,7 +144,9 @@ async fn the_server_serves_the_app_and_keeps_api_errors_json() {
 #[tokio::test]
 async fn dashboard_in_a_real_browser() {
     if let Err(why) = browser_prerequisites() {
-        panic!("the browser test cannot run: {why}. `./install.sh --deps` installs what it needs (the chromium package, and `npm ci` in web/tests).");
+        panic!(
+            "the browser test cannot run: {why}. `./install.sh --deps` installs what it needs (the chromium package, and `npm ci` in web/tests)."
+        );
     }
     let _vm = vm_permit().await;
     let s = TestServer::start().await;
@@ -116,10 +182,18 @@ async fn dashboard_in_a_real_browser() {
                     libc::kill(-(pid as i32), libc::SIGKILL);
                 }
             }
-            panic!("the browser test did not finish within {BROWSER_TEST_TIMEOUT:?}\n--- server log ---\n{}\n--- agent log ---\n{}", s.log(), agent.log());
+            panic!(
+                "the browser test did not finish within {BROWSER_TEST_TIMEOUT:?}\n--- server log ---\n{}\n--- agent log ---\n{}",
+                s.log(),
+                agent.log()
+            );
         }
     };
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         out.status.success(),
         "the browser test failed (screenshots in {}):\n{report}\n--- server log ---\n{}\n--- agent log ---\n{}",
@@ -127,5 +201,9 @@ async fn dashboard_in_a_real_browser() {
         s.log(),
         agent.log()
     );
-    eprintln!("{report}\nbrowser test: {:.1} s; screenshots in {}", started.elapsed().as_secs_f64(), shots.display());
+    eprintln!(
+        "{report}\nbrowser test: {:.1} s; screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        shots.display()
+    );
 }

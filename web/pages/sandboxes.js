@@ -32,7 +32,9 @@ export default {
       label: 'Sandboxes',
       empty: () =>
         all.length === 0
-          ? emptyState('No sandboxes yet', noTeam ? noTeamNote : 'A sandbox is a microVM that starts in seconds. Create one to run code in it.', !noTeam && button('New sandbox', { variant: 'primary', icon: 'plus', onclick: () => createBtn.click() }))
+          ? noTeam
+            ? emptyState('No active team', 'Sandboxes belong to a team; they show here once you are in one.')
+            : emptyState('No sandboxes yet', 'A sandbox is a microVM that starts in seconds. Create one to run code in it.', button('New sandbox', { variant: 'primary', icon: 'plus', onclick: () => createBtn.click() }))
           : emptyState('Nothing matches', 'No sandbox matches the search or they have all ended.'),
       columns: [
         { label: 'ID', cell: (s) => h('a', { href: `/sandboxes/${s.id}`, class: 'mono' }, s.id) },
@@ -76,7 +78,7 @@ export default {
       noTeam && h('p', { class: 'alert alert-info', id: 'no-team-note' }, noTeamNote),
       h(
         'div',
-        { class: 'toolbar' },
+        { class: 'toolbar', hidden: noTeam },
         h('div', { class: 'search' }, icon('search'), search),
         h('label', { class: 'check', for: 'show-ended' }, showEnded, 'Show ended'),
         h('span', { class: 'toolbar-spacer' }),

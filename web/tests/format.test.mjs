@@ -1,0 +1,31 @@
+// Unit tests of the dashboard's pure helpers (no browser needed): node --test format.test.mjs
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { duration, initials, mib, parseKeyValues, splitCommand, timeout } from '../format.js';
+
+test('commands split like a shell would, without a shell', () => {
+  assert.deepEqual(splitCommand('uname -a'), ['uname', '-a']);
+  assert.deepEqual(splitCommand(`sh -c 'echo "$X" | wc -c'`), ['sh', '-c', 'echo "$X" | wc -c']);
+  assert.deepEqual(splitCommand(`echo "a \\"b\\"" c\\ d ''`), ['echo', 'a "b"', 'c d', '']);
+  assert.deepEqual(splitCommand('   '), []);
+  assert.throws(() => splitCommand(`echo 'oops`), /unclosed single quote/);
+});
+
+test('KEY=VALUE lines name the bad line', () => {
+  assert.deepEqual(parseKeyValues('A=1\n\n# note\nB = x=y\n', 'Env'), { A: '1', B: ' x=y' });
+  assert.throws(() => parseKeyValues('A=1\nnope', 'Env'), /Env, line 2: expected KEY=VALUE/);
+  assert.throws(() => parseKeyValues('1A=x', 'Env', (k) => (/^\d/.test(k) ? 'bad name' : null)), /line 1: bad name/);
+});
+
+test('numbers read like a person would say them', () => {
+  assert.equal(duration(42), '42s');
+  assert.equal(duration(3 * 3600 + 240), '3h 4m');
+  assert.equal(duration(2 * 86400), '2d');
+  assert.equal(mib(256), '256 MiB');
+  assert.equal(mib(3891), '3.8 GiB');
+  assert.equal(timeout(0), 'never');
+  assert.equal(timeout(300), '5m');
+  assert.equal(initials('Ada Lovelace'), 'AL');
+  assert.equal(initials(''), '?');
+});
