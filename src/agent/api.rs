@@ -22,7 +22,7 @@ pub struct AgentState {
     pub verifier: Arc<AgentCallVerifier>,
 }
 
-fn error(status: StatusCode, code: &str, message: String, field: Option<String>) -> Response {
+pub fn error(status: StatusCode, code: &str, message: String, field: Option<String>) -> Response {
     (
         status,
         Json(ErrorBody {
@@ -37,7 +37,7 @@ fn error(status: StatusCode, code: &str, message: String, field: Option<String>)
         .into_response()
 }
 
-pub struct AgentApiError(VmError);
+pub struct AgentApiError(pub VmError);
 
 impl From<VmError> for AgentApiError {
     fn from(e: VmError) -> Self {
@@ -79,7 +79,7 @@ async fn require_server(State(st): State<AgentState>, req: Request, next: Next) 
 }
 
 /// A JSON body parsed with field-naming errors (same rules as the server's).
-struct Body<T>(T);
+pub struct Body<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
     type Rejection = Response;
@@ -117,6 +117,8 @@ pub fn router(state: AgentState) -> Router {
         .route("/v1/vms", get(list).post(create))
         .route("/v1/vms/{id}", get(get_vm).delete(destroy))
         .route("/v1/vms/{id}/exec", post(exec))
+        .merge(super::api_streams::routes())
+        .merge(super::api_templates::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route".into(), None) })
         .layer(middleware::from_fn_with_state(state.clone(), require_server))
         .with_state(state)

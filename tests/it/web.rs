@@ -47,17 +47,17 @@ fn browser_prerequisites() -> Result<(), String> {
     let node = std::process::Command::new("node")
         .arg("--version")
         .output()
-        .map_err(|e| format!("cannot run `node` ({e}); Node.js 18 or newer is needed"))?;
+        .map_err(|e| format!("cannot run `node` ({e}); Node.js 20.19 or newer is needed"))?;
     let version = String::from_utf8_lossy(&node.stdout).trim().to_string();
-    let major: u32 = version
+    let mut parts = version
         .trim_start_matches('v')
         .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if major < 18 {
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    // playwright-core needs 20; importing ../format.js (ES module syntax, no package.json) 20.19.
+    if (major, minor) < (20, 19) {
         return Err(format!(
-            "node {version} is too old; Node.js 18 or newer is needed"
+            "node {version} is too old; Node.js 20.19 or newer is needed"
         ));
     }
     if !web_tests_dir()
@@ -157,21 +157,26 @@ async fn dashboard_in_a_real_browser() {
 
     let started = Instant::now();
     let mut cmd = tokio::process::Command::new("node");
-    cmd.args(["--test", "--test-reporter=spec", "dashboard.test.mjs"])
-        .current_dir(web_tests_dir())
-        .env("SANDBOXCTL_URL", &s.url)
-        .env("SANDBOXCTL_ADMIN_EMAIL", ADMIN_EMAIL)
-        .env("SANDBOXCTL_ADMIN_PASSWORD", PASSWORD)
-        .env("SANDBOXCTL_AGENT_HOST", &agent.host_id)
-        .env("SCREENSHOT_DIR", &shots)
-        .env("CHROMIUM", chromium())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a timeout ends node and the browser it started.
-        .process_group(0)
-        .kill_on_drop(true);
+    cmd.args([
+        "--test",
+        "--test-reporter=spec",
+        "dashboard.test.mjs",
+        "format.test.mjs",
+    ])
+    .current_dir(web_tests_dir())
+    .env("SANDBOXCTL_URL", &s.url)
+    .env("SANDBOXCTL_ADMIN_EMAIL", ADMIN_EMAIL)
+    .env("SANDBOXCTL_ADMIN_PASSWORD", PASSWORD)
+    .env("SANDBOXCTL_AGENT_HOST", &agent.host_id)
+    .env("SCREENSHOT_DIR", &shots)
+    .env("CHROMIUM", chromium())
+    .env("NO_COLOR", "1")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    // Its own process group, so a timeout ends node and the browser it started.
+    .process_group(0)
+    .kill_on_drop(true);
     let child = cmd.spawn().expect("node starts");
     let pid = child.id();
     let out = match tokio::time::timeout(BROWSER_TEST_TIMEOUT, child.wait_with_output()).await {
