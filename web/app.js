@@ -46,9 +46,17 @@ function match(pathname) {
     const want = route.path.split('/');
     if (want.length !== parts.length) continue;
     const params = {};
-    if (want.every((w, i) => (w.startsWith(':') ? (params[w.slice(1)] = decodeURIComponent(parts[i])) : w === parts[i]))) return { route, params };
+    if (want.every((w, i) => (w.startsWith(':') ? (params[w.slice(1)] = decode(parts[i])) : w === parts[i]))) return { route, params };
   }
   return null;
+}
+
+function decode(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
 }
 
 export function navigate(path, { replace = false } = {}) {

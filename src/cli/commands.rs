@@ -272,7 +272,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 env,
                 cwd,
                 timeout_sec: timeout,
-                pty: tty.then(|| crate::proto::api::PtySize { rows: 24, cols: 80 }),
+                pty: tty.then_some(crate::proto::api::PtySize { rows: 24, cols: 80 }),
             };
             let code = super::stream::run(&c, &id, start, tty || !std::io::stdin().is_terminal()).await?;
             return Ok(code.clamp(0, 255));

@@ -7,5 +7,6 @@ mod common;
 mod e2e;
 mod fleet;
 mod oauth;
+mod sandboxes;
 mod vm;
 mod web;

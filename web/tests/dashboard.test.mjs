@@ -216,7 +216,8 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
       await del.click();
       await dialog().waitFor({ state: 'detached' });
     }
-    assert.equal(await select.locator('option:checked').innerText(), 'No active team');
+    await select.locator('option:checked', { hasText: 'No active team' }).waitFor({ state: 'attached' });
+    await sidebar().getByText('No team', { exact: true }).waitFor();
     await go('Sandboxes');
     const create = page.getByRole('button', { name: 'New sandbox', exact: true });
     assert.equal(await create.isDisabled(), true);

@@ -83,6 +83,10 @@ impl TestServer {
         self.dir.path().join("data")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn anon(&self) -> ApiClient {
         ApiClient::new(&self.url, None)
     }
