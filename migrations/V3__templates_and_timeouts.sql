@@ -5,3 +5,5 @@ ALTER TABLE hosts ADD COLUMN templates TEXT NOT NULL DEFAULT '[]';
 -- Snapshot and uploaded templates: where the sandbox came from.
 ALTER TABLE templates ADD COLUMN source_sandbox_id TEXT;
 ALTER TABLE templates ADD COLUMN created_by TEXT;
+-- How the sandbox's VM started: 'cold' or 'snapshot'.
+ALTER TABLE sandboxes ADD COLUMN boot_kind TEXT;

@@ -133,5 +133,27 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         Command::Key(c) => commands::key(c).await,
         Command::Team(c) => commands::team(c).await,
         Command::Template(c) => commands::template(c).await,
+        Command::Bench {
+            runs,
+            concurrency,
+            out,
+            template,
+            agent_data_dir,
+            kernel_dir,
+        } => {
+            let c = commands::client()?;
+            sandboxctl::cli::bench::run(
+                &c,
+                &sandboxctl::cli::bench::BenchArgs {
+                    runs,
+                    concurrency,
+                    out,
+                    template,
+                    agent_data_dir,
+                    kernel_dir,
+                },
+            )
+            .await
+        }
     }
 }

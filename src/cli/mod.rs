@@ -1,5 +1,6 @@
 //! The clap tree and the client commands.
 
+pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod config;
@@ -57,6 +58,25 @@ pub enum Command {
     /// Templates sandboxes start from.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Measure a live server with a local agent and write a markdown table.
+    Bench {
+        /// Sequential creates (and other repetitions) to measure.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Creates to run at once.
+        #[arg(long, default_value_t = 10)]
+        concurrency: usize,
+        /// The markdown file to write (the generated section is replaced).
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+        #[arg(long, default_value = "minimal")]
+        template: String,
+        /// The local agent's data dir, for the bare-QEMU baseline and memory figures.
+        #[arg(long, env = "SANDBOXCTL_AGENT_DATA_DIR")]
+        agent_data_dir: Option<PathBuf>,
+        #[arg(long, env = "SANDBOXCTL_KERNEL_DIR", default_value = "/var/lib/sandboxctl/kernel")]
+        kernel_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

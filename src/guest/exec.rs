@@ -1,25 +1,42 @@
-//! One exec: a process in its own process group, its output streamed as it comes.
+//! One exec: a process in its own process group (or, on a PTY, its own session), its output
+//! streamed as it comes under the host's flow control, its stdin fed from the host.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::Guest;
-use crate::proto::guest::{CHUNK, ExecStart, ExecStarted, Exit, Frame, FrameKind};
+use super::flow::Flow;
+use super::{Guest, StreamEntry};
+use crate::proto::guest::{
+    CHUNK, Credit, ExecStart, ExecStarted, Exit, Frame, FrameKind, PtySize, WINDOW, Windowed,
+};
 
 /// How long to wait for the output pipes to close after the process ended (a background
-/// grandchild may hold them open forever).
+/// grandchild may hold them open forever). The wait starts again while the host is what holds
+/// the output back (a slow client), so no output is lost to a slow reader.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
-/// What the reader thread needs to reach a running exec.
+/// ^D: what "end of input" means on a terminal in canonical mode.
+const VEOF: u8 = 0x04;
+
+/// What the reader thread needs to reach a running exec. Registered before the process starts,
+/// so a cancel that arrives early still finds it.
 pub(crate) struct ExecHandle {
-    pgid: i32,
+    /// The process group (the process id); 0 until the process started.
+    pgid: AtomicI32,
+    cancelled: AtomicBool,
     stdin: Option<Mutex<Sender<Vec<u8>>>>,
+    /// Credit for output frames.
+    flow: Flow,
+    /// The PTY's master side, once the process runs on one.
+    master: OnceLock<Arc<OwnedFd>>,
 }
 
 impl ExecHandle {
@@ -29,8 +46,40 @@ impl ExecHandle {
         }
     }
 
+    /// Delivers `sig` to the process group; on a PTY to the terminal's foreground process group
+    /// (what a terminal does with ^C), which is the job the user is looking at.
     pub(crate) fn signal(&self, sig: i32) {
-        kill_group(self.pgid, sig);
+        let pgid = self.pgid.load(Ordering::SeqCst);
+        if let Some(m) = self.master.get() {
+            // SAFETY: tcgetpgrp on a descriptor we own.
+            let fg = unsafe { libc::tcgetpgrp(m.as_raw_fd()) };
+            if fg > 1 {
+                kill_group(fg, sig);
+                return;
+            }
+        }
+        kill_group(pgid, sig);
+    }
+
+    pub(crate) fn resize(&self, size: PtySize) {
+        if let Some(m) = self.master.get() {
+            let ws = winsize(size);
+            // SAFETY: TIOCSWINSZ reads a winsize; the kernel signals SIGWINCH itself.
+            unsafe {
+                libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+            }
+        }
+    }
+
+    pub(crate) fn grant(&self, bytes: u64) {
+        self.flow.grant(bytes);
+    }
+
+    /// The host abandoned the stream: kill everything the exec started and stop sending.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel_processes();
+        self.flow.close();
     }
 }
 
@@ -43,17 +92,44 @@ fn kill_group(pgid: i32, sig: i32) {
     }
 }
 
-/// Starts the exec on its own thread and returns at once.
+fn winsize(size: PtySize) -> libc::winsize {
+    libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// Registers the exec under `id` and starts it on its own thread; returns at once.
 pub(crate) fn start(
     guest: Arc<Guest>,
     id: u64,
-    req: ExecStart,
+    req: Windowed<ExecStart>,
     base_env: BTreeMap<String, String>,
 ) {
-    let g = guest.clone();
+    let Windowed {
+        request: req,
+        window,
+    } = req;
+    let (stdin_tx, stdin_rx) = if req.stdin || req.pty.is_some() {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        (Some(Mutex::new(tx)), Some(rx))
+    } else {
+        (None, None)
+    };
+    let handle = Arc::new(ExecHandle {
+        pgid: AtomicI32::new(0),
+        cancelled: AtomicBool::new(false),
+        stdin: stdin_tx,
+        flow: Flow::new(window),
+        master: OnceLock::new(),
+    });
+    guest.insert_stream(id, StreamEntry::Exec(handle.clone()));
+    let (g, h) = (guest.clone(), handle.clone());
     let spawned = std::thread::Builder::new()
         .name(format!("exec-{id}"))
-        .spawn(move || run(g, id, req, base_env));
+        .spawn(move || run(g, id, h, req, base_env, stdin_rx));
     if let Err(e) = spawned {
         guest.send(Frame::new(
             FrameKind::Stderr,
@@ -61,6 +137,7 @@ pub(crate) fn start(
             format!("sandboxctl: {e}\n").into_bytes(),
         ));
         guest.send(exit_frame(id, 126, None, false, Duration::ZERO));
+        guest.remove_stream(id);
     }
 }
 
@@ -74,11 +151,52 @@ fn exit_frame(id: u64, code: i32, signal: Option<i32>, timed_out: bool, d: Durat
     Frame::json(FrameKind::Exit, id, &exit)
 }
 
-fn run(guest: Arc<Guest>, id: u64, req: ExecStart, mut env: BTreeMap<String, String>) {
+fn credit_frame(id: u64, bytes: u64) -> Frame {
+    Frame::json(FrameKind::Credit, id, &Credit { bytes })
+}
+
+/// A fresh PTY pair of the given size, both ends close-on-exec (the child gets dups).
+fn open_pty(size: PtySize) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    let ws = winsize(size);
+    // SAFETY: openpty writes two descriptors; name and termios are optional (null).
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openpty succeeded, so both are open descriptors we now own.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&master, &slave] {
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    Ok((master, slave))
+}
+
+fn run(
+    guest: Arc<Guest>,
+    id: u64,
+    handle: Arc<ExecHandle>,
+    req: ExecStart,
+    mut env: BTreeMap<String, String>,
+    stdin_rx: Option<Receiver<Vec<u8>>>,
+) {
     let started = Instant::now();
     let fail = |code: i32, msg: String| {
         guest.send(Frame::new(FrameKind::Stderr, id, msg.into_bytes()));
         guest.send(exit_frame(id, code, None, false, started.elapsed()));
+        guest.remove_stream(id);
     };
     if let Some(cwd) = &req.cwd
         && !std::path::Path::new(cwd).is_dir()
@@ -87,23 +205,66 @@ fn run(guest: Arc<Guest>, id: u64, req: ExecStart, mut env: BTreeMap<String, Str
         return;
     }
     env.extend(req.env.clone());
-    let mut cmd = Command::new(&req.cmd);
-    cmd.args(&req.args)
-        .env_clear()
-        .envs(&env)
-        .current_dir(req.cwd.as_deref().unwrap_or("/root"))
-        .stdin(if req.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if req.cwd.is_none() && !std::path::Path::new("/root").is_dir() {
-        cmd.current_dir("/");
+    if req.pty.is_some() && !env.contains_key("TERM") {
+        env.insert("TERM".into(), "xterm-256color".into());
     }
-    let mut child = match cmd.spawn() {
+    let mut cmd = Command::new(&req.cmd);
+    cmd.args(&req.args).env_clear().envs(&env);
+    match &req.cwd {
+        Some(cwd) => cmd.current_dir(cwd),
+        None if std::path::Path::new("/root").is_dir() => cmd.current_dir("/root"),
+        None => cmd.current_dir("/"),
+    };
+    let mut master = None;
+    match req.pty {
+        Some(size) => {
+            let (m, slave) = match open_pty(size) {
+                Ok(p) => p,
+                Err(e) => {
+                    fail(126, format!("sandboxctl: cannot open a PTY: {e}\n"));
+                    return;
+                }
+            };
+            let dups = (slave.try_clone(), slave.try_clone());
+            let (Ok(out), Ok(err)) = dups else {
+                fail(126, "sandboxctl: cannot duplicate the PTY\n".into());
+                return;
+            };
+            cmd.stdin(Stdio::from(slave))
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err));
+            // SAFETY: only async-signal-safe calls between fork and exec. The stdio descriptors
+            // are in place by then, so fd 0 is the terminal: a new session, and the terminal
+            // becomes its controlling one.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            master = Some(Arc::new(m));
+        }
+        None => {
+            cmd.stdin(if stdin_rx.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        }
+    }
+    let spawned = cmd.spawn();
+    // The command keeps the PTY's slave end open in this process: let go of it, or the output
+    // never ends.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let (code, what) = match e.kind() {
@@ -117,68 +278,101 @@ fn run(guest: Arc<Guest>, id: u64, req: ExecStart, mut env: BTreeMap<String, Str
     };
     let pid = child.id();
     let pgid = pid as i32;
-    let stdin_tx = child.stdin.take().map(|stdin| {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        std::thread::spawn(move || {
-            let mut stdin = stdin;
-            while let Ok(bytes) = rx.recv() {
-                if bytes.is_empty() || stdin.write_all(&bytes).is_err() {
-                    break;
-                }
-            }
-        });
-        Mutex::new(tx)
-    });
-    guest.lock_execs().insert(
-        id,
-        ExecHandle {
-            pgid,
-            stdin: stdin_tx,
-        },
-    );
+    handle.pgid.store(pgid, Ordering::SeqCst);
+    if let Some(m) = &master {
+        let _ = handle.master.set(m.clone());
+    }
+    if handle.cancelled.load(Ordering::SeqCst) {
+        handle.cancel();
+    }
     guest.send(Frame::json(
         FrameKind::ExecStarted,
         id,
         &ExecStarted { pid },
     ));
 
-    // Output readers: forward until EOF, or just drain once the exec has been reported.
-    let finished = Arc::new(AtomicBool::new(false));
+    // Stdin: written as it comes; each chunk's credit goes back once the process has it.
+    let stdin_sink: Option<Box<dyn Write + Send>> = match (&master, child.stdin.take()) {
+        (Some(m), _) => m
+            .try_clone()
+            .ok()
+            .map(|fd| Box::new(File::from(fd)) as Box<dyn Write + Send>),
+        (None, Some(pipe)) => Some(Box::new(pipe)),
+        (None, None) => None,
+    };
+    if let (Some(mut sink), Some(rx)) = (stdin_sink, stdin_rx) {
+        let on_pty = master.is_some();
+        let g = guest.clone();
+        guest.send(credit_frame(id, WINDOW));
+        std::thread::spawn(move || {
+            while let Ok(bytes) = rx.recv() {
+                if bytes.is_empty() {
+                    if on_pty {
+                        let _ = sink.write_all(&[VEOF]);
+                        continue;
+                    }
+                    break;
+                }
+                if sink.write_all(&bytes).is_err() {
+                    break;
+                }
+                g.send(credit_frame(id, bytes.len() as u64));
+            }
+        });
+    }
+
+    // Output readers: forward under flow control until EOF, or just drain once the exec has been
+    // reported (or cancelled).
+    let gate = Arc::new(Mutex::new(false));
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut readers = 0;
-    let pipes: [(Option<Box<dyn Read + Send>>, FrameKind); 2] = [
-        (
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            FrameKind::Stdout,
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            FrameKind::Stderr,
-        ),
-    ];
-    for (pipe, kind) in pipes {
-        let Some(mut pipe) = pipe else { continue };
+    let pipes: Vec<(Box<dyn Read + Send>, FrameKind)> = match &master {
+        Some(m) => m
+            .try_clone()
+            .ok()
+            .map(|fd| (Box::new(File::from(fd)) as Box<dyn Read + Send>, FrameKind::Stdout))
+            .into_iter()
+            .collect(),
+        None => {
+            let mut v: Vec<(Box<dyn Read + Send>, FrameKind)> = Vec::new();
+            if let Some(s) = child.stdout.take() {
+                v.push((Box::new(s), FrameKind::Stdout));
+            }
+            if let Some(s) = child.stderr.take() {
+                v.push((Box::new(s), FrameKind::Stderr));
+            }
+            v
+        }
+    };
+    for (mut pipe, kind) in pipes {
         let g = guest.clone();
-        let finished = finished.clone();
+        let h = handle.clone();
+        let gate = gate.clone();
         let done = done_tx.clone();
         readers += 1;
         std::thread::spawn(move || {
             let mut buf = vec![0u8; CHUNK];
             loop {
-                match pipe.read(&mut buf) {
+                let taken = h.flow.take(CHUNK);
+                let want = taken.unwrap_or(CHUNK);
+                let r = pipe.read(&mut buf[..want]);
+                let used = match &r {
+                    Ok(n) => *n,
+                    Err(_) => 0,
+                };
+                if taken.is_some() {
+                    h.flow.give_back(want - used);
+                }
+                match r {
                     Ok(0) => break,
                     Ok(n) => {
-                        if !finished.load(Ordering::Acquire) {
+                        let finished = gate.lock().unwrap_or_else(|p| p.into_inner());
+                        if !*finished && taken.is_some() {
                             g.send(Frame::new(kind, id, buf[..n].to_vec()));
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // EIO on a PTY master: every holder of the terminal closed it.
                     Err(_) => break,
                 }
             }
@@ -199,7 +393,7 @@ fn run(guest: Arc<Guest>, id: u64, req: ExecStart, mut env: BTreeMap<String, Str
             Ok(s) => Some(s),
             Err(RecvTimeoutError::Timeout) => {
                 timed_out = true;
-                kill_group(pgid, libc::SIGKILL);
+                handle.cancel_processes();
                 status_rx.recv().ok()
             }
             Err(RecvTimeoutError::Disconnected) => None,
@@ -209,17 +403,27 @@ fn run(guest: Arc<Guest>, id: u64, req: ExecStart, mut env: BTreeMap<String, Str
     let duration = started.elapsed();
     if timed_out {
         // Whatever else the group started goes too, so the pipes close.
-        kill_group(pgid, libc::SIGKILL);
+        handle.cancel_processes();
     }
-    let deadline = Instant::now() + DRAIN_GRACE;
-    for _ in 0..readers {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
+    let mut deadline = Instant::now() + DRAIN_GRACE;
+    let mut left = readers;
+    while left > 0 {
+        let now = Instant::now();
+        if !timed_out && handle.flow.starved() {
+            deadline = now + DRAIN_GRACE;
+        }
+        if now >= deadline {
             break;
         }
+        match done_rx.recv_timeout((deadline - now).min(Duration::from_millis(100))) {
+            Ok(()) => left -= 1,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
     }
-    finished.store(true, Ordering::Release);
-    guest.lock_execs().remove(&id);
+    *gate.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    handle.flow.close();
+    guest.remove_stream(id);
 
     let (code, signal) = match status {
         Some(Ok(st)) => match (st.code(), st.signal()) {
@@ -231,6 +435,22 @@ fn run(guest: Arc<Guest>, id: u64, req: ExecStart, mut env: BTreeMap<String, Str
     };
     let code = if timed_out { 124 } else { code };
     guest.send(exit_frame(id, code, signal, timed_out, duration));
+}
+
+impl ExecHandle {
+    /// SIGKILL for the process group and the terminal's foreground group, without touching the
+    /// flow (the output so far is still sent).
+    fn cancel_processes(&self) {
+        let pgid = self.pgid.load(Ordering::SeqCst);
+        if let Some(m) = self.master.get() {
+            // SAFETY: as in `signal`.
+            let fg = unsafe { libc::tcgetpgrp(m.as_raw_fd()) };
+            if fg > 1 && fg != pgid {
+                kill_group(fg, libc::SIGKILL);
+            }
+        }
+        kill_group(pgid, libc::SIGKILL);
+    }
 }
 
 fn wait(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {

@@ -1,14 +1,18 @@
 //! The in-VM side: `sandboxctl guest --port /dev/vport0p1`, respawned by busybox init.
 //!
 //! It serves the host over one virtio-serial port (see [`crate::proto::guest`]): a reader thread
-//! decodes frames, a writer thread owns every write to the port, and each exec runs on its own
-//! threads, so a command that prints a lot or never exits cannot stall the others.
+//! decodes frames, a writer thread owns every write to the port, and each exec and file
+//! operation runs on its own threads, so a command that prints a lot or never exits cannot stall
+//! the others. The reader never blocks on a stream: data for a stream goes into that stream's
+//! queue, which the host's flow control keeps within one window.
 //!
 //! virtio-serial quirks handled here: `read()` returns 0 at once, repeatedly, while no host is
 //! connected (we back off), and writes block while the host is away (only the writer thread and
 //! the exec threads feeding it wait; the reader keeps going).
 
 mod exec;
+mod files;
+mod flow;
 mod sys;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,8 +26,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::proto::guest::{
-    ErrorMsg, ExecStart, Frame, FrameDecoder, FrameKind, Hello, HelloAck, Init, InitAck,
-    PROTOCOL_VERSION, Signal,
+    Credit, ErrorMsg, ExecStart, FileRequest, Frame, FrameDecoder, FrameKind, Hello, HelloAck,
+    Init, InitAck, PROTOCOL_VERSION, Resize, Signal, Windowed,
 };
 
 /// Where the last [`Init`] is kept, so a respawned guest program keeps the sandbox's identity.
@@ -47,7 +51,7 @@ pub fn run(port: &Path) -> anyhow::Result<()> {
     let guest = Arc::new(Guest {
         out: tx,
         init: Mutex::new(init),
-        execs: Mutex::new(HashMap::new()),
+        streams: Mutex::new(HashMap::new()),
     });
     eprintln!(
         "sandboxctl guest {} serving {}",
@@ -130,11 +134,34 @@ fn reader_loop(mut port: File, guest: &Arc<Guest>) {
     }
 }
 
-/// What the guest knows: the output queue, its identity and the running execs.
+/// A running stream the reader thread can reach by id.
+#[derive(Clone)]
+pub(crate) enum StreamEntry {
+    Exec(Arc<exec::ExecHandle>),
+    File(Arc<files::FileHandle>),
+}
+
+impl StreamEntry {
+    fn cancel(&self) {
+        match self {
+            StreamEntry::Exec(h) => h.cancel(),
+            StreamEntry::File(h) => h.cancel(),
+        }
+    }
+
+    fn grant(&self, bytes: u64) {
+        match self {
+            StreamEntry::Exec(h) => h.grant(bytes),
+            StreamEntry::File(h) => h.grant(bytes),
+        }
+    }
+}
+
+/// What the guest knows: the output queue, its identity and the running streams.
 pub(crate) struct Guest {
     out: SyncSender<Frame>,
     init: Mutex<Option<Init>>,
-    execs: Mutex<HashMap<u64, exec::ExecHandle>>,
+    streams: Mutex<HashMap<u64, StreamEntry>>,
 }
 
 impl Guest {
@@ -148,6 +175,7 @@ impl Guest {
             id,
             &ErrorMsg {
                 message: message.into(),
+                code: None,
             },
         ));
     }
@@ -158,11 +186,9 @@ impl Guest {
                 Ok(hello) => {
                     // Streams belong to the connection that opened them: a new host cannot know
                     // their ids, so what a previous host left running is ended.
-                    let orphans: Vec<u64> = self.lock_execs().keys().copied().collect();
-                    for id in orphans {
-                        if let Some(h) = self.lock_execs().get(&id) {
-                            h.signal(libc::SIGKILL);
-                        }
+                    let orphans: Vec<StreamEntry> = self.lock_streams().values().cloned().collect();
+                    for s in orphans {
+                        s.cancel();
                     }
                     self.send(self.hello_ack(hello.nonce));
                 }
@@ -185,14 +211,10 @@ impl Guest {
                 }
                 Err(e) => self.error(frame.id, e.to_string()),
             },
-            FrameKind::ExecStart => match frame.parse::<ExecStart>() {
+            FrameKind::ExecStart => match frame.parse::<Windowed<ExecStart>>() {
                 Ok(req) => {
-                    if self.lock_execs().contains_key(&frame.id) {
+                    if self.lock_streams().contains_key(&frame.id) {
                         self.error(frame.id, "stream id already in use");
-                        return;
-                    }
-                    if req.pty.is_some() {
-                        self.error(frame.id, "exec on a PTY is not supported by this guest yet");
                         return;
                     }
                     let base_env = self.base_env();
@@ -200,25 +222,50 @@ impl Guest {
                 }
                 Err(e) => self.error(frame.id, e.to_string()),
             },
+            FrameKind::FileRequest => match frame.parse::<FileRequest>() {
+                Ok(req) => {
+                    if self.lock_streams().contains_key(&frame.id) {
+                        self.error(frame.id, "stream id already in use");
+                        return;
+                    }
+                    files::start(self.clone(), frame.id, req);
+                }
+                Err(e) => self.error(frame.id, e.to_string()),
+            },
             FrameKind::Stdin => {
-                let execs = self.lock_execs();
-                if let Some(h) = execs.get(&frame.id) {
+                if let Some(StreamEntry::Exec(h)) = self.stream(frame.id) {
                     h.stdin(frame.payload);
+                }
+            }
+            FrameKind::FileData => {
+                if let Some(StreamEntry::File(h)) = self.stream(frame.id) {
+                    h.data(frame.payload);
+                }
+            }
+            FrameKind::Credit => {
+                if let (Some(s), Ok(c)) = (self.stream(frame.id), frame.parse::<Credit>()) {
+                    s.grant(c.bytes);
+                }
+            }
+            FrameKind::Cancel => {
+                if let Some(s) = self.stream(frame.id) {
+                    s.cancel();
                 }
             }
             FrameKind::Signal => match frame.parse::<Signal>() {
                 Ok(sig) => {
-                    if let Some(h) = self.lock_execs().get(&frame.id) {
+                    if let Some(StreamEntry::Exec(h)) = self.stream(frame.id) {
                         h.signal(sig.signal);
                     }
                 }
                 Err(e) => self.error(frame.id, e.to_string()),
             },
-            FrameKind::Resize | FrameKind::FileRequest | FrameKind::FileData => {
-                self.error(
-                    frame.id,
-                    format!("{:?} is not supported by this guest yet", frame.kind),
-                );
+            FrameKind::Resize => {
+                if let (Some(StreamEntry::Exec(h)), Ok(size)) =
+                    (self.stream(frame.id), frame.parse::<Resize>())
+                {
+                    h.resize(size);
+                }
             }
             // Host-bound kinds arriving here are ignored.
             _ => {}
@@ -232,7 +279,11 @@ impl Guest {
             version: env!("CARGO_PKG_VERSION").to_string(),
             sandbox_id: self.lock_init().as_ref().map(|i| i.sandbox_id.clone()),
             uptime_ms: sys::uptime_ms(),
-            running: self.lock_execs().len() as u32,
+            running: self
+                .lock_streams()
+                .values()
+                .filter(|s| matches!(s, StreamEntry::Exec(_)))
+                .count() as u32,
         };
         Frame::json(FrameKind::HelloAck, 0, &ack)
     }
@@ -264,7 +315,19 @@ impl Guest {
         self.init.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn lock_execs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, exec::ExecHandle>> {
-        self.execs.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, StreamEntry>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stream(&self, id: u64) -> Option<StreamEntry> {
+        self.lock_streams().get(&id).cloned()
+    }
+
+    pub(crate) fn insert_stream(&self, id: u64, entry: StreamEntry) {
+        self.lock_streams().insert(id, entry);
+    }
+
+    pub(crate) fn remove_stream(&self, id: u64) {
+        self.lock_streams().remove(&id);
     }
 }

@@ -151,6 +151,9 @@ pub struct SandboxResponse {
     /// When the idle timeout will pause or kill it (running sandboxes with a timeout).
     #[serde(default)]
     pub timeout_at: Option<i64>,
+    /// How its VM started: `cold` or `snapshot`.
+    #[serde(default)]
+    pub boot_kind: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -277,7 +280,7 @@ pub enum FileKind {
 }
 
 /// One entry of a sandbox's filesystem.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileEntry {
     pub name: String,
     pub path: String,
@@ -291,7 +294,7 @@ pub struct FileEntry {
     pub link_target: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileListResponse {
     pub path: String,
     pub entries: Vec<FileEntry>,

@@ -19,6 +19,14 @@
 //! header check let a reader resynchronise after garbage: [`FrameDecoder`] skips bytes until a
 //! header checks out.
 //!
+//! Streams are multiplexed by id, and data is flow-controlled per stream so that one slow reader
+//! never stalls the channel or piles up memory on either side: a sender of data frames may have at
+//! most the bytes the receiver granted in flight. The host grants its initial window in the
+//! request (`window` in [`ExecStart`] and the reading [`FileRequest`]s) and more with [`Credit`]
+//! frames as its consumer takes the data; the guest grants the host's stdin and upload bytes with
+//! `Credit` frames only (its first one doubles as "ready": the process started, the upload's
+//! temporary file is open). Empty data frames (end of stdin, end of a file) need no credit.
+//!
 //! virtio-serial delivers guest writes made while no host is connected to the *next* host
 //! connection, so a host opens every connection with [`Hello`] carrying a fresh nonce and drops
 //! everything until the matching [`HelloAck`]. Request ids are chosen by the host and never reused
@@ -31,13 +39,16 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Bumped when a frame kind or payload changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 pub const MAGIC: [u8; 4] = *b"SBXg";
 pub const HEADER_LEN: usize = 24;
 /// Largest payload a peer may send; bigger lengths are treated as garbage.
 pub const MAX_PAYLOAD: usize = 1 << 20;
-/// Size of the data chunks the guest sends (stdout, stderr, file data).
+/// Size of the data chunks either side sends (stdout, stderr, stdin, file data).
 pub const CHUNK: usize = 64 * 1024;
+/// The flow-control window both sides use per stream: bytes of data in flight before the
+/// receiver grants more. At least a few chunks, so stdout and stderr can share it.
+pub const WINDOW: u64 = 1024 * 1024;
 
 /// What a frame is. Values are stable on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +65,12 @@ pub enum FrameKind {
     /// host → guest, [`Ping`]; guest → host `Pong` with the same payload.
     Ping = 0x05,
     Pong = 0x06,
+    /// both ways, [`Credit`]: the receiver of a stream's data lets the sender send this many more
+    /// bytes.
+    Credit = 0x07,
+    /// host → guest, no payload: abandon the stream (kill an exec's process group, abort a file
+    /// transfer and remove its temporary file). No answer.
+    Cancel = 0x08,
 
     /// host → guest, [`ExecStart`]: starts a process under this stream id.
     ExecStart = 0x10,
@@ -72,15 +89,17 @@ pub enum FrameKind {
     /// guest → host, [`Exit`]: the last frame of an exec stream.
     Exit = 0x17,
 
-    /// host → guest, [`FileRequest`] (read, write, list, stat, …).
+    /// host → guest, [`FileRequest`] (read, write, list, stat, mkdir, remove).
     FileRequest = 0x20,
-    /// both ways: raw bytes of a file being read or written; an empty payload ends the file.
+    /// both ways: raw bytes of a file being read or written (or of a directory listing); an
+    /// empty payload ends the data.
     FileData = 0x21,
-    /// guest → host, [`FileResult`]: the last frame of a file stream.
+    /// guest → host, [`FileResult`]: the request succeeded. For `Read` and `List` it comes first
+    /// and the data follows; for the others it is the last frame.
     FileResult = 0x22,
 
     /// guest → host, [`ErrorMsg`]: the request under this id failed (or, with id 0, the frame
-    /// could not be understood).
+    /// could not be understood). Always the last frame of its stream.
     Error = 0x7f,
 }
 
@@ -94,6 +113,8 @@ impl FrameKind {
             0x04 => InitAck,
             0x05 => Ping,
             0x06 => Pong,
+            0x07 => Credit,
+            0x08 => Cancel,
             0x10 => ExecStart,
             0x11 => ExecStarted,
             0x12 => Stdin,
@@ -309,6 +330,11 @@ pub struct Ping {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Credit {
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PtySize {
     pub rows: u16,
     pub cols: u16,
@@ -328,13 +354,27 @@ pub struct ExecStart {
     /// The guest kills the process group after this long and reports exit code 124.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// True: the host will send `Stdin` frames (the last one empty). False: stdin is /dev/null.
+    /// True: the host will send `Stdin` frames (the last one empty), after the guest's first
+    /// [`Credit`]. False: stdin is /dev/null.
     #[serde(default)]
     pub stdin: bool,
-    /// Run on a PTY of this size (stdout carries the terminal's output; no stderr). Not yet
-    /// implemented by the guest.
+    /// Run on a PTY of this size: stdin, stdout and stderr are the terminal, whose output comes
+    /// as `Stdout`; an empty `Stdin` frame types the EOF character (^D); signals go to the
+    /// terminal's foreground process group.
     #[serde(default)]
     pub pty: Option<PtySize>,
+}
+
+/// A request with the host's initial flow-control window: the `ExecStart` frame's payload is a
+/// `Windowed<ExecStart>` (the request's fields plus `window`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Windowed<T> {
+    #[serde(flatten)]
+    pub request: T,
+    /// Bytes of data the guest may send before the host grants more with [`Credit`]; 0 (or
+    /// absent) means no limit.
+    #[serde(default)]
+    pub window: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -361,36 +401,70 @@ pub struct Exit {
     pub duration_ms: u64,
 }
 
-/// File operations, streamed in [`FileData`](FrameKind::FileData) chunks. Not yet implemented
-/// by the guest.
+pub use crate::proto::api::{FileEntry, FileKind};
+
+/// File operations on absolute paths (no `..`). Data moves in
+/// [`FileData`](FrameKind::FileData) chunks under the flow control described above.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum FileRequest {
-    Read { path: String },
-    Write { path: String, mode: Option<u32> },
-    List { path: String },
+    /// → `FileResult` (the file's entry and length), `FileData`…, empty `FileData`. Regular
+    /// files and character devices only.
+    Read {
+        path: String,
+        #[serde(default)]
+        window: u64,
+    },
+    /// → `Credit` (ready), then the host sends `FileData`… and an empty `FileData`; → `FileResult`
+    /// once the data is in place. The guest writes a temporary file in the same directory and
+    /// renames it over `path` only at the end: a cancelled upload leaves nothing. The parent
+    /// directory must exist. Without `mode`, a replaced file keeps its mode; a new one gets 0644.
+    Write {
+        path: String,
+        #[serde(default)]
+        mode: Option<u32>,
+    },
+    /// → `FileResult` (the directory's entry), `FileData`… carrying the JSON of a
+    /// [`FileListResponse`](crate::proto::api::FileListResponse), empty `FileData`.
+    List {
+        path: String,
+        #[serde(default)]
+        window: u64,
+    },
+    /// → `FileResult` (lstat: a symlink is described, not followed).
     Stat { path: String },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FileEntry {
-    pub name: String,
-    pub size: u64,
-    pub mode: u32,
-    pub is_dir: bool,
-    pub modified_unix_ms: Option<u64>,
+    /// → `FileResult`. With `parents`, missing parents are made and an existing directory is fine.
+    Mkdir {
+        path: String,
+        #[serde(default)]
+        parents: bool,
+    },
+    /// → `FileResult` without an entry. A directory needs `recursive` unless it is empty.
+    Remove {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileResult {
     #[serde(default)]
-    pub entries: Vec<FileEntry>,
-    pub bytes: u64,
+    pub entry: Option<FileEntry>,
+    /// `Read`: the exact number of bytes that will follow, when known (regular files outside
+    /// /proc and /sys).
+    #[serde(default)]
+    pub length: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorMsg {
     pub message: String,
+    /// A machine-readable reason for file operations: `file_not_found`, `is_a_directory`,
+    /// `not_a_directory`, `exists`, `not_empty`, `permission_denied`, `invalid_path`,
+    /// `not_a_file`, `no_space`, `io_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 #[cfg(test)]
@@ -463,8 +537,18 @@ mod tests {
         };
         let f = Frame::json(FrameKind::ExecStart, 5, &e);
         assert_eq!(f.parse::<ExecStart>().unwrap(), e);
+        let w = Windowed {
+            request: e.clone(),
+            window: WINDOW,
+        };
+        let f = Frame::json(FrameKind::ExecStart, 5, &w);
+        assert_eq!(f.parse::<Windowed<ExecStart>>().unwrap(), w);
+        // Without a window: no flow control.
+        let f = Frame::json(FrameKind::ExecStart, 5, &e);
+        assert_eq!(f.parse::<Windowed<ExecStart>>().unwrap().window, 0);
         let r = FileRequest::Read {
             path: "/etc/hostname".into(),
+            window: WINDOW,
         };
         let f = Frame::json(FrameKind::FileRequest, 6, &r);
         assert_eq!(f.parse::<FileRequest>().unwrap(), r);

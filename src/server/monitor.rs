@@ -201,6 +201,7 @@ mod tests {
             error: None,
             on_timeout: "pause".into(),
             last_active_at: None,
+            boot_kind: None,
         }
     }
 

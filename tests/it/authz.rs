@@ -74,6 +74,22 @@ fn rows() -> Vec<Row> {
         r(M::GET, "/v1/sandboxes/{id}", "/v1/sandboxes/{sbx}", None, [401, 401, 401, 200, 404, 404, 200, 200, 200]),
         r(M::DELETE, "/v1/sandboxes/{id}", "/v1/sandboxes/{sbx}", None, [401, 401, 401, 204, 404, 404, 204, 204, 204]),
         r(M::POST, "/v1/sandboxes/{id}/exec", "/v1/sandboxes/{sbx}/exec", Some(r#"{"cmd":"true"}"#), [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::GET, "/v1/sandboxes/{id}/exec/stream", "/v1/sandboxes/{sbx}/exec/stream", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::POST, "/v1/sandboxes/{id}/pause", "/v1/sandboxes/{sbx}/pause", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::POST, "/v1/sandboxes/{id}/resume", "/v1/sandboxes/{sbx}/resume", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::POST, "/v1/sandboxes/{id}/timeout", "/v1/sandboxes/{sbx}/timeout", Some(r#"{"timeout_sec":60}"#), [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::GET, "/v1/sandboxes/{id}/logs", "/v1/sandboxes/{sbx}/logs", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::GET, "/v1/sandboxes/{id}/files", "/v1/sandboxes/{sbx}/files?path=/etc/hostname", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::PUT, "/v1/sandboxes/{id}/files", "/v1/sandboxes/{sbx}/files?path=/tmp/x", Some("{}"), [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::DELETE, "/v1/sandboxes/{id}/files", "/v1/sandboxes/{sbx}/files?path=/tmp/x", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::GET, "/v1/sandboxes/{id}/files/list", "/v1/sandboxes/{sbx}/files/list?path=/", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::GET, "/v1/sandboxes/{id}/files/stat", "/v1/sandboxes/{sbx}/files/stat?path=/", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::POST, "/v1/sandboxes/{id}/files/mkdir", "/v1/sandboxes/{sbx}/files/mkdir?path=/tmp/d", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::POST, "/v1/snapshots", "/v1/snapshots", Some(r#"{"sandbox_id":"{sbx}","name":"snap"}"#), [401, 401, 401, 409, 404, 404, 409, 409, 409]),
+        r(M::GET, "/v1/templates", "/v1/templates", None, [401, 401, 401, 200, 200, 200, 200, 200, 200]),
+        r(M::POST, "/v1/templates", "/v1/templates", Some(r#"{"name":"debian"}"#), [401, 401, 401, 403, 403, 503, 403, 403, 403]),
+        r(M::DELETE, "/v1/templates/{id}", "/v1/templates/{fresh_tpl}", None, [401, 401, 401, 204, 404, 404, 204, 204, 204]),
+        r(M::GET, "/v1/templates/{id}/build", "/v1/templates/debian/build", None, [401, 401, 401, 403, 403, 200, 403, 403, 403]),
     ]
 }
 
@@ -210,6 +226,17 @@ impl Fixture {
                 .await
                 .unwrap();
             out = out.replace("{fresh_byoc}", &h.host.id);
+        }
+        if out.contains("{fresh_tpl}") {
+            let id = format!("tpl_fresh{}", self.next());
+            self.s
+                .sqlite()
+                .execute(
+                    "INSERT INTO templates (id, team_id, name, kind, created_at) VALUES (?1, ?2, ?1, 'snapshot', 0)",
+                    [&id, &self.team],
+                )
+                .unwrap();
+            out = out.replace("{fresh_tpl}", &id);
         }
         if out.contains("{fresh_key}") {
             let k = self.owner.create_key("fresh").await.unwrap();

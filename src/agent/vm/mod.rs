@@ -8,6 +8,8 @@
 //! state has its own small lock and its guest channel multiplexes concurrent requests, so work on
 //! one VM never waits for another.
 
+mod bare;
+pub use bare::bare_cold_boot;
 mod channel;
 mod qemu;
 mod qmp;

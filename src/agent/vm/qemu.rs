@@ -8,21 +8,43 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{Accel, AccelChoice};
-use crate::agent::images::{Kernel, Template};
+use crate::agent::images::Kernel;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
-/// File names inside a VM's folder. QEMU runs with the folder as its working directory and gets
-/// these relative names, which keeps unix socket paths short whatever the data dir is.
+/// File names inside a VM's folder (and a snapshot's). QEMU runs with the folder as its working
+/// directory and gets these relative names, which keeps unix socket paths short whatever the data
+/// dir is; every file a VM boots or restores from is linked into its folder, so it never depends
+/// on a template staying where it was.
 pub const QMP_SOCK: &str = "qmp.sock";
 pub const AGENT_SOCK: &str = "agent.sock";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const QEMU_LOG: &str = "qemu.log";
+/// The VM's own copy-on-write overlay (the top of its disk chain).
 pub const DISK: &str = "disk.qcow2";
+/// The template's ext4 image (the bottom of the disk chain).
 pub const BASE: &str = "base.ext4";
+pub const KERNEL: &str = "vmlinuz";
+pub const INITRD: &str = "initrd.gz";
+/// Guest RAM kept as a file (boot snapshots: QEMU maps it, shared while the template boots,
+/// privately in each sandbox restored from it).
+pub const MEM: &str = "mem.ram";
+/// Device state (and guest RAM, except for boot snapshots) written by a migration.
+pub const STATE: &str = "state.bin";
 pub const PID_FILE: &str = "qemu.pid";
 
-/// Everything the command line is made from.
+/// Where the guest's RAM comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory<'a> {
+    /// Anonymous memory (cold boots and restores of a full state stream).
+    Anonymous,
+    /// A file mapping: `shared` for a template being booted for its snapshot (its RAM ends up in
+    /// the file), private (copy-on-write) for sandboxes restored from that snapshot.
+    File { path: &'a str, shared: bool },
+}
+
+/// Everything the command line is made from. The kernel and initrd are `KERNEL` and `INITRD` in
+/// the working directory.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec<'a> {
     pub id: &'a str,
@@ -30,9 +52,12 @@ pub struct LaunchSpec<'a> {
     pub memory_mb: u32,
     pub network: bool,
     pub accel: &'a Accel,
-    pub kernel: &'a Kernel,
-    pub template: &'a Template,
     pub tsc_khz: Option<u64>,
+    pub memory: Memory<'a>,
+    /// The qcow2 file that is the guest's disk (the top of its chain).
+    pub disk: &'a str,
+    /// Start stopped, waiting for `migrate-incoming` instead of booting.
+    pub incoming: bool,
 }
 
 /// The kernel command line. Under TCG the TSC calibration can hang when the host is busy
@@ -49,12 +74,14 @@ pub fn kernel_cmdline(accel: &Accel, tsc_khz: Option<u64>) -> String {
     s
 }
 
-/// QEMU's arguments (without the program name). Device order matters for future snapshot
-/// restores (the migration stream names devices by MMIO slot): serial channel, disk, network.
+/// QEMU's arguments (without the program name). Snapshot restores need the same devices in the
+/// same order as the VM that was saved (the migration stream names devices by MMIO slot):
+/// serial channel, disk, network. RAM is always a memory backend called `mem`, so a state
+/// saved from a file-backed VM restores into anonymous memory and the other way round.
 pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-    push(&["-name", spec.id, "-M", "microvm"]);
+    push(&["-name", spec.id, "-M", "microvm,memory-backend=mem"]);
     if spec.accel.kind == "kvm" {
         push(&["-accel", "kvm", "-cpu", "host"]);
     } else if spec.vcpus > 1 {
@@ -65,6 +92,14 @@ pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
     let mem = spec.memory_mb.to_string();
     let smp = spec.vcpus.to_string();
     push(&["-m", &mem, "-smp", &smp]);
+    let backend = match spec.memory {
+        Memory::Anonymous => format!("memory-backend-ram,id=mem,size={mem}M"),
+        Memory::File { path, shared } => format!(
+            "memory-backend-file,id=mem,size={mem}M,mem-path={path},share={}",
+            if shared { "on" } else { "off" }
+        ),
+    };
+    push(&["-object", &backend]);
     push(&[
         "-nodefaults",
         "-no-user-config",
@@ -74,10 +109,8 @@ pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
     ]);
     push(&["-serial", &format!("file:{CONSOLE_LOG}")]);
     push(&["-qmp", &format!("unix:{QMP_SOCK},server=on,wait=off")]);
-    let kernel = spec.kernel.vmlinuz.to_string_lossy();
-    let initrd = spec.template.initrd.to_string_lossy();
     let cmdline = kernel_cmdline(spec.accel, spec.tsc_khz);
-    push(&["-kernel", &kernel, "-initrd", &initrd, "-append", &cmdline]);
+    push(&["-kernel", KERNEL, "-initrd", INITRD, "-append", &cmdline]);
     push(&[
         "-device",
         "virtio-serial-device",
@@ -88,7 +121,7 @@ pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
     ]);
     push(&[
         "-blockdev",
-        &format!("driver=file,filename={DISK},node-name=file0"),
+        &format!("driver=file,filename={},node-name=file0", spec.disk),
         "-blockdev",
         "driver=qcow2,file=file0,node-name=disk0",
         "-device",
@@ -102,21 +135,41 @@ pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
             "virtio-net-device,netdev=n0",
         ]);
     }
+    if spec.incoming {
+        push(&["-S", "-incoming", "defer"]);
+    }
     a
 }
 
-/// Creates the VM's disk: a hard link to the template's base image (so a template rebuild never
-/// pulls the base from under a VM) and a qcow2 overlay on it.
-pub async fn prepare_disk(dir: &Path, template: &Template) -> anyhow::Result<()> {
-    let base = dir.join(BASE);
-    if std::fs::hard_link(&template.rootfs, &base).is_err() {
-        // Another filesystem: point at the template directly.
-        std::os::unix::fs::symlink(&template.rootfs, &base)
-            .with_context(|| format!("link {}", template.rootfs.display()))?;
+/// Makes `dst` the same file as `src`: a hard link (so deleting or rebuilding a template never
+/// pulls a file from under a VM), else a copy (another filesystem), or with `symlink_ok` a
+/// symbolic link (for the kernel, which lives outside the data dir and is never deleted by us).
+pub fn link_file(src: &Path, dst: &Path, symlink_ok: bool) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(dst);
+    if std::fs::hard_link(src, dst).is_ok() {
+        return Ok(());
     }
+    if symlink_ok {
+        let abs = std::fs::canonicalize(src).with_context(|| format!("find {}", src.display()))?;
+        std::os::unix::fs::symlink(&abs, dst).with_context(|| format!("link {}", src.display()))
+    } else {
+        std::fs::copy(src, dst)
+            .map(|_| ())
+            .with_context(|| format!("copy {} to {}", src.display(), dst.display()))
+    }
+}
+
+/// Creates the qcow2 overlay `name` in `dir` on `backing` (a file name in the same folder:
+/// qcow2 resolves relative backing names from the overlay's own folder).
+pub async fn create_overlay(
+    dir: &Path,
+    name: &str,
+    backing: &str,
+    backing_fmt: &str,
+) -> anyhow::Result<()> {
     let out = tokio::process::Command::new("qemu-img")
         .current_dir(dir)
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", BASE, DISK])
+        .args(["create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", backing, name])
         .stdin(Stdio::null())
         .output()
         .await
@@ -128,6 +181,30 @@ pub async fn prepare_disk(dir: &Path, template: &Template) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// The format of a disk layer, from its name.
+pub fn layer_format(name: &str) -> &'static str {
+    if name.ends_with(".qcow2") { "qcow2" } else { "raw" }
+}
+
+/// QEMU's version line (`QEMU emulator version 7.2.…`): snapshots are only restored by the
+/// QEMU that wrote them.
+pub async fn version() -> String {
+    let out = tokio::process::Command::new(QEMU)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        Err(_) => String::new(),
+    }
 }
 
 /// Starts QEMU in its own session (it outlives the agent) with `dir` as working directory.

@@ -41,8 +41,8 @@ fn check_path(q: &FileQuery) -> ApiResult<String> {
     if !p.starts_with('/') || p.len() > 4096 || p.contains('\0') {
         return Err(ApiError::bad("path", "must be an absolute path (at most 4096 bytes, no NUL)"));
     }
-    if p.split('/').any(|c| c == "..") {
-        return Err(ApiError::bad("path", "must not contain '..'"));
+    if p.split('/').skip(1).any(|c| c == ".." || c == "." || (c.is_empty() && p != "/")) && p != "/" {
+        return Err(ApiError::bad("path", "must be a plain absolute path: no '.', '..' or empty components"));
     }
     Ok(p)
 }
@@ -81,18 +81,8 @@ fn map_agent(e: AgentError) -> ApiError {
     }
 }
 
-fn query(path: &str, q: &FileQuery) -> String {
-    let mut s = format!("path={}", urlencode(path));
-    if q.recursive == Some(true) {
-        s.push_str("&recursive=true");
-    }
-    if q.parents == Some(true) {
-        s.push_str("&parents=true");
-    }
-    if let Some(m) = &q.mode {
-        s.push_str(&format!("&mode={}", urlencode(m)));
-    }
-    s
+fn query(path: &str) -> String {
+    format!("path={}", urlencode(path))
 }
 
 /// Reads a file: the raw bytes, streamed.
@@ -100,7 +90,7 @@ pub async fn read(State(st): State<AppState>, caller: Caller, Path(id): Path<Str
     let path = check_path(&q)?;
     let (client, s) = target(&st, &caller, id).await?;
     let resp = client
-        .stream(reqwest::Method::GET, &format!("/v1/vms/{}/files?{}", s.id, query(&path, &q)), None, None)
+        .stream(reqwest::Method::GET, &format!("/v1/vms/{}/files?{}", s.id, query(&path)), None, None)
         .await
         .map_err(map_agent)?;
     let mut out = Response::builder().status(StatusCode::OK).header(CONTENT_TYPE, "application/octet-stream");
@@ -121,11 +111,11 @@ pub async fn write(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<FileEntry>)> {
     let path = check_path(&q)?;
-    if let Some(m) = &q.mode
-        && (m.is_empty() || m.len() > 4 || u32::from_str_radix(m, 8).is_err())
-    {
-        return Err(ApiError::bad("mode", "octal permission bits such as 644"));
-    }
+    let mode = match &q.mode {
+        None => String::new(),
+        Some(m) if !m.is_empty() && m.len() <= 4 && m.bytes().all(|b| (b'0'..=b'7').contains(&b)) => format!("&mode={m}"),
+        Some(_) => return Err(ApiError::bad("mode", "octal permission bits such as 644")),
+    };
     let limit = st.settings.max_file_bytes;
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -151,7 +141,7 @@ pub async fn write(
     let result = client
         .stream(
             reqwest::Method::PUT,
-            &format!("/v1/vms/{}/files?{}", s.id, query(&path, &q)),
+            &format!("/v1/vms/{}/files?{}{mode}", s.id, query(&path)),
             Some(reqwest::Body::wrap_stream(stream)),
             None,
         )
@@ -172,19 +162,19 @@ async fn json_call<T: serde::de::DeserializeOwned>(client: &AgentClient, method:
 pub async fn list(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<Json<FileListResponse>> {
     let path = check_path(&q)?;
     let (client, s) = target(&st, &caller, id).await?;
-    Ok(Json(json_call(&client, reqwest::Method::GET, format!("/v1/vms/{}/files/list?{}", s.id, query(&path, &q))).await?))
+    Ok(Json(json_call(&client, reqwest::Method::GET, format!("/v1/vms/{}/files/list?{}", s.id, query(&path))).await?))
 }
 
 pub async fn stat(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<Json<FileEntry>> {
     let path = check_path(&q)?;
     let (client, s) = target(&st, &caller, id).await?;
-    Ok(Json(json_call(&client, reqwest::Method::GET, format!("/v1/vms/{}/files/stat?{}", s.id, query(&path, &q))).await?))
+    Ok(Json(json_call(&client, reqwest::Method::GET, format!("/v1/vms/{}/files/stat?{}", s.id, query(&path))).await?))
 }
 
 pub async fn mkdir(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<(StatusCode, Json<FileEntry>)> {
     let path = check_path(&q)?;
     let (client, s) = target(&st, &caller, id).await?;
-    let e = json_call(&client, reqwest::Method::POST, format!("/v1/vms/{}/files/mkdir?{}", s.id, query(&path, &q))).await?;
+    let e = json_call(&client, reqwest::Method::POST, format!("/v1/vms/{}/files/mkdir?{}{}", s.id, query(&path), if q.parents == Some(true) { "&parents=true" } else { "" })).await?;
     Ok((StatusCode::CREATED, Json(e)))
 }
 
@@ -195,7 +185,7 @@ pub async fn remove(State(st): State<AppState>, caller: Caller, Path(id): Path<S
     }
     let (client, s) = target(&st, &caller, id).await?;
     client
-        .stream(reqwest::Method::DELETE, &format!("/v1/vms/{}/files?{}", s.id, query(&path, &q)), None, Some(std::time::Duration::from_secs(120)))
+        .stream(reqwest::Method::DELETE, &format!("/v1/vms/{}/files?{}{}", s.id, query(&path), if q.recursive == Some(true) { "&recursive=true" } else { "" }), None, Some(std::time::Duration::from_secs(120)))
         .await
         .map_err(map_agent)?;
     Ok(StatusCode::NO_CONTENT)

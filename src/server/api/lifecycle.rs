@@ -8,11 +8,10 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
-use super::sandboxes::{MAX_TIMEOUT_SEC, host_client, load, to_resp};
+use super::sandboxes::{MAX_TIMEOUT_SEC, host_client, load, to_resp, vm_gone};
 use crate::proto::api::SandboxResponse;
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, SandboxRow};
-use crate::server::pool::AgentError;
 use crate::server::state::SandboxStatus;
 
 fn not_in(s: &SandboxRow, want: SandboxStatus, verb: &str) -> ApiError {
@@ -29,10 +28,7 @@ async fn reload(st: &AppState, caller: &Caller, id: &str) -> ApiResult<Json<Sand
 /// Pauses a running sandbox on its host (memory and device state saved, the VM process ended).
 pub async fn pause_row(st: &AppState, s: &SandboxRow) -> ApiResult<()> {
     let (client, _) = host_client(st, s).await?;
-    client.pause_vm(&s.id).await.map_err(|e| match e {
-        AgentError::Remote { status: 404, .. } => ApiError::conflict("sandbox_not_running", "the sandbox's VM is gone from its host"),
-        other => other.into(),
-    })?;
+    client.pause_vm(&s.id).await.map_err(vm_gone)?;
     let sid = s.id.clone();
     st.db
         .call(move |c| sandboxes::transition(c, &sid, SandboxStatus::Paused, None).map(|_| ()))
@@ -61,7 +57,7 @@ pub async fn resume(State(st): State<AppState>, caller: Caller, Path(id): Path<S
             message: "the sandbox's host is not online; it resumes only where its memory is saved".into(),
         });
     }
-    client.resume_vm(&s.id).await?;
+    client.resume_vm(&s.id).await.map_err(vm_gone)?;
     let sid = s.id.clone();
     st.db
         .call(move |c| {
@@ -117,7 +113,8 @@ pub async fn logs(State(st): State<AppState>, caller: Caller, Path(id): Path<Str
     let (client, _) = host_client(&st, &s).await?;
     let resp = client
         .stream(reqwest::Method::GET, &format!("/v1/vms/{}/logs?tail_bytes={tail}", s.id), None, Some(std::time::Duration::from_secs(30)))
-        .await?;
+        .await
+        .map_err(vm_gone)?;
     let text = resp.bytes().await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
     Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }

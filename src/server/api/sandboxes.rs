@@ -47,6 +47,7 @@ pub fn to_resp(s: SandboxRow) -> SandboxResponse {
             .then(|| s.last_active_at.or(s.started_at).unwrap_or(s.created_at) + s.timeout_sec as i64),
         on_timeout: s.on_timeout,
         last_active_at: s.last_active_at,
+        boot_kind: s.boot_kind,
     }
 }
 
@@ -128,7 +129,10 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
         .await?;
     if own.is_none()
         && !crate::server::api::templates::BASE_TEMPLATES.contains(&template.as_str())
-        && !all_hosts.iter().any(|h| h.templates.contains(&template))
+        && !all_hosts
+            .iter()
+            .filter(|h| h.team_id.is_none() || h.team_id.as_deref() == Some(team_id.as_str()))
+            .any(|h| h.templates.contains(&template))
     {
         return Err(ApiError::bad("template", format!("no template '{template}' (see GET /v1/templates)")));
     }
@@ -191,10 +195,10 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
         let sid = vm.id.clone();
         let outcome = match &result {
             Ok(info) => {
-                let boot_ms = info.boot_ms;
+                let (boot_ms, boot_kind) = (info.boot_ms, info.boot_kind.clone());
                 db.call(move |c| {
                     sandboxes::transition(c, &sid, SandboxStatus::Running, None)?;
-                    sandboxes::set_boot_ms(c, &sid, boot_ms)
+                    sandboxes::set_boot(c, &sid, boot_ms, boot_kind.as_deref())
                 })
                 .await
             }
@@ -324,33 +328,44 @@ pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<S
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn exec(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiJson(req): ApiJson<ExecRequest>) -> ApiResult<Json<ExecResponse>> {
-    if req.cmd.is_empty() || req.cmd.len() > 4096 || req.cmd.contains('\0') {
+/// The checks every command gets, one-shot or streamed.
+pub fn check_command(cmd: &str, args: &[String], env: &BTreeMap<String, String>, cwd: Option<&str>, timeout_sec: Option<u64>) -> ApiResult<()> {
+    if cmd.is_empty() || cmd.len() > 4096 || cmd.contains('\0') {
         return Err(ApiError::bad("cmd", "required: the program to run (not through a shell)"));
     }
-    if req.args.len() > 4096 || req.args.iter().any(|a| a.contains('\0')) {
-        return Err(ApiError::bad("args", "at most 4096 arguments, no NUL bytes"));
+    if args.len() > 4096 || args.iter().any(|a| a.contains('\0') || a.len() > 128 * 1024) {
+        return Err(ApiError::bad("args", "at most 4096 arguments of at most 128 KiB, no NUL bytes"));
     }
-    if let Some(t) = req.timeout_sec
+    if let Some(t) = timeout_sec
         && !(1..=3600).contains(&t)
     {
         return Err(ApiError::bad("timeout_sec", "must be 1 to 3600"));
     }
-    check_map("env", &req.env, true)?;
-    if let Some(cwd) = &req.cwd
+    check_map("env", env, true)?;
+    if let Some(cwd) = cwd
         && (!cwd.starts_with('/') || cwd.len() > 4096 || cwd.contains('\0'))
     {
         return Err(ApiError::bad("cwd", "must be an absolute path"));
     }
+    Ok(())
+}
+
+/// A 404 from the agent about the VM itself: the sandbox is not running there any more.
+pub fn vm_gone(e: AgentError) -> ApiError {
+    match e {
+        AgentError::Remote { status: 404, .. } => ApiError::conflict("sandbox_not_running", "the sandbox's VM is gone from its host"),
+        other => other.into(),
+    }
+}
+
+pub async fn exec(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiJson(req): ApiJson<ExecRequest>) -> ApiResult<Json<ExecResponse>> {
+    check_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref(), req.timeout_sec)?;
     let s = load(&st, &caller, id).await?;
     if s.status != SandboxStatus::Running {
         return Err(ApiError::conflict("sandbox_not_running", format!("the sandbox is {}, not running", s.status)));
     }
     let (client, _) = host_client(&st, &s).await?;
-    let out = client.exec(&s.id, &req).await.map_err(|e| match e {
-        AgentError::Remote { status: 404, .. } => ApiError::conflict("sandbox_not_running", "the sandbox's VM is gone from its host"),
-        other => other.into(),
-    })?;
+    let out = client.exec(&s.id, &req).await.map_err(vm_gone)?;
     let sid = s.id.clone();
     st.db.call(move |c| sandboxes::touch(c, &sid)).await?;
     Ok(Json(out))

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -11,7 +12,8 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::Caller;
-use super::sandboxes::{host_client, load};
+use super::sandboxes::{check_command, host_client, load};
+use crate::proto::api::{ExecClientMessage, ExecServerMessage};
 use crate::server::AppState;
 use crate::server::db::sandboxes;
 use crate::server::state::SandboxStatus;
@@ -19,11 +21,17 @@ use crate::server::state::SandboxStatus;
 /// Largest message either side may send.
 const MAX_MESSAGE: usize = 1 << 20;
 
-pub async fn exec_stream(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ws: WebSocketUpgrade) -> ApiResult<Response> {
+pub async fn exec_stream(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
     let s = load(&st, &caller, id).await?;
     if s.status != SandboxStatus::Running {
         return Err(ApiError::conflict("sandbox_not_running", format!("the sandbox is {}, not running", s.status)));
     }
+    let ws = ws.map_err(|e| ApiError::bad("upgrade", format!("this route speaks WebSocket only ({})", e.body_text())))?;
     let (client, _) = host_client(&st, &s).await?;
     let (url, token) = client.exec_stream_target(&s.id)?;
     let mut req = url.into_client_request().map_err(|e| anyhow::anyhow!("agent URL: {e}"))?;
@@ -55,11 +63,18 @@ type AgentSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTl
 
 async fn relay(client: WebSocket, agent: AgentSocket, st: AppState, sandbox: String) {
     let (mut c_tx, mut c_rx) = client.split();
+    let (refusals, mut refused) = tokio::sync::mpsc::channel::<String>(1);
     let (mut a_tx, mut a_rx) = agent.split();
     let up = async {
         while let Some(Ok(m)) = c_rx.next().await {
             let out = match m {
-                Message::Text(t) => tungstenite::Message::Text(t.as_str().into()),
+                Message::Text(t) => {
+                    if let Err(e) = check_client_message(&t) {
+                        let _ = refusals.send(e).await;
+                        break;
+                    }
+                    tungstenite::Message::Text(t.as_str().into())
+                }
                 Message::Binary(b) => tungstenite::Message::Binary(b),
                 Message::Ping(_) | Message::Pong(_) => continue,
                 Message::Close(_) => break,
@@ -71,7 +86,16 @@ async fn relay(client: WebSocket, agent: AgentSocket, st: AppState, sandbox: Str
         let _ = a_tx.send(tungstenite::Message::Close(None)).await;
     };
     let down = async {
-        while let Some(Ok(m)) = a_rx.next().await {
+        loop {
+            let m = tokio::select! {
+                m = a_rx.next() => match m { Some(Ok(m)) => m, _ => break },
+                refused = refused.recv() => {
+                    if let Some(msg) = refused {
+                        let _ = c_tx.send(Message::Text(msg.into())).await;
+                    }
+                    break;
+                }
+            };
             let out = match m {
                 tungstenite::Message::Text(t) => Message::Text(t.as_str().into()),
                 tungstenite::Message::Binary(b) => Message::Binary(b),
@@ -98,4 +122,26 @@ async fn relay(client: WebSocket, agent: AgentSocket, st: AppState, sandbox: Str
     }
     let sid = sandbox.clone();
     let _ = st.db.call(move |c| sandboxes::touch(c, &sid)).await;
+}
+
+/// Client messages are checked like a one-shot exec before they reach the agent; an invalid one
+/// ends the stream with an `error` message naming the field.
+fn check_client_message(text: &str) -> Result<(), String> {
+    let refuse = |code: &str, message: String| {
+        serde_json::to_string(&ExecServerMessage::Error {
+            code: code.into(),
+            message,
+        })
+        .unwrap_or_default()
+    };
+    let msg: ExecClientMessage = serde_json::from_str(text).map_err(|e| refuse("invalid_message", format!("not an exec stream message: {e}")))?;
+    if let ExecClientMessage::Start(s) = msg {
+        check_command(&s.cmd, &s.args, &s.env, s.cwd.as_deref(), s.timeout_sec).map_err(|e| refuse("invalid_field", e.to_string()))?;
+        if let Some(p) = s.pty
+            && (p.rows == 0 || p.cols == 0 || p.rows > 1000 || p.cols > 1000)
+        {
+            return Err(refuse("invalid_field", "pty: rows and cols must be 1 to 1000".into()));
+        }
+    }
+    Ok(())
 }

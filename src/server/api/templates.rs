@@ -45,7 +45,8 @@ pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<
         .call(move |c| Ok((templates::list(c, &team)?, hosts::schedulable_or_draining(c)?)))
         .await?;
     let mut base: BTreeMap<String, u32> = BTreeMap::new();
-    for h in &online {
+    let my_team = caller.team_id.clone();
+    for h in online.iter().filter(|h| h.team_id.is_none() || h.team_id == my_team) {
         for t in &h.templates {
             *base.entry(t.clone()).or_default() += 1;
         }
@@ -126,7 +127,7 @@ pub async fn snapshot(
         return Err(ApiError::bad("name", format!("'{name}' is a base template's name")));
     }
     if !crate::ids::is_valid("sbx", &req.sandbox_id) {
-        return Err(ApiError::NotFound("sandbox"));
+        return Err(ApiError::bad("sandbox_id", "not a sandbox id (sbx_…)"));
     }
     let s = load(&st, &caller, req.sandbox_id.clone()).await?;
     if !matches!(s.status, SandboxStatus::Running | SandboxStatus::Paused) {
@@ -148,7 +149,8 @@ pub async fn snapshot(
                 overwrite,
             },
         )
-        .await?;
+        .await
+        .map_err(super::sandboxes::vm_gone)?;
     let row = TemplateRow {
         id,
         team_id: team,
@@ -177,7 +179,8 @@ pub async fn build(State(st): State<AppState>, user: AuthUser, ApiJson(req): Api
     if !user.is_admin {
         return Err(ApiError::forbidden("admin_required", "only platform admins build base templates"));
     }
-    if !BASE_TEMPLATES.contains(&req.name.as_str()) {
+    let name = req.name.trim().to_string();
+    if !BASE_TEMPLATES.contains(&name.as_str()) {
         return Err(ApiError::bad("name", format!("base templates are {}", BASE_TEMPLATES.join(", "))));
     }
     let online = st.db.call(hosts::schedulable).await?;
@@ -188,7 +191,7 @@ pub async fn build(State(st): State<AppState>, user: AuthUser, ApiJson(req): Api
         let r = st
             .pool
             .get(&h.id, &addr)
-            .build_template(&crate::proto::agent::BuildTemplateRequest { name: req.name.clone() })
+            .build_template(&crate::proto::agent::BuildTemplateRequest { name: name.clone() })
             .await;
         match r {
             Ok(info) => started.push(serde_json::json!({ "host_id": h.id, "status": info.status, "progress": info.progress })),
@@ -196,16 +199,28 @@ pub async fn build(State(st): State<AppState>, user: AuthUser, ApiJson(req): Api
         }
     }
     if started.is_empty() && failed.is_empty() {
-        return Err(ApiError::NoHostAvailable("no online host to build on".into()));
+        return Err(ApiError::NoHostAvailable("no online regular host to build on".into()));
     }
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "name": req.name, "hosts": started, "failed": failed }))))
+    if started.is_empty() {
+        return Err(ApiError::HostFailed {
+            code: "host_error",
+            message: format!("no host could start the build: {}", serde_json::Value::from(failed)),
+        });
+    }
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "name": name, "hosts": started, "failed": failed }))))
 }
 
-/// Build progress of a base template on each online host.
-pub async fn build_status(State(st): State<AppState>, _user: AuthUser, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+/// Build progress of a base template on each online regular host (platform admins).
+pub async fn build_status(State(st): State<AppState>, user: AuthUser, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    if !user.is_admin {
+        return Err(ApiError::forbidden("admin_required", "only platform admins build base templates"));
+    }
+    if !BASE_TEMPLATES.contains(&name.as_str()) {
+        return Err(ApiError::NotFound("base template"));
+    }
     let online = st.db.call(hosts::schedulable_or_draining).await?;
     let mut out = Vec::new();
-    for h in online {
+    for h in online.into_iter().filter(|h| h.team_id.is_none()) {
         let Some(addr) = h.address.clone() else { continue };
         match st.pool.get(&h.id, &addr).list_templates().await {
             Ok(list) => {

@@ -27,10 +27,11 @@ pub struct SandboxRow {
     pub error: Option<String>,
     pub on_timeout: String,
     pub last_active_at: Option<i64>,
+    pub boot_kind: Option<String>,
 }
 
 const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec, network,
-    metadata, env, boot_ms, created_at, started_at, ended_at, error, on_timeout, last_active_at";
+    metadata, env, boot_ms, created_at, started_at, ended_at, error, on_timeout, last_active_at, boot_kind";
 
 fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
     let status: String = r.get(4)?;
@@ -55,6 +56,7 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
         error: r.get(15)?,
         on_timeout: r.get(16)?,
         last_active_at: r.get(17)?,
+        boot_kind: r.get(18)?,
     })
 }
 
@@ -156,8 +158,11 @@ pub fn transition(conn: &Connection, id: &str, next: SandboxStatus, error: Optio
     Ok(current)
 }
 
-pub fn set_boot_ms(conn: &Connection, id: &str, boot_ms: Option<u64>) -> DbResult<()> {
-    conn.execute("UPDATE sandboxes SET boot_ms = ?1 WHERE id = ?2", params![boot_ms, id])?;
+pub fn set_boot(conn: &Connection, id: &str, boot_ms: Option<u64>, boot_kind: Option<&str>) -> DbResult<()> {
+    conn.execute(
+        "UPDATE sandboxes SET boot_ms = ?1, boot_kind = ?2 WHERE id = ?3",
+        params![boot_ms, boot_kind, id],
+    )?;
     Ok(())
 }
 
