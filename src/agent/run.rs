@@ -82,6 +82,16 @@ struct Heartbeat {
     http: reqwest::Client,
 }
 
+/// Why a refresh failed: the server refused the refresh token (401/403: the credentials are
+/// gone for good), or anything else (network, server trouble), which is retried.
+#[derive(Debug, thiserror::Error)]
+enum RefreshError {
+    #[error("the server refused the refresh token ({0})")]
+    Refused(reqwest::StatusCode),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
 #[derive(Debug)]
 enum BeatError {
     /// 401/403: the credentials need refreshing.
@@ -92,6 +102,8 @@ enum BeatError {
 impl Heartbeat {
     async fn run(self, interval: Duration) {
         let mut backoff = Duration::from_secs(1);
+        // Set once the VMs were paused for lost credentials; cleared when a refresh works again.
+        let mut paused_all = false;
         loop {
             if self.expires_soon().await {
                 match self.refresh().await {
@@ -105,8 +117,17 @@ impl Heartbeat {
                     tokio::time::sleep(interval).await;
                 }
                 Err(BeatError::Auth) => match self.refresh().await {
-                    Ok(()) => tracing::info!("host credentials refreshed"),
+                    Ok(()) => {
+                        paused_all = false;
+                        tracing::info!("host credentials refreshed");
+                    }
                     Err(e) => {
+                        if matches!(e, RefreshError::Refused(_)) && !paused_all {
+                            // SPEC §7 PauseAll: without credentials nothing may run unaccounted.
+                            paused_all = true;
+                            let n = self.vms.pause_all().await;
+                            tracing::error!(paused = n, "the server refused this host's credentials; paused every running VM");
+                        }
                         tracing::error!(error = %e, "refreshing host credentials failed; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -155,7 +176,7 @@ impl Heartbeat {
         }
     }
 
-    async fn refresh(&self) -> anyhow::Result<()> {
+    async fn refresh(&self) -> Result<(), RefreshError> {
         let mut c = self.creds.lock().await;
         let resp = self
             .http
@@ -166,14 +187,19 @@ impl Heartbeat {
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.without_url()))?;
-        if !resp.status().is_success() {
-            anyhow::bail!("the server refused the refresh token ({})", resp.status());
+        let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(RefreshError::Refused(status));
         }
-        let r: RefreshResponse = resp.json().await?;
+        if !status.is_success() {
+            return Err(anyhow::anyhow!("the server answered {status} to the refresh").into());
+        }
+        let r: RefreshResponse = resp.json().await.map_err(|e| anyhow::anyhow!("{}", e.without_url()))?;
         c.token = r.token;
         c.token_expires_at = r.token_expires_at;
         c.refresh_token = r.refresh_token;
         c.refresh_expires_at = r.refresh_expires_at;
-        credentials::save(&self.data_dir, &c)
+        credentials::save(&self.data_dir, &c)?;
+        Ok(())
     }
 }

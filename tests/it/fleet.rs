@@ -112,6 +112,17 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     assert_eq!(r.stdout, "still here\n");
     eprintln!("failover: unreachable+missing after {stale_secs:.1} s, healed {heal_secs:.1} s after SIGCONT");
 
+    // Agent A is killed (-9) and started again: its VMs kept running and it finds them again.
+    a.kill();
+    a.spawn();
+    a.wait_ready(&admin).await;
+    let r = admin
+        .exec(&on_a[1], &ExecRequest { cmd: "cat".into(), args: vec!["/proc/uptime".into()], ..Default::default() })
+        .await
+        .expect("exec after an agent restart");
+    assert_eq!(r.exit_code, 0);
+    assert_eq!(status(&admin, &on_a[1]).await, "running");
+
     // Agent A dies with its VMs; when it comes back, their sandboxes are stopped.
     a.kill();
     for pid in a.qemu_pids() {

@@ -19,7 +19,7 @@ pub const MINIMAL: &str = "minimal";
 const FORMAT: u32 = 1;
 
 /// Where busybox-static puts its binary.
-const BUSYBOX: &str = "/bin/busybox";
+pub(super) const BUSYBOX: &str = "/bin/busybox";
 
 /// The port the guest program serves (virtio-serial port 1 of device 0, named `agent0`).
 pub const GUEST_PORT: &str = "/dev/vport0p1";
@@ -77,8 +77,8 @@ pub(super) fn ensure(
     template(data_dir, MINIMAL).context("template minimal missing right after its build")
 }
 
-/// What the template is made of: rebuilt when any of it changes.
-fn stamp(kernel: &Kernel, guest_binary: &Path) -> anyhow::Result<String> {
+/// SHA-256 of the guest program, hex.
+pub(super) fn guest_digest(guest_binary: &Path) -> anyhow::Result<String> {
     let mut f = std::fs::File::open(guest_binary)
         .with_context(|| format!("open the guest binary {}", guest_binary.display()))?;
     let mut h = Sha256::new();
@@ -90,7 +90,12 @@ fn stamp(kernel: &Kernel, guest_binary: &Path) -> anyhow::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the template is made of: rebuilt when any of it changes.
+fn stamp(kernel: &Kernel, guest_binary: &Path) -> anyhow::Result<String> {
+    let digest = guest_digest(guest_binary)?;
     let bb = std::fs::metadata(BUSYBOX)
         .with_context(|| format!("{BUSYBOX} (install busybox-static)"))?;
     let bb_mtime = bb
@@ -121,7 +126,7 @@ fn build(out: &Path, kernel: &Kernel, guest_binary: &Path, stamp: &str) -> anyho
     Ok(())
 }
 
-fn write_file(path: &Path, mode: u32, content: &[u8]) -> anyhow::Result<()> {
+pub(super) fn write_file(path: &Path, mode: u32, content: &[u8]) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -243,7 +248,7 @@ fn build_root(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
 }
 
 /// The libraries and loader `ldd` lists for `binary` (empty for a static binary).
-fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(super) fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(binary)
         .output()
@@ -280,7 +285,7 @@ fn dir_size(dir: &Path) -> u64 {
     total
 }
 
-fn make_ext4(root: &Path, image: &Path) -> anyhow::Result<()> {
+pub(super) fn make_ext4(root: &Path, image: &Path) -> anyhow::Result<()> {
     let size = (dir_size(root) * 12 / 10 + FREE_BYTES).div_ceil(1 << 20) << 20;
     let f = std::fs::File::create(image)?;
     f.set_len(size)?;
@@ -312,7 +317,7 @@ fn make_ext4(root: &Path, image: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_initrd(kernel: &Kernel) -> anyhow::Result<Vec<u8>> {
+pub(super) fn build_initrd(kernel: &Kernel) -> anyhow::Result<Vec<u8>> {
     let mut c = Cpio::new();
     for d in [
         "/bin",
@@ -352,7 +357,7 @@ fn build_initrd(kernel: &Kernel) -> anyhow::Result<Vec<u8>> {
     Ok(c.finish())
 }
 
-fn gzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub(super) fn gzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut child = Command::new("gzip")
         .args(["-1", "-n", "-c"])
         .stdin(Stdio::piped())

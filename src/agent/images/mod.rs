@@ -5,13 +5,18 @@
 //! was built from). Each VM gets a qcow2 overlay on the base, so creating one copies nothing.
 
 mod cpio;
+pub mod debian;
 mod minimal;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+pub use debian::DEBIAN;
 pub use minimal::MINIMAL;
+
+/// The templates agents build themselves (the server refuses these names for snapshots).
+pub const BASE_TEMPLATES: [&str; 2] = [MINIMAL, DEBIAN];
 
 /// The guest kernel, as installed by install.sh into the agent's kernel dir.
 #[derive(Debug, Clone)]
@@ -145,13 +150,74 @@ fn install_dir(tmp_dir: &Path, final_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes leftovers of interrupted builds.
+/// Removes leftovers of interrupted image builds (`.build-<template>-*`, `.old-*`; snapshot
+/// folders are the VM manager's). A debootstrap cut short can leave filesystems mounted inside
+/// its tree: they are unmounted first, and the removal never crosses into another filesystem.
 fn clean_leftovers(templates: &Path) {
     for e in std::fs::read_dir(templates).into_iter().flatten().flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(".build-") || name.starts_with(".old-") {
-            let _ = std::fs::remove_dir_all(e.path());
+        let ours = name.starts_with(".old-")
+            || (name.starts_with(".build-")
+                && !name.starts_with(".build-snap")
+                && !name.starts_with(".build-boot"));
+        if ours && let Err(err) = remove_tree(&e.path()) {
+            tracing::warn!(dir = %e.path().display(), error = %format!("{err:#}"), "could not remove a build leftover");
         }
     }
+}
+
+/// Unmounts everything mounted at or under `dir` (lazily, deepest first).
+pub(crate) fn unmount_under(dir: &Path) -> anyhow::Result<()> {
+    let Ok(base) = std::fs::canonicalize(dir) else {
+        return Ok(());
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(&base))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    points.dedup();
+    for p in points {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a valid NUL-terminated path.
+        let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        if rc != 0 {
+            bail!(
+                "unmount {}: {}",
+                p.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Removes `dir` and everything under it without crossing into other filesystems (after
+/// unmounting what is mounted there); what lies on another filesystem is left and reported.
+pub(crate) fn remove_tree(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return Ok(());
+    };
+    unmount_under(dir)?;
+    fn walk(p: &Path, dev: u64) -> anyhow::Result<()> {
+        let m = std::fs::symlink_metadata(p)?;
+        if m.dev() != dev {
+            bail!("{} is on another filesystem", p.display());
+        }
+        if m.is_dir() {
+            for e in std::fs::read_dir(p)? {
+                walk(&e?.path(), dev)?;
+            }
+            std::fs::remove_dir(p).with_context(|| format!("remove {}", p.display()))?;
+        } else {
+            std::fs::remove_file(p).with_context(|| format!("remove {}", p.display()))?;
+        }
+        Ok(())
+    }
+    walk(dir, top.dev())
 }

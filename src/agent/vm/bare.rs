@@ -17,7 +17,7 @@ pub async fn bare_cold_boot(agent_data_dir: &Path, kernel_dir: &Path, template: 
     let accel = qemu::detect_accel(AccelChoice::Auto, &kernel).await;
     let dir = tempfile_dir()?;
     let result = async {
-        qemu::prepare_disk(&dir, &tpl).await?;
+        qemu::prepare_disk(&dir, &kernel, &tpl).await?;
         let id = "sbx_bench_bare";
         let spec = qemu::LaunchSpec {
             id,
@@ -25,9 +25,10 @@ pub async fn bare_cold_boot(agent_data_dir: &Path, kernel_dir: &Path, template: 
             memory_mb: 256,
             network: true,
             accel: &accel,
-            kernel: &kernel,
-            template: &tpl,
             tsc_khz: qemu::host_tsc_khz(),
+            memory: qemu::Memory::Anonymous,
+            disk: qemu::DISK,
+            incoming: false,
         };
         let args = qemu::args(&spec);
         let t = Instant::now();

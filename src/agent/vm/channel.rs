@@ -5,6 +5,11 @@
 //! HelloAck: bytes the guest wrote while no host was connected (replies meant for a previous
 //! agent) arrive first and are dropped. Stream ids come from a per-process counter with a random
 //! start, so stale replies never match a live request.
+//!
+//! The reader task never waits for a stream's consumer: each stream has its own queue, kept
+//! within one flow-control window because the guest may only send what the consumer granted
+//! (a guest that sends more loses the stream, not the agent's memory). Data the host sends
+//! (stdin, uploads) waits for the guest's credit in [`GuestSender`], per stream.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,13 +20,13 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::sock::connect_unix;
 use crate::proto::guest::{
-    ErrorMsg, ExecStart, Exit, Frame, FrameDecoder, FrameKind, Hello, HelloAck, Init, InitAck,
-    PROTOCOL_VERSION, Signal,
+    CHUNK, Credit, ErrorMsg, ExecStart, Exit, Frame, FrameDecoder, FrameKind, Hello, HelloAck,
+    Init, InitAck, PROTOCOL_VERSION, WINDOW, Windowed,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +41,12 @@ pub enum ChannelError {
     Guest(String),
     #[error("unexpected reply: {0}")]
     Protocol(String),
+    /// A file operation failed in the guest, with its reason code (`file_not_found`, …).
+    #[error("{message}")]
+    File { code: String, message: String },
 }
 
-fn next_id() -> u64 {
+pub(super) fn next_id() -> u64 {
     static NEXT: OnceLock<AtomicU64> = OnceLock::new();
     let counter = NEXT.get_or_init(|| {
         // Random start (high bits) so ids differ from any previous agent process's.
@@ -48,7 +56,31 @@ fn next_id() -> u64 {
     counter.fetch_add(1, Ordering::Relaxed)
 }
 
-type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
+/// Where the reader task delivers one stream's frames, and that stream's flow-control state.
+struct Route {
+    tx: mpsc::UnboundedSender<Frame>,
+    /// Bytes the guest may still send us; 0 = no limit was asked for.
+    window: u64,
+    /// Data delivered to the queue and not yet granted back: never above `window` for a guest
+    /// that keeps the rules.
+    inflight: Arc<AtomicU64>,
+    /// The guest's credit for our data on this stream (permits = bytes).
+    credit: Arc<Semaphore>,
+}
+
+impl Route {
+    fn close(&self) {
+        self.credit.close();
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Route>>>;
+
+fn clear(pending: &Pending) {
+    for (_, r) in lock(pending).drain() {
+        r.close();
+    }
+}
 
 /// One live connection.
 struct Conn {
@@ -68,7 +100,17 @@ impl Conn {
         for t in &self.tasks {
             t.abort();
         }
-        lock(&self.pending).clear();
+        clear(&self.pending);
+    }
+
+    async fn send(&self, frame: &Frame) -> Result<(), ChannelError> {
+        let bytes = frame
+            .encode()
+            .map_err(|e| ChannelError::Protocol(e.to_string()))?;
+        self.out
+            .send(bytes)
+            .await
+            .map_err(|_| ChannelError::Closed)
     }
 }
 
@@ -257,25 +299,44 @@ impl GuestChannel {
         ))
     }
 
-    /// Sends `frame` as the opening of stream `id` and returns the stream's replies.
-    async fn open_stream(&self, frame: Frame, wait: Duration) -> Result<Stream, ChannelError> {
+    /// Sends `frame` as the opening of stream `frame.id` and returns the stream's replies.
+    /// `window`: the initial credit the request gave the guest for its data (0 = no limit).
+    pub(super) async fn open(
+        &self,
+        frame: Frame,
+        window: u64,
+        wait: Duration,
+    ) -> Result<GuestStream, ChannelError> {
         let (conn, _) = self.conn(wait).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let id = frame.id;
-        lock(&conn.pending).insert(id, tx);
-        let bytes = frame
-            .encode()
-            .map_err(|e| ChannelError::Protocol(e.to_string()))?;
-        if conn.out.send(bytes).await.is_err() {
-            lock(&conn.pending).remove(&id);
-            return Err(ChannelError::Closed);
-        }
-        Ok(Stream {
+        let inflight = Arc::new(AtomicU64::new(0));
+        let credit = Arc::new(Semaphore::new(0));
+        lock(&conn.pending).insert(
+            id,
+            Route {
+                tx,
+                window,
+                inflight: inflight.clone(),
+                credit: credit.clone(),
+            },
+        );
+        let stream = GuestStream {
             id,
             rx,
             conn,
+            inflight,
+            credit,
+            window,
+            owed: 0,
             done: false,
-        })
+        };
+        stream.conn.send(&frame).await?;
+        Ok(stream)
+    }
+
+    async fn open_stream(&self, frame: Frame, wait: Duration) -> Result<GuestStream, ChannelError> {
+        self.open(frame, 0, wait).await
     }
 
     /// Gives the guest its identity, clock and entropy.
@@ -284,7 +345,7 @@ impl GuestChannel {
         let mut s = self
             .open_stream(Frame::json(FrameKind::Init, id, init), wait)
             .await?;
-        let f = s.next(Instant::now() + wait).await?;
+        let f = s.next(Some(Instant::now() + wait)).await?;
         s.done = true;
         match f.kind {
             FrameKind::InitAck => f.parse().map_err(|e| ChannelError::Protocol(e.to_string())),
@@ -303,9 +364,14 @@ impl GuestChannel {
     ) -> Result<ExecOutput, ChannelError> {
         let deadline = Instant::now() + wait;
         let id = next_id();
+        let start = Windowed {
+            request: req.clone(),
+            window: WINDOW,
+        };
         let mut s = self
-            .open_stream(
-                Frame::json(FrameKind::ExecStart, id, req),
+            .open(
+                Frame::json(FrameKind::ExecStart, id, &start),
+                WINDOW,
                 Duration::from_secs(10),
             )
             .await?;
@@ -321,7 +387,7 @@ impl GuestChannel {
             },
         };
         loop {
-            let f = s.next(deadline).await?;
+            let f = s.next(Some(deadline)).await?;
             match f.kind {
                 FrameKind::Stdout | FrameKind::Stderr => {
                     let buf = if f.kind == FrameKind::Stdout {
@@ -334,6 +400,7 @@ impl GuestChannel {
                         out.truncated = true;
                     }
                     buf.extend_from_slice(&f.payload[..f.payload.len().min(room)]);
+                    s.ack(f.payload.len()).await?;
                 }
                 FrameKind::ExecStarted => tracing::debug!(id, "exec started"),
                 FrameKind::Exit => {
@@ -353,47 +420,136 @@ impl GuestChannel {
     }
 }
 
-fn guest_error(f: &Frame) -> ChannelError {
-    ChannelError::Guest(
-        f.parse::<ErrorMsg>()
-            .map(|e| e.message)
-            .unwrap_or_else(|_| "unknown error".into()),
-    )
+pub(super) fn guest_error(f: &Frame) -> ChannelError {
+    match f.parse::<ErrorMsg>() {
+        Ok(ErrorMsg {
+            message,
+            code: Some(code),
+        }) => ChannelError::File { code, message },
+        Ok(e) => ChannelError::Guest(e.message),
+        Err(_) => ChannelError::Guest("unknown error".into()),
+    }
 }
 
-/// The replies of one request. Dropped before its end, it asks the guest to kill the process.
-struct Stream {
+/// The replies of one request (the receiving half of a stream). Dropped before its end, it tells
+/// the guest to abandon the stream (kill the process, drop the upload).
+pub(super) struct GuestStream {
     id: u64,
     rx: mpsc::UnboundedReceiver<Frame>,
     conn: Arc<Conn>,
-    done: bool,
+    inflight: Arc<AtomicU64>,
+    credit: Arc<Semaphore>,
+    window: u64,
+    /// Data consumed and not yet granted back.
+    owed: u64,
+    /// The stream ended (its last frame arrived): nothing to cancel.
+    pub(super) done: bool,
 }
 
-impl Stream {
-    async fn next(&mut self, deadline: Instant) -> Result<Frame, ChannelError> {
-        match tokio::time::timeout_at(deadline.into(), self.rx.recv()).await {
-            Err(_) => Err(ChannelError::Timeout),
-            Ok(None) => Err(ChannelError::Closed),
-            Ok(Some(f)) => Ok(f),
+impl GuestStream {
+    /// The next frame; `deadline` None waits as long as the stream lives.
+    pub(super) async fn next(&mut self, deadline: Option<Instant>) -> Result<Frame, ChannelError> {
+        let got = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), self.rx.recv())
+                .await
+                .map_err(|_| ChannelError::Timeout)?,
+            None => self.rx.recv().await,
+        };
+        got.ok_or(ChannelError::Closed)
+    }
+
+    /// The consumer is done with `n` bytes of data: the guest may send them again. Grants go
+    /// out in batches of a quarter window.
+    pub(super) async fn ack(&mut self, n: usize) -> Result<(), ChannelError> {
+        if self.window == 0 || n == 0 {
+            return Ok(());
+        }
+        self.owed += n as u64;
+        if self.owed >= self.window / 4 {
+            let bytes = std::mem::take(&mut self.owed);
+            self.inflight.fetch_sub(bytes, Ordering::AcqRel);
+            self.conn
+                .send(&Frame::json(FrameKind::Credit, self.id, &Credit { bytes }))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The sending half, for stdin, signals and uploads while this half receives.
+    pub(super) fn sender(&self) -> GuestSender {
+        GuestSender {
+            id: self.id,
+            conn: self.conn.clone(),
+            credit: self.credit.clone(),
         }
     }
 }
 
-impl Drop for Stream {
+impl Drop for GuestStream {
     fn drop(&mut self) {
-        lock(&self.conn.pending).remove(&self.id);
+        if let Some(r) = lock(&self.conn.pending).remove(&self.id) {
+            r.close();
+        }
         if !self.done && self.conn.is_alive() {
-            let kill = Frame::json(
-                FrameKind::Signal,
-                self.id,
-                &Signal {
-                    signal: libc::SIGKILL,
-                },
-            );
-            if let Ok(bytes) = kill.encode() {
-                let _ = self.conn.out.try_send(bytes);
+            let cancel = Frame::new(FrameKind::Cancel, self.id, Vec::new());
+            if let Ok(bytes) = cancel.encode() {
+                let out = self.conn.out.clone();
+                // The writer queue may be full (an upload in flight): don't lose the cancel.
+                if let Err(mpsc::error::TrySendError::Full(bytes)) = out.try_send(bytes)
+                    && let Ok(rt) = tokio::runtime::Handle::try_current()
+                {
+                    rt.spawn(async move {
+                        let _ = out.send(bytes).await;
+                    });
+                }
             }
         }
+    }
+}
+
+/// The sending half of a stream.
+#[derive(Clone)]
+pub(super) struct GuestSender {
+    id: u64,
+    conn: Arc<Conn>,
+    credit: Arc<Semaphore>,
+}
+
+impl GuestSender {
+    /// Sends `bytes` as data frames of `kind`, each waiting for the guest's credit; an empty
+    /// slice sends the (credit-free) end-of-data frame.
+    pub(super) async fn data(&self, kind: FrameKind, bytes: &[u8]) -> Result<(), ChannelError> {
+        if bytes.is_empty() {
+            return self.conn.send(&Frame::new(kind, self.id, Vec::new())).await;
+        }
+        for chunk in bytes.chunks(CHUNK) {
+            let permits = self
+                .credit
+                .acquire_many(chunk.len() as u32)
+                .await
+                .map_err(|_| ChannelError::Closed)?;
+            permits.forget();
+            self.conn
+                .send(&Frame::new(kind, self.id, chunk.to_vec()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the guest to abandon the stream.
+    pub(super) async fn cancel(&self) -> Result<(), ChannelError> {
+        self.conn
+            .send(&Frame::new(FrameKind::Cancel, self.id, Vec::new()))
+            .await
+    }
+
+    /// A control frame (signal, resize) for this stream, as JSON.
+    pub(super) async fn control<T: serde::Serialize>(
+        &self,
+        kind: FrameKind,
+        msg: &T,
+    ) -> Result<(), ChannelError> {
+        self.conn.send(&Frame::json(kind, self.id, msg)).await
     }
 }
 
@@ -411,21 +567,11 @@ async fn read_loop(
                 // nonce 0: the guest program restarted; nothing in flight will be answered.
                 if f.parse::<HelloAck>().is_ok_and(|a| a.nonce == 0) {
                     tracing::warn!("the guest program restarted; failing its requests in flight");
-                    lock(&pending).clear();
+                    clear(&pending);
                 }
                 continue;
             }
-            let tx = lock(&pending).get(&f.id).cloned();
-            match tx {
-                Some(tx) => {
-                    if tx.send(f).is_err() {
-                        // The requester went away.
-                    }
-                }
-                None => {
-                    tracing::debug!(kind = ?f.kind, id = f.id, "dropping a frame for no live request")
-                }
-            }
+            deliver(&pending, f);
         }
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -433,5 +579,45 @@ async fn read_loop(
         }
     }
     alive.store(false, Ordering::Release);
-    lock(&pending).clear();
+    clear(&pending);
+}
+
+/// Hands one frame to its stream, applying credits and policing the guest's window.
+fn deliver(pending: &Pending, f: Frame) {
+    let mut routes = lock(pending);
+    let Some(route) = routes.get(&f.id) else {
+        tracing::debug!(kind = ?f.kind, id = f.id, "dropping a frame for no live request");
+        return;
+    };
+    match f.kind {
+        FrameKind::Credit => {
+            if let Ok(c) = f.parse::<Credit>() {
+                // A semaphore holds at most MAX_PERMITS; a sane guest never comes close.
+                let room = Semaphore::MAX_PERMITS.saturating_sub(route.credit.available_permits());
+                route
+                    .credit
+                    .add_permits((c.bytes.min(u64::from(u32::MAX)) as usize).min(room));
+            }
+            return;
+        }
+        FrameKind::Stdout | FrameKind::Stderr | FrameKind::FileData if route.window > 0 => {
+            let len = f.payload.len() as u64;
+            let inflight = route.inflight.fetch_add(len, Ordering::AcqRel) + len;
+            if inflight > route.window {
+                tracing::warn!(
+                    id = f.id,
+                    inflight,
+                    window = route.window,
+                    "the guest overran its flow-control window; dropping the stream"
+                );
+                if let Some(r) = routes.remove(&f.id) {
+                    r.close();
+                }
+                return;
+            }
+        }
+        _ => {}
+    }
+    // The requester may have gone away: then the frame is just dropped.
+    let _ = route.tx.send(f);
 }

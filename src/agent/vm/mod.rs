@@ -4,16 +4,29 @@
 //! holding its pid file, record (`vm.json`), sockets (QMP, guest channel), console log and qcow2
 //! overlay. QEMU outlives the agent; a restarted agent finds its VMs there again.
 //!
+//! Creating a VM restores the boot snapshot of its template (see [`snapshot`]) when one exists
+//! for its shape, and cold-boots otherwise; either way it then gets its identity (Init: id, env,
+//! clock, entropy). Pausing saves the memory and device state into the folder (`state.bin`) and
+//! ends QEMU; resuming restores it. Everything a VM boots or restores from is linked into its
+//! folder, so templates can be rebuilt or deleted under live and paused VMs.
+//!
 //! Locking: the VM table is a std mutex held only to look up, insert or remove; each VM's mutable
 //! state has its own small lock and its guest channel multiplexes concurrent requests, so work on
-//! one VM never waits for another.
+//! one VM never waits for another. Pause, resume and snapshot of one VM take its `op` lock, one
+//! at a time. Template folders are swapped or removed under `templates_lock` (write) while a
+//! create links their files under it (read).
 
 mod bare;
 pub use bare::bare_cold_boot;
 mod channel;
+pub mod files;
+mod lifecycle;
 mod qemu;
 mod qmp;
+pub mod snapshot;
 mod sock;
+pub mod stream;
+mod templates;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -33,6 +46,8 @@ use crate::agent::images::{self, Kernel, MINIMAL, Template};
 use crate::proto::guest::{ExecStart, Init};
 use channel::{ChannelError, GuestChannel};
 pub use qmp::Qmp;
+use snapshot::{BootSnapshots, HostEnv, STATE_LIMIT, Shape, Snapshot};
+pub use templates::TemplateError;
 
 /// Output kept per stream of an exec; the rest is drained and dropped.
 pub const OUTPUT_CAP: usize = 10 * 1024 * 1024;
@@ -44,6 +59,12 @@ pub const MIN_MEMORY_MB: u32 = 128;
 /// seen with both cores loaded), and how many boots create tries.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(45);
 const BOOT_ATTEMPTS: u32 = 2;
+/// How long a restored guest may take to answer (it answers in well under a second).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The snapshot state a VM is being restored from (a link to the template's `state.bin`).
+const INCOMING: &str = "incoming.bin";
+/// A pause writes here first and renames to `state.bin` once complete.
+const STATE_TMP: &str = "state.tmp";
 /// Extra time the host waits beyond an exec's own timeout (the guest enforces that one).
 const EXEC_GRACE: Duration = Duration::from_secs(30);
 const RECORD: &str = "vm.json";
@@ -112,6 +133,15 @@ struct VmRecord {
     created_unix_ms: u64,
     boot_ms: Option<u64>,
     boot_kind: Option<String>,
+    /// The base template the disk chain starts from (`template` itself for base templates).
+    #[serde(default)]
+    base: String,
+    /// The frozen disk chain under `disk.qcow2`, bottom to top (file names in the folder).
+    #[serde(default)]
+    layers: Vec<String>,
+    /// RAM is a private mapping of `mem.ram` (restored from a boot snapshot, not yet paused).
+    #[serde(default)]
+    memory_file: bool,
 }
 
 #[derive(Debug)]
@@ -120,6 +150,25 @@ struct Runtime {
     pid: Option<u32>,
     boot_ms: Option<u64>,
     boot_kind: Option<String>,
+    /// Turns true when the current QEMU (our child) has exited and been reaped. None for a
+    /// reattached QEMU and while there is none (paused).
+    exited: Option<watch::Receiver<bool>>,
+    layers: Vec<String>,
+    memory_file: bool,
+}
+
+impl Runtime {
+    fn new(state: VmState) -> Runtime {
+        Runtime {
+            state,
+            pid: None,
+            boot_ms: None,
+            boot_kind: None,
+            exited: None,
+            layers: Vec::new(),
+            memory_file: false,
+        }
+    }
 }
 
 /// Why a boot attempt failed: hung boots are worth another try.
@@ -147,13 +196,46 @@ struct Vm {
     rt: Mutex<Runtime>,
     channel: GuestChannel,
     destroyed: AtomicBool,
-    /// Set to true when QEMU (our child) has exited and been reaped. None for reattached VMs.
-    exited: Option<watch::Receiver<bool>>,
+    /// Held by pause, resume and snapshot.
+    op: tokio::sync::Mutex<()>,
 }
 
 impl Vm {
+    fn new(dir: &Path, record: VmRecord, rt: Runtime) -> Vm {
+        Vm {
+            id: record.id.clone(),
+            dir: dir.to_path_buf(),
+            record,
+            rt: Mutex::new(rt),
+            channel: GuestChannel::new(dir, qemu::AGENT_SOCK),
+            destroyed: AtomicBool::new(false),
+            op: tokio::sync::Mutex::new(()),
+        }
+    }
+
     fn rt(&self) -> std::sync::MutexGuard<'_, Runtime> {
         self.rt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shape(&self) -> Shape {
+        Shape {
+            memory_mb: self.record.memory_mb,
+            vcpus: self.record.vcpus,
+            network: self.record.network,
+        }
+    }
+
+    /// Writes `vm.json` with the current runtime facts.
+    fn persist(&self) -> anyhow::Result<()> {
+        let mut record = self.record.clone();
+        {
+            let rt = self.rt();
+            record.boot_ms = rt.boot_ms;
+            record.boot_kind = rt.boot_kind.clone();
+            record.layers = rt.layers.clone();
+            record.memory_file = rt.memory_file;
+        }
+        write_record(&self.dir, &record)
     }
 
     /// The current info, noticing a QEMU that has gone away.
@@ -179,18 +261,34 @@ impl Vm {
 
     /// Ends QEMU (SIGKILL) and waits until it is gone.
     async fn kill_qemu(&self) {
-        let pid = self.rt().pid;
+        let (pid, exited) = {
+            let rt = self.rt();
+            (rt.pid, rt.exited.clone())
+        };
         let Some(pid) = pid else { return };
         qemu::kill(pid, libc::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        if let Some(rx) = &self.exited {
-            let mut rx = rx.clone();
-            let _ = tokio::time::timeout_at(deadline.into(), rx.wait_for(|e| *e)).await;
-        }
-        while qemu::is_alive(pid) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_gone(pid, exited, Duration::from_secs(10)).await;
     }
+}
+
+/// Waits until QEMU `pid` has exited (reaped, when it is our child).
+async fn wait_gone(pid: u32, exited: Option<watch::Receiver<bool>>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    if let Some(mut rx) = exited {
+        let _ = tokio::time::timeout_at(deadline.into(), rx.wait_for(|e| *e)).await;
+    }
+    while qemu::is_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Where a new VM comes from.
+enum Source {
+    /// A base template: restored from its boot snapshot for the VM's shape when there is one,
+    /// cold-booted otherwise.
+    Base(Template),
+    /// A sandbox snapshot (`tpl_…`): restored, with no other way to start.
+    Snapshot(Snapshot),
 }
 
 pub struct VmManager {
@@ -201,6 +299,10 @@ pub struct VmManager {
     host_cores: u32,
     host_memory_mb: u64,
     vms: Mutex<HashMap<String, Arc<Vm>>>,
+    guest_binary: PathBuf,
+    boot: Arc<BootSnapshots>,
+    builds: Arc<templates::BaseBuilds>,
+    templates_lock: tokio::sync::RwLock<()>,
 }
 
 impl VmManager {
@@ -217,12 +319,28 @@ impl VmManager {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("find this executable")?,
         };
-        let (data_dir, k) = (cfg.data_dir.clone(), kernel.clone());
-        tokio::task::spawn_blocking(move || images::ensure_minimal(&data_dir, &k, &guest_binary))
+        let (data_dir, k, g) = (cfg.data_dir.clone(), kernel.clone(), guest_binary.clone());
+        tokio::task::spawn_blocking(move || images::ensure_minimal(&data_dir, &k, &g))
             .await
             .context("template build panicked")??;
+        let templates_dir = images::templates_dir(&cfg.data_dir);
+        tokio::task::spawn_blocking(move || snapshot::clean_leftovers(&templates_dir))
+            .await
+            .context("template cleanup panicked")?;
+        let tsc_khz = qemu::host_tsc_khz();
+        let boot = Arc::new(BootSnapshots::new(HostEnv {
+            data_dir: cfg.data_dir.clone(),
+            accel: accel.clone(),
+            kernel: kernel.clone(),
+            tsc_khz,
+            qemu_version: qemu::version().await,
+        }));
         let mgr = VmManager {
-            tsc_khz: qemu::host_tsc_khz(),
+            guest_binary,
+            boot,
+            builds: Arc::new(templates::BaseBuilds::default()),
+            templates_lock: tokio::sync::RwLock::new(()),
+            tsc_khz,
             host_cores: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
@@ -233,6 +351,12 @@ impl VmManager {
             vms: Mutex::new(HashMap::new()),
         };
         mgr.rediscover().await;
+        // Each base template is booted once and snapshotted, in the background.
+        for name in images::list_templates(&mgr.cfg.data_dir) {
+            if let Some(t) = images::template(&mgr.cfg.data_dir, &name) {
+                mgr.boot.request(&t, snapshot::DEFAULT_SHAPE);
+            }
+        }
         Ok(Arc::new(mgr))
     }
 
@@ -265,7 +389,11 @@ impl VmManager {
             let name = e.file_name().to_string_lossy().into_owned();
             match self.reattach(&name, &dir).await {
                 Ok(vm) => {
-                    tracing::info!(vm = %name, pid = ?vm.rt().pid, "reattached to a running VM");
+                    let (pid, state) = {
+                        let rt = vm.rt();
+                        (rt.pid, rt.state)
+                    };
+                    tracing::info!(vm = %name, ?pid, ?state, "found a VM of a previous agent");
                     self.vms().insert(name, vm);
                 }
                 Err(why) => {
@@ -281,6 +409,9 @@ impl VmManager {
         }
     }
 
+    /// A VM a previous agent left: a live QEMU (running, or stopped by an interrupted pause or
+    /// snapshot, which is continued: the server still counts it running) or a saved state
+    /// (`state.bin`: paused; a QEMU still around it is ended).
     async fn reattach(&self, name: &str, dir: &Path) -> Result<Arc<Vm>, String> {
         validate_id(name).map_err(|e| e.to_string())?;
         let record: VmRecord = std::fs::read(dir.join(RECORD))
@@ -290,36 +421,69 @@ impl VmManager {
         if record.id != name {
             return Err("vm.json names another VM".into());
         }
-        let pid = read_pid(dir).ok_or("no pid file")?;
-        if !qemu::is_our_qemu(pid, dir) {
-            return Err(format!("QEMU (pid {pid}) is not running"));
-        }
-        let mut q = tokio::time::timeout(Duration::from_secs(5), Qmp::connect(dir, qemu::QMP_SOCK))
-            .await
-            .map_err(|_| "QMP did not answer".to_string())?
-            .map_err(|e| format!("QMP: {e:#}"))?;
-        let status = q.status().await.map_err(|e| format!("QMP: {e:#}"))?;
-        let state = match status.as_str() {
-            "paused" => VmState::Paused,
-            _ => VmState::Running,
+        let saved = dir.join(qemu::STATE).is_file();
+        let live = read_pid(dir).filter(|pid| qemu::is_our_qemu(*pid, dir));
+        let _ = std::fs::remove_file(dir.join(STATE_TMP));
+        let (state, pid) = match live {
+            Some(pid) => {
+                let status = async {
+                    let mut q = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        Qmp::connect(dir, qemu::QMP_SOCK),
+                    )
+                    .await
+                    .map_err(|_| "QMP did not answer".to_string())?
+                    .map_err(|e| format!("QMP: {e:#}"))?;
+                    let status = q.status().await.map_err(|e| format!("QMP: {e:#}"))?;
+                    if status != "running" && !saved {
+                        q.cont().await.map_err(|e| format!("continue the VM: {e:#}"))?;
+                        tracing::info!(vm = %name, %status, "continued a VM stopped by an interrupted operation");
+                        return Ok::<_, String>("running".to_string());
+                    }
+                    Ok(status)
+                }
+                .await;
+                match (status, saved) {
+                    (Ok(s), true) if s == "running" => {
+                        // A resume got as far as continuing the VM: its saved state is stale.
+                        let _ = std::fs::remove_file(dir.join(qemu::STATE));
+                        (VmState::Running, Some(pid))
+                    }
+                    (Ok(_), false) => (VmState::Running, Some(pid)),
+                    (_, true) => {
+                        // Stopped around a complete saved state (a pause that did not get to end
+                        // QEMU, or a resume that did not get to continue): the state file wins.
+                        qemu::kill(pid, libc::SIGKILL);
+                        wait_gone(pid, None, Duration::from_secs(10)).await;
+                        (VmState::Paused, None)
+                    }
+                    (Err(e), false) => return Err(e),
+                }
+            }
+            None if saved => (VmState::Paused, None),
+            None => return Err("QEMU is not running and there is no saved state".into()),
         };
-        Ok(Arc::new(Vm {
-            id: name.to_string(),
-            dir: dir.to_path_buf(),
-            channel: GuestChannel::new(dir, qemu::AGENT_SOCK),
-            rt: Mutex::new(Runtime {
-                state,
-                pid: Some(pid),
-                boot_ms: record.boot_ms,
-                boot_kind: record.boot_kind.clone(),
-            }),
-            record,
-            destroyed: AtomicBool::new(false),
-            exited: None,
-        }))
+        if pid.is_none() {
+            let _ = std::fs::remove_file(dir.join(qemu::MEM));
+        }
+        let mut rt = Runtime::new(state);
+        rt.pid = pid;
+        rt.boot_ms = record.boot_ms;
+        rt.boot_kind = record.boot_kind.clone();
+        rt.layers = if record.layers.is_empty() {
+            vec![qemu::BASE.to_string()]
+        } else {
+            record.layers.clone()
+        };
+        rt.memory_file = record.memory_file && pid.is_some();
+        let vm = Arc::new(Vm::new(dir, record, rt));
+        if pid.is_none() {
+            let _ = vm.persist();
+        }
+        Ok(vm)
     }
 
-    fn validate(&self, req: &CreateVmRequest) -> Result<Template, VmError> {
+    fn validate(&self, req: &CreateVmRequest) -> Result<Source, VmError> {
         validate_id(&req.id)?;
         let max_vcpus = self.host_cores.clamp(1, MAX_VCPUS);
         if req.vcpus < 1 || req.vcpus > max_vcpus {
@@ -340,26 +504,73 @@ impl VmManager {
             ));
         }
         validate_env(&req.env)?;
-        images::template(&self.cfg.data_dir, &req.template).ok_or_else(|| {
-            bad(
-                "template",
-                format!("unknown template {:?} on this host", req.template),
-            )
-        })
+        if let Some(t) = images::template(&self.cfg.data_dir, &req.template) {
+            return Ok(Source::Base(t));
+        }
+        if let Some(s) = self.snapshot_template(&req.template) {
+            if s.meta.vcpus != req.vcpus {
+                return Err(bad(
+                    "vcpus",
+                    format!(
+                        "the snapshot {} restores with {} vCPU",
+                        req.template, s.meta.vcpus
+                    ),
+                ));
+            }
+            if s.meta.memory_mb != req.memory_mb {
+                return Err(bad(
+                    "memory_mb",
+                    format!(
+                        "the snapshot {} restores with {} MB",
+                        req.template, s.meta.memory_mb
+                    ),
+                ));
+            }
+            if let Some(why) = s.incompatible(self.accel.kind, &self.boot.env.qemu_version) {
+                return Err(bad(
+                    "template",
+                    format!(
+                        "the snapshot {} cannot be restored on this host: {why}",
+                        req.template
+                    ),
+                ));
+            }
+            return Ok(Source::Snapshot(s));
+        }
+        Err(bad(
+            "template",
+            format!("unknown template {:?} on this host", req.template),
+        ))
     }
 
-    /// Boots a VM from a template; returns once the guest program has answered.
-    pub async fn create(&self, req: CreateVmRequest) -> Result<VmInfo, VmError> {
+    /// The sandbox snapshot template called `name`, if complete.
+    fn snapshot_template(&self, name: &str) -> Option<Snapshot> {
+        if !templates::valid_name(name) {
+            return None;
+        }
+        let dir = images::templates_dir(&self.cfg.data_dir).join(name);
+        Snapshot::load(&dir).filter(|s| s.meta.kind == "snapshot")
+    }
+
+    /// Starts a VM from a template; returns once the guest program has answered and has its
+    /// identity. A sandbox snapshot's network setting wins over the request's (the devices must
+    /// be those it was saved with).
+    pub async fn create(&self, mut req: CreateVmRequest) -> Result<VmInfo, VmError> {
         let started = Instant::now();
-        let template = self.validate(&req)?;
+        let source = self.validate(&req)?;
+        let base = match &source {
+            Source::Base(t) => t.name.clone(),
+            Source::Snapshot(s) => {
+                req.network = s.meta.network;
+                s.meta.base.clone()
+            }
+        };
         let dir = self.vm_dir(&req.id);
         let mut attempt = 1;
         loop {
-            let (exited_tx, exited_rx) = watch::channel(false);
-            let vm = Arc::new(Vm {
-                id: req.id.clone(),
-                dir: dir.clone(),
-                record: VmRecord {
+            let vm = Arc::new(Vm::new(
+                &dir,
+                VmRecord {
                     id: req.id.clone(),
                     template: req.template.clone(),
                     vcpus: req.vcpus,
@@ -370,17 +581,12 @@ impl VmManager {
                     created_unix_ms: now_unix_ms(),
                     boot_ms: None,
                     boot_kind: None,
+                    base: base.clone(),
+                    layers: Vec::new(),
+                    memory_file: false,
                 },
-                rt: Mutex::new(Runtime {
-                    state: VmState::Starting,
-                    pid: None,
-                    boot_ms: None,
-                    boot_kind: None,
-                }),
-                channel: GuestChannel::new(&dir, qemu::AGENT_SOCK),
-                destroyed: AtomicBool::new(false),
-                exited: Some(exited_rx),
-            });
+                Runtime::new(VmState::Starting),
+            ));
             {
                 let mut vms = self.vms();
                 if vms.contains_key(&req.id) {
@@ -388,7 +594,7 @@ impl VmManager {
                 }
                 vms.insert(req.id.clone(), vm.clone());
             }
-            let err = match self.boot(&vm, &template, exited_tx, started).await {
+            let err = match self.start_vm(&vm, &source, started).await {
                 Ok(info) => return Ok(info),
                 Err(e) => e,
             };
@@ -425,13 +631,47 @@ impl VmManager {
         }
     }
 
-    async fn boot(
+    async fn start_vm(
         &self,
         vm: &Arc<Vm>,
-        template: &Template,
-        exited_tx: watch::Sender<bool>,
+        source: &Source,
         started: Instant,
     ) -> Result<VmInfo, BootError> {
+        let template = match source {
+            Source::Snapshot(s) => return self.restore(vm, s, started).await,
+            Source::Base(t) => t,
+        };
+        let shape = vm.shape();
+        if let Some(snap) = self.boot.ready_or_wait(template, shape, BOOT_TIMEOUT).await {
+            match self.restore(vm, &snap, started).await {
+                Ok(info) => return Ok(info),
+                Err(_) if vm.destroyed.load(Ordering::Acquire) => {
+                    return Err(VmError::NotFound(vm.id.clone()).into());
+                }
+                Err(e) => {
+                    let why = match e {
+                        BootError::Hung(w) => w,
+                        BootError::Failed(e) => e.to_string(),
+                    };
+                    tracing::warn!(vm = %vm.id, template = %template.name, %why, "restoring the boot snapshot failed; dropping it and cold-booting");
+                    self.boot.invalidate(&snap);
+                    vm.channel.disconnect();
+                    vm.kill_qemu().await;
+                    let mut rt = vm.rt();
+                    rt.state = VmState::Starting;
+                    rt.pid = None;
+                    rt.exited = None;
+                }
+            }
+        }
+        let info = self.cold_boot(vm, template, started).await?;
+        // On demand: the next sandbox of this shape restores instead.
+        self.boot.request(template, shape);
+        Ok(info)
+    }
+
+    /// A fresh, empty VM folder with its record.
+    async fn fresh_dir(&self, vm: &Vm) -> anyhow::Result<()> {
         let dir = &vm.dir;
         if dir.exists() {
             // Left over from a VM that is no longer known: it is not running.
@@ -440,42 +680,90 @@ impl VmManager {
         tokio::fs::create_dir_all(dir)
             .await
             .with_context(|| format!("create {}", dir.display()))?;
-        write_record(dir, &vm.record)?;
-        qemu::prepare_disk(dir, template).await?;
-        let spec = qemu::LaunchSpec {
+        vm.persist()
+    }
+
+    fn launch_spec<'a>(
+        &'a self,
+        vm: &'a Vm,
+        incoming: bool,
+        memory_file: bool,
+    ) -> qemu::LaunchSpec<'a> {
+        qemu::LaunchSpec {
             id: &vm.id,
             vcpus: vm.record.vcpus,
             memory_mb: vm.record.memory_mb,
             network: vm.record.network,
             accel: &self.accel,
-            kernel: &self.kernel,
-            template,
             tsc_khz: self.tsc_khz,
-        };
-        let args = qemu::args(&spec);
+            memory: if memory_file {
+                qemu::Memory::File {
+                    path: qemu::MEM,
+                    shared: false,
+                }
+            } else {
+                qemu::Memory::Anonymous
+            },
+            disk: qemu::DISK,
+            incoming,
+        }
+    }
+
+    /// Starts QEMU for `vm` and watches it: when it exits while still the VM's QEMU, the VM is
+    /// stopped.
+    fn spawn_qemu(&self, vm: &Arc<Vm>, spec: &qemu::LaunchSpec<'_>) -> Result<u32, VmError> {
+        let args = qemu::args(spec);
         tracing::debug!(vm = %vm.id, ?args, "starting QEMU");
-        let mut child = qemu::spawn(dir, &args)?;
+        let mut child = qemu::spawn(&vm.dir, &args)?;
         let pid = child.id().context("QEMU exited at once")?;
-        write_atomic(&qemu::pid_file(dir), format!("{pid}\n").as_bytes())?;
-        vm.rt().pid = Some(pid);
+        write_atomic(&qemu::pid_file(&vm.dir), format!("{pid}\n").as_bytes())?;
+        let (exited_tx, exited_rx) = watch::channel(false);
+        {
+            let mut rt = vm.rt();
+            rt.pid = Some(pid);
+            rt.exited = Some(exited_rx);
+        }
         let weak = Arc::downgrade(vm);
         tokio::spawn(async move {
             let status = child.wait().await;
-            let _ = exited_tx.send(true);
             if let Some(vm) = weak.upgrade() {
                 let mut rt = vm.rt();
-                if rt.state != VmState::Stopped {
-                    tracing::info!(vm = %vm.id, ?status, "QEMU exited");
+                if rt.pid == Some(pid) {
+                    if rt.state != VmState::Stopped {
+                        tracing::info!(vm = %vm.id, ?status, "QEMU exited");
+                    }
+                    rt.state = VmState::Stopped;
                 }
-                rt.state = VmState::Stopped;
             }
+            let _ = exited_tx.send(true);
         });
         if vm.destroyed.load(Ordering::Acquire) {
-            return Err(VmError::NotFound(vm.id.clone()).into());
+            qemu::kill(pid, libc::SIGKILL);
+            return Err(VmError::NotFound(vm.id.clone()));
         }
+        Ok(pid)
+    }
+
+    /// Boots `template` from its kernel: the fallback when there is no boot snapshot.
+    async fn cold_boot(
+        &self,
+        vm: &Arc<Vm>,
+        template: &Template,
+        started: Instant,
+    ) -> Result<VmInfo, BootError> {
+        let dir = &vm.dir;
+        {
+            let mut rt = vm.rt();
+            rt.layers = vec![qemu::BASE.to_string()];
+            rt.memory_file = false;
+        }
+        self.fresh_dir(vm).await?;
+        qemu::prepare_disk(dir, &self.kernel, template).await?;
+        let spec = self.launch_spec(vm, false, false);
+        self.spawn_qemu(vm, &spec)?;
 
         // Wait for the guest program, or for QEMU to die, whichever comes first.
-        let mut exited = vm.exited.clone().context("no exit watch")?;
+        let mut exited = vm.rt().exited.clone().context("no exit watch")?;
         let hello = tokio::select! {
             r = vm.channel.connect(BOOT_TIMEOUT) => r,
             _ = exited.wait_for(|e| *e) => {
@@ -484,8 +772,10 @@ impl VmManager {
                 ))));
             }
         };
-        let hello = match hello {
-            Ok(h) => h,
+        match hello {
+            Ok(h) => {
+                tracing::debug!(vm = %vm.id, guest = %h.version, uptime_ms = h.uptime_ms, "guest answered")
+            }
             Err(ChannelError::Timeout) => {
                 return Err(BootError::Hung(format!(
                     "no answer in {} s (console: {})",
@@ -499,22 +789,98 @@ impl VmManager {
                     qemu::console_tail(dir, 8)
                 ))));
             }
+        }
+        self.finish_start(vm, "cold", started).await
+    }
+
+    /// Restores `snap` into `vm`: the snapshot's files linked into the VM's folder, a fresh
+    /// overlay on its top layer, QEMU started waiting for the state, the state loaded, the
+    /// guest channel connected while the VM continues.
+    async fn restore(
+        &self,
+        vm: &Arc<Vm>,
+        snap: &Snapshot,
+        started: Instant,
+    ) -> Result<VmInfo, BootError> {
+        let dir = &vm.dir;
+        {
+            let mut rt = vm.rt();
+            rt.layers = snap.meta.layers.clone();
+            rt.memory_file = snap.meta.memory_file;
+        }
+        self.fresh_dir(vm).await?;
+        {
+            let _files = self.templates_lock.read().await;
+            snapshot::link_snapshot_files(snap, dir)?;
+            qemu::link_file(&snap.dir.join(qemu::STATE), &dir.join(INCOMING), false)?;
+        }
+        qemu::link_file(&self.kernel.vmlinuz, &dir.join(qemu::KERNEL), true)?;
+        qemu::create_overlay(dir, qemu::DISK, snap.meta.top(), "qcow2").await?;
+        let spec = self.launch_spec(vm, true, snap.meta.memory_file);
+        let prepared = started.elapsed();
+        self.spawn_qemu(vm, &spec)?;
+        let mut exited = vm.rt().exited.clone().context("no exit watch")?;
+        let load = async {
+            let mut q = Qmp::connect_wait(dir, qemu::QMP_SOCK, Duration::from_secs(10)).await?;
+            if snap.meta.memory_file {
+                q.set_ignore_shared(true).await?;
+            }
+            q.load_state(INCOMING, STATE_LIMIT).await?;
+            anyhow::Ok(q)
         };
-        let boot_ms = started.elapsed().as_millis() as u64;
-        tracing::debug!(vm = %vm.id, guest = %hello.version, uptime_ms = hello.uptime_ms, "guest answered");
-        let mut entropy = vec![0u8; 64];
-        rand::rng().fill(&mut entropy[..]);
-        let init = Init {
-            sandbox_id: vm.id.clone(),
-            env: vm.record.env.clone(),
-            time_unix_ms: now_unix_ms(),
-            entropy,
-            hostname: None,
+        let mut q = tokio::select! {
+            r = load => r.map_err(|e| {
+                VmError::Internal(anyhow::anyhow!("loading the snapshot: {e:#} ({})", qemu::console_tail(dir, 4)))
+            })?,
+            _ = exited.wait_for(|e| *e) => {
+                return Err(BootError::Failed(VmError::Internal(anyhow::anyhow!(
+                    "QEMU exited while loading the snapshot: {}", qemu::console_tail(dir, 4)
+                ))));
+            }
         };
-        vm.channel
-            .init(&init, Duration::from_secs(20))
+        let loaded = started.elapsed();
+        // Connect while the VM starts running: the guest answers at once (VM.md).
+        let (hello, cont) = tokio::join!(vm.channel.connect(RESTORE_TIMEOUT), q.cont());
+        tracing::debug!(
+            vm = %vm.id,
+            prepared_ms = prepared.as_millis() as u64,
+            loaded_ms = loaded.as_millis() as u64,
+            answered_ms = started.elapsed().as_millis() as u64,
+            "restore phases"
+        );
+        cont.context("continue the restored VM")?;
+        let _ = std::fs::remove_file(dir.join(INCOMING));
+        match hello {
+            Ok(h) => {
+                tracing::debug!(vm = %vm.id, guest = %h.version, previous = ?h.sandbox_id, "restored guest answered")
+            }
+            Err(ChannelError::Timeout) => {
+                return Err(BootError::Hung(format!(
+                    "the restored guest did not answer in {} s",
+                    RESTORE_TIMEOUT.as_secs()
+                )));
+            }
+            Err(e) => {
+                return Err(BootError::Failed(VmError::Internal(anyhow::anyhow!(
+                    "the restored guest did not answer: {e}"
+                ))));
+            }
+        }
+        self.finish_start(vm, "snapshot", started).await
+    }
+
+    /// Gives the guest its identity (id, env, current clock, fresh entropy) and marks the VM
+    /// running.
+    async fn finish_start(
+        &self,
+        vm: &Arc<Vm>,
+        kind: &str,
+        started: Instant,
+    ) -> Result<VmInfo, BootError> {
+        send_init(vm)
             .await
             .map_err(|e| VmError::GuestUnavailable(format!("init: {e}")))?;
+        let boot_ms = started.elapsed().as_millis() as u64;
         {
             let mut rt = vm.rt();
             if vm.destroyed.load(Ordering::Acquire) || rt.state == VmState::Stopped {
@@ -522,19 +888,18 @@ impl VmManager {
             }
             rt.state = VmState::Running;
             rt.boot_ms = Some(boot_ms);
-            rt.boot_kind = Some("cold".into());
+            rt.boot_kind = Some(kind.into());
         }
-        let mut record = vm.record.clone();
-        record.boot_ms = Some(boot_ms);
-        record.boot_kind = Some("cold".into());
-        write_record(dir, &record)?;
+        vm.persist()?;
         tracing::info!(
             vm = %vm.id,
             boot_ms,
+            boot_kind = kind,
+            template = %vm.record.template,
             accel = self.accel.kind,
             vcpus = vm.record.vcpus,
             memory_mb = vm.record.memory_mb,
-            "VM booted"
+            "VM started"
         );
         Ok(vm.info())
     }
@@ -679,10 +1044,13 @@ impl VmManager {
     }
 
     /// Lets go of every VM without stopping it (agent shutdown): a later agent reattaches.
+    /// Template builds in progress are stopped (a later agent cleans up after them).
     pub fn detach_all(&self) {
         for vm in self.vms().values() {
             vm.channel.close();
         }
+        self.boot.shutdown();
+        self.builds.shutdown();
     }
 }
 
@@ -720,6 +1088,24 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), VmError> {
             return Err(bad("env", format!("the value of {k} contains a NUL byte")));
         }
     }
+    Ok(())
+}
+
+/// Sends the guest its identity with the current clock and fresh entropy (after a boot, a
+/// restore and every resume).
+async fn send_init(vm: &Vm) -> Result<(), ChannelError> {
+    let mut entropy = vec![0u8; 64];
+    rand::rng().fill(&mut entropy[..]);
+    let init = Init {
+        sandbox_id: vm.id.clone(),
+        env: vm.record.env.clone(),
+        time_unix_ms: now_unix_ms(),
+        entropy,
+        hostname: None,
+    };
+    let ack = vm.channel.init(&init, Duration::from_secs(20)).await?;
+    let skew = init.time_unix_ms as i64 - ack.previous_time_unix_ms as i64;
+    tracing::debug!(vm = %vm.id, skew_ms = skew, "guest clock set");
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{Accel, AccelChoice};
-use crate::agent::images::Kernel;
+use crate::agent::images::{Kernel, Template};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -169,7 +169,17 @@ pub async fn create_overlay(
 ) -> anyhow::Result<()> {
     let out = tokio::process::Command::new("qemu-img")
         .current_dir(dir)
-        .args(["create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", backing, name])
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            backing_fmt,
+            "-b",
+            backing,
+            name,
+        ])
         .stdin(Stdio::null())
         .output()
         .await
@@ -181,11 +191,6 @@ pub async fn create_overlay(
         );
     }
     Ok(())
-}
-
-/// The format of a disk layer, from its name.
-pub fn layer_format(name: &str) -> &'static str {
-    if name.ends_with(".qcow2") { "qcow2" } else { "raw" }
 }
 
 /// QEMU's version line (`QEMU emulator version 7.2.…`): snapshots are only restored by the
@@ -205,6 +210,15 @@ pub async fn version() -> String {
             .to_string(),
         Err(_) => String::new(),
     }
+}
+
+/// Lays out a cold boot of `template` in `dir`: the kernel, initrd and base image linked in and
+/// a qcow2 overlay (`DISK`) on the base.
+pub async fn prepare_disk(dir: &Path, kernel: &Kernel, template: &Template) -> anyhow::Result<()> {
+    link_file(&kernel.vmlinuz, &dir.join(KERNEL), true)?;
+    link_file(&template.initrd, &dir.join(INITRD), false)?;
+    link_file(&template.rootfs, &dir.join(BASE), false)?;
+    create_overlay(dir, DISK, BASE, "raw").await
 }
 
 /// Starts QEMU in its own session (it outlives the agent) with `dir` as working directory.

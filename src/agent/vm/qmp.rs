@@ -128,7 +128,9 @@ impl Qmp {
                 "completed" => return Ok(()),
                 s @ ("failed" | "cancelled") => bail!(
                     "saving the VM state {s}: {}",
-                    v.get("error-desc").and_then(Value::as_str).unwrap_or("no reason given")
+                    v.get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no reason given")
                 ),
                 _ => {}
             }
@@ -144,7 +146,8 @@ impl Qmp {
     /// and waits until it is loaded (the VM stays stopped until `cont`). A failed load ends QEMU.
     pub async fn load_state(&mut self, path: &str, limit: Duration) -> anyhow::Result<()> {
         let uri = format!("exec:cat {}", shell_quote(path));
-        self.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;
+        self.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await?;
         let deadline = Instant::now() + limit;
         loop {
             let status = self.status().await.context("while loading the VM state")?;

@@ -1,0 +1,384 @@
+//! The `debian` template: Debian stable (bookworm) minbase with python3, made by debootstrap,
+//! plus the guest program, booted by the same initramfs as `minimal`.
+//!
+//! The guest program is installed under `/opt/sandboxctl` with the host libraries it was linked
+//! against and started through their dynamic loader, so it never depends on the distribution's
+//! own libc; busybox (also under `/opt/sandboxctl`) is PID 1 and brings the network up.
+//!
+//! The build runs in `templates/.build-debian-<pid>/` and is renamed into place at the end: an
+//! interrupted build leaves nothing that looks like a template (the leftover is removed, mounts
+//! and all, by the next agent). Downloaded packages are kept in `data_dir/cache/debootstrap`,
+//! so a second build fetches nothing. The mirror is `$SANDBOXCTL_DEBIAN_MIRROR` or
+//! `http://deb.debian.org/debian`.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::minimal::{
+    BUSYBOX, GUEST_PORT, build_initrd, guest_digest, gzip, make_ext4, shared_libraries, write_file,
+};
+use super::{Kernel, Template, install_dir, remove_tree, template, templates_dir, unmount_under};
+
+pub const DEBIAN: &str = "debian";
+const SUITE: &str = "bookworm";
+/// Bumped whenever the image layout or init scripts change.
+const FORMAT: u32 = 1;
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+const OPT: &str = "opt/sandboxctl";
+
+/// What the template is made of.
+fn stamp(kernel: &Kernel, guest_binary: &Path) -> anyhow::Result<String> {
+    Ok(format!(
+        "format={FORMAT}\nsuite={SUITE}\nkernel={}\nguest_sha256={}\n",
+        kernel.version,
+        guest_digest(guest_binary)?
+    ))
+}
+
+/// True when `t` was built from this kernel and guest program.
+pub fn is_current(t: &Template, kernel: &Kernel, guest_binary: &Path) -> bool {
+    let Some(dir) = t.rootfs.parent() else {
+        return false;
+    };
+    let have = std::fs::read_to_string(dir.join("stamp")).ok();
+    have.is_some() && have == stamp(kernel, guest_binary).ok()
+}
+
+/// Builds the template (minutes: the packages are downloaded). Blocking. `progress` hears what
+/// the build is doing; `cancel` stops it.
+pub fn build(
+    data_dir: &Path,
+    kernel: &Kernel,
+    guest_binary: &Path,
+    progress: &dyn Fn(&str),
+    cancel: &AtomicBool,
+) -> anyhow::Result<Template> {
+    let started = Instant::now();
+    let templates = templates_dir(data_dir);
+    std::fs::create_dir_all(&templates)?;
+    let stamp = stamp(kernel, guest_binary)?;
+    let tmp = templates.join(format!(".build-{DEBIAN}-{}", std::process::id()));
+    remove_tree(&tmp)?;
+    std::fs::create_dir_all(&tmp)?;
+    let result = (|| {
+        let root = tmp.join("root");
+        let cache = std::fs::canonicalize(data_dir)?
+            .join("cache")
+            .join("debootstrap");
+        std::fs::create_dir_all(&cache)?;
+        debootstrap(
+            &root,
+            &cache,
+            &tmp.join("debootstrap.log"),
+            progress,
+            cancel,
+        )?;
+        progress("installing the guest program");
+        unmount_under(&root)?;
+        install_guest(&root, guest_binary)?;
+        for junk in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+            clear_dir(&root.join(junk));
+        }
+        progress("making image");
+        let rootfs = tmp.join("rootfs.ext4");
+        make_ext4(&root, &rootfs)?;
+        remove_tree(&root)?;
+        std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o444))?;
+        std::fs::write(tmp.join("initrd.gz"), gzip(&build_initrd(kernel)?)?)?;
+        std::fs::write(tmp.join("stamp"), &stamp)?;
+        let _ = std::fs::remove_file(tmp.join("debootstrap.log"));
+        anyhow::Ok(())
+    })();
+    if let Err(e) = result {
+        if let Err(e2) = remove_tree(&tmp) {
+            tracing::warn!(error = %format!("{e2:#}"), "could not remove the failed debian build");
+        }
+        return Err(e.context("build the debian template"));
+    }
+    install_dir(&tmp, &templates.join(DEBIAN))?;
+    tracing::info!(
+        elapsed_s = started.elapsed().as_secs(),
+        "built template debian"
+    );
+    template(data_dir, DEBIAN).context("template debian missing right after its build")
+}
+
+/// Runs debootstrap into `root`, turning its log lines into progress.
+fn debootstrap(
+    root: &Path,
+    cache: &Path,
+    log: &Path,
+    progress: &dyn Fn(&str),
+    cancel: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mirror = std::env::var("SANDBOXCTL_DEBIAN_MIRROR")
+        .ok()
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_MIRROR.to_string());
+    progress("debootstrap: starting");
+    let mut cmd = Command::new("debootstrap");
+    cmd.args(["--variant=minbase", "--include=python3"])
+        .arg(format!("--cache-dir={}", cache.display()))
+        .arg(SUITE)
+        .arg(root)
+        .arg(&mirror)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe. Dies with the thread that waits for it (the agent).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .context("run debootstrap (install the debootstrap package)")?;
+    let pgid = child.id() as i32;
+    let (tx, rx) = mpsc::channel::<String>();
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut logfile = std::fs::File::create(log).ok();
+    let mut fetched = 0u32;
+    let mut tail: Vec<String> = Vec::new();
+    let status = loop {
+        if cancel.load(Ordering::Acquire) {
+            // SAFETY: plain kill(2) of the process group debootstrap leads.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            let _ = child.wait();
+            let _ = unmount_under(root);
+            bail!("cancelled");
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                if let Some(f) = logfile.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+                if let Some(p) = progress_of(&line, &mut fetched) {
+                    progress(&p);
+                }
+                tail.push(line);
+                if tail.len() > 8 {
+                    tail.remove(0);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break child.wait()?,
+        }
+    };
+    let _ = unmount_under(root);
+    if !status.success() {
+        bail!("debootstrap failed ({status}): {}", tail.join(" | "));
+    }
+    Ok(())
+}
+
+/// The progress text for a debootstrap log line, if it changes it.
+fn progress_of(line: &str, fetched: &mut u32) -> Option<String> {
+    let msg = line.strip_prefix("I: ")?;
+    if msg.starts_with("Retrieving InRelease")
+        || msg.starts_with("Checking Release")
+        || msg.starts_with("Retrieving Packages")
+        || msg.starts_with("Validating Packages")
+        || msg.starts_with("Resolving dependencies")
+        || msg.starts_with("Found ")
+    {
+        return Some("debootstrap: fetching package lists".into());
+    }
+    if msg.starts_with("Retrieving ") {
+        *fetched += 1;
+        return Some(format!("debootstrap: fetching packages ({fetched})"));
+    }
+    if msg.starts_with("Extracting ") {
+        return Some("debootstrap: extracting packages".into());
+    }
+    if msg.starts_with("Installing ") || msg.starts_with("Unpacking ") {
+        return Some("debootstrap: installing packages".into());
+    }
+    if msg.starts_with("Configuring ") {
+        return Some("debootstrap: configuring packages".into());
+    }
+    None
+}
+
+fn clear_dir(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            let _ = std::fs::remove_dir_all(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Puts the guest program, busybox and the init files into the Debian tree.
+fn install_guest(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
+    let opt = root.join(OPT);
+    for d in ["bin", "lib"] {
+        std::fs::create_dir_all(opt.join(d))?;
+    }
+    let dest = opt.join("bin/sandboxctl");
+    let stripped = Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&dest)
+        .arg(guest_binary)
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !stripped {
+        std::fs::copy(guest_binary, &dest).context("copy the guest binary")?;
+    }
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::copy(BUSYBOX, opt.join("bin/busybox")).context("copy busybox")?;
+    std::fs::set_permissions(
+        opt.join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+
+    // The libraries the guest program was linked against, and their loader.
+    let mut loader: Option<String> = None;
+    for lib in shared_libraries(guest_binary)? {
+        let file = lib
+            .file_name()
+            .context("library without a name")?
+            .to_string_lossy()
+            .into_owned();
+        std::fs::copy(&lib, opt.join("lib").join(&file))
+            .with_context(|| format!("copy {}", lib.display()))?;
+        if file.starts_with("ld-linux") {
+            loader = Some(file);
+        }
+    }
+    let run = match loader {
+        Some(ld) => format!(
+            "exec /{OPT}/lib/{ld} --library-path /{OPT}/lib /{OPT}/bin/sandboxctl guest --port \"$1\""
+        ),
+        None => format!("exec /{OPT}/bin/sandboxctl guest --port \"$1\""),
+    };
+    write_file(
+        &opt.join("guest"),
+        0o755,
+        format!(
+            "#!/bin/sh\n# sandboxctl guest program, with the libraries it was built for.\n{run}\n"
+        )
+        .as_bytes(),
+    )?;
+    write_file(
+        &opt.join("rcS"),
+        0o755,
+        RCS.replace("@OPT@", OPT).as_bytes(),
+    )?;
+    let inittab = format!(
+        "::sysinit:/{OPT}/rcS\n::respawn:/{OPT}/guest {GUEST_PORT}\n::shutdown:/{OPT}/bin/busybox umount -a -r\n"
+    );
+    write_file(&root.join("etc/inittab"), 0o644, inittab.as_bytes())?;
+    let init = root.join("sbin/init");
+    if init.exists() || init.is_symlink() {
+        std::fs::remove_file(&init)?;
+    }
+    std::fs::create_dir_all(root.join("sbin"))?;
+    symlink(PathBuf::from("/").join(OPT).join("bin/busybox"), &init).context("link /sbin/init")?;
+    write_file(&root.join("etc/hostname"), 0o644, b"sandbox\n")?;
+    write_file(
+        &root.join("etc/hosts"),
+        0o644,
+        b"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+    )?;
+    let resolv = root.join("etc/resolv.conf");
+    if resolv.is_symlink() {
+        std::fs::remove_file(&resolv)?;
+    }
+    write_file(&resolv, 0o644, b"")?;
+    Ok(())
+}
+
+const RCS: &str = r#"#!/bin/sh
+# sandboxctl: bring the Debian sandbox up (run once by busybox init).
+BB=/@OPT@/bin/busybox
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+[ -e /proc/mounts ] || $BB mount -t proc proc /proc
+[ -d /sys/class ] || $BB mount -t sysfs sysfs /sys
+[ -e /dev/null ] || $BB mount -t devtmpfs devtmpfs /dev
+$BB mkdir -p /dev/pts /dev/shm
+$BB mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+$BB mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+$BB mount -t tmpfs -o mode=1777 tmpfs /tmp
+$BB mount -t tmpfs -o mode=755 tmpfs /run
+$BB mkdir -p /run/lock
+$BB ln -sf /proc/self/fd /dev/fd
+$BB ln -sf /proc/self/fd/0 /dev/stdin
+$BB ln -sf /proc/self/fd/1 /dev/stdout
+$BB ln -sf /proc/self/fd/2 /dev/stderr
+$BB hostname -F /etc/hostname
+$BB ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+  $BB ip addr add 10.0.2.15/24 dev eth0
+  $BB ip link set eth0 up
+  $BB ip route add default via 10.0.2.2
+  echo "nameserver 10.0.2.3" > /etc/resolv.conf
+fi
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::progress_of;
+
+    #[test]
+    fn progress_from_debootstrap_lines() {
+        let mut n = 0;
+        assert_eq!(
+            progress_of("I: Retrieving InRelease ", &mut n).as_deref(),
+            Some("debootstrap: fetching package lists")
+        );
+        assert_eq!(
+            progress_of("I: Retrieving libc6 2.36-9", &mut n).as_deref(),
+            Some("debootstrap: fetching packages (1)")
+        );
+        assert_eq!(
+            progress_of("I: Retrieving python3 3.11", &mut n).as_deref(),
+            Some("debootstrap: fetching packages (2)")
+        );
+        assert_eq!(
+            progress_of("I: Configuring libc-bin...", &mut n).as_deref(),
+            Some("debootstrap: configuring packages")
+        );
+        assert_eq!(progress_of("W: something", &mut n), None);
+    }
+}

@@ -1,0 +1,387 @@
+//! A VM's files over the guest channel: read and write streamed in chunks under flow control
+//! (the agent holds at most a window of a file), list, stat, mkdir, remove.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use super::channel::{ChannelError, GuestStream, guest_error, next_id};
+use super::stream::channel_error;
+use super::{Vm, VmError, VmManager, bad};
+use crate::proto::api::{FileEntry, FileListResponse};
+use crate::proto::guest::{FileRequest, FileResult, Frame, FrameKind, WINDOW};
+
+/// The largest upload the agent takes (the server usually has a lower limit).
+pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+/// The largest directory listing the agent assembles (about half a million entries).
+const MAX_LISTING_BYTES: u64 = 64 << 20;
+/// How long the guest may take to answer a request, or to finish an upload once all of it is in.
+const ANSWER_WAIT: Duration = Duration::from_secs(120);
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The guest refused; `code` is one of those in [`crate::proto::guest::ErrorMsg`].
+    #[error("{message}")]
+    Fs { code: String, message: String },
+    #[error("the upload is larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("the upload broke off: {0}")]
+    Body(String),
+}
+
+fn file_error(vm: &Vm, e: ChannelError) -> FileError {
+    match e {
+        ChannelError::File { code, message } => FileError::Fs { code, message },
+        e => FileError::Vm(channel_error(vm, e)),
+    }
+}
+
+/// Absolute, at most 4096 bytes, no NUL and no `..` component.
+pub fn check_path(path: &str) -> Result<(), VmError> {
+    if !path.starts_with('/') || path.len() > 4096 || path.contains('\0') {
+        return Err(bad(
+            "path",
+            "must be an absolute path (at most 4096 bytes, no NUL)",
+        ));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(bad("path", "must not contain '..'"));
+    }
+    Ok(())
+}
+
+/// A file being read: its entry, its length when known, then its bytes.
+pub struct FileDownload {
+    pub entry: FileEntry,
+    pub length: Option<u64>,
+    vm: Arc<Vm>,
+    stream: GuestStream,
+    unacked: usize,
+    ended: bool,
+}
+
+impl FileDownload {
+    /// The next chunk; None at the end of the file.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, FileError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let taken = std::mem::take(&mut self.unacked);
+        self.stream
+            .ack(taken)
+            .await
+            .map_err(|e| file_error(&self.vm, e))?;
+        loop {
+            let f = self
+                .stream
+                .next(None)
+                .await
+                .map_err(|e| file_error(&self.vm, e))?;
+            match f.kind {
+                FrameKind::FileData if f.payload.is_empty() => {
+                    self.ended = true;
+                    self.stream.done = true;
+                    return Ok(None);
+                }
+                FrameKind::FileData => {
+                    self.unacked = f.payload.len();
+                    return Ok(Some(f.payload));
+                }
+                FrameKind::Error => {
+                    self.ended = true;
+                    self.stream.done = true;
+                    return Err(file_error(&self.vm, guest_error(&f)));
+                }
+                k => tracing::debug!(kind = ?k, "unexpected frame in a file read"),
+            }
+        }
+    }
+
+    /// The bytes as a stream for an HTTP body; an error mid-way ends the body abruptly (the
+    /// client sees a short read, never a wrong file).
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+        futures_util::stream::unfold(Some(self), |state| async move {
+            let mut dl = state?;
+            match dl.next_chunk().await {
+                Ok(Some(chunk)) => Some((Ok(Bytes::from(chunk)), Some(dl))),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a file read failed mid-way");
+                    Some((Err(std::io::Error::other(e.to_string())), None))
+                }
+            }
+        })
+    }
+}
+
+impl VmManager {
+    /// Opens one file request and waits for its first answer.
+    async fn file_request(
+        &self,
+        id: &str,
+        req: &FileRequest,
+        window: u64,
+        wait: Duration,
+    ) -> Result<(Arc<Vm>, GuestStream, FileResult), FileError> {
+        let vm = self.running_vm(id)?;
+        let mut stream = vm
+            .channel
+            .open(
+                Frame::json(FrameKind::FileRequest, next_id(), req),
+                window,
+                CONNECT_WAIT,
+            )
+            .await
+            .map_err(|e| file_error(&vm, e))?;
+        let f = stream
+            .next(Some(Instant::now() + wait))
+            .await
+            .map_err(|e| file_error(&vm, e))?;
+        match f.kind {
+            FrameKind::FileResult => {
+                let r: FileResult = f
+                    .parse()
+                    .map_err(|e| VmError::GuestUnavailable(e.to_string()))?;
+                Ok((vm, stream, r))
+            }
+            FrameKind::Error => {
+                stream.done = true;
+                Err(file_error(&vm, guest_error(&f)))
+            }
+            k => Err(FileError::Vm(VmError::GuestUnavailable(format!(
+                "{k:?} in answer to a file request"
+            )))),
+        }
+    }
+
+    /// A request answered by one `FileResult`.
+    async fn file_simple(&self, id: &str, req: FileRequest) -> Result<Option<FileEntry>, FileError> {
+        let (_, mut stream, r) = self.file_request(id, &req, 0, ANSWER_WAIT).await?;
+        stream.done = true;
+        Ok(r.entry)
+    }
+
+    pub async fn file_read(&self, id: &str, path: &str) -> Result<FileDownload, FileError> {
+        check_path(path)?;
+        let req = FileRequest::Read {
+            path: path.into(),
+            window: WINDOW,
+        };
+        let (vm, stream, r) = self.file_request(id, &req, WINDOW, ANSWER_WAIT).await?;
+        let entry = r
+            .entry
+            .ok_or_else(|| VmError::GuestUnavailable("a read answered without an entry".into()))?;
+        Ok(FileDownload {
+            entry,
+            length: r.length,
+            vm,
+            stream,
+            unacked: 0,
+            ended: false,
+        })
+    }
+
+    /// Streams `body` into `path`: the file appears, complete, only when all of it arrived.
+    /// More than `limit` bytes → [`FileError::TooLarge`] and nothing is written.
+    pub async fn file_write<S, E>(
+        &self,
+        id: &str,
+        path: &str,
+        mode: Option<u32>,
+        body: S,
+        limit: u64,
+    ) -> Result<FileEntry, FileError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        check_path(path)?;
+        if mode.is_some_and(|m| m > 0o7777) {
+            return Err(bad("mode", "octal permission bits such as 644").into());
+        }
+        let limit = limit.min(MAX_UPLOAD_BYTES);
+        let vm = self.running_vm(id)?;
+        let req = FileRequest::Write {
+            path: path.into(),
+            mode,
+        };
+        let mut stream = vm
+            .channel
+            .open(
+                Frame::json(FrameKind::FileRequest, next_id(), &req),
+                0,
+                CONNECT_WAIT,
+            )
+            .await
+            .map_err(|e| file_error(&vm, e))?;
+        let tx = stream.sender();
+        let vm2 = vm.clone();
+        let upload = async move {
+            let mut body = std::pin::pin!(body);
+            let mut total = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| FileError::Body(e.to_string()))?;
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(FileError::TooLarge(limit));
+                }
+                tx.data(FrameKind::FileData, &chunk)
+                    .await
+                    .map_err(|e| file_error(&vm2, e))?;
+            }
+            tx.data(FrameKind::FileData, &[])
+                .await
+                .map_err(|e| file_error(&vm2, e))?;
+            Ok::<u64, FileError>(total)
+        };
+        let mut upload = std::pin::pin!(upload);
+        let mut deadline = None;
+        loop {
+            tokio::select! {
+                r = &mut upload, if deadline.is_none() => {
+                    let total = r?;
+                    tracing::debug!(vm = %id, path, bytes = total, "upload sent");
+                    deadline = Some(Instant::now() + ANSWER_WAIT);
+                }
+                f = stream.next(deadline) => {
+                    let f = f.map_err(|e| file_error(&vm, e))?;
+                    match f.kind {
+                        FrameKind::FileResult if deadline.is_some() => {
+                            stream.done = true;
+                            let r: FileResult = f
+                                .parse()
+                                .map_err(|e| VmError::GuestUnavailable(e.to_string()))?;
+                            return r.entry.ok_or_else(|| {
+                                VmError::GuestUnavailable("a write answered without an entry".into())
+                                    .into()
+                            });
+                        }
+                        FrameKind::Error => {
+                            stream.done = true;
+                            return Err(file_error(&vm, guest_error(&f)));
+                        }
+                        k => {
+                            return Err(VmError::GuestUnavailable(format!(
+                                "{k:?} during an upload"
+                            ))
+                            .into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn file_list(&self, id: &str, path: &str) -> Result<FileListResponse, FileError> {
+        check_path(path)?;
+        let req = FileRequest::List {
+            path: path.into(),
+            window: WINDOW,
+        };
+        let (vm, stream, r) = self.file_request(id, &req, WINDOW, ANSWER_WAIT).await?;
+        if r.length.is_some_and(|n| n > MAX_LISTING_BYTES) {
+            return Err(FileError::Fs {
+                code: "too_large".into(),
+                message: format!("{path}: the listing is over {MAX_LISTING_BYTES} bytes"),
+            });
+        }
+        let mut dl = FileDownload {
+            entry: r.entry.unwrap_or_else(|| placeholder(path)),
+            length: r.length,
+            vm,
+            stream,
+            unacked: 0,
+            ended: false,
+        };
+        let mut json = Vec::new();
+        while let Some(chunk) = dl.next_chunk().await? {
+            json.extend_from_slice(&chunk);
+            if json.len() as u64 > MAX_LISTING_BYTES {
+                return Err(FileError::Fs {
+                    code: "too_large".into(),
+                    message: format!("{path}: the listing is over {MAX_LISTING_BYTES} bytes"),
+                });
+            }
+        }
+        serde_json::from_slice(&json)
+            .map_err(|e| VmError::GuestUnavailable(format!("bad listing: {e}")).into())
+    }
+
+    pub async fn file_stat(&self, id: &str, path: &str) -> Result<FileEntry, FileError> {
+        check_path(path)?;
+        let e = self
+            .file_simple(id, FileRequest::Stat { path: path.into() })
+            .await?;
+        e.ok_or_else(|| VmError::GuestUnavailable("stat answered without an entry".into()).into())
+    }
+
+    pub async fn file_mkdir(
+        &self,
+        id: &str,
+        path: &str,
+        parents: bool,
+    ) -> Result<FileEntry, FileError> {
+        check_path(path)?;
+        let e = self
+            .file_simple(
+                id,
+                FileRequest::Mkdir {
+                    path: path.into(),
+                    parents,
+                },
+            )
+            .await?;
+        e.ok_or_else(|| VmError::GuestUnavailable("mkdir answered without an entry".into()).into())
+    }
+
+    pub async fn file_remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), FileError> {
+        check_path(path)?;
+        if path.trim_end_matches('/').is_empty() {
+            return Err(bad("path", "refusing to remove /").into());
+        }
+        self.file_simple(
+            id,
+            FileRequest::Remove {
+                path: path.into(),
+                recursive,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn placeholder(path: &str) -> FileEntry {
+    FileEntry {
+        name: path.rsplit('/').next().unwrap_or("/").to_string(),
+        path: path.to_string(),
+        kind: crate::proto::api::FileKind::Dir,
+        size: 0,
+        mode: 0,
+        modified: 0,
+        link_target: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_be_absolute_without_dotdot() {
+        assert!(check_path("/root/a b/ü.txt").is_ok());
+        assert!(check_path("/").is_ok());
+        for p in ["", "relative", "/a/../b", "/..", "/a\0b"] {
+            assert!(
+                matches!(check_path(p), Err(VmError::BadRequest { field: "path", .. })),
+                "{p:?}"
+            );
+        }
+        assert!(check_path(&format!("/{}", "a".repeat(4096))).is_err());
+    }
+}

@@ -1,0 +1,368 @@
+//! Pause, resume and snapshot of a VM.
+//!
+//! Pause: QMP `stop`, the memory and device state saved into the VM's folder (`state.tmp`, renamed
+//! to `state.bin` when complete: that rename is the commit point), QEMU ended. The VM keeps its
+//! folder, disk and place in the capacity figures. Resume: a new QEMU with the same command line
+//! (RAM now anonymous: the whole RAM is in the state) loads `state.bin`, continues, and the guest
+//! gets its Init again so its clock jumps to now; `state.bin` is removed once the VM runs. A
+//! process started before the pause goes on after it.
+//!
+//! Snapshot: the same save, into a new template folder, plus a copy of the VM's overlay frozen as
+//! the template's top layer; a running VM is continued afterwards (it is stopped for about as long
+//! as a pause takes), a paused one stays paused (its `state.bin` is linked, not copied).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::snapshot::{self, STATE_LIMIT, SnapshotMeta};
+use super::templates::{self, TemplateError};
+use super::{
+    INCOMING, Qmp, RESTORE_TIMEOUT, STATE_TMP, Vm, VmError, VmInfo, VmManager, VmState,
+    now_unix_ms, qemu, send_init, wait_gone, write_atomic,
+};
+use crate::agent::images;
+use crate::proto::agent::{SnapshotVmRequest, TemplateInfo};
+
+fn internal(e: anyhow::Error) -> VmError {
+    VmError::Internal(e)
+}
+
+impl VmManager {
+    /// Pauses a running VM: its memory and device state go to `state.bin` in its folder and its
+    /// QEMU ends.
+    pub async fn pause(&self, id: &str) -> Result<VmInfo, VmError> {
+        let vm = self.lookup(id)?;
+        let _op = vm.op.lock().await;
+        let state = vm.info().state;
+        if state != VmState::Running {
+            return Err(VmError::Conflict(format!(
+                "VM {id} is {}, not running",
+                state_word(state)
+            )));
+        }
+        let started = Instant::now();
+        let (pid, exited) = {
+            let rt = vm.rt();
+            (rt.pid, rt.exited.clone())
+        };
+        let pid = pid.context("the VM has no QEMU").map_err(internal)?;
+        let dir = &vm.dir;
+        let mut q = Qmp::connect_wait(dir, qemu::QMP_SOCK, Duration::from_secs(5))
+            .await
+            .map_err(|e| self.gone_or(&vm, e))?;
+        q.stop().await.map_err(|e| self.gone_or(&vm, e))?;
+        let stopped_ms = started.elapsed().as_millis() as u64;
+        vm.channel.disconnect();
+        let saved = async {
+            q.set_ignore_shared(false).await?;
+            q.save_state(STATE_TMP, STATE_LIMIT).await
+        }
+        .await;
+        if let Err(e) = saved {
+            let _ = std::fs::remove_file(dir.join(STATE_TMP));
+            if q.cont().await.is_ok() {
+                tracing::warn!(vm = %id, error = %format!("{e:#}"), "pause failed; the VM goes on running");
+            }
+            return Err(self.gone_or(&vm, e.context("saving the VM state")));
+        }
+        std::fs::rename(dir.join(STATE_TMP), dir.join(qemu::STATE))
+            .context("keep the saved state")
+            .map_err(internal)?;
+        {
+            let mut rt = vm.rt();
+            rt.pid = None;
+            rt.exited = None;
+            rt.state = VmState::Paused;
+            rt.memory_file = false;
+        }
+        if let Err(e) = vm.persist() {
+            tracing::warn!(vm = %id, error = %format!("{e:#}"), "recording the pause");
+        }
+        let _ = q.quit().await;
+        drop(q);
+        wait_gone(pid, exited, Duration::from_secs(10)).await;
+        if qemu::is_alive(pid) {
+            qemu::kill(pid, libc::SIGKILL);
+        }
+        // The RAM is in the state now: the template's RAM file is no longer needed.
+        let _ = std::fs::remove_file(dir.join(qemu::MEM));
+        let _ = std::fs::remove_file(qemu::pid_file(dir));
+        tracing::info!(
+            vm = %id,
+            pause_ms = started.elapsed().as_millis() as u64,
+            stop_ms = stopped_ms,
+            state_bytes = snapshot::allocated(&dir.join(qemu::STATE)),
+            "VM paused"
+        );
+        Ok(vm.info())
+    }
+
+    /// Resumes a paused VM where it stopped and resynchronises its clock.
+    pub async fn resume(&self, id: &str) -> Result<VmInfo, VmError> {
+        let vm = self.lookup(id)?;
+        let _op = vm.op.lock().await;
+        let state = vm.info().state;
+        if state != VmState::Paused {
+            return Err(VmError::Conflict(format!(
+                "VM {id} is {}, not paused",
+                state_word(state)
+            )));
+        }
+        let started = Instant::now();
+        let dir = &vm.dir;
+        let live = vm.rt().pid.filter(|p| qemu::is_alive(*p));
+        if live.is_some() {
+            // A QEMU that was only stopped: continue it.
+            let mut q = Qmp::connect_wait(dir, qemu::QMP_SOCK, Duration::from_secs(5))
+                .await
+                .map_err(|e| self.gone_or(&vm, e))?;
+            q.cont().await.map_err(|e| self.gone_or(&vm, e))?;
+        } else {
+            if !dir.join(qemu::STATE).is_file() {
+                return Err(internal(anyhow::anyhow!(
+                    "the paused VM has no saved state in {}",
+                    dir.display()
+                )));
+            }
+            let spec = self.launch_spec(&vm, true, false);
+            let pid = self.spawn_qemu(&vm, &spec)?;
+            let loaded = self.load_and_continue(&vm).await;
+            if let Err(e) = loaded {
+                vm.channel.disconnect();
+                vm.kill_qemu().await;
+                {
+                    let mut rt = vm.rt();
+                    rt.pid = None;
+                    rt.exited = None;
+                    if rt.state == VmState::Stopped {
+                        rt.state = VmState::Paused;
+                    }
+                }
+                let _ = std::fs::remove_file(qemu::pid_file(dir));
+                tracing::warn!(vm = %id, pid, error = %format!("{e:#}"), "resume failed; the VM stays paused");
+                return Err(self.gone_or(&vm, e));
+            }
+        }
+        vm.rt().state = VmState::Running;
+        if let Err(e) = vm.persist() {
+            tracing::warn!(vm = %id, error = %format!("{e:#}"), "recording the resume");
+        }
+        // The VM runs whatever happens now; a guest that does not answer yet is reached by the
+        // next request.
+        let answered = match vm.channel.connect(RESTORE_TIMEOUT).await {
+            Ok(_) => send_init(&vm).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = answered {
+            tracing::warn!(vm = %id, error = %e, "the resumed guest did not take its Init");
+        }
+        tracing::info!(
+            vm = %id,
+            resume_ms = started.elapsed().as_millis() as u64,
+            "VM resumed"
+        );
+        Ok(vm.info())
+    }
+
+    /// Loads `state.bin` into the VM's new QEMU and continues it; the saved state is removed
+    /// once the VM runs.
+    async fn load_and_continue(&self, vm: &Arc<Vm>) -> anyhow::Result<()> {
+        let dir = &vm.dir;
+        let mut exited = vm.rt().exited.clone().context("no exit watch")?;
+        let load = async {
+            let mut q = Qmp::connect_wait(dir, qemu::QMP_SOCK, Duration::from_secs(10)).await?;
+            q.set_ignore_shared(false).await?;
+            q.load_state(qemu::STATE, STATE_LIMIT).await?;
+            anyhow::Ok(q)
+        };
+        let mut q = tokio::select! {
+            r = load => r?,
+            _ = exited.wait_for(|e| *e) => {
+                anyhow::bail!("QEMU exited while loading the saved state: {}", qemu::console_tail(dir, 4));
+            }
+        };
+        vm.channel.disconnect();
+        q.cont().await.context("continue the VM")?;
+        let _ = std::fs::remove_file(dir.join(qemu::STATE));
+        let _ = std::fs::remove_file(dir.join(INCOMING));
+        Ok(())
+    }
+
+    /// Pauses every running VM (the agent lost its credentials: nothing may run unaccounted).
+    /// Returns how many were paused.
+    pub async fn pause_all(&self) -> usize {
+        let vms: Vec<Arc<Vm>> = self.vms().values().cloned().collect();
+        let mut paused = 0;
+        for vm in vms {
+            if vm.info().state != VmState::Running {
+                continue;
+            }
+            match self.pause(&vm.id).await {
+                Ok(_) => paused += 1,
+                Err(e) => tracing::warn!(vm = %vm.id, error = %e, "could not pause"),
+            }
+        }
+        tracing::warn!(paused, "paused every running VM");
+        paused
+    }
+
+    /// Keeps the VM's memory and disk as the template `req.template` on this host. A running VM
+    /// is stopped for the save and continued; a paused one stays paused.
+    pub async fn snapshot(
+        &self,
+        id: &str,
+        req: &SnapshotVmRequest,
+    ) -> Result<TemplateInfo, TemplateError> {
+        let name = req.template.as_str();
+        if !templates::valid_name(name) || images::BASE_TEMPLATES.contains(&name) {
+            return Err(VmError::BadRequest {
+                field: "template",
+                message: "must be 1 to 64 letters, digits, '-', '_' or '.', and not a base template's name".into(),
+            }
+            .into());
+        }
+        let vm = self.lookup(id)?;
+        let _op = vm.op.lock().await;
+        let templates_dir = images::templates_dir(&self.cfg.data_dir);
+        let final_dir = templates_dir.join(name);
+        if final_dir.exists() && !req.overwrite {
+            return Err(TemplateError::AlreadyExists(name.to_string()));
+        }
+        let state = vm.info().state;
+        if !matches!(state, VmState::Running | VmState::Paused) {
+            return Err(VmError::Conflict(format!(
+                "VM {id} is {}; only running and paused VMs are snapshotted",
+                state_word(state)
+            ))
+            .into());
+        }
+        let started = Instant::now();
+        std::fs::create_dir_all(&templates_dir)
+            .with_context(|| format!("create {}", templates_dir.display()))?;
+        let tmp = templates_dir.join(format!(".build-snap-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        let result = self.snapshot_into(&vm, &tmp).await;
+        let meta = match result {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(match e {
+                    TemplateError::Vm(v) => TemplateError::Vm(self.gone_or_vm(&vm, v)),
+                    other => other,
+                });
+            }
+        };
+        {
+            let _files = self.templates_lock.write().await;
+            if final_dir.exists() && !req.overwrite {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(TemplateError::AlreadyExists(name.to_string()));
+            }
+            snapshot::install_folder(&tmp, &final_dir)?;
+        }
+        let snap = snapshot::Snapshot {
+            dir: final_dir,
+            meta,
+        };
+        tracing::info!(
+            vm = %id,
+            template = %name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            size_bytes = snap.size_bytes(),
+            "snapshot kept as a template"
+        );
+        Ok(templates::snapshot_info(name, &snap))
+    }
+
+    /// Writes the VM's state and frozen disk into `tmp`.
+    async fn snapshot_into(
+        &self,
+        vm: &Arc<Vm>,
+        tmp: &std::path::Path,
+    ) -> Result<SnapshotMeta, TemplateError> {
+        let dir = &vm.dir;
+        let layers = vm.rt().layers.clone();
+        for l in &layers {
+            qemu::link_file(&dir.join(l), &tmp.join(l), false)?;
+        }
+        qemu::link_file(&dir.join(qemu::INITRD), &tmp.join(qemu::INITRD), false)?;
+        let layer = snapshot::new_layer_name();
+        let live = vm.rt().pid.filter(|p| qemu::is_alive(*p));
+        if live.is_some() {
+            let mut q = Qmp::connect_wait(dir, qemu::QMP_SOCK, Duration::from_secs(5)).await?;
+            let was_running = q.status().await? == "running";
+            q.stop().await?;
+            let saved = async {
+                q.set_ignore_shared(false).await?;
+                let target = tmp.join(qemu::STATE);
+                q.save_state(&target.to_string_lossy(), STATE_LIMIT).await?;
+                // The migration flushed and let go of the disk: the overlay is consistent.
+                tokio::fs::copy(dir.join(qemu::DISK), tmp.join(&layer))
+                    .await
+                    .context("copy the VM's disk")?;
+                anyhow::Ok(())
+            }
+            .await;
+            if was_running && let Err(e) = q.cont().await {
+                tracing::error!(vm = %vm.id, error = %format!("{e:#}"), "could not continue the VM after its snapshot");
+            }
+            saved?;
+        } else {
+            if !dir.join(qemu::STATE).is_file() {
+                return Err(VmError::Conflict(format!("VM {} has no saved state", vm.id)).into());
+            }
+            qemu::link_file(&dir.join(qemu::STATE), &tmp.join(qemu::STATE), false)?;
+            tokio::fs::copy(dir.join(qemu::DISK), tmp.join(&layer))
+                .await
+                .context("copy the VM's disk")?;
+        }
+        snapshot::read_only(&tmp.join(&layer))?;
+        let mut chain = layers;
+        chain.push(layer);
+        let meta = SnapshotMeta {
+            kind: "snapshot".into(),
+            base: vm.record.base.clone(),
+            vcpus: vm.record.vcpus,
+            memory_mb: vm.record.memory_mb,
+            network: vm.record.network,
+            accel: self.accel.kind.to_string(),
+            qemu: self.boot.env.qemu_version.clone(),
+            memory_file: false,
+            layers: chain,
+            created_unix_ms: now_unix_ms(),
+            stamp: None,
+            source_vm: Some(vm.id.clone()),
+        };
+        write_atomic(
+            &tmp.join(snapshot::META),
+            &serde_json::to_vec_pretty(&meta).context("meta")?,
+        )?;
+        Ok(meta)
+    }
+
+    /// `NotFound` when the VM was destroyed meanwhile (that is why the operation failed),
+    /// `Internal(e)` otherwise.
+    fn gone_or(&self, vm: &Vm, e: anyhow::Error) -> VmError {
+        self.gone_or_vm(vm, VmError::Internal(e))
+    }
+
+    fn gone_or_vm(&self, vm: &Vm, e: VmError) -> VmError {
+        if vm.destroyed.load(std::sync::atomic::Ordering::Acquire) {
+            VmError::NotFound(vm.id.clone())
+        } else {
+            e
+        }
+    }
+}
+
+fn state_word(s: VmState) -> &'static str {
+    match s {
+        VmState::Starting => "starting",
+        VmState::Running => "running",
+        VmState::Paused => "paused",
+        VmState::Stopped => "stopped",
+    }
+}

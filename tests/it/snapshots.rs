@@ -1,0 +1,360 @@
+//! Fast start, pause/resume with memory, snapshots as templates, PauseAll and template builds,
+//! through the whole stack: public API → server → agent → QEMU.
+
+use std::time::{Duration, Instant};
+
+use sandboxctl::cli::client::ApiClient;
+use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest, SandboxResponse};
+
+use crate::common::{TestAgent, TestServer, vm_permit, wait_until};
+
+async fn sh(c: &ApiClient, id: &str, script: &str) -> String {
+    let r = c
+        .exec(
+            id,
+            &ExecRequest {
+                cmd: "sh".into(),
+                args: vec!["-c".into(), script.into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("exec");
+    assert_eq!(r.exit_code, 0, "{script}: {r:?}");
+    r.stdout
+}
+
+/// Waits until the host's heartbeat reports `minimal` (registration marks the host online before
+/// the agent's first heartbeat lists its templates).
+async fn agent_ready(admin: &ApiClient) {
+    wait_until(120, "the host reports template minimal", || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .list_templates()
+                .await
+                .unwrap()
+                .iter()
+                .any(|t| t.name == "minimal")
+        }
+    })
+    .await;
+}
+
+async fn create(c: &ApiClient, template: Option<&str>, memory_mb: Option<u32>) -> SandboxResponse {
+    let t = Instant::now();
+    let s = c
+        .create_sandbox(&CreateSandboxRequest {
+            template: template.map(str::to_string),
+            memory_mb,
+            ..Default::default()
+        })
+        .await
+        .expect("create sandbox");
+    eprintln!(
+        "create {:?} ({} MB): boot_ms {:?}, {:?} through the API",
+        template.unwrap_or("minimal"),
+        s.memory_mb,
+        s.boot_ms,
+        t.elapsed()
+    );
+    assert_eq!(s.status, "running");
+    s
+}
+
+/// Two sandboxes from one template do not see each other's memory or disk; pause/resume keeps
+/// processes and tmpfs; a snapshot becomes a template that restores files and processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_pause_resume_and_templates() {
+    let _vm = vm_permit().await;
+    let s = TestServer::start().await;
+    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let agent = TestAgent::start(&s, &admin).await;
+    agent_ready(&admin).await;
+
+    // Fast start: both restore the minimal template's boot snapshot (the first may wait for the
+    // agent's start-up build of it).
+    let a = create(&admin, None, None).await;
+    let b = create(&admin, None, None).await;
+    sh(&admin, &a.id, "echo from-a > /root/mine; echo a > /tmp/t; head -c 50000000 /dev/zero | tr '\\0' a > /dev/shm/fill").await;
+    let seen = sh(
+        &admin,
+        &b.id,
+        "cat /root/mine /tmp/t 2>/dev/null; head -c 3 /dev/shm/fill 2>/dev/null; hostname",
+    )
+    .await;
+    assert_eq!(seen, format!("{}\n", b.id), "b sees a's writes");
+    assert_eq!(
+        sh(&admin, &a.id, "hostname; head -c 3 /dev/shm/fill").await,
+        format!("{}\naaa", a.id)
+    );
+
+    // Pause/resume with memory: a background process and a counter loop go on; tmpfs survives.
+    let out = sh(
+        &admin,
+        &a.id,
+        "sleep 1000 >/dev/null 2>&1 & echo $!; \
+         (i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 & \
+         sleep 1; cat /tmp/counter",
+    )
+    .await;
+    let mut lines = out.lines();
+    let sleep_pid: u32 = lines.next().unwrap().parse().unwrap();
+    let before: u32 = lines.next().unwrap().parse().unwrap();
+    let t = Instant::now();
+    let p = admin.pause_sandbox(&a.id).await.expect("pause");
+    eprintln!("pause through the API: {:?}", t.elapsed());
+    assert_eq!(p.status, "paused");
+    let e = admin.pause_sandbox(&a.id).await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    let r = admin.resume_sandbox(&a.id).await.expect("resume");
+    eprintln!("resume through the API: {:?}", t.elapsed());
+    assert_eq!(r.status, "running");
+    let out = sh(
+        &admin,
+        &a.id,
+        &format!(
+            "kill -0 {sleep_pid} && echo alive; cat /tmp/t; sleep 1; cat /tmp/counter; date +%s"
+        ),
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], &["alive", "a"], "{out}");
+    let after: u32 = lines[2].parse().unwrap();
+    assert!(after > before, "the counter stopped: {before} -> {after}");
+    let skew = lines[3].parse::<i64>().unwrap() - sandboxctl::server::db::now();
+    assert!(skew.abs() <= 2, "guest clock off by {skew} s after resume");
+
+    // Snapshot → template; the name is taken until overwritten.
+    sh(&admin, &a.id, "echo saved > /root/state").await;
+    let t = Instant::now();
+    let tpl = admin
+        .snapshot(&a.id, "snap-one", false)
+        .await
+        .expect("snapshot");
+    eprintln!(
+        "snapshot through the API: {:?} ({:?} bytes)",
+        t.elapsed(),
+        tpl.size_bytes
+    );
+    assert_eq!((tpl.kind.as_str(), tpl.memory_mb), ("snapshot", Some(256)));
+    let e = admin.snapshot(&a.id, "snap-one", false).await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(409), Some("already_exists")),
+        "{e}"
+    );
+    sh(&admin, &a.id, "echo overwritten > /root/state").await;
+    let tpl2 = admin
+        .snapshot(&a.id, "snap-one", true)
+        .await
+        .expect("snapshot with overwrite");
+    assert_eq!(tpl2.id, tpl.id);
+    assert_eq!(admin.get_sandbox(&a.id).await.unwrap().status, "running");
+
+    // Sandboxes from the snapshot: the file and the process are there; they are isolated.
+    let c = create(&admin, Some("snap-one"), None).await;
+    let d = create(&admin, Some("snap-one"), None).await;
+    let out = sh(
+        &admin,
+        &c.id,
+        &format!("cat /root/state; kill -0 {sleep_pid} && echo alive; hostname"),
+    )
+    .await;
+    assert_eq!(out, format!("overwritten\nalive\n{}\n", c.id));
+    sh(&admin, &c.id, "echo c-only > /root/state").await;
+    assert_eq!(sh(&admin, &d.id, "cat /root/state").await, "overwritten\n");
+    assert_eq!(sh(&admin, &a.id, "cat /root/state").await, "overwritten\n");
+
+    // A paused sandbox can be snapshotted too, and stays paused.
+    admin.pause_sandbox(&d.id).await.expect("pause d");
+    admin
+        .snapshot(&d.id, "snap-paused", false)
+        .await
+        .expect("snapshot of a paused sandbox");
+    assert_eq!(admin.get_sandbox(&d.id).await.unwrap().status, "paused");
+
+    let names: Vec<String> = admin
+        .list_templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "snap-one") && names.iter().any(|n| n == "snap-paused"),
+        "{names:?}"
+    );
+    // Deleting a template leaves its sandboxes working.
+    admin
+        .delete_template("snap-one")
+        .await
+        .expect("delete template");
+    let names: Vec<String> = admin
+        .list_templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert!(!names.iter().any(|n| n == "snap-one"), "{names:?}");
+    assert_eq!(sh(&admin, &c.id, "cat /root/state").await, "c-only\n");
+    let e = admin
+        .create_sandbox(&CreateSandboxRequest {
+            template: Some("snap-one".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    admin.resume_sandbox(&d.id).await.expect("resume d");
+    assert_eq!(sh(&admin, &d.id, "cat /root/state").await, "overwritten\n");
+
+    // Cold boot for comparison: no boot snapshot exists for 320 MB yet.
+    let cold = create(&admin, None, Some(320)).await;
+    eprintln!(
+        "boot_ms: cold {:?} vs snapshot {:?} (minimal) / {:?} (sandbox snapshot)",
+        cold.boot_ms, b.boot_ms, c.boot_ms
+    );
+    for sb in [&a, &b, &c, &d, &cold] {
+        admin.delete_sandbox(&sb.id).await.expect("delete");
+    }
+    drop(agent);
+}
+
+/// An agent whose credentials the server refuses pauses its running VMs (SPEC §7 PauseAll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_without_credentials_pauses_its_vms() {
+    let _vm = vm_permit().await;
+    let s = TestServer::start().await;
+    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let agent = TestAgent::start(&s, &admin).await;
+    agent_ready(&admin).await;
+    let sb = create(&admin, None, None).await;
+    // Revoke the host's token family: rotate its refresh token twice, then present the retired
+    // one (reuse), which voids every token of the family, the agent's included.
+    let creds = sandboxctl::agent::credentials::load(agent.dir.path())
+        .unwrap()
+        .unwrap();
+    let url = format!("{}/v1/hosts/auth/refresh", s.url);
+    let refresh = |t: String| {
+        let url = url.clone();
+        async move {
+            let body = serde_json::json!({ "refresh_token": t }).to_string();
+            crate::common::raw(reqwest::Method::POST, &url, None, Some(&body)).await
+        }
+    };
+    let (st, r1) = refresh(creds.refresh_token.clone()).await;
+    assert_eq!(st, 200, "{r1}");
+    let (st, _) = refresh(r1["refresh_token"].as_str().unwrap().to_string()).await;
+    assert_eq!(st, 200);
+    assert_eq!(refresh(creds.refresh_token.clone()).await.0, 401);
+
+    let vm_dir = agent.dir.path().join("vms").join(&sb.id);
+    let pid: Option<u32> = std::fs::read_to_string(vm_dir.join("qemu.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    assert!(pid.is_some(), "no pid file in {}", vm_dir.display());
+    wait_until(60, "the agent pauses its VM", || {
+        let state = vm_dir.join("state.bin");
+        async move { state.is_file() }
+    })
+    .await;
+    if let Some(pid) = pid {
+        wait_until(20, "QEMU ends", || async move {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
+        .await;
+    }
+    assert!(
+        agent.log().contains("paused every running VM"),
+        "{}",
+        agent.log()
+    );
+}
+
+/// `POST /v1/templates {"name":"debian"}` starts a background build that reports progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_build_starts_and_reports_progress() {
+    let _vm = vm_permit().await;
+    let s = TestServer::start().await;
+    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let _agent = TestAgent::start(&s, &admin).await;
+    agent_ready(&admin).await;
+    let r = admin.build_template("debian").await.expect("build");
+    assert_eq!(r["hosts"][0]["status"], "building", "{r}");
+    // Asking again while it builds reports the same build.
+    let again = admin.build_template("debian").await.expect("build again");
+    assert_eq!(again["hosts"][0]["status"], "building", "{again}");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    wait_until(60, "debootstrap progress", || {
+        let (admin, seen) = (admin.clone(), seen.clone());
+        async move {
+            let st = admin.template_build_status("debian").await.unwrap();
+            assert_ne!(st["hosts"][0]["status"], "failed", "{st}");
+            let p = st["hosts"][0]["progress"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let mut seen = seen.lock().unwrap();
+            if seen.last() != Some(&p) {
+                seen.push(p.clone());
+            }
+            p.starts_with("debootstrap: fetching")
+        }
+    })
+    .await;
+    eprintln!("debian build progress: {:?}", seen.lock().unwrap());
+}
+
+/// The whole debian build (debootstrap of bookworm with python3, image, boot snapshot) and a
+/// sandbox from it. Minutes, and ~50 MB from the Debian mirror: run it by hand with
+/// `cargo test --test it debian_full_build -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn debian_full_build() {
+    let _vm = vm_permit().await;
+    let s = TestServer::start().await;
+    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let _agent = TestAgent::start(&s, &admin).await;
+    agent_ready(&admin).await;
+    let t = Instant::now();
+    admin.build_template("debian").await.expect("build");
+    let mut last = String::new();
+    loop {
+        let st = admin.template_build_status("debian").await.unwrap();
+        let h = &st["hosts"][0];
+        let p = h["progress"].as_str().unwrap_or("").to_string();
+        if p != last {
+            eprintln!("{:>4} s  {} {}", t.elapsed().as_secs(), h["status"], p);
+            last = p;
+        }
+        assert_ne!(h["status"], "failed", "{st}");
+        if h["status"] == "ready" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1200),
+            "the build took over 20 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("debian template ready in {:?}", t.elapsed());
+    wait_until(30, "the host reports debian", || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .list_templates()
+                .await
+                .unwrap()
+                .iter()
+                .any(|t| t.name == "debian")
+        }
+    })
+    .await;
+    let sb = create(&admin, Some("debian"), None).await;
+    let out = sh(&admin, &sb.id, "python3 -c 'import sys; print(sys.version_info[0])'; . /etc/os-release; echo $VERSION_CODENAME; hostname").await;
+    assert_eq!(out, format!("3\nbookworm\n{}\n", sb.id));
+}
