@@ -39,11 +39,16 @@ export function cancelAll() {
   session = new AbortController();
 }
 
-async function request(method, path, { body, query, signal, auth = true } = {}) {
+/**
+ * One call. `body` goes as JSON, `raw` (a Blob or File) as the request body itself; `as` says how
+ * to read a successful answer: 'json' (default), 'text' or 'blob'.
+ */
+async function request(method, path, { body, raw, query, signal, auth = true, as = 'json' } = {}) {
   const url = new URL(path, window.location.origin);
   for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined && v !== null) url.searchParams.set(k, v);
-  const headers = { Accept: 'application/json' };
+  const headers = { Accept: as === 'json' ? 'application/json' : '*/*' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (raw !== undefined) headers['Content-Type'] = 'application/octet-stream';
   const sentToken = auth ? token : null;
   if (sentToken) headers.Authorization = `Bearer ${sentToken}`;
   const signals = [session.signal, signal].filter(Boolean);
@@ -52,7 +57,7 @@ async function request(method, path, { body, query, signal, auth = true } = {}) 
     resp = await fetch(url, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body),
       signal: signals.length > 1 ? AbortSignal.any(signals) : signals[0],
       cache: 'no-store',
       credentials: 'omit',
@@ -62,6 +67,14 @@ async function request(method, path, { body, query, signal, auth = true } = {}) 
     throw new ApiError(0, 'network_error', 'Cannot reach the sandboxctl server. Check that it is running and try again.');
   }
   if (resp.status === 204) return null;
+  if (resp.ok && as !== 'json') {
+    try {
+      return await (as === 'blob' ? resp.blob() : resp.text());
+    } catch (err) {
+      if (isAbort(err)) throw err;
+      throw new ApiError(0, 'network_error', 'The connection broke while reading the answer. Try again.');
+    }
+  }
   const text = await resp.text();
   let data = null;
   try {
@@ -134,4 +147,35 @@ export const api = {
   createSandbox: (body, o) => request('POST', '/v1/sandboxes', { ...o, body }),
   deleteSandbox: (id, o) => request('DELETE', `/v1/sandboxes/${enc(id)}`, o),
   exec: (id, body, o) => request('POST', `/v1/sandboxes/${enc(id)}/exec`, { ...o, body }),
+  pauseSandbox: (id, o) => request('POST', `/v1/sandboxes/${enc(id)}/pause`, o),
+  resumeSandbox: (id, o) => request('POST', `/v1/sandboxes/${enc(id)}/resume`, o),
+  setSandboxTimeout: (id, timeoutSec, o) => request('POST', `/v1/sandboxes/${enc(id)}/timeout`, { ...o, body: { timeout_sec: timeoutSec } }),
+  sandboxLogs: (id, o) => request('GET', `/v1/sandboxes/${enc(id)}/logs`, { ...o, as: 'text' }),
+  /** A plain GET of the exec stream route: its error says why a WebSocket could not open. */
+  probeExecStream: (id, o) => request('GET', `/v1/sandboxes/${enc(id)}/exec/stream`, o),
+
+  // A sandbox's files
+  listFiles: (id, path, o) => request('GET', `/v1/sandboxes/${enc(id)}/files/list`, { ...o, query: { path } }),
+  readFile: (id, path, o) => request('GET', `/v1/sandboxes/${enc(id)}/files`, { ...o, query: { path }, as: 'blob' }),
+  writeFile: (id, path, blob, o) => request('PUT', `/v1/sandboxes/${enc(id)}/files`, { ...o, query: { path }, raw: blob }),
+  makeDir: (id, path, o) => request('POST', `/v1/sandboxes/${enc(id)}/files/mkdir`, { ...o, query: { path } }),
+  removeFile: (id, path, recursive, o) => request('DELETE', `/v1/sandboxes/${enc(id)}/files`, { ...o, query: { path, recursive: recursive ? 'true' : undefined } }),
+
+  // Templates and snapshots
+  templates: (o) => request('GET', '/v1/templates', o).then((r) => r.templates),
+  snapshot: (sandboxId, name, overwrite, o) => request('POST', '/v1/snapshots', { ...o, body: { sandbox_id: sandboxId, name }, query: overwrite ? { overwrite: 'true' } : undefined }),
+  deleteTemplate: (id, o) => request('DELETE', `/v1/templates/${enc(id)}`, o),
+  buildTemplate: (name, o) => request('POST', '/v1/templates', { ...o, body: { name } }),
+  buildStatus: (name, o) => request('GET', `/v1/templates/${enc(name)}/build`, o),
 };
+
+/**
+ * The URL of a sandbox's exec WebSocket. Browsers cannot set headers on a WebSocket, so the token
+ * goes as the `access_token` query parameter (the server accepts it only on upgrades).
+ */
+export function execStreamUrl(id) {
+  const url = new URL(`/v1/sandboxes/${enc(id)}/exec/stream`, window.location.origin);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  if (token) url.searchParams.set('access_token', token);
+  return url.toString();
+}

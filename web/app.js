@@ -9,6 +9,7 @@ import { TOKEN_KEY, canSeeHosts, currentTeam, resetStore, saveToken, savedToken,
 import loginPage from './pages/login.js';
 import sandboxesPage from './pages/sandboxes.js';
 import sandboxPage from './pages/sandbox.js';
+import templatesPage from './pages/templates.js';
 import keysPage from './pages/keys.js';
 import teamPage from './pages/team.js';
 import hostsPage from './pages/hosts.js';
@@ -20,6 +21,7 @@ const routes = [
   { path: '/signup', page: loginPage, public: true, props: { mode: 'signup' } },
   { path: '/sandboxes', page: sandboxesPage },
   { path: '/sandboxes/:id', page: sandboxPage },
+  { path: '/templates', page: templatesPage },
   { path: '/keys', page: keysPage },
   { path: '/team', page: teamPage },
   { path: '/hosts', page: hostsPage, allowed: canSeeHosts, denied: 'Hosts are managed by platform admins and by team owners and admins.' },
@@ -27,6 +29,7 @@ const routes = [
 
 const nav = [
   { href: '/sandboxes', label: 'Sandboxes', icon: 'box' },
+  { href: '/templates', label: 'Templates', icon: 'layers' },
   { href: '/keys', label: 'API keys', icon: 'key' },
   { href: '/team', label: 'Team', icon: 'users' },
   { href: '/hosts', label: 'Hosts', icon: 'server', when: canSeeHosts },

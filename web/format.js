@@ -113,3 +113,62 @@ export function parseKeyValues(text, what, checkKey) {
   });
   return out;
 }
+
+/** Bytes as "512 B", "1.5 KiB", "3.2 MiB", "1.1 GiB". */
+export function bytes(n) {
+  if (n === null || n === undefined) return '—';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${v} B` : `${v >= 100 ? Math.round(v) : +v.toFixed(1)} ${units[u]}`;
+}
+
+/** A countdown with seconds while it is short: "45s", "4m 05s", "1h 12m", "2d 3h". */
+export function countdown(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
+  return duration(s);
+}
+
+/** Permission bits as ls shows them: (493, 'dir') → "drwxr-xr-x". */
+export function fileMode(mode, kind) {
+  const type = { dir: 'd', symlink: 'l', file: '-' }[kind] ?? '?';
+  let out = type;
+  for (let shift = 6; shift >= 0; shift -= 3) {
+    const b = (mode >> shift) & 7;
+    out += (b & 4 ? 'r' : '-') + (b & 2 ? 'w' : '-') + (b & 1 ? 'x' : '-');
+  }
+  return out;
+}
+
+/** Joins a directory and a name into an absolute path: ("/", "a") → "/a", ("/a", "b") → "/a/b". */
+export function joinPath(dir, name) {
+  return dir === '/' ? `/${name}` : `${dir.replace(/\/+$/, '')}/${name}`;
+}
+
+/** The parent of an absolute path: "/a/b" → "/a", "/a" → "/", "/" → "/". */
+export function parentPath(path) {
+  const p = path.replace(/\/+$/, '');
+  const i = p.lastIndexOf('/');
+  return i <= 0 ? '/' : p.slice(0, i);
+}
+
+/**
+ * Cleans a path someone typed into the absolute form the API accepts ("/a/b"): resolves "." and
+ * "..", drops repeated and trailing slashes. Relative paths count from `base`.
+ */
+export function normalizePath(input, base = '/') {
+  const raw = input.trim();
+  const parts = [];
+  for (const seg of (raw.startsWith('/') ? raw : `${base}/${raw}`).split('/')) {
+    if (!seg || seg === '.') continue;
+    if (seg === '..') parts.pop();
+    else parts.push(seg);
+  }
+  return `/${parts.join('/')}`;
+}

@@ -48,6 +48,18 @@ const ICONS = {
   search: ['M11 19a8 8 0 1 0 0-16 8 8 0 0 0 0 16z', 'M21 21l-4.3-4.3'],
   trash: ['M3 6h18', 'M8 6V4h8v2', 'M19 6l-1 14H6L5 6'],
   square: ['M6 6h12v12H6z'],
+  pause: ['M8 5v14', 'M16 5v14'],
+  camera: ['M3 8h4l2-3h6l2 3h4v12H3z', 'M12 17a4 4 0 1 0 0-8 4 4 0 0 0 0 8z'],
+  layers: ['M12 3 2 8l10 5 10-5z', 'M2 13l10 5 10-5', 'M2 18l10 5 10-5'],
+  folder: ['M3 6h6l2 2h10v11H3z'],
+  file: ['M6 3h8l4 4v14H6z', 'M14 3v4h4'],
+  link: ['M10 14a4 4 0 0 0 6 0l3-3a4 4 0 0 0-6-6l-1 1', 'M14 10a4 4 0 0 0-6 0l-3 3a4 4 0 0 0 6 6l1-1'],
+  upload: ['M12 16V4', 'M7 9l5-5 5 5', 'M4 20h16'],
+  download: ['M12 4v12', 'M7 11l5 5 5-5', 'M4 20h16'],
+  refresh: ['M20 11a8 8 0 1 0-2.3 5.7', 'M20 4v7h-7'],
+  terminal: ['M3 4h18v16H3z', 'M7 9l3 3-3 3', 'M12 15h5'],
+  up: ['M12 19V5', 'M5 12l7-7 7 7'],
+  hammer: ['M14 4l6 6-3 3-6-6z', 'M11 7 3 15l3 3 8-8'],
 };
 
 export function icon(name, cls = 'icon') {
@@ -285,10 +297,33 @@ export function dataTable({ columns, label, empty }) {
   const emptyEl = h('div', { class: 'table-empty', hidden: true });
   const wrap = h('div', { class: 'table-wrap' }, table, emptyEl);
   wrap.update = (rows) => {
-    tbody.replaceChildren(...rows.map((r) => h('tr', { dataset: { id: r.id ?? r.user_id ?? '' } }, columns.map((c) => h('td', { class: c.class, 'data-label': c.label }, c.cell(r))))));
+    keepFocus(tbody, 'tr', () => tbody.replaceChildren(...rows.map((r) => h('tr', { dataset: { id: r.id ?? r.user_id ?? '' } }, columns.map((c) => h('td', { class: c.class, 'data-label': c.label }, c.cell(r)))))));
     table.hidden = rows.length === 0;
     emptyEl.hidden = rows.length !== 0;
     if (rows.length === 0) fill(emptyEl, typeof empty === 'function' ? empty() : empty);
   };
   return wrap;
+}
+
+/**
+ * Re-renders part of the page without losing keyboard focus: if focus was inside `container`,
+ * the same control (same aria-label, or same text) in the same scope (the closest `scopeSel`
+ * element with the same data-id) gets it back; if that control is gone, the first button of the
+ * scope does. For views that refresh themselves every few seconds.
+ */
+export function keepFocus(container, scopeSel, render) {
+  const active = document.activeElement;
+  if (!active || !container.contains(active) || active === container) return render();
+  const scope = scopeSel ? active.closest(scopeSel) : null;
+  const scopeId = scope?.dataset.id ?? null;
+  const key = (el) => el.getAttribute('aria-label') || el.textContent.trim();
+  const want = key(active);
+  const tag = active.tagName;
+  render();
+  const scopes = scopeSel ? [...container.querySelectorAll(scopeSel)].filter((el) => (el.dataset.id ?? null) === scopeId) : [container];
+  for (const sc of scopes) {
+    const same = [...sc.querySelectorAll(tag)].find((el) => key(el) === want);
+    const next = same ?? sc.querySelector('button, a[href], input, select');
+    if (next) return next.focus({ preventScroll: true });
+  }
 }

@@ -15,6 +15,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -60,10 +61,16 @@ pub fn routes() -> Router<AgentState> {
 async fn exec_stream(
     State(st): State<AgentState>,
     Path(id): Path<String>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AgentApiError> {
     // Refuse early (as JSON) what cannot work; the rest is reported on the socket.
     st.vms.exec_stream_ready(&id)?;
+    let ws = ws.map_err(|e| {
+        AgentApiError(VmError::BadRequest {
+            field: "upgrade",
+            message: format!("this route speaks WebSocket only ({})", e.body_text()),
+        })
+    })?;
     Ok(ws
         .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| run_exec_stream(st, id, socket)))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio::sync::Mutex;
 
 use super::api::{AgentState, router};
@@ -40,9 +40,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send + '
         )
     })?;
     let listen = cfg.listen.clone().unwrap_or_else(|| creds.listen.clone());
-    let listener = TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("agent cannot listen on {listen}"))?;
+    // Bound now (a taken address fails at once), listening only once the VMs are up and the
+    // server has this host's templates: a port that accepts means an agent that is ready.
+    let socket = bind(&listen).await.with_context(|| format!("agent cannot listen on {listen}"))?;
     let vms = VmManager::start(VmConfig {
         data_dir: cfg.data_dir.clone(),
         kernel_dir: cfg.kernel_dir.clone(),
@@ -66,11 +66,27 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send + '
         accel_reason: accel.reason.clone(),
         http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?,
     };
+    if let Err(e) = hb.beat().await {
+        tracing::warn!(error = ?e, "first heartbeat failed; retrying in the background");
+    }
+    let listener = socket.listen(1024).with_context(|| format!("agent cannot listen on {listen}"))?;
     let interval = cfg.heartbeat_interval;
     let heartbeats = tokio::spawn(async move { hb.run(interval).await });
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     heartbeats.abort();
     result.context("serving the agent API")
+}
+
+/// A socket bound to `listen` (`host:port`), not yet listening.
+async fn bind(listen: &str) -> anyhow::Result<TcpSocket> {
+    let addr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .with_context(|| format!("{listen} resolves to no address"))?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 struct Heartbeat {

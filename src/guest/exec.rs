@@ -23,6 +23,12 @@ use crate::proto::guest::{
 /// the output back (a slow client), so no output is lost to a slow reader.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
+/// Output coalescing: a read under SMALL_READ bytes that follows another read within BURST_GAP
+/// waits COALESCE_WAIT before the next one.
+const SMALL_READ: usize = 16 * 1024;
+const BURST_GAP: Duration = Duration::from_millis(5);
+const COALESCE_WAIT: Duration = Duration::from_millis(2);
+
 /// ^D: what "end of input" means on a terminal in canonical mode.
 const VEOF: u8 = 0x04;
 
@@ -330,7 +336,12 @@ fn run(
         Some(m) => m
             .try_clone()
             .ok()
-            .map(|fd| (Box::new(File::from(fd)) as Box<dyn Read + Send>, FrameKind::Stdout))
+            .map(|fd| {
+                (
+                    Box::new(File::from(fd)) as Box<dyn Read + Send>,
+                    FrameKind::Stdout,
+                )
+            })
             .into_iter()
             .collect(),
         None => {
@@ -352,6 +363,7 @@ fn run(
         readers += 1;
         std::thread::spawn(move || {
             let mut buf = vec![0u8; CHUNK];
+            let mut last_read = Instant::now() - BURST_GAP;
             loop {
                 let taken = h.flow.take(CHUNK);
                 let want = taken.unwrap_or(CHUNK);
@@ -366,10 +378,21 @@ fn run(
                 match r {
                     Ok(0) => break,
                     Ok(n) => {
-                        let finished = gate.lock().unwrap_or_else(|p| p.into_inner());
-                        if !*finished && taken.is_some() {
-                            g.send(Frame::new(kind, id, buf[..n].to_vec()));
+                        {
+                            let finished = gate.lock().unwrap_or_else(|p| p.into_inner());
+                            if !*finished && taken.is_some() {
+                                g.send(Frame::new(kind, id, buf[..n].to_vec()));
+                            }
                         }
+                        // A burst of small writes (most programs write 4 KiB at a time): let the
+                        // pipe fill a little before the next read, so frames carry more than a
+                        // page each. Interactive output (one small write now and then) is not
+                        // delayed.
+                        let now = Instant::now();
+                        if n < SMALL_READ && now.duration_since(last_read) < BURST_GAP {
+                            std::thread::sleep(COALESCE_WAIT);
+                        }
+                        last_read = now;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     // EIO on a PTY master: every holder of the terminal closed it.

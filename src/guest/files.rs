@@ -19,8 +19,7 @@ use super::flow::Flow;
 use super::{Guest, StreamEntry};
 use crate::proto::api::FileListResponse;
 use crate::proto::guest::{
-    CHUNK, Credit, ErrorMsg, FileEntry, FileKind, FileRequest, FileResult, Frame, FrameKind,
-    WINDOW,
+    CHUNK, Credit, ErrorMsg, FileEntry, FileKind, FileRequest, FileResult, Frame, FrameKind, WINDOW,
 };
 
 /// An upload that receives nothing for this long is abandoned (its host went away for good).
@@ -28,7 +27,7 @@ const UPLOAD_IDLE: Duration = Duration::from_secs(600);
 
 /// Filesystems whose files report sizes that are not their content's length.
 const PSEUDO_FS: [i64; 4] = [
-    0x9fa0,     // proc
+    0x9fa0,      // proc
     0x6265_6572, // sysfs
     0x6367_7270, // cgroup2
     0x6462_6720, // debugfs
@@ -257,7 +256,13 @@ fn run(
             })
             .map_err(|e| fs_error("io_error", e.to_string()))?;
             send_result(guest, id, Some(dir), Some(listing.len() as u64));
-            send_data(guest, id, handle, &mut &listing[..], Some(listing.len() as u64))?;
+            send_data(
+                guest,
+                id,
+                handle,
+                &mut &listing[..],
+                Some(listing.len() as u64),
+            )?;
         }
         FileRequest::Read { path, .. } => {
             let p = check_path(&path)?;
@@ -446,11 +451,7 @@ fn receive(
                 file.write_all(&chunk).map_err(|e| io_error(path, &e))?;
                 owed += chunk.len() as u64;
                 if owed >= WINDOW / 8 {
-                    guest.send(Frame::json(
-                        FrameKind::Credit,
-                        id,
-                        &Credit { bytes: owed },
-                    ));
+                    guest.send(Frame::json(FrameKind::Credit, id, &Credit { bytes: owed }));
                     owed = 0;
                 }
             }

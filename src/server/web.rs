@@ -23,9 +23,12 @@ pub struct WebAssets;
 /// The page the app's router starts from.
 const INDEX: &str = "index.html";
 
-/// Only our own files: scripts, styles, images, API calls (and, later, WebSockets) to this origin.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; \
-     base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
+/// Only our own files: scripts, styles, images, API calls and WebSockets (CSP3 `'self'` covers
+/// ws/wss to this origin) to this origin. Styles also allow `'unsafe-inline'`: the vendored
+/// terminal emulator (xterm.js) sizes its character grid and applies its theme through `<style>`
+/// elements it writes at run time. Scripts stay `'self'` only.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
 
 /// The fallback of the whole app: the dashboard for GET/HEAD, the API's JSON 404 otherwise.
 pub async fn fallback(method: Method, uri: Uri, headers: HeaderMap) -> Response {

@@ -15,8 +15,8 @@ use sandboxctl::agent::vm::{
     AccelChoice, CreateVmRequest, ExecRequest, VmConfig, VmError, VmManager,
 };
 use sandboxctl::proto::api::{
-    CreateSandboxRequest, ExecClientMessage, ExecServerMessage, ExecStreamStart, FileKind,
-    PtySize, STREAM_STDERR, STREAM_STDIN, STREAM_STDOUT,
+    CreateSandboxRequest, ExecClientMessage, ExecServerMessage, ExecStreamStart, FileKind, PtySize,
+    STREAM_STDERR, STREAM_STDIN, STREAM_STDOUT,
 };
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
@@ -162,11 +162,17 @@ async fn vm_exec_streams_and_files() {
     let t = Instant::now();
     s.input.stdin(b"ping\n").await.unwrap();
     assert_eq!(stdout_until(&mut s, "ping\n").await, "ping\n");
-    eprintln!("stdin → cat → stdout round trip (VM manager): {:?}", t.elapsed());
+    eprintln!(
+        "stdin → cat → stdout round trip (VM manager): {:?}",
+        t.elapsed()
+    );
     s.input.stdin(&[0xff, 0x00, 0xfe, b'\n']).await.unwrap();
     s.input.eof().await.unwrap();
     let c = collect(&mut s).await;
-    assert_eq!((c.stdout.as_slice(), c.exit_code), (&[0xff, 0x00, 0xfe, b'\n'][..], 0));
+    assert_eq!(
+        (c.stdout.as_slice(), c.exit_code),
+        (&[0xff, 0x00, 0xfe, b'\n'][..], 0)
+    );
 
     // Stdout and stderr apart, the exit code, a command that does not exist.
     let mut s = vms
@@ -174,8 +180,14 @@ async fn vm_exec_streams_and_files() {
         .await
         .unwrap();
     let c = collect(&mut s).await;
-    assert_eq!((&c.stdout[..], &c.stderr[..], c.exit_code), (&b"out\n"[..], &b"err\n"[..], 5));
-    let mut s = vms.exec_stream(id, start("no-such-cmd", &[])).await.unwrap();
+    assert_eq!(
+        (&c.stdout[..], &c.stderr[..], c.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 5)
+    );
+    let mut s = vms
+        .exec_stream(id, start("no-such-cmd", &[]))
+        .await
+        .unwrap();
     assert_eq!(s.pid, None);
     let c = collect(&mut s).await;
     assert_eq!(c.exit_code, 127);
@@ -189,14 +201,20 @@ async fn vm_exec_streams_and_files() {
     assert!(c.timed_out && c.exit_code == 124, "{c:?}");
 
     // Signals go to the process group.
-    let mut s = vms.exec_stream(id, start("sleep", &["1000"])).await.unwrap();
+    let mut s = vms
+        .exec_stream(id, start("sleep", &["1000"]))
+        .await
+        .unwrap();
     s.input.signal(libc::SIGINT).await.unwrap();
     let c = collect(&mut s).await;
     assert!(c.exit_code == 130 || c.signal == Some(2), "{c:?}");
 
     // A PTY: a terminal of the asked size, stdin echoed, resize seen by the program.
     let mut p = sh_start("tty; stty size; read line; stty size; echo got $line");
-    p.pty = Some(PtySize { rows: 30, cols: 100 });
+    p.pty = Some(PtySize {
+        rows: 30,
+        cols: 100,
+    });
     let mut s = vms.exec_stream(id, p).await.unwrap();
     let out = stdout_until(&mut s, "30 100").await;
     assert!(out.contains("/dev/pts/"), "{out:?}");
@@ -204,13 +222,19 @@ async fn vm_exec_streams_and_files() {
     s.input.stdin(b"hello\r").await.unwrap();
     let c = collect(&mut s).await;
     let rest = String::from_utf8_lossy(&c.stdout);
-    assert!(rest.contains("50 120") && rest.contains("got hello"), "{rest:?}");
+    assert!(
+        rest.contains("50 120") && rest.contains("got hello"),
+        "{rest:?}"
+    );
     assert_eq!(c.exit_code, 0);
     // ^C on a PTY reaches the foreground job.
     let mut p = start("sh", &[]);
     p.pty = Some(PtySize { rows: 24, cols: 80 });
     let mut s = vms.exec_stream(id, p).await.unwrap();
-    s.input.stdin(b"sleep 1000; echo after-sleep\n").await.unwrap();
+    s.input
+        .stdin(b"sleep 1000; echo after-sleep\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.input.signal(libc::SIGINT).await.unwrap();
     stdout_until(&mut s, "after-sleep").await;
@@ -249,11 +273,19 @@ async fn vm_exec_streams_and_files() {
 
     // Dropping a stream kills its process group, leaving the others (and the channel) alone.
     let mut keep = vms.exec_stream(id, start("cat", &[])).await.unwrap();
-    let dropped = vms.exec_stream(id, sh_start("sleep 1001 & sleep 1002")).await.unwrap();
+    let dropped = vms
+        .exec_stream(id, sh_start("sleep 1001 & sleep 1002"))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(dropped);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ps = sh(&vms, id, "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '").await;
+    let ps = sh(
+        &vms,
+        id,
+        "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '",
+    )
+    .await;
     assert!(!ps.contains("sleep 100"), "left running: {ps}");
     keep.input.stdin(b"still here\n").await.unwrap();
     stdout_until(&mut keep, "still here").await;
@@ -263,10 +295,19 @@ async fn vm_exec_streams_and_files() {
     // Files: write (streamed), read back, stat, list, mkdir, remove, and the errors.
     let data = random_bytes(3 * 1024 * 1024 + 17);
     let e = vms
-        .file_write(id, "/root/r.bin", Some(0o600), futures_util::stream::iter(chunks(&data, 100_000)), u64::MAX)
+        .file_write(
+            id,
+            "/root/r.bin",
+            Some(0o600),
+            futures_util::stream::iter(chunks(&data, 100_000)),
+            u64::MAX,
+        )
         .await
         .unwrap();
-    assert_eq!((e.size, e.mode, e.kind), (data.len() as u64, 0o600, FileKind::File));
+    assert_eq!(
+        (e.size, e.mode, e.kind),
+        (data.len() as u64, 0o600, FileKind::File)
+    );
     let mut dl = vms.file_read(id, "/root/r.bin").await.unwrap();
     assert_eq!(dl.length, Some(data.len() as u64));
     let mut back = Vec::new();
@@ -282,34 +323,72 @@ async fn vm_exec_streams_and_files() {
         v.extend_from_slice(&c);
     }
     assert!(String::from_utf8_lossy(&v).starts_with("Linux version"));
-    assert_eq!(fs_code(vms.file_read(id, "/root/nope").await.err().unwrap()), "file_not_found");
-    assert_eq!(fs_code(vms.file_read(id, "/root").await.err().unwrap()), "is_a_directory");
+    assert_eq!(
+        fs_code(vms.file_read(id, "/root/nope").await.err().unwrap()),
+        "file_not_found"
+    );
+    assert_eq!(
+        fs_code(vms.file_read(id, "/root").await.err().unwrap()),
+        "is_a_directory"
+    );
     assert!(matches!(
         vms.file_read(id, "/root/../etc/passwd").await,
         Err(FileError::Vm(VmError::BadRequest { field: "path", .. }))
     ));
 
-    assert_eq!(vms.file_mkdir(id, "/root/d/e", true).await.unwrap().kind, FileKind::Dir);
-    assert_eq!(vms.file_mkdir(id, "/root/d/e", true).await.unwrap().kind, FileKind::Dir);
-    assert_eq!(fs_code(vms.file_mkdir(id, "/root/d", false).await.unwrap_err()), "exists");
-    assert_eq!(fs_code(vms.file_mkdir(id, "/root/x/y", false).await.unwrap_err()), "file_not_found");
+    assert_eq!(
+        vms.file_mkdir(id, "/root/d/e", true).await.unwrap().kind,
+        FileKind::Dir
+    );
+    assert_eq!(
+        vms.file_mkdir(id, "/root/d/e", true).await.unwrap().kind,
+        FileKind::Dir
+    );
+    assert_eq!(
+        fs_code(vms.file_mkdir(id, "/root/d", false).await.unwrap_err()),
+        "exists"
+    );
+    assert_eq!(
+        fs_code(vms.file_mkdir(id, "/root/x/y", false).await.unwrap_err()),
+        "file_not_found"
+    );
     sh(&vms, id, "ln -s /root/r.bin /root/d/link").await;
     let st = vms.file_stat(id, "/root/d/link").await.unwrap();
-    assert_eq!((st.kind, st.link_target.as_deref()), (FileKind::Symlink, Some("/root/r.bin")));
+    assert_eq!(
+        (st.kind, st.link_target.as_deref()),
+        (FileKind::Symlink, Some("/root/r.bin"))
+    );
     let l = vms.file_list(id, "/root/d").await.unwrap();
     let names: Vec<&str> = l.entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, vec!["e", "link"]);
-    assert_eq!(fs_code(vms.file_list(id, "/root/r.bin").await.unwrap_err()), "not_a_directory");
-    assert_eq!(fs_code(vms.file_remove(id, "/root/d", false).await.unwrap_err()), "not_empty");
+    assert_eq!(
+        fs_code(vms.file_list(id, "/root/r.bin").await.unwrap_err()),
+        "not_a_directory"
+    );
+    assert_eq!(
+        fs_code(vms.file_remove(id, "/root/d", false).await.unwrap_err()),
+        "not_empty"
+    );
     vms.file_remove(id, "/root/d", true).await.unwrap();
-    assert_eq!(fs_code(vms.file_stat(id, "/root/d").await.unwrap_err()), "file_not_found");
+    assert_eq!(
+        fs_code(vms.file_stat(id, "/root/d").await.unwrap_err()),
+        "file_not_found"
+    );
     let one = || futures_util::stream::iter(chunks(b"x", 1));
     assert_eq!(
-        fs_code(vms.file_write(id, "/root/no/dir/f", None, one(), u64::MAX).await.unwrap_err()),
+        fs_code(
+            vms.file_write(id, "/root/no/dir/f", None, one(), u64::MAX)
+                .await
+                .unwrap_err()
+        ),
         "file_not_found"
     );
     assert_eq!(
-        fs_code(vms.file_write(id, "/root", None, one(), u64::MAX).await.unwrap_err()),
+        fs_code(
+            vms.file_write(id, "/root", None, one(), u64::MAX)
+                .await
+                .unwrap_err()
+        ),
         "is_a_directory"
     );
     // A broken or oversized upload leaves nothing, not even its temporary file; a replaced
@@ -319,12 +398,14 @@ async fn vm_exec_streams_and_files() {
         Err(std::io::Error::other("client went away")),
     ]);
     assert!(matches!(
-        vms.file_write(id, "/root/r.bin", None, broken, u64::MAX).await,
+        vms.file_write(id, "/root/r.bin", None, broken, u64::MAX)
+            .await,
         Err(FileError::Body(_))
     ));
     let big = futures_util::stream::iter(chunks(&data, 65536));
     assert!(matches!(
-        vms.file_write(id, "/root/big.bin", None, big, 1_000_000).await,
+        vms.file_write(id, "/root/big.bin", None, big, 1_000_000)
+            .await,
         Err(FileError::TooLarge(_))
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -336,9 +417,18 @@ async fn vm_exec_streams_and_files() {
         .into_iter()
         .map(|e| e.name)
         .collect();
-    assert!(!names.iter().any(|n| n.contains("sbxtmp") || n == "big.bin"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.contains("sbxtmp") || n == "big.bin"),
+        "{names:?}"
+    );
     let e = vms
-        .file_write(id, "/root/r.bin", None, futures_util::stream::iter(chunks(b"new", 3)), u64::MAX)
+        .file_write(
+            id,
+            "/root/r.bin",
+            None,
+            futures_util::stream::iter(chunks(b"new", 3)),
+            u64::MAX,
+        )
         .await
         .unwrap();
     assert_eq!((e.size, e.mode), (3, 0o600));
@@ -349,13 +439,25 @@ async fn vm_exec_streams_and_files() {
     let up = tokio::spawn(async move {
         let d = random_bytes(4 * 1024 * 1024);
         let e = vms2
-            .file_write(id, "/tmp/par.bin", None, futures_util::stream::iter(chunks(&d, 1 << 16)), u64::MAX)
+            .file_write(
+                id,
+                "/tmp/par.bin",
+                None,
+                futures_util::stream::iter(chunks(&d, 1 << 16)),
+                u64::MAX,
+            )
             .await
             .unwrap();
         (e.size, d)
     });
-    let mut a = vms.exec_stream(id, sh_start("sleep 1; echo a")).await.unwrap();
-    let mut b = vms.exec_stream(id, sh_start("sleep 1; echo b")).await.unwrap();
+    let mut a = vms
+        .exec_stream(id, sh_start("sleep 1; echo a"))
+        .await
+        .unwrap();
+    let mut b = vms
+        .exec_stream(id, sh_start("sleep 1; echo b"))
+        .await
+        .unwrap();
     let (ca, cb) = tokio::join!(collect(&mut a), collect(&mut b));
     assert_eq!((&ca.stdout[..], &cb.stdout[..]), (&b"a\n"[..], &b"b\n"[..]));
     let (size, d) = up.await.unwrap();
@@ -365,12 +467,23 @@ async fn vm_exec_streams_and_files() {
     eprintln!("two execs + a 4 MB upload at once: {:?}", t.elapsed());
 
     // The console log's tail.
+    sh(&vms, id, "echo console-marker > /dev/console").await;
     let log = vms.console_log(id, 200).await.unwrap();
-    assert!(!log.is_empty() && log.len() <= 200);
-    assert!(matches!(vms.console_log("sbx_nope", 10).await, Err(VmError::NotFound(_))));
+    assert!(log.len() <= 200);
+    assert!(
+        String::from_utf8_lossy(&log).contains("console-marker"),
+        "{log:?}"
+    );
+    assert!(matches!(
+        vms.console_log("sbx_nope", 10).await,
+        Err(VmError::NotFound(_))
+    ));
 
     // A crashed guest program fails the streams it served; the next ones work.
-    let mut victim = vms.exec_stream(id, start("sleep", &["1003"])).await.unwrap();
+    let mut victim = vms
+        .exec_stream(id, start("sleep", &["1003"]))
+        .await
+        .unwrap();
     let _ = vms
         .exec(
             id,
@@ -389,17 +502,31 @@ async fn vm_exec_streams_and_files() {
     assert_eq!(collect(&mut s).await.stdout, b"back\n");
 
     // A host reconnect (agent restart) ends the old streams in the guest.
-    let mut orphan = vms.exec_stream(id, start("sleep", &["1004"])).await.unwrap();
+    let mut orphan = vms
+        .exec_stream(id, start("sleep", &["1004"]))
+        .await
+        .unwrap();
     let _ = tokio::time::timeout(Duration::from_millis(100), orphan.output.next()).await;
     std::mem::forget(orphan); // as if the agent died: no cancel is sent
     drop(vms);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let vms: Arc<VmManager> = VmManager::start(config(tmp.path())).await.expect("restart");
-    let mut s = vms.exec_stream(id, start("echo", &["again"])).await.unwrap();
+    let mut s = vms
+        .exec_stream(id, start("echo", &["again"]))
+        .await
+        .unwrap();
     assert_eq!(collect(&mut s).await.stdout, b"again\n");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ps = sh(&vms, id, "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '").await;
-    assert!(!ps.contains("sleep 1004"), "an orphan outlived its host connection: {ps}");
+    let ps = sh(
+        &vms,
+        id,
+        "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '",
+    )
+    .await;
+    assert!(
+        !ps.contains("sleep 1004"),
+        "an orphan outlived its host connection: {ps}"
+    );
     vms.destroy(id).await.unwrap();
 }
 
@@ -409,14 +536,20 @@ fn hex(b: &[u8]) -> String {
 
 // ---- through the server ----
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_open(s: &TestServer, token: &str, id: &str, start: &ExecStreamStart) -> Ws {
-    let url = format!("{}/v1/sandboxes/{id}/exec/stream", s.url.replacen("http", "ws", 1));
+    let url = format!(
+        "{}/v1/sandboxes/{id}/exec/stream",
+        s.url.replacen("http", "ws", 1)
+    );
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connect");
     let m = serde_json::to_string(&ExecClientMessage::Start(start.clone())).unwrap();
     ws.send(Message::Text(m.into())).await.unwrap();
     ws
@@ -436,7 +569,10 @@ async fn ws_stdin(ws: &mut Ws, bytes: &[u8]) {
 
 /// Reads until stdout contains `needle` (or, with None, until the exit); returns (stdout,
 /// stderr, the exit message if it came).
-async fn ws_read(ws: &mut Ws, needle: Option<&[u8]>) -> (Vec<u8>, Vec<u8>, Option<ExecServerMessage>) {
+async fn ws_read(
+    ws: &mut Ws,
+    needle: Option<&[u8]>,
+) -> (Vec<u8>, Vec<u8>, Option<ExecServerMessage>) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     loop {
         if let Some(n) = needle
@@ -446,12 +582,21 @@ async fn ws_read(ws: &mut Ws, needle: Option<&[u8]>) -> (Vec<u8>, Vec<u8>, Optio
         }
         let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
             .await
-            .unwrap_or_else(|_| panic!("stream stalled; stdout so far {:?}", String::from_utf8_lossy(&out)))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "stream stalled; stdout so far {:?}",
+                    String::from_utf8_lossy(&out)
+                )
+            })
             .expect("stream open")
             .expect("stream message");
         match m {
-            Message::Binary(b) if b.first() == Some(&STREAM_STDOUT) => out.extend_from_slice(&b[1..]),
-            Message::Binary(b) if b.first() == Some(&STREAM_STDERR) => err.extend_from_slice(&b[1..]),
+            Message::Binary(b) if b.first() == Some(&STREAM_STDOUT) => {
+                out.extend_from_slice(&b[1..])
+            }
+            Message::Binary(b) if b.first() == Some(&STREAM_STDERR) => {
+                err.extend_from_slice(&b[1..])
+            }
             Message::Text(t) => match serde_json::from_str::<ExecServerMessage>(&t).unwrap() {
                 ExecServerMessage::Started { .. } => {}
                 end @ (ExecServerMessage::Exit { .. } | ExecServerMessage::Error { .. }) => {
@@ -466,7 +611,9 @@ async fn ws_read(ws: &mut Ws, needle: Option<&[u8]>) -> (Vec<u8>, Vec<u8>, Optio
 
 fn exit_of(m: Option<ExecServerMessage>) -> (i32, Option<i32>) {
     match m {
-        Some(ExecServerMessage::Exit { exit_code, signal, .. }) => (exit_code, signal),
+        Some(ExecServerMessage::Exit {
+            exit_code, signal, ..
+        }) => (exit_code, signal),
         other => panic!("expected an exit, got {other:?}"),
     }
 }
@@ -477,10 +624,17 @@ async fn streams_and_files_through_the_server() {
     let s = TestServer::start().await;
     let (auth, admin) = s.signup("admin@example.com", "Admin").await;
     let agent = TestAgent::start(&s, &admin).await;
-    let sb = admin
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await
-        .unwrap_or_else(|e| panic!("create: {e}\nagent log:\n{}", agent.log()));
+    // The agent may still be building its template when it first reports in.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let sb = loop {
+        match admin.create_sandbox(&CreateSandboxRequest::default()).await {
+            Ok(sb) => break sb,
+            Err(e) if e.status() == Some(503) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("create: {e}\nagent log:\n{}", agent.log()),
+        }
+    };
     let id = sb.id.clone();
     let token = auth.token.as_str();
 
@@ -493,12 +647,21 @@ async fn streams_and_files_through_the_server() {
     let t = Instant::now();
     ws_stdin(&mut ws, b"two\n").await;
     ws_read(&mut ws, Some(b"two\n")).await;
-    eprintln!("exec stream: open + first echo {first:?}, next line round trip {:?}", t.elapsed());
+    eprintln!(
+        "exec stream: open + first echo {first:?}, next line round trip {:?}",
+        t.elapsed()
+    );
     ws_send(&mut ws, &ExecClientMessage::Eof).await;
     assert_eq!(exit_of(ws_read(&mut ws, None).await.2), (0, None));
 
     // Non-UTF-8 output arrives unchanged, stderr apart.
-    let mut ws = ws_open(&s, token, &id, &sh_start(r"printf 'a\377\376b'; printf 'e\200' >&2; exit 4")).await;
+    let mut ws = ws_open(
+        &s,
+        token,
+        &id,
+        &sh_start(r"printf 'a\377\376b'; printf 'e\200' >&2; exit 4"),
+    )
+    .await;
     ws_send(&mut ws, &ExecClientMessage::Eof).await;
     let (out, err, end) = ws_read(&mut ws, None).await;
     assert_eq!((&out[..], &err[..]), (&b"a\xff\xfeb"[..], &b"e\x80"[..]));
@@ -510,16 +673,33 @@ async fn streams_and_files_through_the_server() {
     let mut ws = ws_open(&s, token, &id, &p).await;
     let (out, _, _) = ws_read(&mut ws, Some(b"/dev/pts/")).await;
     assert!(String::from_utf8_lossy(&out).contains("/dev/pts/"));
-    ws_send(&mut ws, &ExecClientMessage::Resize { rows: 40, cols: 132 }).await;
+    ws_send(
+        &mut ws,
+        &ExecClientMessage::Resize {
+            rows: 40,
+            cols: 132,
+        },
+    )
+    .await;
     ws_stdin(&mut ws, b"\r").await;
     let (out, _, end) = ws_read(&mut ws, None).await;
-    assert!(String::from_utf8_lossy(&out).contains("40 132"), "{:?}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).contains("40 132"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
     assert_eq!(exit_of(end).0, 0);
 
     // SIGINT to a sleeping command.
     let mut ws = ws_open(&s, token, &id, &start("sleep", &["1000"])).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    ws_send(&mut ws, &ExecClientMessage::Signal { signal: libc::SIGINT }).await;
+    ws_send(
+        &mut ws,
+        &ExecClientMessage::Signal {
+            signal: libc::SIGINT,
+        },
+    )
+    .await;
     let (code, signal) = exit_of(ws_read(&mut ws, None).await.2);
     assert!(code == 130 || signal == Some(2), "{code} {signal:?}");
 
@@ -530,31 +710,56 @@ async fn streams_and_files_through_the_server() {
     drop(ws);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let r = admin
-        .exec(&id, &ExecRequest {
-            cmd: "sh".into(),
-            args: vec!["-c".into(), "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '".into()],
-            ..Default::default()
-        })
+        .exec(
+            &id,
+            &ExecRequest {
+                cmd: "sh".into(),
+                args: vec![
+                    "-c".into(),
+                    "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '".into(),
+                ],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
-    assert!(!r.stdout.contains("sleep 1005"), "left running: {}", r.stdout);
+    assert!(
+        !r.stdout.contains("sleep 1005"),
+        "left running: {}",
+        r.stdout
+    );
 
     // 10 MB of random bytes up and down, byte-exact.
     let data = random_bytes(10 * 1024 * 1024);
     let t = Instant::now();
     let e = admin
-        .upload(&id, "/root/ten.bin", reqwest::Body::wrap_stream(futures_util::stream::iter(chunks(&data, 256 * 1024))))
+        .upload(
+            &id,
+            "/root/ten.bin",
+            reqwest::Body::wrap_stream(futures_util::stream::iter(chunks(&data, 256 * 1024))),
+        )
         .await
         .unwrap();
     let up = t.elapsed().as_secs_f64();
     assert_eq!(e.size, data.len() as u64);
     let t = Instant::now();
     let mut back = Vec::new();
-    let n = admin.download(&id, "/root/ten.bin", &mut back).await.unwrap();
+    let n = admin
+        .download(&id, "/root/ten.bin", &mut back)
+        .await
+        .unwrap();
     let down = t.elapsed().as_secs_f64();
     assert_eq!(n, data.len() as u64);
-    assert_eq!(Sha256::digest(&back), Sha256::digest(&data), "the file changed on the way");
-    eprintln!("10 MB file through the server: up {:.1} MB/s, down {:.1} MB/s", 10.0 / up, 10.0 / down);
+    assert_eq!(
+        Sha256::digest(&back),
+        Sha256::digest(&data),
+        "the file changed on the way"
+    );
+    eprintln!(
+        "10 MB file through the server: up {:.1} MB/s, down {:.1} MB/s",
+        10.0 / up,
+        10.0 / down
+    );
 
     // list, stat, mkdir, rm and a missing file.
     let d = admin.mkdir(&id, "/root/dir/sub", true).await.unwrap();
@@ -564,33 +769,83 @@ async fn streams_and_files_through_the_server() {
     let st = admin.stat_file(&id, "/root/ten.bin").await.unwrap();
     assert_eq!((st.size, st.kind), (data.len() as u64, FileKind::File));
     let l = admin.list_files(&id, "/root").await.unwrap();
-    assert!(l.entries.iter().any(|e| e.name == "ten.bin" && e.kind == FileKind::File), "{l:?}");
-    assert!(l.entries.iter().any(|e| e.name == "dir" && e.kind == FileKind::Dir), "{l:?}");
-    let e = admin.remove_file(&id, "/root/dir", false).await.unwrap_err();
+    assert!(
+        l.entries
+            .iter()
+            .any(|e| e.name == "ten.bin" && e.kind == FileKind::File),
+        "{l:?}"
+    );
+    assert!(
+        l.entries
+            .iter()
+            .any(|e| e.name == "dir" && e.kind == FileKind::Dir),
+        "{l:?}"
+    );
+    let e = admin
+        .remove_file(&id, "/root/dir", false)
+        .await
+        .unwrap_err();
     assert_eq!((e.status(), e.code()), (Some(409), Some("not_empty")));
     admin.remove_file(&id, "/root/dir", true).await.unwrap();
-    admin.remove_file(&id, "/root/ten.bin", false).await.unwrap();
+    admin
+        .remove_file(&id, "/root/ten.bin", false)
+        .await
+        .unwrap();
     let e = admin.stat_file(&id, "/root/ten.bin").await.unwrap_err();
     assert_eq!(e.status(), Some(404));
+    let e = admin
+        .upload(&id, "/root", reqwest::Body::from("x"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(409), Some("is_a_directory")));
     let mut sink = Vec::new();
-    let e = admin.download(&id, "/root/missing", &mut sink).await.unwrap_err();
+    let e = admin
+        .download(&id, "/root/missing", &mut sink)
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(404));
 
-    // The console log.
+    // The console log (a VM restored from a snapshot may have printed nothing yet).
+    admin
+        .exec(
+            &id,
+            &ExecRequest {
+                cmd: "sh".into(),
+                args: vec!["-c".into(), "echo console-marker > /dev/console".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let log = admin.logs(&id).await.unwrap();
-    assert!(!log.is_empty());
+    assert!(log.contains("console-marker"), "{log:?}");
 
     // The CLI's exec goes through the stream.
     let cfg = s.dir.path().join("cli.toml");
     let (rc, _, err) = cli(
         &cfg,
-        &["login", "--server", &s.url, "--email", "admin@example.com", "--password-stdin"],
+        &[
+            "login",
+            "--server",
+            &s.url,
+            "--email",
+            "admin@example.com",
+            "--password-stdin",
+        ],
         Some("correct horse battery\n"),
     );
     assert_eq!(rc, 0, "{err}");
-    let (rc, out, err) = cli(&cfg, &["sandbox", "exec", &id, "--", "sh", "-c", "echo hi; exit 7"], None);
+    let (rc, out, err) = cli(
+        &cfg,
+        &["sandbox", "exec", &id, "--", "sh", "-c", "echo hi; exit 7"],
+        None,
+    );
     assert_eq!((rc, out.as_str()), (7, "hi\n"), "{err}");
-    let (rc, out, _) = cli(&cfg, &["sandbox", "exec", &id, "--", "cat"], Some("piped in\n"));
+    let (rc, out, _) = cli(
+        &cfg,
+        &["sandbox", "exec", &id, "--", "cat"],
+        Some("piped in\n"),
+    );
     assert_eq!((rc, out.as_str()), (0, "piped in\n"));
 
     admin.delete_sandbox(&id).await.unwrap();

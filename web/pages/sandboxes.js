@@ -2,9 +2,9 @@
 
 import { api } from '../api.js';
 import { age, mib, parseKeyValues, timeout } from '../format.js';
-import { alertBox, busy, button, dataTable, emptyState, field, h, icon, markField, openDialog, pageHeader, toast } from '../ui.js';
+import { alertBox, busy, button, dataTable, emptyState, field, fill, h, icon, markField, openDialog, pageHeader, toast } from '../ui.js';
 import { currentTeam, hasTeam } from '../store.js';
-import { actionButtons, isLive, statusBadge } from './sandbox-actions.js';
+import { actionButtons, isLive, onOpsChange, statusBadge } from './sandbox-actions.js';
 
 const REFRESH_MS = 4000;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -25,7 +25,7 @@ export default {
       icon: 'plus',
       disabled: noTeam,
       'aria-describedby': noTeam ? 'no-team-note' : null,
-      onclick: () => createDialog(ctx, load),
+      onclick: () => createSandboxDialog({ onCreated: load }),
     });
 
     const table = dataTable({
@@ -38,14 +38,14 @@ export default {
           : emptyState('Nothing matches', 'No sandbox matches the search or they have all ended.'),
       columns: [
         { label: 'ID', cell: (s) => h('a', { href: `/sandboxes/${s.id}`, class: 'mono' }, s.id) },
-        { label: 'Status', cell: (s) => statusBadge(s.status) },
+        { label: 'Status', cell: (s) => statusBadge(s.status, s.id) },
         { label: 'Template', cell: (s) => s.template },
         { label: 'Host', class: 'col-opt', cell: (s) => (s.host_id ? h('span', { class: 'mono small' }, s.host_id) : '—') },
 
         { label: 'Resources', cell: (s) => `${s.vcpus} vCPU · ${mib(s.memory_mb)}` },
         { label: 'Timeout', class: 'col-opt', cell: (s) => timeout(s.timeout_sec) },
         { label: 'Age', cell: (s) => age(s.created_at) },
-        { label: 'Actions', class: 'actions-cell', cell: (s) => h('div', { class: 'row-actions' }, actionButtons(s, load)) },
+        { label: 'Actions', class: 'actions-cell', cell: (s) => h('div', { class: 'row-actions' }, actionButtons(s, load, { compact: true })) },
       ],
     });
 
@@ -70,6 +70,7 @@ export default {
 
     load();
     ctx.every(REFRESH_MS, load);
+    ctx.onCleanup(onOpsChange(show));
 
     return h(
       'div',
@@ -94,15 +95,24 @@ function haystack(s) {
   return [s.id, s.status, s.template, s.host_id, ...Object.entries(s.metadata ?? {}).flat()].join(' ').toLowerCase();
 }
 
-function createDialog(ctx, reload) {
+/**
+ * The create dialog; `preset` fills it (e.g. { template, vcpus, memory_mb } from the Templates
+ * page) and `onCreated(sandbox)` runs after the sandbox is up.
+ */
+export function createSandboxDialog({ preset = {}, onCreated } = {}) {
   openDialog({
-    title: 'New sandbox',
+    title: preset.template ? `New sandbox from ${preset.template}` : 'New sandbox',
     wide: true,
     build(close) {
-      const template = h('input', { name: 'template', value: 'minimal', required: true, spellcheck: 'false', list: 'template-names' });
+      const template = h('input', { name: 'template', value: preset.template ?? 'minimal', required: true, spellcheck: 'false', list: 'template-names', autocomplete: 'off' });
       const names = h('datalist', { id: 'template-names' }, h('option', { value: 'minimal' }), h('option', { value: 'debian' }));
-      const vcpus = h('input', { name: 'vcpus', type: 'number', min: 1, max: 16, value: '1', required: true });
-      const memory = h('input', { name: 'memory_mb', type: 'number', min: 128, max: 65536, step: 64, value: '256', required: true });
+      // The templates this team can start from (base ones on some host, and its snapshots).
+      api
+        .templates()
+        .then((ts) => ts.length && fill(names, ts.map((t) => h('option', { value: t.name }, t.kind === 'base' ? 'base template' : `snapshot, ${t.host_id ?? ''}`))))
+        .catch(() => {});
+      const vcpus = h('input', { name: 'vcpus', type: 'number', min: 1, max: 16, value: String(preset.vcpus ?? 1), required: true });
+      const memory = h('input', { name: 'memory_mb', type: 'number', min: 128, max: 65536, step: 64, value: String(preset.memory_mb ?? 256), required: true });
       const timeoutSec = h('input', { name: 'timeout_sec', type: 'number', min: 0, max: 604800, value: '300', required: true });
       const env = h('textarea', { name: 'env', rows: 3, class: 'mono', placeholder: 'API_URL=https://example.com\nDEBUG=1', spellcheck: 'false' });
       const metadata = h('textarea', { name: 'metadata', rows: 2, class: 'mono', placeholder: 'owner=ci\njob=1234', spellcheck: 'false' });
@@ -140,7 +150,7 @@ function createDialog(ctx, reload) {
               const s = await busy(submit, (sec) => `Starting… ${sec}s`, () => api.createSandbox(body));
               close();
               toast(`Sandbox ${s.id} is ${s.status}.`);
-              reload();
+              onCreated?.(s);
             } catch (err) {
               alert.show(err);
               markField(form, err);
@@ -154,7 +164,7 @@ function createDialog(ctx, reload) {
         h(
           'div',
           { class: 'grid-2' },
-          field('Template', template, 'minimal (busybox) or debian (python3).'),
+          field('Template', template, 'minimal (busybox), debian (python3), or one of your snapshots (see Templates).'),
           field('vCPUs', vcpus),
           field('Memory (MiB)', memory, '128 to 65536.'),
           field('Idle timeout (seconds)', timeoutSec, '0 means never.'),

@@ -10,7 +10,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -57,7 +57,9 @@ let page;
 const timings = [];
 const problems = [];
 
-async function shot(name) {
+/** A screenshot of the viewport; `quiet` first clears the toasts (so they hide nothing). */
+async function shot(name, { quiet = false } = {}) {
+  if (quiet) await page.evaluate(() => document.querySelector('.toasts')?.replaceChildren());
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: false });
 }
 
@@ -100,7 +102,7 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => m.type() === 'error' && !/Failed to load resource/.test(m.text()) && problems.push(`console: ${m.text()}`));
   page.on('requestfailed', (r) => !/ERR_ABORTED/.test(r.failure()?.errorText ?? '') && problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
-  page.on('request', (r) => !r.url().startsWith(BASE) && !r.url().startsWith('data:') && problems.push(`external request: ${r.url()}`));
+  page.on('request', (r) => !r.url().startsWith(BASE) && !/^(data|blob):/.test(r.url()) && problems.push(`external request: ${r.url()}`));
 
   const step = stepper(t);
   let keyValue;
@@ -272,7 +274,8 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     await page.getByRole('link', { name: sandboxId }).click();
     await page.waitForURL(`**/sandboxes/${sandboxId}`);
     await page.getByRole('heading', { level: 1, name: new RegExp(sandboxId) }).waitFor();
-    const cmd = page.getByLabel('Command');
+    await page.getByRole('tab', { name: 'Run command' }).click();
+    const cmd = page.getByLabel('Command', { exact: true });
     await cmd.fill(`sh -c 'echo "$GREETING from $(uname -s)"'`);
     await page.getByRole('button', { name: 'Run', exact: true }).click();
     const result = page.locator('.exec-result').first();
@@ -283,6 +286,157 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     await page.locator('.exec-result').first().getByText('exit 3', { exact: true }).waitFor({ timeout: 60_000 });
     assert.equal(await page.locator('.exec-result').first().getByLabel('stderr').innerText(), 'oops\n');
     await shot('sandbox');
+  });
+
+  await step('the terminal: a shell on a PTY over the WebSocket', async () => {
+    await page.getByRole('tab', { name: 'Terminal' }).click();
+    await page.getByRole('button', { name: 'Connect', exact: true }).click();
+    await page.getByRole('status').filter({ hasText: 'Connected: /bin/sh' }).waitFor({ timeout: 60_000 });
+    const screen = page.locator('.term-screen');
+    await screen.locator('.xterm-rows').waitFor();
+    // Wait for the prompt, so that what we type is not echoed before it.
+    await page.waitForFunction(() => /[#$] *$/m.test(document.querySelector('.xterm-rows')?.textContent ?? ''), null, { timeout: 30_000 });
+    await page.keyboard.type('echo term-$((6*7))');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.querySelector('.xterm-rows')?.textContent.includes('term-42'), null, { timeout: 30_000 });
+    // The emulator's rows as a person sees them: the command, then its output on its own line.
+    const rows = await screen.locator('.xterm-rows > div').allInnerTexts();
+    assert.ok(rows.some((r) => r.trim() === 'term-42'), `no row with just term-42 in:\n${rows.join('\n')}`);
+    await screen.scrollIntoViewIfNeeded();
+    await shot('sandbox-terminal', { quiet: true });
+    // Something for the console log (next step).
+    await page.keyboard.type(`echo console-${RUN} > /dev/console`);
+    await page.keyboard.press('Enter');
+    // The terminal takes Tab; Esc then Tab leaves it (keyboard users are not trapped).
+    assert.ok(await screen.evaluate((el) => el.contains(document.activeElement)), 'the terminal does not have the focus');
+    await page.keyboard.press('Escape');
+    await page.keyboard.press('Tab');
+    assert.ok(await screen.evaluate((el) => !el.contains(document.activeElement)), 'Esc, Tab did not leave the terminal');
+  });
+
+  await step('the console log shows what the guest printed', async () => {
+    await page.getByRole('tab', { name: 'Console log' }).click();
+    const log = page.getByRole('tabpanel', { name: 'Console log' }).locator('pre');
+    await log.waitFor();
+    // Written a moment ago: refresh until it is there.
+    for (let i = 0; i < 20 && !(await log.innerText()).includes(`console-${RUN}`); i++) {
+      await page.getByRole('button', { name: 'Refresh', exact: true }).click();
+      await page.getByRole('button', { name: 'Refresh', exact: true }).waitFor();
+      await page.waitForTimeout(250);
+    }
+    assert.ok((await log.innerText()).includes(`console-${RUN}`), 'the console log misses the line written to /dev/console');
+  });
+
+  await step('files: upload a file and see it listed; folders; download; delete', async () => {
+    // The tabs work with the keyboard (arrows, Home, End).
+    const tab = (name) => page.getByRole('tab', { name });
+    await tab('Console log').focus();
+    await page.keyboard.press('Home');
+    assert.equal(await tab('Terminal').getAttribute('aria-selected'), 'true');
+    await page.keyboard.press('ArrowRight');
+    assert.equal(await tab('Files').getAttribute('aria-selected'), 'true');
+    assert.ok(await tab('Files').evaluate((el) => el === document.activeElement));
+    const path = page.getByRole('textbox', { name: 'Folder path' });
+    await page.waitForFunction(() => document.querySelector('input[name=path]')?.value === '/root');
+    const name = `notes-${RUN}.txt`;
+    const content = `uploaded from the dashboard ${RUN}\n`;
+    await page.locator('.files-panel input[type=file]').setInputFiles({ name, mimeType: 'text/plain', buffer: Buffer.from(content) });
+    const fileRow = row(name);
+    await fileRow.waitFor();
+    assert.match(await fileRow.innerText(), new RegExp(`${content.length} B`));
+    // Downloading fetches it with the token and hands the browser a blob.
+    const download = page.waitForEvent('download');
+    await fileRow.getByRole('button', { name: `Download ${name}` }).click();
+    const file = await download;
+    assert.equal(file.suggestedFilename(), name);
+    assert.equal(readFileSync(await file.path(), 'utf8'), content);
+    // A new folder, into it, and back up.
+    await page.getByRole('button', { name: 'New folder', exact: true }).click();
+    await dialog().getByLabel('Folder name').fill('docs');
+    await dialog().getByRole('button', { name: 'Create folder', exact: true }).click();
+    await dialog().waitFor({ state: 'detached' });
+    await page.getByRole('button', { name: 'Open folder docs' }).click();
+    await page.waitForFunction(() => document.querySelector('input[name=path]')?.value === '/root/docs');
+    await page.getByText('This folder is empty').waitFor();
+    await page.getByRole('navigation', { name: 'Current folder' }).getByRole('button', { name: 'root', exact: true }).click();
+    await fileRow.waitFor();
+    await page.locator('.files-panel').scrollIntoViewIfNeeded();
+    await shot('files', { quiet: true });
+    // Typing a path goes there; a wrong one says so and stays.
+    await path.fill('/no/such/dir');
+    await path.press('Enter');
+    await page.getByRole('alert').getByText('There is no folder /no/such/dir').waitFor();
+    assert.equal(await path.inputValue(), '/no/such/dir');
+    await row('docs').getByRole('button', { name: 'Delete docs' }).click();
+    await dialog().getByRole('button', { name: 'Delete folder', exact: true }).click();
+    await dialog().waitFor({ state: 'detached' });
+    await row('docs').waitFor({ state: 'detached' });
+    await fileRow.waitFor();
+  });
+
+  await step('extend the idle timeout: the countdown restarts', async () => {
+    const details = page.locator('[data-panel=details]');
+    await details.getByLabel('Idle timeout').selectOption({ label: '1 hour' });
+    await details.getByRole('button', { name: 'Extend timeout', exact: true }).click();
+    await details.getByText(/Times out/).waitFor();
+    await details.locator('.countdown', { hasText: /^in (59m|1h)/ }).waitFor();
+  });
+
+  await step('snapshot the sandbox; the same name again asks before replacing', async () => {
+    const snap = `snap-${RUN}`;
+    for (const again of [false, true]) {
+      await page.getByRole('button', { name: `Snapshot ${sandboxId}` }).click();
+      await dialog().getByLabel('Template name').fill(snap);
+      await dialog().getByRole('button', { name: 'Take snapshot', exact: true }).click();
+      if (again) {
+        await dialog().getByText(`already has a template named ${snap}`).waitFor({ timeout: 120_000 });
+        await dialog().getByRole('button', { name: 'Replace template', exact: true }).click();
+      } else {
+        // The badge says what is going on while it lasts (unless it was quicker than a look).
+        await Promise.race([page.locator('h1 .badge', { hasText: 'snapshotting…' }).waitFor(), dialog().waitFor({ state: 'detached', timeout: 120_000 })]);
+      }
+      await dialog().waitFor({ state: 'detached', timeout: 120_000 });
+      await page.locator('.toast', { hasText: `Snapshot ${snap} saved` }).first().waitFor();
+    }
+    await page.locator('h1 .badge', { hasText: 'running' }).waitFor();
+  });
+
+  await step('pause, then resume, from the page: the status follows', async () => {
+    await page.getByRole('button', { name: `Pause ${sandboxId}` }).click();
+    await page.locator('h1 .badge', { hasText: 'paused' }).waitFor({ timeout: 120_000 });
+    // The open terminal says why its shell ended.
+    await page.waitForFunction(() => /sandbox is paus/.test(document.querySelector('.term-status')?.textContent ?? ''), null, { timeout: 30_000 });
+    // Paused: no commands, files or terminal; resume is offered.
+    await page.getByRole('tab', { name: 'Files' }).click();
+    await page.getByText('Files can be browsed while the sandbox runs; it is paused.').waitFor();
+    await page.goto('/sandboxes');
+    await row(sandboxId).getByText('paused', { exact: true }).waitFor();
+    await row(sandboxId).getByRole('button', { name: `Resume ${sandboxId}` }).click();
+    await row(sandboxId).getByText('running', { exact: true }).waitFor({ timeout: 120_000 });
+    // Back in: the file uploaded before the pause is still there.
+    await page.getByRole('link', { name: sandboxId }).click();
+    await page.getByRole('tab', { name: 'Files' }).click();
+    await row(`notes-${RUN}.txt`).waitFor({ timeout: 30_000 });
+  });
+
+  await step('templates: the base template and the snapshot; launch presets the dialog; delete', async () => {
+    await go('Templates');
+    const snap = `snap-${RUN}`;
+    await row('minimal').getByText(/on 1 host/).waitFor();
+    const snapRow = row(snap);
+    await snapRow.waitFor();
+    assert.ok((await snapRow.innerText()).includes(sandboxId), 'the snapshot row does not name its sandbox');
+    await page.getByRole('button', { name: 'Build debian', exact: true }).waitFor(); // a platform admin
+    await shot('templates', { quiet: true });
+    await snapRow.getByRole('button', { name: `Launch a sandbox from ${snap}` }).click();
+    assert.equal(await dialog().getByLabel('Template').inputValue(), snap);
+    await dialog().getByRole('button', { name: 'Cancel', exact: true }).click();
+    await dialog().waitFor({ state: 'detached' });
+    await snapRow.getByRole('button', { name: `Delete ${snap}` }).click();
+    await dialog().getByRole('button', { name: 'Delete snapshot', exact: true }).click();
+    await dialog().waitFor({ state: 'detached', timeout: 60_000 });
+    await snapRow.waitFor({ state: 'detached' });
+    await page.getByText('No snapshots yet').waitFor();
   });
 
   await step('hosts: the agent is online; a new host shows its register command', async () => {
@@ -355,6 +509,10 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     await page.getByRole('heading', { level: 1 }).waitFor();
     await page.waitForFunction(() => document.getElementById('sidebar').getBoundingClientRect().right <= 0);
     await shot('team-phone');
+    await page.goto(`/sandboxes/${sandboxId}#files`);
+    await row(`notes-${RUN}.txt`).waitFor({ timeout: 30_000 });
+    assert.equal(await page.evaluate(() => document.documentElement.scrollWidth), 390, 'the sandbox page scrolls sideways at phone width');
+    await shot('sandbox-phone');
     await page.setViewportSize({ width: 1280, height: 800 });
   });
 

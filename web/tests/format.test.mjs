@@ -2,7 +2,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { duration, initials, mib, parseKeyValues, splitCommand, timeout } from '../format.js';
+import { bytes, countdown, duration, fileMode, initials, joinPath, mib, normalizePath, parentPath, parseKeyValues, splitCommand, timeout } from '../format.js';
 
 test('commands split like a shell would, without a shell', () => {
   assert.deepEqual(splitCommand('uname -a'), ['uname', '-a']);
@@ -28,4 +28,31 @@ test('numbers read like a person would say them', () => {
   assert.equal(timeout(300), '5m');
   assert.equal(initials('Ada Lovelace'), 'AL');
   assert.equal(initials(''), '?');
+});
+
+test('sizes, countdowns and permission bits', () => {
+  assert.equal(bytes(0), '0 B');
+  assert.equal(bytes(1023), '1023 B');
+  assert.equal(bytes(1536), '1.5 KiB');
+  assert.equal(bytes(200 * 1024 * 1024), '200 MiB');
+  assert.equal(bytes(null), '—');
+  assert.equal(countdown(45), '45s');
+  assert.equal(countdown(245), '4m 05s');
+  assert.equal(countdown(3 * 3600 + 240), '3h 4m');
+  assert.equal(countdown(-3), '0s');
+  assert.equal(fileMode(0o755, 'dir'), 'drwxr-xr-x');
+  assert.equal(fileMode(0o644, 'file'), '-rw-r--r--');
+  assert.equal(fileMode(0o777, 'symlink'), 'lrwxrwxrwx');
+});
+
+test('paths in a sandbox stay absolute and plain', () => {
+  assert.equal(joinPath('/', 'a'), '/a');
+  assert.equal(joinPath('/a/', 'b'), '/a/b');
+  assert.equal(parentPath('/a/b'), '/a');
+  assert.equal(parentPath('/a'), '/');
+  assert.equal(parentPath('/'), '/');
+  assert.equal(normalizePath('/a//b/./c/../'), '/a/b');
+  assert.equal(normalizePath('x/y', '/root'), '/root/x/y');
+  assert.equal(normalizePath('../..', '/a'), '/');
+  assert.equal(normalizePath(''), '/');
 });

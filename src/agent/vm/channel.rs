@@ -107,10 +107,7 @@ impl Conn {
         let bytes = frame
             .encode()
             .map_err(|e| ChannelError::Protocol(e.to_string()))?;
-        self.out
-            .send(bytes)
-            .await
-            .map_err(|_| ChannelError::Closed)
+        self.out.send(bytes).await.map_err(|_| ChannelError::Closed)
     }
 }
 

@@ -160,7 +160,11 @@ impl VmManager {
     }
 
     /// A request answered by one `FileResult`.
-    async fn file_simple(&self, id: &str, req: FileRequest) -> Result<Option<FileEntry>, FileError> {
+    async fn file_simple(
+        &self,
+        id: &str,
+        req: FileRequest,
+    ) -> Result<Option<FileEntry>, FileError> {
         let (_, mut stream, r) = self.file_request(id, &req, 0, ANSWER_WAIT).await?;
         stream.done = true;
         Ok(r.entry)
@@ -339,7 +343,12 @@ impl VmManager {
         e.ok_or_else(|| VmError::GuestUnavailable("mkdir answered without an entry".into()).into())
     }
 
-    pub async fn file_remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), FileError> {
+    pub async fn file_remove(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), FileError> {
         check_path(path)?;
         if path.trim_end_matches('/').is_empty() {
             return Err(bad("path", "refusing to remove /").into());
@@ -378,7 +387,10 @@ mod tests {
         assert!(check_path("/").is_ok());
         for p in ["", "relative", "/a/../b", "/..", "/a\0b"] {
             assert!(
-                matches!(check_path(p), Err(VmError::BadRequest { field: "path", .. })),
+                matches!(
+                    check_path(p),
+                    Err(VmError::BadRequest { field: "path", .. })
+                ),
                 "{p:?}"
             );
         }

@@ -9,7 +9,8 @@
 //!
 //! Snapshot: the same save, into a new template folder, plus a copy of the VM's overlay frozen as
 //! the template's top layer; a running VM is continued afterwards (it is stopped for about as long
-//! as a pause takes), a paused one stays paused (its `state.bin` is linked, not copied).
+//! as a pause takes), a paused one stays paused (its `state.bin` is linked, not copied). The
+//! template's RAM is then moved into a file ([`VmManager::ram_to_file`]), off the VM's path.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,9 @@ use super::{
 };
 use crate::agent::images;
 use crate::proto::agent::{SnapshotVmRequest, TemplateInfo};
+
+/// The converted state while [`VmManager::ram_to_file`] writes it.
+const CONVERTED: &str = "state.converted";
 
 fn internal(e: anyhow::Error) -> VmError {
     VmError::Internal(e)
@@ -322,7 +326,7 @@ impl VmManager {
         snapshot::read_only(&tmp.join(&layer))?;
         let mut chain = layers;
         chain.push(layer);
-        let meta = SnapshotMeta {
+        let mut meta = SnapshotMeta {
             kind: "snapshot".into(),
             base: vm.record.base.clone(),
             vcpus: vm.record.vcpus,
@@ -336,11 +340,89 @@ impl VmManager {
             stamp: None,
             source_vm: Some(vm.id.clone()),
         };
+        // The VM goes on meanwhile: this works on the copies in `tmp`.
+        let t = Instant::now();
+        match self.ram_to_file(tmp, &meta).await {
+            Ok(()) => {
+                meta.memory_file = true;
+                tracing::debug!(vm = %vm.id, ms = t.elapsed().as_millis() as u64, "snapshot RAM moved to a file");
+            }
+            Err(e) => {
+                tracing::warn!(vm = %vm.id, error = %format!("{e:#}"), "keeping the snapshot's RAM in its state stream (slower restores)");
+                for f in [qemu::MEM, CONVERTED, qemu::DISK, qemu::KERNEL] {
+                    let _ = std::fs::remove_file(tmp.join(f));
+                }
+            }
+        }
         write_atomic(
             &tmp.join(snapshot::META),
             &serde_json::to_vec_pretty(&meta).context("meta")?,
         )?;
         Ok(meta)
+    }
+
+    /// Rewrites a snapshot whose RAM is in `state.bin` into the boot-snapshot form: RAM in
+    /// `mem.ram`, device state alone in `state.bin`. A QEMU that never runs the guest loads the
+    /// state into a shared file backend and saves it again with `x-ignore-shared`. VMs restored
+    /// from it then map the RAM privately: faster to start, and they share its unchanged pages.
+    async fn ram_to_file(&self, tmp: &std::path::Path, meta: &SnapshotMeta) -> anyhow::Result<()> {
+        qemu::link_file(&self.kernel.vmlinuz, &tmp.join(qemu::KERNEL), true)?;
+        // A throwaway overlay: the frozen top layer is never opened for writing.
+        qemu::create_overlay(tmp, qemu::DISK, meta.top(), "qcow2").await?;
+        let spec = qemu::LaunchSpec {
+            id: "snapshot-convert",
+            vcpus: meta.vcpus,
+            memory_mb: meta.memory_mb,
+            network: meta.network,
+            accel: &self.accel,
+            tsc_khz: self.tsc_khz,
+            memory: qemu::Memory::File {
+                path: qemu::MEM,
+                shared: true,
+            },
+            disk: qemu::DISK,
+            incoming: true,
+        };
+        let mut child = qemu::spawn(tmp, &qemu::args(&spec))?;
+        let pid = child.id().context("QEMU exited at once")?;
+        write_atomic(&qemu::pid_file(tmp), format!("{pid}\n").as_bytes())?;
+        let converted = async {
+            let mut q = Qmp::connect_wait(tmp, qemu::QMP_SOCK, Duration::from_secs(10)).await?;
+            q.set_ignore_shared(false).await?;
+            q.load_state(qemu::STATE, STATE_LIMIT).await?;
+            q.set_ignore_shared(true).await?;
+            q.save_state(CONVERTED, STATE_LIMIT).await?;
+            let _ = q.quit().await;
+            anyhow::Ok(())
+        };
+        let result = tokio::select! {
+            r = converted => r,
+            status = child.wait() => Err(anyhow::anyhow!(
+                "QEMU exited ({status:?}): {}", qemu::console_tail(tmp, 4)
+            )),
+        };
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            qemu::kill(pid, libc::SIGKILL);
+            let _ = child.wait().await;
+        }
+        for f in [
+            qemu::PID_FILE,
+            qemu::DISK,
+            qemu::KERNEL,
+            qemu::QMP_SOCK,
+            qemu::AGENT_SOCK,
+            qemu::CONSOLE_LOG,
+            qemu::QEMU_LOG,
+        ] {
+            let _ = std::fs::remove_file(tmp.join(f));
+        }
+        result?;
+        std::fs::rename(tmp.join(CONVERTED), tmp.join(qemu::STATE))?;
+        snapshot::read_only(&tmp.join(qemu::MEM))?;
+        Ok(())
     }
 
     /// `NotFound` when the VM was destroyed meanwhile (that is why the operation failed),

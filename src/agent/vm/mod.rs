@@ -351,11 +351,22 @@ impl VmManager {
             vms: Mutex::new(HashMap::new()),
         };
         mgr.rediscover().await;
-        // Each base template is booted once and snapshotted, in the background.
+        // Each base template is booted once and snapshotted, in the background. A debian
+        // template built for another guest program or kernel is rebuilt (the old one serves
+        // until the new one is in place).
         for name in images::list_templates(&mgr.cfg.data_dir) {
-            if let Some(t) = images::template(&mgr.cfg.data_dir, &name) {
-                mgr.boot.request(&t, snapshot::DEFAULT_SHAPE);
+            let Some(t) = images::template(&mgr.cfg.data_dir, &name) else {
+                continue;
+            };
+            if name == images::DEBIAN
+                && !images::debian::is_current(&t, &mgr.kernel, &mgr.guest_binary)
+            {
+                tracing::info!("the debian template is out of date; rebuilding it");
+                if let Err(e) = mgr.build_template(images::DEBIAN).await {
+                    tracing::warn!(error = %e, "could not start the debian rebuild");
+                }
             }
+            mgr.boot.request(&t, snapshot::DEFAULT_SHAPE);
         }
         Ok(Arc::new(mgr))
     }

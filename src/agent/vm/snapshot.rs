@@ -13,8 +13,11 @@
 //!   (256 MB, 1 vCPU, network) is built when the agent starts, any other the first time a sandbox
 //!   of that shape is cold-booted (at most [`MAX_SHAPES`] per template).
 //! - **Sandbox snapshots** (templates named by the server, `tpl_…`), in `templates/<name>/`: the
-//!   sandbox's state saved with its RAM in the stream (`state.bin`, ~100 MB for 256 MB) and a copy
-//!   of its overlay frozen as a new layer.
+//!   sandbox's state saved with its RAM in the stream (~100 MB for 256 MB) and a copy of its
+//!   overlay frozen as a new layer; then, while the sandbox goes on, a QEMU that never runs the
+//!   guest loads that stream into a shared `mem.ram` and saves it again with `x-ignore-shared`,
+//!   so sandboxes restore from it like from a boot snapshot (the stream form is kept if that
+//!   fails). The memory size and vCPU count are the sandbox's: sandboxes from it must match.
 //!
 //! Disk layers are qcow2 overlays that name their backing file relative to their own folder, so
 //! every folder that uses a chain (snapshot, VM) holds links to all of its layers under the same
