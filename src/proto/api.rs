@@ -88,6 +88,9 @@ pub struct HostResponse {
     pub created_at: i64,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Base templates ready on the host, as of its last heartbeat.
+    #[serde(default)]
+    pub templates: Vec<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]

@@ -35,6 +35,7 @@ pub fn to_resp(h: HostRow) -> HostResponse {
         last_heartbeat_at: h.last_heartbeat_at,
         created_at: h.created_at,
         tags: h.tags,
+        templates: h.templates,
     }
 }
 

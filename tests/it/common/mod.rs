@@ -191,7 +191,11 @@ impl TestAgent {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let port_up = tokio::net::TcpStream::connect(&self.addr).await.is_ok();
-            let hb = admin.get_host(&self.host_id).await.map(|h| h.status == "online" && h.accel.as_deref().is_some()).unwrap_or(false);
+            let hb = admin
+                .get_host(&self.host_id)
+                .await
+                .map(|h| h.status == "online" && h.templates.iter().any(|t| t == "minimal"))
+                .unwrap_or(false);
             if port_up && hb {
                 return;
             }
