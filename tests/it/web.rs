@@ -107,6 +107,26 @@ async fn the_server_serves_the_app_and_keeps_api_errors_json() {
         "text/javascript; charset=utf-8"
     );
     let etag = r.headers()["etag"].clone();
+    // The terminal emulator is vendored (no CDN); its run-time <style> elements need inline
+    // styles, and only styles: scripts stay 'self' only.
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("style-src 'self' 'unsafe-inline'"), "{csp}");
+    assert!(!csp.contains("script-src"), "{csp}");
+    for (path, ty) in [
+        ("/vendor/xterm/xterm.js", "text/javascript; charset=utf-8"),
+        (
+            "/vendor/xterm/addon-fit.js",
+            "text/javascript; charset=utf-8",
+        ),
+        ("/vendor/xterm/xterm.css", "text/css; charset=utf-8"),
+    ] {
+        let v = client.get(format!("{}{path}", s.url)).send().await.unwrap();
+        assert_eq!(v.status(), 200, "{path}");
+        assert_eq!(v.headers()["content-type"], ty, "{path}");
+    }
     let again = client
         .get(format!("{}/app.js", s.url))
         .header("if-none-match", etag)
