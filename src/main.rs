@@ -4,8 +4,12 @@ use sandboxctl::cli::{AgentCommand, Cli, Command, commands};
 use sandboxctl::server::{self, ServerConfig, local::LocalAgentConfig};
 
 fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SANDBOXCTL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SANDBOXCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Large stream buffers (file transfers move megabytes through 1 MiB chunks) must go back to the
@@ -65,13 +69,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             let github = match &a.github.github_client_id {
                 None => None,
                 Some(id) => {
-                    let secret = match (&a.github.github_client_secret_file, std::env::var("SANDBOXCTL_GITHUB_CLIENT_SECRET")) {
+                    let secret = match (
+                        &a.github.github_client_secret_file,
+                        std::env::var("SANDBOXCTL_GITHUB_CLIENT_SECRET"),
+                    ) {
                         (Some(f), _) => std::fs::read_to_string(f)
-                            .map_err(|e| anyhow::anyhow!("reading --github-client-secret-file {}: {e}", f.display()))?
+                            .map_err(|e| {
+                                anyhow::anyhow!(
+                                    "reading --github-client-secret-file {}: {e}",
+                                    f.display()
+                                )
+                            })?
                             .trim()
                             .to_string(),
                         (None, Ok(s)) => s,
-                        (None, Err(_)) => anyhow::bail!("--github-client-id needs the secret in --github-client-secret-file or SANDBOXCTL_GITHUB_CLIENT_SECRET"),
+                        (None, Err(_)) => anyhow::bail!(
+                            "--github-client-id needs the secret in --github-client-secret-file or SANDBOXCTL_GITHUB_CLIENT_SECRET"
+                        ),
                     };
                     Some(server::api::oauth::GithubConfig {
                         client_id: id.clone(),
@@ -103,10 +117,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         }) => {
             init_logs("warn");
             let advertise = advertise.unwrap_or_else(|| listen.to_string());
-            let c = agent::register::register(&server, &token, &data_dir, &listen.to_string(), &advertise).await?;
+            let c = agent::register::register(
+                &server,
+                &token,
+                &data_dir,
+                &listen.to_string(),
+                &advertise,
+            )
+            .await?;
             println!("registered as host {} with {}", c.host_id, c.server_url);
-            println!("credentials saved in {}", agent::credentials::path(&data_dir).display());
-            println!("start the agent with: sandboxctl agent run --data-dir {}", data_dir.display());
+            println!(
+                "credentials saved in {}",
+                agent::credentials::path(&data_dir).display()
+            );
+            println!(
+                "start the agent with: sandboxctl agent run --data-dir {}",
+                data_dir.display()
+            );
             Ok(0)
         }
         Command::Agent(AgentCommand::Run {
@@ -126,7 +153,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                     guest_binary: None,
                 },
                 async {
-                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("signal handler");
                     tokio::select! {
                         _ = tokio::signal::ctrl_c() => {},
                         _ = term.recv() => {},

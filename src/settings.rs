@@ -20,7 +20,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
     };
     if !secs.is_finite() || secs <= 0.0 || secs > 30.0 * 86400.0 {
-        return Err(format!("'{s}' is out of range (more than 0, at most 30 days)"));
+        return Err(format!(
+            "'{s}' is out of range (more than 0, at most 30 days)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }

@@ -48,7 +48,12 @@ impl From<VmError> for AgentApiError {
 impl IntoResponse for AgentApiError {
     fn into_response(self) -> Response {
         match self.0 {
-            VmError::NotFound(id) => error(StatusCode::NOT_FOUND, "not_found", format!("no VM {id}"), None),
+            VmError::NotFound(id) => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no VM {id}"),
+                None,
+            ),
             VmError::Conflict(m) => error(StatusCode::CONFLICT, "conflict", m, None),
             VmError::BadRequest { field, message } => error(
                 StatusCode::BAD_REQUEST,
@@ -56,10 +61,17 @@ impl IntoResponse for AgentApiError {
                 format!("{field}: {message}"),
                 Some(field.to_string()),
             ),
-            VmError::GuestUnavailable(m) => error(StatusCode::BAD_GATEWAY, "guest_unavailable", m, None),
+            VmError::GuestUnavailable(m) => {
+                error(StatusCode::BAD_GATEWAY, "guest_unavailable", m, None)
+            }
             VmError::Internal(e) => {
                 tracing::error!(error = ?e, "agent internal error");
-                error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{e:#}"), None)
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("{e:#}"),
+                    None,
+                )
             }
         }
     }
@@ -73,7 +85,12 @@ async fn require_server(State(st): State<AgentState>, req: Request, next: Next) 
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| st.verifier.verify(t.trim()));
     if !ok {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "missing, invalid or expired credentials".into(), None);
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing, invalid or expired credentials".into(),
+            None,
+        );
     }
     next.run(req).await
 }
@@ -84,31 +101,53 @@ pub struct Body<T>(pub T);
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
     type Rejection = Response;
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
-        let bytes = bytes::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text(), None))?;
-        parse_json(&bytes).map(Body).map_err(IntoResponse::into_response)
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.body_text(),
+                None,
+            )
+        })?;
+        parse_json(&bytes)
+            .map(Body)
+            .map_err(IntoResponse::into_response)
     }
 }
 
 async fn list(State(st): State<AgentState>) -> Json<VmListResponse> {
-    Json(VmListResponse { vms: st.vms.list().await })
+    Json(VmListResponse {
+        vms: st.vms.list().await,
+    })
 }
 
-async fn create(State(st): State<AgentState>, Body(req): Body<CreateVmRequest>) -> Result<(StatusCode, Json<VmInfo>), AgentApiError> {
+async fn create(
+    State(st): State<AgentState>,
+    Body(req): Body<CreateVmRequest>,
+) -> Result<(StatusCode, Json<VmInfo>), AgentApiError> {
     Ok((StatusCode::CREATED, Json(st.vms.create(req).await?)))
 }
 
-async fn get_vm(State(st): State<AgentState>, Path(id): Path<String>) -> Result<Json<VmInfo>, AgentApiError> {
+async fn get_vm(
+    State(st): State<AgentState>,
+    Path(id): Path<String>,
+) -> Result<Json<VmInfo>, AgentApiError> {
     Ok(Json(st.vms.get(&id).await?))
 }
 
-async fn destroy(State(st): State<AgentState>, Path(id): Path<String>) -> Result<StatusCode, AgentApiError> {
+async fn destroy(
+    State(st): State<AgentState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AgentApiError> {
     st.vms.destroy(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn exec(State(st): State<AgentState>, Path(id): Path<String>, Body(req): Body<ExecRequest>) -> Result<Json<ExecResponse>, AgentApiError> {
+async fn exec(
+    State(st): State<AgentState>,
+    Path(id): Path<String>,
+    Body(req): Body<ExecRequest>,
+) -> Result<Json<ExecResponse>, AgentApiError> {
     Ok(Json(st.vms.exec(&id, req).await?))
 }
 
@@ -119,7 +158,17 @@ pub fn router(state: AgentState) -> Router {
         .route("/v1/vms/{id}/exec", post(exec))
         .merge(super::api_streams::routes())
         .merge(super::api_templates::routes())
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route".into(), None) })
-        .layer(middleware::from_fn_with_state(state.clone(), require_server))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route".into(),
+                None,
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_server,
+        ))
         .with_state(state)
 }

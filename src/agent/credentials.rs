@@ -50,7 +50,8 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Option<Credentials>> {
 }
 
 pub fn save(data_dir: &Path, c: &Credentials) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let json = serde_json::to_vec_pretty(c)?;
     write_private_atomic(&path(data_dir), &json).context("saving credentials")
 }
@@ -106,7 +107,10 @@ mod tests {
             advertise: "127.0.0.1:9090".into(),
         };
         save(dir.path(), &c).unwrap();
-        let mode = std::fs::metadata(path(dir.path())).unwrap().permissions().mode();
+        let mode = std::fs::metadata(path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let back = load(dir.path()).unwrap().unwrap();
         assert_eq!(back.refresh_token, "secret-refresh");

@@ -18,9 +18,13 @@ pub async fn register(
     advertise: &str,
 ) -> anyhow::Result<Credentials> {
     let server_url = server_url.trim_end_matches('/').to_string();
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let (accel, reason) = if facts::cpu_has_virt() && Path::new("/dev/kvm").exists() {
-        ("kvm", "the CPU has vmx/svm and /dev/kvm exists (confirmed when the agent starts)")
+        (
+            "kvm",
+            "the CPU has vmx/svm and /dev/kvm exists (confirmed when the agent starts)",
+        )
     } else {
         ("tcg", "the CPU advertises no vmx/svm: software emulation")
     };
@@ -44,7 +48,9 @@ pub async fn register(
             .map(|b| b.error.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
         if status == reqwest::StatusCode::UNAUTHORIZED {
-            bail!("the server refused the registration token: it is unknown, already used or expired (tokens last 1 hour; `sandboxctl host token HOST_ID` makes a new one)");
+            bail!(
+                "the server refused the registration token: it is unknown, already used or expired (tokens last 1 hour; `sandboxctl host token HOST_ID` makes a new one)"
+            );
         }
         bail!("registration failed ({status}): {msg}");
     }

@@ -31,7 +31,10 @@ pub struct AgentConfig {
 
 /// Runs the agent until `shutdown` completes. VMs keep running after the agent exits; the next
 /// agent process reattaches to them.
-pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let creds = credentials::load(&cfg.data_dir)?.with_context(|| {
         format!(
             "no credentials in {}: run `sandboxctl agent register --server URL --token TOKEN --data-dir {}` first",
@@ -42,7 +45,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send + '
     let listen = cfg.listen.clone().unwrap_or_else(|| creds.listen.clone());
     // Bound now (a taken address fails at once), listening only once the VMs are up and the
     // server has this host's templates: a port that accepts means an agent that is ready.
-    let socket = bind(&listen).await.with_context(|| format!("agent cannot listen on {listen}"))?;
+    let socket = bind(&listen)
+        .await
+        .with_context(|| format!("agent cannot listen on {listen}"))?;
     let vms = VmManager::start(VmConfig {
         data_dir: cfg.data_dir.clone(),
         kernel_dir: cfg.kernel_dir.clone(),
@@ -53,7 +58,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send + '
     .context("starting the VM manager")?;
     let accel = vms.accel().clone();
     tracing::info!(host = %creds.host_id, %listen, accel = accel.kind, reason = %accel.reason, "agent serving");
-    let verifier = Arc::new(AgentCallVerifier::new(&creds.server_public_key, &creds.host_id)?);
+    let verifier = Arc::new(AgentCallVerifier::new(
+        &creds.server_public_key,
+        &creds.host_id,
+    )?);
     let state = AgentState {
         vms: vms.clone(),
         verifier,
@@ -64,15 +72,21 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()> + Send + '
         vms,
         accel_kind: accel.kind.to_string(),
         accel_reason: accel.reason.clone(),
-        http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()?,
     };
     if let Err(e) = hb.beat().await {
         tracing::warn!(error = ?e, "first heartbeat failed; retrying in the background");
     }
-    let listener = socket.listen(1024).with_context(|| format!("agent cannot listen on {listen}"))?;
+    let listener = socket
+        .listen(1024)
+        .with_context(|| format!("agent cannot listen on {listen}"))?;
     let interval = cfg.heartbeat_interval;
     let heartbeats = tokio::spawn(async move { hb.run(interval).await });
-    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
     heartbeats.abort();
     result.context("serving the agent API")
 }
@@ -83,7 +97,11 @@ async fn bind(listen: &str) -> anyhow::Result<TcpSocket> {
         .await?
         .next()
         .with_context(|| format!("{listen} resolves to no address"))?;
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     Ok(socket)
@@ -124,7 +142,9 @@ impl Heartbeat {
             if self.expires_soon().await {
                 match self.refresh().await {
                     Ok(()) => tracing::info!("host credentials refreshed before expiry"),
-                    Err(e) => tracing::warn!(error = %e, "refreshing host credentials before expiry failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "refreshing host credentials before expiry failed")
+                    }
                 }
             }
             match self.beat().await {
@@ -142,7 +162,10 @@ impl Heartbeat {
                             // SPEC §7 PauseAll: without credentials nothing may run unaccounted.
                             paused_all = true;
                             let n = self.vms.pause_all().await;
-                            tracing::error!(paused = n, "the server refused this host's credentials; paused every running VM");
+                            tracing::error!(
+                                paused = n,
+                                "the server refused this host's credentials; paused every running VM"
+                            );
                         }
                         tracing::error!(error = %e, "refreshing host credentials failed; retrying");
                         tokio::time::sleep(backoff).await;
@@ -167,11 +190,20 @@ impl Heartbeat {
     async fn beat(&self) -> Result<(), BeatError> {
         let (url, token, advertise) = {
             let c = self.creds.lock().await;
-            (format!("{}/v1/hosts/{}/heartbeat", c.server_url, c.host_id), c.token.clone(), c.advertise.clone())
+            (
+                format!("{}/v1/hosts/{}/heartbeat", c.server_url, c.host_id),
+                c.token.clone(),
+                c.advertise.clone(),
+            )
         };
         let (running_vms, used_memory_mb, used_vcpus) = self.vms.usage().await;
         let req = HeartbeatRequest {
-            facts: facts::gather(&self.data_dir, &advertise, &self.accel_kind, &self.accel_reason),
+            facts: facts::gather(
+                &self.data_dir,
+                &advertise,
+                &self.accel_kind,
+                &self.accel_reason,
+            ),
             running_vms,
             used_memory_mb,
             used_vcpus,
@@ -210,7 +242,10 @@ impl Heartbeat {
         if !status.is_success() {
             return Err(anyhow::anyhow!("the server answered {status} to the refresh").into());
         }
-        let r: RefreshResponse = resp.json().await.map_err(|e| anyhow::anyhow!("{}", e.without_url()))?;
+        let r: RefreshResponse = resp
+            .json()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.without_url()))?;
         c.token = r.token;
         c.token_expires_at = r.token_expires_at;
         c.refresh_token = r.refresh_token;

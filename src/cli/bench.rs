@@ -58,11 +58,19 @@ fn row(what: &str, samples: &[f64], note: impl Into<String>) -> Row {
 /// QEMU processes of a sandbox (by `-name ID`).
 fn qemu_pid(sandbox: &str) -> Option<u32> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let parts: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if parts.first().is_some_and(|p| p.ends_with(b"qemu-system-x86_64"))
-            && parts.windows(2).any(|w| w[0] == b"-name" && w[1] == sandbox.as_bytes())
+        if parts
+            .first()
+            .is_some_and(|p| p.ends_with(b"qemu-system-x86_64"))
+            && parts
+                .windows(2)
+                .any(|w| w[0] == b"-name" && w[1] == sandbox.as_bytes())
         {
             return Some(pid);
         }
@@ -85,7 +93,12 @@ fn qemu_memory(pid: u32, guest_mb: u32) -> Option<(f64, f64)> {
             continue;
         }
         if let Some(kb) = line.strip_prefix("Rss:") {
-            let kb: u64 = kb.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+            let kb: u64 = kb
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
             total += kb;
             if in_guest {
                 guest += kb;
@@ -104,7 +117,8 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
         ..Default::default()
     };
     eprintln!("bench: {} sequential creates…", a.runs);
-    let (mut api_cold, mut api_snap, mut boot_cold, mut boot_snap) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut api_cold, mut api_snap, mut boot_cold, mut boot_snap) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.runs {
         let t = Instant::now();
         let s = c.create_sandbox(&req).await.context("create")?;
@@ -135,18 +149,42 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
     }
     let ratio = |api: &[f64], bare: &[f64]| {
         let (a, b) = (percentiles(api).0, percentiles(bare).0);
-        if a.is_finite() && b.is_finite() && b > 0.0 { format!("{:.2}× bare QEMU", a / b) } else { String::new() }
+        if a.is_finite() && b.is_finite() && b > 0.0 {
+            format!("{:.2}× bare QEMU", a / b)
+        } else {
+            String::new()
+        }
     };
     if !api_cold.is_empty() {
-        rows.push(row("create, cold boot (API, client-side)", &api_cold, ratio(&api_cold, &bare_cold)));
-        rows.push(row("create, cold boot (agent: QEMU start → guest answers)", &boot_cold, ""));
+        rows.push(row(
+            "create, cold boot (API, client-side)",
+            &api_cold,
+            ratio(&api_cold, &bare_cold),
+        ));
+        rows.push(row(
+            "create, cold boot (agent: QEMU start → guest answers)",
+            &boot_cold,
+            "",
+        ));
     }
     if !api_snap.is_empty() {
-        rows.push(row("create from snapshot (API, client-side)", &api_snap, ratio(&api_snap, &bare_cold)));
-        rows.push(row("create from snapshot (agent: restore → guest answers)", &boot_snap, ""));
+        rows.push(row(
+            "create from snapshot (API, client-side)",
+            &api_snap,
+            ratio(&api_snap, &bare_cold),
+        ));
+        rows.push(row(
+            "create from snapshot (agent: restore → guest answers)",
+            &boot_snap,
+            "",
+        ));
     }
     if !bare_cold.is_empty() {
-        rows.push(row("bare QEMU cold boot → guest answers (baseline)", &bare_cold, "same kernel, initrd and image"));
+        rows.push(row(
+            "bare QEMU cold boot → guest answers (baseline)",
+            &bare_cold,
+            "same kernel, initrd and image",
+        ));
     }
 
     eprintln!("bench: exec round trips…");
@@ -154,7 +192,14 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
     let mut exec = Vec::new();
     for _ in 0..(a.runs * 5).max(20) {
         let t = Instant::now();
-        c.exec(&s.id, &ExecRequest { cmd: "true".into(), ..Default::default() }).await?;
+        c.exec(
+            &s.id,
+            &ExecRequest {
+                cmd: "true".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
         exec.push(ms(t.elapsed()));
     }
     rows.push(row("exec round trip (`true`, API)", &exec, ""));
@@ -223,7 +268,10 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
     let mut md = String::new();
     md.push_str("| measurement | n | p50 | p95 | note |\n|---|---:|---:|---:|---|\n");
     for r in &rows {
-        md.push_str(&format!("| {} | {} | {:.0} ms | {:.0} ms | {} |\n", r.what, r.n, r.p50, r.p95, r.note));
+        md.push_str(&format!(
+            "| {} | {} | {:.0} ms | {:.0} ms | {} |\n",
+            r.what, r.n, r.p50, r.p95, r.note
+        ));
     }
     if !rss.is_empty() {
         let (r50, r95) = percentiles(&rss);
@@ -238,12 +286,21 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
             extra.len()
         ));
     }
-    let accel = c.list_hosts().await.ok().and_then(|h| h.into_iter().find_map(|h| h.accel)).unwrap_or_else(|| "?".into());
+    let accel = c
+        .list_hosts()
+        .await
+        .ok()
+        .and_then(|h| h.into_iter().find_map(|h| h.accel))
+        .unwrap_or_else(|| "?".into());
     let header = format!(
         "Measured {} on {} ({} cores), accelerator `{accel}`, template `{}`, {} runs; took {:.0} s.\n\n",
         chrono_like_now(),
-        std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::fs::read_to_string("/etc/hostname")
+            .unwrap_or_default()
+            .trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         a.template,
         a.runs,
         started.elapsed().as_secs_f64()

@@ -6,10 +6,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::proto::api::*;
-use futures_util::StreamExt;
 use crate::server::api::hosts::{DeletePreview, TokenResponse};
 use crate::server::api::keys::{KeyListResponse, KeyResponse};
-use crate::server::api::teams::{MemberResponse, TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse, UserSummary};
+use crate::server::api::teams::{
+    MemberResponse, TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse,
+    UserSummary,
+};
+use futures_util::StreamExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -76,17 +79,32 @@ impl ApiClient {
         }
     }
 
-    async fn send<B: Serialize, T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&B>, timeout: Duration) -> Result<Option<T>, ClientError> {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path)).timeout(timeout);
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<Option<T>, ClientError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .timeout(timeout);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Transport(e.without_url().to_string()))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.without_url().to_string()))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(b) => ClientError::Api {
@@ -106,34 +124,56 @@ impl ApiClient {
         if status == reqwest::StatusCode::NO_CONTENT || bytes.is_empty() {
             return Ok(None);
         }
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| ClientError::Decode(e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    async fn json<B: Serialize, T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {
-        self.json_timeout(method, path, body, Duration::from_secs(60)).await
+    async fn json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        self.json_timeout(method, path, body, Duration::from_secs(60))
+            .await
     }
 
-    async fn json_timeout<B: Serialize, T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&B>, timeout: Duration) -> Result<T, ClientError> {
+    async fn json_timeout<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         self.send(method, path, body, timeout)
             .await?
             .ok_or_else(|| ClientError::Decode("empty answer".into()))
     }
 
     async fn empty(&self, method: reqwest::Method, path: &str) -> Result<(), ClientError> {
-        self.send::<(), serde_json::Value>(method, path, None, Duration::from_secs(120)).await.map(|_| ())
+        self.send::<(), serde_json::Value>(method, path, None, Duration::from_secs(120))
+            .await
+            .map(|_| ())
     }
 
     pub async fn healthz(&self) -> bool {
         matches!(self.http.get(format!("{}/healthz", self.base)).timeout(Duration::from_secs(2)).send().await, Ok(r) if r.status().is_success())
     }
 
-    pub async fn signup(&self, email: &str, password: &str, name: &str) -> Result<AuthResponse, ClientError> {
+    pub async fn signup(
+        &self,
+        email: &str,
+        password: &str,
+        name: &str,
+    ) -> Result<AuthResponse, ClientError> {
         let body = SignupRequest {
             email: email.into(),
             password: password.into(),
             name: name.into(),
         };
-        self.json(reqwest::Method::POST, "/v1/auth/signup", Some(&body)).await
+        self.json(reqwest::Method::POST, "/v1/auth/signup", Some(&body))
+            .await
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<AuthResponse, ClientError> {
@@ -141,136 +181,275 @@ impl ApiClient {
             email: email.into(),
             password: password.into(),
         };
-        self.json(reqwest::Method::POST, "/v1/auth/login", Some(&body)).await
+        self.json(reqwest::Method::POST, "/v1/auth/login", Some(&body))
+            .await
     }
 
     pub async fn me(&self) -> Result<MeResponse, ClientError> {
-        self.json::<(), _>(reqwest::Method::GET, "/v1/me", None).await
+        self.json::<(), _>(reqwest::Method::GET, "/v1/me", None)
+            .await
     }
 
-    pub async fn create_host(&self, req: &CreateHostRequest) -> Result<CreateHostResponse, ClientError> {
-        self.json(reqwest::Method::POST, "/v1/hosts", Some(req)).await
+    pub async fn create_host(
+        &self,
+        req: &CreateHostRequest,
+    ) -> Result<CreateHostResponse, ClientError> {
+        self.json(reqwest::Method::POST, "/v1/hosts", Some(req))
+            .await
     }
 
     pub async fn list_hosts(&self) -> Result<Vec<HostResponse>, ClientError> {
-        Ok(self.json::<(), HostListResponse>(reqwest::Method::GET, "/v1/hosts", None).await?.hosts)
+        Ok(self
+            .json::<(), HostListResponse>(reqwest::Method::GET, "/v1/hosts", None)
+            .await?
+            .hosts)
     }
 
     pub async fn get_host(&self, id: &str) -> Result<HostResponse, ClientError> {
-        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/hosts/{id}"), None).await
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/hosts/{id}"), None)
+            .await
     }
 
     pub async fn host_token(&self, id: &str) -> Result<TokenResponse, ClientError> {
-        self.json::<(), _>(reqwest::Method::POST, &format!("/v1/hosts/{id}/token"), None).await
+        self.json::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/hosts/{id}/token"),
+            None,
+        )
+        .await
     }
 
     pub async fn host_delete_preview(&self, id: &str) -> Result<DeletePreview, ClientError> {
-        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/hosts/{id}/delete-preview"), None).await
+        self.json::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/hosts/{id}/delete-preview"),
+            None,
+        )
+        .await
     }
 
     pub async fn delete_host(&self, id: &str, force: bool) -> Result<(), ClientError> {
         let q = if force { "?force=true" } else { "" };
-        self.empty(reqwest::Method::DELETE, &format!("/v1/hosts/{id}{q}")).await
+        self.empty(reqwest::Method::DELETE, &format!("/v1/hosts/{id}{q}"))
+            .await
     }
 
-    pub async fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<SandboxResponse, ClientError> {
-        self.json_timeout(reqwest::Method::POST, "/v1/sandboxes", Some(req), Duration::from_secs(330)).await
+    pub async fn create_sandbox(
+        &self,
+        req: &CreateSandboxRequest,
+    ) -> Result<SandboxResponse, ClientError> {
+        self.json_timeout(
+            reqwest::Method::POST,
+            "/v1/sandboxes",
+            Some(req),
+            Duration::from_secs(330),
+        )
+        .await
     }
 
-    pub async fn list_sandboxes(&self, status: Option<&str>) -> Result<Vec<SandboxResponse>, ClientError> {
+    pub async fn list_sandboxes(
+        &self,
+        status: Option<&str>,
+    ) -> Result<Vec<SandboxResponse>, ClientError> {
         let q = status.map(|s| format!("?status={s}")).unwrap_or_default();
         Ok(self
-            .json::<(), SandboxListResponse>(reqwest::Method::GET, &format!("/v1/sandboxes{q}"), None)
+            .json::<(), SandboxListResponse>(
+                reqwest::Method::GET,
+                &format!("/v1/sandboxes{q}"),
+                None,
+            )
             .await?
             .sandboxes)
     }
 
     pub async fn get_sandbox(&self, id: &str) -> Result<SandboxResponse, ClientError> {
-        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/sandboxes/{id}"), None).await
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/sandboxes/{id}"), None)
+            .await
     }
 
     pub async fn delete_sandbox(&self, id: &str) -> Result<(), ClientError> {
-        self.empty(reqwest::Method::DELETE, &format!("/v1/sandboxes/{id}")).await
+        self.empty(reqwest::Method::DELETE, &format!("/v1/sandboxes/{id}"))
+            .await
     }
 
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, ClientError> {
         let limit = Duration::from_secs(req.timeout_sec.unwrap_or(60) + 60);
-        self.json_timeout(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/exec"), Some(req), limit).await
+        self.json_timeout(
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(req),
+            limit,
+        )
+        .await
     }
 
     pub async fn create_key(&self, name: &str) -> Result<KeyResponse, ClientError> {
-        self.json(reqwest::Method::POST, "/v1/api-keys", Some(&serde_json::json!({ "name": name }))).await
+        self.json(
+            reqwest::Method::POST,
+            "/v1/api-keys",
+            Some(&serde_json::json!({ "name": name })),
+        )
+        .await
     }
 
     pub async fn list_keys(&self) -> Result<Vec<KeyResponse>, ClientError> {
-        Ok(self.json::<(), KeyListResponse>(reqwest::Method::GET, "/v1/api-keys", None).await?.keys)
+        Ok(self
+            .json::<(), KeyListResponse>(reqwest::Method::GET, "/v1/api-keys", None)
+            .await?
+            .keys)
     }
 
     pub async fn revoke_key(&self, id: &str) -> Result<(), ClientError> {
-        self.empty(reqwest::Method::DELETE, &format!("/v1/api-keys/{id}")).await
+        self.empty(reqwest::Method::DELETE, &format!("/v1/api-keys/{id}"))
+            .await
     }
 
-    pub async fn set_host_tags(&self, id: &str, tags: &[String]) -> Result<HostResponse, ClientError> {
-        self.json(reqwest::Method::PUT, &format!("/v1/hosts/{id}/tags"), Some(&serde_json::json!({ "tags": tags }))).await
+    pub async fn set_host_tags(
+        &self,
+        id: &str,
+        tags: &[String],
+    ) -> Result<HostResponse, ClientError> {
+        self.json(
+            reqwest::Method::PUT,
+            &format!("/v1/hosts/{id}/tags"),
+            Some(&serde_json::json!({ "tags": tags })),
+        )
+        .await
     }
 
     pub async fn drain_host(&self, id: &str) -> Result<HostResponse, ClientError> {
-        self.json::<(), _>(reqwest::Method::POST, &format!("/v1/hosts/{id}/drain"), None).await
+        self.json::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/hosts/{id}/drain"),
+            None,
+        )
+        .await
     }
 
     pub async fn pause_sandbox(&self, id: &str) -> Result<SandboxResponse, ClientError> {
-        self.json_timeout::<(), _>(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/pause"), None, Duration::from_secs(180)).await
+        self.json_timeout::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/pause"),
+            None,
+            Duration::from_secs(180),
+        )
+        .await
     }
 
     pub async fn resume_sandbox(&self, id: &str) -> Result<SandboxResponse, ClientError> {
-        self.json_timeout::<(), _>(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/resume"), None, Duration::from_secs(180)).await
+        self.json_timeout::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/resume"),
+            None,
+            Duration::from_secs(180),
+        )
+        .await
     }
 
-    pub async fn set_timeout(&self, id: &str, timeout_sec: u64, on_timeout: Option<&str>) -> Result<SandboxResponse, ClientError> {
+    pub async fn set_timeout(
+        &self,
+        id: &str,
+        timeout_sec: u64,
+        on_timeout: Option<&str>,
+    ) -> Result<SandboxResponse, ClientError> {
         let body = serde_json::json!({ "timeout_sec": timeout_sec, "on_timeout": on_timeout });
-        self.json(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/timeout"), Some(&body)).await
+        self.json(
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/timeout"),
+            Some(&body),
+        )
+        .await
     }
 
-    pub async fn snapshot(&self, sandbox_id: &str, name: &str, overwrite: bool) -> Result<TemplateResponse, ClientError> {
+    pub async fn snapshot(
+        &self,
+        sandbox_id: &str,
+        name: &str,
+        overwrite: bool,
+    ) -> Result<TemplateResponse, ClientError> {
         let q = if overwrite { "?overwrite=true" } else { "" };
         let body = SnapshotRequest {
             sandbox_id: sandbox_id.into(),
             name: name.into(),
         };
-        self.json_timeout(reqwest::Method::POST, &format!("/v1/snapshots{q}"), Some(&body), Duration::from_secs(330)).await
+        self.json_timeout(
+            reqwest::Method::POST,
+            &format!("/v1/snapshots{q}"),
+            Some(&body),
+            Duration::from_secs(330),
+        )
+        .await
     }
 
     pub async fn list_templates(&self) -> Result<Vec<TemplateResponse>, ClientError> {
-        Ok(self.json::<(), TemplateListResponse>(reqwest::Method::GET, "/v1/templates", None).await?.templates)
+        Ok(self
+            .json::<(), TemplateListResponse>(reqwest::Method::GET, "/v1/templates", None)
+            .await?
+            .templates)
     }
 
     pub async fn delete_template(&self, id: &str) -> Result<(), ClientError> {
-        self.empty(reqwest::Method::DELETE, &format!("/v1/templates/{}", urlencode(id))).await
+        self.empty(
+            reqwest::Method::DELETE,
+            &format!("/v1/templates/{}", urlencode(id)),
+        )
+        .await
     }
 
     pub async fn build_template(&self, name: &str) -> Result<serde_json::Value, ClientError> {
-        self.json(reqwest::Method::POST, "/v1/templates", Some(&serde_json::json!({ "name": name }))).await
+        self.json(
+            reqwest::Method::POST,
+            "/v1/templates",
+            Some(&serde_json::json!({ "name": name })),
+        )
+        .await
     }
 
-    pub async fn template_build_status(&self, name: &str) -> Result<serde_json::Value, ClientError> {
-        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/templates/{}/build", urlencode(name)), None).await
+    pub async fn template_build_status(
+        &self,
+        name: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/templates/{}/build", urlencode(name)),
+            None,
+        )
+        .await
     }
 
     pub async fn logs(&self, id: &str) -> Result<String, ClientError> {
-        let resp = self.raw(reqwest::Method::GET, &format!("/v1/sandboxes/{id}/logs"), None).await?;
-        resp.text().await.map_err(|e| ClientError::Transport(e.to_string()))
+        let resp = self
+            .raw(
+                reqwest::Method::GET,
+                &format!("/v1/sandboxes/{id}/logs"),
+                None,
+            )
+            .await?;
+        resp.text()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))
     }
 
     /// A request whose successful answer is handed back unread (for streaming).
-    pub async fn raw(&self, method: reqwest::Method, path: &str, body: Option<reqwest::Body>) -> Result<reqwest::Response, ClientError> {
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, ClientError> {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/octet-stream").body(b);
+            req = req
+                .header("content-type", "application/octet-stream")
+                .body(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Transport(e.without_url().to_string()))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.without_url().to_string()))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -293,65 +472,142 @@ impl ApiClient {
     }
 
     /// Streams a file out of a sandbox into `out`; returns the bytes written.
-    pub async fn download<W: tokio::io::AsyncWrite + Unpin>(&self, id: &str, path: &str, out: &mut W) -> Result<u64, ClientError> {
+    pub async fn download<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        id: &str,
+        path: &str,
+        out: &mut W,
+    ) -> Result<u64, ClientError> {
         use tokio::io::AsyncWriteExt;
-        let resp = self.raw(reqwest::Method::GET, &format!("/v1/sandboxes/{id}/files?path={}", urlencode(path)), None).await?;
+        let resp = self
+            .raw(
+                reqwest::Method::GET,
+                &format!("/v1/sandboxes/{id}/files?path={}", urlencode(path)),
+                None,
+            )
+            .await?;
         let mut stream = resp.bytes_stream();
         let mut n = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ClientError::Transport(e.to_string()))?;
-            out.write_all(&chunk).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
             n += chunk.len() as u64;
         }
-        out.flush().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        out.flush()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok(n)
     }
 
     /// Streams `body` into a file of a sandbox.
-    pub async fn upload(&self, id: &str, path: &str, body: reqwest::Body) -> Result<FileEntry, ClientError> {
-        let resp = self.raw(reqwest::Method::PUT, &format!("/v1/sandboxes/{id}/files?path={}", urlencode(path)), Some(body)).await?;
-        resp.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+    pub async fn upload(
+        &self,
+        id: &str,
+        path: &str,
+        body: reqwest::Body,
+    ) -> Result<FileEntry, ClientError> {
+        let resp = self
+            .raw(
+                reqwest::Method::PUT,
+                &format!("/v1/sandboxes/{id}/files?path={}", urlencode(path)),
+                Some(body),
+            )
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     pub async fn list_files(&self, id: &str, path: &str) -> Result<FileListResponse, ClientError> {
-        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/sandboxes/{id}/files/list?path={}", urlencode(path)), None).await
+        self.json::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/sandboxes/{id}/files/list?path={}", urlencode(path)),
+            None,
+        )
+        .await
     }
 
     pub async fn stat_file(&self, id: &str, path: &str) -> Result<FileEntry, ClientError> {
-        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/sandboxes/{id}/files/stat?path={}", urlencode(path)), None).await
+        self.json::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/sandboxes/{id}/files/stat?path={}", urlencode(path)),
+            None,
+        )
+        .await
     }
 
-    pub async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<FileEntry, ClientError> {
+    pub async fn mkdir(
+        &self,
+        id: &str,
+        path: &str,
+        parents: bool,
+    ) -> Result<FileEntry, ClientError> {
         let p = if parents { "&parents=true" } else { "" };
-        self.json::<(), _>(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/files/mkdir?path={}{p}", urlencode(path)), None).await
+        self.json::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/files/mkdir?path={}{p}", urlencode(path)),
+            None,
+        )
+        .await
     }
 
-    pub async fn remove_file(&self, id: &str, path: &str, recursive: bool) -> Result<(), ClientError> {
+    pub async fn remove_file(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), ClientError> {
         let r = if recursive { "&recursive=true" } else { "" };
-        self.empty(reqwest::Method::DELETE, &format!("/v1/sandboxes/{id}/files?path={}{r}", urlencode(path))).await
+        self.empty(
+            reqwest::Method::DELETE,
+            &format!("/v1/sandboxes/{id}/files?path={}{r}", urlencode(path)),
+        )
+        .await
     }
 
     pub async fn list_teams(&self) -> Result<Vec<TeamResponse>, ClientError> {
-        Ok(self.json::<(), TeamListResponse>(reqwest::Method::GET, "/v1/teams", None).await?.teams)
+        Ok(self
+            .json::<(), TeamListResponse>(reqwest::Method::GET, "/v1/teams", None)
+            .await?
+            .teams)
     }
 
     pub async fn create_team(&self, name: &str) -> Result<TeamResponse, ClientError> {
-        self.json(reqwest::Method::POST, "/v1/teams", Some(&serde_json::json!({ "name": name }))).await
+        self.json(
+            reqwest::Method::POST,
+            "/v1/teams",
+            Some(&serde_json::json!({ "name": name })),
+        )
+        .await
     }
 
     pub async fn get_team(&self, id: &str) -> Result<TeamDetailResponse, ClientError> {
-        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/teams/{id}"), None).await
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/teams/{id}"), None)
+            .await
     }
 
     pub async fn rename_team(&self, id: &str, name: &str) -> Result<TeamResponse, ClientError> {
-        self.json(reqwest::Method::PATCH, &format!("/v1/teams/{id}"), Some(&serde_json::json!({ "name": name }))).await
+        self.json(
+            reqwest::Method::PATCH,
+            &format!("/v1/teams/{id}"),
+            Some(&serde_json::json!({ "name": name })),
+        )
+        .await
     }
 
     pub async fn delete_team(&self, id: &str) -> Result<(), ClientError> {
-        self.empty(reqwest::Method::DELETE, &format!("/v1/teams/{id}")).await
+        self.empty(reqwest::Method::DELETE, &format!("/v1/teams/{id}"))
+            .await
     }
 
-    pub async fn add_member(&self, team: &str, email: &str, role: &str) -> Result<MemberResponse, ClientError> {
+    pub async fn add_member(
+        &self,
+        team: &str,
+        email: &str,
+        role: &str,
+    ) -> Result<MemberResponse, ClientError> {
         self.json(
             reqwest::Method::POST,
             &format!("/v1/teams/{team}/members"),
@@ -360,7 +616,12 @@ impl ApiClient {
         .await
     }
 
-    pub async fn set_role(&self, team: &str, user: &str, role: &str) -> Result<MemberResponse, ClientError> {
+    pub async fn set_role(
+        &self,
+        team: &str,
+        user: &str,
+        role: &str,
+    ) -> Result<MemberResponse, ClientError> {
         self.json(
             reqwest::Method::PATCH,
             &format!("/v1/teams/{team}/members/{user}"),
@@ -370,20 +631,33 @@ impl ApiClient {
     }
 
     pub async fn remove_member(&self, team: &str, user: &str) -> Result<(), ClientError> {
-        self.empty(reqwest::Method::DELETE, &format!("/v1/teams/{team}/members/{user}")).await
+        self.empty(
+            reqwest::Method::DELETE,
+            &format!("/v1/teams/{team}/members/{user}"),
+        )
+        .await
     }
 
     pub async fn leave_team(&self, team: &str) -> Result<(), ClientError> {
-        self.empty(reqwest::Method::POST, &format!("/v1/teams/{team}/leave")).await
+        self.empty(reqwest::Method::POST, &format!("/v1/teams/{team}/leave"))
+            .await
     }
 
     pub async fn switch_team(&self, team: &str) -> Result<AuthResponse, ClientError> {
-        self.json(reqwest::Method::POST, "/v1/auth/switch-team", Some(&serde_json::json!({ "team_id": team }))).await
+        self.json(
+            reqwest::Method::POST,
+            "/v1/auth/switch-team",
+            Some(&serde_json::json!({ "team_id": team })),
+        )
+        .await
     }
 
     pub async fn search_users(&self, q: &str) -> Result<Vec<UserSummary>, ClientError> {
         let url = format!("/v1/users/search?q={}", urlencode(q));
-        Ok(self.json::<(), UserSearchResponse>(reqwest::Method::GET, &url, None).await?.users)
+        Ok(self
+            .json::<(), UserSearchResponse>(reqwest::Method::GET, &url, None)
+            .await?
+            .users)
     }
 }
 
@@ -391,7 +665,9 @@ impl ApiClient {
 pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -9,8 +9,13 @@ use serde::Serialize;
 
 use super::client::ApiClient;
 use super::config::{self, CliConfig};
-use super::{FilesCommand, HostCommand, KeyCommand, LoginArgs, SandboxCommand, SignupArgs, TeamCommand, TemplateCommand};
-use crate::proto::api::{CreateHostRequest, CreateSandboxRequest, ExecRequest, HostResponse, SandboxResponse};
+use super::{
+    FilesCommand, HostCommand, KeyCommand, LoginArgs, SandboxCommand, SignupArgs, TeamCommand,
+    TemplateCommand,
+};
+use crate::proto::api::{
+    CreateHostRequest, CreateSandboxRequest, ExecRequest, HostResponse, SandboxResponse,
+};
 
 /// The client for the stored (or env-given) server and token.
 pub fn client() -> anyhow::Result<ApiClient> {
@@ -20,9 +25,14 @@ pub fn client() -> anyhow::Result<ApiClient> {
         .filter(|s| !s.is_empty())
         .or(cfg.server)
         .context("no server configured: run `sandboxctl login --server URL --email EMAIL` (or set SANDBOXCTL_SERVER)")?;
-    let token = std::env::var("SANDBOXCTL_TOKEN").ok().filter(|s| !s.is_empty()).or(cfg.token);
+    let token = std::env::var("SANDBOXCTL_TOKEN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or(cfg.token);
     if token.is_none() {
-        bail!("not logged in: run `sandboxctl login --server {server} --email EMAIL` (or set SANDBOXCTL_TOKEN to an API key)");
+        bail!(
+            "not logged in: run `sandboxctl login --server {server} --email EMAIL` (or set SANDBOXCTL_TOKEN to an API key)"
+        );
     }
     Ok(ApiClient::new(&server, token))
 }
@@ -30,10 +40,13 @@ pub fn client() -> anyhow::Result<ApiClient> {
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     let pw = if from_stdin {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the password from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the password from stdin")?;
         s.trim_end_matches(['\n', '\r']).to_string()
     } else {
-        std::env::var("SANDBOXCTL_PASSWORD").context("give the password with --password-stdin or SANDBOXCTL_PASSWORD")?
+        std::env::var("SANDBOXCTL_PASSWORD")
+            .context("give the password with --password-stdin or SANDBOXCTL_PASSWORD")?
     };
     if pw.is_empty() {
         bail!("the password is empty");
@@ -76,7 +89,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -87,7 +104,9 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 
 fn sandbox_rows(list: &[SandboxResponse]) {
     table(
-        &["ID", "STATUS", "TEMPLATE", "HOST", "VCPU", "MEM", "TIMEOUT", "AGE"],
+        &[
+            "ID", "STATUS", "TEMPLATE", "HOST", "VCPU", "MEM", "TIMEOUT", "AGE",
+        ],
         list.iter()
             .map(|s| {
                 vec![
@@ -97,7 +116,11 @@ fn sandbox_rows(list: &[SandboxResponse]) {
                     s.host_id.clone().unwrap_or_else(|| "-".into()),
                     s.vcpus.to_string(),
                     format!("{}M", s.memory_mb),
-                    if s.timeout_sec == 0 { "never".into() } else { format!("{}s", s.timeout_sec) },
+                    if s.timeout_sec == 0 {
+                        "never".into()
+                    } else {
+                        format!("{}s", s.timeout_sec)
+                    },
                     age(s.created_at),
                 ]
             })
@@ -107,7 +130,18 @@ fn sandbox_rows(list: &[SandboxResponse]) {
 
 fn host_rows(list: &[HostResponse]) {
     table(
-        &["ID", "TYPE", "STATUS", "NAME", "ADDRESS", "ACCEL", "CPU", "MEM", "VMS", "HEARTBEAT"],
+        &[
+            "ID",
+            "TYPE",
+            "STATUS",
+            "NAME",
+            "ADDRESS",
+            "ACCEL",
+            "CPU",
+            "MEM",
+            "VMS",
+            "HEARTBEAT",
+        ],
         list.iter()
             .map(|h| {
                 vec![
@@ -117,10 +151,18 @@ fn host_rows(list: &[HostResponse]) {
                     h.name.clone().unwrap_or_else(|| "-".into()),
                     h.address.clone().unwrap_or_else(|| "-".into()),
                     h.accel.clone().unwrap_or_else(|| "-".into()),
-                    h.cpu_cores.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-                    h.memory_mb.map(|m| format!("{m}M")).unwrap_or_else(|| "-".into()),
-                    h.running_vms.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-                    h.last_heartbeat_at.map(|t| format!("{} ago", age(t))).unwrap_or_else(|| "never".into()),
+                    h.cpu_cores
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    h.memory_mb
+                        .map(|m| format!("{m}M"))
+                        .unwrap_or_else(|| "-".into()),
+                    h.running_vms
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    h.last_heartbeat_at
+                        .map(|t| format!("{} ago", age(t)))
+                        .unwrap_or_else(|| "never".into()),
                 ]
             })
             .collect(),
@@ -136,7 +178,12 @@ pub async fn signup(a: SignupArgs) -> anyhow::Result<i32> {
         token: Some(r.token),
         email: Some(r.email.clone()),
     })?;
-    println!("signed up and logged in as {} <{}>{}", r.name, r.email, if r.is_admin { " (platform admin)" } else { "" });
+    println!(
+        "signed up and logged in as {} <{}>{}",
+        r.name,
+        r.email,
+        if r.is_admin { " (platform admin)" } else { "" }
+    );
     Ok(0)
 }
 
@@ -170,8 +217,16 @@ pub async fn whoami(json: bool) -> anyhow::Result<i32> {
         print_json(&me)?;
     } else {
         println!("{} <{}>", me.name, me.email);
-        println!("user:  {}{}", me.user_id, if me.is_admin { " (platform admin)" } else { "" });
-        println!("team:  {} ({})", me.team_id.as_deref().unwrap_or("none"), me.role.as_deref().unwrap_or("-"));
+        println!(
+            "user:  {}{}",
+            me.user_id,
+            if me.is_admin { " (platform admin)" } else { "" }
+        );
+        println!(
+            "team:  {} ({})",
+            me.team_id.as_deref().unwrap_or("none"),
+            me.role.as_deref().unwrap_or("-")
+        );
     }
     Ok(0)
 }
@@ -219,7 +274,9 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                     s.host_id.as_deref().unwrap_or("-"),
                     s.vcpus,
                     s.memory_mb,
-                    s.boot_ms.map(|b| format!(", started in {:.1} s", b as f64 / 1000.0)).unwrap_or_default()
+                    s.boot_ms
+                        .map(|b| format!(", started in {:.1} s", b as f64 / 1000.0))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -274,7 +331,8 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 timeout_sec: timeout,
                 pty: tty.then_some(crate::proto::api::PtySize { rows: 24, cols: 80 }),
             };
-            let code = super::stream::run(&c, &id, start, tty || !std::io::stdin().is_terminal()).await?;
+            let code =
+                super::stream::run(&c, &id, start, tty || !std::io::stdin().is_terminal()).await?;
             return Ok(code.clamp(0, 255));
         }
         SandboxCommand::Shell { id } => {
@@ -307,7 +365,14 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
             if json {
                 print_json(&s)?;
             } else if let Some(at) = s.timeout_at {
-                println!("{} will {} after {}s idle (at {}, in {}s)", s.id, s.on_timeout, s.timeout_sec, at, at - crate::server::db::now());
+                println!(
+                    "{} will {} after {}s idle (at {}, in {}s)",
+                    s.id,
+                    s.on_timeout,
+                    s.timeout_sec,
+                    at,
+                    at - crate::server::db::now()
+                );
             } else {
                 println!("{}: no idle timeout", s.id);
             }
@@ -315,7 +380,12 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
         SandboxCommand::Logs { id } => {
             print!("{}", c.logs(&id).await?);
         }
-        SandboxCommand::Snapshot { id, name, overwrite, json } => {
+        SandboxCommand::Snapshot {
+            id,
+            name,
+            overwrite,
+            json,
+        } => {
             if !json {
                 eprint!("saving memory and disk… ");
             }
@@ -371,9 +441,14 @@ pub async fn host(cmd: HostCommand) -> anyhow::Result<i32> {
             if json {
                 print_json(&r)?;
             } else {
-                println!("host {} created (pending). On the new host, within an hour, run:\n", r.host.id);
+                println!(
+                    "host {} created (pending). On the new host, within an hour, run:\n",
+                    r.host.id
+                );
                 println!("  {}\n", r.register_command);
-                println!("then start it with: sandboxctl agent run --data-dir /var/lib/sandboxctl/agent");
+                println!(
+                    "then start it with: sandboxctl agent run --data-dir /var/lib/sandboxctl/agent"
+                );
             }
         }
         HostCommand::List { json } => {
@@ -408,7 +483,15 @@ pub async fn host(cmd: HostCommand) -> anyhow::Result<i32> {
             if json {
                 print_json(&h)?;
             } else {
-                println!("{}: {}", h.id, if h.tags.is_empty() { "no tags".to_string() } else { h.tags.join(", ") });
+                println!(
+                    "{}: {}",
+                    h.id,
+                    if h.tags.is_empty() {
+                        "no tags".to_string()
+                    } else {
+                        h.tags.join(", ")
+                    }
+                );
             }
         }
         HostCommand::Drain { id, json } => {
@@ -416,7 +499,10 @@ pub async fn host(cmd: HostCommand) -> anyhow::Result<i32> {
             if json {
                 print_json(&h)?;
             } else {
-                println!("{} is {}: it keeps its sandboxes and takes no new ones", h.id, h.status);
+                println!(
+                    "{} is {}: it keeps its sandboxes and takes no new ones",
+                    h.id, h.status
+                );
             }
         }
         HostCommand::Delete { id, force, json } => match c.delete_host(&id, force).await {
@@ -471,7 +557,9 @@ pub async fn key(cmd: KeyCommand) -> anyhow::Result<i32> {
                                 k.name.clone(),
                                 format!("{}…", k.prefix),
                                 format!("{} ago", age(k.created_at)),
-                                k.last_used_at.map(|t| format!("{} ago", age(t))).unwrap_or_else(|| "never".into()),
+                                k.last_used_at
+                                    .map(|t| format!("{} ago", age(t)))
+                                    .unwrap_or_else(|| "never".into()),
                             ]
                         })
                         .collect(),
@@ -490,7 +578,11 @@ pub async fn key(cmd: KeyCommand) -> anyhow::Result<i32> {
 async fn team_or_current(c: &ApiClient, team: Option<String>) -> anyhow::Result<String> {
     match team {
         Some(t) => Ok(t),
-        None => c.me().await?.team_id.context("you are not in any active team; pass --team"),
+        None => c
+            .me()
+            .await?
+            .team_id
+            .context("you are not in any active team; pass --team"),
     }
 }
 
@@ -509,7 +601,11 @@ pub async fn team(cmd: TeamCommand) -> anyhow::Result<i32> {
                         .iter()
                         .map(|t| {
                             vec![
-                                if current.as_deref() == Some(t.id.as_str()) { "*".into() } else { String::new() },
+                                if current.as_deref() == Some(t.id.as_str()) {
+                                    "*".into()
+                                } else {
+                                    String::new()
+                                },
                                 t.id.clone(),
                                 t.name.clone(),
                                 t.role.clone(),
@@ -525,7 +621,10 @@ pub async fn team(cmd: TeamCommand) -> anyhow::Result<i32> {
                 print_json(&t)?;
             } else {
                 println!("{}", t.id);
-                eprintln!("team {} created; `sandboxctl team switch {}` to work in it", t.name, t.id);
+                eprintln!(
+                    "team {} created; `sandboxctl team switch {}` to work in it",
+                    t.name, t.id
+                );
             }
         }
         TeamCommand::Switch { team } => {
@@ -546,7 +645,14 @@ pub async fn team(cmd: TeamCommand) -> anyhow::Result<i32> {
                     &["USER", "NAME", "EMAIL", "ROLE"],
                     t.members
                         .iter()
-                        .map(|m| vec![m.user_id.clone(), m.name.clone(), m.email.clone(), m.role.clone()])
+                        .map(|m| {
+                            vec![
+                                m.user_id.clone(),
+                                m.name.clone(),
+                                m.email.clone(),
+                                m.role.clone(),
+                            ]
+                        })
                         .collect(),
                 );
             }
@@ -561,7 +667,11 @@ pub async fn team(cmd: TeamCommand) -> anyhow::Result<i32> {
             c.remove_member(&id, &user_id).await?;
             println!("{user_id} removed from {id}");
         }
-        TeamCommand::Role { user_id, role, team } => {
+        TeamCommand::Role {
+            user_id,
+            role,
+            team,
+        } => {
             let id = team_or_current(&c, team).await?;
             let m = c.set_role(&id, &user_id, &role).await?;
             println!("{} is now {} in {id}", m.name, m.role);
@@ -593,7 +703,9 @@ async fn files(c: &ApiClient, cmd: FilesCommand) -> anyhow::Result<i32> {
                 c.download(&id, &path, &mut tokio::io::stdout()).await?;
             } else {
                 let tmp = dest.with_extension("sandboxctl-part");
-                let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+                let mut f = tokio::fs::File::create(&tmp)
+                    .await
+                    .with_context(|| format!("creating {}", tmp.display()))?;
                 let n = match c.download(&id, &path, &mut f).await {
                     Ok(n) => n,
                     Err(e) => {
@@ -609,7 +721,9 @@ async fn files(c: &ApiClient, cmd: FilesCommand) -> anyhow::Result<i32> {
             let body = if src.as_os_str() == "-" {
                 reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tokio::io::stdin()))
             } else {
-                let f = tokio::fs::File::open(&src).await.with_context(|| format!("opening {}", src.display()))?;
+                let f = tokio::fs::File::open(&src)
+                    .await
+                    .with_context(|| format!("opening {}", src.display()))?;
                 reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f))
             };
             let e = c.upload(&id, &path, body).await?;
@@ -635,7 +749,11 @@ async fn files(c: &ApiClient, cmd: FilesCommand) -> anyhow::Result<i32> {
                                 Some(t) => format!("{} -> {t}", e.name),
                                 None => e.name.clone(),
                             };
-                            vec![format!("{kind}{:o}", e.mode & 0o7777), e.size.to_string(), name]
+                            vec![
+                                format!("{kind}{:o}", e.mode & 0o7777),
+                                e.size.to_string(),
+                                name,
+                            ]
                         })
                         .collect(),
                 );
@@ -646,14 +764,24 @@ async fn files(c: &ApiClient, cmd: FilesCommand) -> anyhow::Result<i32> {
             if json {
                 print_json(&e)?;
             } else {
-                println!("{} {:?} {} bytes mode {:o}", e.path, e.kind, e.size, e.mode & 0o7777);
+                println!(
+                    "{} {:?} {} bytes mode {:o}",
+                    e.path,
+                    e.kind,
+                    e.size,
+                    e.mode & 0o7777
+                );
             }
         }
         FilesCommand::Mkdir { id, path, parents } => {
             let e = c.mkdir(&id, &path, parents).await?;
             println!("{}", e.path);
         }
-        FilesCommand::Rm { id, path, recursive } => {
+        FilesCommand::Rm {
+            id,
+            path,
+            recursive,
+        } => {
             c.remove_file(&id, &path, recursive).await?;
             println!("{path} removed");
         }
@@ -682,8 +810,12 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
                                     (None, Some(n)) => format!("{n} host(s)"),
                                     _ => "-".into(),
                                 },
-                                t.size_bytes.map(|b| format!("{}M", b / 1_000_000)).unwrap_or_else(|| "-".into()),
-                                t.created_at.map(|t| format!("{} ago", age(t))).unwrap_or_else(|| "-".into()),
+                                t.size_bytes
+                                    .map(|b| format!("{}M", b / 1_000_000))
+                                    .unwrap_or_else(|| "-".into()),
+                                t.created_at
+                                    .map(|t| format!("{} ago", age(t)))
+                                    .unwrap_or_else(|| "-".into()),
                             ]
                         })
                         .collect(),
@@ -695,7 +827,11 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
             let n = r["hosts"].as_array().map(Vec::len).unwrap_or(0);
             eprintln!("building {name} on {n} host(s)");
             for f in r["failed"].as_array().into_iter().flatten() {
-                eprintln!("  {}: {}", f["host_id"].as_str().unwrap_or("?"), f["error"].as_str().unwrap_or("?"));
+                eprintln!(
+                    "  {}: {}",
+                    f["host_id"].as_str().unwrap_or("?"),
+                    f["error"].as_str().unwrap_or("?")
+                );
             }
             if no_wait {
                 return Ok(0);
@@ -707,7 +843,14 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
                 let hosts = st["hosts"].as_array().cloned().unwrap_or_default();
                 let line = hosts
                     .iter()
-                    .map(|h| format!("{}: {} {}", h["host_id"].as_str().unwrap_or("?"), h["status"].as_str().unwrap_or("?"), h["progress"].as_str().unwrap_or("")))
+                    .map(|h| {
+                        format!(
+                            "{}: {} {}",
+                            h["host_id"].as_str().unwrap_or("?"),
+                            h["status"].as_str().unwrap_or("?"),
+                            h["progress"].as_str().unwrap_or("")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("; ");
                 if line != last {
@@ -715,7 +858,9 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
                     last = line;
                 }
                 if hosts.iter().all(|h| h["status"] != "building") {
-                    let failed = hosts.iter().any(|h| h["status"] == "failed" || h["error"].is_string());
+                    let failed = hosts
+                        .iter()
+                        .any(|h| h["status"] == "failed" || h["error"].is_string());
                     return Ok(if failed { 1 } else { 0 });
                 }
             }

@@ -27,7 +27,10 @@ pub fn path() -> anyhow::Result<PathBuf> {
     }
     let base = match std::env::var_os("XDG_CONFIG_HOME") {
         Some(x) if !x.is_empty() => PathBuf::from(x),
-        _ => PathBuf::from(std::env::var_os("HOME").context("HOME is not set; set SANDBOXCTL_CONFIG")?).join(".config"),
+        _ => PathBuf::from(
+            std::env::var_os("HOME").context("HOME is not set; set SANDBOXCTL_CONFIG")?,
+        )
+        .join(".config"),
     };
     Ok(base.join("sandboxctl").join("config.toml"))
 }
@@ -47,5 +50,6 @@ pub fn save(c: &CliConfig) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let s = toml::to_string(c)?;
-    crate::agent::credentials::write_private_atomic(&p, s.as_bytes()).with_context(|| format!("writing {}", p.display()))
+    crate::agent::credentials::write_private_atomic(&p, s.as_bytes())
+        .with_context(|| format!("writing {}", p.display()))
 }

@@ -15,7 +15,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::settings::parse_duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "sandboxctl", version, about = "Self-hosted microVM sandboxes across your own Linux hosts")]
+#[command(
+    name = "sandboxctl",
+    version,
+    about = "Self-hosted microVM sandboxes across your own Linux hosts"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -74,7 +78,11 @@ pub enum Command {
         /// The local agent's data dir, for the bare-QEMU baseline and memory figures.
         #[arg(long, env = "SANDBOXCTL_AGENT_DATA_DIR")]
         agent_data_dir: Option<PathBuf>,
-        #[arg(long, env = "SANDBOXCTL_KERNEL_DIR", default_value = "/var/lib/sandboxctl/kernel")]
+        #[arg(
+            long,
+            env = "SANDBOXCTL_KERNEL_DIR",
+            default_value = "/var/lib/sandboxctl/kernel"
+        )]
         kernel_dir: PathBuf,
     },
 }
@@ -102,7 +110,11 @@ pub struct ServerArgs {
     #[arg(long, env = "SANDBOXCTL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Where the database and keys live.
-    #[arg(long, env = "SANDBOXCTL_DATA_DIR", default_value = "/var/lib/sandboxctl")]
+    #[arg(
+        long,
+        env = "SANDBOXCTL_DATA_DIR",
+        default_value = "/var/lib/sandboxctl"
+    )]
     pub data_dir: PathBuf,
     /// The URL agents and users reach this server at (default: http://LISTEN).
     #[arg(long, env = "SANDBOXCTL_PUBLIC_URL")]
@@ -111,13 +123,21 @@ pub struct ServerArgs {
     #[arg(long, env = "SANDBOXCTL_LOCAL_AGENT")]
     pub local_agent: bool,
     /// Where the local agent listens.
-    #[arg(long, env = "SANDBOXCTL_LOCAL_AGENT_LISTEN", default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "SANDBOXCTL_LOCAL_AGENT_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
     pub local_agent_listen: String,
     /// Largest file a sandbox file upload may carry, in bytes.
     #[arg(long, env = "SANDBOXCTL_MAX_FILE_BYTES", default_value_t = 1 << 30)]
     pub max_file_bytes: u64,
     /// The admin account created on a fresh server with --local-agent.
-    #[arg(long, env = "SANDBOXCTL_ADMIN_EMAIL", default_value = "admin@sandboxctl.local")]
+    #[arg(
+        long,
+        env = "SANDBOXCTL_ADMIN_EMAIL",
+        default_value = "admin@sandboxctl.local"
+    )]
     pub admin_email: String,
     #[command(flatten)]
     pub vm: VmArgs,
@@ -136,17 +156,29 @@ pub struct GithubArgs {
     #[arg(long, env = "SANDBOXCTL_GITHUB_CLIENT_SECRET_FILE")]
     pub github_client_secret_file: Option<PathBuf>,
     /// GitHub's web address (change only for GitHub Enterprise or tests).
-    #[arg(long, env = "SANDBOXCTL_GITHUB_URL", default_value = "https://github.com")]
+    #[arg(
+        long,
+        env = "SANDBOXCTL_GITHUB_URL",
+        default_value = "https://github.com"
+    )]
     pub github_url: String,
     /// GitHub's API address.
-    #[arg(long, env = "SANDBOXCTL_GITHUB_API_URL", default_value = "https://api.github.com")]
+    #[arg(
+        long,
+        env = "SANDBOXCTL_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
     pub github_api_url: String,
 }
 
 #[derive(Debug, Args)]
 pub struct VmArgs {
     /// The guest kernel (vmlinuz, modules/) that install.sh fetched.
-    #[arg(long, env = "SANDBOXCTL_KERNEL_DIR", default_value = "/var/lib/sandboxctl/kernel")]
+    #[arg(
+        long,
+        env = "SANDBOXCTL_KERNEL_DIR",
+        default_value = "/var/lib/sandboxctl/kernel"
+    )]
     pub kernel_dir: PathBuf,
     /// Hardware acceleration: auto uses KVM only where it really works.
     #[arg(long, env = "SANDBOXCTL_ACCEL", value_enum, default_value = "auto")]
@@ -176,10 +208,18 @@ pub enum AgentCommand {
         /// The registration token from `sandboxctl host create`.
         #[arg(long, env = "SANDBOXCTL_REGISTRATION_TOKEN", hide_env_values = true)]
         token: String,
-        #[arg(long, env = "SANDBOXCTL_DATA_DIR", default_value = "/var/lib/sandboxctl/agent")]
+        #[arg(
+            long,
+            env = "SANDBOXCTL_DATA_DIR",
+            default_value = "/var/lib/sandboxctl/agent"
+        )]
         data_dir: PathBuf,
         /// Where the agent will listen.
-        #[arg(long, env = "SANDBOXCTL_AGENT_LISTEN", default_value = "127.0.0.1:9090")]
+        #[arg(
+            long,
+            env = "SANDBOXCTL_AGENT_LISTEN",
+            default_value = "127.0.0.1:9090"
+        )]
         listen: SocketAddr,
         /// The address the server should call (default: --listen).
         #[arg(long, env = "SANDBOXCTL_AGENT_ADVERTISE")]
@@ -187,7 +227,11 @@ pub enum AgentCommand {
     },
     /// Serve the server's calls and run microVMs.
     Run {
-        #[arg(long, env = "SANDBOXCTL_DATA_DIR", default_value = "/var/lib/sandboxctl/agent")]
+        #[arg(
+            long,
+            env = "SANDBOXCTL_DATA_DIR",
+            default_value = "/var/lib/sandboxctl/agent"
+        )]
         data_dir: PathBuf,
         /// Override the listen address stored at registration.
         #[arg(long, env = "SANDBOXCTL_AGENT_LISTEN")]
@@ -474,9 +518,17 @@ pub enum TeamCommand {
 #[derive(Debug, Subcommand)]
 pub enum FilesCommand {
     /// Download a file (to stdout with `-`).
-    Get { id: String, path: String, dest: PathBuf },
+    Get {
+        id: String,
+        path: String,
+        dest: PathBuf,
+    },
     /// Upload a file (from stdin with `-`).
-    Put { id: String, src: PathBuf, path: String },
+    Put {
+        id: String,
+        src: PathBuf,
+        path: String,
+    },
     /// List a directory.
     Ls {
         id: String,

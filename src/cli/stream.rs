@@ -8,7 +8,10 @@ use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use super::client::ApiClient;
-use crate::proto::api::{ExecClientMessage, ExecServerMessage, ExecStreamStart, PtySize, STREAM_STDERR, STREAM_STDIN, STREAM_STDOUT};
+use crate::proto::api::{
+    ExecClientMessage, ExecServerMessage, ExecStreamStart, PtySize, STREAM_STDERR, STREAM_STDIN,
+    STREAM_STDOUT,
+};
 
 /// Puts the terminal in raw mode until dropped.
 struct RawMode {
@@ -55,15 +58,29 @@ fn term_size() -> Option<PtySize> {
 
 /// Runs a command over the stream; returns its exit code. With `pty`, the local terminal is put in
 /// raw mode and its size follows the window.
-pub async fn run(client: &ApiClient, id: &str, start: ExecStreamStart, forward_stdin: bool) -> anyhow::Result<i32> {
+pub async fn run(
+    client: &ApiClient,
+    id: &str,
+    start: ExecStreamStart,
+    forward_stdin: bool,
+) -> anyhow::Result<i32> {
     let token = client.token().context("not logged in")?;
-    let url = format!("{}/v1/sandboxes/{id}/exec/stream", client.base().replacen("http", "ws", 1));
+    let url = format!(
+        "{}/v1/sandboxes/{id}/exec/stream",
+        client.base().replacen("http", "ws", 1)
+    );
     let mut req = url.into_client_request().context("server URL")?;
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
     let (ws, _) = match tokio_tungstenite::connect_async(req).await {
         Ok(ok) => ok,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().to_string();
+            let body = resp
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .to_string();
             let msg = serde_json::from_str::<crate::proto::api::ErrorBody>(&body)
                 .map(|b| format!("{} ({})", b.error.message, b.error.code))
                 .unwrap_or(body);
@@ -73,7 +90,10 @@ pub async fn run(client: &ApiClient, id: &str, start: ExecStreamStart, forward_s
     };
     let (mut tx, mut rx) = ws.split();
     let pty = start.pty.is_some();
-    tx.send(Message::Text(serde_json::to_string(&ExecClientMessage::Start(start))?.into())).await?;
+    tx.send(Message::Text(
+        serde_json::to_string(&ExecClientMessage::Start(start))?.into(),
+    ))
+    .await?;
     let _raw = if pty { RawMode::enable() } else { None };
 
     let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Message>(16);
@@ -85,7 +105,8 @@ pub async fn run(client: &ApiClient, id: &str, start: ExecStreamStart, forward_s
             loop {
                 match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        let eof = serde_json::to_string(&ExecClientMessage::Eof).unwrap_or_default();
+                        let eof =
+                            serde_json::to_string(&ExecClientMessage::Eof).unwrap_or_default();
                         let _ = in_tx.send(Message::Text(eof.into())).await;
                         break;
                     }
@@ -107,10 +128,18 @@ pub async fn run(client: &ApiClient, id: &str, start: ExecStreamStart, forward_s
     if pty {
         let in_tx = in_tx.clone();
         tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
             while winch.recv().await.is_some() {
                 if let Some(sz) = term_size() {
-                    let m = serde_json::to_string(&ExecClientMessage::Resize { rows: sz.rows, cols: sz.cols }).unwrap_or_default();
+                    let m = serde_json::to_string(&ExecClientMessage::Resize {
+                        rows: sz.rows,
+                        cols: sz.cols,
+                    })
+                    .unwrap_or_default();
                     if in_tx.send(Message::Text(m.into())).await.is_err() {
                         break;
                     }
@@ -122,7 +151,10 @@ pub async fn run(client: &ApiClient, id: &str, start: ExecStreamStart, forward_s
         let in_tx = in_tx.clone();
         tokio::spawn(async move {
             while tokio::signal::ctrl_c().await.is_ok() {
-                let m = serde_json::to_string(&ExecClientMessage::Signal { signal: libc::SIGINT }).unwrap_or_default();
+                let m = serde_json::to_string(&ExecClientMessage::Signal {
+                    signal: libc::SIGINT,
+                })
+                .unwrap_or_default();
                 if in_tx.send(Message::Text(m.into())).await.is_err() {
                     break;
                 }
@@ -143,21 +175,23 @@ pub async fn run(client: &ApiClient, id: &str, start: ExecStreamStart, forward_s
     let mut code = None;
     while let Some(m) = rx.next().await {
         match m.context("the exec stream broke")? {
-            Message::Binary(b) if !b.is_empty() => {
-                match b[0] {
-                    STREAM_STDOUT => {
-                        out.write_all(&b[1..])?;
-                        out.flush()?;
-                    }
-                    STREAM_STDERR => {
-                        err.write_all(&b[1..])?;
-                        err.flush()?;
-                    }
-                    _ => {}
+            Message::Binary(b) if !b.is_empty() => match b[0] {
+                STREAM_STDOUT => {
+                    out.write_all(&b[1..])?;
+                    out.flush()?;
                 }
-            }
+                STREAM_STDERR => {
+                    err.write_all(&b[1..])?;
+                    err.flush()?;
+                }
+                _ => {}
+            },
             Message::Text(t) => match serde_json::from_str::<ExecServerMessage>(&t) {
-                Ok(ExecServerMessage::Exit { exit_code, timed_out, .. }) => {
+                Ok(ExecServerMessage::Exit {
+                    exit_code,
+                    timed_out,
+                    ..
+                }) => {
                     if timed_out {
                         eprintln!("\r\nsandboxctl: the command timed out");
                     }
@@ -181,7 +215,10 @@ pub fn shell_start() -> anyhow::Result<ExecStreamStart> {
         bail!("`sandbox shell` needs a terminal; use `sandbox exec ID -- sh` for pipes");
     }
     let mut env = std::collections::BTreeMap::new();
-    env.insert("TERM".to_string(), std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into()));
+    env.insert(
+        "TERM".to_string(),
+        std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into()),
+    );
     Ok(ExecStreamStart {
         cmd: "/bin/sh".into(),
         args: vec!["-l".into()],

@@ -242,9 +242,14 @@ pub struct ExecStreamStart {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecClientMessage {
     Start(ExecStreamStart),
-    Resize { rows: u16, cols: u16 },
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
     /// A signal number (2 = SIGINT, 15 = SIGTERM, 9 = SIGKILL, …) for the process group.
-    Signal { signal: i32 },
+    Signal {
+        signal: i32,
+    },
     /// Close stdin.
     Eof,
 }
@@ -266,7 +271,10 @@ pub enum ExecServerMessage {
         timed_out: bool,
         duration_ms: u64,
     },
-    Error { code: String, message: String },
+    Error {
+        code: String,
+        message: String,
+    },
 }
 
 pub const STREAM_STDIN: u8 = 0;

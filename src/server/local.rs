@@ -48,9 +48,15 @@ pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> a
                 )
             })
             .await?;
-        register::register(&state.settings.public_url, &token, &agent_dir, &cfg.listen, &cfg.listen)
-            .await
-            .context("registering the local agent")?;
+        register::register(
+            &state.settings.public_url,
+            &token,
+            &agent_dir,
+            &cfg.listen,
+            &cfg.listen,
+        )
+        .await
+        .context("registering the local agent")?;
         println!("local agent registered (listening on {})", cfg.listen);
     }
     println!("starting the local agent (the first start builds the guest image: a few seconds)");
@@ -73,7 +79,10 @@ async fn ensure_admin(state: &AppState, data_dir: &Path, email: &str) -> anyhow:
     let n = state.db.call(|c| users::count(c)).await?;
     let url = &state.settings.public_url;
     if n == 0 {
-        let password = crypto::random_token("").chars().take(20).collect::<String>();
+        let password = crypto::random_token("")
+            .chars()
+            .take(20)
+            .collect::<String>();
         crate::agent::credentials::write_private_atomic(&pw_file, password.as_bytes())?;
         let pw = password.clone();
         let hash = tokio::task::spawn_blocking(move || crypto::hash_password(&pw)).await??;
@@ -82,7 +91,10 @@ async fn ensure_admin(state: &AppState, data_dir: &Path, email: &str) -> anyhow:
             .db
             .call(move |c| users::create_with_team(c, &em, "Admin", Some(&hash)))
             .await?;
-        println!("created the platform admin {email}; its password is in {}", pw_file.display());
+        println!(
+            "created the platform admin {email}; its password is in {}",
+            pw_file.display()
+        );
     }
     if pw_file.exists() {
         println!(

@@ -54,7 +54,8 @@ pub struct AppState {
 impl AppState {
     /// Opens the database and keys in `data_dir` (creating both on first start).
     pub fn open(data_dir: &Path, settings: Settings) -> anyhow::Result<AppState> {
-        std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         restrict_dir(data_dir);
         let db = Db::open(&data_dir.join("sandboxctl.db")).context("opening the database")?;
         let keys = ServerKeys::load(data_dir)?;
@@ -85,10 +86,18 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` completes; starts the host monitor.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let monitor = tokio::spawn(monitor::HostMonitor::run(state.clone()));
-    let result = axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     monitor.abort();
     result.context("serving HTTP")
 }
@@ -106,11 +115,17 @@ pub struct ServerConfig {
 }
 
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (is another server running? try --listen 127.0.0.1:0)", cfg.listen))?;
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (is another server running? try --listen 127.0.0.1:0)",
+            cfg.listen
+        )
+    })?;
     let addr = listener.local_addr()?;
-    let public_url = cfg.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let public_url = cfg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let state = AppState::open(
         &cfg.data_dir,
         Settings {

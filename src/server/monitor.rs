@@ -32,12 +32,17 @@ pub fn reconcile(live: &[SandboxRow], agent: &HashMap<String, VmState>) -> Recon
         let next = match (s.status, on_agent) {
             // A create is in flight; its handler records the outcome.
             (SandboxStatus::Starting | SandboxStatus::Pending, _) => None,
-            (SandboxStatus::Missing, Some(VmState::Running | VmState::Starting)) => Some(SandboxStatus::Running),
-            (SandboxStatus::Missing | SandboxStatus::Running, Some(VmState::Paused)) => Some(SandboxStatus::Paused),
-            (SandboxStatus::Paused, Some(VmState::Running)) => Some(SandboxStatus::Running),
-            (SandboxStatus::Missing | SandboxStatus::Running | SandboxStatus::Paused, None | Some(VmState::Stopped)) => {
-                Some(SandboxStatus::Stopped)
+            (SandboxStatus::Missing, Some(VmState::Running | VmState::Starting)) => {
+                Some(SandboxStatus::Running)
             }
+            (SandboxStatus::Missing | SandboxStatus::Running, Some(VmState::Paused)) => {
+                Some(SandboxStatus::Paused)
+            }
+            (SandboxStatus::Paused, Some(VmState::Running)) => Some(SandboxStatus::Running),
+            (
+                SandboxStatus::Missing | SandboxStatus::Running | SandboxStatus::Paused,
+                None | Some(VmState::Stopped),
+            ) => Some(SandboxStatus::Stopped),
             _ => None,
         };
         if let Some(n) = next
@@ -73,24 +78,40 @@ impl HostMonitor {
 
     /// One pass: the passive staleness check, then reconciliation with every online host (in the
     /// background, skipping hosts whose previous reconciliation is still running).
-    pub async fn tick(state: &AppState, in_flight: &Arc<Mutex<HashSet<String>>>) -> anyhow::Result<()> {
+    pub async fn tick(
+        state: &AppState,
+        in_flight: &Arc<Mutex<HashSet<String>>>,
+    ) -> anyhow::Result<()> {
         let stale = state.settings.host_stale_after.max(Duration::from_secs(1));
         let cutoff = now() - i64::try_from(stale.as_secs()).unwrap_or(i64::MAX);
         let changed = state.db.call(move |c| hosts::mark_stale(c, cutoff)).await?;
         for h in changed {
             tracing::warn!(host = %h, "host missed its heartbeats: unreachable, its sandboxes missing");
         }
-        if in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert("timeouts".into()) {
+        if in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert("timeouts".into())
+        {
             let (st, flight) = (state.clone(), in_flight.clone());
             tokio::spawn(async move {
                 Self::enforce_timeouts(&st).await;
-                flight.lock().unwrap_or_else(|p| p.into_inner()).remove("timeouts");
+                flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove("timeouts");
             });
         }
         let online = state.db.call(hosts::schedulable_or_draining).await?;
         for h in online {
-            let Some(addr) = h.address.clone() else { continue };
-            if !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(h.id.clone()) {
+            let Some(addr) = h.address.clone() else {
+                continue;
+            };
+            if !in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(h.id.clone())
+            {
                 continue;
             }
             let (st, flight) = (state.clone(), in_flight.clone());
@@ -98,7 +119,10 @@ impl HostMonitor {
                 if let Err(e) = Self::reconcile_host(&st, &h.id, &addr).await {
                     tracing::warn!(host = %h.id, error = %e, "reconciliation failed");
                 }
-                flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&h.id);
+                flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&h.id);
             });
         }
         Ok(())
@@ -120,7 +144,15 @@ impl HostMonitor {
                         let sid = s.id.clone();
                         state
                             .db
-                            .call(move |c| sandboxes::transition(c, &sid, SandboxStatus::Stopped, Some("idle timeout")).map(|_| ()))
+                            .call(move |c| {
+                                sandboxes::transition(
+                                    c,
+                                    &sid,
+                                    SandboxStatus::Stopped,
+                                    Some("idle timeout"),
+                                )
+                                .map(|_| ())
+                            })
                             .await
                             .map_err(Into::into)
                     }
@@ -131,7 +163,9 @@ impl HostMonitor {
             };
             match result {
                 Ok(()) => tracing::info!(sandbox = %s.id, action = %s.on_timeout, "idle timeout"),
-                Err(e) => tracing::warn!(sandbox = %s.id, error = %e, "idle timeout could not {}", s.on_timeout),
+                Err(e) => {
+                    tracing::warn!(sandbox = %s.id, error = %e, "idle timeout could not {}", s.on_timeout)
+                }
             }
         }
     }
@@ -141,7 +175,10 @@ impl HostMonitor {
         let vms = tokio::time::timeout(Duration::from_secs(10), client.list_vms()).await??;
         let agent: HashMap<String, VmState> = vms.into_iter().map(|v| (v.id, v.state)).collect();
         let hid = host_id.to_string();
-        let live = state.db.call(move |c| sandboxes::live_on_host(c, &hid)).await?;
+        let live = state
+            .db
+            .call(move |c| sandboxes::live_on_host(c, &hid))
+            .await?;
         let plan = reconcile(&live, &agent);
         if !plan.changes.is_empty() {
             let changes = plan.changes.clone();
@@ -165,7 +202,8 @@ impl HostMonitor {
             // Re-check: a sandbox created since the listing is not an orphan.
             let sid = id.clone();
             let row = state.db.call(move |c| sandboxes::get_any(c, &sid)).await?;
-            if row.is_some_and(|r| !r.status.is_terminal() && r.host_id.as_deref() == Some(host_id)) {
+            if row.is_some_and(|r| !r.status.is_terminal() && r.host_id.as_deref() == Some(host_id))
+            {
                 continue;
             }
             tracing::warn!(host = %host_id, vm = %id, "destroying an orphan VM");

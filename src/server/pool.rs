@@ -8,7 +8,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::proto::agent::{
-    BuildTemplateRequest, CreateVmRequest, SnapshotVmRequest, TemplateInfo, TemplateListResponse, VmInfo, VmListResponse,
+    BuildTemplateRequest, CreateVmRequest, SnapshotVmRequest, TemplateInfo, TemplateListResponse,
+    VmInfo, VmListResponse,
 };
 use crate::proto::api::{ErrorBody, ExecRequest, ExecResponse};
 use crate::server::auth::TokenKeys;
@@ -59,7 +60,10 @@ impl AgentClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
         let status = resp.status();
         if status == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
@@ -95,14 +99,24 @@ impl AgentClient {
 
     pub async fn create_vm(&self, req: &CreateVmRequest) -> Result<VmInfo, AgentError> {
         let r = self
-            .call(reqwest::Method::POST, "/v1/vms", Some(req), Duration::from_secs(300))
+            .call(
+                reqwest::Method::POST,
+                "/v1/vms",
+                Some(req),
+                Duration::from_secs(300),
+            )
             .await?;
         Self::expect(r)
     }
 
     pub async fn list_vms(&self) -> Result<Vec<VmInfo>, AgentError> {
         let r: Option<VmListResponse> = self
-            .call::<(), _>(reqwest::Method::GET, "/v1/vms", None, Duration::from_secs(15))
+            .call::<(), _>(
+                reqwest::Method::GET,
+                "/v1/vms",
+                None,
+                Duration::from_secs(15),
+            )
             .await?;
         Ok(Self::expect(r)?.vms)
     }
@@ -120,42 +134,79 @@ impl AgentClient {
 
     pub async fn pause_vm(&self, id: &str) -> Result<VmInfo, AgentError> {
         let r = self
-            .call::<(), _>(reqwest::Method::POST, &format!("/v1/vms/{id}/pause"), None, Duration::from_secs(120))
+            .call::<(), _>(
+                reqwest::Method::POST,
+                &format!("/v1/vms/{id}/pause"),
+                None,
+                Duration::from_secs(120),
+            )
             .await?;
         Self::expect(r)
     }
 
     pub async fn resume_vm(&self, id: &str) -> Result<VmInfo, AgentError> {
         let r = self
-            .call::<(), _>(reqwest::Method::POST, &format!("/v1/vms/{id}/resume"), None, Duration::from_secs(120))
+            .call::<(), _>(
+                reqwest::Method::POST,
+                &format!("/v1/vms/{id}/resume"),
+                None,
+                Duration::from_secs(120),
+            )
             .await?;
         Self::expect(r)
     }
 
-    pub async fn snapshot_vm(&self, id: &str, req: &SnapshotVmRequest) -> Result<TemplateInfo, AgentError> {
+    pub async fn snapshot_vm(
+        &self,
+        id: &str,
+        req: &SnapshotVmRequest,
+    ) -> Result<TemplateInfo, AgentError> {
         let r = self
-            .call(reqwest::Method::POST, &format!("/v1/vms/{id}/snapshot"), Some(req), Duration::from_secs(300))
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/vms/{id}/snapshot"),
+                Some(req),
+                Duration::from_secs(300),
+            )
             .await?;
         Self::expect(r)
     }
 
     pub async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentError> {
         let r: Option<TemplateListResponse> = self
-            .call::<(), _>(reqwest::Method::GET, "/v1/templates", None, Duration::from_secs(15))
+            .call::<(), _>(
+                reqwest::Method::GET,
+                "/v1/templates",
+                None,
+                Duration::from_secs(15),
+            )
             .await?;
         Ok(Self::expect(r)?.templates)
     }
 
-    pub async fn build_template(&self, req: &BuildTemplateRequest) -> Result<TemplateInfo, AgentError> {
+    pub async fn build_template(
+        &self,
+        req: &BuildTemplateRequest,
+    ) -> Result<TemplateInfo, AgentError> {
         let r = self
-            .call(reqwest::Method::POST, "/v1/templates", Some(req), Duration::from_secs(30))
+            .call(
+                reqwest::Method::POST,
+                "/v1/templates",
+                Some(req),
+                Duration::from_secs(30),
+            )
             .await?;
         Self::expect(r)
     }
 
     pub async fn delete_template(&self, name: &str) -> Result<(), AgentError> {
-        self.call::<(), serde_json::Value>(reqwest::Method::DELETE, &format!("/v1/templates/{name}"), None, Duration::from_secs(60))
-            .await?;
+        self.call::<(), serde_json::Value>(
+            reqwest::Method::DELETE,
+            &format!("/v1/templates/{name}"),
+            None,
+            Duration::from_secs(60),
+        )
+        .await?;
         Ok(())
     }
 
@@ -180,9 +231,14 @@ impl AgentClient {
             req = req.timeout(t);
         }
         if let Some(b) = body {
-            req = req.header(reqwest::header::CONTENT_TYPE, "application/octet-stream").body(b);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(b);
         }
-        let resp = req.send().await.map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -190,7 +246,11 @@ impl AgentClient {
         let bytes = resp.bytes().await.unwrap_or_default();
         let (code, message, field) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) => (b.error.code, b.error.message, b.error.field),
-            Err(_) => ("agent_error".into(), String::from_utf8_lossy(&bytes).chars().take(300).collect(), None),
+            Err(_) => (
+                "agent_error".into(),
+                String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                None,
+            ),
         };
         Err(AgentError::Remote {
             status,
@@ -213,7 +273,12 @@ impl AgentClient {
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
         let limit = Duration::from_secs(req.timeout_sec.unwrap_or(60) + 30);
         let r = self
-            .call(reqwest::Method::POST, &format!("/v1/vms/{id}/exec"), Some(req), limit)
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/vms/{id}/exec"),
+                Some(req),
+                limit,
+            )
             .await?;
         Self::expect(r)
     }

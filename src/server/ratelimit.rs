@@ -35,7 +35,8 @@ impl RateLimiter {
         let per_sec = 1.0 / self.limit.refill.as_secs_f64().max(0.001);
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, at) = buckets.get(key)?;
-        let tokens = (tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(f64::from(self.limit.capacity));
+        let tokens = (tokens + now.duration_since(*at).as_secs_f64() * per_sec)
+            .min(f64::from(self.limit.capacity));
         (tokens < 1.0).then(|| ((1.0 - tokens) / per_sec).ceil().max(1.0) as u64)
     }
 
@@ -45,7 +46,9 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > 100_000 {
             // Drop full buckets so memory stays bounded under a flood of distinct keys.
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * per_sec < cap);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_sec < cap
+            });
         }
         let (tokens, at) = buckets.entry(key.to_string()).or_insert((cap, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(cap);

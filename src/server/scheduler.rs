@@ -36,11 +36,16 @@ pub trait Scheduler: Send + Sync {
 }
 
 /// The hosts that may take the request, in a stable order.
-pub fn eligible<'a>(hosts: &'a [Candidate], req: &PlacementRequest) -> Result<Vec<&'a Candidate>, String> {
+pub fn eligible<'a>(
+    hosts: &'a [Candidate],
+    req: &PlacementRequest,
+) -> Result<Vec<&'a Candidate>, String> {
     if hosts.is_empty() {
         return Err("no host is online".into());
     }
-    let team_owns_byoc = hosts.iter().any(|h| h.team_id.as_deref() == Some(req.team_id.as_str()));
+    let team_owns_byoc = hosts
+        .iter()
+        .any(|h| h.team_id.as_deref() == Some(req.team_id.as_str()));
     let mut visible: Vec<&Candidate> = hosts
         .iter()
         .filter(|h| match &h.team_id {
@@ -52,7 +57,9 @@ pub fn eligible<'a>(hosts: &'a [Candidate], req: &PlacementRequest) -> Result<Ve
     if let Some(pin) = &req.pinned_host {
         visible.retain(|h| &h.host_id == pin);
         if visible.is_empty() {
-            return Err(format!("the template lives on host {pin}, which is not online for this team"));
+            return Err(format!(
+                "the template lives on host {pin}, which is not online for this team"
+            ));
         }
     }
     if visible.is_empty() {
@@ -125,7 +132,9 @@ mod tests {
     fn round_robin_spreads() {
         let s = RoundRobinScheduler::default();
         let hosts = [host("a", None), host("b", None), host("c", None)];
-        let picks: Vec<String> = (0..6).map(|_| s.place(&hosts, &req("t")).unwrap()).collect();
+        let picks: Vec<String> = (0..6)
+            .map(|_| s.place(&hosts, &req("t")).unwrap())
+            .collect();
         assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
     }
 

@@ -14,72 +14,179 @@ async fn team_rules_and_soft_deleted_teams() {
     assert_eq!(team.role, "owner");
 
     // Add by email (case-insensitive); members are listed with Name and Email apart.
-    owner.add_member(&team.id, "MEMBER@example.com", "member").await.unwrap();
-    let e = owner.add_member(&team.id, "member@example.com", "member").await.unwrap_err();
+    owner
+        .add_member(&team.id, "MEMBER@example.com", "member")
+        .await
+        .unwrap();
+    let e = owner
+        .add_member(&team.id, "member@example.com", "member")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some("already_member"));
-    let e = owner.add_member(&team.id, "nobody@example.com", "member").await.unwrap_err();
+    let e = owner
+        .add_member(&team.id, "nobody@example.com", "member")
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(404));
-    let e = owner.add_member(&team.id, "member@example.com", "owner").await.unwrap_err();
+    let e = owner
+        .add_member(&team.id, "member@example.com", "owner")
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(400));
     let detail = owner.get_team(&team.id).await.unwrap();
-    let names: Vec<(&str, &str, &str)> = detail.members.iter().map(|x| (x.name.as_str(), x.email.as_str(), x.role.as_str())).collect();
-    assert_eq!(names, [("Olive Owner", "owner@example.com", "owner"), ("Mo Member", "member@example.com", "member")]);
+    let names: Vec<(&str, &str, &str)> = detail
+        .members
+        .iter()
+        .map(|x| (x.name.as_str(), x.email.as_str(), x.role.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("Olive Owner", "owner@example.com", "owner"),
+            ("Mo Member", "member@example.com", "member")
+        ]
+    );
 
     // The owner cannot be removed, demoted, or leave.
     for e in [
         owner.remove_member(&team.id, &o.user_id).await.unwrap_err(),
-        owner.set_role(&team.id, &o.user_id, "member").await.unwrap_err(),
+        owner
+            .set_role(&team.id, &o.user_id, "member")
+            .await
+            .unwrap_err(),
         owner.leave_team(&team.id).await.unwrap_err(),
     ] {
         assert_eq!(e.code(), Some("owner_is_fixed"), "{e}");
     }
     // A member cannot manage; promoted to admin they can (but still not the owner).
-    let e = member.add_member(&team.id, "root@example.com", "member").await.unwrap_err();
+    let e = member
+        .add_member(&team.id, "root@example.com", "member")
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(403));
     owner.set_role(&team.id, &m.user_id, "admin").await.unwrap();
-    member.rename_team(&team.id, "Shared and renamed").await.unwrap();
-    assert_eq!(member.remove_member(&team.id, &o.user_id).await.unwrap_err().code(), Some("owner_is_fixed"));
+    member
+        .rename_team(&team.id, "Shared and renamed")
+        .await
+        .unwrap();
+    assert_eq!(
+        member
+            .remove_member(&team.id, &o.user_id)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("owner_is_fixed")
+    );
     let e = member.delete_team(&team.id).await.unwrap_err();
     assert_eq!(e.status(), Some(403));
 
     // User search finds team mates by prefix and strangers only by exact email.
     let found = member.search_users("own").await.unwrap();
-    assert_eq!(found.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(), ["owner@example.com"]);
-    assert!(member.search_users("roo").await.unwrap().is_empty(), "strangers are not listed");
-    assert_eq!(member.search_users("root@example.com").await.unwrap().len(), 1);
-    assert_eq!(member.search_users("%%%").await.unwrap_err().status(), Some(400));
+    assert_eq!(
+        found.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(),
+        ["owner@example.com"]
+    );
+    assert!(
+        member.search_users("roo").await.unwrap().is_empty(),
+        "strangers are not listed"
+    );
+    assert_eq!(
+        member.search_users("root@example.com").await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        member.search_users("%%%").await.unwrap_err().status(),
+        Some(400)
+    );
 
     // The member's own team goes away: login falls back to the shared team.
-    member.delete_team(m.team_id.as_deref().unwrap()).await.unwrap();
-    let l = s.anon().login("member@example.com", "correct horse battery").await.unwrap();
+    member
+        .delete_team(m.team_id.as_deref().unwrap())
+        .await
+        .unwrap();
+    let l = s
+        .anon()
+        .login("member@example.com", "correct horse battery")
+        .await
+        .unwrap();
     assert_eq!(l.team_id.as_deref(), Some(team.id.as_str()));
     let teams = s.anon().with_token(&l.token).list_teams().await.unwrap();
-    assert_eq!(teams.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), [team.id.as_str()], "deleted teams are not listed");
+    assert_eq!(
+        teams.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        [team.id.as_str()],
+        "deleted teams are not listed"
+    );
     // Switching to a deleted team is refused; switching re-reads the name from the database.
-    let e = s.anon().with_token(&l.token).switch_team(m.team_id.as_deref().unwrap()).await.unwrap_err();
+    let e = s
+        .anon()
+        .with_token(&l.token)
+        .switch_team(m.team_id.as_deref().unwrap())
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(404));
-    s.sqlite().execute("UPDATE users SET name = 'Mo Renamed' WHERE id = ?1", [&m.user_id]).unwrap();
-    let sw = s.anon().with_token(&l.token).switch_team(&team.id).await.unwrap();
+    s.sqlite()
+        .execute(
+            "UPDATE users SET name = 'Mo Renamed' WHERE id = ?1",
+            [&m.user_id],
+        )
+        .unwrap();
+    let sw = s
+        .anon()
+        .with_token(&l.token)
+        .switch_team(&team.id)
+        .await
+        .unwrap();
     assert_eq!(sw.name, "Mo Renamed");
     // No BYOC host for a deleted team.
-    let (st, v) = raw(Method::POST, &format!("{}/v1/hosts", s.url), Some(&sw.token), Some(&format!(r#"{{"type":"byoc","team_id":"{}"}}"#, m.team_id.unwrap()))).await;
+    let (st, v) = raw(
+        Method::POST,
+        &format!("{}/v1/hosts", s.url),
+        Some(&sw.token),
+        Some(&format!(
+            r#"{{"type":"byoc","team_id":"{}"}}"#,
+            m.team_id.unwrap()
+        )),
+    )
+    .await;
     assert_eq!(st, 404, "{v}");
 
     // Deleting the shared team leaves the member with no team: login works, sandboxes say why not.
     owner.delete_team(&team.id).await.unwrap();
-    let l = s.anon().login("member@example.com", "correct horse battery").await.unwrap();
+    let l = s
+        .anon()
+        .login("member@example.com", "correct horse battery")
+        .await
+        .unwrap();
     assert_eq!(l.team_id, None);
-    let (st, v) = raw(Method::POST, &format!("{}/v1/sandboxes", s.url), Some(&l.token), Some("{}")).await;
+    let (st, v) = raw(
+        Method::POST,
+        &format!("{}/v1/sandboxes", s.url),
+        Some(&l.token),
+        Some("{}"),
+    )
+    .await;
     assert_eq!((st, code(&v)), (403, "no_team"), "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("team"));
 
     // The trail.
     let actions: Vec<String> = {
         let db = s.sqlite();
-        let mut st = db.prepare("SELECT action FROM audit_events ORDER BY id").unwrap();
-        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        let mut st = db
+            .prepare("SELECT action FROM audit_events ORDER BY id")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     };
-    for a in ["user.signup", "team.create", "team.member_add", "team.member_role", "team.rename", "team.delete"] {
+    for a in [
+        "user.signup",
+        "team.create",
+        "team.member_add",
+        "team.member_role",
+        "team.rename",
+        "team.delete",
+    ] {
         assert!(actions.iter().any(|x| x == a), "no {a} in {actions:?}");
     }
 }
@@ -90,7 +197,14 @@ async fn concurrent_signups_with_one_email_have_one_winner() {
     let mut tasks = Vec::new();
     for i in 0..6 {
         let c = s.anon();
-        tasks.push(tokio::spawn(async move { c.signup("race@example.com", "correct horse battery", &format!("R{i}")).await }));
+        tasks.push(tokio::spawn(async move {
+            c.signup(
+                "race@example.com",
+                "correct horse battery",
+                &format!("R{i}"),
+            )
+            .await
+        }));
     }
     let mut ok = 0;
     for t in tasks {
@@ -100,7 +214,10 @@ async fn concurrent_signups_with_one_email_have_one_winner() {
         }
     }
     assert_eq!(ok, 1);
-    let n: i64 = s.sqlite().query_row("SELECT count(*) FROM teams", [], |r| r.get(0)).unwrap();
+    let n: i64 = s
+        .sqlite()
+        .query_row("SELECT count(*) FROM teams", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 1, "losers left no team behind");
 }
 
@@ -118,16 +235,33 @@ async fn failed_logins_are_rate_limited_per_account() {
             .await
             .unwrap();
         if resp.status() == 429 {
-            limited = Some(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string));
+            limited = Some(
+                resp.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            );
             break;
         }
         assert_eq!(resp.status(), 401);
     }
-    let retry_after = limited.expect("the 11th failure is limited").expect("Retry-After header");
+    let retry_after = limited
+        .expect("the 11th failure is limited")
+        .expect("Retry-After header");
     assert!(retry_after.parse::<u64>().unwrap() >= 1);
-    let n: i64 = s.sqlite().query_row("SELECT count(*) FROM audit_events WHERE action = 'user.login_failed'", [], |r| r.get(0)).unwrap();
+    let n: i64 = s
+        .sqlite()
+        .query_row(
+            "SELECT count(*) FROM audit_events WHERE action = 'user.login_failed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(n, 10);
     // Another account is not affected.
     s.signup("bystander@example.com", "Bystander").await;
-    s.anon().login("bystander@example.com", "correct horse battery").await.unwrap();
+    s.anon()
+        .login("bystander@example.com", "correct horse battery")
+        .await
+        .unwrap();
 }

@@ -10,7 +10,17 @@ use sandboxctl::proto::api::CreateHostRequest;
 use crate::common::{TestServer, raw};
 
 /// Callers, in the order each row lists its statuses.
-const ROLES: [&str; 9] = ["none", "expired", "host", "apikey", "other_team", "platform_admin", "member", "admin", "owner"];
+const ROLES: [&str; 9] = [
+    "none",
+    "expired",
+    "host",
+    "apikey",
+    "other_team",
+    "platform_admin",
+    "member",
+    "admin",
+    "owner",
+];
 
 struct Row {
     method: Method,
@@ -23,7 +33,13 @@ struct Row {
     expect: [u16; 9],
 }
 
-fn r(method: Method, route: &'static str, path: &'static str, body: Option<&'static str>, expect: [u16; 9]) -> Row {
+fn r(
+    method: Method,
+    route: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+    expect: [u16; 9],
+) -> Row {
     Row {
         method,
         route,
@@ -37,59 +53,377 @@ fn rows() -> Vec<Row> {
     use Method as M;
     //            none exp  host key  other padm memb admn ownr
     vec![
-        r(M::GET, "/healthz", "/healthz", None, [200, 200, 200, 200, 200, 200, 200, 200, 200]),
-        r(M::POST, "/v1/auth/signup", "/v1/auth/signup", Some("{}"), [400; 9]),
-        r(M::POST, "/v1/auth/login", "/v1/auth/login", Some("{}"), [400; 9]),
-        r(M::GET, "/v1/auth/providers", "/v1/auth/providers", None, [200; 9]),
-        r(M::GET, "/v1/auth/github/start", "/v1/auth/github/start", None, [404; 9]),
-        r(M::GET, "/v1/auth/github/callback", "/v1/auth/github/callback?code=x&state=y", None, [404; 9]),
-        r(M::POST, "/v1/auth/switch-team", "/v1/auth/switch-team", Some(r#"{"team_id":"{T}"}"#), [401, 401, 401, 403, 404, 404, 200, 200, 200]),
-        r(M::GET, "/v1/me", "/v1/me", None, [401, 401, 401, 403, 200, 200, 200, 200, 200]),
-        r(M::GET, "/v1/users/search", "/v1/users/search?q=example", None, [401, 401, 401, 403, 200, 200, 200, 200, 200]),
-        r(M::GET, "/v1/teams", "/v1/teams", None, [401, 401, 401, 403, 200, 200, 200, 200, 200]),
-        r(M::POST, "/v1/teams", "/v1/teams", Some(r#"{"name":"new team"}"#), [401, 401, 401, 403, 201, 201, 201, 201, 201]),
-        r(M::GET, "/v1/teams/{id}", "/v1/teams/{T}", None, [401, 401, 401, 403, 404, 404, 200, 200, 200]),
-        r(M::PATCH, "/v1/teams/{id}", "/v1/teams/{T}", Some(r#"{"name":"renamed"}"#), [401, 401, 401, 403, 404, 404, 403, 200, 200]),
-        r(M::DELETE, "/v1/teams/{id}", "/v1/teams/{fresh_team}", None, [401, 401, 401, 403, 404, 404, 403, 403, 204]),
-        r(M::POST, "/v1/teams/{id}/members", "/v1/teams/{T}/members", Some(r#"{"email":"{fresh_user_email}"}"#), [401, 401, 401, 403, 404, 404, 403, 201, 201]),
-        r(M::PATCH, "/v1/teams/{id}/members/{user_id}", "/v1/teams/{T}/members/{fresh_member}", Some(r#"{"role":"admin"}"#), [401, 401, 401, 403, 404, 404, 403, 200, 200]),
-        r(M::DELETE, "/v1/teams/{id}/members/{user_id}", "/v1/teams/{T}/members/{fresh_member}", None, [401, 401, 401, 403, 404, 404, 403, 204, 204]),
-        r(M::POST, "/v1/teams/{id}/leave", "/v1/teams/{fresh_team}/leave", None, [401, 401, 401, 403, 404, 404, 204, 204, 409]),
-        r(M::POST, "/v1/api-keys", "/v1/api-keys", Some(r#"{"name":"k"}"#), [401, 401, 401, 403, 201, 201, 201, 201, 201]),
-        r(M::GET, "/v1/api-keys", "/v1/api-keys", None, [401, 401, 401, 403, 200, 200, 200, 200, 200]),
-        r(M::DELETE, "/v1/api-keys/{id}", "/v1/api-keys/{fresh_key}", None, [401, 401, 401, 403, 404, 404, 204, 204, 204]),
-        r(M::POST, "/v1/hosts", "/v1/hosts", Some(r#"{"type":"regular"}"#), [401, 401, 401, 403, 403, 201, 403, 403, 403]),
-        r(M::GET, "/v1/hosts", "/v1/hosts", None, [401, 401, 401, 403, 200, 200, 200, 200, 200]),
-        r(M::GET, "/v1/hosts/{id}", "/v1/hosts/{fresh_byoc}", None, [401, 401, 401, 403, 404, 200, 404, 200, 200]),
-        r(M::DELETE, "/v1/hosts/{id}", "/v1/hosts/{fresh_byoc}", None, [401, 401, 401, 403, 404, 204, 404, 204, 204]),
-        r(M::GET, "/v1/hosts/{id}/delete-preview", "/v1/hosts/{fresh_byoc}/delete-preview", None, [401, 401, 401, 403, 404, 200, 404, 200, 200]),
-        r(M::POST, "/v1/hosts/{id}/token", "/v1/hosts/{fresh_byoc}/token", None, [401, 401, 401, 403, 404, 200, 404, 200, 200]),
-        r(M::PUT, "/v1/hosts/{id}/tags", "/v1/hosts/{fresh_byoc}/tags", Some(r#"{"tags":["gpu"]}"#), [401, 401, 401, 403, 404, 200, 404, 200, 200]),
-        r(M::POST, "/v1/hosts/{id}/drain", "/v1/hosts/{fresh_byoc}/drain", None, [401, 401, 401, 403, 404, 409, 404, 409, 409]),
-        r(M::POST, "/v1/hosts/register", "/v1/hosts/register", Some("{}"), [400; 9]),
-        r(M::POST, "/v1/hosts/auth/refresh", "/v1/hosts/auth/refresh", Some(r#"{"refresh_token":"hrf_nope"}"#), [401; 9]),
-        r(M::POST, "/v1/hosts/{id}/heartbeat", "/v1/hosts/{H}/heartbeat", Some(HEARTBEAT), [401, 401, 200, 401, 401, 401, 401, 401, 401]),
-        r(M::POST, "/v1/sandboxes", "/v1/sandboxes", Some("{}"), [401, 401, 401, 503, 503, 503, 503, 503, 503]),
-        r(M::GET, "/v1/sandboxes", "/v1/sandboxes", None, [401, 401, 401, 200, 200, 200, 200, 200, 200]),
-        r(M::GET, "/v1/sandboxes/{id}", "/v1/sandboxes/{sbx}", None, [401, 401, 401, 200, 404, 404, 200, 200, 200]),
-        r(M::DELETE, "/v1/sandboxes/{id}", "/v1/sandboxes/{sbx}", None, [401, 401, 401, 204, 404, 404, 204, 204, 204]),
-        r(M::POST, "/v1/sandboxes/{id}/exec", "/v1/sandboxes/{sbx}/exec", Some(r#"{"cmd":"true"}"#), [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::GET, "/v1/sandboxes/{id}/exec/stream", "/v1/sandboxes/{sbx}/exec/stream", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::POST, "/v1/sandboxes/{id}/pause", "/v1/sandboxes/{sbx}/pause", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::POST, "/v1/sandboxes/{id}/resume", "/v1/sandboxes/{sbx}/resume", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::POST, "/v1/sandboxes/{id}/timeout", "/v1/sandboxes/{sbx}/timeout", Some(r#"{"timeout_sec":60}"#), [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::GET, "/v1/sandboxes/{id}/logs", "/v1/sandboxes/{sbx}/logs", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::GET, "/v1/sandboxes/{id}/files", "/v1/sandboxes/{sbx}/files?path=/etc/hostname", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::PUT, "/v1/sandboxes/{id}/files", "/v1/sandboxes/{sbx}/files?path=/tmp/x", Some("{}"), [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::DELETE, "/v1/sandboxes/{id}/files", "/v1/sandboxes/{sbx}/files?path=/tmp/x", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::GET, "/v1/sandboxes/{id}/files/list", "/v1/sandboxes/{sbx}/files/list?path=/", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::GET, "/v1/sandboxes/{id}/files/stat", "/v1/sandboxes/{sbx}/files/stat?path=/", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::POST, "/v1/sandboxes/{id}/files/mkdir", "/v1/sandboxes/{sbx}/files/mkdir?path=/tmp/d", None, [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::POST, "/v1/snapshots", "/v1/snapshots", Some(r#"{"sandbox_id":"{sbx}","name":"snap"}"#), [401, 401, 401, 409, 404, 404, 409, 409, 409]),
-        r(M::GET, "/v1/templates", "/v1/templates", None, [401, 401, 401, 200, 200, 200, 200, 200, 200]),
-        r(M::POST, "/v1/templates", "/v1/templates", Some(r#"{"name":"debian"}"#), [401, 401, 401, 403, 403, 503, 403, 403, 403]),
-        r(M::DELETE, "/v1/templates/{id}", "/v1/templates/{fresh_tpl}", None, [401, 401, 401, 204, 404, 404, 204, 204, 204]),
-        r(M::GET, "/v1/templates/{id}/build", "/v1/templates/debian/build", None, [401, 401, 401, 403, 403, 200, 403, 403, 403]),
+        r(
+            M::GET,
+            "/healthz",
+            "/healthz",
+            None,
+            [200, 200, 200, 200, 200, 200, 200, 200, 200],
+        ),
+        r(
+            M::POST,
+            "/v1/auth/signup",
+            "/v1/auth/signup",
+            Some("{}"),
+            [400; 9],
+        ),
+        r(
+            M::POST,
+            "/v1/auth/login",
+            "/v1/auth/login",
+            Some("{}"),
+            [400; 9],
+        ),
+        r(
+            M::GET,
+            "/v1/auth/providers",
+            "/v1/auth/providers",
+            None,
+            [200; 9],
+        ),
+        r(
+            M::GET,
+            "/v1/auth/github/start",
+            "/v1/auth/github/start",
+            None,
+            [404; 9],
+        ),
+        r(
+            M::GET,
+            "/v1/auth/github/callback",
+            "/v1/auth/github/callback?code=x&state=y",
+            None,
+            [404; 9],
+        ),
+        r(
+            M::POST,
+            "/v1/auth/switch-team",
+            "/v1/auth/switch-team",
+            Some(r#"{"team_id":"{T}"}"#),
+            [401, 401, 401, 403, 404, 404, 200, 200, 200],
+        ),
+        r(
+            M::GET,
+            "/v1/me",
+            "/v1/me",
+            None,
+            [401, 401, 401, 403, 200, 200, 200, 200, 200],
+        ),
+        r(
+            M::GET,
+            "/v1/users/search",
+            "/v1/users/search?q=example",
+            None,
+            [401, 401, 401, 403, 200, 200, 200, 200, 200],
+        ),
+        r(
+            M::GET,
+            "/v1/teams",
+            "/v1/teams",
+            None,
+            [401, 401, 401, 403, 200, 200, 200, 200, 200],
+        ),
+        r(
+            M::POST,
+            "/v1/teams",
+            "/v1/teams",
+            Some(r#"{"name":"new team"}"#),
+            [401, 401, 401, 403, 201, 201, 201, 201, 201],
+        ),
+        r(
+            M::GET,
+            "/v1/teams/{id}",
+            "/v1/teams/{T}",
+            None,
+            [401, 401, 401, 403, 404, 404, 200, 200, 200],
+        ),
+        r(
+            M::PATCH,
+            "/v1/teams/{id}",
+            "/v1/teams/{T}",
+            Some(r#"{"name":"renamed"}"#),
+            [401, 401, 401, 403, 404, 404, 403, 200, 200],
+        ),
+        r(
+            M::DELETE,
+            "/v1/teams/{id}",
+            "/v1/teams/{fresh_team}",
+            None,
+            [401, 401, 401, 403, 404, 404, 403, 403, 204],
+        ),
+        r(
+            M::POST,
+            "/v1/teams/{id}/members",
+            "/v1/teams/{T}/members",
+            Some(r#"{"email":"{fresh_user_email}"}"#),
+            [401, 401, 401, 403, 404, 404, 403, 201, 201],
+        ),
+        r(
+            M::PATCH,
+            "/v1/teams/{id}/members/{user_id}",
+            "/v1/teams/{T}/members/{fresh_member}",
+            Some(r#"{"role":"admin"}"#),
+            [401, 401, 401, 403, 404, 404, 403, 200, 200],
+        ),
+        r(
+            M::DELETE,
+            "/v1/teams/{id}/members/{user_id}",
+            "/v1/teams/{T}/members/{fresh_member}",
+            None,
+            [401, 401, 401, 403, 404, 404, 403, 204, 204],
+        ),
+        r(
+            M::POST,
+            "/v1/teams/{id}/leave",
+            "/v1/teams/{fresh_team}/leave",
+            None,
+            [401, 401, 401, 403, 404, 404, 204, 204, 409],
+        ),
+        r(
+            M::POST,
+            "/v1/api-keys",
+            "/v1/api-keys",
+            Some(r#"{"name":"k"}"#),
+            [401, 401, 401, 403, 201, 201, 201, 201, 201],
+        ),
+        r(
+            M::GET,
+            "/v1/api-keys",
+            "/v1/api-keys",
+            None,
+            [401, 401, 401, 403, 200, 200, 200, 200, 200],
+        ),
+        r(
+            M::DELETE,
+            "/v1/api-keys/{id}",
+            "/v1/api-keys/{fresh_key}",
+            None,
+            [401, 401, 401, 403, 404, 404, 204, 204, 204],
+        ),
+        r(
+            M::POST,
+            "/v1/hosts",
+            "/v1/hosts",
+            Some(r#"{"type":"regular"}"#),
+            [401, 401, 401, 403, 403, 201, 403, 403, 403],
+        ),
+        r(
+            M::GET,
+            "/v1/hosts",
+            "/v1/hosts",
+            None,
+            [401, 401, 401, 403, 200, 200, 200, 200, 200],
+        ),
+        r(
+            M::GET,
+            "/v1/hosts/{id}",
+            "/v1/hosts/{fresh_byoc}",
+            None,
+            [401, 401, 401, 403, 404, 200, 404, 200, 200],
+        ),
+        r(
+            M::DELETE,
+            "/v1/hosts/{id}",
+            "/v1/hosts/{fresh_byoc}",
+            None,
+            [401, 401, 401, 403, 404, 204, 404, 204, 204],
+        ),
+        r(
+            M::GET,
+            "/v1/hosts/{id}/delete-preview",
+            "/v1/hosts/{fresh_byoc}/delete-preview",
+            None,
+            [401, 401, 401, 403, 404, 200, 404, 200, 200],
+        ),
+        r(
+            M::POST,
+            "/v1/hosts/{id}/token",
+            "/v1/hosts/{fresh_byoc}/token",
+            None,
+            [401, 401, 401, 403, 404, 200, 404, 200, 200],
+        ),
+        r(
+            M::PUT,
+            "/v1/hosts/{id}/tags",
+            "/v1/hosts/{fresh_byoc}/tags",
+            Some(r#"{"tags":["gpu"]}"#),
+            [401, 401, 401, 403, 404, 200, 404, 200, 200],
+        ),
+        r(
+            M::POST,
+            "/v1/hosts/{id}/drain",
+            "/v1/hosts/{fresh_byoc}/drain",
+            None,
+            [401, 401, 401, 403, 404, 409, 404, 409, 409],
+        ),
+        r(
+            M::POST,
+            "/v1/hosts/register",
+            "/v1/hosts/register",
+            Some("{}"),
+            [400; 9],
+        ),
+        r(
+            M::POST,
+            "/v1/hosts/auth/refresh",
+            "/v1/hosts/auth/refresh",
+            Some(r#"{"refresh_token":"hrf_nope"}"#),
+            [401; 9],
+        ),
+        r(
+            M::POST,
+            "/v1/hosts/{id}/heartbeat",
+            "/v1/hosts/{H}/heartbeat",
+            Some(HEARTBEAT),
+            [401, 401, 200, 401, 401, 401, 401, 401, 401],
+        ),
+        r(
+            M::POST,
+            "/v1/sandboxes",
+            "/v1/sandboxes",
+            Some("{}"),
+            [401, 401, 401, 503, 503, 503, 503, 503, 503],
+        ),
+        r(
+            M::GET,
+            "/v1/sandboxes",
+            "/v1/sandboxes",
+            None,
+            [401, 401, 401, 200, 200, 200, 200, 200, 200],
+        ),
+        r(
+            M::GET,
+            "/v1/sandboxes/{id}",
+            "/v1/sandboxes/{sbx}",
+            None,
+            [401, 401, 401, 200, 404, 404, 200, 200, 200],
+        ),
+        r(
+            M::DELETE,
+            "/v1/sandboxes/{id}",
+            "/v1/sandboxes/{sbx}",
+            None,
+            [401, 401, 401, 204, 404, 404, 204, 204, 204],
+        ),
+        r(
+            M::POST,
+            "/v1/sandboxes/{id}/exec",
+            "/v1/sandboxes/{sbx}/exec",
+            Some(r#"{"cmd":"true"}"#),
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::GET,
+            "/v1/sandboxes/{id}/exec/stream",
+            "/v1/sandboxes/{sbx}/exec/stream",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::POST,
+            "/v1/sandboxes/{id}/pause",
+            "/v1/sandboxes/{sbx}/pause",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::POST,
+            "/v1/sandboxes/{id}/resume",
+            "/v1/sandboxes/{sbx}/resume",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::POST,
+            "/v1/sandboxes/{id}/timeout",
+            "/v1/sandboxes/{sbx}/timeout",
+            Some(r#"{"timeout_sec":60}"#),
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::GET,
+            "/v1/sandboxes/{id}/logs",
+            "/v1/sandboxes/{sbx}/logs",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::GET,
+            "/v1/sandboxes/{id}/files",
+            "/v1/sandboxes/{sbx}/files?path=/etc/hostname",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::PUT,
+            "/v1/sandboxes/{id}/files",
+            "/v1/sandboxes/{sbx}/files?path=/tmp/x",
+            Some("{}"),
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::DELETE,
+            "/v1/sandboxes/{id}/files",
+            "/v1/sandboxes/{sbx}/files?path=/tmp/x",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::GET,
+            "/v1/sandboxes/{id}/files/list",
+            "/v1/sandboxes/{sbx}/files/list?path=/",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::GET,
+            "/v1/sandboxes/{id}/files/stat",
+            "/v1/sandboxes/{sbx}/files/stat?path=/",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::POST,
+            "/v1/sandboxes/{id}/files/mkdir",
+            "/v1/sandboxes/{sbx}/files/mkdir?path=/tmp/d",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::POST,
+            "/v1/snapshots",
+            "/v1/snapshots",
+            Some(r#"{"sandbox_id":"{sbx}","name":"snap"}"#),
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::GET,
+            "/v1/templates",
+            "/v1/templates",
+            None,
+            [401, 401, 401, 200, 200, 200, 200, 200, 200],
+        ),
+        r(
+            M::POST,
+            "/v1/templates",
+            "/v1/templates",
+            Some(r#"{"name":"debian"}"#),
+            [401, 401, 401, 403, 403, 503, 403, 403, 403],
+        ),
+        r(
+            M::DELETE,
+            "/v1/templates/{id}",
+            "/v1/templates/{fresh_tpl}",
+            None,
+            [401, 401, 401, 204, 404, 404, 204, 204, 204],
+        ),
+        r(
+            M::GET,
+            "/v1/templates/{id}/build",
+            "/v1/templates/debian/build",
+            None,
+            [401, 401, 401, 403, 403, 200, 403, 403, 403],
+        ),
     ]
 }
 
@@ -117,13 +451,35 @@ impl Fixture {
         let (_, _) = s.signup("member@example.com", "Member").await;
         let (other, _) = s.signup("other@example.com", "Other").await;
         let team = owner.team_id.clone().unwrap();
-        oc.add_member(&team, "admin@example.com", "admin").await.unwrap();
-        oc.add_member(&team, "member@example.com", "member").await.unwrap();
+        oc.add_member(&team, "admin@example.com", "admin")
+            .await
+            .unwrap();
+        oc.add_member(&team, "member@example.com", "member")
+            .await
+            .unwrap();
         // Log the admin and member in to the shared team.
-        let admin = s.anon().login("admin@example.com", "correct horse battery").await.unwrap();
-        let admin = s.anon().with_token(&admin.token).switch_team(&team).await.unwrap();
-        let member = s.anon().login("member@example.com", "correct horse battery").await.unwrap();
-        let member = s.anon().with_token(&member.token).switch_team(&team).await.unwrap();
+        let admin = s
+            .anon()
+            .login("admin@example.com", "correct horse battery")
+            .await
+            .unwrap();
+        let admin = s
+            .anon()
+            .with_token(&admin.token)
+            .switch_team(&team)
+            .await
+            .unwrap();
+        let member = s
+            .anon()
+            .login("member@example.com", "correct horse battery")
+            .await
+            .unwrap();
+        let member = s
+            .anon()
+            .with_token(&member.token)
+            .switch_team(&team)
+            .await
+            .unwrap();
         let key = oc.create_key("matrix").await.unwrap().key.unwrap();
 
         // A registered host and its JWT.
@@ -138,12 +494,27 @@ impl Fixture {
             })
             .await
             .unwrap();
-        let body = format!(r#"{{"token":"{}","facts":{}}}"#, h.registration_token, &HEARTBEAT[9..HEARTBEAT.find(r#","running_vms"#).unwrap()]);
-        let (st, reg) = raw(Method::POST, &format!("{}/v1/hosts/register", s.url), None, Some(&body)).await;
+        let body = format!(
+            r#"{{"token":"{}","facts":{}}}"#,
+            h.registration_token,
+            &HEARTBEAT[9..HEARTBEAT.find(r#","running_vms"#).unwrap()]
+        );
+        let (st, reg) = raw(
+            Method::POST,
+            &format!("{}/v1/hosts/register", s.url),
+            None,
+            Some(&body),
+        )
+        .await;
         assert_eq!(st, 200, "{reg}");
         let host_token = reg["token"].as_str().unwrap().to_string();
         // Draining: it heartbeats but takes no sandboxes (nothing listens at its address).
-        s.sqlite().execute("UPDATE hosts SET status = 'draining' WHERE id = ?1", [&h.host.id]).unwrap();
+        s.sqlite()
+            .execute(
+                "UPDATE hosts SET status = 'draining' WHERE id = ?1",
+                [&h.host.id],
+            )
+            .unwrap();
 
         // An expired user token for the owner, signed with the server's real key.
         let secret = std::fs::read(s.data_dir().join("jwt.key")).unwrap();
@@ -206,11 +577,24 @@ impl Fixture {
 
     /// Fills the placeholders of a path or body, creating fresh resources where asked.
     async fn fill(&self, text: &str) -> String {
-        let mut out = text.replace("{T}", &self.team).replace("{H}", &self.host).replace("{sbx}", &self.sandbox);
+        let mut out = text
+            .replace("{T}", &self.team)
+            .replace("{H}", &self.host)
+            .replace("{sbx}", &self.sandbox);
         if out.contains("{fresh_team}") {
-            let t = self.owner.create_team(&format!("fresh {}", self.next())).await.unwrap();
-            self.owner.add_member(&t.id, &self.admin_email, "admin").await.unwrap();
-            self.owner.add_member(&t.id, &self.member_email, "member").await.unwrap();
+            let t = self
+                .owner
+                .create_team(&format!("fresh {}", self.next()))
+                .await
+                .unwrap();
+            self.owner
+                .add_member(&t.id, &self.admin_email, "admin")
+                .await
+                .unwrap();
+            self.owner
+                .add_member(&t.id, &self.member_email, "member")
+                .await
+                .unwrap();
             out = out.replace("{fresh_team}", &t.id);
         }
         if out.contains("{fresh_byoc}") {
@@ -246,9 +630,14 @@ impl Fixture {
             let email = format!("fresh{}@example.com", self.next());
             let (u, _) = self.s.signup(&email, "Fresh").await;
             if out.contains("{fresh_member}") {
-                self.owner.add_member(&self.team, &email, "member").await.unwrap();
+                self.owner
+                    .add_member(&self.team, &email, "member")
+                    .await
+                    .unwrap();
             }
-            out = out.replace("{fresh_member}", &u.user_id).replace("{fresh_user_email}", &email);
+            out = out
+                .replace("{fresh_member}", &u.user_id)
+                .replace("{fresh_user_email}", &email);
         }
         let _ = &self.owner_email;
         out
@@ -267,24 +656,51 @@ async fn authorization_matrix() {
                 Some(b) => Some(f.fill(b).await),
                 None => None,
             };
-            let (st, v) = raw(row.method.clone(), &format!("{}{path}", f.s.url), f.tokens[i].as_deref(), body.as_deref()).await;
+            let (st, v) = raw(
+                row.method.clone(),
+                &format!("{}{path}", f.s.url),
+                f.tokens[i].as_deref(),
+                body.as_deref(),
+            )
+            .await;
             checked += 1;
             if st != row.expect[i] {
-                failures.push(format!("{} {} as {role}: expected {}, got {st} {v}", row.method, row.route, row.expect[i]));
+                failures.push(format!(
+                    "{} {} as {role}: expected {}, got {st} {v}",
+                    row.method, row.route, row.expect[i]
+                ));
             }
             if st >= 400 {
-                assert!(v["error"]["code"].is_string(), "{} {} as {role}: error without a code: {v}", row.method, row.route);
+                assert!(
+                    v["error"]["code"].is_string(),
+                    "{} {} as {role}: error without a code: {v}",
+                    row.method,
+                    row.route
+                );
             }
         }
     }
-    eprintln!("authorization matrix: {} routes x {} callers = {checked} checks", rows().len(), ROLES.len());
-    assert!(failures.is_empty(), "{} of {checked} checks failed:\n{}", failures.len(), failures.join("\n"));
+    eprintln!(
+        "authorization matrix: {} routes x {} callers = {checked} checks",
+        rows().len(),
+        ROLES.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} checks failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Every route the router serves has a row (and nothing else has one).
 #[test]
 fn every_route_is_in_the_matrix() {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/server/api/mod.rs")).unwrap();
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/server/api/mod.rs"
+    ))
+    .unwrap();
     let mut served = BTreeSet::new();
     served.insert(("GET".to_string(), "/healthz".to_string()));
     let routes = src.split(".route(").skip(1);
@@ -297,11 +713,18 @@ fn every_route_is_in_the_matrix() {
             }
         }
     }
-    let in_matrix: BTreeSet<(String, String)> = rows().iter().map(|r| (r.method.to_string(), r.route.to_string())).collect();
-    assert_eq!(served, in_matrix, "the router and the authorization matrix disagree");
+    let in_matrix: BTreeSet<(String, String)> = rows()
+        .iter()
+        .map(|r| (r.method.to_string(), r.route.to_string()))
+        .collect();
+    assert_eq!(
+        served, in_matrix,
+        "the router and the authorization matrix disagree"
+    );
 
     // And every route is described in openapi.yaml.
-    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let spec =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
     let mut current = String::new();
     let mut documented = BTreeSet::new();
     for line in spec.lines() {

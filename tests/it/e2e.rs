@@ -28,22 +28,55 @@ async fn sandbox_end_to_end_through_server_agent_and_cli() {
     let accel = host.accel.clone().unwrap();
     assert!(accel == "kvm" || accel == "tcg", "{accel}");
     assert!(!host.accel_reason.clone().unwrap_or_default().is_empty());
-    eprintln!("agent accel: {accel} ({})", host.accel_reason.unwrap_or_default());
+    eprintln!(
+        "agent accel: {accel} ({})",
+        host.accel_reason.unwrap_or_default()
+    );
 
     // Nobody but the server may call the agent.
     let vms = format!("http://{}/v1/vms", agent.addr);
-    let user_token = s.anon().login("admin@example.com", "correct horse battery").await.unwrap().token;
-    let forged = TokenKeys::new(&[7u8; 32], &SigningKeyPair::generate()).unwrap().agent_call_token(&agent.host_id).unwrap();
-    for token in [None, Some("garbage"), Some(user_token.as_str()), Some(forged.as_str())] {
+    let user_token = s
+        .anon()
+        .login("admin@example.com", "correct horse battery")
+        .await
+        .unwrap()
+        .token;
+    let forged = TokenKeys::new(&[7u8; 32], &SigningKeyPair::generate())
+        .unwrap()
+        .agent_call_token(&agent.host_id)
+        .unwrap();
+    for token in [
+        None,
+        Some("garbage"),
+        Some(user_token.as_str()),
+        Some(forged.as_str()),
+    ] {
         let (st, v) = raw(Method::GET, &vms, token, None).await;
         assert_eq!((st, code(&v)), (401, "unauthorized"), "token {token:?}");
-        let (st, _) = raw(Method::POST, &vms, token, Some(r#"{"id":"sbx_x","template":"minimal","vcpus":1,"memory_mb":256}"#)).await;
+        let (st, _) = raw(
+            Method::POST,
+            &vms,
+            token,
+            Some(r#"{"id":"sbx_x","template":"minimal","vcpus":1,"memory_mb":256}"#),
+        )
+        .await;
         assert_eq!(st, 401);
     }
 
     // The CLI logs in and creates a sandbox.
     let cfg = s.dir.path().join("cli.toml");
-    let (rc, _, err) = cli(&cfg, &["login", "--server", &s.url, "--email", "admin@example.com", "--password-stdin"], Some("correct horse battery\n"));
+    let (rc, _, err) = cli(
+        &cfg,
+        &[
+            "login",
+            "--server",
+            &s.url,
+            "--email",
+            "admin@example.com",
+            "--password-stdin",
+        ],
+        Some("correct horse battery\n"),
+    );
     assert_eq!(rc, 0, "{err}");
     let (rc, out, err) = cli(&cfg, &["sandbox", "create", "--json"], None);
     assert_eq!(rc, 0, "create failed: {err}\nagent log:\n{}", agent.log());
@@ -51,43 +84,94 @@ async fn sandbox_end_to_end_through_server_agent_and_cli() {
     let id = sbx["id"].as_str().unwrap().to_string();
     assert_eq!(sbx["status"], "running");
     assert_eq!(sbx["host_id"], agent.host_id.as_str());
-    eprintln!("sandbox create (cold boot): {} ms on the agent", sbx["boot_ms"]);
+    eprintln!(
+        "sandbox create (cold boot): {} ms on the agent",
+        sbx["boot_ms"]
+    );
 
     // Commands through the API.
-    let r = admin.exec(&id, &exec("echo", &["hello", "world"])).await.unwrap();
-    assert_eq!((r.stdout.as_str(), r.stderr.as_str(), r.exit_code), ("hello world\n", "", 0));
+    let r = admin
+        .exec(&id, &exec("echo", &["hello", "world"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stdout.as_str(), r.stderr.as_str(), r.exit_code),
+        ("hello world\n", "", 0)
+    );
     let r = admin.exec(&id, &exec("uname", &["-a"])).await.unwrap();
     assert!(r.stdout.starts_with("Linux "), "{r:?}");
-    let r = admin.exec(&id, &exec("sh", &["-c", "exit 3"])).await.unwrap();
+    let r = admin
+        .exec(&id, &exec("sh", &["-c", "exit 3"]))
+        .await
+        .unwrap();
     assert_eq!(r.exit_code, 3);
-    let r = admin.exec(&id, &exec("sh", &["-c", "echo oops >&2"])).await.unwrap();
-    assert_eq!((r.stdout.as_str(), r.stderr.as_str(), r.exit_code), ("", "oops\n", 0));
+    let r = admin
+        .exec(&id, &exec("sh", &["-c", "echo oops >&2"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stdout.as_str(), r.stderr.as_str(), r.exit_code),
+        ("", "oops\n", 0)
+    );
     let mut with_env = exec("sh", &["-c", "echo $GREETING from $(pwd)"]);
     with_env.env.insert("GREETING".into(), "hi".into());
     with_env.cwd = Some("/tmp".into());
     let r = admin.exec(&id, &with_env).await.unwrap();
     assert_eq!(r.stdout, "hi from /tmp\n");
-    let (st, v) = raw(Method::POST, &format!("{}/v1/sandboxes/{id}/exec", s.url), Some(&user_token), Some(r#"{"args":["x"]}"#)).await;
+    let (st, v) = raw(
+        Method::POST,
+        &format!("{}/v1/sandboxes/{id}/exec", s.url),
+        Some(&user_token),
+        Some(r#"{"args":["x"]}"#),
+    )
+    .await;
     assert_eq!((st, v["error"]["field"].as_str()), (400, Some("cmd")));
 
     // ... and through the CLI, which exits with the command's code.
-    let (rc, out, _) = cli(&cfg, &["sandbox", "exec", &id, "--", "sh", "-c", "echo hi; exit 7"], None);
+    let (rc, out, _) = cli(
+        &cfg,
+        &["sandbox", "exec", &id, "--", "sh", "-c", "echo hi; exit 7"],
+        None,
+    );
     assert_eq!((rc, out.as_str()), (7, "hi\n"));
     let (rc, out, _) = cli(&cfg, &["sandbox", "list"], None);
     assert_eq!(rc, 0);
     assert!(out.contains(&id) && out.contains("running"), "{out}");
     let (rc, out, _) = cli(&cfg, &["sandbox", "get", &id, "--json"], None);
     assert_eq!(rc, 0);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["status"], "running");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["status"],
+        "running"
+    );
 
     // An API key works for sandboxes; another team sees nothing.
     let key = admin.create_key("ci").await.unwrap();
     let by_key = s.anon().with_token(key.key.as_deref().unwrap());
-    assert!(by_key.list_sandboxes(None).await.unwrap().iter().any(|x| x.id == id));
+    assert!(
+        by_key
+            .list_sandboxes(None)
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.id == id)
+    );
     let (_, other) = s.signup("eve@example.com", "Eve").await;
-    assert_eq!(other.get_sandbox(&id).await.unwrap_err().status(), Some(404));
-    assert_eq!(other.exec(&id, &exec("true", &[])).await.unwrap_err().status(), Some(404));
-    assert_eq!(other.delete_sandbox(&id).await.unwrap_err().status(), Some(404));
+    assert_eq!(
+        other.get_sandbox(&id).await.unwrap_err().status(),
+        Some(404)
+    );
+    assert_eq!(
+        other
+            .exec(&id, &exec("true", &[]))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    assert_eq!(
+        other.delete_sandbox(&id).await.unwrap_err().status(),
+        Some(404)
+    );
 
     // The host cannot be deleted from under a live sandbox without force.
     let e = admin.delete_host(&agent.host_id, false).await.unwrap_err();
@@ -102,10 +186,19 @@ async fn sandbox_end_to_end_through_server_agent_and_cli() {
     assert_eq!(got.status, "stopped");
     assert!(got.ended_at.is_some());
     let e = admin.exec(&id, &exec("true", &[])).await.unwrap_err();
-    assert_eq!((e.status(), e.code()), (Some(409), Some("sandbox_not_running")));
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(409), Some("sandbox_not_running"))
+    );
     admin.delete_sandbox(&id).await.unwrap();
-    assert!(agent.qemu_pids().is_empty(), "a QEMU process outlived its sandbox");
-    assert!(!agent.dir.path().join("vms").join(&id).exists(), "VM files left behind");
+    assert!(
+        agent.qemu_pids().is_empty(),
+        "a QEMU process outlived its sandbox"
+    );
+    assert!(
+        !agent.dir.path().join("vms").join(&id).exists(),
+        "VM files left behind"
+    );
     let e = admin.get_sandbox("sbx_doesnotexist").await.unwrap_err();
     assert_eq!((e.status(), e.code()), (Some(404), Some("not_found")));
 

@@ -2,16 +2,25 @@
 //! recovery, orphans, crashes and host deletion. Intervals are shrunk through the flags.
 
 use reqwest::Method;
-use sandboxctl::proto::api::{CreateHostRequest, CreateSandboxRequest, ExecRequest, SandboxResponse};
+use sandboxctl::proto::api::{
+    CreateHostRequest, CreateSandboxRequest, ExecRequest, SandboxResponse,
+};
 
-use crate::common::{TestAgent, TestServer, agent_call_token, code, raw, signal, vm_permit, wait_until};
+use crate::common::{
+    TestAgent, TestServer, agent_call_token, code, raw, signal, vm_permit, wait_until,
+};
 
 async fn create(c: &sandboxctl::cli::client::ApiClient) -> SandboxResponse {
-    c.create_sandbox(&CreateSandboxRequest::default()).await.expect("sandbox create")
+    c.create_sandbox(&CreateSandboxRequest::default())
+        .await
+        .expect("sandbox create")
 }
 
 async fn status(c: &sandboxctl::cli::client::ApiClient, id: &str) -> String {
-    c.get_sandbox(id).await.map(|s| s.status).unwrap_or_default()
+    c.get_sandbox(id)
+        .await
+        .map(|s| s.status)
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -34,7 +43,11 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
             other => panic!("placed on {other:?}"),
         }
     }
-    assert_eq!((on_a.len(), on_b.len()), (2, 2), "round robin spreads 4 sandboxes 2/2");
+    assert_eq!(
+        (on_a.len(), on_b.len()),
+        (2, 2),
+        "round robin spreads 4 sandboxes 2/2"
+    );
 
     // A team with its own (BYOC) host gets it; nobody else does.
     let (o, owner) = s.signup("owner@example.com", "Owner").await;
@@ -47,25 +60,51 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     };
     let c = TestAgent::start_host(&s, &owner, &byoc, &[]).await;
     for _ in 0..2 {
-        assert_eq!(create(&owner).await.host_id.as_deref(), Some(c.host_id.as_str()), "the team is pinned to its own host");
+        assert_eq!(
+            create(&owner).await.host_id.as_deref(),
+            Some(c.host_id.as_str()),
+            "the team is pinned to its own host"
+        );
     }
     let other = create(&admin).await;
-    assert_ne!(other.host_id.as_deref(), Some(c.host_id.as_str()), "a BYOC host never runs another team's sandbox");
+    assert_ne!(
+        other.host_id.as_deref(),
+        Some(c.host_id.as_str()),
+        "a BYOC host never runs another team's sandbox"
+    );
     if other.host_id.as_deref() == Some(a.host_id.as_str()) {
         on_a.push(other.id.clone());
     } else {
         on_b.push(other.id.clone());
     }
     // The owner sees their host, not the others.
-    let visible: Vec<String> = owner.list_hosts().await.unwrap().into_iter().map(|h| h.id).collect();
+    let visible: Vec<String> = owner
+        .list_hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
     assert_eq!(visible, vec![c.host_id.clone()]);
 
     // Calls to an agent with an expired (but correctly signed) token are refused.
     let expired = agent_call_token(&s, &c.host_id, true);
-    let (st, _) = raw(Method::GET, &format!("http://{}/v1/vms", c.addr), Some(&expired), None).await;
+    let (st, _) = raw(
+        Method::GET,
+        &format!("http://{}/v1/vms", c.addr),
+        Some(&expired),
+        None,
+    )
+    .await;
     assert_eq!(st, 401);
     let for_other_host = agent_call_token(&s, &a.host_id, false);
-    let (st, _) = raw(Method::GET, &format!("http://{}/v1/vms", c.addr), Some(&for_other_host), None).await;
+    let (st, _) = raw(
+        Method::GET,
+        &format!("http://{}/v1/vms", c.addr),
+        Some(&for_other_host),
+        None,
+    )
+    .await;
     assert_eq!(st, 401, "a token for another host is refused");
 
     // An orphan: a VM the database does not know is destroyed by the monitor.
@@ -85,7 +124,11 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
         async move {
             let t = agent_call_token(s2, &bid, false);
             let (_, v) = raw(Method::GET, &url, Some(&t), None).await;
-            !v["vms"].as_array().unwrap().iter().any(|vm| vm["id"] == "sbx_orphan")
+            !v["vms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|vm| vm["id"] == "sbx_orphan")
         }
     })
     .await;
@@ -94,30 +137,58 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     // Agent A stops answering: host unreachable, its sandboxes missing; back again: both heal.
     let t0 = std::time::Instant::now();
     signal(a.pid().unwrap(), libc::SIGSTOP);
-    wait_until(30, "host A unreachable", || async { admin.get_host(&a.host_id).await.unwrap().status == "unreachable" }).await;
+    wait_until(30, "host A unreachable", || async {
+        admin.get_host(&a.host_id).await.unwrap().status == "unreachable"
+    })
+    .await;
     for id in &on_a {
-        wait_until(10, "sandbox missing", || async { status(&admin, id).await == "missing" }).await;
+        wait_until(10, "sandbox missing", || async {
+            status(&admin, id).await == "missing"
+        })
+        .await;
     }
     let stale_secs = t0.elapsed().as_secs_f64();
     signal(a.pid().unwrap(), libc::SIGCONT);
-    wait_until(30, "host A online again", || async { admin.get_host(&a.host_id).await.unwrap().status == "online" }).await;
+    wait_until(30, "host A online again", || async {
+        admin.get_host(&a.host_id).await.unwrap().status == "online"
+    })
+    .await;
     for id in &on_a {
-        wait_until(30, "sandbox running again", || async { status(&admin, id).await == "running" }).await;
+        wait_until(30, "sandbox running again", || async {
+            status(&admin, id).await == "running"
+        })
+        .await;
     }
     let heal_secs = t0.elapsed().as_secs_f64() - stale_secs;
     let r = admin
-        .exec(&on_a[0], &ExecRequest { cmd: "echo".into(), args: vec!["still here".into()], ..Default::default() })
+        .exec(
+            &on_a[0],
+            &ExecRequest {
+                cmd: "echo".into(),
+                args: vec!["still here".into()],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(r.stdout, "still here\n");
-    eprintln!("failover: unreachable+missing after {stale_secs:.1} s, healed {heal_secs:.1} s after SIGCONT");
+    eprintln!(
+        "failover: unreachable+missing after {stale_secs:.1} s, healed {heal_secs:.1} s after SIGCONT"
+    );
 
     // Agent A is killed (-9) and started again: its VMs kept running and it finds them again.
     a.kill();
     a.spawn();
     a.wait_ready(&admin).await;
     let r = admin
-        .exec(&on_a[1], &ExecRequest { cmd: "cat".into(), args: vec!["/proc/uptime".into()], ..Default::default() })
+        .exec(
+            &on_a[1],
+            &ExecRequest {
+                cmd: "cat".into(),
+                args: vec!["/proc/uptime".into()],
+                ..Default::default()
+            },
+        )
         .await
         .expect("exec after an agent restart");
     assert_eq!(r.exit_code, 0);
@@ -130,7 +201,10 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     }
     a.spawn();
     for id in &on_a {
-        wait_until(60, "sandbox stopped after its VM vanished", || async { status(&admin, id).await == "stopped" }).await;
+        wait_until(60, "sandbox stopped after its VM vanished", || async {
+            status(&admin, id).await == "stopped"
+        })
+        .await;
     }
     let gone = admin.get_sandbox(&on_a[0]).await.unwrap();
     assert!(gone.error.unwrap_or_default().contains("gone"));
@@ -138,27 +212,54 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     // Deleting host B: 409 with its sandboxes, then force.
     let e = admin.delete_host(&b.host_id, false).await.unwrap_err();
     assert_eq!(e.code(), Some("host_has_sandboxes"));
-    let (st, v) = raw(Method::DELETE, &format!("{}/v1/hosts/{}", s.url, b.host_id), Some(&login(&s).await), None).await;
+    let (st, v) = raw(
+        Method::DELETE,
+        &format!("{}/v1/hosts/{}", s.url, b.host_id),
+        Some(&login(&s).await),
+        None,
+    )
+    .await;
     assert_eq!((st, code(&v)), (409, "host_has_sandboxes"));
-    let mut ids: Vec<String> = v["error"]["sandbox_ids"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+    let mut ids: Vec<String> = v["error"]["sandbox_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
     ids.sort();
     on_b.sort();
     assert_eq!(ids, on_b);
     admin.delete_host(&b.host_id, true).await.unwrap();
-    assert_eq!(admin.get_host(&b.host_id).await.unwrap_err().status(), Some(404));
+    assert_eq!(
+        admin.get_host(&b.host_id).await.unwrap_err().status(),
+        Some(404)
+    );
     for id in &on_b {
         assert_eq!(status(&admin, id).await, "stopped");
     }
-    wait_until(20, "host B's VMs gone", || async { b.qemu_pids().is_empty() }).await;
+    wait_until(20, "host B's VMs gone", || async {
+        b.qemu_pids().is_empty()
+    })
+    .await;
 
     // Clean up the BYOC sandboxes through the API.
     for sb in owner.list_sandboxes(Some("running")).await.unwrap() {
         owner.delete_sandbox(&sb.id).await.unwrap();
     }
-    wait_until(20, "host C's VMs gone", || async { c.qemu_pids().is_empty() }).await;
-    eprintln!("fleet test: 3 agents, 8 VMs, {:.0} s", started.elapsed().as_secs_f64());
+    wait_until(20, "host C's VMs gone", || async {
+        c.qemu_pids().is_empty()
+    })
+    .await;
+    eprintln!(
+        "fleet test: 3 agents, 8 VMs, {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 async fn login(s: &TestServer) -> String {
-    s.anon().login("root@example.com", "correct horse battery").await.unwrap().token
+    s.anon()
+        .login("root@example.com", "correct horse battery")
+        .await
+        .unwrap()
+        .token
 }

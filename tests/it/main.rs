@@ -8,7 +8,7 @@ mod e2e;
 mod fleet;
 mod oauth;
 mod sandboxes;
-mod streams;
 mod snapshots;
+mod streams;
 mod vm;
 mod web;

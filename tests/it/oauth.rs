@@ -16,15 +16,25 @@ type Users = Arc<HashMap<&'static str, Value>>;
 
 async fn fake_github() -> String {
     let users: Users = Arc::new(HashMap::from([
-        ("code-octo", json!({"id": 101, "login": "octocat", "name": "Octo Cat", "email": null})),
-        ("code-dup", json!({"id": 202, "login": "copycat", "name": "", "email": "taken@example.com"})),
+        (
+            "code-octo",
+            json!({"id": 101, "login": "octocat", "name": "Octo Cat", "email": null}),
+        ),
+        (
+            "code-dup",
+            json!({"id": 202, "login": "copycat", "name": "", "email": "taken@example.com"}),
+        ),
     ]));
     async fn token(Form(f): Form<HashMap<String, String>>) -> Json<Value> {
-        if f.get("client_secret").map(String::as_str) != Some("shh") || f.get("client_id").map(String::as_str) != Some("cid") {
+        if f.get("client_secret").map(String::as_str) != Some("shh")
+            || f.get("client_id").map(String::as_str) != Some("cid")
+        {
             return Json(json!({"error": "incorrect_client_credentials"}));
         }
         match f.get("code").map(String::as_str) {
-            Some(c @ ("code-octo" | "code-dup")) => Json(json!({"access_token": format!("gho_{c}"), "token_type": "bearer"})),
+            Some(c @ ("code-octo" | "code-dup")) => {
+                Json(json!({"access_token": format!("gho_{c}"), "token_type": "bearer"}))
+            }
             _ => Json(json!({"error": "bad_verification_code"})),
         }
     }
@@ -33,10 +43,18 @@ async fn fake_github() -> String {
         let code = auth.strip_prefix("Bearer gho_")?;
         users.get(code).cloned()
     }
-    async fn user(State(u): State<Users>, h: HeaderMap) -> Result<Json<Value>, axum::http::StatusCode> {
-        who(&u, &h).map(Json).ok_or(axum::http::StatusCode::UNAUTHORIZED)
+    async fn user(
+        State(u): State<Users>,
+        h: HeaderMap,
+    ) -> Result<Json<Value>, axum::http::StatusCode> {
+        who(&u, &h)
+            .map(Json)
+            .ok_or(axum::http::StatusCode::UNAUTHORIZED)
     }
-    async fn emails(State(u): State<Users>, h: HeaderMap) -> Result<Json<Value>, axum::http::StatusCode> {
+    async fn emails(
+        State(u): State<Users>,
+        h: HeaderMap,
+    ) -> Result<Json<Value>, axum::http::StatusCode> {
         let u = who(&u, &h).ok_or(axum::http::StatusCode::UNAUTHORIZED)?;
         Ok(Json(match u["login"].as_str() {
             Some("octocat") => json!([
@@ -63,19 +81,53 @@ struct Flow {
 }
 
 async fn start(http: &reqwest::Client, s: &TestServer) -> Flow {
-    let resp = http.get(format!("{}/v1/auth/github/start", s.url)).send().await.unwrap();
+    let resp = http
+        .get(format!("{}/v1/auth/github/start", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 302);
     let location = resp.headers()["location"].to_str().unwrap().to_string();
-    assert!(location.contains("/login/oauth/authorize?client_id=cid&"), "{location}");
-    assert!(location.contains(&crate::common::urlenc(&format!("{}/v1/auth/github/callback", s.url))), "{location}");
+    assert!(
+        location.contains("/login/oauth/authorize?client_id=cid&"),
+        "{location}"
+    );
+    assert!(
+        location.contains(&crate::common::urlenc(&format!(
+            "{}/v1/auth/github/callback",
+            s.url
+        ))),
+        "{location}"
+    );
     let state = location.split("state=").nth(1).unwrap().to_string();
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    assert!(resp.headers()["set-cookie"].to_str().unwrap().contains("HttpOnly"));
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        resp.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("HttpOnly")
+    );
     Flow { state, cookie }
 }
 
-async fn callback(http: &reqwest::Client, s: &TestServer, code: &str, state: &str, cookie: Option<&str>, json: bool) -> reqwest::Response {
-    let mut req = http.get(format!("{}/v1/auth/github/callback?code={code}&state={state}", s.url));
+async fn callback(
+    http: &reqwest::Client,
+    s: &TestServer,
+    code: &str,
+    state: &str,
+    cookie: Option<&str>,
+    json: bool,
+) -> reqwest::Response {
+    let mut req = http.get(format!(
+        "{}/v1/auth/github/callback?code={code}&state={state}",
+        s.url
+    ));
     if let Some(c) = cookie {
         req = req.header("cookie", c);
     }
@@ -103,8 +155,18 @@ async fn github_login_against_a_fake_github() {
     ])
     .await;
     s.signup("taken@example.com", "Has Password").await;
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let p: Value = http.get(format!("{}/v1/auth/providers", s.url)).send().await.unwrap().json().await.unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let p: Value = http
+        .get(format!("{}/v1/auth/providers", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["github"], true);
 
     // A new identity: user + personal team, named from GitHub, email from the primary verified one.
@@ -112,19 +174,39 @@ async fn github_login_against_a_fake_github() {
     let resp = callback(&http, &s, "code-octo", &f.state, Some(&f.cookie), true).await;
     assert_eq!(resp.status(), 200);
     let first: Value = resp.json().await.unwrap();
-    assert_eq!((first["name"].as_str(), first["email"].as_str()), (Some("Octo Cat"), Some("octo@example.com")));
+    assert_eq!(
+        (first["name"].as_str(), first["email"].as_str()),
+        (Some("Octo Cat"), Some("octo@example.com"))
+    );
     assert!(first["team_id"].is_string());
-    let me = s.anon().with_token(first["token"].as_str().unwrap()).me().await.unwrap();
+    let me = s
+        .anon()
+        .with_token(first["token"].as_str().unwrap())
+        .me()
+        .await
+        .unwrap();
     assert_eq!(me.name, "Octo Cat");
     // The same identity again is the same user; a browser is sent back to the app with the token.
     let f = start(&http, &s).await;
     let resp = callback(&http, &s, "code-octo", &f.state, Some(&f.cookie), false).await;
     assert_eq!(resp.status(), 302);
     let loc = resp.headers()["location"].to_str().unwrap().to_string();
-    let token = loc.strip_prefix("/#oauth_token=").expect("token in the fragment");
-    assert_eq!(s.anon().with_token(token).me().await.unwrap().user_id, first["user_id"].as_str().unwrap());
+    let token = loc
+        .strip_prefix("/#oauth_token=")
+        .expect("token in the fragment");
+    assert_eq!(
+        s.anon().with_token(token).me().await.unwrap().user_id,
+        first["user_id"].as_str().unwrap()
+    );
     // No password login for an OAuth-only user.
-    assert_eq!(s.anon().login("octo@example.com", "anything at all").await.unwrap_err().status(), Some(401));
+    assert_eq!(
+        s.anon()
+            .login("octo@example.com", "anything at all")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(401)
+    );
 
     // An email that already has an account.
     let f = start(&http, &s).await;
@@ -138,7 +220,10 @@ async fn github_login_against_a_fake_github() {
     for (state, cookie) in [
         ("not-the-state", Some(f.cookie.as_str())),
         (f.state.as_str(), None),
-        (f.state.as_str(), Some("sandboxctl_oauth_state=forged.value")),
+        (
+            f.state.as_str(),
+            Some("sandboxctl_oauth_state=forged.value"),
+        ),
     ] {
         let resp = callback(&http, &s, "code-octo", state, cookie, true).await;
         assert_eq!(resp.status(), 403);
@@ -147,12 +232,29 @@ async fn github_login_against_a_fake_github() {
     }
     let resp = callback(&http, &s, "bad-code", &f.state, Some(&f.cookie), true).await;
     assert_eq!(resp.status(), 403);
-    let n: i64 = s.sqlite().query_row("SELECT count(*) FROM users", [], |r| r.get(0)).unwrap();
+    let n: i64 = s
+        .sqlite()
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 2, "failed sign-ins created nobody");
 
     // Without configuration there is no GitHub login.
     let plain = TestServer::start().await;
-    let p: Value = http.get(format!("{}/v1/auth/providers", plain.url)).send().await.unwrap().json().await.unwrap();
+    let p: Value = http
+        .get(format!("{}/v1/auth/providers", plain.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["github"], false);
-    assert_eq!(http.get(format!("{}/v1/auth/github/start", plain.url)).send().await.unwrap().status(), 404);
+    assert_eq!(
+        http.get(format!("{}/v1/auth/github/start", plain.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }

@@ -11,9 +11,14 @@ use super::{AccelChoice, qemu};
 use crate::agent::images::{self, Kernel};
 
 /// One cold boot of `template` from the agent data dir's images; the VM is killed afterwards.
-pub async fn bare_cold_boot(agent_data_dir: &Path, kernel_dir: &Path, template: &str) -> anyhow::Result<Duration> {
+pub async fn bare_cold_boot(
+    agent_data_dir: &Path,
+    kernel_dir: &Path,
+    template: &str,
+) -> anyhow::Result<Duration> {
     let kernel = Kernel::find(kernel_dir)?;
-    let tpl = images::template(agent_data_dir, template).with_context(|| format!("no template '{template}' in {}", agent_data_dir.display()))?;
+    let tpl = images::template(agent_data_dir, template)
+        .with_context(|| format!("no template '{template}' in {}", agent_data_dir.display()))?;
     let accel = qemu::detect_accel(AccelChoice::Auto, &kernel).await;
     let dir = tempfile_dir()?;
     let result = async {
@@ -48,7 +53,11 @@ pub async fn bare_cold_boot(agent_data_dir: &Path, kernel_dir: &Path, template: 
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("sandboxctl-bench-{}-{}", std::process::id(), crate::ids::new_id("b")));
+    let dir = std::env::temp_dir().join(format!(
+        "sandboxctl-bench-{}-{}",
+        std::process::id(),
+        crate::ids::new_id("b")
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

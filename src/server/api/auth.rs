@@ -50,10 +50,16 @@ pub fn validate_name(name: &str) -> Result<String, ApiError> {
 fn validate_password(p: &str) -> Result<(), ApiError> {
     let len = p.chars().count();
     if len < MIN_PASSWORD {
-        return Err(ApiError::bad("password", format!("must be at least {MIN_PASSWORD} characters")));
+        return Err(ApiError::bad(
+            "password",
+            format!("must be at least {MIN_PASSWORD} characters"),
+        ));
     }
     if p.len() > MAX_PASSWORD {
-        return Err(ApiError::bad("password", format!("must be at most {MAX_PASSWORD} bytes")));
+        return Err(ApiError::bad(
+            "password",
+            format!("must be at most {MAX_PASSWORD} bytes"),
+        ));
     }
     Ok(())
 }
@@ -64,11 +70,15 @@ pub fn rate_limit(st: &AppState, ip: IpAddr, account: Option<&str>) -> Result<()
     st.limits
         .per_ip
         .check(&ip.to_string())
-        .map_err(|s| ApiError::RateLimited { retry_after_secs: s })?;
+        .map_err(|s| ApiError::RateLimited {
+            retry_after_secs: s,
+        })?;
     if let Some(a) = account
         && let Some(s) = st.limits.per_account.blocked(a)
     {
-        return Err(ApiError::RateLimited { retry_after_secs: s });
+        return Err(ApiError::RateLimited {
+            retry_after_secs: s,
+        });
     }
     Ok(())
 }
@@ -78,7 +88,11 @@ pub fn account_failed(st: &AppState, account: &str) {
     let _ = st.limits.per_account.check(account);
 }
 
-pub async fn signup(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, ApiJson(req): ApiJson<SignupRequest>) -> ApiResult<(StatusCode, Json<AuthResponse>)> {
+pub async fn signup(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<SignupRequest>,
+) -> ApiResult<(StatusCode, Json<AuthResponse>)> {
     rate_limit(&st, peer.ip(), None)?;
     let email = normalize_email(&req.email)?;
     validate_password(&req.password)?;
@@ -93,10 +107,14 @@ pub async fn signup(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<S
         .call(move |c| users::create_with_team(c, &em, &nm, Some(&hash)))
         .await
         .map_err(|e| match e {
-            DbError::Conflict("email_taken") => ApiError::conflict("email_taken", "an account with this email already exists"),
+            DbError::Conflict("email_taken") => {
+                ApiError::conflict("email_taken", "an account with this email already exists")
+            }
             other => other.into(),
         })?;
-    let token = st.keys.user_token(&user.id, &user.email, &user.name, Some(&team_id))?;
+    let token = st
+        .keys
+        .user_token(&user.id, &user.email, &user.name, Some(&team_id))?;
     Ok((
         StatusCode::CREATED,
         Json(AuthResponse {
@@ -110,7 +128,11 @@ pub async fn signup(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<S
     ))
 }
 
-pub async fn login(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<AuthResponse>> {
+pub async fn login(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Json<AuthResponse>> {
     let email = req.email.trim().to_lowercase();
     if email.is_empty() {
         return Err(ApiError::bad("email", "required"));
@@ -119,7 +141,10 @@ pub async fn login(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<So
         return Err(ApiError::bad("password", "required"));
     }
     if req.password.len() > MAX_PASSWORD {
-        return Err(ApiError::bad("password", format!("must be at most {MAX_PASSWORD} bytes")));
+        return Err(ApiError::bad(
+            "password",
+            format!("must be at most {MAX_PASSWORD} bytes"),
+        ));
     }
     let account = format!("login:{email}");
     rate_limit(&st, peer.ip(), Some(&account))?;
@@ -147,7 +172,9 @@ pub async fn login(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     let uid = user.id.clone();
     let team = st.db.call(move |c| users::login_team(c, &uid)).await?;
     let team_id = team.map(|t| t.team_id);
-    let token = st.keys.user_token(&user.id, &user.email, &user.name, team_id.as_deref())?;
+    let token = st
+        .keys
+        .user_token(&user.id, &user.email, &user.name, team_id.as_deref())?;
     Ok(Json(AuthResponse {
         token,
         user_id: user.id,
@@ -175,7 +202,10 @@ mod tests {
 
     #[test]
     fn emails_and_names() {
-        assert_eq!(normalize_email("  Ann@Example.COM ").unwrap(), "ann@example.com");
+        assert_eq!(
+            normalize_email("  Ann@Example.COM ").unwrap(),
+            "ann@example.com"
+        );
         for bad in ["", "a", "a@b", "@b.c", "a@.c", "a b@c.d", "a@b@c.d"] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }

@@ -61,7 +61,11 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, String) {
         use ApiError::*;
         match self {
-            BadRequest { field, message } => (StatusCode::BAD_REQUEST, "invalid_field", format!("{field}: {message}")),
+            BadRequest { field, message } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                format!("{field}: {message}"),
+            ),
             BadBody(m) => (StatusCode::BAD_REQUEST, "invalid_body", m.clone()),
             Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -69,7 +73,11 @@ impl ApiError {
                 "missing, invalid or expired credentials".into(),
             ),
             Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message.clone()),
-            NotFound(what) => (StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
+            NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
             Conflict { code, message } => (StatusCode::CONFLICT, code, message.clone()),
             HostHasSandboxes(ids) => (
                 StatusCode::CONFLICT,
@@ -152,7 +160,10 @@ impl From<AgentError> for ApiError {
                 message: format!("the sandbox's host did not answer: {m}"),
             },
             AgentError::Remote {
-                status, message, field, ..
+                status,
+                message,
+                field,
+                ..
             } => match status {
                 400 | 422 => ApiError::BadRequest {
                     field: field.unwrap_or_else(|| "request".into()),

@@ -39,9 +39,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => return Err(ApiError::BadBody("the request body is empty; send a JSON object".into())),
+        None => {
+            return Err(ApiError::BadBody(
+                "the request body is empty; send a JSON object".into(),
+            ));
+        }
         Some(b'{') => {}
-        Some(_) => return Err(ApiError::BadBody("the request body must be a JSON object".into())),
+        Some(_) => {
+            return Err(ApiError::BadBody(
+                "the request body must be a JSON object".into(),
+            ));
+        }
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
@@ -54,15 +62,31 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 let field = msg
                     .strip_prefix("missing field `")
                     .and_then(|r| r.split('`').next())
-                    .map(|f| if path == "." { f.to_string() } else { format!("{path}.{f}") })
-                    .unwrap_or_else(|| if path == "." { "body".to_string() } else { path.clone() });
+                    .map(|f| {
+                        if path == "." {
+                            f.to_string()
+                        } else {
+                            format!("{path}.{f}")
+                        }
+                    })
+                    .unwrap_or_else(|| {
+                        if path == "." {
+                            "body".to_string()
+                        } else {
+                            path.clone()
+                        }
+                    });
                 let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-                ApiError::BadRequest { field, message: msg }
+                ApiError::BadRequest {
+                    field,
+                    message: msg,
+                }
             }
             _ => ApiError::BadBody(format!("malformed JSON: {inner}")),
         }
     })?;
-    de.end().map_err(|_| ApiError::BadBody("unexpected data after the JSON object".into()))?;
+    de.end()
+        .map_err(|_| ApiError::BadBody("unexpected data after the JSON object".into()))?;
     Ok(value)
 }
 
@@ -85,7 +109,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 fn bearer(parts: &Parts) -> Option<&str> {
     if let Some(v) = parts.headers.get(AUTHORIZATION) {
         let (scheme, token) = v.to_str().ok()?.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then_some(token.trim());
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim());
     }
     let upgrade = parts
         .headers
@@ -100,7 +126,11 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .query()?
         .split('&')
         .find_map(|kv| kv.strip_prefix("access_token="))
-        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .filter(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +207,10 @@ pub struct AuthUser {
 
 impl AuthUser {
     async fn from_token(token: &str, state: &AppState) -> Result<AuthUser, ApiError> {
-        let claims = state.keys.verify_user(token).ok_or(ApiError::Unauthorized)?;
+        let claims = state
+            .keys
+            .verify_user(token)
+            .ok_or(ApiError::Unauthorized)?;
         let (user, role) = state
             .db
             .call(move |c| {
@@ -201,7 +234,8 @@ impl AuthUser {
     }
 
     pub fn is_team_admin(&self, team_id: &str) -> bool {
-        self.team_id.as_deref() == Some(team_id) && matches!(self.role.as_deref(), Some("owner" | "admin"))
+        self.team_id.as_deref() == Some(team_id)
+            && matches!(self.role.as_deref(), Some("owner" | "admin"))
     }
 }
 
@@ -231,14 +265,22 @@ impl FromRequestParts<AppState> for AuthHost {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        let claims = state.keys.verify_host(token).ok_or(ApiError::Unauthorized)?;
+        let claims = state
+            .keys
+            .verify_host(token)
+            .ok_or(ApiError::Unauthorized)?;
         let id = claims.sub.clone();
-        let current = state.db.call(move |c| hosts::token_generation(c, &id)).await?;
+        let current = state
+            .db
+            .call(move |c| hosts::token_generation(c, &id))
+            .await?;
         if current != Some(claims.generation) {
             // Deleted host, or its credentials were revoked (refresh-token reuse).
             return Err(ApiError::Unauthorized);
         }
-        Ok(AuthHost { host_id: claims.sub })
+        Ok(AuthHost {
+            host_id: claims.sub,
+        })
     }
 }
 
@@ -258,13 +300,30 @@ mod tests {
     #[test]
     fn json_errors_name_the_field() {
         assert_eq!(field_of(r#"{"email":"a@b.c","password":"x"}"#), "name");
-        assert_eq!(field_of(r#"{"email":5,"password":"x","name":"n"}"#), "email");
-        assert!(matches!(parse_json::<SignupRequest>(b"{"), Err(ApiError::BadBody(_))));
-        assert!(matches!(parse_json::<SignupRequest>(b""), Err(ApiError::BadBody(_))));
-        assert!(matches!(parse_json::<SignupRequest>(br#""just a string""#), Err(ApiError::BadBody(_))));
-        assert!(matches!(parse_json::<SignupRequest>(br#"["a@b.c","pw123456","Ann"]"#), Err(ApiError::BadBody(_))));
+        assert_eq!(
+            field_of(r#"{"email":5,"password":"x","name":"n"}"#),
+            "email"
+        );
         assert!(matches!(
-            parse_json::<SignupRequest>(br#"{"email":"a@b.c","password":"pw123456","name":"A"} trailing"#),
+            parse_json::<SignupRequest>(b"{"),
+            Err(ApiError::BadBody(_))
+        ));
+        assert!(matches!(
+            parse_json::<SignupRequest>(b""),
+            Err(ApiError::BadBody(_))
+        ));
+        assert!(matches!(
+            parse_json::<SignupRequest>(br#""just a string""#),
+            Err(ApiError::BadBody(_))
+        ));
+        assert!(matches!(
+            parse_json::<SignupRequest>(br#"["a@b.c","pw123456","Ann"]"#),
+            Err(ApiError::BadBody(_))
+        ));
+        assert!(matches!(
+            parse_json::<SignupRequest>(
+                br#"{"email":"a@b.c","password":"pw123456","name":"A"} trailing"#
+            ),
             Err(ApiError::BadBody(_))
         ));
     }

@@ -37,21 +37,41 @@ pub struct FileQuery {
 }
 
 fn check_path(q: &FileQuery) -> ApiResult<String> {
-    let p = q.path.clone().ok_or_else(|| ApiError::bad("path", "required: an absolute path in the sandbox"))?;
+    let p = q
+        .path
+        .clone()
+        .ok_or_else(|| ApiError::bad("path", "required: an absolute path in the sandbox"))?;
     if !p.starts_with('/') || p.len() > 4096 || p.contains('\0') {
-        return Err(ApiError::bad("path", "must be an absolute path (at most 4096 bytes, no NUL)"));
+        return Err(ApiError::bad(
+            "path",
+            "must be an absolute path (at most 4096 bytes, no NUL)",
+        ));
     }
-    if p.split('/').skip(1).any(|c| c == ".." || c == "." || (c.is_empty() && p != "/")) && p != "/" {
-        return Err(ApiError::bad("path", "must be a plain absolute path: no '.', '..' or empty components"));
+    if p.split('/')
+        .skip(1)
+        .any(|c| c == ".." || c == "." || (c.is_empty() && p != "/"))
+        && p != "/"
+    {
+        return Err(ApiError::bad(
+            "path",
+            "must be a plain absolute path: no '.', '..' or empty components",
+        ));
     }
     Ok(p)
 }
 
 /// The running sandbox's agent client, and the sandbox (activity is recorded).
-async fn target(st: &AppState, caller: &Caller, id: String) -> ApiResult<(AgentClient, SandboxRow)> {
+async fn target(
+    st: &AppState,
+    caller: &Caller,
+    id: String,
+) -> ApiResult<(AgentClient, SandboxRow)> {
     let s = load(st, caller, id).await?;
     if s.status != SandboxStatus::Running {
-        return Err(ApiError::conflict("sandbox_not_running", format!("the sandbox is {}, not running", s.status)));
+        return Err(ApiError::conflict(
+            "sandbox_not_running",
+            format!("the sandbox is {}, not running", s.status),
+        ));
     }
     let (client, _) = host_client(st, &s).await?;
     let sid = s.id.clone();
@@ -63,11 +83,25 @@ async fn target(st: &AppState, caller: &Caller, id: String) -> ApiResult<(AgentC
 /// should be (or the like) 409 with the host's code, over the size limit 413.
 fn map_agent(e: AgentError) -> ApiError {
     match e {
-        AgentError::Remote { status: 404, code, .. } if code == "file_not_found" => ApiError::NotFound("file"),
-        AgentError::Remote { status: 404, .. } => ApiError::conflict("sandbox_not_running", "the sandbox's VM is gone from its host"),
+        AgentError::Remote {
+            status: 404, code, ..
+        } if code == "file_not_found" => ApiError::NotFound("file"),
+        AgentError::Remote { status: 404, .. } => ApiError::conflict(
+            "sandbox_not_running",
+            "the sandbox's VM is gone from its host",
+        ),
         AgentError::Remote { status: 413, .. } => ApiError::TooLarge,
-        AgentError::Remote { status: 403, message, .. } => ApiError::forbidden("permission_denied", message),
-        AgentError::Remote { status: 409, code, message, .. } => {
+        AgentError::Remote {
+            status: 403,
+            message,
+            ..
+        } => ApiError::forbidden("permission_denied", message),
+        AgentError::Remote {
+            status: 409,
+            code,
+            message,
+            ..
+        } => {
             let code = match code.as_str() {
                 "is_a_directory" => "is_a_directory",
                 "not_a_directory" => "not_a_directory",
@@ -86,14 +120,26 @@ fn query(path: &str) -> String {
 }
 
 /// Reads a file: the raw bytes, streamed.
-pub async fn read(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<Response> {
+pub async fn read(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FileQuery>,
+) -> ApiResult<Response> {
     let path = check_path(&q)?;
     let (client, s) = target(&st, &caller, id).await?;
     let resp = client
-        .stream(reqwest::Method::GET, &format!("/v1/vms/{}/files?{}", s.id, query(&path)), None, None)
+        .stream(
+            reqwest::Method::GET,
+            &format!("/v1/vms/{}/files?{}", s.id, query(&path)),
+            None,
+            None,
+        )
         .await
         .map_err(map_agent)?;
-    let mut out = Response::builder().status(StatusCode::OK).header(CONTENT_TYPE, "application/octet-stream");
+    let mut out = Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/octet-stream");
     if let Some(len) = resp.headers().get(CONTENT_LENGTH) {
         out = out.header(CONTENT_LENGTH, len.clone());
     }
@@ -113,7 +159,11 @@ pub async fn write(
     let path = check_path(&q)?;
     let mode = match &q.mode {
         None => String::new(),
-        Some(m) if !m.is_empty() && m.len() <= 4 && m.bytes().all(|b| (b'0'..=b'7').contains(&b)) => format!("&mode={m}"),
+        Some(m)
+            if !m.is_empty() && m.len() <= 4 && m.bytes().all(|b| (b'0'..=b'7').contains(&b)) =>
+        {
+            format!("&mode={m}")
+        }
         Some(_) => return Err(ApiError::bad("mode", "octal permission bits such as 644")),
     };
     let limit = st.settings.max_file_bytes;
@@ -128,16 +178,19 @@ pub async fn write(
     let seen = Arc::new(AtomicU64::new(0));
     let over = Arc::new(AtomicBool::new(false));
     let (seen2, over2) = (seen.clone(), over.clone());
-    let stream = body.into_data_stream().map_err(std::io::Error::other).and_then(move |chunk| {
-        let total = seen2.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
-        let res = if total > limit {
-            over2.store(true, Ordering::Relaxed);
-            Err(std::io::Error::other("file larger than the limit"))
-        } else {
-            Ok(chunk)
-        };
-        std::future::ready(res)
-    });
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk| {
+            let total = seen2.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+            let res = if total > limit {
+                over2.store(true, Ordering::Relaxed);
+                Err(std::io::Error::other("file larger than the limit"))
+            } else {
+                Ok(chunk)
+            };
+            std::future::ready(res)
+        });
     let result = client
         .stream(
             reqwest::Method::PUT,
@@ -150,42 +203,121 @@ pub async fn write(
         return Err(ApiError::TooLarge);
     }
     let resp = result.map_err(map_agent)?;
-    let entry: FileEntry = resp.json().await.map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))?;
+    let entry: FileEntry = resp
+        .json()
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))?;
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
-async fn json_call<T: serde::de::DeserializeOwned>(client: &AgentClient, method: reqwest::Method, path: String) -> ApiResult<T> {
-    let resp = client.stream(method, &path, None, Some(std::time::Duration::from_secs(60))).await.map_err(map_agent)?;
-    resp.json().await.map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))
+async fn json_call<T: serde::de::DeserializeOwned>(
+    client: &AgentClient,
+    method: reqwest::Method,
+    path: String,
+) -> ApiResult<T> {
+    let resp = client
+        .stream(
+            method,
+            &path,
+            None,
+            Some(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .map_err(map_agent)?;
+    resp.json()
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))
 }
 
-pub async fn list(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<Json<FileListResponse>> {
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FileQuery>,
+) -> ApiResult<Json<FileListResponse>> {
     let path = check_path(&q)?;
     let (client, s) = target(&st, &caller, id).await?;
-    Ok(Json(json_call(&client, reqwest::Method::GET, format!("/v1/vms/{}/files/list?{}", s.id, query(&path))).await?))
+    Ok(Json(
+        json_call(
+            &client,
+            reqwest::Method::GET,
+            format!("/v1/vms/{}/files/list?{}", s.id, query(&path)),
+        )
+        .await?,
+    ))
 }
 
-pub async fn stat(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<Json<FileEntry>> {
+pub async fn stat(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FileQuery>,
+) -> ApiResult<Json<FileEntry>> {
     let path = check_path(&q)?;
     let (client, s) = target(&st, &caller, id).await?;
-    Ok(Json(json_call(&client, reqwest::Method::GET, format!("/v1/vms/{}/files/stat?{}", s.id, query(&path))).await?))
+    Ok(Json(
+        json_call(
+            &client,
+            reqwest::Method::GET,
+            format!("/v1/vms/{}/files/stat?{}", s.id, query(&path)),
+        )
+        .await?,
+    ))
 }
 
-pub async fn mkdir(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<(StatusCode, Json<FileEntry>)> {
+pub async fn mkdir(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FileQuery>,
+) -> ApiResult<(StatusCode, Json<FileEntry>)> {
     let path = check_path(&q)?;
     let (client, s) = target(&st, &caller, id).await?;
-    let e = json_call(&client, reqwest::Method::POST, format!("/v1/vms/{}/files/mkdir?{}{}", s.id, query(&path), if q.parents == Some(true) { "&parents=true" } else { "" })).await?;
+    let e = json_call(
+        &client,
+        reqwest::Method::POST,
+        format!(
+            "/v1/vms/{}/files/mkdir?{}{}",
+            s.id,
+            query(&path),
+            if q.parents == Some(true) {
+                "&parents=true"
+            } else {
+                ""
+            }
+        ),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(e)))
 }
 
-pub async fn remove(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> ApiResult<StatusCode> {
+pub async fn remove(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FileQuery>,
+) -> ApiResult<StatusCode> {
     let path = check_path(&q)?;
     if path == "/" {
         return Err(ApiError::bad("path", "refusing to remove /"));
     }
     let (client, s) = target(&st, &caller, id).await?;
     client
-        .stream(reqwest::Method::DELETE, &format!("/v1/vms/{}/files?{}{}", s.id, query(&path), if q.recursive == Some(true) { "&recursive=true" } else { "" }), None, Some(std::time::Duration::from_secs(120)))
+        .stream(
+            reqwest::Method::DELETE,
+            &format!(
+                "/v1/vms/{}/files?{}{}",
+                s.id,
+                query(&path),
+                if q.recursive == Some(true) {
+                    "&recursive=true"
+                } else {
+                    ""
+                }
+            ),
+            None,
+            Some(std::time::Duration::from_secs(120)),
+        )
         .await
         .map_err(map_agent)?;
     Ok(StatusCode::NO_CONTENT)

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, AuthHost, AuthUser};
 use crate::crypto::{self, sha256_hex};
-use crate::proto::agent::{HeartbeatRequest, HeartbeatResponse, RefreshRequest, RegisterRequest, RegisterResponse};
+use crate::proto::agent::{
+    HeartbeatRequest, HeartbeatResponse, RefreshRequest, RegisterRequest, RegisterResponse,
+};
 use crate::proto::api::{CreateHostRequest, CreateHostResponse, HostListResponse, HostResponse};
 use crate::server::AppState;
 use crate::server::db::hosts::{self, HostRow, NewHost, RefreshOutcome};
@@ -45,7 +47,10 @@ fn label(field: &str, v: Option<String>) -> ApiResult<Option<String>> {
         Some(s) => {
             let s = s.trim().to_string();
             if s.is_empty() || s.chars().count() > 100 || s.chars().any(char::is_control) {
-                Err(ApiError::bad(field, "must be 1 to 100 printable characters"))
+                Err(ApiError::bad(
+                    field,
+                    "must be 1 to 100 printable characters",
+                ))
             } else {
                 Ok(Some(s))
             }
@@ -63,7 +68,10 @@ async fn visible_host(st: &AppState, user: &AuthUser, id: String) -> ApiResult<H
             let h = hosts::get(c, &id)?;
             let allowed = admin
                 || match &h.team_id {
-                    Some(t) => matches!(users::membership(c, t, &uid)?.as_deref(), Some("owner" | "admin")),
+                    Some(t) => matches!(
+                        users::membership(c, t, &uid)?.as_deref(),
+                        Some("owner" | "admin")
+                    ),
                     None => false,
                 };
             Ok(allowed.then_some(h))
@@ -83,19 +91,30 @@ fn register_command(st: &AppState, token: &str) -> String {
     )
 }
 
-pub async fn create(State(st): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<CreateHostRequest>) -> ApiResult<(StatusCode, Json<CreateHostResponse>)> {
+pub async fn create(
+    State(st): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<CreateHostRequest>,
+) -> ApiResult<(StatusCode, Json<CreateHostResponse>)> {
     let team_id = match req.host_type.as_str() {
         "regular" => {
             if req.team_id.is_some() {
                 return Err(ApiError::bad("team_id", "only BYOC hosts belong to a team"));
             }
             if !user.is_admin {
-                return Err(ApiError::forbidden("admin_required", "only platform admins add regular hosts"));
+                return Err(ApiError::forbidden(
+                    "admin_required",
+                    "only platform admins add regular hosts",
+                ));
             }
             None
         }
         "byoc" => {
-            let team = req.team_id.clone().or_else(|| user.team_id.clone()).ok_or_else(|| ApiError::bad("team_id", "required for a BYOC host"))?;
+            let team = req
+                .team_id
+                .clone()
+                .or_else(|| user.team_id.clone())
+                .ok_or_else(|| ApiError::bad("team_id", "required for a BYOC host"))?;
             let (t, uid) = (team.clone(), user.user_id.clone());
             let (active, role) = st
                 .db
@@ -105,7 +124,10 @@ pub async fn create(State(st): State<AppState>, user: AuthUser, ApiJson(req): Ap
                 return Err(ApiError::NotFound("team"));
             }
             if !(user.is_admin || matches!(role.as_deref(), Some("owner" | "admin"))) {
-                return Err(ApiError::forbidden("team_admin_required", "only the team's owners and admins add its hosts"));
+                return Err(ApiError::forbidden(
+                    "team_admin_required",
+                    "only the team's owners and admins add its hosts",
+                ));
             }
             Some(team)
         }
@@ -160,7 +182,11 @@ impl std::fmt::Debug for TokenResponse {
     }
 }
 
-pub async fn new_token(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<TokenResponse>> {
+pub async fn new_token(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenResponse>> {
     let h = visible_host(&st, &user, id).await?;
     let token = crypto::random_token("hrt_");
     let hash = sha256_hex(token.as_bytes());
@@ -194,7 +220,9 @@ pub async fn list(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<
                 "SELECT m.team_id FROM memberships m JOIN teams t ON t.id = m.team_id
                  WHERE m.user_id = ?1 AND m.role IN ('owner', 'admin') AND t.deleted_at IS NULL",
             )?;
-            let teams: Vec<String> = stmt.query_map([&uid], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let teams: Vec<String> = stmt
+                .query_map([&uid], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
             hosts::list(c, all, &teams)
         })
         .await?;
@@ -203,7 +231,11 @@ pub async fn list(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<
     }))
 }
 
-pub async fn get(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<HostResponse>> {
+pub async fn get(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HostResponse>> {
     Ok(Json(to_resp(visible_host(&st, &user, id).await?)))
 }
 
@@ -213,10 +245,17 @@ pub struct DeletePreview {
     pub sandbox_ids: Vec<String>,
 }
 
-pub async fn delete_preview(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<DeletePreview>> {
+pub async fn delete_preview(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeletePreview>> {
     let h = visible_host(&st, &user, id).await?;
     let hid = h.id.clone();
-    let live = st.db.call(move |c| sandboxes::live_on_host(c, &hid)).await?;
+    let live = st
+        .db
+        .call(move |c| sandboxes::live_on_host(c, &hid))
+        .await?;
     Ok(Json(DeletePreview {
         host_id: h.id,
         sandbox_ids: live.into_iter().map(|s| s.id).collect(),
@@ -229,7 +268,12 @@ pub struct DeleteQuery {
     pub force: Option<String>,
 }
 
-pub async fn delete(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiQuery(q): ApiQuery<DeleteQuery>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
+) -> ApiResult<StatusCode> {
     let force = match q.force.as_deref() {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") | Some("") => true,
@@ -237,9 +281,14 @@ pub async fn delete(State(st): State<AppState>, user: AuthUser, Path(id): Path<S
     };
     let h = visible_host(&st, &user, id).await?;
     let hid = h.id.clone();
-    let live = st.db.call(move |c| sandboxes::live_on_host(c, &hid)).await?;
+    let live = st
+        .db
+        .call(move |c| sandboxes::live_on_host(c, &hid))
+        .await?;
     if !live.is_empty() && !force {
-        return Err(ApiError::HostHasSandboxes(live.into_iter().map(|s| s.id).collect()));
+        return Err(ApiError::HostHasSandboxes(
+            live.into_iter().map(|s| s.id).collect(),
+        ));
     }
     if let Some(addr) = &h.address {
         let client = st.pool.get(&h.id, addr);
@@ -253,8 +302,20 @@ pub async fn delete(State(st): State<AppState>, user: AuthUser, Path(id): Path<S
     st.db
         .call(move |c| {
             for s in &live {
-                let _ = sandboxes::transition(c, &s.id, crate::server::state::SandboxStatus::Stopped, Some("host deleted"))
-                    .or_else(|_| sandboxes::transition(c, &s.id, crate::server::state::SandboxStatus::Error, Some("host deleted")));
+                let _ = sandboxes::transition(
+                    c,
+                    &s.id,
+                    crate::server::state::SandboxStatus::Stopped,
+                    Some("host deleted"),
+                )
+                .or_else(|_| {
+                    sandboxes::transition(
+                        c,
+                        &s.id,
+                        crate::server::state::SandboxStatus::Error,
+                        Some("host deleted"),
+                    )
+                });
             }
             hosts::delete(c, &hid, Some(&uid))
         })
@@ -263,7 +324,10 @@ pub async fn delete(State(st): State<AppState>, user: AuthUser, Path(id): Path<S
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn register(State(st): State<AppState>, ApiJson(req): ApiJson<RegisterRequest>) -> ApiResult<Json<RegisterResponse>> {
+pub async fn register(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> ApiResult<Json<RegisterResponse>> {
     validate_facts(&req.facts)?;
     if req.token.is_empty() || req.token.len() > 200 {
         return Err(ApiError::bad("token", "required"));
@@ -299,10 +363,15 @@ fn validate_facts(f: &crate::proto::agent::HostFacts) -> ApiResult<()> {
         && f.address.rsplit_once(':').is_some_and(|(host, port)| {
             port.parse::<u16>().is_ok_and(|p| p != 0)
                 && !host.is_empty()
-                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
         });
     if !addr_ok {
-        return Err(ApiError::bad("facts.address", "must be host:port where the agent listens"));
+        return Err(ApiError::bad(
+            "facts.address",
+            "must be host:port where the agent listens",
+        ));
     }
     if f.disk_gb > 1_000_000_000 {
         return Err(ApiError::bad("facts.disk_gb", "out of range"));
@@ -316,7 +385,11 @@ fn validate_facts(f: &crate::proto::agent::HostFacts) -> ApiResult<()> {
     if !matches!(f.accel.as_str(), "kvm" | "tcg") {
         return Err(ApiError::bad("facts.accel", "must be kvm or tcg"));
     }
-    for (field, v) in [("facts.arch", &f.arch), ("facts.version", &f.version), ("facts.accel_reason", &f.accel_reason)] {
+    for (field, v) in [
+        ("facts.arch", &f.arch),
+        ("facts.version", &f.version),
+        ("facts.accel_reason", &f.accel_reason),
+    ] {
         if v.len() > 500 {
             return Err(ApiError::bad(field, "too long"));
         }
@@ -324,9 +397,17 @@ fn validate_facts(f: &crate::proto::agent::HostFacts) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn heartbeat(State(st): State<AppState>, host: AuthHost, Path(id): Path<String>, ApiJson(req): ApiJson<HeartbeatRequest>) -> ApiResult<Json<HeartbeatResponse>> {
+pub async fn heartbeat(
+    State(st): State<AppState>,
+    host: AuthHost,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<HeartbeatRequest>,
+) -> ApiResult<Json<HeartbeatResponse>> {
     if host.host_id != id {
-        return Err(ApiError::forbidden("wrong_host", "a host may only heartbeat for itself"));
+        return Err(ApiError::forbidden(
+            "wrong_host",
+            "a host may only heartbeat for itself",
+        ));
     }
     validate_facts(&req.facts)?;
     let status = st
@@ -350,7 +431,11 @@ pub struct RefreshResponse {
     pub refresh_expires_at: i64,
 }
 
-pub async fn refresh(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<Json<RefreshResponse>> {
+pub async fn refresh(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> ApiResult<Json<RefreshResponse>> {
     super::auth::rate_limit(&st, peer.ip(), None)?;
     if req.refresh_token.is_empty() || req.refresh_token.len() > 200 {
         return Err(ApiError::Unauthorized);
@@ -358,9 +443,15 @@ pub async fn refresh(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<
     let hash = sha256_hex(req.refresh_token.as_bytes());
     let new = crypto::random_token("hrf_");
     let new_hash = sha256_hex(new.as_bytes());
-    let outcome = st.db.call(move |c| hosts::rotate_refresh(c, &hash, &new_hash)).await?;
+    let outcome = st
+        .db
+        .call(move |c| hosts::rotate_refresh(c, &hash, &new_hash))
+        .await?;
     match outcome {
-        RefreshOutcome::Rotated { host_id, generation } => {
+        RefreshOutcome::Rotated {
+            host_id,
+            generation,
+        } => {
             let (token, exp) = st.keys.host_token(&host_id, generation)?;
             Ok(Json(RefreshResponse {
                 host_id,
@@ -383,13 +474,26 @@ pub struct TagsRequest {
     pub tags: Vec<String>,
 }
 
-pub async fn set_tags(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiJson(req): ApiJson<TagsRequest>) -> ApiResult<Json<HostResponse>> {
+pub async fn set_tags(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<TagsRequest>,
+) -> ApiResult<Json<HostResponse>> {
     if req.tags.len() > 32 {
         return Err(ApiError::bad("tags", "at most 32 tags"));
     }
     for t in &req.tags {
-        if t.is_empty() || t.len() > 64 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:=/".contains(&b)) {
-            return Err(ApiError::bad("tags", format!("'{t}': tags are 1 to 64 letters, digits or - _ . : = /")));
+        if t.is_empty()
+            || t.len() > 64
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:=/".contains(&b))
+        {
+            return Err(ApiError::bad(
+                "tags",
+                format!("'{t}': tags are 1 to 64 letters, digits or - _ . : = /"),
+            ));
         }
     }
     let h = visible_host(&st, &user, id).await?;
@@ -404,7 +508,11 @@ pub async fn set_tags(State(st): State<AppState>, user: AuthUser, Path(id): Path
     Ok(Json(to_resp(row)))
 }
 
-pub async fn drain(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<HostResponse>> {
+pub async fn drain(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HostResponse>> {
     let h = visible_host(&st, &user, id).await?;
     let uid = user.user_id.clone();
     let row = st
@@ -415,7 +523,9 @@ pub async fn drain(State(st): State<AppState>, user: AuthUser, Path(id): Path<St
         })
         .await
         .map_err(|e| match e {
-            DbError::Conflict(_) => ApiError::conflict("invalid_transition", "only an online host can be drained"),
+            DbError::Conflict(_) => {
+                ApiError::conflict("invalid_transition", "only an online host can be drained")
+            }
             other => other.into(),
         })?;
     Ok(Json(to_resp(row)))

@@ -64,11 +64,18 @@ fn team_of(user: &AuthUser) -> ApiResult<String> {
         .ok_or_else(|| ApiError::forbidden("no_team", "you are not in any active team"))
 }
 
-pub async fn create(State(st): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<CreateKeyRequest>) -> ApiResult<(StatusCode, Json<KeyResponse>)> {
+pub async fn create(
+    State(st): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<CreateKeyRequest>,
+) -> ApiResult<(StatusCode, Json<KeyResponse>)> {
     let team = team_of(&user)?;
     let name = req.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad("name", "must be 1 to 100 printable characters"));
+        return Err(ApiError::bad(
+            "name",
+            "must be 1 to 100 printable characters",
+        ));
     }
     let key = crypto::random_token("sk_");
     let prefix: String = key.chars().take(10).collect();
@@ -90,7 +97,11 @@ pub async fn list(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<
     }))
 }
 
-pub async fn revoke(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn revoke(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let team = team_of(&user)?;
     let uid = user.user_id.clone();
     st.db

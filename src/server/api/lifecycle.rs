@@ -17,7 +17,10 @@ use crate::server::state::SandboxStatus;
 fn not_in(s: &SandboxRow, want: SandboxStatus, verb: &str) -> ApiError {
     ApiError::conflict(
         "invalid_transition",
-        format!("cannot {verb} a sandbox that is {} (it must be {want})", s.status),
+        format!(
+            "cannot {verb} a sandbox that is {} (it must be {want})",
+            s.status
+        ),
     )
 }
 
@@ -36,7 +39,11 @@ pub async fn pause_row(st: &AppState, s: &SandboxRow) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn pause(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<SandboxResponse>> {
+pub async fn pause(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SandboxResponse>> {
     let s = load(&st, &caller, id.clone()).await?;
     if s.status != SandboxStatus::Running {
         return Err(not_in(&s, SandboxStatus::Running, "pause"));
@@ -45,7 +52,11 @@ pub async fn pause(State(st): State<AppState>, caller: Caller, Path(id): Path<St
     reload(&st, &caller, &id).await
 }
 
-pub async fn resume(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<SandboxResponse>> {
+pub async fn resume(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SandboxResponse>> {
     let s = load(&st, &caller, id.clone()).await?;
     if s.status != SandboxStatus::Paused {
         return Err(not_in(&s, SandboxStatus::Paused, "resume"));
@@ -54,7 +65,8 @@ pub async fn resume(State(st): State<AppState>, caller: Caller, Path(id): Path<S
     if !online {
         return Err(ApiError::HostFailed {
             code: "host_unreachable",
-            message: "the sandbox's host is not online; it resumes only where its memory is saved".into(),
+            message: "the sandbox's host is not online; it resumes only where its memory is saved"
+                .into(),
         });
     }
     client.resume_vm(&s.id).await.map_err(vm_gone)?;
@@ -76,9 +88,17 @@ pub struct TimeoutRequest {
 }
 
 /// Sets the idle timeout, counting from now (so it also extends it). 0 = never.
-pub async fn set_timeout(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiJson(req): ApiJson<TimeoutRequest>) -> ApiResult<Json<SandboxResponse>> {
+pub async fn set_timeout(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<TimeoutRequest>,
+) -> ApiResult<Json<SandboxResponse>> {
     if req.timeout_sec > MAX_TIMEOUT_SEC {
-        return Err(ApiError::bad("timeout_sec", format!("must be 0 (never) to {MAX_TIMEOUT_SEC}")));
+        return Err(ApiError::bad(
+            "timeout_sec",
+            format!("must be 0 (never) to {MAX_TIMEOUT_SEC}"),
+        ));
     }
     if let Some(o) = &req.on_timeout
         && o != "pause"
@@ -88,7 +108,10 @@ pub async fn set_timeout(State(st): State<AppState>, caller: Caller, Path(id): P
     }
     let s = load(&st, &caller, id.clone()).await?;
     if s.status.is_terminal() {
-        return Err(ApiError::conflict("invalid_transition", format!("the sandbox is {}", s.status)));
+        return Err(ApiError::conflict(
+            "invalid_transition",
+            format!("the sandbox is {}", s.status),
+        ));
     }
     let sid = s.id.clone();
     st.db
@@ -104,17 +127,33 @@ pub struct LogsQuery {
 }
 
 /// The guest's console log (the kernel and init messages), as text.
-pub async fn logs(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiQuery(q): ApiQuery<LogsQuery>) -> ApiResult<Response> {
+pub async fn logs(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> ApiResult<Response> {
     let tail = q.tail_bytes.unwrap_or(64 * 1024).min(1024 * 1024);
     let s = load(&st, &caller, id).await?;
     if s.status.is_terminal() {
-        return Err(ApiError::conflict("sandbox_not_running", format!("the sandbox is {}; its log went with it", s.status)));
+        return Err(ApiError::conflict(
+            "sandbox_not_running",
+            format!("the sandbox is {}; its log went with it", s.status),
+        ));
     }
     let (client, _) = host_client(&st, &s).await?;
     let resp = client
-        .stream(reqwest::Method::GET, &format!("/v1/vms/{}/logs?tail_bytes={tail}", s.id), None, Some(std::time::Duration::from_secs(30)))
+        .stream(
+            reqwest::Method::GET,
+            &format!("/v1/vms/{}/logs?tail_bytes={tail}", s.id),
+            None,
+            Some(std::time::Duration::from_secs(30)),
+        )
         .await
         .map_err(vm_gone)?;
-    let text = resp.bytes().await.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
+    let text = resp
+        .bytes()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
     Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }

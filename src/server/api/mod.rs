@@ -33,9 +33,15 @@ pub fn router() -> Router<AppState> {
         .route("/v1/me", get(auth::me))
         .route("/v1/users/search", get(teams::search_users))
         .route("/v1/teams", get(teams::list).post(teams::create))
-        .route("/v1/teams/{id}", get(teams::get).patch(teams::rename).delete(teams::delete))
+        .route(
+            "/v1/teams/{id}",
+            get(teams::get).patch(teams::rename).delete(teams::delete),
+        )
         .route("/v1/teams/{id}/members", post(teams::add_member))
-        .route("/v1/teams/{id}/members/{user_id}", axum::routing::patch(teams::set_role).delete(teams::remove_member))
+        .route(
+            "/v1/teams/{id}/members/{user_id}",
+            axum::routing::patch(teams::set_role).delete(teams::remove_member),
+        )
         .route("/v1/teams/{id}/leave", post(teams::leave))
         .route("/v1/api-keys", post(keys::create).get(keys::list))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke))
@@ -48,8 +54,14 @@ pub fn router() -> Router<AppState> {
         .route("/v1/hosts/{id}/tags", axum::routing::put(hosts::set_tags))
         .route("/v1/hosts/{id}/drain", post(hosts::drain))
         .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
-        .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
-        .route("/v1/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::delete))
+        .route(
+            "/v1/sandboxes",
+            post(sandboxes::create).get(sandboxes::list),
+        )
+        .route(
+            "/v1/sandboxes/{id}",
+            get(sandboxes::get).delete(sandboxes::delete),
+        )
         .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
         .route("/v1/sandboxes/{id}/exec/stream", get(stream::exec_stream))
         .route("/v1/sandboxes/{id}/pause", post(lifecycle::pause))
@@ -58,21 +70,30 @@ pub fn router() -> Router<AppState> {
         .route("/v1/sandboxes/{id}/logs", get(lifecycle::logs))
         .route(
             "/v1/sandboxes/{id}/files",
-            get(files::read).put(files::write).layer(DefaultBodyLimit::disable()).delete(files::remove),
+            get(files::read)
+                .put(files::write)
+                .layer(DefaultBodyLimit::disable())
+                .delete(files::remove),
         )
         .route("/v1/sandboxes/{id}/files/list", get(files::list))
         .route("/v1/sandboxes/{id}/files/stat", get(files::stat))
         .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
         .route("/v1/snapshots", post(templates::snapshot))
         .route("/v1/templates", get(templates::list).post(templates::build))
-        .route("/v1/templates/{id}", axum::routing::delete(templates::delete))
+        .route(
+            "/v1/templates/{id}",
+            axum::routing::delete(templates::delete),
+        )
         .route("/v1/templates/{id}/build", get(templates::build_status))
         // Unknown paths go to the app's fallback (`server::web::fallback`): JSON 404 under /v1.
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-async fn method_not_allowed() -> (axum::http::StatusCode, axum::Json<crate::proto::api::ErrorBody>) {
+async fn method_not_allowed() -> (
+    axum::http::StatusCode,
+    axum::Json<crate::proto::api::ErrorBody>,
+) {
     (
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         axum::Json(crate::proto::api::ErrorBody {

@@ -76,11 +76,23 @@ pub async fn start(State(st): State<AppState>) -> ApiResult<Response> {
         crate::cli::client::urlencode(&callback_url(&st)),
         state
     );
-    let secure = if st.settings.public_url.starts_with("https://") { "; Secure" } else { "" };
-    let cookie = format!("{COOKIE_NAME}={sealed}; Path=/v1/auth/github; HttpOnly; SameSite=Lax; Max-Age={STATE_TTL_SECS}{secure}");
+    let secure = if st.settings.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{COOKIE_NAME}={sealed}; Path=/v1/auth/github; HttpOnly; SameSite=Lax; Max-Age={STATE_TTL_SECS}{secure}"
+    );
     let mut resp = StatusCode::FOUND.into_response();
-    resp.headers_mut().insert(LOCATION, HeaderValue::from_str(&url).map_err(|e| anyhow::anyhow!("{e}"))?);
-    resp.headers_mut().insert(SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| anyhow::anyhow!("{e}"))?);
+    resp.headers_mut().insert(
+        LOCATION,
+        HeaderValue::from_str(&url).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    resp.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     Ok(resp)
 }
 
@@ -137,10 +149,15 @@ fn check_state(st: &AppState, headers: &HeaderMap, state: &str) -> bool {
     let Some((expected, exp)) = value.rsplit_once('.') else {
         return false;
     };
-    exp.parse::<i64>().is_ok_and(|e| e > now()) && crypto::ct_eq(expected.as_bytes(), state.as_bytes())
+    exp.parse::<i64>().is_ok_and(|e| e > now())
+        && crypto::ct_eq(expected.as_bytes(), state.as_bytes())
 }
 
-pub async fn callback(State(st): State<AppState>, headers: HeaderMap, ApiQuery(q): ApiQuery<CallbackQuery>) -> Response {
+pub async fn callback(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<CallbackQuery>,
+) -> Response {
     if let Err(e) = github(&st) {
         return e.into_response();
     }
@@ -183,12 +200,21 @@ fn redirect(to: &str) -> Response {
 async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiResult<AuthResponse> {
     let gh = github(st)?.clone();
     if let Some(e) = q.error {
-        return Err(ApiError::forbidden("oauth_denied", format!("GitHub said: {e}")));
+        return Err(ApiError::forbidden(
+            "oauth_denied",
+            format!("GitHub said: {e}"),
+        ));
     }
-    let code = q.code.filter(|c| !c.is_empty() && c.len() < 512).ok_or_else(|| ApiError::bad("code", "required"))?;
+    let code = q
+        .code
+        .filter(|c| !c.is_empty() && c.len() < 512)
+        .ok_or_else(|| ApiError::bad("code", "required"))?;
     let state = q.state.ok_or_else(|| ApiError::bad("state", "required"))?;
     if !check_state(st, headers, &state) {
-        return Err(ApiError::forbidden("oauth_state_mismatch", "the sign-in took too long or did not start here; try again"));
+        return Err(ApiError::forbidden(
+            "oauth_state_mismatch",
+            "the sign-in took too long or did not start here; try again",
+        ));
     }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
@@ -215,7 +241,13 @@ async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiRes
         .await
         .map_err(upstream)?;
     let access = token.access_token.ok_or_else(|| {
-        ApiError::forbidden("oauth_denied", format!("GitHub refused the code: {}", token.error.unwrap_or_default()))
+        ApiError::forbidden(
+            "oauth_denied",
+            format!(
+                "GitHub refused the code: {}",
+                token.error.unwrap_or_default()
+            ),
+        )
     })?;
     let user: GithubUser = http
         .get(format!("{}/user", gh.api_url))
@@ -242,9 +274,20 @@ async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiRes
         .find(|e| e.primary && e.verified)
         .map(|e| e.email.clone())
         .or(user.email.clone())
-        .ok_or_else(|| ApiError::forbidden("oauth_no_email", "your GitHub account has no verified email"))?;
+        .ok_or_else(|| {
+            ApiError::forbidden(
+                "oauth_no_email",
+                "your GitHub account has no verified email",
+            )
+        })?;
     let email = super::auth::normalize_email(&email)?;
-    let name = validate_name(user.name.as_deref().filter(|n| !n.trim().is_empty()).unwrap_or(&user.login)).unwrap_or_else(|_| user.login.chars().take(100).collect());
+    let name = validate_name(
+        user.name
+            .as_deref()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or(&user.login),
+    )
+    .unwrap_or_else(|_| user.login.chars().take(100).collect());
     let gh_id = user.id.to_string();
     let (u, team) = st
         .db
@@ -267,7 +310,9 @@ async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiRes
             ),
             other => other.into(),
         })?;
-    let token = st.keys.user_token(&u.id, &u.email, &u.name, team.as_deref())?;
+    let token = st
+        .keys
+        .user_token(&u.id, &u.email, &u.name, team.as_deref())?;
     Ok(AuthResponse {
         token,
         user_id: u.id,

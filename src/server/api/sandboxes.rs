@@ -11,7 +11,9 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use crate::ids::{is_valid, new_id};
 use crate::proto::agent::CreateVmRequest;
-use crate::proto::api::{CreateSandboxRequest, ExecRequest, ExecResponse, SandboxListResponse, SandboxResponse};
+use crate::proto::api::{
+    CreateSandboxRequest, ExecRequest, ExecResponse, SandboxListResponse, SandboxResponse,
+};
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, NewSandbox, SandboxRow};
 use crate::server::db::{DbError, hosts};
@@ -43,8 +45,9 @@ pub fn to_resp(s: SandboxRow) -> SandboxResponse {
         ended_at: s.ended_at,
         error: s.error,
         boot_ms: s.boot_ms,
-        timeout_at: (s.status == SandboxStatus::Running && s.timeout_sec > 0)
-            .then(|| s.last_active_at.or(s.started_at).unwrap_or(s.created_at) + s.timeout_sec as i64),
+        timeout_at: (s.status == SandboxStatus::Running && s.timeout_sec > 0).then(|| {
+            s.last_active_at.or(s.started_at).unwrap_or(s.created_at) + s.timeout_sec as i64
+        }),
         on_timeout: s.on_timeout,
         last_active_at: s.last_active_at,
         boot_kind: s.boot_kind,
@@ -58,46 +61,85 @@ pub fn valid_env_name(k: &str) -> bool {
         && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-pub(crate) fn check_map(field: &str, m: &BTreeMap<String, String>, env_names: bool) -> ApiResult<()> {
+pub(crate) fn check_map(
+    field: &str,
+    m: &BTreeMap<String, String>,
+    env_names: bool,
+) -> ApiResult<()> {
     if m.len() > MAX_MAP_ENTRIES {
-        return Err(ApiError::bad(field, format!("at most {MAX_MAP_ENTRIES} entries")));
+        return Err(ApiError::bad(
+            field,
+            format!("at most {MAX_MAP_ENTRIES} entries"),
+        ));
     }
     for (k, v) in m {
         if env_names && !valid_env_name(k) {
-            return Err(ApiError::bad(&format!("{field}.{k}"), "not a valid variable name (letters, digits, _)"));
+            return Err(ApiError::bad(
+                &format!("{field}.{k}"),
+                "not a valid variable name (letters, digits, _)",
+            ));
         }
         if !env_names && (k.is_empty() || k.len() > 128 || k.chars().any(char::is_control)) {
-            return Err(ApiError::bad(field, "keys must be 1 to 128 printable characters"));
+            return Err(ApiError::bad(
+                field,
+                "keys must be 1 to 128 printable characters",
+            ));
         }
         if v.len() > MAX_VALUE_BYTES || v.contains('\0') {
-            return Err(ApiError::bad(&format!("{field}.{k}"), format!("values must be at most {MAX_VALUE_BYTES} bytes, no NUL")));
+            return Err(ApiError::bad(
+                &format!("{field}.{k}"),
+                format!("values must be at most {MAX_VALUE_BYTES} bytes, no NUL"),
+            ));
         }
     }
     Ok(())
 }
 
 pub(crate) fn valid_template_name(t: &str) -> bool {
-    !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') && !t.starts_with('.')
+    !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !t.starts_with('.')
 }
 
-pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): ApiJson<CreateSandboxRequest>) -> ApiResult<(StatusCode, Json<SandboxResponse>)> {
+pub async fn create(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateSandboxRequest>,
+) -> ApiResult<(StatusCode, Json<SandboxResponse>)> {
     let team_id = caller.team()?.to_string();
-    let template = req.template.clone().unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
+    let template = req
+        .template
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
     if !valid_template_name(&template) {
-        return Err(ApiError::bad("template", "1 to 64 letters, digits, '-', '_' or '.'"));
+        return Err(ApiError::bad(
+            "template",
+            "1 to 64 letters, digits, '-', '_' or '.'",
+        ));
     }
     // A team template (a snapshot, which lives on one host and restores with its own size), else
     // a base template some host has ready.
     let (t, n) = (team_id.clone(), template.clone());
-    let own = st.db.call(move |c| crate::server::db::templates::by_name(c, &t, &n)).await?;
+    let own = st
+        .db
+        .call(move |c| crate::server::db::templates::by_name(c, &t, &n))
+        .await?;
     let (vcpus, memory_mb) = match &own {
         Some(t) => {
             let (tv, tm) = (t.vcpus.unwrap_or(1), t.memory_mb.unwrap_or(256));
             if req.vcpus.is_some_and(|v| v != tv) {
-                return Err(ApiError::bad("vcpus", format!("the snapshot '{template}' restores with {tv} vCPU")));
+                return Err(ApiError::bad(
+                    "vcpus",
+                    format!("the snapshot '{template}' restores with {tv} vCPU"),
+                ));
             }
             if req.memory_mb.is_some_and(|m| m != tm) {
-                return Err(ApiError::bad("memory_mb", format!("the snapshot '{template}' restores with {tm} MB")));
+                return Err(ApiError::bad(
+                    "memory_mb",
+                    format!("the snapshot '{template}' restores with {tm} MB"),
+                ));
             }
             (tv, tm)
         }
@@ -107,11 +149,17 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
         return Err(ApiError::bad("vcpus", format!("must be 1 to {MAX_VCPUS}")));
     }
     if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&memory_mb) {
-        return Err(ApiError::bad("memory_mb", format!("must be {MIN_MEMORY_MB} to {MAX_MEMORY_MB}")));
+        return Err(ApiError::bad(
+            "memory_mb",
+            format!("must be {MIN_MEMORY_MB} to {MAX_MEMORY_MB}"),
+        ));
     }
     let timeout_sec = req.timeout_sec.unwrap_or(300);
     if timeout_sec > MAX_TIMEOUT_SEC {
-        return Err(ApiError::bad("timeout_sec", format!("must be 0 (never) to {MAX_TIMEOUT_SEC}")));
+        return Err(ApiError::bad(
+            "timeout_sec",
+            format!("must be 0 (never) to {MAX_TIMEOUT_SEC}"),
+        ));
     }
     let env = req.env.clone().unwrap_or_default();
     check_map("env", &env, true)?;
@@ -125,7 +173,13 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
     // Place it.
     let (candidates, load, all_hosts) = st
         .db
-        .call(|c| Ok((hosts::schedulable(c)?, sandboxes::load_by_host(c)?, hosts::list(c, true, &[])?)))
+        .call(|c| {
+            Ok((
+                hosts::schedulable(c)?,
+                sandboxes::load_by_host(c)?,
+                hosts::list(c, true, &[])?,
+            ))
+        })
         .await?;
     if own.is_none()
         && !crate::server::api::templates::BASE_TEMPLATES.contains(&template.as_str())
@@ -134,7 +188,10 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
             .filter(|h| h.team_id.is_none() || h.team_id.as_deref() == Some(team_id.as_str()))
             .any(|h| h.templates.contains(&template))
     {
-        return Err(ApiError::bad("template", format!("no template '{template}' (see GET /v1/templates)")));
+        return Err(ApiError::bad(
+            "template",
+            format!("no template '{template}' (see GET /v1/templates)"),
+        ));
     }
     let candidates: Vec<Candidate> = candidates
         .iter()
@@ -158,7 +215,10 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
         pinned_host: own.as_ref().and_then(|t| t.host_id.clone()),
         base_template: own.is_none().then(|| template.clone()),
     };
-    let host_id = st.scheduler.place(&candidates, &placement).map_err(ApiError::NoHostAvailable)?;
+    let host_id = st
+        .scheduler
+        .place(&candidates, &placement)
+        .map_err(ApiError::NoHostAvailable)?;
     let (host, _) = host_address(&st, &host_id).await?;
 
     let new = NewSandbox {
@@ -204,8 +264,10 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
             }
             Err(e) => {
                 let msg = e.to_string();
-                db.call(move |c| sandboxes::transition(c, &sid, SandboxStatus::Error, Some(&msg)).map(|_| ()))
-                    .await
+                db.call(move |c| {
+                    sandboxes::transition(c, &sid, SandboxStatus::Error, Some(&msg)).map(|_| ())
+                })
+                .await
             }
         };
         if let Err(e) = outcome {
@@ -213,11 +275,18 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
         }
         result
     });
-    let result = task.await.map_err(|e| anyhow::anyhow!("create task: {e}"))?;
+    let result = task
+        .await
+        .map_err(|e| anyhow::anyhow!("create task: {e}"))?;
     if let Err(e) = result {
         tracing::warn!(sandbox = %id, host = %host_id, error = %e, "sandbox failed to start");
         return Err(match e {
-            AgentError::Remote { status: 400 | 422, message, field, .. } => ApiError::BadRequest {
+            AgentError::Remote {
+                status: 400 | 422,
+                message,
+                field,
+                ..
+            } => ApiError::BadRequest {
                 field: field.unwrap_or_else(|| "request".into()),
                 message,
             },
@@ -227,17 +296,26 @@ pub async fn create(State(st): State<AppState>, caller: Caller, ApiJson(req): Ap
             },
         });
     }
-    let row = st.db.call(move |c| sandboxes::get(c, &team_id, &id)).await?;
+    let row = st
+        .db
+        .call(move |c| sandboxes::get(c, &team_id, &id))
+        .await?;
     Ok((StatusCode::CREATED, Json(to_resp(row))))
 }
 
 /// The host's address and whether it is online.
 async fn host_address(st: &AppState, host_id: &str) -> ApiResult<(String, bool)> {
     let hid = host_id.to_string();
-    let h = st.db.call(move |c| hosts::get(c, &hid)).await.map_err(|e| match e {
-        DbError::NotFound => ApiError::conflict("sandbox_has_no_host", "the sandbox's host was deleted"),
-        other => other.into(),
-    })?;
+    let h = st
+        .db
+        .call(move |c| hosts::get(c, &hid))
+        .await
+        .map_err(|e| match e {
+            DbError::NotFound => {
+                ApiError::conflict("sandbox_has_no_host", "the sandbox's host was deleted")
+            }
+            other => other.into(),
+        })?;
     let online = h.status == "online" || h.status == "draining";
     let addr = h.address.ok_or_else(|| ApiError::HostFailed {
         code: "host_unreachable",
@@ -251,13 +329,23 @@ pub struct ListQuery {
     pub status: Option<String>,
 }
 
-pub async fn list(State(st): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<SandboxListResponse>> {
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<SandboxListResponse>> {
     let team_id = caller.team()?.to_string();
     let status = match q.status.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(s.parse::<SandboxStatus>().map_err(|e| ApiError::bad("status", e))?),
+        Some(s) => Some(
+            s.parse::<SandboxStatus>()
+                .map_err(|e| ApiError::bad("status", e))?,
+        ),
     };
-    let rows = st.db.call(move |c| sandboxes::list(c, &team_id, status)).await?;
+    let rows = st
+        .db
+        .call(move |c| sandboxes::list(c, &team_id, status))
+        .await?;
     Ok(Json(SandboxListResponse {
         sandboxes: rows.into_iter().map(to_resp).collect(),
     }))
@@ -268,19 +356,31 @@ pub(crate) async fn load(st: &AppState, caller: &Caller, id: String) -> ApiResul
     if !is_valid("sbx", &id) {
         return Err(ApiError::NotFound("sandbox"));
     }
-    st.db.call(move |c| sandboxes::get(c, &team_id, &id)).await.map_err(|e| match e {
-        DbError::NotFound => ApiError::NotFound("sandbox"),
-        other => other.into(),
-    })
+    st.db
+        .call(move |c| sandboxes::get(c, &team_id, &id))
+        .await
+        .map_err(|e| match e {
+            DbError::NotFound => ApiError::NotFound("sandbox"),
+            other => other.into(),
+        })
 }
 
-pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<SandboxResponse>> {
+pub async fn get(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SandboxResponse>> {
     Ok(Json(to_resp(load(&st, &caller, id).await?)))
 }
 
 /// The agent client for a sandbox's host, and whether that host is online.
-pub(crate) async fn host_client(st: &AppState, s: &SandboxRow) -> ApiResult<(crate::server::pool::AgentClient, bool)> {
-    let host_id = s.host_id.clone().ok_or_else(|| ApiError::conflict("sandbox_has_no_host", "the sandbox's host was deleted"))?;
+pub(crate) async fn host_client(
+    st: &AppState,
+    s: &SandboxRow,
+) -> ApiResult<(crate::server::pool::AgentClient, bool)> {
+    let host_id = s.host_id.clone().ok_or_else(|| {
+        ApiError::conflict("sandbox_has_no_host", "the sandbox's host was deleted")
+    })?;
     let (addr, online) = host_address(st, &host_id).await?;
     Ok((st.pool.get(&host_id, &addr), online))
 }
@@ -294,7 +394,10 @@ pub async fn destroy_on_host(st: &AppState, s: &SandboxRow) -> ApiResult<()> {
     }
     let (client, online) = match host_client(st, s).await {
         Ok(c) => c,
-        Err(ApiError::Conflict { code: "sandbox_has_no_host", .. }) => return Ok(()),
+        Err(ApiError::Conflict {
+            code: "sandbox_has_no_host",
+            ..
+        }) => return Ok(()),
         Err(e) => return Err(e),
     };
     match client.destroy_vm(&s.id).await {
@@ -307,7 +410,11 @@ pub async fn destroy_on_host(st: &AppState, s: &SandboxRow) -> ApiResult<()> {
     }
 }
 
-pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let s = load(&st, &caller, id).await?;
     if s.status.is_terminal() {
         return Ok(StatusCode::NO_CONTENT);
@@ -317,7 +424,9 @@ pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<S
     st.db
         .call(move |c| {
             let (next, why) = match sandboxes::get_any(c, &sid)?.map(|r| r.status) {
-                Some(SandboxStatus::Pending | SandboxStatus::Starting) => (SandboxStatus::Error, Some("deleted while starting")),
+                Some(SandboxStatus::Pending | SandboxStatus::Starting) => {
+                    (SandboxStatus::Error, Some("deleted while starting"))
+                }
                 Some(s) if s.is_terminal() => return Ok(()),
                 _ => (SandboxStatus::Stopped, None),
             };
@@ -329,12 +438,28 @@ pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<S
 }
 
 /// The checks every command gets, one-shot or streamed.
-pub fn check_command(cmd: &str, args: &[String], env: &BTreeMap<String, String>, cwd: Option<&str>, timeout_sec: Option<u64>) -> ApiResult<()> {
+pub fn check_command(
+    cmd: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: Option<&str>,
+    timeout_sec: Option<u64>,
+) -> ApiResult<()> {
     if cmd.is_empty() || cmd.len() > 4096 || cmd.contains('\0') {
-        return Err(ApiError::bad("cmd", "required: the program to run (not through a shell)"));
+        return Err(ApiError::bad(
+            "cmd",
+            "required: the program to run (not through a shell)",
+        ));
     }
-    if args.len() > 4096 || args.iter().any(|a| a.contains('\0') || a.len() > 128 * 1024) {
-        return Err(ApiError::bad("args", "at most 4096 arguments of at most 128 KiB, no NUL bytes"));
+    if args.len() > 4096
+        || args
+            .iter()
+            .any(|a| a.contains('\0') || a.len() > 128 * 1024)
+    {
+        return Err(ApiError::bad(
+            "args",
+            "at most 4096 arguments of at most 128 KiB, no NUL bytes",
+        ));
     }
     if let Some(t) = timeout_sec
         && !(1..=3600).contains(&t)
@@ -353,16 +478,33 @@ pub fn check_command(cmd: &str, args: &[String], env: &BTreeMap<String, String>,
 /// A 404 from the agent about the VM itself: the sandbox is not running there any more.
 pub fn vm_gone(e: AgentError) -> ApiError {
     match e {
-        AgentError::Remote { status: 404, .. } => ApiError::conflict("sandbox_not_running", "the sandbox's VM is gone from its host"),
+        AgentError::Remote { status: 404, .. } => ApiError::conflict(
+            "sandbox_not_running",
+            "the sandbox's VM is gone from its host",
+        ),
         other => other.into(),
     }
 }
 
-pub async fn exec(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, ApiJson(req): ApiJson<ExecRequest>) -> ApiResult<Json<ExecResponse>> {
-    check_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref(), req.timeout_sec)?;
+pub async fn exec(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ExecRequest>,
+) -> ApiResult<Json<ExecResponse>> {
+    check_command(
+        &req.cmd,
+        &req.args,
+        &req.env,
+        req.cwd.as_deref(),
+        req.timeout_sec,
+    )?;
     let s = load(&st, &caller, id).await?;
     if s.status != SandboxStatus::Running {
-        return Err(ApiError::conflict("sandbox_not_running", format!("the sandbox is {}, not running", s.status)));
+        return Err(ApiError::conflict(
+            "sandbox_not_running",
+            format!("the sandbox is {}, not running", s.status),
+        ));
     }
     let (client, _) = host_client(&st, &s).await?;
     let out = client.exec(&s.id, &req).await.map_err(vm_gone)?;

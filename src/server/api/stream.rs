@@ -29,26 +29,41 @@ pub async fn exec_stream(
 ) -> ApiResult<Response> {
     let s = load(&st, &caller, id).await?;
     if s.status != SandboxStatus::Running {
-        return Err(ApiError::conflict("sandbox_not_running", format!("the sandbox is {}, not running", s.status)));
+        return Err(ApiError::conflict(
+            "sandbox_not_running",
+            format!("the sandbox is {}, not running", s.status),
+        ));
     }
-    let ws = ws.map_err(|e| ApiError::bad("upgrade", format!("this route speaks WebSocket only ({})", e.body_text())))?;
+    let ws = ws.map_err(|e| {
+        ApiError::bad(
+            "upgrade",
+            format!("this route speaks WebSocket only ({})", e.body_text()),
+        )
+    })?;
     let (client, _) = host_client(&st, &s).await?;
     let (url, token) = client.exec_stream_target(&s.id)?;
-    let mut req = url.into_client_request().map_err(|e| anyhow::anyhow!("agent URL: {e}"))?;
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| anyhow::anyhow!("agent URL: {e}"))?;
     req.headers_mut().insert(
         axum::http::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
-    let (agent, _) = tokio::time::timeout(Duration::from_secs(15), tokio_tungstenite::connect_async(req))
-        .await
-        .map_err(|_| ApiError::HostFailed {
-            code: "host_unreachable",
-            message: "the sandbox's host did not answer".into(),
-        })?
-        .map_err(|e| ApiError::HostFailed {
-            code: "host_unreachable",
-            message: format!("the sandbox's host refused the stream: {e}"),
-        })?;
+    let (agent, _) = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .map_err(|_| ApiError::HostFailed {
+        code: "host_unreachable",
+        message: "the sandbox's host did not answer".into(),
+    })?
+    .map_err(|e| ApiError::HostFailed {
+        code: "host_unreachable",
+        message: format!("the sandbox's host refused the stream: {e}"),
+    })?;
     let sid = s.id.clone();
     let db = st.db.clone();
     db.call({
@@ -56,10 +71,13 @@ pub async fn exec_stream(
         move |c| sandboxes::touch(c, &sid)
     })
     .await?;
-    Ok(ws.max_message_size(MAX_MESSAGE).on_upgrade(move |socket| relay(socket, agent, st, sid)))
+    Ok(ws
+        .max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| relay(socket, agent, st, sid)))
 }
 
-type AgentSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type AgentSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn relay(client: WebSocket, agent: AgentSocket, st: AppState, sandbox: String) {
     let (mut c_tx, mut c_rx) = client.split();
@@ -134,13 +152,22 @@ fn check_client_message(text: &str) -> Result<(), String> {
         })
         .unwrap_or_default()
     };
-    let msg: ExecClientMessage = serde_json::from_str(text).map_err(|e| refuse("invalid_message", format!("not an exec stream message: {e}")))?;
+    let msg: ExecClientMessage = serde_json::from_str(text).map_err(|e| {
+        refuse(
+            "invalid_message",
+            format!("not an exec stream message: {e}"),
+        )
+    })?;
     if let ExecClientMessage::Start(s) = msg {
-        check_command(&s.cmd, &s.args, &s.env, s.cwd.as_deref(), s.timeout_sec).map_err(|e| refuse("invalid_field", e.to_string()))?;
+        check_command(&s.cmd, &s.args, &s.env, s.cwd.as_deref(), s.timeout_sec)
+            .map_err(|e| refuse("invalid_field", e.to_string()))?;
         if let Some(p) = s.pty
             && (p.rows == 0 || p.cols == 0 || p.rows > 1000 || p.cols > 1000)
         {
-            return Err(refuse("invalid_field", "pty: rows and cols must be 1 to 1000".into()));
+            return Err(refuse(
+                "invalid_field",
+                "pty: rows and cols must be 1 to 1000".into(),
+            ));
         }
     }
     Ok(())

@@ -131,17 +131,23 @@ fn require_admin(role: &str) -> ApiResult<()> {
     if matches!(role, "owner" | "admin") {
         Ok(())
     } else {
-        Err(ApiError::forbidden("team_admin_required", "only the team's owners and admins can do this"))
+        Err(ApiError::forbidden(
+            "team_admin_required",
+            "only the team's owners and admins can do this",
+        ))
     }
 }
 
 fn not_found_as(what: &'static str) -> impl Fn(DbError) -> ApiError {
     move |e| match e {
         DbError::NotFound => ApiError::NotFound(what),
-        DbError::Conflict("owner_is_fixed") => {
-            ApiError::conflict("owner_is_fixed", "the team's owner cannot be removed, demoted or leave")
+        DbError::Conflict("owner_is_fixed") => ApiError::conflict(
+            "owner_is_fixed",
+            "the team's owner cannot be removed, demoted or leave",
+        ),
+        DbError::Conflict("already_member") => {
+            ApiError::conflict("already_member", "already a member of this team")
         }
-        DbError::Conflict("already_member") => ApiError::conflict("already_member", "already a member of this team"),
         other => other.into(),
     }
 }
@@ -150,25 +156,42 @@ pub async fn list(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<
     let uid = user.user_id.clone();
     let rows = st.db.call(move |c| teams::mine(c, &uid)).await?;
     Ok(Json(TeamListResponse {
-        teams: rows.into_iter().map(|r| team_resp(r.team, r.role, r.is_default)).collect(),
+        teams: rows
+            .into_iter()
+            .map(|r| team_resp(r.team, r.role, r.is_default))
+            .collect(),
     }))
 }
 
-pub async fn create(State(st): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<NameRequest>) -> ApiResult<(StatusCode, Json<TeamResponse>)> {
+pub async fn create(
+    State(st): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<NameRequest>,
+) -> ApiResult<(StatusCode, Json<TeamResponse>)> {
     let name = validate_name(&req.name)?;
     let uid = user.user_id.clone();
     let t = st.db.call(move |c| teams::create(c, &name, &uid)).await?;
-    Ok((StatusCode::CREATED, Json(team_resp(t, "owner".into(), false))))
+    Ok((
+        StatusCode::CREATED,
+        Json(team_resp(t, "owner".into(), false)),
+    ))
 }
 
-pub async fn get(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<TeamDetailResponse>> {
+pub async fn get(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TeamDetailResponse>> {
     let (team, role) = role_in(&st, &user, &id).await?;
     let uid = user.user_id.clone();
     let (members, is_default) = st
         .db
         .call(move |c| {
             let mine = teams::mine(c, &uid)?;
-            Ok((teams::members(c, &id)?, mine.iter().any(|t| t.team.id == id && t.is_default)))
+            Ok((
+                teams::members(c, &id)?,
+                mine.iter().any(|t| t.team.id == id && t.is_default),
+            ))
         })
         .await?;
     Ok(Json(TeamDetailResponse {
@@ -177,7 +200,12 @@ pub async fn get(State(st): State<AppState>, user: AuthUser, Path(id): Path<Stri
     }))
 }
 
-pub async fn rename(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiJson(req): ApiJson<NameRequest>) -> ApiResult<Json<TeamResponse>> {
+pub async fn rename(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<NameRequest>,
+) -> ApiResult<Json<TeamResponse>> {
     let (_, role) = role_in(&st, &user, &id).await?;
     require_admin(&role)?;
     let name = validate_name(&req.name)?;
@@ -194,10 +222,17 @@ pub async fn rename(State(st): State<AppState>, user: AuthUser, Path(id): Path<S
 }
 
 /// Soft-deletes a team (owner only) after destroying its live sandboxes on their hosts.
-pub async fn delete(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let (_, role) = role_in(&st, &user, &id).await?;
     if role != "owner" {
-        return Err(ApiError::forbidden("owner_required", "only the team's owner can delete it"));
+        return Err(ApiError::forbidden(
+            "owner_required",
+            "only the team's owner can delete it",
+        ));
     }
     let tid = id.clone();
     let live = st
@@ -235,12 +270,20 @@ pub async fn delete(State(st): State<AppState>, user: AuthUser, Path(id): Path<S
 fn valid_role(field: &str, role: &str) -> ApiResult<()> {
     match role {
         "admin" | "member" => Ok(()),
-        "owner" => Err(ApiError::bad(field, "a team has one owner; choose admin or member")),
+        "owner" => Err(ApiError::bad(
+            field,
+            "a team has one owner; choose admin or member",
+        )),
         _ => Err(ApiError::bad(field, "must be admin or member")),
     }
 }
 
-pub async fn add_member(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>, ApiJson(req): ApiJson<AddMemberRequest>) -> ApiResult<(StatusCode, Json<MemberResponse>)> {
+pub async fn add_member(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<AddMemberRequest>,
+) -> ApiResult<(StatusCode, Json<MemberResponse>)> {
     let (_, role) = role_in(&st, &user, &id).await?;
     require_admin(&role)?;
     let new_role = req.role.unwrap_or_else(|| "member".into());
@@ -255,14 +298,22 @@ pub async fn add_member(State(st): State<AppState>, user: AuthUser, Path(id): Pa
         .call(move |c| {
             let target = users::by_email(c, &email)?.ok_or(DbError::NotFound)?;
             teams::add_member(c, &tid, &target.id, &new_role, &uid)?;
-            teams::members(c, &tid)?.into_iter().find(|m| m.user_id == target.id).ok_or(DbError::NotFound)
+            teams::members(c, &tid)?
+                .into_iter()
+                .find(|m| m.user_id == target.id)
+                .ok_or(DbError::NotFound)
         })
         .await
         .map_err(not_found_as("user"))?;
     Ok((StatusCode::CREATED, Json(member_resp(member))))
 }
 
-pub async fn set_role(State(st): State<AppState>, user: AuthUser, Path((id, member)): Path<(String, String)>, ApiJson(req): ApiJson<RoleRequest>) -> ApiResult<Json<MemberResponse>> {
+pub async fn set_role(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path((id, member)): Path<(String, String)>,
+    ApiJson(req): ApiJson<RoleRequest>,
+) -> ApiResult<Json<MemberResponse>> {
     let (_, role) = role_in(&st, &user, &id).await?;
     require_admin(&role)?;
     valid_role("role", &req.role)?;
@@ -271,14 +322,21 @@ pub async fn set_role(State(st): State<AppState>, user: AuthUser, Path((id, memb
         .db
         .call(move |c| {
             teams::set_role(c, &id, &member, &req.role, &uid)?;
-            teams::members(c, &id)?.into_iter().find(|m| m.user_id == member).ok_or(DbError::NotFound)
+            teams::members(c, &id)?
+                .into_iter()
+                .find(|m| m.user_id == member)
+                .ok_or(DbError::NotFound)
         })
         .await
         .map_err(not_found_as("member"))?;
     Ok(Json(member_resp(m)))
 }
 
-pub async fn remove_member(State(st): State<AppState>, user: AuthUser, Path((id, member)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn remove_member(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path((id, member)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let (_, role) = role_in(&st, &user, &id).await?;
     if member != user.user_id {
         require_admin(&role)?;
@@ -291,7 +349,11 @@ pub async fn remove_member(State(st): State<AppState>, user: AuthUser, Path((id,
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn leave(State(st): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn leave(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     role_in(&st, &user, &id).await?;
     let uid = user.user_id.clone();
     st.db
@@ -302,7 +364,11 @@ pub async fn leave(State(st): State<AppState>, user: AuthUser, Path(id): Path<St
 }
 
 /// A new user token for another of the caller's teams; name and role come from the database.
-pub async fn switch(State(st): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<SwitchTeamRequest>) -> ApiResult<Json<AuthResponse>> {
+pub async fn switch(
+    State(st): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<SwitchTeamRequest>,
+) -> ApiResult<Json<AuthResponse>> {
     let (t, u) = (req.team_id.clone(), user.user_id.clone());
     let (fresh, role) = st
         .db
@@ -311,7 +377,9 @@ pub async fn switch(State(st): State<AppState>, user: AuthUser, ApiJson(req): Ap
     if role.is_none() {
         return Err(ApiError::NotFound("team"));
     }
-    let token = st.keys.user_token(&fresh.id, &fresh.email, &fresh.name, Some(&req.team_id))?;
+    let token = st
+        .keys
+        .user_token(&fresh.id, &fresh.email, &fresh.name, Some(&req.team_id))?;
     Ok(Json(AuthResponse {
         token,
         user_id: fresh.id,
@@ -323,17 +391,28 @@ pub async fn switch(State(st): State<AppState>, user: AuthUser, ApiJson(req): Ap
 }
 
 /// Finds users to add to a team: members of the caller's teams, or one user by exact email.
-pub async fn search_users(State(st): State<AppState>, user: AuthUser, ApiQuery(q): ApiQuery<SearchQuery>) -> ApiResult<Json<UserSearchResponse>> {
+pub async fn search_users(
+    State(st): State<AppState>,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<SearchQuery>,
+) -> ApiResult<Json<UserSearchResponse>> {
     let q = q.q.trim().to_lowercase();
     if q.chars().filter(|c| c.is_alphanumeric()).count() < 3 {
         return Err(ApiError::bad("q", "give at least 3 letters or digits"));
     }
     let uid = user.user_id.clone();
-    let rows = st.db.call(move |c| teams::search_users(c, &uid, &q)).await?;
+    let rows = st
+        .db
+        .call(move |c| teams::search_users(c, &uid, &q))
+        .await?;
     Ok(Json(UserSearchResponse {
         users: rows
             .into_iter()
-            .map(|(user_id, name, email)| UserSummary { user_id, name, email })
+            .map(|(user_id, name, email)| UserSummary {
+                user_id,
+                name,
+                email,
+            })
             .collect(),
     }))
 }

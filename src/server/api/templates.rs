@@ -38,15 +38,26 @@ fn to_resp(t: TemplateRow) -> TemplateResponse {
     }
 }
 
-pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<TemplateListResponse>> {
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<TemplateListResponse>> {
     let team = caller.team()?.to_string();
     let (own, online) = st
         .db
-        .call(move |c| Ok((templates::list(c, &team)?, hosts::schedulable_or_draining(c)?)))
+        .call(move |c| {
+            Ok((
+                templates::list(c, &team)?,
+                hosts::schedulable_or_draining(c)?,
+            ))
+        })
         .await?;
     let mut base: BTreeMap<String, u32> = BTreeMap::new();
     let my_team = caller.team_id.clone();
-    for h in online.iter().filter(|h| h.team_id.is_none() || h.team_id == my_team) {
+    for h in online
+        .iter()
+        .filter(|h| h.team_id.is_none() || h.team_id == my_team)
+    {
         for t in &h.templates {
             *base.entry(t.clone()).or_default() += 1;
         }
@@ -73,7 +84,11 @@ pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<
 
 /// Deletes a team template; every online host is asked to drop its files (a snapshot lives on
 /// one host, but the ask is cheap and covers a template that moved).
-pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let team = caller.team()?.to_string();
     let (t, online) = {
         let (team, id) = (team.clone(), id.clone());
@@ -81,7 +96,9 @@ pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<S
             .call(move |c| {
                 let t = match templates::get(c, &team, &id) {
                     Ok(t) => t,
-                    Err(DbError::NotFound) => templates::by_name(c, &team, &id)?.ok_or(DbError::NotFound)?,
+                    Err(DbError::NotFound) => {
+                        templates::by_name(c, &team, &id)?.ok_or(DbError::NotFound)?
+                    }
                     Err(e) => return Err(e),
                 };
                 Ok((t, hosts::schedulable_or_draining(c)?))
@@ -96,11 +113,15 @@ pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<S
         let Some(addr) = h.address else { continue };
         match st.pool.get(&h.id, &addr).delete_template(&t.id).await {
             Ok(()) | Err(AgentError::Remote { status: 404, .. }) => {}
-            Err(e) => tracing::warn!(host = %h.id, template = %t.id, error = %e, "host could not delete template files"),
+            Err(e) => {
+                tracing::warn!(host = %h.id, template = %t.id, error = %e, "host could not delete template files")
+            }
         }
     }
     let uid = caller.user_id.clone();
-    st.db.call(move |c| templates::delete(c, &team, &t.id, &uid)).await?;
+    st.db
+        .call(move |c| templates::delete(c, &team, &t.id, &uid))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -121,25 +142,40 @@ pub async fn snapshot(
     let team = caller.team()?.to_string();
     let name = req.name.trim().to_string();
     if !valid_template_name(&name) {
-        return Err(ApiError::bad("name", "1 to 64 letters, digits, '-', '_' or '.'"));
+        return Err(ApiError::bad(
+            "name",
+            "1 to 64 letters, digits, '-', '_' or '.'",
+        ));
     }
     if BASE_TEMPLATES.contains(&name.as_str()) {
-        return Err(ApiError::bad("name", format!("'{name}' is a base template's name")));
+        return Err(ApiError::bad(
+            "name",
+            format!("'{name}' is a base template's name"),
+        ));
     }
     if !crate::ids::is_valid("sbx", &req.sandbox_id) {
         return Err(ApiError::bad("sandbox_id", "not a sandbox id (sbx_…)"));
     }
     let s = load(&st, &caller, req.sandbox_id.clone()).await?;
     if !matches!(s.status, SandboxStatus::Running | SandboxStatus::Paused) {
-        return Err(ApiError::conflict("invalid_transition", format!("cannot snapshot a sandbox that is {}", s.status)));
+        return Err(ApiError::conflict(
+            "invalid_transition",
+            format!("cannot snapshot a sandbox that is {}", s.status),
+        ));
     }
     let overwrite = q.overwrite.unwrap_or(false);
     let (t, n) = (team.clone(), name.clone());
     let existing = st.db.call(move |c| templates::by_name(c, &t, &n)).await?;
     if existing.is_some() && !overwrite {
-        return Err(ApiError::conflict("already_exists", format!("the team already has a template '{name}'; pass ?overwrite=true to replace it")));
+        return Err(ApiError::conflict(
+            "already_exists",
+            format!("the team already has a template '{name}'; pass ?overwrite=true to replace it"),
+        ));
     }
-    let id = existing.as_ref().map(|t| t.id.clone()).unwrap_or_else(|| new_id("tpl"));
+    let id = existing
+        .as_ref()
+        .map(|t| t.id.clone())
+        .unwrap_or_else(|| new_id("tpl"));
     let (client, _) = host_client(&st, &s).await?;
     let info = client
         .snapshot_vm(
@@ -164,7 +200,10 @@ pub async fn snapshot(
         created_at: now(),
     };
     let uid = caller.user_id.clone();
-    let saved = st.db.call(move |c| templates::upsert(c, &row, overwrite, &uid)).await?;
+    let saved = st
+        .db
+        .call(move |c| templates::upsert(c, &row, overwrite, &uid))
+        .await?;
     Ok((StatusCode::CREATED, Json(to_resp(saved))))
 }
 
@@ -175,19 +214,31 @@ pub struct BuildRequest {
 
 /// Builds a base template (`debian`) on every online regular host (platform admins), in the
 /// background; `GET /v1/templates` shows it once hosts report it ready.
-pub async fn build(State(st): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<BuildRequest>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+pub async fn build(
+    State(st): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<BuildRequest>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     if !user.is_admin {
-        return Err(ApiError::forbidden("admin_required", "only platform admins build base templates"));
+        return Err(ApiError::forbidden(
+            "admin_required",
+            "only platform admins build base templates",
+        ));
     }
     let name = req.name.trim().to_string();
     if !BASE_TEMPLATES.contains(&name.as_str()) {
-        return Err(ApiError::bad("name", format!("base templates are {}", BASE_TEMPLATES.join(", "))));
+        return Err(ApiError::bad(
+            "name",
+            format!("base templates are {}", BASE_TEMPLATES.join(", ")),
+        ));
     }
     let online = st.db.call(hosts::schedulable).await?;
     let mut started = Vec::new();
     let mut failed = Vec::new();
     for h in online.into_iter().filter(|h| h.team_id.is_none()) {
-        let Some(addr) = h.address.clone() else { continue };
+        let Some(addr) = h.address.clone() else {
+            continue;
+        };
         let r = st
             .pool
             .get(&h.id, &addr)
@@ -199,21 +250,36 @@ pub async fn build(State(st): State<AppState>, user: AuthUser, ApiJson(req): Api
         }
     }
     if started.is_empty() && failed.is_empty() {
-        return Err(ApiError::NoHostAvailable("no online regular host to build on".into()));
+        return Err(ApiError::NoHostAvailable(
+            "no online regular host to build on".into(),
+        ));
     }
     if started.is_empty() {
         return Err(ApiError::HostFailed {
             code: "host_error",
-            message: format!("no host could start the build: {}", serde_json::Value::from(failed)),
+            message: format!(
+                "no host could start the build: {}",
+                serde_json::Value::from(failed)
+            ),
         });
     }
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "name": name, "hosts": started, "failed": failed }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "name": name, "hosts": started, "failed": failed })),
+    ))
 }
 
 /// Build progress of a base template on each online regular host (platform admins).
-pub async fn build_status(State(st): State<AppState>, user: AuthUser, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn build_status(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     if !user.is_admin {
-        return Err(ApiError::forbidden("admin_required", "only platform admins build base templates"));
+        return Err(ApiError::forbidden(
+            "admin_required",
+            "only platform admins build base templates",
+        ));
     }
     if !BASE_TEMPLATES.contains(&name.as_str()) {
         return Err(ApiError::NotFound("base template"));
@@ -221,7 +287,9 @@ pub async fn build_status(State(st): State<AppState>, user: AuthUser, Path(name)
     let online = st.db.call(hosts::schedulable_or_draining).await?;
     let mut out = Vec::new();
     for h in online.into_iter().filter(|h| h.team_id.is_none()) {
-        let Some(addr) = h.address.clone() else { continue };
+        let Some(addr) = h.address.clone() else {
+            continue;
+        };
         match st.pool.get(&h.id, &addr).list_templates().await {
             Ok(list) => {
                 if let Some(t) = list.into_iter().find(|t| t.name == name) {

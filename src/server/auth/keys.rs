@@ -14,7 +14,10 @@ pub fn load_or_create_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
             out.copy_from_slice(&b);
             Ok(out)
         }
-        Ok(_) => anyhow::bail!("{} is damaged (expected 32 bytes); remove it to make a new one (this logs everyone out)", path.display()),
+        Ok(_) => anyhow::bail!(
+            "{} is damaged (expected 32 bytes); remove it to make a new one (this logs everyone out)",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = random_bytes::<32>();
             crate::agent::credentials::write_private_atomic(path, &secret)
@@ -34,7 +37,9 @@ impl ServerKeys {
     pub fn load(data_dir: &Path) -> anyhow::Result<ServerKeys> {
         Ok(ServerKeys {
             jwt_secret: load_or_create_secret(&data_dir.join("jwt.key"))?,
-            agent_signing: SigningKeyPair::from_seed(load_or_create_secret(&data_dir.join("agent-signing.key"))?),
+            agent_signing: SigningKeyPair::from_seed(load_or_create_secret(
+                &data_dir.join("agent-signing.key"),
+            )?),
         })
     }
 }

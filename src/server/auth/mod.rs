@@ -61,7 +61,9 @@ pub struct TokenKeys {
 impl TokenKeys {
     pub fn new(hs_secret: &[u8], ed: &crate::crypto::SigningKeyPair) -> anyhow::Result<TokenKeys> {
         let mut mac_key = [0u8; 32];
-        mac_key.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest([b"sandboxctl-mac:".as_slice(), hs_secret].concat()));
+        mac_key.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(
+            [b"sandboxctl-mac:".as_slice(), hs_secret].concat(),
+        ));
         Ok(TokenKeys {
             mac_key,
             hs_enc: EncodingKey::from_secret(hs_secret)?,
@@ -85,7 +87,8 @@ impl TokenKeys {
     fn mac(&self, value: &str) -> String {
         use base64::Engine;
         use hmac::{KeyInit, Mac};
-        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.mac_key).expect("any key length works");
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.mac_key)
+            .expect("any key length works");
         m.update(value.as_bytes());
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
     }
@@ -95,7 +98,13 @@ impl TokenKeys {
         &self.ed_public
     }
 
-    pub fn user_token(&self, user_id: &str, email: &str, name: &str, team: Option<&str>) -> anyhow::Result<String> {
+    pub fn user_token(
+        &self,
+        user_id: &str,
+        email: &str,
+        name: &str,
+        team: Option<&str>,
+    ) -> anyhow::Result<String> {
         let t = now();
         let claims = UserClaims {
             sub: user_id.into(),
@@ -107,7 +116,11 @@ impl TokenKeys {
             iat: t,
             exp: t + USER_TOKEN_TTL_SECS,
         };
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.hs_enc)?)
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.hs_enc,
+        )?)
     }
 
     pub fn host_token(&self, host_id: &str, generation: i64) -> anyhow::Result<(String, i64)> {
@@ -121,7 +134,10 @@ impl TokenKeys {
             iat: t,
             exp,
         };
-        Ok((jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.hs_enc)?, exp))
+        Ok((
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.hs_enc)?,
+            exp,
+        ))
     }
 
     pub fn agent_call_token(&self, host_id: &str) -> anyhow::Result<String> {
@@ -132,7 +148,11 @@ impl TokenKeys {
             iat: t,
             exp: t + AGENT_CALL_TTL_SECS,
         };
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.ed_enc)?)
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &claims,
+            &self.ed_enc,
+        )?)
     }
 
     fn validation(aud: &str) -> Validation {
@@ -195,20 +215,34 @@ mod tests {
         let (h, _) = k.host_token("host_1", 0).unwrap();
         assert!(k.verify_user(&u).is_some());
         assert!(k.verify_host(&h).is_some());
-        assert!(k.verify_user(&h).is_none(), "host token accepted as user token");
-        assert!(k.verify_host(&u).is_none(), "user token accepted as host token");
+        assert!(
+            k.verify_user(&h).is_none(),
+            "host token accepted as user token"
+        );
+        assert!(
+            k.verify_host(&u).is_none(),
+            "user token accepted as host token"
+        );
         let other = TokenKeys::new(b"another secret another secret 12", &ed).unwrap();
         assert!(other.verify_user(&u).is_none());
     }
 
     #[test]
     fn sealed_values_detect_tampering() {
-        let k = TokenKeys::new(b"0123456789abcdef0123456789abcdef", &SigningKeyPair::generate()).unwrap();
+        let k = TokenKeys::new(
+            b"0123456789abcdef0123456789abcdef",
+            &SigningKeyPair::generate(),
+        )
+        .unwrap();
         let sealed = k.seal("state-123.1700000000");
         assert_eq!(k.unseal(&sealed), Some("state-123.1700000000"));
         assert_eq!(k.unseal(&sealed.replace("123", "124")), None);
         assert_eq!(k.unseal("nodot"), None);
-        let other = TokenKeys::new(b"another secret another secret 12", &SigningKeyPair::generate()).unwrap();
+        let other = TokenKeys::new(
+            b"another secret another secret 12",
+            &SigningKeyPair::generate(),
+        )
+        .unwrap();
         assert_eq!(other.unseal(&sealed), None);
     }
 
@@ -221,11 +255,20 @@ mod tests {
         let vb = AgentCallVerifier::new(k.agent_call_public_key(), "host_b").unwrap();
         assert!(va.verify(&t));
         assert!(!vb.verify(&t));
-        let forged = TokenKeys::new(b"0123456789abcdef0123456789abcdef", &SigningKeyPair::generate()).unwrap();
+        let forged = TokenKeys::new(
+            b"0123456789abcdef0123456789abcdef",
+            &SigningKeyPair::generate(),
+        )
+        .unwrap();
         assert!(!va.verify(&forged.agent_call_token("host_a").unwrap()));
         // An HS256 token with the public key as secret (algorithm confusion) is refused.
         let hs = EncodingKey::from_secret(k.agent_call_public_key().as_bytes()).unwrap();
-        let claims = AgentCallClaims { iss: ISSUER.into(), aud: "host_a".into(), iat: now(), exp: now() + 30 };
+        let claims = AgentCallClaims {
+            iss: ISSUER.into(),
+            aud: "host_a".into(),
+            iat: now(),
+            exp: now() + 30,
+        };
         let confused = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &hs).unwrap();
         assert!(!va.verify(&confused));
     }

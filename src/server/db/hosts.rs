@@ -63,7 +63,12 @@ fn host_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRow> {
         created_at: r.get(18)?,
         tags: r
             .get::<_, Option<String>>(19)?
-            .map(|t| t.split('\n').filter(|x| !x.is_empty()).map(str::to_string).collect())
+            .map(|t| {
+                t.split('\n')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default(),
         templates: serde_json::from_str(&r.get::<_, String>(20)?).unwrap_or_default(),
     })
@@ -79,7 +84,11 @@ pub struct NewHost<'a> {
 }
 
 /// Creates a pending host and its first registration token (only the hash is stored).
-pub fn create(conn: &mut Connection, h: &NewHost<'_>, token_hash: &str) -> DbResult<(HostRow, i64)> {
+pub fn create(
+    conn: &mut Connection,
+    h: &NewHost<'_>,
+    token_hash: &str,
+) -> DbResult<(HostRow, i64)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let id = new_id("host");
     let t = now();
@@ -119,9 +128,11 @@ pub fn new_registration_token(
     actor: Option<&str>,
 ) -> DbResult<i64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let status: String = one(tx.query_row("SELECT status FROM hosts WHERE id = ?1", [host_id], |r| {
-        r.get(0)
-    }))?;
+    let status: String = one(tx.query_row(
+        "SELECT status FROM hosts WHERE id = ?1",
+        [host_id],
+        |r| r.get(0),
+    ))?;
     if status != "pending" && has_live_credentials(&tx, host_id)? {
         return Err(DbError::Conflict("host_already_registered"));
     }
@@ -216,7 +227,11 @@ pub fn has_live_credentials(conn: &Connection, host_id: &str) -> DbResult<bool> 
 /// The generation host JWTs must carry to be accepted, or None for a deleted host.
 pub fn token_generation(conn: &Connection, host_id: &str) -> DbResult<Option<i64>> {
     Ok(conn
-        .query_row("SELECT token_generation FROM hosts WHERE id = ?1", [host_id], |r| r.get(0))
+        .query_row(
+            "SELECT token_generation FROM hosts WHERE id = ?1",
+            [host_id],
+            |r| r.get(0),
+        )
         .optional()?)
 }
 
@@ -235,7 +250,11 @@ pub enum RefreshOutcome {
 /// presented token superseded. A superseded token stays usable until its successor is first
 /// presented (so an agent that crashed before saving the successor is not locked out); after that
 /// it is retired, and presenting it is reuse.
-pub fn rotate_refresh(conn: &mut Connection, presented_hash: &str, new_hash: &str) -> DbResult<RefreshOutcome> {
+pub fn rotate_refresh(
+    conn: &mut Connection,
+    presented_hash: &str,
+    new_hash: &str,
+) -> DbResult<RefreshOutcome> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let t = now();
     let row: Option<(String, String, String, i64, Option<i64>)> = tx
@@ -272,7 +291,13 @@ pub fn rotate_refresh(conn: &mut Connection, presented_hash: &str, new_hash: &st
             "UPDATE hosts SET token_generation = token_generation + 1, updated_at = ?1 WHERE id = ?2",
             params![t, host_id],
         )?;
-        audit::record(&tx, Some(&host_id), "host.refresh_reuse", Some(&host_id), Some(&family))?;
+        audit::record(
+            &tx,
+            Some(&host_id),
+            "host.refresh_reuse",
+            Some(&host_id),
+            Some(&family),
+        )?;
         tx.commit()?;
         return Ok(RefreshOutcome::Reuse { host_id });
     }
@@ -290,7 +315,10 @@ pub fn rotate_refresh(conn: &mut Connection, presented_hash: &str, new_hash: &st
     audit::record(&tx, Some(&host_id), "host.refresh", Some(&host_id), None)?;
     let generation = token_generation(&tx, &host_id)?.ok_or(DbError::NotFound)?;
     tx.commit()?;
-    Ok(RefreshOutcome::Rotated { host_id, generation })
+    Ok(RefreshOutcome::Rotated {
+        host_id,
+        generation,
+    })
 }
 
 /// Records a heartbeat; an unreachable host comes back online. Returns the host's status.
@@ -325,7 +353,11 @@ pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbR
 }
 
 pub fn get(conn: &Connection, id: &str) -> DbResult<HostRow> {
-    one(conn.query_row(&format!("SELECT {COLS} FROM hosts WHERE id = ?1"), [id], host_row))
+    one(conn.query_row(
+        &format!("SELECT {COLS} FROM hosts WHERE id = ?1"),
+        [id],
+        host_row,
+    ))
 }
 
 /// Every host for platform admins; otherwise the BYOC hosts of the given teams.
@@ -361,13 +393,27 @@ pub fn schedulable_or_draining(conn: &mut Connection) -> DbResult<Vec<HostRow>> 
 }
 
 /// Replaces the host's tags.
-pub fn set_tags(conn: &mut Connection, host_id: &str, tags: &[String], actor: &str) -> DbResult<()> {
+pub fn set_tags(
+    conn: &mut Connection,
+    host_id: &str,
+    tags: &[String],
+    actor: &str,
+) -> DbResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute("DELETE FROM host_tags WHERE host_id = ?1", [host_id])?;
     for t in tags {
-        tx.execute("INSERT OR IGNORE INTO host_tags (host_id, tag) VALUES (?1, ?2)", params![host_id, t])?;
+        tx.execute(
+            "INSERT OR IGNORE INTO host_tags (host_id, tag) VALUES (?1, ?2)",
+            params![host_id, t],
+        )?;
     }
-    audit::record(&tx, Some(actor), "host.tags", Some(host_id), Some(&tags.join(",")))?;
+    audit::record(
+        &tx,
+        Some(actor),
+        "host.tags",
+        Some(host_id),
+        Some(&tags.join(",")),
+    )?;
     tx.commit()?;
     Ok(())
 }

@@ -119,7 +119,11 @@ pub fn get_any(conn: &Connection, id: &str) -> DbResult<Option<SandboxRow>> {
         .optional()?)
 }
 
-pub fn list(conn: &Connection, team_id: &str, status: Option<SandboxStatus>) -> DbResult<Vec<SandboxRow>> {
+pub fn list(
+    conn: &Connection,
+    team_id: &str,
+    status: Option<SandboxStatus>,
+) -> DbResult<Vec<SandboxRow>> {
     let mut st = conn.prepare(&format!(
         "SELECT {COLS} FROM sandboxes WHERE team_id = ?1 AND (?2 IS NULL OR status = ?2)
          ORDER BY created_at DESC, id"
@@ -139,9 +143,20 @@ pub fn live_on_host(conn: &Connection, host_id: &str) -> DbResult<Vec<SandboxRow
 
 /// Moves a sandbox to `next` if the state machine allows it from its current status; refuses with
 /// `Conflict("invalid_transition")` otherwise.
-pub fn transition(conn: &Connection, id: &str, next: SandboxStatus, error: Option<&str>) -> DbResult<SandboxStatus> {
-    let current: String = one(conn.query_row("SELECT status FROM sandboxes WHERE id = ?1", [id], |r| r.get(0)))?;
-    let current: SandboxStatus = current.parse().map_err(|_| DbError::Conflict("invalid_transition"))?;
+pub fn transition(
+    conn: &Connection,
+    id: &str,
+    next: SandboxStatus,
+    error: Option<&str>,
+) -> DbResult<SandboxStatus> {
+    let current: String = one(conn.query_row(
+        "SELECT status FROM sandboxes WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    ))?;
+    let current: SandboxStatus = current
+        .parse()
+        .map_err(|_| DbError::Conflict("invalid_transition"))?;
     if !current.can_become(next) {
         return Err(DbError::Conflict("invalid_transition"));
     }
@@ -158,7 +173,12 @@ pub fn transition(conn: &Connection, id: &str, next: SandboxStatus, error: Optio
     Ok(current)
 }
 
-pub fn set_boot(conn: &Connection, id: &str, boot_ms: Option<u64>, boot_kind: Option<&str>) -> DbResult<()> {
+pub fn set_boot(
+    conn: &Connection,
+    id: &str,
+    boot_ms: Option<u64>,
+    boot_kind: Option<&str>,
+) -> DbResult<()> {
     conn.execute(
         "UPDATE sandboxes SET boot_ms = ?1, boot_kind = ?2 WHERE id = ?3",
         params![boot_ms, boot_kind, id],
@@ -167,7 +187,10 @@ pub fn set_boot(conn: &Connection, id: &str, boot_ms: Option<u64>, boot_kind: Op
 }
 
 pub fn touch(conn: &Connection, id: &str) -> DbResult<()> {
-    conn.execute("UPDATE sandboxes SET last_active_at = ?1 WHERE id = ?2", params![now(), id])?;
+    conn.execute(
+        "UPDATE sandboxes SET last_active_at = ?1 WHERE id = ?2",
+        params![now(), id],
+    )?;
     Ok(())
 }
 
@@ -183,7 +206,12 @@ pub fn load_by_host(conn: &Connection) -> DbResult<BTreeMap<String, (u32, u64)>>
 }
 
 /// Sets a new idle timeout (and what happens then), counting from now.
-pub fn set_timeout(conn: &Connection, id: &str, timeout_sec: u64, on_timeout: Option<&str>) -> DbResult<()> {
+pub fn set_timeout(
+    conn: &Connection,
+    id: &str,
+    timeout_sec: u64,
+    on_timeout: Option<&str>,
+) -> DbResult<()> {
     conn.execute(
         "UPDATE sandboxes SET timeout_sec = ?1, on_timeout = coalesce(?2, on_timeout), last_active_at = ?3 WHERE id = ?4",
         params![timeout_sec, on_timeout, now(), id],

@@ -44,10 +44,20 @@ fn team_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TeamRow> {
 pub fn slugify(s: &str) -> String {
     let slug: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     let slug: String = slug.trim_matches('-').chars().take(40).collect();
-    if slug.is_empty() { "team".to_string() } else { slug }
+    if slug.is_empty() {
+        "team".to_string()
+    } else {
+        slug
+    }
 }
 
 /// Inserts a team with `owner` as its owner (in the caller's transaction).
@@ -145,7 +155,13 @@ pub fn soft_delete(conn: &Connection, team_id: &str, actor: &str) -> DbResult<()
     Ok(())
 }
 
-pub fn add_member(conn: &Connection, team_id: &str, user_id: &str, role: &str, actor: &str) -> DbResult<()> {
+pub fn add_member(
+    conn: &Connection,
+    team_id: &str,
+    user_id: &str,
+    role: &str,
+    actor: &str,
+) -> DbResult<()> {
     let r = conn.execute(
         "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES (?1, ?2, ?3, 0, ?4)",
         params![team_id, user_id, role, now()],
@@ -156,7 +172,13 @@ pub fn add_member(conn: &Connection, team_id: &str, user_id: &str, role: &str, a
             r?;
         }
     }
-    audit::record(conn, Some(actor), "team.member_add", Some(team_id), Some(&format!("{user_id} as {role}")))?;
+    audit::record(
+        conn,
+        Some(actor),
+        "team.member_add",
+        Some(team_id),
+        Some(&format!("{user_id} as {role}")),
+    )?;
     Ok(())
 }
 
@@ -171,7 +193,13 @@ fn role_of(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<Option<S
 }
 
 /// Changes a member's role; the owner's role never changes and nobody becomes owner this way.
-pub fn set_role(conn: &Connection, team_id: &str, user_id: &str, role: &str, actor: &str) -> DbResult<()> {
+pub fn set_role(
+    conn: &Connection,
+    team_id: &str,
+    user_id: &str,
+    role: &str,
+    actor: &str,
+) -> DbResult<()> {
     match role_of(conn, team_id, user_id)?.as_deref() {
         None => return Err(DbError::NotFound),
         Some("owner") => return Err(DbError::Conflict("owner_is_fixed")),
@@ -181,7 +209,13 @@ pub fn set_role(conn: &Connection, team_id: &str, user_id: &str, role: &str, act
         "UPDATE memberships SET role = ?1 WHERE team_id = ?2 AND user_id = ?3",
         params![role, team_id, user_id],
     )?;
-    audit::record(conn, Some(actor), "team.member_role", Some(team_id), Some(&format!("{user_id} to {role}")))?;
+    audit::record(
+        conn,
+        Some(actor),
+        "team.member_role",
+        Some(team_id),
+        Some(&format!("{user_id} to {role}")),
+    )?;
     Ok(())
 }
 
@@ -196,15 +230,28 @@ pub fn remove_member(conn: &Connection, team_id: &str, user_id: &str, actor: &st
         "DELETE FROM memberships WHERE team_id = ?1 AND user_id = ?2",
         params![team_id, user_id],
     )?;
-    audit::record(conn, Some(actor), "team.member_remove", Some(team_id), Some(user_id))?;
+    audit::record(
+        conn,
+        Some(actor),
+        "team.member_remove",
+        Some(team_id),
+        Some(user_id),
+    )?;
     Ok(())
 }
 
 /// Users the caller may find: people who share an active team with them, matched by email prefix or
 /// name, plus the one user whose email is exactly `q` (so a new member can be added by address).
 /// At most 20. Nobody can list strangers.
-pub fn search_users(conn: &Connection, caller: &str, q: &str) -> DbResult<Vec<(String, String, String)>> {
-    let clean: String = q.chars().filter(|c| !matches!(c, '%' | '_' | '\\')).collect();
+pub fn search_users(
+    conn: &Connection,
+    caller: &str,
+    q: &str,
+) -> DbResult<Vec<(String, String, String)>> {
+    let clean: String = q
+        .chars()
+        .filter(|c| !matches!(c, '%' | '_' | '\\'))
+        .collect();
     if clean.is_empty() {
         return Ok(Vec::new());
     }
@@ -217,8 +264,9 @@ pub fn search_users(conn: &Connection, caller: &str, q: &str) -> DbResult<Vec<(S
                 WHERE a.user_id = ?4 AND b.user_id = u.id))
          ORDER BY u.email LIMIT 20",
     )?;
-    let rows = st.query_map(params![format!("{clean}%"), format!("%{clean}%"), q, caller], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-    })?;
+    let rows = st.query_map(
+        params![format!("{clean}%"), format!("%{clean}%"), q, caller],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

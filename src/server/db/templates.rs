@@ -19,7 +19,8 @@ pub struct TemplateRow {
     pub created_at: i64,
 }
 
-const COLS: &str = "id, team_id, name, kind, host_id, vcpus, memory_mb, size_bytes, source_sandbox_id, created_at";
+const COLS: &str =
+    "id, team_id, name, kind, host_id, vcpus, memory_mb, size_bytes, source_sandbox_id, created_at";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
     Ok(TemplateRow {
@@ -55,14 +56,21 @@ pub fn get(conn: &Connection, team_id: &str, id: &str) -> DbResult<TemplateRow> 
 }
 
 pub fn list(conn: &Connection, team_id: &str) -> DbResult<Vec<TemplateRow>> {
-    let mut st = conn.prepare(&format!("SELECT {COLS} FROM templates WHERE team_id = ?1 ORDER BY name"))?;
+    let mut st = conn.prepare(&format!(
+        "SELECT {COLS} FROM templates WHERE team_id = ?1 ORDER BY name"
+    ))?;
     let rows = st.query_map([team_id], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Inserts a template, or with `overwrite` replaces the team's template of the same name (keeping
 /// its id, so the files on the host are replaced in place).
-pub fn upsert(conn: &Connection, t: &TemplateRow, overwrite: bool, actor: &str) -> DbResult<TemplateRow> {
+pub fn upsert(
+    conn: &Connection,
+    t: &TemplateRow,
+    overwrite: bool,
+    actor: &str,
+) -> DbResult<TemplateRow> {
     let r = conn.execute(
         &format!("INSERT INTO templates ({COLS}, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
         params![
@@ -91,12 +99,21 @@ pub fn upsert(conn: &Connection, t: &TemplateRow, overwrite: bool, actor: &str) 
         Err(e) if is_unique_violation(&e) => return Err(DbError::Conflict("already_exists")),
         Err(e) => return Err(e.into()),
     }
-    audit::record(conn, Some(actor), "template.save", Some(&t.id), Some(&t.name))?;
+    audit::record(
+        conn,
+        Some(actor),
+        "template.save",
+        Some(&t.id),
+        Some(&t.name),
+    )?;
     get(conn, &t.team_id, &t.id)
 }
 
 pub fn delete(conn: &Connection, team_id: &str, id: &str, actor: &str) -> DbResult<()> {
-    let n = conn.execute("DELETE FROM templates WHERE team_id = ?1 AND id = ?2", params![team_id, id])?;
+    let n = conn.execute(
+        "DELETE FROM templates WHERE team_id = ?1 AND id = ?2",
+        params![team_id, id],
+    )?;
     if n == 0 {
         return Err(DbError::NotFound);
     }

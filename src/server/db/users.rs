@@ -5,7 +5,6 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{DbError, DbResult, audit, is_unique_violation, now, one};
 use crate::ids::new_id;
 
-
 #[derive(Debug, Clone)]
 pub struct UserRow {
     pub id: String,
@@ -50,7 +49,12 @@ pub fn create_with_team(
     Ok(out)
 }
 
-fn insert_with_team(tx: &Connection, email: &str, name: &str, password_hash: Option<&str>) -> DbResult<(UserRow, String)> {
+fn insert_with_team(
+    tx: &Connection,
+    email: &str,
+    name: &str,
+    password_hash: Option<&str>,
+) -> DbResult<(UserRow, String)> {
     let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
     let is_admin = users == 0;
     let t = now();
@@ -144,7 +148,11 @@ pub fn team_active(conn: &Connection, team_id: &str) -> DbResult<bool> {
 }
 
 /// The user behind an OAuth identity.
-pub fn by_identity(conn: &Connection, provider: &str, provider_user_id: &str) -> DbResult<Option<UserRow>> {
+pub fn by_identity(
+    conn: &Connection,
+    provider: &str,
+    provider_user_id: &str,
+) -> DbResult<Option<UserRow>> {
     Ok(conn
         .query_row(
             &format!(

@@ -24,15 +24,25 @@ pub fn kernel_dir() -> PathBuf {
 /// Tests that boot microVMs take this first: on 2 cores, one at a time keeps boots honest.
 pub async fn vm_permit() -> SemaphorePermit<'static> {
     static SEM: OnceLock<Semaphore> = OnceLock::new();
-    SEM.get_or_init(|| Semaphore::new(1)).acquire().await.expect("semaphore open")
+    SEM.get_or_init(|| Semaphore::new(1))
+        .acquire()
+        .await
+        .expect("semaphore open")
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn log_env(cmd: &mut Command) {
-    cmd.env("SANDBOXCTL_LOG", std::env::var("TEST_LOG_FILTER").unwrap_or_else(|_| "info".into()));
+    cmd.env(
+        "SANDBOXCTL_LOG",
+        std::env::var("TEST_LOG_FILTER").unwrap_or_else(|_| "info".into()),
+    );
 }
 
 pub struct TestServer {
@@ -68,7 +78,9 @@ impl TestServer {
                 }
             }
         });
-        let url = rx.recv_timeout(Duration::from_secs(30)).expect("server printed its URL");
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server printed its URL");
         let s = TestServer { dir, url, child };
         let c = s.anon();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -93,7 +105,11 @@ impl TestServer {
 
     /// Signs up a user; returns the auth answer and a client with its token.
     pub async fn signup(&self, email: &str, name: &str) -> (AuthResponse, ApiClient) {
-        let r = self.anon().signup(email, "correct horse battery", name).await.expect("signup");
+        let r = self
+            .anon()
+            .signup(email, "correct horse battery", name)
+            .await
+            .expect("signup");
         let c = self.anon().with_token(&r.token);
         (r, c)
     }
@@ -148,17 +164,36 @@ impl TestAgent {
 
     /// Creates the host described by `req` as `creator` (a platform admin, or a team owner for a
     /// BYOC host) and starts an agent for it.
-    pub async fn start_host(server: &TestServer, creator: &ApiClient, req: &CreateHostRequest, extra: &[&str]) -> TestAgent {
+    pub async fn start_host(
+        server: &TestServer,
+        creator: &ApiClient,
+        req: &CreateHostRequest,
+        extra: &[&str],
+    ) -> TestAgent {
         let admin = creator;
         let created = admin.create_host(req).await.expect("host create");
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let out = Command::new(BIN)
-            .args(["agent", "register", "--server", &server.url, "--token", &created.registration_token, "--listen", &addr, "--data-dir"])
+            .args([
+                "agent",
+                "register",
+                "--server",
+                &server.url,
+                "--token",
+                &created.registration_token,
+                "--listen",
+                &addr,
+                "--data-dir",
+            ])
             .arg(dir.path())
             .output()
             .unwrap();
-        assert!(out.status.success(), "register failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "register failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut a = TestAgent {
             dir,
             host_id: created.host.id.clone(),
@@ -172,7 +207,11 @@ impl TestAgent {
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["agent", "run", "--data-dir"])
             .arg(self.dir.path())
@@ -199,7 +238,11 @@ impl TestAgent {
             if port_up && hb {
                 return;
             }
-            assert!(Instant::now() < deadline, "agent never became ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent never became ready; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -229,10 +272,16 @@ pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().to_string();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let cwd = std::fs::read_link(e.path().join("cwd")).map(|p| p.starts_with(dir)).unwrap_or(false);
+        let cwd = std::fs::read_link(e.path().join("cwd"))
+            .map(|p| p.starts_with(dir))
+            .unwrap_or(false);
         if cmd.contains("qemu-system") && (cwd || cmd.contains(&needle)) {
             out.push(pid);
         }
@@ -256,18 +305,28 @@ impl Drop for TestAgent {
 }
 
 /// A raw HTTP call, for inputs the typed client cannot send.
-pub async fn raw(method: reqwest::Method, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_json::Value) {
+pub async fn raw(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut req = reqwest::Client::new().request(method, url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
     if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_string());
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
     }
     let resp = req.send().await.expect("request sent");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 /// The error code of an error answer.
@@ -293,7 +352,11 @@ pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, S
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 pub fn urlenc(s: &str) -> String {
@@ -308,14 +371,20 @@ where
 {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// A token for calling an agent as the server would, signed with the server's real key.
 pub fn agent_call_token(server: &TestServer, host_id: &str, expired: bool) -> String {
-    let seed: [u8; 32] = std::fs::read(server.data_dir().join("agent-signing.key")).unwrap().try_into().unwrap();
+    let seed: [u8; 32] = std::fs::read(server.data_dir().join("agent-signing.key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
     let kp = sandboxctl::crypto::SigningKeyPair::from_seed(seed);
     if !expired {
         let keys = sandboxctl::server::auth::TokenKeys::new(&[0u8; 32], &kp).unwrap();
