@@ -41,6 +41,56 @@ impl AgentClient {
         &self.host_id
     }
 
+    /// Sends a signed request; an error answer becomes `AgentError::Remote` with the agent's code.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<(reqwest::Body, &'static str)>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, AgentError> {
+        let token = self
+            .keys
+            .agent_call_token(&self.host_id)
+            .map_err(|e| AgentError::Unreachable(format!("signing call: {e}")))?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path_and_query))
+            .bearer_auth(token);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        if let Some((b, content_type)) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let (code, message, field) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => (b.error.code, b.error.message, b.error.field),
+            Err(_) => (
+                "agent_error".into(),
+                String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                None,
+            ),
+        };
+        Err(AgentError::Remote {
+            status,
+            code,
+            message,
+            field,
+        })
+    }
+
+    /// A JSON call: `None` for an empty (204) answer.
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
@@ -48,46 +98,24 @@ impl AgentClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<Option<T>, AgentError> {
-        let token = self
-            .keys
-            .agent_call_token(&self.host_id)
-            .map_err(|e| AgentError::Unreachable(format!("signing call: {e}")))?;
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(token)
-            .timeout(timeout);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::NO_CONTENT {
+        let body = match body {
+            Some(b) => Some((
+                reqwest::Body::from(
+                    serde_json::to_vec(b)
+                        .map_err(|e| AgentError::Unreachable(format!("encoding: {e}")))?,
+                ),
+                "application/json",
+            )),
+            None => None,
+        };
+        let resp = self.send(method, path, body, Some(timeout)).await?;
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
         }
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
-        if !status.is_success() {
-            let (code, message, field) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => (b.error.code, b.error.message, b.error.field),
-                Err(_) => (
-                    "agent_error".into(),
-                    String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                    None,
-                ),
-            };
-            return Err(AgentError::Remote {
-                status: status.as_u16(),
-                code,
-                message,
-                field,
-            });
-        }
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| AgentError::Unreachable(format!("bad answer from host: {e}")))
@@ -219,45 +247,13 @@ impl AgentClient {
         body: Option<reqwest::Body>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, AgentError> {
-        let token = self
-            .keys
-            .agent_call_token(&self.host_id)
-            .map_err(|e| AgentError::Unreachable(format!("signing call: {e}")))?;
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path_and_query))
-            .bearer_auth(token);
-        if let Some(t) = timeout {
-            req = req.timeout(t);
-        }
-        if let Some(b) = body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap_or_default();
-        let (code, message, field) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => (b.error.code, b.error.message, b.error.field),
-            Err(_) => (
-                "agent_error".into(),
-                String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                None,
-            ),
-        };
-        Err(AgentError::Remote {
-            status,
-            code,
-            message,
-            field,
-        })
+        self.send(
+            method,
+            path_and_query,
+            body.map(|b| (b, "application/octet-stream")),
+            timeout,
+        )
+        .await
     }
 
     /// The WebSocket URL and a bearer token for a streaming exec on the agent.
