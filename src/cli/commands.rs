@@ -254,6 +254,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 metadata: Some(parse_pairs("meta", &metadata)?),
                 network: Some(!no_network),
                 on_timeout,
+                cold_boot: None,
             };
             if !json {
                 eprint!("creating sandbox… ");

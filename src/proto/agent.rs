@@ -81,6 +81,9 @@ pub struct CreateVmRequest {
     /// User-mode networking with egress when true; no network device when false.
     #[serde(default = "yes")]
     pub network: bool,
+    /// Boot the base template from scratch instead of restoring its boot snapshot.
+    #[serde(default)]
+    pub cold_boot: bool,
 }
 
 fn yes() -> bool {

@@ -127,6 +127,10 @@ pub struct CreateSandboxRequest {
     /// What happens when `timeout_sec` of idleness pass: `pause` (default) or `kill`.
     #[serde(default)]
     pub on_timeout: Option<String>,
+    /// Boot the template from scratch instead of restoring its boot snapshot (slower; for
+    /// measurements and debugging).
+    #[serde(default)]
+    pub cold_boot: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -152,6 +152,7 @@ async fn vm_exec_streams_and_files() {
         memory_mb: 256,
         env: BTreeMap::new(),
         network: false,
+        cold_boot: false,
     })
     .await
     .expect("create");

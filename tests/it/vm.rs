@@ -43,6 +43,7 @@ fn create_request(id: &str) -> CreateVmRequest {
         memory_mb: 256,
         env,
         network: false,
+        cold_boot: false,
     }
 }
 

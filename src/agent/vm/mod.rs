@@ -605,7 +605,7 @@ impl VmManager {
                 }
                 vms.insert(req.id.clone(), vm.clone());
             }
-            let err = match self.start_vm(&vm, &source, started).await {
+            let err = match self.start_vm(&vm, &source, started, req.cold_boot).await {
                 Ok(info) => return Ok(info),
                 Err(e) => e,
             };
@@ -642,18 +642,26 @@ impl VmManager {
         }
     }
 
+    /// Starts a VM from its source: a sandbox snapshot is restored; a base template is restored
+    /// from its boot snapshot unless `cold` asks for a boot from scratch (or none exists).
     async fn start_vm(
         &self,
         vm: &Arc<Vm>,
         source: &Source,
         started: Instant,
+        cold: bool,
     ) -> Result<VmInfo, BootError> {
         let template = match source {
             Source::Snapshot(s) => return self.restore(vm, s, started).await,
             Source::Base(t) => t,
         };
         let shape = vm.shape();
-        if let Some(snap) = self.boot.ready_or_wait(template, shape, BOOT_TIMEOUT).await {
+        let snapshot = if cold {
+            None
+        } else {
+            self.boot.ready_or_wait(template, shape, BOOT_TIMEOUT).await
+        };
+        if let Some(snap) = snapshot {
             match self.restore(vm, &snap, started).await {
                 Ok(info) => return Ok(info),
                 Err(_) if vm.destroyed.load(Ordering::Acquire) => {

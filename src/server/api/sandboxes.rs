@@ -243,6 +243,7 @@ pub async fn create(
         memory_mb,
         env,
         network: new.network,
+        cold_boot: req.cold_boot.unwrap_or(false),
     };
     st.db.call(move |c| sandboxes::insert(c, &new)).await?;
 
