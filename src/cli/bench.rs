@@ -116,12 +116,21 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
         timeout_sec: Some(0),
         ..Default::default()
     };
-    eprintln!("bench: {} sequential creates…", a.runs);
+    let cold_runs = a.runs.min(5);
+    eprintln!(
+        "bench: {} sequential creates from snapshot, {cold_runs} cold…",
+        a.runs
+    );
     let (mut api_cold, mut api_snap, mut boot_cold, mut boot_snap) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..a.runs {
+    let cold = CreateSandboxRequest {
+        cold_boot: Some(true),
+        ..req.clone()
+    };
+    for i in 0..a.runs + cold_runs {
         let t = Instant::now();
-        let s = c.create_sandbox(&req).await.context("create")?;
+        let which = if i < a.runs { &req } else { &cold };
+        let s = c.create_sandbox(which).await.context("create")?;
         let wall = ms(t.elapsed());
         let boot = s.boot_ms.unwrap_or(0) as f64;
         if s.boot_kind.as_deref() == Some("snapshot") {

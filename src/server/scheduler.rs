@@ -27,8 +27,9 @@ pub struct PlacementRequest {
     pub base_template: Option<String>,
 }
 
-/// vCPUs may be overcommitted this many times over the host's cores.
-pub const VCPU_OVERCOMMIT: u32 = 4;
+/// vCPUs may be overcommitted this many times over the host's cores: sandboxes are mostly idle,
+/// memory is the real limit.
+pub const VCPU_OVERCOMMIT: u32 = 16;
 
 pub trait Scheduler: Send + Sync {
     /// The chosen host, or the reason none fits.
