@@ -249,26 +249,24 @@ async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiRes
             ),
         )
     })?;
-    let user: GithubUser = http
-        .get(format!("{}/user", gh.api_url))
-        .bearer_auth(&access)
-        .send()
+    // GET a GitHub API resource as the user.
+    let fetch = |path: &'static str| {
+        let req = http
+            .get(format!("{}{path}", gh.api_url))
+            .bearer_auth(&access);
+        async move { req.send().await.and_then(|r| r.error_for_status()) }
+    };
+    let user: GithubUser = fetch("/user")
         .await
-        .and_then(|r| r.error_for_status())
         .map_err(upstream)?
         .json()
         .await
         .map_err(upstream)?;
-    let emails: Vec<GithubEmail> = http
-        .get(format!("{}/user/emails", gh.api_url))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(upstream)?
-        .json()
-        .await
-        .unwrap_or_default();
+    // The addresses are optional (an app without user:email sees none): fall back to the profile's.
+    let emails: Vec<GithubEmail> = match fetch("/user/emails").await {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
     let email = emails
         .iter()
         .find(|e| e.primary && e.verified)
