@@ -567,6 +567,15 @@ impl ApiClient {
         .await
     }
 
+    pub async fn undrain_host(&self, id: &str) -> Result<HostResponse, ClientError> {
+        self.json::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/hosts/{id}/drain"),
+            None,
+        )
+        .await
+    }
+
     pub async fn list_teams(&self) -> Result<Vec<TeamResponse>, ClientError> {
         Ok(self
             .json::<(), TeamListResponse>(reqwest::Method::GET, "/v1/teams", None)

@@ -506,6 +506,14 @@ pub async fn host(cmd: HostCommand) -> anyhow::Result<i32> {
                 );
             }
         }
+        HostCommand::Undrain { id, json } => {
+            let h = c.undrain_host(&id).await?;
+            if json {
+                print_json(&h)?;
+            } else {
+                println!("{} is {} again", h.id, h.status);
+            }
+        }
         HostCommand::Delete { id, force, json } => match c.delete_host(&id, force).await {
             Ok(()) => {
                 if json {

@@ -429,6 +429,12 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Put a draining host back online.
+    Undrain {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a host; refuses while it runs sandboxes unless --force.
     Delete {
         id: String,

@@ -96,7 +96,11 @@ impl HostStatus {
         use HostStatus::*;
         matches!(
             (self, next),
-            (Pending, Online) | (Online, Unreachable) | (Unreachable, Online) | (Online, Draining)
+            (Pending, Online)
+                | (Online, Unreachable)
+                | (Unreachable, Online)
+                | (Online, Draining)
+                | (Draining, Online)
         )
     }
 }
@@ -144,5 +148,6 @@ mod tests {
         assert!(Online.can_become(Draining));
         assert!(!Pending.can_become(Unreachable));
         assert!(!Draining.can_become(Pending));
+        assert!(Draining.can_become(Online), "undrain");
     }
 }

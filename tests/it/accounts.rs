@@ -7,7 +7,7 @@ use crate::common::{TestServer, code, raw};
 #[tokio::test]
 async fn team_rules_and_soft_deleted_teams() {
     let s = TestServer::start().await;
-    let (_, _root) = s.signup("root@example.com", "Root").await;
+    let (_, root) = s.signup("root@example.com", "Root").await;
     let (o, owner) = s.signup("owner@example.com", "Olive Owner").await;
     let (m, member) = s.signup("member@example.com", "Mo Member").await;
     let team = owner.create_team("Shared").await.unwrap();
@@ -151,7 +151,22 @@ async fn team_rules_and_soft_deleted_teams() {
     assert_eq!(st, 404, "{v}");
 
     // Deleting the shared team leaves the member with no team: login works, sandboxes say why not.
+    // Its own (BYOC) host goes with it.
+    let byoc = owner
+        .create_host(&sandboxctl::proto::api::CreateHostRequest {
+            host_type: "byoc".into(),
+            team_id: Some(team.id.clone()),
+            name: None,
+            provider: None,
+            zone: None,
+        })
+        .await
+        .unwrap();
     owner.delete_team(&team.id).await.unwrap();
+    assert_eq!(
+        root.get_host(&byoc.host.id).await.unwrap_err().status(),
+        Some(404)
+    );
     let l = s
         .anon()
         .login("member@example.com", "correct horse battery")

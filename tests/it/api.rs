@@ -476,3 +476,31 @@ async fn concurrent_refreshes_with_one_token_leave_one_winner() {
         issued.len()
     );
 }
+
+#[tokio::test]
+async fn drain_and_undrain() {
+    let s = TestServer::start().await;
+    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let (host, _) = register_host(&s, &admin).await;
+    let h = admin.drain_host(&host).await.unwrap();
+    assert_eq!(h.status, "draining");
+    assert_eq!(
+        admin.drain_host(&host).await.unwrap_err().code(),
+        Some("invalid_transition")
+    );
+    let h = admin.undrain_host(&host).await.unwrap();
+    assert_eq!(h.status, "online");
+    assert_eq!(
+        admin.undrain_host(&host).await.unwrap_err().code(),
+        Some("invalid_transition")
+    );
+    let actions: i64 = s
+        .sqlite()
+        .query_row(
+            "SELECT count(*) FROM audit_events WHERE action IN ('host.drain', 'host.undrain')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(actions, 2);
+}

@@ -257,6 +257,13 @@ fn rows() -> Vec<Row> {
             [401, 401, 401, 403, 404, 409, 404, 409, 409],
         ),
         r(
+            M::DELETE,
+            "/v1/hosts/{id}/drain",
+            "/v1/hosts/{fresh_byoc}/drain",
+            None,
+            [401, 401, 401, 403, 404, 409, 404, 409, 409],
+        ),
+        r(
             M::POST,
             "/v1/hosts/register",
             "/v1/hosts/register",

@@ -513,19 +513,40 @@ pub async fn drain(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<HostResponse>> {
-    let h = visible_host(&st, &user, id).await?;
+    set_draining(&st, &user, id, true).await
+}
+
+pub async fn undrain(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HostResponse>> {
+    set_draining(&st, &user, id, false).await
+}
+
+async fn set_draining(
+    st: &AppState,
+    user: &AuthUser,
+    id: String,
+    draining: bool,
+) -> ApiResult<Json<HostResponse>> {
+    let h = visible_host(st, user, id).await?;
     let uid = user.user_id.clone();
     let row = st
         .db
         .call(move |c| {
-            hosts::drain(c, &h.id, &uid)?;
+            hosts::set_draining(c, &h.id, draining, &uid)?;
             hosts::get(c, &h.id)
         })
         .await
         .map_err(|e| match e {
-            DbError::Conflict(_) => {
+            DbError::Conflict(_) if draining => {
                 ApiError::conflict("invalid_transition", "only an online host can be drained")
             }
+            DbError::Conflict(_) => ApiError::conflict(
+                "invalid_transition",
+                "only a draining host can be put back online",
+            ),
             other => other.into(),
         })?;
     Ok(Json(to_resp(row)))

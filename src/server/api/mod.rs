@@ -52,7 +52,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/hosts/{id}/delete-preview", get(hosts::delete_preview))
         .route("/v1/hosts/{id}/token", post(hosts::new_token))
         .route("/v1/hosts/{id}/tags", axum::routing::put(hosts::set_tags))
-        .route("/v1/hosts/{id}/drain", post(hosts::drain))
+        .route(
+            "/v1/hosts/{id}/drain",
+            post(hosts::drain).delete(hosts::undrain),
+        )
         .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
         .route(
             "/v1/sandboxes",

@@ -259,11 +259,18 @@ pub async fn delete(
                 sandboxes::transition(&tx, &s.id, next, Some("team deleted"))?;
             }
             teams::soft_delete(&tx, &id, &uid)?;
+            // The team's own (BYOC) hosts serve nobody now: they go too, with their credentials.
+            let byoc = crate::server::db::hosts::delete_team_hosts(&tx, &id, &uid)?;
             tx.commit()?;
-            Ok(())
+            Ok(byoc)
         })
         .await
-        .map_err(not_found_as("team"))?;
+        .map_err(not_found_as("team"))
+        .map(|byoc: Vec<String>| {
+            for h in byoc {
+                st.pool.evict(&h);
+            }
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 

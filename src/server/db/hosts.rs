@@ -419,16 +419,43 @@ pub fn set_tags(
 }
 
 /// Moves an online host to draining: it keeps its sandboxes and takes no new ones.
-pub fn drain(conn: &Connection, host_id: &str, actor: &str) -> DbResult<()> {
+/// With `draining`, moves an online host to draining (it keeps its sandboxes and takes no new
+/// ones); without, puts a draining host back online.
+pub fn set_draining(conn: &Connection, host_id: &str, draining: bool, actor: &str) -> DbResult<()> {
+    let (from, to, action) = if draining {
+        ("online", "draining", "host.drain")
+    } else {
+        ("draining", "online", "host.undrain")
+    };
     let n = conn.execute(
-        "UPDATE hosts SET status = 'draining', updated_at = ?1 WHERE id = ?2 AND status = 'online'",
-        params![now(), host_id],
+        "UPDATE hosts SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4",
+        params![to, now(), host_id, from],
     )?;
     if n == 0 {
         return Err(DbError::Conflict("invalid_transition"));
     }
-    audit::record(conn, Some(actor), "host.drain", Some(host_id), None)?;
+    audit::record(conn, Some(actor), action, Some(host_id), None)?;
     Ok(())
+}
+
+/// Deletes a team's BYOC hosts (in the caller's transaction); returns their ids.
+pub fn delete_team_hosts(conn: &Connection, team_id: &str, actor: &str) -> DbResult<Vec<String>> {
+    let ids: Vec<String> = {
+        let mut st =
+            conn.prepare("DELETE FROM hosts WHERE team_id = ?1 AND type = 'byoc' RETURNING id")?;
+        st.query_map([team_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    for id in &ids {
+        audit::record(
+            conn,
+            Some(actor),
+            "host.delete",
+            Some(id),
+            Some("team deleted"),
+        )?;
+    }
+    Ok(ids)
 }
 
 /// Deletes the host row with its tokens (sandbox rows keep their history with host_id cleared).
