@@ -253,19 +253,7 @@ fn install_guest(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(opt.join(d))?;
     }
     let dest = opt.join("bin/sandboxctl");
-    let stripped = Command::new("strip")
-        .arg("--strip-all")
-        .arg("-o")
-        .arg(&dest)
-        .arg(guest_binary)
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !stripped {
-        std::fs::copy(guest_binary, &dest).context("copy the guest binary")?;
-    }
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    super::install_guest_binary(guest_binary, &dest)?;
     std::fs::copy(BUSYBOX, opt.join("bin/busybox")).context("copy busybox")?;
     std::fs::set_permissions(
         opt.join("bin/busybox"),

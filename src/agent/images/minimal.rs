@@ -190,19 +190,7 @@ fn build_root(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
 
     // The guest program, stripped, with the libraries it links.
     let dest = root.join("usr/bin/sandboxctl");
-    let stripped = Command::new("strip")
-        .arg("--strip-all")
-        .arg("-o")
-        .arg(&dest)
-        .arg(guest_binary)
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !stripped {
-        std::fs::copy(guest_binary, &dest).context("copy the guest binary")?;
-    }
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    super::install_guest_binary(guest_binary, &dest)?;
     for lib in shared_libraries(guest_binary)? {
         let rel = lib.strip_prefix("/").unwrap_or(&lib);
         let target = root.join(rel);

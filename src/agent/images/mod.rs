@@ -221,3 +221,23 @@ pub(crate) fn remove_tree(dir: &Path) -> anyhow::Result<()> {
     }
     walk(dir, top.dev())
 }
+
+/// Copies the guest program into an image, stripped of debug symbols when `strip` is available,
+/// executable.
+pub fn install_guest_binary(guest_binary: &Path, dest: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let stripped = std::process::Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(dest)
+        .arg(guest_binary)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !stripped {
+        std::fs::copy(guest_binary, dest).context("copy the guest binary")?;
+    }
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}

@@ -150,18 +150,7 @@ impl VmManager {
             }
         }
         for (name, b) in self.builds.states().iter() {
-            let info = TemplateInfo {
-                name: name.clone(),
-                kind: "base".into(),
-                status: b.status,
-                progress: b.progress.clone(),
-                error: b.error.clone(),
-                size_bytes: 0,
-                has_snapshot: false,
-                vcpus: None,
-                memory_mb: None,
-                created_at: b.started_unix,
-            };
+            let info = building_info(name, b);
             // A rebuild of a template that is already there shows as building; a failed
             // rebuild leaves the old one ready.
             match out.iter_mut().find(|i| &i.name == name) {
