@@ -1,33 +1,8 @@
 //! The API without microVMs: accounts, host registration and its tokens, errors.
 
 use reqwest::Method;
-use sandboxctl::proto::agent::HostFacts;
-use sandboxctl::proto::api::CreateHostRequest;
 
-use crate::common::{TestServer, code, raw};
-
-fn facts(addr: &str) -> HostFacts {
-    HostFacts {
-        arch: "x86_64".into(),
-        cpu_cores: 2,
-        memory_mb: 2048,
-        disk_gb: 10,
-        address: addr.into(),
-        accel: "tcg".into(),
-        accel_reason: "test".into(),
-        version: "test".into(),
-    }
-}
-
-fn regular() -> CreateHostRequest {
-    CreateHostRequest {
-        host_type: "regular".into(),
-        team_id: None,
-        name: None,
-        provider: None,
-        zone: None,
-    }
-}
+use crate::common::{TestServer, code, facts, raw, register_host, regular};
 
 #[tokio::test]
 async fn signup_login_and_first_user_is_admin() {
@@ -328,25 +303,6 @@ async fn host_tokens_are_checked() {
     .await;
     assert_eq!(st, 200, "{r1}");
     assert_ne!(r1["refresh_token"], rt);
-}
-
-async fn register_host(
-    s: &TestServer,
-    admin: &sandboxctl::cli::client::ApiClient,
-) -> (String, serde_json::Value) {
-    let created = admin.create_host(&regular()).await.unwrap();
-    let body =
-        serde_json::json!({ "token": created.registration_token, "facts": facts("127.0.0.1:1") })
-            .to_string();
-    let (st, reg) = raw(
-        Method::POST,
-        &format!("{}/v1/hosts/register", s.url),
-        None,
-        Some(&body),
-    )
-    .await;
-    assert_eq!(st, 200, "{reg}");
-    (created.host.id, reg)
 }
 
 async fn refresh(s: &TestServer, token: &str) -> (u16, serde_json::Value) {

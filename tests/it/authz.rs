@@ -491,35 +491,13 @@ impl Fixture {
 
         // A registered host and its JWT.
         let root = s.anon().with_token(&padmin.token);
-        let h = root
-            .create_host(&CreateHostRequest {
-                host_type: "regular".into(),
-                team_id: None,
-                name: None,
-                provider: None,
-                zone: None,
-            })
-            .await
-            .unwrap();
-        let body = format!(
-            r#"{{"token":"{}","facts":{}}}"#,
-            h.registration_token,
-            &HEARTBEAT[9..HEARTBEAT.find(r#","running_vms"#).unwrap()]
-        );
-        let (st, reg) = raw(
-            Method::POST,
-            &format!("{}/v1/hosts/register", s.url),
-            None,
-            Some(&body),
-        )
-        .await;
-        assert_eq!(st, 200, "{reg}");
+        let (host_id, reg) = crate::common::register_host(&s, &root).await;
         let host_token = reg["token"].as_str().unwrap().to_string();
         // Draining: it heartbeats but takes no sandboxes (nothing listens at its address).
         s.sqlite()
             .execute(
                 "UPDATE hosts SET status = 'draining' WHERE id = ?1",
-                [&h.host.id],
+                [&host_id],
             )
             .unwrap();
 
@@ -572,7 +550,7 @@ impl Fixture {
             admin_email: "admin@example.com".into(),
             member_email: "member@example.com".into(),
             owner_email: owner.email,
-            host: h.host.id,
+            host: host_id,
             sandbox,
             n: std::sync::atomic::AtomicUsize::new(0),
         }

@@ -64,20 +64,7 @@ async fn sandbox_end_to_end_through_server_agent_and_cli() {
     }
 
     // The CLI logs in and creates a sandbox.
-    let cfg = s.dir.path().join("cli.toml");
-    let (rc, _, err) = cli(
-        &cfg,
-        &[
-            "login",
-            "--server",
-            &s.url,
-            "--email",
-            "admin@example.com",
-            "--password-stdin",
-        ],
-        Some("correct horse battery\n"),
-    );
-    assert_eq!(rc, 0, "{err}");
+    let cfg = crate::common::cli_login(&s, "admin@example.com");
     let (rc, out, err) = cli(&cfg, &["sandbox", "create", "--json"], None);
     assert_eq!(rc, 0, "create failed: {err}\nagent log:\n{}", agent.log());
     let sbx: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -863,20 +863,7 @@ async fn streams_and_files_through_the_server() {
     assert!(log.contains("console-marker"), "{log:?}");
 
     // The CLI's exec goes through the stream.
-    let cfg = s.dir.path().join("cli.toml");
-    let (rc, _, err) = cli(
-        &cfg,
-        &[
-            "login",
-            "--server",
-            &s.url,
-            "--email",
-            "admin@example.com",
-            "--password-stdin",
-        ],
-        Some("correct horse battery\n"),
-    );
-    assert_eq!(rc, 0, "{err}");
+    let cfg = crate::common::cli_login(&s, "admin@example.com");
     let (rc, out, err) = cli(
         &cfg,
         &["sandbox", "exec", &id, "--", "sh", "-c", "echo hi; exit 7"],

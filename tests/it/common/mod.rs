@@ -410,3 +410,65 @@ pub fn signal(pid: u32, sig: i32) {
         libc::kill(pid as i32, sig);
     }
 }
+
+/// Host facts for a registration or heartbeat by hand (no agent behind them).
+pub fn facts(addr: &str) -> sandboxctl::proto::agent::HostFacts {
+    sandboxctl::proto::agent::HostFacts {
+        arch: "x86_64".into(),
+        cpu_cores: 2,
+        memory_mb: 2048,
+        disk_gb: 10,
+        address: addr.into(),
+        accel: "tcg".into(),
+        accel_reason: "test".into(),
+        version: "test".into(),
+    }
+}
+
+/// A request for a regular host.
+pub fn regular() -> CreateHostRequest {
+    CreateHostRequest {
+        host_type: "regular".into(),
+        team_id: None,
+        name: None,
+        provider: None,
+        zone: None,
+    }
+}
+
+/// Creates a regular host as `admin` and registers it by hand (no agent process); returns its id
+/// and the registration answer (host JWT, refresh token).
+pub async fn register_host(s: &TestServer, admin: &ApiClient) -> (String, serde_json::Value) {
+    let created = admin.create_host(&regular()).await.unwrap();
+    let body =
+        serde_json::json!({ "token": created.registration_token, "facts": facts("127.0.0.1:1") })
+            .to_string();
+    let (st, reg) = raw(
+        reqwest::Method::POST,
+        &format!("{}/v1/hosts/register", s.url),
+        None,
+        Some(&body),
+    )
+    .await;
+    assert_eq!(st, 200, "{reg}");
+    (created.host.id, reg)
+}
+
+/// Logs the CLI in as `email` (the harness's password) with its own config file; returns its path.
+pub fn cli_login(s: &TestServer, email: &str) -> PathBuf {
+    let cfg = s.dir.path().join(format!("cli-{email}.toml"));
+    let (rc, _, err) = cli(
+        &cfg,
+        &[
+            "login",
+            "--server",
+            &s.url,
+            "--email",
+            email,
+            "--password-stdin",
+        ],
+        Some("correct horse battery\n"),
+    );
+    assert_eq!(rc, 0, "{err}");
+    cfg
+}
