@@ -383,9 +383,11 @@ impl VmManager {
         self.cfg.data_dir.join("vms").join(id)
     }
 
+    /// A live VM; one being destroyed is already gone for every caller.
     fn lookup(&self, id: &str) -> Result<Arc<Vm>, VmError> {
         self.vms()
             .get(id)
+            .filter(|vm| !vm.destroyed.load(Ordering::Acquire))
             .cloned()
             .ok_or_else(|| VmError::NotFound(id.to_string()))
     }
@@ -934,13 +936,14 @@ impl VmManager {
         infos
     }
 
-    /// Ends the QEMU process and removes every file of the VM.
+    /// Ends the QEMU process and removes every file of the VM. The VM stays listed (as
+    /// stopped) until its files are gone, so a VM missing from the list has left nothing behind.
     pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
-        let vm = self
-            .vms()
-            .remove(id)
-            .ok_or_else(|| VmError::NotFound(id.to_string()))?;
-        vm.destroyed.store(true, Ordering::Release);
+        let vm = self.lookup(id)?;
+        if vm.destroyed.swap(true, Ordering::AcqRel) {
+            // Another caller is destroying it.
+            return Err(VmError::NotFound(id.to_string()));
+        }
         vm.channel.close();
         vm.kill_qemu().await;
         vm.rt().state = VmState::Stopped;
@@ -958,6 +961,12 @@ impl VmManager {
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        {
+            let mut vms = self.vms();
+            if vms.get(id).is_some_and(|v| Arc::ptr_eq(v, &vm)) {
+                vms.remove(id);
+            }
         }
         if let Some(e) = last {
             return Err(VmError::Internal(anyhow::anyhow!(
