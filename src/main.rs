@@ -63,6 +63,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 listen: a.local_agent_listen.clone(),
                 kernel_dir: a.vm.kernel_dir.clone(),
                 accel: a.vm.accel.into(),
+                cgroup_root: a.vm.cgroup_root.clone(),
+                max_concurrent_boots: a.vm.max_concurrent_boots,
                 heartbeat_interval: a.timing.heartbeat_interval,
                 admin_email: a.admin_email.clone(),
             });
@@ -149,6 +151,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                     kernel_dir: vm.kernel_dir,
                     listen: listen.map(|l| l.to_string()),
                     accel: vm.accel.into(),
+                    cgroup_root: vm.cgroup_root,
+                    max_concurrent_boots: vm.max_concurrent_boots,
                     heartbeat_interval,
                     guest_binary: None,
                 },

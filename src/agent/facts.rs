@@ -48,7 +48,13 @@ pub fn cpu_has_virt() -> bool {
         .unwrap_or(false)
 }
 
-pub fn gather(data_dir: &Path, address: &str, accel: &str, accel_reason: &str) -> HostFacts {
+pub fn gather(
+    data_dir: &Path,
+    address: &str,
+    accel: &str,
+    accel_reason: &str,
+    cgroups: &str,
+) -> HostFacts {
     HostFacts {
         arch: std::env::consts::ARCH.to_string(),
         cpu_cores: cpu_cores(),
@@ -57,6 +63,7 @@ pub fn gather(data_dir: &Path, address: &str, accel: &str, accel_reason: &str) -
         address: address.to_string(),
         accel: accel.to_string(),
         accel_reason: accel_reason.to_string(),
+        cgroups: cgroups.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }

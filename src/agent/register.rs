@@ -30,7 +30,7 @@ pub async fn register(
     };
     let req = RegisterRequest {
         token: token.to_string(),
-        facts: facts::gather(data_dir, advertise, accel, reason),
+        facts: facts::gather(data_dir, advertise, accel, reason, ""),
     };
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))

@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use super::api::{AgentState, router};
 use super::credentials::{self, Credentials};
 use super::facts;
+use super::vm::cgroup::CgroupChoice;
 use super::vm::{AccelChoice, VmConfig, VmManager};
 use crate::proto::agent::{HeartbeatRequest, RefreshRequest};
 use crate::server::api::hosts::RefreshResponse;
@@ -24,6 +25,8 @@ pub struct AgentConfig {
     /// Overrides the listen address stored at registration.
     pub listen: Option<String>,
     pub accel: AccelChoice,
+    pub cgroup_root: CgroupChoice,
+    pub max_concurrent_boots: usize,
     pub heartbeat_interval: Duration,
     /// The binary put into guest images (None: this executable).
     pub guest_binary: Option<PathBuf>,
@@ -53,6 +56,8 @@ pub async fn run(
         kernel_dir: cfg.kernel_dir.clone(),
         accel: cfg.accel,
         guest_binary: cfg.guest_binary.clone(),
+        cgroup_root: cfg.cgroup_root.clone(),
+        max_concurrent_boots: cfg.max_concurrent_boots,
     })
     .await
     .context("starting the VM manager")?;
@@ -203,6 +208,7 @@ impl Heartbeat {
                 &advertise,
                 &self.accel_kind,
                 &self.accel_reason,
+                self.vms.cgroups().summary(),
             ),
             running_vms,
             used_memory_mb,

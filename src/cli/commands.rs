@@ -469,6 +469,9 @@ pub async fn host(cmd: HostCommand) -> anyhow::Result<i32> {
                 if let Some(r) = &h.accel_reason {
                     println!("accel: {r}");
                 }
+                if let Some(c) = &h.cgroups {
+                    println!("cgroups: {c}");
+                }
             }
         }
         HostCommand::Token { id, json } => {

@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane (REST API, scheduler, host monitor).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run or register a host agent.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -183,6 +183,13 @@ pub struct VmArgs {
     /// Hardware acceleration: auto uses KVM only where it really works.
     #[arg(long, env = "SANDBOXCTL_ACCEL", value_enum, default_value = "auto")]
     pub accel: AccelArg,
+    /// Where each VM gets a cgroup of its own (cgroup v2): auto (`sandboxctl` at the top of the
+    /// cgroup2 mount), off, or an absolute path inside the mount (a delegated folder).
+    #[arg(long, env = "SANDBOXCTL_CGROUP_ROOT", default_value = "auto")]
+    pub cgroup_root: crate::agent::vm::cgroup::CgroupChoice,
+    /// Cold boots at once on this host (0: one per core); more wait their turn.
+    #[arg(long, env = "SANDBOXCTL_MAX_CONCURRENT_BOOTS", default_value_t = 0)]
+    pub max_concurrent_boots: usize,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,10 @@ pub struct HostFacts {
     pub accel: String,
     /// Why that accelerator was chosen, in words.
     pub accel_reason: String,
+    /// How VMs are put in cgroups: "v2 PATH: cpu memory pids", or "none: why". Empty at
+    /// registration (known once the agent runs).
+    #[serde(default)]
+    pub cgroups: String,
     pub version: String,
 }
 

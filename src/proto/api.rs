@@ -83,6 +83,8 @@ pub struct HostResponse {
     pub address: Option<String>,
     pub accel: Option<String>,
     pub accel_reason: Option<String>,
+    /// How the agent puts VMs in cgroups: "v2 PATH: cpu memory pids", or "none: why".
+    pub cgroups: Option<String>,
     pub running_vms: Option<u32>,
     pub last_heartbeat_at: Option<i64>,
     pub created_at: i64,

@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use crate::agent::run::AgentConfig;
 use crate::agent::vm::AccelChoice;
+use crate::agent::vm::cgroup::CgroupChoice;
 use crate::agent::{credentials, register};
 use crate::crypto::{self, sha256_hex};
 use crate::server::AppState;
@@ -19,6 +20,8 @@ pub struct LocalAgentConfig {
     pub listen: String,
     pub kernel_dir: PathBuf,
     pub accel: AccelChoice,
+    pub cgroup_root: CgroupChoice,
+    pub max_concurrent_boots: usize,
     pub heartbeat_interval: Duration,
     pub admin_email: String,
 }
@@ -66,6 +69,8 @@ pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> a
             kernel_dir: cfg.kernel_dir,
             listen: None,
             accel: cfg.accel,
+            cgroup_root: cfg.cgroup_root,
+            max_concurrent_boots: cfg.max_concurrent_boots,
             heartbeat_interval: cfg.heartbeat_interval,
             guest_binary: None,
         },

@@ -28,6 +28,12 @@ async fn sandbox_end_to_end_through_server_agent_and_cli() {
     let accel = host.accel.clone().unwrap();
     assert!(accel == "kvm" || accel == "tcg", "{accel}");
     assert!(!host.accel_reason.clone().unwrap_or_default().is_empty());
+    let cgroups = host.cgroups.clone().expect("the agent reports its cgroups");
+    assert!(
+        cgroups.starts_with("v2 /") || cgroups.starts_with("none: "),
+        "{cgroups}"
+    );
+    eprintln!("agent cgroups: {cgroups}");
     eprintln!(
         "agent accel: {accel} ({})",
         host.accel_reason.unwrap_or_default()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use sandboxctl::agent::vm::cgroup::CgroupChoice;
 use sandboxctl::agent::vm::files::FileError;
 use sandboxctl::agent::vm::stream::{ExecEvent, ExecStream};
 use sandboxctl::agent::vm::{
@@ -29,6 +30,8 @@ fn config(data_dir: &Path) -> VmConfig {
         kernel_dir: kernel_dir(),
         accel: AccelChoice::Auto,
         guest_binary: Some(PathBuf::from(BIN)),
+        cgroup_root: CgroupChoice::Auto,
+        max_concurrent_boots: 0,
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sandboxctl::agent::vm::cgroup::CgroupChoice;
 use sandboxctl::agent::vm::{
     AccelChoice, CreateVmRequest, ExecRequest, ExecResponse, VmConfig, VmError, VmManager, VmState,
 };
@@ -27,6 +28,8 @@ fn config(data_dir: &Path) -> VmConfig {
         kernel_dir: kernel_dir(),
         accel: AccelChoice::Auto,
         guest_binary: Some(PathBuf::from(BIN)),
+        cgroup_root: CgroupChoice::Auto,
+        max_concurrent_boots: 0,
     }
 }
 
@@ -156,6 +159,38 @@ async fn vm_boot_exec_destroy() {
     assert_eq!(vms.list().await.len(), 1);
     assert_eq!(vms.usage().await, (1, 256, 1));
 
+    // QEMU runs in a cgroup of its own, with the limits of its shape where the host's cgroup v2
+    // hierarchy has the controllers; a host without cgroup v2 says why.
+    let cg = vms.cgroups();
+    eprintln!("cgroups: {}", cg.summary());
+    let cgroup_dir = cg.root().map(|root| root.join(id));
+    match &cgroup_dir {
+        Some(dir) => {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+            assert!(
+                procs.lines().any(|l| l == pid.to_string()),
+                "QEMU {pid} is not in {}: {procs:?}",
+                dir.display()
+            );
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+            for c in cg.controllers() {
+                match *c {
+                    "memory" => {
+                        assert_eq!(read("memory.max").trim(), ((256 + 384) << 20).to_string())
+                    }
+                    "cpu" => assert_eq!(read("cpu.max").trim(), "100000 100000"),
+                    "pids" => assert_eq!(read("pids.max").trim(), "256"),
+                    other => panic!("unexpected controller {other}"),
+                }
+            }
+        }
+        None => assert!(
+            cg.summary().starts_with("none: ") && cg.summary().len() > 10,
+            "{}",
+            cg.summary()
+        ),
+    }
+
     let r = vms
         .exec(id, cmd("echo", &["hello", "world"]))
         .await
@@ -266,6 +301,9 @@ async fn vm_boot_exec_destroy() {
     assert!(r.is_err(), "{r:?}");
     assert_gone(&vms, tmp.path(), id, pid).await;
     assert_eq!(vms.usage().await, (0, 0, 0));
+    if let Some(dir) = cgroup_dir {
+        assert!(!dir.exists(), "{} outlived its VM", dir.display());
+    }
     drop(vms2);
 }
 

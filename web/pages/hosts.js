@@ -72,7 +72,7 @@ function teamName(id) {
 function capacity(x) {
   const parts = [x.cpu_cores && `${x.cpu_cores} CPU`, x.memory_mb && mib(x.memory_mb)].filter(Boolean);
   if (!parts.length) return '—';
-  const title = [x.arch, x.disk_gb && `${x.disk_gb} GB disk`, x.accel_reason].filter(Boolean).join(' · ');
+  const title = [x.arch, x.disk_gb && `${x.disk_gb} GB disk`, x.accel_reason, x.cgroups && `cgroups ${x.cgroups}`].filter(Boolean).join(' · ');
   return h('span', { title }, parts.join(' · '), x.accel && h('span', { class: 'tag accel' }, x.accel.toUpperCase()));
 }
 

@@ -37,7 +37,7 @@ pub async fn bare_cold_boot(
         };
         let args = qemu::args(&spec);
         let t = Instant::now();
-        let mut child = qemu::spawn(&dir, &args)?;
+        let mut child = qemu::spawn(&dir, &args, None)?;
         let channel = GuestChannel::new(&dir, qemu::AGENT_SOCK);
         let answered = channel.connect(Duration::from_secs(90)).await;
         let elapsed = t.elapsed();

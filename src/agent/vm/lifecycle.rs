@@ -383,7 +383,7 @@ impl VmManager {
             disk: qemu::DISK,
             incoming: true,
         };
-        let mut child = qemu::spawn(tmp, &qemu::args(&spec))?;
+        let mut child = qemu::spawn(tmp, &qemu::args(&spec), None)?;
         let pid = child.id().context("QEMU exited at once")?;
         write_atomic(&qemu::pid_file(tmp), format!("{pid}\n").as_bytes())?;
         let converted = async {

@@ -17,6 +17,7 @@
 //! create links their files under it (read).
 
 mod bare;
+pub mod cgroup;
 pub use bare::bare_cold_boot;
 mod channel;
 pub mod files;
@@ -78,6 +79,10 @@ pub struct VmConfig {
     pub accel: AccelChoice,
     /// The program installed in templates as the guest program; None = this executable.
     pub guest_binary: Option<PathBuf>,
+    /// Where per-VM cgroups are made.
+    pub cgroup_root: cgroup::CgroupChoice,
+    /// Cold boots at once (0: one per core).
+    pub max_concurrent_boots: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +303,9 @@ pub struct VmManager {
     tsc_khz: Option<u64>,
     host_cores: u32,
     host_memory_mb: u64,
+    cgroups: cgroup::Cgroups,
+    /// Cold boots at once; restores do not take one.
+    boot_slots: Arc<tokio::sync::Semaphore>,
     vms: Mutex<HashMap<String, Arc<Vm>>>,
     guest_binary: PathBuf,
     boot: Arc<BootSnapshots>,
@@ -328,12 +336,24 @@ impl VmManager {
             .await
             .context("template cleanup panicked")?;
         let tsc_khz = qemu::host_tsc_khz();
+        let cgroups = cgroup::Cgroups::detect(&cfg.cgroup_root);
+        tracing::info!(cgroups = cgroups.summary(), "VM cgroups");
+        let host_cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let boot_slots = Arc::new(tokio::sync::Semaphore::new(
+            match cfg.max_concurrent_boots {
+                0 => host_cores,
+                n => n,
+            },
+        ));
         let boot = Arc::new(BootSnapshots::new(HostEnv {
             data_dir: cfg.data_dir.clone(),
             accel: accel.clone(),
             kernel: kernel.clone(),
             tsc_khz,
             qemu_version: qemu::version().await,
+            boot_slots: boot_slots.clone(),
         }));
         let mgr = VmManager {
             guest_binary,
@@ -341,9 +361,9 @@ impl VmManager {
             builds: Arc::new(templates::BaseBuilds::default()),
             templates_lock: tokio::sync::RwLock::new(()),
             tsc_khz,
-            host_cores: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
+            host_cores: host_cores as u32,
+            cgroups,
+            boot_slots,
             host_memory_mb: host_memory_mb().unwrap_or(1024),
             cfg,
             accel,
@@ -373,6 +393,11 @@ impl VmManager {
 
     pub fn accel(&self) -> &Accel {
         &self.accel
+    }
+
+    /// How this host's VMs are put in cgroups.
+    pub fn cgroups(&self) -> &cgroup::Cgroups {
+        &self.cgroups
     }
 
     fn vms(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vm>>> {
@@ -417,6 +442,9 @@ impl VmManager {
                         qemu::kill(pid, libc::SIGKILL);
                     }
                     let _ = std::fs::remove_dir_all(&dir);
+                    if validate_id(&name).is_ok() {
+                        self.cgroups.remove(&name).await;
+                    }
                 }
             }
         }
@@ -614,6 +642,7 @@ impl VmManager {
             vm.channel.close();
             vm.kill_qemu().await;
             let _ = tokio::fs::remove_dir_all(&dir).await;
+            self.cgroups.remove(&req.id).await;
             {
                 let mut vms = self.vms();
                 if vms.get(&req.id).is_some_and(|v| Arc::ptr_eq(v, &vm)) {
@@ -735,7 +764,10 @@ impl VmManager {
     fn spawn_qemu(&self, vm: &Arc<Vm>, spec: &qemu::LaunchSpec<'_>) -> Result<u32, VmError> {
         let args = qemu::args(spec);
         tracing::debug!(vm = %vm.id, ?args, "starting QEMU");
-        let mut child = qemu::spawn(&vm.dir, &args)?;
+        let cgroup = self
+            .cgroups
+            .prepare(&vm.id, vm.record.vcpus, vm.record.memory_mb)?;
+        let mut child = qemu::spawn(&vm.dir, &args, cgroup.as_ref())?;
         let pid = child.id().context("QEMU exited at once")?;
         write_atomic(&qemu::pid_file(&vm.dir), format!("{pid}\n").as_bytes())?;
         let (exited_tx, exited_rx) = watch::channel(false);
@@ -780,6 +812,12 @@ impl VmManager {
         }
         self.fresh_dir(vm).await?;
         qemu::prepare_disk(dir, &self.kernel, template).await?;
+        // Held until the guest answers (or the boot fails): booting is what overloads a host.
+        let _slot = self
+            .boot_slots
+            .acquire()
+            .await
+            .context("boot slots closed")?;
         let spec = self.launch_spec(vm, false, false);
         self.spawn_qemu(vm, &spec)?;
 
@@ -947,6 +985,7 @@ impl VmManager {
         vm.channel.close();
         vm.kill_qemu().await;
         vm.rt().state = VmState::Stopped;
+        self.cgroups.remove(id).await;
         let mut last = None;
         for _ in 0..3 {
             match tokio::fs::remove_dir_all(&vm.dir).await {

@@ -221,8 +221,13 @@ pub async fn prepare_disk(dir: &Path, kernel: &Kernel, template: &Template) -> a
     create_overlay(dir, DISK, BASE, "raw").await
 }
 
-/// Starts QEMU in its own session (it outlives the agent) with `dir` as working directory.
-pub fn spawn(dir: &Path, args: &[String]) -> anyhow::Result<tokio::process::Child> {
+/// Starts QEMU in its own session (it outlives the agent) with `dir` as working directory and,
+/// when given, inside `cgroup` (entered between fork and exec).
+pub fn spawn(
+    dir: &Path,
+    args: &[String],
+    cgroup: Option<&super::cgroup::VmCgroup>,
+) -> anyhow::Result<tokio::process::Child> {
     let log = std::fs::File::create(dir.join(QEMU_LOG)).context("create qemu.log")?;
     let log2 = log.try_clone()?;
     let mut cmd = tokio::process::Command::new(QEMU);
@@ -232,10 +237,17 @@ pub fn spawn(dir: &Path, args: &[String]) -> anyhow::Result<tokio::process::Chil
         .stdout(log)
         .stderr(log2)
         .kill_on_drop(false);
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    let procs_fd = cgroup.map(|c| std::os::fd::AsRawFd::as_raw_fd(&c.procs));
+    // SAFETY: setsid and write are async-signal-safe; the fd stays open (the caller holds the
+    // VmCgroup) until spawn returns; nothing else runs between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
+            if let Some(fd) = procs_fd
+                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }

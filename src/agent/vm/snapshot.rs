@@ -275,6 +275,8 @@ pub struct HostEnv {
     pub kernel: Kernel,
     pub tsc_khz: Option<u64>,
     pub qemu_version: String,
+    /// Cold boots allowed at once on this host (sandboxes and boot snapshots alike).
+    pub boot_slots: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default)]
@@ -519,7 +521,13 @@ impl BootSnapshots {
             disk: &layer,
             incoming: false,
         };
-        let mut child = qemu::spawn(&tmp, &qemu::args(&spec))?;
+        let _slot = self
+            .env
+            .boot_slots
+            .acquire()
+            .await
+            .context("boot slots closed")?;
+        let mut child = qemu::spawn(&tmp, &qemu::args(&spec), None)?;
         let pid = child.id().context("QEMU exited at once")?;
         guard.pid = Some(pid);
         self.reg().pids.insert(pid);

@@ -33,6 +33,7 @@ pub fn to_resp(h: HostRow) -> HostResponse {
         address: h.address,
         accel: h.accel,
         accel_reason: h.accel_reason,
+        cgroups: h.cgroups,
         running_vms: h.running_vms,
         last_heartbeat_at: h.last_heartbeat_at,
         created_at: h.created_at,
@@ -389,6 +390,7 @@ fn validate_facts(f: &crate::proto::agent::HostFacts) -> ApiResult<()> {
         ("facts.arch", &f.arch),
         ("facts.version", &f.version),
         ("facts.accel_reason", &f.accel_reason),
+        ("facts.cgroups", &f.cgroups),
     ] {
         if v.len() > 500 {
             return Err(ApiError::bad(field, "too long"));

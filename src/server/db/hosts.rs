@@ -24,6 +24,7 @@ pub struct HostRow {
     pub address: Option<String>,
     pub accel: Option<String>,
     pub accel_reason: Option<String>,
+    pub cgroups: Option<String>,
     pub status: String,
     pub last_heartbeat_at: Option<i64>,
     pub running_vms: Option<u32>,
@@ -38,7 +39,7 @@ pub struct HostRow {
 const COLS: &str = "id, type, team_id, name, provider, zone, arch, cpu_cores, memory_mb, disk_gb, address,
     accel, accel_reason, status, last_heartbeat_at, running_vms, used_memory_mb, used_vcpus, created_at,
     (SELECT group_concat(tag, char(10)) FROM (SELECT tag FROM host_tags WHERE host_id = hosts.id ORDER BY tag)),
-    templates";
+    templates, cgroups";
 
 fn host_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRow> {
     Ok(HostRow {
@@ -55,6 +56,7 @@ fn host_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRow> {
         address: r.get(10)?,
         accel: r.get(11)?,
         accel_reason: r.get(12)?,
+        cgroups: r.get::<_, Option<String>>(21)?.filter(|c| !c.is_empty()),
         status: r.get(13)?,
         last_heartbeat_at: r.get(14)?,
         running_vms: r.get(15)?,
@@ -170,7 +172,8 @@ pub fn register(
     };
     let n = tx.execute(
         "UPDATE hosts SET arch = ?1, cpu_cores = ?2, memory_mb = ?3, disk_gb = ?4, address = ?5,
-             accel = ?6, accel_reason = ?7, status = 'online', last_heartbeat_at = ?8, updated_at = ?8
+             accel = ?6, accel_reason = ?7, status = 'online', last_heartbeat_at = ?8, updated_at = ?8,
+             cgroups = ?10
          WHERE id = ?9 AND (status = 'pending' OR NOT EXISTS
              (SELECT 1 FROM host_refresh_tokens WHERE host_id = ?9 AND revoked_at IS NULL))",
         params![
@@ -182,7 +185,8 @@ pub fn register(
             facts.accel,
             facts.accel_reason,
             t,
-            host_id
+            host_id,
+            facts.cgroups
         ],
     )?;
     if n == 0 {
@@ -328,7 +332,7 @@ pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbR
         .query_row(
             "UPDATE hosts SET last_heartbeat_at = ?1, updated_at = ?1, address = ?2, cpu_cores = ?3,
                 memory_mb = ?4, disk_gb = ?5, accel = ?6, accel_reason = ?7, running_vms = ?8,
-                used_memory_mb = ?9, used_vcpus = ?10, templates = ?12,
+                used_memory_mb = ?9, used_vcpus = ?10, templates = ?12, cgroups = ?13,
                 status = CASE WHEN status = 'unreachable' THEN 'online' ELSE status END
              WHERE id = ?11 AND status != 'pending'
              RETURNING status",
@@ -344,7 +348,8 @@ pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbR
                 hb.used_memory_mb,
                 hb.used_vcpus,
                 host_id,
-                serde_json::to_string(&hb.templates).unwrap_or_else(|_| "[]".into())
+                serde_json::to_string(&hb.templates).unwrap_or_else(|_| "[]".into()),
+                hb.facts.cgroups
             ],
             |r| r.get(0),
         )

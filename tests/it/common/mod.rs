@@ -421,6 +421,7 @@ pub fn facts(addr: &str) -> sandboxctl::proto::agent::HostFacts {
         address: addr.into(),
         accel: "tcg".into(),
         accel_reason: "test".into(),
+        cgroups: String::new(),
         version: "test".into(),
     }
 }
