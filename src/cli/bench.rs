@@ -144,7 +144,18 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
     }
     // Bare QEMU with the same images, no server or agent in the way.
     let mut bare_cold = Vec::new();
+    let mut bare_restore = Vec::new();
     if let Some(dir) = &a.agent_data_dir {
+        eprintln!("bench: {} bare QEMU restores…", a.runs);
+        for _ in 0..a.runs {
+            match crate::agent::vm::bare_restore(dir, &a.kernel_dir, &a.template).await {
+                Ok(d) => bare_restore.push(ms(d)),
+                Err(e) => {
+                    eprintln!("bench: bare QEMU restore failed: {e:#}");
+                    break;
+                }
+            }
+        }
         eprintln!("bench: {} bare QEMU cold boots…", a.runs.min(5));
         for _ in 0..a.runs.min(5) {
             match crate::agent::vm::bare_cold_boot(dir, &a.kernel_dir, &a.template).await {
@@ -180,7 +191,7 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
         rows.push(row(
             "create from snapshot (API, client-side)",
             &api_snap,
-            ratio(&api_snap, &bare_cold),
+            ratio(&api_snap, &bare_restore),
         ));
         rows.push(row(
             "create from snapshot (agent: restore → guest answers)",
@@ -193,6 +204,13 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
             "bare QEMU cold boot → guest answers (baseline)",
             &bare_cold,
             "same kernel, initrd and image",
+        ));
+    }
+    if !bare_restore.is_empty() {
+        rows.push(row(
+            "bare QEMU restore → guest answers (baseline)",
+            &bare_restore,
+            "the agent's boot snapshot files, overlay included",
         ));
     }
 

@@ -1,5 +1,6 @@
-//! The benchmark's baseline: the same QEMU boot the agent does, with the same kernel, initrd and
-//! image, timed from QEMU's start to the guest program's first answer — no agent, server or HTTP.
+//! The benchmark's baselines: the same QEMU boot and the same snapshot restore the agent does,
+//! with the same kernel, initrd, image and snapshot files, timed until the guest program's first
+//! answer — no agent, server or HTTP.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -7,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::channel::GuestChannel;
-use super::{AccelChoice, qemu};
+use super::qmp::Qmp;
+use super::snapshot::{DEFAULT_SHAPE, STATE_LIMIT, Snapshot, link_snapshot_files};
+use super::{AccelChoice, INCOMING, qemu};
 use crate::agent::images::{self, Kernel};
 
 /// One cold boot of `template` from the agent data dir's images; the VM is killed afterwards.
@@ -46,6 +49,80 @@ pub async fn bare_cold_boot(
         let _ = child.wait().await;
         answered.map_err(|e| anyhow::anyhow!("the guest did not answer: {e}"))?;
         Ok(elapsed)
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// One restore of `template`'s boot snapshot (the default shape) the way the agent restores:
+/// the snapshot's layers and memory file linked, a fresh qcow2 overlay, QEMU started with
+/// incoming state, the state loaded over QMP and the VM continued. Timed from the first file
+/// operation to the guest program's first answer; the VM is killed afterwards.
+pub async fn bare_restore(
+    agent_data_dir: &Path,
+    kernel_dir: &Path,
+    template: &str,
+) -> anyhow::Result<Duration> {
+    let kernel = Kernel::find(kernel_dir)?;
+    let tpl = images::template(agent_data_dir, template)
+        .with_context(|| format!("no template '{template}' in {}", agent_data_dir.display()))?;
+    let snap_dir = tpl
+        .rootfs
+        .parent()
+        .context("template folder")?
+        .join("snapshots")
+        .join(DEFAULT_SHAPE.key());
+    let snap = Snapshot::load(&snap_dir).with_context(|| {
+        format!(
+            "no boot snapshot in {} (the agent makes it after the first sandbox)",
+            snap_dir.display()
+        )
+    })?;
+    let accel = qemu::detect_accel(AccelChoice::Auto, &kernel).await;
+    let dir = tempfile_dir()?;
+    let result = async {
+        let t = Instant::now();
+        link_snapshot_files(&snap, &dir)?;
+        qemu::link_file(&snap.dir.join(qemu::STATE), &dir.join(INCOMING), false)?;
+        qemu::link_file(&kernel.vmlinuz, &dir.join(qemu::KERNEL), true)?;
+        qemu::create_overlay(&dir, qemu::DISK, snap.meta.top(), "qcow2").await?;
+        let spec = qemu::LaunchSpec {
+            id: "sbx_bench_bare",
+            vcpus: snap.meta.vcpus,
+            memory_mb: snap.meta.memory_mb,
+            network: snap.meta.network,
+            accel: &accel,
+            tsc_khz: qemu::host_tsc_khz(),
+            memory: if snap.meta.memory_file {
+                qemu::Memory::File {
+                    path: qemu::MEM,
+                    shared: false,
+                }
+            } else {
+                qemu::Memory::Anonymous
+            },
+            disk: qemu::DISK,
+            incoming: true,
+        };
+        let mut child = qemu::spawn(&dir, &qemu::args(&spec), None)?;
+        let channel = GuestChannel::new(&dir, qemu::AGENT_SOCK);
+        let restored = async {
+            let mut q = Qmp::connect_wait(&dir, qemu::QMP_SOCK, Duration::from_secs(10)).await?;
+            if snap.meta.memory_file {
+                q.set_ignore_shared(true).await?;
+            }
+            q.load_state(INCOMING, STATE_LIMIT).await?;
+            let (hello, cont) = tokio::join!(channel.connect(Duration::from_secs(30)), q.cont());
+            cont?;
+            hello.map_err(|e| anyhow::anyhow!("the restored guest did not answer: {e}"))?;
+            anyhow::Ok(t.elapsed())
+        }
+        .await;
+        channel.close();
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        restored
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -18,7 +18,7 @@
 
 mod bare;
 pub mod cgroup;
-pub use bare::bare_cold_boot;
+pub use bare::{bare_cold_boot, bare_restore};
 mod channel;
 pub mod files;
 mod lifecycle;
