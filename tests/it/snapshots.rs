@@ -101,6 +101,14 @@ async fn snapshots_pause_resume_and_templates() {
     let mut lines = out.lines();
     let sleep_pid: u32 = lines.next().unwrap().parse().unwrap();
     let before: u32 = lines.next().unwrap().parse().unwrap();
+    // The console log starts with the boot the snapshot was taken from and goes on over pause
+    // and resume.
+    sh(&admin, &a.id, "echo before-pause > /dev/console").await;
+    let log = admin.logs(&a.id).await.unwrap();
+    assert!(
+        log.contains("sandboxctl guest") && log.contains("before-pause"),
+        "{log:?}"
+    );
     let t = Instant::now();
     let p = admin.pause_sandbox(&a.id).await.expect("pause");
     eprintln!("pause through the API: {:?}", t.elapsed());
@@ -124,6 +132,13 @@ async fn snapshots_pause_resume_and_templates() {
     assert_eq!(&lines[..2], &["alive", "a"], "{out}");
     let after: u32 = lines[2].parse().unwrap();
     assert!(after > before, "the counter stopped: {before} -> {after}");
+    sh(&admin, &a.id, "echo after-resume > /dev/console").await;
+    let log = admin.logs(&a.id).await.unwrap();
+    let (at_pause, at_resume) = (log.find("before-pause"), log.find("after-resume"));
+    assert!(
+        at_pause.is_some() && at_pause < at_resume,
+        "the log did not go on over pause/resume: {log:?}"
+    );
     let skew = lines[3].parse::<i64>().unwrap() - sandboxctl::server::db::now();
     assert!(skew.abs() <= 2, "guest clock off by {skew} s after resume");
 

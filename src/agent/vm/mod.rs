@@ -64,6 +64,8 @@ const BOOT_ATTEMPTS: u32 = 2;
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The snapshot state a VM is being restored from (a link to the template's `state.bin`).
 const INCOMING: &str = "incoming.bin";
+/// How often console logs are checked against their size limit.
+const CONSOLE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// A pause writes here first and renames to `state.bin` once complete.
 const STATE_TMP: &str = "state.tmp";
 /// Extra time the host waits beyond an exec's own timeout (the guest enforces that one).
@@ -287,6 +289,31 @@ async fn wait_gone(pid: u32, exited: Option<watch::Receiver<bool>>, limit: Durat
     }
 }
 
+/// Keeps every running VM's console log under [`qemu::CONSOLE_LOG_MAX`] while the manager lives.
+async fn cap_console_logs(mgr: std::sync::Weak<VmManager>) {
+    let mut tick = tokio::time::interval(CONSOLE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(m) = mgr.upgrade() else { return };
+        let dirs: Vec<(String, PathBuf)> = m
+            .vms()
+            .values()
+            .filter(|vm| vm.rt().state == VmState::Running)
+            .map(|vm| (vm.id.clone(), vm.dir.clone()))
+            .collect();
+        drop(m);
+        for (id, dir) in dirs {
+            match tokio::task::spawn_blocking(move || qemu::cap_console_log(&dir)).await {
+                Ok(Ok(true)) => tracing::info!(vm = %id, "console log cut to its end"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(vm = %id, error = %e, "could not cut the console log"),
+                Err(e) => tracing::warn!(vm = %id, error = %e, "console log check panicked"),
+            }
+        }
+    }
+}
+
 /// Where a new VM comes from.
 enum Source {
     /// A base template: restored from its boot snapshot for the VM's shape when there is one,
@@ -388,7 +415,9 @@ impl VmManager {
             }
             mgr.boot.request(&t, snapshot::DEFAULT_SHAPE);
         }
-        Ok(Arc::new(mgr))
+        let mgr = Arc::new(mgr);
+        tokio::spawn(cap_console_logs(Arc::downgrade(&mgr)));
+        Ok(mgr)
     }
 
     pub fn accel(&self) -> &Accel {
@@ -872,6 +901,9 @@ impl VmManager {
             let _files = self.templates_lock.read().await;
             snapshot::link_snapshot_files(snap, dir)?;
             qemu::link_file(&snap.dir.join(qemu::STATE), &dir.join(INCOMING), false)?;
+            if let Err(e) = qemu::seed_console_log(&snap.dir, dir) {
+                tracing::warn!(vm = %vm.id, error = %e, "could not copy the snapshot's console log");
+            }
         }
         qemu::link_file(&self.kernel.vmlinuz, &dir.join(qemu::KERNEL), true)?;
         qemu::create_overlay(dir, qemu::DISK, snap.meta.top(), "qcow2").await?;

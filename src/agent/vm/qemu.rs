@@ -107,7 +107,13 @@ pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
         "none",
         "-no-reboot",
     ]);
-    push(&["-serial", &format!("file:{CONSOLE_LOG}")]);
+    // Appended to, so that a resumed VM's log goes on where it stopped (and can be cut short
+    // while QEMU writes: see `cap_console_log`).
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={CONSOLE_LOG},append=on"),
+    ]);
+    push(&["-serial", "chardev:console"]);
     push(&["-qmp", &format!("unix:{QMP_SOCK},server=on,wait=off")]);
     let cmdline = kernel_cmdline(spec.accel, spec.tsc_khz);
     push(&["-kernel", KERNEL, "-initrd", INITRD, "-append", &cmdline]);
@@ -402,12 +408,77 @@ async fn probe_kvm(kernel: &Kernel) -> anyhow::Result<()> {
     }
 }
 
+/// A console log grows to this size before its start is cut away: the guest decides what it
+/// writes to its serial port, and the host's disk must not fill up with it.
+pub const CONSOLE_LOG_MAX: u64 = 2 << 20;
+/// What is kept of it then.
+pub const CONSOLE_LOG_KEEP: u64 = 512 << 10;
+/// The first line of a log that was cut.
+pub const CONSOLE_CUT_MARK: &str = "[sandboxctl: earlier console output was cut]\n";
+
+/// Cuts the VM's console log down to its last [`CONSOLE_LOG_KEEP`] bytes once it is over
+/// [`CONSOLE_LOG_MAX`]. QEMU appends (O_APPEND), so its next write lands after what is kept.
+/// Returns whether the log was cut.
+pub fn cap_console_log(dir: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let path = dir.join(CONSOLE_LOG);
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len <= CONSOLE_LOG_MAX {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::Start(len - CONSOLE_LOG_KEEP))?;
+    let mut tail = Vec::with_capacity(CONSOLE_LOG_KEEP as usize);
+    (&mut f).take(CONSOLE_LOG_KEEP).read_to_end(&mut tail)?;
+    // Start the kept part at a line.
+    let from = tail
+        .iter()
+        .position(|b| *b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    f.set_len(0)?;
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(CONSOLE_CUT_MARK.as_bytes())?;
+    f.write_all(&tail[from..])?;
+    Ok(true)
+}
+
+/// Starts `to`'s console log with the end of `from`'s: a VM restored from a snapshot shows the
+/// boot it was saved from.
+pub fn seed_console_log(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut src = match std::fs::File::open(from.join(CONSOLE_LOG)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = src.metadata()?.len();
+    src.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_LOG_KEEP)))?;
+    let mut dst = std::fs::File::create(to.join(CONSOLE_LOG))?;
+    std::io::copy(&mut src.take(CONSOLE_LOG_KEEP), &mut dst)?;
+    Ok(())
+}
+
 /// The last `n` lines of the VM's console, for error messages.
 pub fn console_tail(dir: &Path, n: usize) -> String {
     let read = |name: &str| {
-        std::fs::read(dir.join(name))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(dir.join(name)) else {
+            return String::new();
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 << 10)));
+        let mut b = Vec::new();
+        let _ = f.take(16 << 10).read_to_end(&mut b);
+        String::from_utf8_lossy(&b).into_owned()
     };
     let mut text = read(CONSOLE_LOG);
     text.push_str(&read(QEMU_LOG));
@@ -430,6 +501,37 @@ mod tests {
         let b = "model name\t: Intel(R) Xeon(R) Processor\ncpu MHz\t\t: 2299.998\n";
         assert_eq!(parse_tsc_khz(b), Some(2_299_998));
         assert_eq!(parse_tsc_khz("nothing"), None);
+    }
+
+    #[test]
+    fn console_log_is_cut_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!cap_console_log(dir.path()).unwrap(), "no log yet");
+        let line = |i: usize| format!("line {i:08}\n");
+        let mut text = String::new();
+        let mut i = 0;
+        while (text.len() as u64) <= CONSOLE_LOG_MAX {
+            text.push_str(&line(i));
+            i += 1;
+        }
+        std::fs::write(dir.path().join(CONSOLE_LOG), &text).unwrap();
+        assert!(cap_console_log(dir.path()).unwrap());
+        let cut = std::fs::read_to_string(dir.path().join(CONSOLE_LOG)).unwrap();
+        assert!(cut.starts_with(CONSOLE_CUT_MARK));
+        assert!(cut.len() as u64 <= CONSOLE_LOG_KEEP + CONSOLE_CUT_MARK.len() as u64);
+        assert!(cut.ends_with(&line(i - 1)), "the end is kept");
+        let body = &cut[CONSOLE_CUT_MARK.len()..];
+        assert!(body.starts_with("line "), "kept from a line start");
+        assert!(!cap_console_log(dir.path()).unwrap(), "small enough now");
+
+        let other = tempfile::tempdir().unwrap();
+        seed_console_log(dir.path(), other.path()).unwrap();
+        let seeded = std::fs::read(other.path().join(CONSOLE_LOG)).unwrap();
+        let keep = (cut.len() as u64).min(CONSOLE_LOG_KEEP) as usize;
+        assert!(
+            seeded == cut.as_bytes()[cut.len() - keep..],
+            "the seed is the log's end"
+        );
     }
 
     #[test]
