@@ -156,7 +156,7 @@ export const api = {
 
   // A sandbox's files
   listFiles: (id, path, o) => request('GET', `/v1/sandboxes/${enc(id)}/files/list`, { ...o, query: { path } }),
-  readFile: (id, path, o) => request('GET', `/v1/sandboxes/${enc(id)}/files`, { ...o, query: { path }, as: 'blob' }),
+  downloadUrl: (id, path, o) => request('POST', `/v1/sandboxes/${enc(id)}/files/download-url`, { ...o, query: { path } }),
   writeFile: (id, path, blob, o) => request('PUT', `/v1/sandboxes/${enc(id)}/files`, { ...o, query: { path }, raw: blob }),
   makeDir: (id, path, o) => request('POST', `/v1/sandboxes/${enc(id)}/files/mkdir`, { ...o, query: { path } }),
   removeFile: (id, path, recursive, o) => request('DELETE', `/v1/sandboxes/${enc(id)}/files`, { ...o, query: { path, recursive: recursive ? 'true' : undefined } }),

@@ -538,6 +538,23 @@ impl ApiClient {
         .await
     }
 
+    /// A short-lived link (relative to the server) that fetches one file without credentials.
+    pub async fn download_url(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<crate::proto::api::DownloadUrlResponse, ClientError> {
+        self.json::<(), _>(
+            reqwest::Method::POST,
+            &format!(
+                "/v1/sandboxes/{id}/files/download-url?path={}",
+                urlencode(path)
+            ),
+            None,
+        )
+        .await
+    }
+
     pub async fn mkdir(
         &self,
         id: &str,

@@ -311,6 +311,14 @@ pub struct FileEntry {
     pub link_target: Option<String>,
 }
 
+/// A short-lived link to one file of a sandbox, for browsers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DownloadUrlResponse {
+    /// Relative to the server: `/v1/sandboxes/{id}/files/download?ticket=…`.
+    pub url: String,
+    pub expires_at: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileListResponse {
     pub path: String,

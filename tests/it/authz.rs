@@ -398,6 +398,21 @@ fn rows() -> Vec<Row> {
         ),
         r(
             M::POST,
+            "/v1/sandboxes/{id}/files/download-url",
+            "/v1/sandboxes/{sbx}/files/download-url?path=/etc/hostname",
+            None,
+            [401, 401, 401, 403, 404, 404, 409, 409, 409],
+        ),
+        // The link's ticket is the credential; headers do not matter.
+        r(
+            M::GET,
+            "/v1/sandboxes/{id}/files/download",
+            "/v1/sandboxes/{sbx}/files/download?ticket=forged.abc",
+            None,
+            [401; 9],
+        ),
+        r(
+            M::POST,
             "/v1/snapshots",
             "/v1/snapshots",
             Some(r#"{"sandbox_id":"{sbx}","name":"snap"}"#),

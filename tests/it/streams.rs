@@ -834,6 +834,55 @@ async fn streams_and_files_through_the_server() {
         10.0 / down
     );
 
+    // A download link (what the dashboard uses): no credentials, streamed, named, bound to its
+    // sandbox and file.
+    let link = admin.download_url(&id, "/root/ten.bin").await.unwrap();
+    let now = sandboxctl::server::db::now();
+    assert!(
+        link.expires_at > now && link.expires_at <= now + 61,
+        "{link:?}"
+    );
+    let url = format!("{}{}", s.url, link.url);
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-disposition"],
+        "attachment; filename=\"ten.bin\"; filename*=UTF-8''ten.bin"
+    );
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body = resp.bytes().await.unwrap();
+    assert!(
+        Sha256::digest(&body) == Sha256::digest(&data),
+        "the file changed on the way"
+    );
+    let other = admin
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await
+        .unwrap();
+    for (bad, why) in [
+        (url.replace("ticket=", "ticket=x"), "a tampered ticket"),
+        (url.replace(&id, &other.id), "another sandbox"),
+        (
+            format!("{}/v1/sandboxes/{id}/files/download", s.url),
+            "no ticket",
+        ),
+    ] {
+        let resp = reqwest::get(&bad).await.unwrap();
+        let want = if why == "no ticket" { 400 } else { 401 };
+        assert_eq!(resp.status().as_u16(), want, "{why}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert!(v["error"]["code"].is_string(), "{why}: {v}");
+    }
+    admin.delete_sandbox(&other.id).await.unwrap();
+    let missing = admin.download_url(&id, "/root/nope").await.unwrap();
+    let resp = reqwest::get(format!("{}{}", s.url, missing.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let e = admin.download_url(&id, "relative").await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(400), Some("invalid_field")));
+    assert!(e.to_string().contains("path"), "{e}");
+
     // list, stat, mkdir, rm and a missing file.
     let d = admin.mkdir(&id, "/root/dir/sub", true).await.unwrap();
     assert_eq!(d.kind, FileKind::Dir);

@@ -1,5 +1,5 @@
-// The file browser of a running sandbox: list a folder and move around it, download a file (fetched
-// with the token, handed to the browser as a blob), upload files (the raw bytes, PUT, one by one;
+// The file browser of a running sandbox: list a folder and move around it, download a file (through
+// a short-lived link the browser streams to disk), upload files (the raw bytes, PUT, one by one;
 // also by dropping them on the panel), create folders, delete.
 
 import { api, isAbort } from '../api.js';
@@ -112,17 +112,17 @@ export const filesPanel = {
       }
     }
 
+    // The browser fetches a short-lived link itself and streams the file to disk: a page never
+    // holds a large file in memory.
     async function download(e, btn) {
       alert.clear();
       try {
-        const call = () => api.readFile(sandbox.id, e.path, { signal: ctx.signal });
-        const blob = btn ? await busy(btn, 'Downloading…', call) : await call();
-        const url = URL.createObjectURL(blob);
+        const call = () => api.downloadUrl(sandbox.id, e.path, { signal: ctx.signal });
+        const { url } = btn ? await busy(btn, 'Preparing…', call) : await call();
         const a = h('a', { href: url, download: e.name, hidden: true });
         document.body.append(a);
         a.click();
         a.remove();
-        setTimeout(() => URL.revokeObjectURL(url), 60_000);
       } catch (err) {
         if (!isAbort(err)) alert.show(`Could not download ${e.path}: ${errorText(err)}`);
       }

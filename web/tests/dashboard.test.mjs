@@ -344,11 +344,12 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     const fileRow = row(name);
     await fileRow.waitFor();
     assert.match(await fileRow.innerText(), new RegExp(`${content.length} B`));
-    // Downloading fetches it with the token and hands the browser a blob.
+    // Downloading asks for a short-lived link and lets the browser fetch it (no blob in the page).
     const download = page.waitForEvent('download');
     await fileRow.getByRole('button', { name: `Download ${name}` }).click();
     const file = await download;
     assert.equal(file.suggestedFilename(), name);
+    assert.match(file.url(), /\/files\/download\?ticket=/);
     assert.equal(readFileSync(await file.path(), 'utf8'), content);
     // A new folder, into it, and back up.
     await page.getByRole('button', { name: 'New folder', exact: true }).click();

@@ -36,7 +36,7 @@ pub struct FileQuery {
     pub mode: Option<String>,
 }
 
-fn check_path(q: &FileQuery) -> ApiResult<String> {
+pub(super) fn check_path(q: &FileQuery) -> ApiResult<String> {
     let p = q
         .path
         .clone()
@@ -61,7 +61,7 @@ fn check_path(q: &FileQuery) -> ApiResult<String> {
 }
 
 /// The running sandbox's agent client, and the sandbox (activity is recorded).
-async fn target(
+pub(super) async fn target(
     st: &AppState,
     caller: &Caller,
     id: String,
@@ -127,11 +127,21 @@ pub async fn read(
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<Response> {
     let path = check_path(&q)?;
-    let (client, s) = target(&st, &caller, id).await?;
+    stream_file(&st, &caller, id, &path).await
+}
+
+/// The file at `path` of the caller's running sandbox `id`, streamed from its host.
+pub(super) async fn stream_file(
+    st: &AppState,
+    caller: &Caller,
+    id: String,
+    path: &str,
+) -> ApiResult<Response> {
+    let (client, s) = target(st, caller, id).await?;
     let resp = client
         .stream(
             reqwest::Method::GET,
-            &format!("/v1/vms/{}/files?{}", s.id, query(&path)),
+            &format!("/v1/vms/{}/files?{}", s.id, query(path)),
             None,
             None,
         )

@@ -1,6 +1,7 @@
 //! The REST API's router. Every route and its guard are listed here.
 
 pub mod auth;
+pub mod downloads;
 pub mod error;
 pub mod extract;
 pub mod files;
@@ -81,6 +82,11 @@ pub fn router() -> Router<AppState> {
         .route("/v1/sandboxes/{id}/files/list", get(files::list))
         .route("/v1/sandboxes/{id}/files/stat", get(files::stat))
         .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
+        .route(
+            "/v1/sandboxes/{id}/files/download-url",
+            post(downloads::create),
+        )
+        .route("/v1/sandboxes/{id}/files/download", get(downloads::redeem))
         .route("/v1/snapshots", post(templates::snapshot))
         .route("/v1/templates", get(templates::list).post(templates::build))
         .route(
