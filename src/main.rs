@@ -138,6 +138,20 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
+        Command::Agent(AgentCommand::Check { vm, only }) => {
+            init_logs("warn");
+            let verdicts = agent::vm::check::check(&agent::vm::check::CheckConfig {
+                kernel_dir: vm.kernel_dir,
+                accel: vm.accel.into(),
+                cgroup_root: vm.cgroup_root,
+                only,
+            })
+            .await;
+            for v in &verdicts {
+                println!("{v}");
+            }
+            Ok(if verdicts.iter().all(|v| v.ok) { 0 } else { 1 })
+        }
         Command::Agent(AgentCommand::Run {
             data_dir,
             listen,

@@ -249,6 +249,15 @@ pub enum AgentCommand {
         #[arg(long, env = "SANDBOXCTL_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
         heartbeat_interval: Duration,
     },
+    /// Check what an agent would use on this machine (guest kernel, QEMU, accelerator, cgroups),
+    /// trying each for real; exits 1 when something an agent needs does not work.
+    Check {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Only these parts (repeat the flag; all by default).
+        #[arg(long, value_enum)]
+        only: Vec<crate::agent::vm::check::CheckPart>,
+    },
 }
 
 #[derive(Debug, Args)]

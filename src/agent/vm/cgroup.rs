@@ -164,6 +164,69 @@ impl Cgroups {
         Ok(Some(VmCgroup { path, procs }))
     }
 
+    /// Places a `sleep` in a throwaway cgroup the way QEMU is placed, and checks that it landed
+    /// there with the limits a 1-vCPU, 256 MiB VM gets. Returns what was seen, in words.
+    pub fn self_test(&self) -> anyhow::Result<String> {
+        let Some(root) = &self.root else {
+            anyhow::bail!("no cgroup root ({})", self.summary);
+        };
+        let id = format!("check-{}", std::process::id());
+        let cg = self.prepare(&id, 1, 256)?.expect("a root gives a cgroup");
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        let hook = enter_hook(&cg);
+        // SAFETY: the hook only calls write(2) on an fd that outlives the spawn.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, hook);
+        }
+        let seen = (|| {
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("start sleep: {e}"))?;
+            let pid = child.id();
+            let result = (|| {
+                let procs = std::fs::read_to_string(cg.path.join("cgroup.procs"))?;
+                anyhow::ensure!(
+                    procs.lines().any(|l| l == pid.to_string()),
+                    "the process is not in {}",
+                    cg.path.display()
+                );
+                let mut seen = vec![format!("a process was placed in {}", cg.path.display())];
+                for c in &self.controllers {
+                    let (file, want) = match *c {
+                        "memory" => ("memory.max", ((256 + MEMORY_OVERHEAD_MB) << 20).to_string()),
+                        "cpu" => ("cpu.max", format!("{CPU_PERIOD_US} {CPU_PERIOD_US}")),
+                        "pids" => ("pids.max", PIDS_MAX.to_string()),
+                        _ => continue,
+                    };
+                    let got = std::fs::read_to_string(cg.path.join(file))?;
+                    anyhow::ensure!(
+                        got.trim() == want,
+                        "{file} is {:?}, not {want:?}",
+                        got.trim()
+                    );
+                    seen.push(format!("{file} {want}"));
+                }
+                anyhow::Ok(seen.join(", "))
+            })();
+            let _ = child.kill();
+            let _ = child.wait();
+            result
+        })();
+        drop(cg);
+        let removed = (0..50).any(|_| match std::fs::remove_dir(root.join(&id)) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(20));
+                false
+            }
+        });
+        let seen = seen?;
+        anyhow::ensure!(removed, "could not remove {}", root.join(&id).display());
+        Ok(seen)
+    }
+
     /// Removes the VM's cgroup once its QEMU is gone (a cgroup with a process in it cannot be
     /// removed; the kernel may take a moment after the process is reaped).
     pub async fn remove(&self, id: &str) {
@@ -177,6 +240,19 @@ impl Cgroups {
             }
         }
         tracing::warn!(cgroup = %path.display(), "could not remove the VM's cgroup");
+    }
+}
+
+/// What a child runs between fork and exec to enter `cg` (write(2) of "0" to its `cgroup.procs`,
+/// opened before the fork). The fd must stay open until the spawn returns.
+pub fn enter_hook(cg: &VmCgroup) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&cg.procs);
+    move || {
+        // SAFETY: write(2) is async-signal-safe; `fd` is open (see above).
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

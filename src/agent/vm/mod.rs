@@ -20,6 +20,7 @@ mod bare;
 pub mod cgroup;
 pub use bare::{bare_cold_boot, bare_restore};
 mod channel;
+pub mod check;
 pub mod files;
 mod lifecycle;
 mod qemu;

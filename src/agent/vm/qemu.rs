@@ -243,18 +243,16 @@ pub fn spawn(
         .stdout(log)
         .stderr(log2)
         .kill_on_drop(false);
-    let procs_fd = cgroup.map(|c| std::os::fd::AsRawFd::as_raw_fd(&c.procs));
-    // SAFETY: setsid and write are async-signal-safe; the fd stays open (the caller holds the
-    // VmCgroup) until spawn returns; nothing else runs between fork and exec.
+    let mut enter = cgroup.map(super::cgroup::enter_hook);
+    // SAFETY: setsid and the cgroup hook's write are async-signal-safe; the caller holds the
+    // VmCgroup (its fd) until spawn returns; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            if let Some(fd) = procs_fd
-                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
-            {
-                return Err(std::io::Error::last_os_error());
+            match &mut enter {
+                Some(hook) => hook(),
+                None => Ok(()),
             }
-            Ok(())
         });
     }
     cmd.spawn()
