@@ -199,6 +199,24 @@ pub struct ExecResponse {
     pub truncated: bool,
 }
 
+/// `bytes` as text (invalid UTF-8 replaced), cut at a character so that it takes at most `max`
+/// bytes once written as a JSON string (escapes counted). Returns whether it was cut.
+pub fn json_text_capped(bytes: &[u8], max: usize) -> (String, bool) {
+    let text = String::from_utf8_lossy(bytes);
+    let mut size = 0;
+    for (i, c) in text.char_indices() {
+        size += match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        };
+        if size > max {
+            return (text[..i].to_string(), true);
+        }
+    }
+    (text.into_owned(), false)
+}
+
 impl std::fmt::Debug for AuthResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthResponse")
@@ -355,4 +373,28 @@ pub struct TemplateListResponse {
 pub struct SnapshotRequest {
     pub sandbox_id: String,
     pub name: String,
+}
+
+#[cfg(test)]
+mod json_cap_tests {
+    use super::json_text_capped;
+
+    #[test]
+    fn output_is_capped_by_its_json_size() {
+        assert_eq!(json_text_capped(b"hello", 5), ("hello".into(), false));
+        assert_eq!(json_text_capped(b"hello", 4), ("hell".into(), true));
+        // A NUL is written as \u0000: six bytes.
+        let (s, cut) = json_text_capped(&[0u8; 10], 12);
+        assert_eq!((s.len(), cut), (2, true));
+        // Invalid UTF-8 becomes U+FFFD (three bytes); no character is split.
+        let (s, cut) = json_text_capped(&[0xff, 0xfe, b'a'], 5);
+        assert_eq!((s.as_str(), cut), ("\u{fffd}", true));
+        let (s, cut) = json_text_capped("a\"b\n".as_bytes(), 6);
+        assert_eq!((s.as_str(), cut), ("a\"b\n", false));
+        for (text, max) in [("x\0y\u{1}é\"\\\n\t".repeat(50), 77), ("abc".into(), 0)] {
+            let (s, _) = json_text_capped(text.as_bytes(), max);
+            let json = serde_json::to_string(&s).unwrap();
+            assert!(json.len() - 2 <= max, "{} > {max}", json.len() - 2);
+        }
+    }
 }

@@ -303,6 +303,11 @@ async fn vm_boot_exec_destroy() {
     assert!(r.truncated);
     assert_eq!(r.stdout.len(), 10 * 1024 * 1024);
     assert_eq!((r.stderr.as_str(), r.exit_code), ("done\n", 0));
+    // The cap holds for the answer's JSON too: a NUL is six bytes there.
+    let r = sh(&vms, id, "head -c 2000000 /dev/zero").await;
+    assert!(r.truncated);
+    assert_eq!(r.stdout.len(), 10 * 1024 * 1024 / 6);
+    assert!(serde_json::to_string(&r).unwrap().len() < 10 * 1024 * 1024 + 1000);
 
     // A crashed guest program is respawned by init; the exec it was serving fails, the next one
     // works and the sandbox keeps its identity.

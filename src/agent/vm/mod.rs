@@ -45,6 +45,7 @@ pub use crate::proto::agent::{CreateVmRequest, VmInfo, VmState};
 pub use crate::proto::api::{ExecRequest, ExecResponse};
 
 use crate::agent::images::{self, Kernel, MINIMAL, Template};
+use crate::proto::api::json_text_capped;
 use crate::proto::guest::{ExecStart, Init};
 use channel::{ChannelError, GuestChannel};
 pub use qmp::Qmp;
@@ -1103,13 +1104,15 @@ impl VmManager {
             }
         };
         tracing::debug!(vm = %id, code = out.exit.exit_code, ms = out.exit.duration_ms, "exec done");
+        let (stdout, cut_out) = json_text_capped(&out.stdout, OUTPUT_CAP);
+        let (stderr, cut_err) = json_text_capped(&out.stderr, OUTPUT_CAP);
         Ok(ExecResponse {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stdout,
+            stderr,
             exit_code: out.exit.exit_code,
             duration_ms: out.exit.duration_ms,
             timed_out: out.exit.timed_out,
-            truncated: out.truncated,
+            truncated: out.truncated || cut_out || cut_err,
         })
     }
 
