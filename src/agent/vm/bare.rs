@@ -19,9 +19,7 @@ pub async fn bare_cold_boot(
     kernel_dir: &Path,
     template: &str,
 ) -> anyhow::Result<Duration> {
-    let kernel = Kernel::find(kernel_dir)?;
-    let tpl = images::template(agent_data_dir, template)
-        .with_context(|| format!("no template '{template}' in {}", agent_data_dir.display()))?;
+    let (kernel, tpl) = kernel_and_template(agent_data_dir, kernel_dir, template)?;
     let accel = qemu::detect_accel(AccelChoice::Auto, &kernel).await;
     let dir = tempfile_dir()?;
     let result = async {
@@ -64,9 +62,7 @@ pub async fn bare_restore(
     kernel_dir: &Path,
     template: &str,
 ) -> anyhow::Result<Duration> {
-    let kernel = Kernel::find(kernel_dir)?;
-    let tpl = images::template(agent_data_dir, template)
-        .with_context(|| format!("no template '{template}' in {}", agent_data_dir.display()))?;
+    let (kernel, tpl) = kernel_and_template(agent_data_dir, kernel_dir, template)?;
     let snap_dir = tpl
         .rootfs
         .parent()
@@ -94,14 +90,7 @@ pub async fn bare_restore(
             network: snap.meta.network,
             accel: &accel,
             tsc_khz: qemu::host_tsc_khz(),
-            memory: if snap.meta.memory_file {
-                qemu::Memory::File {
-                    path: qemu::MEM,
-                    shared: false,
-                }
-            } else {
-                qemu::Memory::Anonymous
-            },
+            memory: qemu::Memory::restored(snap.meta.memory_file),
             disk: qemu::DISK,
             incoming: true,
         };
@@ -127,6 +116,17 @@ pub async fn bare_restore(
     .await;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+fn kernel_and_template(
+    agent_data_dir: &Path,
+    kernel_dir: &Path,
+    template: &str,
+) -> anyhow::Result<(Kernel, images::Template)> {
+    let kernel = Kernel::find(kernel_dir)?;
+    let tpl = images::template(agent_data_dir, template)
+        .with_context(|| format!("no template '{template}' in {}", agent_data_dir.display()))?;
+    Ok((kernel, tpl))
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

@@ -134,11 +134,7 @@ impl Cgroups {
             return Ok(None);
         };
         let path = root.join(id);
-        match std::fs::create_dir(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => anyhow::bail!("create cgroup {}: {e}", path.display()),
-        }
+        make_dir(&path)?;
         for c in &self.controllers {
             let (file, value) = match *c {
                 "memory" => (
@@ -273,30 +269,33 @@ fn cgroup2_mount() -> Option<PathBuf> {
 /// hierarchy offers. Returns those that VM cgroups will have.
 fn prepare_root(mount: &Path, root: &Path) -> anyhow::Result<Vec<&'static str>> {
     let parent = root.parent().unwrap_or(mount);
-    let offered = read_controllers(&parent.join("cgroup.controllers"))?;
-    let wanted: Vec<&'static str> = WANTED
-        .into_iter()
-        .filter(|c| offered.iter().any(|o| o == c))
-        .collect();
+    let wanted = listed_in(&WANTED, &parent.join("cgroup.controllers"))?;
     // A controller must be enabled in the parent's subtree before `root` can pass it on. That
     // works for the mount's top and for a delegated folder with no processes of its own.
     enable(parent, &wanted);
-    match std::fs::create_dir(root) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => anyhow::bail!("{e}"),
-    }
-    let available = read_controllers(&root.join("cgroup.controllers"))?;
-    let usable: Vec<&'static str> = wanted
-        .into_iter()
-        .filter(|c| available.iter().any(|a| a == c))
-        .collect();
+    make_dir(root)?;
+    let usable = listed_in(&wanted, &root.join("cgroup.controllers"))?;
     enable(root, &usable);
-    let enabled = read_controllers(&root.join("cgroup.subtree_control"))?;
-    Ok(usable
-        .into_iter()
-        .filter(|c| enabled.iter().any(|e| e == c))
+    listed_in(&usable, &root.join("cgroup.subtree_control"))
+}
+
+/// Those of `controllers` that `file` (a space-separated list) names.
+fn listed_in(controllers: &[&'static str], file: &Path) -> anyhow::Result<Vec<&'static str>> {
+    let listed = read_controllers(file)?;
+    Ok(controllers
+        .iter()
+        .copied()
+        .filter(|c| listed.iter().any(|l| l == c))
         .collect())
+}
+
+/// Makes a cgroup folder; one that exists is fine.
+fn make_dir(path: &Path) -> anyhow::Result<()> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => anyhow::bail!("create cgroup {}: {e}", path.display()),
+    }
 }
 
 fn enable(dir: &Path, controllers: &[&str]) {

@@ -777,14 +777,7 @@ impl VmManager {
             network: vm.record.network,
             accel: &self.accel,
             tsc_khz: self.tsc_khz,
-            memory: if memory_file {
-                qemu::Memory::File {
-                    path: qemu::MEM,
-                    shared: false,
-                }
-            } else {
-                qemu::Memory::Anonymous
-            },
+            memory: qemu::Memory::restored(memory_file),
             disk: qemu::DISK,
             incoming,
         }

@@ -43,6 +43,21 @@ pub enum Memory<'a> {
     File { path: &'a str, shared: bool },
 }
 
+impl Memory<'static> {
+    /// A sandbox restored from a snapshot: its RAM file mapped privately when the snapshot has
+    /// one, else anonymous memory the state stream fills.
+    pub fn restored(memory_file: bool) -> Memory<'static> {
+        if memory_file {
+            Memory::File {
+                path: MEM,
+                shared: false,
+            }
+        } else {
+            Memory::Anonymous
+        }
+    }
+}
+
 /// Everything the command line is made from. The kernel and initrd are `KERNEL` and `INITRD` in
 /// the working directory.
 #[derive(Debug, Clone)]
