@@ -32,6 +32,12 @@ impl IntoResponse for TemplateApiError {
                 error(StatusCode::CONFLICT, "already_exists", e.to_string(), None)
             }
             TemplateError::Conflict(m) => error(StatusCode::CONFLICT, "conflict", m, None),
+            e @ TemplateError::TooLarge(_) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                e.to_string(),
+                None,
+            ),
             TemplateError::Vm(e) => AgentApiError(e).into_response(),
         }
     }
@@ -83,6 +89,19 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A team template from a root filesystem archive (the raw body: tar or tar.gz).
+async fn import(
+    State(st): State<AgentState>,
+    Path(name): Path<String>,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<TemplateInfo>), TemplateApiError> {
+    let info = st
+        .vms
+        .import_template(&name, body.into_data_stream())
+        .await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
 pub fn routes() -> Router<AgentState> {
     Router::new()
         .route("/v1/vms/{id}/pause", post(pause))
@@ -90,4 +109,8 @@ pub fn routes() -> Router<AgentState> {
         .route("/v1/vms/{id}/snapshot", post(snapshot))
         .route("/v1/templates", get(list).post(build))
         .route("/v1/templates/{name}", delete(remove))
+        .route(
+            "/v1/templates/{name}/image",
+            axum::routing::put(import).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
 }

@@ -520,6 +520,28 @@ impl ApiClient {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// A team template from a root filesystem archive (the raw body).
+    pub async fn import_template(
+        &self,
+        name: &str,
+        overwrite: bool,
+        body: reqwest::Body,
+    ) -> Result<crate::proto::api::TemplateResponse, ClientError> {
+        let resp = self
+            .raw(
+                reqwest::Method::POST,
+                &format!(
+                    "/v1/templates/import?name={}&overwrite={overwrite}",
+                    urlencode(name)
+                ),
+                Some(body),
+            )
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     pub async fn list_files(&self, id: &str, path: &str) -> Result<FileListResponse, ClientError> {
         self.json::<(), _>(
             reqwest::Method::GET,

@@ -877,10 +877,61 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
                 }
             }
         }
+        TemplateCommand::Import {
+            name,
+            from,
+            overwrite,
+            json,
+        } => {
+            let body = archive_body(&from).await?;
+            eprintln!(
+                "sending {} to a host, which builds and boots it…",
+                from.display()
+            );
+            let t = c.import_template(&name, overwrite, body).await?;
+            if json {
+                print_json(&t)?;
+            } else {
+                println!(
+                    "template {} ({}) ready on {}",
+                    t.name,
+                    t.id,
+                    t.host_id.as_deref().unwrap_or("-")
+                );
+            }
+        }
         TemplateCommand::Delete { id } => {
             c.delete_template(&id).await?;
             println!("{id} deleted");
         }
     }
     Ok(0)
+}
+
+/// An archive as it is, or a directory as a tar stream made on the fly (symlinks kept as links,
+/// owners and modes as on disk).
+async fn archive_body(from: &std::path::Path) -> anyhow::Result<reqwest::Body> {
+    let meta = tokio::fs::metadata(from)
+        .await
+        .with_context(|| format!("reading {}", from.display()))?;
+    let file = if meta.is_dir() {
+        let (reader, writer) = std::io::pipe().context("make a pipe")?;
+        let dir = from.to_path_buf();
+        std::thread::spawn(move || {
+            let mut b = tar::Builder::new(writer);
+            b.follow_symlinks(false);
+            let done = b.append_dir_all(".", &dir).and_then(|()| b.finish());
+            if let Err(e) = done {
+                eprintln!("sandboxctl: packing {}: {e}", dir.display());
+            }
+        });
+        tokio::fs::File::from_std(std::fs::File::from(std::os::fd::OwnedFd::from(reader)))
+    } else {
+        tokio::fs::File::open(from)
+            .await
+            .with_context(|| format!("opening {}", from.display()))?
+    };
+    Ok(reqwest::Body::wrap_stream(
+        tokio_util::io::ReaderStream::new(file),
+    ))
 }

@@ -596,6 +596,19 @@ pub enum TemplateCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Make a team template from your own root filesystem: a tar archive (`.tar`, `.tar.gz`;
+    /// `docker export` makes one) or a directory, sent as a tar stream.
+    Import {
+        name: String,
+        /// The archive or directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace the team's template of that name.
+        #[arg(long)]
+        overwrite: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete one of your team's templates (by id or name).
     Delete { id: String },
 }

@@ -413,6 +413,13 @@ fn rows() -> Vec<Row> {
         ),
         r(
             M::POST,
+            "/v1/templates/import",
+            "/v1/templates/import?name=mine",
+            Some("not a tar archive"),
+            [401, 401, 401, 503, 503, 503, 503, 503, 503],
+        ),
+        r(
+            M::POST,
             "/v1/snapshots",
             "/v1/snapshots",
             Some(r#"{"sandbox_id":"{sbx}","name":"snap"}"#),

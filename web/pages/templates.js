@@ -49,9 +49,15 @@ export default {
         {
           label: 'Taken from',
           class: 'col-opt',
-          cell: (t) => h('div', {}, t.source_sandbox_id ? h('a', { href: `/sandboxes/${t.source_sandbox_id}`, class: 'mono small' }, t.source_sandbox_id) : '—', t.host_id && h('div', { class: 'mono small muted' }, `on ${t.host_id}`)),
+          cell: (t) =>
+            h(
+              'div',
+              {},
+              t.source_sandbox_id ? h('a', { href: `/sandboxes/${t.source_sandbox_id}`, class: 'mono small' }, t.source_sandbox_id) : t.kind === 'image' ? h('span', { class: 'small' }, 'your root filesystem') : '—',
+              t.host_id && h('div', { class: 'mono small muted' }, `on ${t.host_id}`),
+            ),
         },
-        { label: 'Resources', cell: (t) => (t.vcpus ? `${t.vcpus} vCPU · ${mib(t.memory_mb)}` : '—') },
+        { label: 'Resources', cell: (t) => (t.vcpus ? `${t.vcpus} vCPU · ${mib(t.memory_mb)}` : t.kind === 'image' ? 'any size' : '—') },
         { label: 'Size', class: 'num', cell: (t) => bytes(t.size_bytes) },
         { label: 'Created', cell: (t) => ago(t.created_at, '—') },
         {
@@ -184,7 +190,11 @@ export default {
       alert,
       buildCard,
       card('Base templates', h('p', { class: 'muted small' }, 'Built by the hosts themselves. A sandbox starts on a host that has its template.'), h('div', { class: 'card-flush-inner' }, baseTable)),
-      card('Snapshots', h('p', { class: 'muted small' }, 'Your team’s saved sandboxes (memory and disk). A sandbox from a snapshot starts on the host that holds it.'), h('div', { class: 'card-flush-inner' }, snapTable)),
+      card(
+        'Snapshots',
+        h('p', { class: 'muted small' }, 'Your team’s saved sandboxes (memory and disk), and images of your own root filesystems (', h('code', {}, 'sandboxctl template import NAME --from rootfs.tar'), '). A sandbox from one starts on the host that holds it.'),
+        h('div', { class: 'card-flush-inner' }, snapTable),
+      ),
     );
   },
 };

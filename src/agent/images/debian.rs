@@ -247,7 +247,11 @@ fn clear_dir(dir: &Path) {
 }
 
 /// Puts the guest program, busybox and the init files into the Debian tree.
-fn install_guest(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
+pub(super) fn install_guest(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
+    // The mount points init needs (a tree from an archive may lack them).
+    for d in ["proc", "sys", "dev", "tmp", "run", "etc", "sbin"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
     let opt = root.join(OPT);
     for d in ["bin", "lib"] {
         std::fs::create_dir_all(opt.join(d))?;

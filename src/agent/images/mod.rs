@@ -6,6 +6,7 @@
 
 mod cpio;
 pub mod debian;
+pub mod import;
 mod minimal;
 
 use std::path::{Path, PathBuf};

@@ -19,9 +19,11 @@
 mod bare;
 pub mod cgroup;
 pub use bare::{bare_cold_boot, bare_restore};
+pub use import::MAX_IMAGE_BYTES;
 mod channel;
 pub mod check;
 pub mod files;
+mod import;
 mod lifecycle;
 mod qemu;
 mod qmp;
@@ -407,6 +409,31 @@ impl VmManager {
             let Some(t) = images::template(&mgr.cfg.data_dir, &name) else {
                 continue;
             };
+            if images::import::is_imported(&t)
+                && !images::import::is_current(&t, &mgr.kernel, &mgr.guest_binary)
+            {
+                tracing::info!(template = %name, "rebuilding an imported template for this guest program and kernel");
+                let (d, k, g, old) = (
+                    mgr.cfg.data_dir.clone(),
+                    mgr.kernel.clone(),
+                    mgr.guest_binary.clone(),
+                    t.clone(),
+                );
+                match tokio::task::spawn_blocking(move || images::import::rebuild(&d, &k, &g, &old))
+                    .await
+                {
+                    Ok(Ok(new)) => mgr.boot.request(&new, snapshot::DEFAULT_SHAPE),
+                    Ok(Err(e)) => {
+                        tracing::warn!(template = %name, error = %format!("{e:#}"), "could not rebuild; the old image serves");
+                        mgr.boot.request(&t, snapshot::DEFAULT_SHAPE)
+                    }
+                    Err(e) => {
+                        tracing::warn!(template = %name, error = %e, "the rebuild panicked");
+                        None
+                    }
+                };
+                continue;
+            }
             if name == images::DEBIAN
                 && !images::debian::is_current(&t, &mgr.kernel, &mgr.guest_binary)
             {
@@ -1129,9 +1156,14 @@ impl VmManager {
         (n, mem, cpus)
     }
 
-    /// Names of the templates available on this host (at least "minimal").
+    /// Names of the base templates available on this host (at least "minimal"); a team's
+    /// imported images are not for everyone and are left out.
     pub async fn templates(&self) -> Vec<String> {
-        let mut t = images::list_templates(&self.cfg.data_dir);
+        let data_dir = &self.cfg.data_dir;
+        let mut t = images::list_templates(data_dir);
+        t.retain(|n| {
+            !images::template(data_dir, n).is_some_and(|t| images::import::is_imported(&t))
+        });
         if !t.iter().any(|n| n == MINIMAL) {
             tracing::warn!("template minimal is missing");
         }

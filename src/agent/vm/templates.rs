@@ -1,5 +1,6 @@
 //! The templates this host holds, as the server sees them: base templates (`minimal`, built at
-//! start; `debian`, built on request in the background) and sandbox snapshots.
+//! start; `debian`, built on request in the background), sandbox snapshots and images made from
+//! a team's own root filesystem (see [`super::import`]).
 //!
 //! Deleting a snapshot template never affects sandboxes made from it: each VM folder holds links
 //! to every file it restores from (see [`super::snapshot`]), so the files live on until the last
@@ -27,6 +28,8 @@ pub enum TemplateError {
     /// Wrong state: a base template, a build in progress.
     #[error("{0}")]
     Conflict(String),
+    #[error("larger than the {0}-byte limit")]
+    TooLarge(u64),
     #[error(transparent)]
     Vm(#[from] VmError),
 }
@@ -114,7 +117,7 @@ pub fn snapshot_info(name: &str, snap: &Snapshot) -> TemplateInfo {
     }
 }
 
-fn mtime_secs(path: &Path) -> i64 {
+pub(super) fn mtime_secs(path: &Path) -> i64 {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
@@ -145,7 +148,7 @@ impl VmManager {
         let data_dir = self.cfg.data_dir.clone();
         let mut out: Vec<TemplateInfo> = Vec::new();
         for name in images::list_templates(&data_dir) {
-            if let Some(i) = self.base_info(&name) {
+            if let Some(i) = self.image_info(&name).or_else(|| self.base_info(&name)) {
                 out.push(i);
             }
         }
@@ -274,7 +277,9 @@ impl VmManager {
         }
         let dir = images::templates_dir(&self.cfg.data_dir).join(name);
         let _files = self.templates_lock.write().await;
-        if Snapshot::load(&dir).is_none() && !dir.join(snapshot::META).is_file() {
+        let imported = images::template(&self.cfg.data_dir, name)
+            .is_some_and(|t| images::import::is_imported(&t));
+        if !imported && Snapshot::load(&dir).is_none() && !dir.join(snapshot::META).is_file() {
             return Err(TemplateError::NotFound(name.to_string()));
         }
         snapshot::remove_folder(&dir).context("remove the template")?;

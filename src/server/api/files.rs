@@ -185,27 +185,12 @@ pub async fn write(
         return Err(ApiError::TooLarge);
     }
     let (client, s) = target(&st, &caller, id).await?;
-    let seen = Arc::new(AtomicU64::new(0));
-    let over = Arc::new(AtomicBool::new(false));
-    let (seen2, over2) = (seen.clone(), over.clone());
-    let stream = body
-        .into_data_stream()
-        .map_err(std::io::Error::other)
-        .and_then(move |chunk| {
-            let total = seen2.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
-            let res = if total > limit {
-                over2.store(true, Ordering::Relaxed);
-                Err(std::io::Error::other("file larger than the limit"))
-            } else {
-                Ok(chunk)
-            };
-            std::future::ready(res)
-        });
+    let (body, over) = limited_body(body, limit);
     let result = client
         .stream(
             reqwest::Method::PUT,
             &format!("/v1/vms/{}/files?{}{mode}", s.id, query(&path)),
-            Some(reqwest::Body::wrap_stream(stream)),
+            Some(body),
             None,
         )
         .await;
@@ -218,6 +203,27 @@ pub async fn write(
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))?;
     Ok((StatusCode::CREATED, Json(entry)))
+}
+
+/// `body` passed on as it comes, broken off past `limit` bytes; the flag turns true when it was.
+pub(super) fn limited_body(body: Body, limit: u64) -> (reqwest::Body, Arc<AtomicBool>) {
+    let seen = Arc::new(AtomicU64::new(0));
+    let over = Arc::new(AtomicBool::new(false));
+    let flag = over.clone();
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk| {
+            let total = seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+            let res = if total > limit {
+                over.store(true, Ordering::Relaxed);
+                Err(std::io::Error::other("larger than the limit"))
+            } else {
+                Ok(chunk)
+            };
+            std::future::ready(res)
+        });
+    (reqwest::Body::wrap_stream(stream), flag)
 }
 
 async fn json_call<T: serde::de::DeserializeOwned>(

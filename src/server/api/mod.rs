@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod files;
 pub mod hosts;
+pub mod imports;
 pub mod keys;
 pub mod lifecycle;
 pub mod oauth;
@@ -89,6 +90,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/sandboxes/{id}/files/download", get(downloads::redeem))
         .route("/v1/snapshots", post(templates::snapshot))
         .route("/v1/templates", get(templates::list).post(templates::build))
+        .route(
+            "/v1/templates/import",
+            post(imports::import).layer(DefaultBodyLimit::disable()),
+        )
         .route(
             "/v1/templates/{id}",
             axum::routing::delete(templates::delete),

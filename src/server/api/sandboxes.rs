@@ -119,15 +119,16 @@ pub async fn create(
             "1 to 64 letters, digits, '-', '_' or '.'",
         ));
     }
-    // A team template (a snapshot, which lives on one host and restores with its own size), else
-    // a base template some host has ready.
+    // A team template (a snapshot, which lives on one host and restores with its own size; or
+    // an image from the team's own root filesystem, on one host, any size), else a base template
+    // some host has ready.
     let (t, n) = (team_id.clone(), template.clone());
     let own = st
         .db
         .call(move |c| crate::server::db::templates::by_name(c, &t, &n))
         .await?;
     let (vcpus, memory_mb) = match &own {
-        Some(t) => {
+        Some(t) if t.kind == "snapshot" => {
             let (tv, tm) = (t.vcpus.unwrap_or(1), t.memory_mb.unwrap_or(256));
             if req.vcpus.is_some_and(|v| v != tv) {
                 return Err(ApiError::bad(
@@ -143,7 +144,7 @@ pub async fn create(
             }
             (tv, tm)
         }
-        None => (req.vcpus.unwrap_or(1), req.memory_mb.unwrap_or(256)),
+        _ => (req.vcpus.unwrap_or(1), req.memory_mb.unwrap_or(256)),
     };
     if !(1..=MAX_VCPUS).contains(&vcpus) {
         return Err(ApiError::bad("vcpus", format!("must be 1 to {MAX_VCPUS}")));
@@ -171,16 +172,8 @@ pub async fn create(
     }
 
     // Place it.
-    let (candidates, load, all_hosts) = st
-        .db
-        .call(|c| {
-            Ok((
-                hosts::schedulable(c)?,
-                sandboxes::load_by_host(c)?,
-                hosts::list(c, true, &[])?,
-            ))
-        })
-        .await?;
+    let candidates = placement_candidates(&st).await?;
+    let all_hosts = st.db.call(|c| hosts::list(c, true, &[])).await?;
     if own.is_none()
         && !crate::server::api::templates::BASE_TEMPLATES.contains(&template.as_str())
         && !all_hosts
@@ -193,21 +186,6 @@ pub async fn create(
             format!("no template '{template}' (see GET /v1/templates)"),
         ));
     }
-    let candidates: Vec<Candidate> = candidates
-        .iter()
-        .map(|h| {
-            let (used_vcpus, used_memory_mb) = load.get(&h.id).copied().unwrap_or((0, 0));
-            Candidate {
-                host_id: h.id.clone(),
-                team_id: h.team_id.clone(),
-                cpu_cores: h.cpu_cores.unwrap_or(1),
-                memory_mb: h.memory_mb.unwrap_or(0),
-                used_vcpus,
-                used_memory_mb,
-                templates: h.templates.clone(),
-            }
-        })
-        .collect();
     let placement = PlacementRequest {
         team_id: team_id.clone(),
         vcpus,
@@ -305,7 +283,7 @@ pub async fn create(
 }
 
 /// The host's address and whether it is online.
-async fn host_address(st: &AppState, host_id: &str) -> ApiResult<(String, bool)> {
+pub(crate) async fn host_address(st: &AppState, host_id: &str) -> ApiResult<(String, bool)> {
     let hid = host_id.to_string();
     let h = st
         .db
@@ -477,6 +455,29 @@ pub fn check_command(
 }
 
 /// A 404 from the agent about the VM itself: the sandbox is not running there any more.
+/// Every schedulable host as a placement candidate, with what its live sandboxes hold.
+pub(crate) async fn placement_candidates(st: &AppState) -> ApiResult<Vec<Candidate>> {
+    let (hosts, load) = st
+        .db
+        .call(|c| Ok((hosts::schedulable(c)?, sandboxes::load_by_host(c)?)))
+        .await?;
+    Ok(hosts
+        .into_iter()
+        .map(|h| {
+            let (used_vcpus, used_memory_mb) = load.get(&h.id).copied().unwrap_or((0, 0));
+            Candidate {
+                host_id: h.id,
+                team_id: h.team_id,
+                cpu_cores: h.cpu_cores.unwrap_or(1),
+                memory_mb: h.memory_mb.unwrap_or(0),
+                used_vcpus,
+                used_memory_mb,
+                templates: h.templates,
+            }
+        })
+        .collect())
+}
+
 pub fn vm_gone(e: AgentError) -> ApiError {
     match e {
         AgentError::Remote { status: 404, .. } => ApiError::conflict(

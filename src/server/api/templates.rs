@@ -22,7 +22,25 @@ use crate::server::state::SandboxStatus;
 /// Names the agents build themselves; a team template cannot take them.
 pub const BASE_TEMPLATES: [&str; 2] = ["minimal", "debian"];
 
-fn to_resp(t: TemplateRow) -> TemplateResponse {
+/// A name for a team template (trimmed): valid, and not a base template's.
+pub(super) fn team_template_name(raw: &str) -> ApiResult<String> {
+    let name = raw.trim().to_string();
+    if !valid_template_name(&name) {
+        return Err(ApiError::bad(
+            "name",
+            "1 to 64 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if BASE_TEMPLATES.contains(&name.as_str()) {
+        return Err(ApiError::bad(
+            "name",
+            format!("'{name}' is a base template's name"),
+        ));
+    }
+    Ok(name)
+}
+
+pub(super) fn to_resp(t: TemplateRow) -> TemplateResponse {
     TemplateResponse {
         id: t.id,
         name: t.name,
@@ -140,19 +158,7 @@ pub async fn snapshot(
     ApiJson(req): ApiJson<SnapshotRequest>,
 ) -> ApiResult<(StatusCode, Json<TemplateResponse>)> {
     let team = caller.team()?.to_string();
-    let name = req.name.trim().to_string();
-    if !valid_template_name(&name) {
-        return Err(ApiError::bad(
-            "name",
-            "1 to 64 letters, digits, '-', '_' or '.'",
-        ));
-    }
-    if BASE_TEMPLATES.contains(&name.as_str()) {
-        return Err(ApiError::bad(
-            "name",
-            format!("'{name}' is a base template's name"),
-        ));
-    }
+    let name = team_template_name(&req.name)?;
     if !crate::ids::is_valid("sbx", &req.sandbox_id) {
         return Err(ApiError::bad("sandbox_id", "not a sandbox id (sbx_…)"));
     }
