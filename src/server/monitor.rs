@@ -145,13 +145,12 @@ impl HostMonitor {
                         state
                             .db
                             .call(move |c| {
-                                sandboxes::transition(
+                                sandboxes::settle(
                                     c,
                                     &sid,
                                     SandboxStatus::Stopped,
                                     Some("idle timeout"),
                                 )
-                                .map(|_| ())
                             })
                             .await
                             .map_err(Into::into)

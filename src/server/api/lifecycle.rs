@@ -34,7 +34,7 @@ pub async fn pause_row(st: &AppState, s: &SandboxRow) -> ApiResult<()> {
     client.pause_vm(&s.id).await.map_err(vm_gone)?;
     let sid = s.id.clone();
     st.db
-        .call(move |c| sandboxes::transition(c, &sid, SandboxStatus::Paused, None).map(|_| ()))
+        .call(move |c| sandboxes::settle(c, &sid, SandboxStatus::Paused, None))
         .await?;
     Ok(())
 }
@@ -73,7 +73,7 @@ pub async fn resume(
     let sid = s.id.clone();
     st.db
         .call(move |c| {
-            sandboxes::transition(c, &sid, SandboxStatus::Running, None)?;
+            sandboxes::settle(c, &sid, SandboxStatus::Running, None)?;
             sandboxes::touch(c, &sid)
         })
         .await?;

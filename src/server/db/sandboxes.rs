@@ -173,6 +173,32 @@ pub fn transition(
     Ok(current)
 }
 
+/// Records a state the host has just confirmed (paused, resumed, killed): like [`transition`],
+/// but a sandbox already there is fine — the host monitor may have seen the VM first.
+pub fn settle(
+    conn: &Connection,
+    id: &str,
+    next: SandboxStatus,
+    error: Option<&str>,
+) -> DbResult<()> {
+    match transition(conn, id, next, error) {
+        Ok(_) => Ok(()),
+        Err(DbError::Conflict(c)) => {
+            let current: String = one(conn.query_row(
+                "SELECT status FROM sandboxes WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            ))?;
+            if current == next.as_str() {
+                Ok(())
+            } else {
+                Err(DbError::Conflict(c))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub fn set_boot(
     conn: &Connection,
     id: &str,
@@ -227,4 +253,64 @@ pub fn idle_expired(conn: &Connection, at: i64) -> DbResult<Vec<SandboxRow>> {
     ))?;
     let rows = st.query_map([at], sandbox_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::db::{Db, users};
+
+    #[tokio::test]
+    async fn settle_accepts_a_state_the_monitor_recorded_first() {
+        let db = Db::open_in_memory().unwrap();
+        db.call(|c| {
+            let (u, team) = users::create_with_team(c, "a@x.io", "Ann", Some("h"))?;
+            c.execute(
+                "INSERT INTO hosts (id, type, status, created_by, created_at, updated_at)
+                 VALUES ('host_a', 'regular', 'online', ?1, 0, 0)",
+                [&u.id],
+            )?;
+            insert(
+                c,
+                &NewSandbox {
+                    id: "sbx_a".into(),
+                    team_id: team.clone(),
+                    host_id: "host_a".into(),
+                    template: "minimal".into(),
+                    vcpus: 1,
+                    memory_mb: 256,
+                    timeout_sec: 0,
+                    network: true,
+                    metadata: BTreeMap::new(),
+                    env: BTreeMap::new(),
+                    created_by: u.id.clone(),
+                    on_timeout: "pause".into(),
+                },
+            )?;
+            transition(c, "sbx_a", SandboxStatus::Running, None)?;
+            // The monitor saw the paused VM before the pause handler recorded it.
+            transition(c, "sbx_a", SandboxStatus::Paused, None)?;
+            assert!(matches!(
+                transition(c, "sbx_a", SandboxStatus::Paused, None),
+                Err(DbError::Conflict("invalid_transition"))
+            ));
+            settle(c, "sbx_a", SandboxStatus::Paused, None)?;
+            settle(c, "sbx_a", SandboxStatus::Running, None)?;
+            settle(c, "sbx_a", SandboxStatus::Stopped, None)?;
+            // A real conflict stays one.
+            assert!(matches!(
+                settle(c, "sbx_a", SandboxStatus::Running, None),
+                Err(DbError::Conflict("invalid_transition"))
+            ));
+            // Templates made from an uploaded root filesystem are rows too (V5).
+            c.execute(
+                "INSERT INTO templates (id, team_id, name, kind, host_id, created_at)
+                 VALUES ('tpl_a', ?1, 'mine', 'image', 'host_a', 0)",
+                [&team],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
 }
