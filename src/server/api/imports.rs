@@ -87,9 +87,8 @@ pub async fn import(
         .map(|t| t.id.clone())
         .unwrap_or_else(|| new_id("tpl"));
     let (body, over) = limited_body(body, MAX_IMAGE_BYTES);
-    let result = st
-        .pool
-        .get(&host_id, &host)
+    let client = st.pool.get(&host_id, &host);
+    let result = client
         .stream(
             reqwest::Method::PUT,
             &format!("/v1/templates/{id}/image"),
@@ -120,10 +119,21 @@ pub async fn import(
         source_sandbox_id: None,
         created_at: now(),
     };
-    let uid = caller.user_id.clone();
+    let (uid, tid) = (caller.user_id.clone(), row.id.clone());
     let saved = st
         .db
         .call(move |c| templates::upsert(c, &row, overwrite, &uid))
-        .await?;
-    Ok((StatusCode::CREATED, Json(to_resp(saved))))
+        .await;
+    match saved {
+        Ok(saved) => Ok((StatusCode::CREATED, Json(to_resp(saved)))),
+        Err(e) => {
+            // Another import took the name meanwhile: the files just built belong to no row.
+            if existing.is_none()
+                && let Err(e2) = client.delete_template(&tid).await
+            {
+                tracing::warn!(template = %tid, error = %e2, "could not remove an unrecorded image");
+            }
+            Err(e.into())
+        }
+    }
 }
