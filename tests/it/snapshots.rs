@@ -26,6 +26,16 @@ async fn sh(c: &ApiClient, id: &str, script: &str) -> String {
 
 /// Waits until the host's heartbeat reports `minimal` (registration marks the host online before
 /// the agent's first heartbeat lists its templates).
+async fn template_names(admin: &ApiClient) -> Vec<String> {
+    admin
+        .list_templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect()
+}
+
 async fn agent_ready(admin: &ApiClient) {
     wait_until(120, "the host reports template minimal", || {
         let admin = admin.clone();
@@ -191,13 +201,7 @@ async fn snapshots_pause_resume_and_templates() {
         .expect("snapshot of a paused sandbox");
     assert_eq!(admin.get_sandbox(&d.id).await.unwrap().status, "paused");
 
-    let names: Vec<String> = admin
-        .list_templates()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
+    let names = template_names(&admin).await;
     assert!(
         names.iter().any(|n| n == "snap-one") && names.iter().any(|n| n == "snap-paused"),
         "{names:?}"
@@ -207,13 +211,7 @@ async fn snapshots_pause_resume_and_templates() {
         .delete_template("snap-one")
         .await
         .expect("delete template");
-    let names: Vec<String> = admin
-        .list_templates()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
+    let names = template_names(&admin).await;
     assert!(!names.iter().any(|n| n == "snap-one"), "{names:?}");
     assert_eq!(sh(&admin, &c.id, "cat /root/state").await, "c-only\n");
     let e = admin
@@ -315,13 +313,7 @@ async fn imported_rootfs(s: &TestServer, admin: &ApiClient) {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(400), "{e}");
-    let names: Vec<String> = admin
-        .list_templates()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
+    let names = template_names(admin).await;
     assert!(!names.iter().any(|n| n == "junk"), "{names:?}");
 
     // Deleting the template leaves its sandbox running.
