@@ -144,7 +144,7 @@ pub enum TemplateStatus {
 pub struct TemplateInfo {
     /// `minimal`, `debian`, or a server template id (`tpl_…`) for snapshots and uploaded rootfs.
     pub name: String,
-    /// `base` (built by the agent), `snapshot` (memory + disk of a sandbox) or `rootfs` (uploaded).
+    /// `base` (built by the agent), `snapshot` (memory + disk of a sandbox) or `image` (from an uploaded root filesystem).
     pub kind: String,
     pub status: TemplateStatus,
     /// What a build is doing now, in words.

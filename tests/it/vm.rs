@@ -600,3 +600,77 @@ async fn vm_pause_resume_snapshot_restart() {
     vms.destroy(child).await.unwrap();
     assert!(vms.list().await.is_empty());
 }
+
+/// A team image from a root filesystem archive: it boots at import, is not offered as a base
+/// template, starts VMs, and is rebuilt from its kept archive when the guest program changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_image_boots_and_is_rebuilt_for_a_new_guest() {
+    init_logs();
+    let _permit = vm_permit().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let vms = VmManager::start(config(tmp.path())).await.expect("start");
+
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, mode: u32, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    add(
+        "bin/busybox",
+        0o755,
+        &std::fs::read("/bin/busybox").unwrap(),
+    );
+    add("etc/marker", 0o644, b"from the archive\n");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_link(&mut h, "bin/sh", "busybox").unwrap();
+    let archive = bytes::Bytes::from(b.into_inner().unwrap());
+    let body = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(archive)]);
+
+    let name = "tpl_it_image";
+    let t = Instant::now();
+    let info = vms.import_template(name, body).await.expect("import");
+    eprintln!("import with first boot: {:?}", t.elapsed());
+    assert_eq!((info.kind.as_str(), info.has_snapshot), ("image", true));
+    assert_eq!(vms.templates().await, vec!["minimal".to_string()]);
+
+    // Another guest program: the agent rebuilds the image from the kept archive at start.
+    let stamp = tmp.path().join("templates").join(name).join("stamp");
+    let current = std::fs::read_to_string(&stamp).unwrap();
+    let stale: String = current
+        .lines()
+        .map(|l| {
+            if l.starts_with("guest_sha256=") {
+                "guest_sha256=older\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&stamp, stale).unwrap();
+    drop(vms);
+    let vms = VmManager::start(config(tmp.path())).await.expect("restart");
+    assert_eq!(std::fs::read_to_string(&stamp).unwrap(), current);
+
+    let id = "sbx_it_image";
+    let req = CreateVmRequest {
+        template: name.into(),
+        ..create_request(id)
+    };
+    vms.create(req).await.expect("create from the image");
+    assert_eq!(
+        sh(&vms, id, "cat /etc/marker").await.stdout,
+        "from the archive\n"
+    );
+    vms.destroy(id).await.unwrap();
+}
