@@ -334,11 +334,8 @@ pub struct Credit {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PtySize {
-    pub rows: u16,
-    pub cols: u16,
-}
+/// The terminal size of a PTY: the same on the API and on the guest channel.
+pub use super::api::PtySize;
 
 /// Starts a process. It runs directly (looked up in PATH), not through a shell.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

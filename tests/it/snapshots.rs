@@ -37,17 +37,16 @@ async fn template_names(admin: &ApiClient) -> Vec<String> {
 }
 
 async fn agent_ready(admin: &ApiClient) {
-    wait_until(120, "the host reports template minimal", || {
-        let admin = admin.clone();
-        async move {
-            admin
-                .list_templates()
-                .await
-                .unwrap()
-                .iter()
-                .any(|t| t.name == "minimal")
-        }
-    })
+    wait_for_template(admin, "minimal", 120).await;
+}
+
+/// Waits until a host reports template `name`.
+async fn wait_for_template(admin: &ApiClient, name: &str, secs: u64) {
+    wait_until(
+        secs,
+        &format!("the host reports template {name}"),
+        || async { template_names(admin).await.iter().any(|n| n == name) },
+    )
     .await;
 }
 
@@ -443,18 +442,7 @@ async fn debian_full_build() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     eprintln!("debian template ready in {:?}", t.elapsed());
-    wait_until(30, "the host reports debian", || {
-        let admin = admin.clone();
-        async move {
-            admin
-                .list_templates()
-                .await
-                .unwrap()
-                .iter()
-                .any(|t| t.name == "debian")
-        }
-    })
-    .await;
+    wait_for_template(&admin, "debian", 30).await;
     let sb = create(&admin, Some("debian"), None).await;
     let out = sh(&admin, &sb.id, "python3 -c 'import sys; print(sys.version_info[0])'; . /etc/os-release; echo $VERSION_CODENAME; hostname").await;
     assert_eq!(out, format!("3\nbookworm\n{}\n", sb.id));

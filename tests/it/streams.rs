@@ -3,18 +3,14 @@
 //! (server WebSocket and file routes, agent, guest, CLI).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use sandboxctl::agent::vm::cgroup::CgroupChoice;
 use sandboxctl::agent::vm::files::FileError;
 use sandboxctl::agent::vm::stream::{ExecEvent, ExecStream};
-use sandboxctl::agent::vm::{
-    AccelChoice, CreateVmRequest, ExecRequest, VmConfig, VmError, VmManager,
-};
+use sandboxctl::agent::vm::{CreateVmRequest, ExecRequest, VmError, VmManager};
 use sandboxctl::proto::api::{
     CreateSandboxRequest, ExecClientMessage, ExecServerMessage, ExecStreamStart, FileKind, PtySize,
     STREAM_STDERR, STREAM_STDIN, STREAM_STDOUT,
@@ -22,18 +18,7 @@ use sandboxctl::proto::api::{
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
-use crate::common::{BIN, TestAgent, TestServer, cli, kernel_dir, vm_permit, wait_until};
-
-fn config(data_dir: &Path) -> VmConfig {
-    VmConfig {
-        data_dir: data_dir.to_path_buf(),
-        kernel_dir: kernel_dir(),
-        accel: AccelChoice::Auto,
-        guest_binary: Some(PathBuf::from(BIN)),
-        cgroup_root: CgroupChoice::Auto,
-        max_concurrent_boots: 0,
-    }
-}
+use crate::common::{TestAgent, TestServer, cli, vm_config, vm_permit, wait_until};
 
 fn start(cmd: &str, args: &[&str]) -> ExecStreamStart {
     ExecStreamStart {
@@ -144,7 +129,7 @@ fn fs_code(e: FileError) -> String {
 async fn vm_exec_streams_and_files() {
     let _permit = vm_permit().await;
     let tmp = tempfile::tempdir().unwrap();
-    let vms = VmManager::start(config(tmp.path()))
+    let vms = VmManager::start(vm_config(tmp.path()))
         .await
         .expect("start the manager");
     let id = "sbx_it_streams";
@@ -542,7 +527,9 @@ async fn vm_exec_streams_and_files() {
     std::mem::forget(orphan); // as if the agent died: no cancel is sent
     drop(vms);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let vms: Arc<VmManager> = VmManager::start(config(tmp.path())).await.expect("restart");
+    let vms: Arc<VmManager> = VmManager::start(vm_config(tmp.path()))
+        .await
+        .expect("restart");
     let mut s = vms
         .exec_stream(id, start("echo", &["again"]))
         .await

@@ -1,15 +1,14 @@
 //! The VM manager against real QEMU: boot, exec, destroy, and reattach after an agent restart.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sandboxctl::agent::vm::cgroup::CgroupChoice;
 use sandboxctl::agent::vm::{
-    AccelChoice, CreateVmRequest, ExecRequest, ExecResponse, VmConfig, VmError, VmManager, VmState,
+    CreateVmRequest, ExecRequest, ExecResponse, VmError, VmManager, VmState,
 };
 
-use crate::common::{BIN, kernel_dir, vm_permit};
+use crate::common::{vm_config, vm_permit};
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
@@ -19,17 +18,6 @@ fn init_logs() {
             )
             .with_test_writer()
             .try_init();
-    }
-}
-
-fn config(data_dir: &Path) -> VmConfig {
-    VmConfig {
-        data_dir: data_dir.to_path_buf(),
-        kernel_dir: kernel_dir(),
-        accel: AccelChoice::Auto,
-        guest_binary: Some(PathBuf::from(BIN)),
-        cgroup_root: CgroupChoice::Auto,
-        max_concurrent_boots: 0,
     }
 }
 
@@ -97,7 +85,7 @@ async fn vm_boot_exec_destroy() {
     let _permit = vm_permit().await;
     let tmp = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
-    let vms = VmManager::start(config(tmp.path()))
+    let vms = VmManager::start(vm_config(tmp.path()))
         .await
         .expect("start the manager");
     eprintln!(
@@ -342,7 +330,9 @@ async fn vm_survives_agent_restart() {
     let _permit = vm_permit().await;
     let tmp = tempfile::tempdir().unwrap();
     let id = "sbx_it_restart";
-    let vms = VmManager::start(config(tmp.path())).await.expect("start");
+    let vms = VmManager::start(vm_config(tmp.path()))
+        .await
+        .expect("start");
     // Two vCPUs (multi-threaded TCG) and a NIC, which the first test does not cover.
     let req = CreateVmRequest {
         vcpus: 2,
@@ -378,7 +368,9 @@ async fn vm_survives_agent_restart() {
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(qemu_alive(pid));
-    let vms = VmManager::start(config(tmp.path())).await.expect("restart");
+    let vms = VmManager::start(vm_config(tmp.path()))
+        .await
+        .expect("restart");
     let info = vms.get(id).await.expect("reattached");
     assert_eq!((info.state, info.pid), (VmState::Running, Some(pid)));
     let r = sh(&vms, id, "cat /root/mark; echo $SANDBOX_GREETING").await;
@@ -414,7 +406,9 @@ async fn vm_survives_agent_restart() {
         Err(VmError::Conflict(_))
     ));
     drop(vms);
-    let vms = VmManager::start(config(tmp.path())).await.expect("restart");
+    let vms = VmManager::start(vm_config(tmp.path()))
+        .await
+        .expect("restart");
     assert!(vms.list().await.is_empty());
     assert!(!tmp.path().join("vms").join(id).exists());
 }
@@ -447,7 +441,9 @@ async fn vm_pause_resume_snapshot_restart() {
     init_logs();
     let _permit = vm_permit().await;
     let tmp = tempfile::tempdir().unwrap();
-    let vms = VmManager::start(config(tmp.path())).await.expect("start");
+    let vms = VmManager::start(vm_config(tmp.path()))
+        .await
+        .expect("start");
     let id = "sbx_it_pause";
     // The default shape (256 MB, 1 vCPU, network): restored from the boot snapshot the manager
     // builds at start (create waits for that build).
@@ -496,7 +492,9 @@ async fn vm_pause_resume_snapshot_restart() {
 
     // An agent restart finds the paused VM in its folder.
     drop(vms);
-    let vms = VmManager::start(config(tmp.path())).await.expect("restart");
+    let vms = VmManager::start(vm_config(tmp.path()))
+        .await
+        .expect("restart");
     assert_eq!(vms.get(id).await.unwrap().state, VmState::Paused);
 
     let t = Instant::now();
@@ -608,7 +606,9 @@ async fn imported_image_boots_and_is_rebuilt_for_a_new_guest() {
     init_logs();
     let _permit = vm_permit().await;
     let tmp = tempfile::tempdir().unwrap();
-    let vms = VmManager::start(config(tmp.path())).await.expect("start");
+    let vms = VmManager::start(vm_config(tmp.path()))
+        .await
+        .expect("start");
 
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |path: &str, mode: u32, data: &[u8]| {
@@ -659,7 +659,9 @@ async fn imported_image_boots_and_is_rebuilt_for_a_new_guest() {
         .collect();
     std::fs::write(&stamp, stale).unwrap();
     drop(vms);
-    let vms = VmManager::start(config(tmp.path())).await.expect("restart");
+    let vms = VmManager::start(vm_config(tmp.path()))
+        .await
+        .expect("restart");
     assert_eq!(std::fs::read_to_string(&stamp).unwrap(), current);
 
     let id = "sbx_it_image";

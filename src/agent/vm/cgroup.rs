@@ -135,22 +135,7 @@ impl Cgroups {
         };
         let path = root.join(id);
         make_dir(&path)?;
-        for c in &self.controllers {
-            let (file, value) = match *c {
-                "memory" => (
-                    "memory.max",
-                    ((u64::from(memory_mb) + MEMORY_OVERHEAD_MB) << 20).to_string(),
-                ),
-                "cpu" => (
-                    "cpu.max",
-                    format!(
-                        "{} {CPU_PERIOD_US}",
-                        u64::from(vcpus.max(1)) * CPU_PERIOD_US
-                    ),
-                ),
-                "pids" => ("pids.max", PIDS_MAX.to_string()),
-                _ => continue,
-            };
+        for (file, value) in self.limits(vcpus, memory_mb) {
             write_file(&path.join(file), &value)?;
         }
         let procs = std::fs::OpenOptions::new()
@@ -158,6 +143,29 @@ impl Cgroups {
             .open(path.join("cgroup.procs"))
             .map_err(|e| anyhow::anyhow!("open {}/cgroup.procs: {e}", path.display()))?;
         Ok(Some(VmCgroup { path, procs }))
+    }
+
+    /// The limit files a VM of this shape gets, with their values, for the controllers this
+    /// host has.
+    fn limits(&self, vcpus: u32, memory_mb: u32) -> Vec<(&'static str, String)> {
+        self.controllers
+            .iter()
+            .filter_map(|c| match *c {
+                "memory" => Some((
+                    "memory.max",
+                    ((u64::from(memory_mb) + MEMORY_OVERHEAD_MB) << 20).to_string(),
+                )),
+                "cpu" => Some((
+                    "cpu.max",
+                    format!(
+                        "{} {CPU_PERIOD_US}",
+                        u64::from(vcpus.max(1)) * CPU_PERIOD_US
+                    ),
+                )),
+                "pids" => Some(("pids.max", PIDS_MAX.to_string())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Places a `sleep` in a throwaway cgroup the way QEMU is placed, and checks that it landed
@@ -188,13 +196,7 @@ impl Cgroups {
                     cg.path.display()
                 );
                 let mut seen = vec![format!("a process was placed in {}", cg.path.display())];
-                for c in &self.controllers {
-                    let (file, want) = match *c {
-                        "memory" => ("memory.max", ((256 + MEMORY_OVERHEAD_MB) << 20).to_string()),
-                        "cpu" => ("cpu.max", format!("{CPU_PERIOD_US} {CPU_PERIOD_US}")),
-                        "pids" => ("pids.max", PIDS_MAX.to_string()),
-                        _ => continue,
-                    };
+                for (file, want) in self.limits(1, 256) {
                     let got = std::fs::read_to_string(cg.path.join(file))?;
                     anyhow::ensure!(
                         got.trim() == want,

@@ -1080,18 +1080,7 @@ impl VmManager {
                 format!("must be between 1 and {MAX_EXEC_TIMEOUT_SEC}"),
             ));
         }
-        if req.cmd.is_empty() || req.cmd.contains('\0') {
-            return Err(bad("cmd", "must be a non-empty command name or path"));
-        }
-        if req.args.iter().any(|a| a.contains('\0')) {
-            return Err(bad("args", "must not contain NUL bytes"));
-        }
-        validate_env(&req.env)?;
-        if let Some(cwd) = &req.cwd
-            && (!cwd.starts_with('/') || cwd.contains('\0'))
-        {
-            return Err(bad("cwd", "must be an absolute path"));
-        }
+        check_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref())?;
         match vm.info().state {
             VmState::Running => {}
             VmState::Starting => {
@@ -1201,6 +1190,28 @@ pub fn validate_id(id: &str) -> Result<(), VmError> {
     } else {
         Err(bad("id", "must match ^sbx_[A-Za-z0-9_-]{1,60}$"))
     }
+}
+
+/// What one-shot and streamed execs both check: the command, its arguments, env and cwd.
+fn check_command(
+    cmd: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: Option<&str>,
+) -> Result<(), VmError> {
+    if cmd.is_empty() || cmd.contains('\0') {
+        return Err(bad("cmd", "must be a non-empty command name or path"));
+    }
+    if args.iter().any(|a| a.contains('\0')) {
+        return Err(bad("args", "must not contain NUL bytes"));
+    }
+    validate_env(env)?;
+    if let Some(cwd) = cwd
+        && (!cwd.starts_with('/') || cwd.contains('\0'))
+    {
+        return Err(bad("cwd", "must be an absolute path"));
+    }
+    Ok(())
 }
 
 fn validate_env(env: &BTreeMap<String, String>) -> Result<(), VmError> {

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::channel::{ChannelError, GuestSender, GuestStream, guest_error, next_id};
-use super::{Vm, VmError, VmManager, VmState, bad, qemu, validate_env};
+use super::{Vm, VmError, VmManager, VmState, bad, check_command, qemu};
 use crate::proto::api::ExecStreamStart;
 use crate::proto::guest::{
     ExecStart, ExecStarted, Exit, Frame, FrameKind, PtySize, Signal, WINDOW, Windowed,
@@ -188,18 +188,7 @@ impl VmManager {
     /// Starts a command with stdin open and returns once the guest started it (or reported why
     /// it could not).
     pub async fn exec_stream(&self, id: &str, req: ExecStreamStart) -> Result<ExecStream, VmError> {
-        if req.cmd.is_empty() || req.cmd.contains('\0') {
-            return Err(bad("cmd", "must be a non-empty command name or path"));
-        }
-        if req.args.iter().any(|a| a.contains('\0')) {
-            return Err(bad("args", "must not contain NUL bytes"));
-        }
-        validate_env(&req.env)?;
-        if let Some(cwd) = &req.cwd
-            && (!cwd.starts_with('/') || cwd.contains('\0'))
-        {
-            return Err(bad("cwd", "must be an absolute path"));
-        }
+        check_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref())?;
         if let Some(t) = req.timeout_sec
             && (t == 0 || t > MAX_STREAM_TIMEOUT_SEC)
         {
@@ -208,10 +197,7 @@ impl VmManager {
                 format!("must be between 1 and {MAX_STREAM_TIMEOUT_SEC}"),
             ));
         }
-        let pty = req.pty.map(|p| PtySize {
-            rows: p.rows,
-            cols: p.cols,
-        });
+        let pty = req.pty;
         if let Some(p) = pty {
             check_pty(p)?;
         }

@@ -245,22 +245,31 @@ async fn json_call<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))
 }
 
+/// `GET /v1/vms/{id}/files/{op}?path=…` on the sandbox's host, for a checked path.
+async fn read_call<T: serde::de::DeserializeOwned>(
+    st: &AppState,
+    caller: &Caller,
+    id: String,
+    q: &FileQuery,
+    op: &str,
+) -> ApiResult<T> {
+    let path = check_path(q)?;
+    let (client, s) = target(st, caller, id).await?;
+    json_call(
+        &client,
+        reqwest::Method::GET,
+        format!("/v1/vms/{}/files/{op}?{}", s.id, query(&path)),
+    )
+    .await
+}
+
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<Json<FileListResponse>> {
-    let path = check_path(&q)?;
-    let (client, s) = target(&st, &caller, id).await?;
-    Ok(Json(
-        json_call(
-            &client,
-            reqwest::Method::GET,
-            format!("/v1/vms/{}/files/list?{}", s.id, query(&path)),
-        )
-        .await?,
-    ))
+    Ok(Json(read_call(&st, &caller, id, &q, "list").await?))
 }
 
 pub async fn stat(
@@ -269,16 +278,7 @@ pub async fn stat(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<Json<FileEntry>> {
-    let path = check_path(&q)?;
-    let (client, s) = target(&st, &caller, id).await?;
-    Ok(Json(
-        json_call(
-            &client,
-            reqwest::Method::GET,
-            format!("/v1/vms/{}/files/stat?{}", s.id, query(&path)),
-        )
-        .await?,
-    ))
+    Ok(Json(read_call(&st, &caller, id, &q, "stat").await?))
 }
 
 pub async fn mkdir(

@@ -192,6 +192,15 @@ fn role_of(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<Option<S
         .optional()?)
 }
 
+/// A member who is not the owner (whose role and membership are fixed): 404 or 409 otherwise.
+fn check_not_owner(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<()> {
+    match role_of(conn, team_id, user_id)?.as_deref() {
+        None => Err(DbError::NotFound),
+        Some("owner") => Err(DbError::Conflict("owner_is_fixed")),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Changes a member's role; the owner's role never changes and nobody becomes owner this way.
 pub fn set_role(
     conn: &Connection,
@@ -200,11 +209,7 @@ pub fn set_role(
     role: &str,
     actor: &str,
 ) -> DbResult<()> {
-    match role_of(conn, team_id, user_id)?.as_deref() {
-        None => return Err(DbError::NotFound),
-        Some("owner") => return Err(DbError::Conflict("owner_is_fixed")),
-        Some(_) => {}
-    }
+    check_not_owner(conn, team_id, user_id)?;
     conn.execute(
         "UPDATE memberships SET role = ?1 WHERE team_id = ?2 AND user_id = ?3",
         params![role, team_id, user_id],
@@ -221,11 +226,7 @@ pub fn set_role(
 
 /// Removes a member (also used for leaving); the owner cannot be removed.
 pub fn remove_member(conn: &Connection, team_id: &str, user_id: &str, actor: &str) -> DbResult<()> {
-    match role_of(conn, team_id, user_id)?.as_deref() {
-        None => return Err(DbError::NotFound),
-        Some("owner") => return Err(DbError::Conflict("owner_is_fixed")),
-        Some(_) => {}
-    }
+    check_not_owner(conn, team_id, user_id)?;
     conn.execute(
         "DELETE FROM memberships WHERE team_id = ?1 AND user_id = ?2",
         params![team_id, user_id],

@@ -21,6 +21,18 @@ pub fn kernel_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/sandboxctl/kernel"))
 }
 
+/// A VM manager's settings for tests that drive one directly: the test binary as guest program.
+pub fn vm_config(data_dir: &Path) -> sandboxctl::agent::vm::VmConfig {
+    sandboxctl::agent::vm::VmConfig {
+        data_dir: data_dir.to_path_buf(),
+        kernel_dir: kernel_dir(),
+        accel: sandboxctl::agent::vm::AccelChoice::Auto,
+        guest_binary: Some(PathBuf::from(BIN)),
+        cgroup_root: sandboxctl::agent::vm::cgroup::CgroupChoice::Auto,
+        max_concurrent_boots: 0,
+    }
+}
+
 /// Tests that boot microVMs take this first: on 2 cores, one at a time keeps boots honest.
 pub async fn vm_permit() -> SemaphorePermit<'static> {
     static SEM: OnceLock<Semaphore> = OnceLock::new();
