@@ -67,6 +67,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 max_concurrent_boots: a.vm.max_concurrent_boots,
                 heartbeat_interval: a.timing.heartbeat_interval,
                 admin_email: a.admin_email.clone(),
+                net: a.vm.net_config(),
+                jail: a.vm.jail_config(),
             });
             let github = match &a.github.github_client_id {
                 None => None,
@@ -159,16 +161,19 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             heartbeat_interval,
         }) => {
             init_logs("info");
+            let (net, jail) = (vm.net_config(), vm.jail_config());
             agent::run::run(
                 agent::run::AgentConfig {
                     data_dir,
                     kernel_dir: vm.kernel_dir,
                     listen: listen.map(|l| l.to_string()),
                     accel: vm.accel.into(),
-                    cgroup_root: vm.cgroup_root,
+                    cgroup_root: vm.cgroup_root.clone(),
                     max_concurrent_boots: vm.max_concurrent_boots,
                     heartbeat_interval,
                     guest_binary: None,
+                    net,
+                    jail,
                 },
                 async {
                     let mut term =

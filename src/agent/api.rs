@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::vm::{VmError, VmManager};
+use crate::proto::net::EgressPolicy;
 use crate::proto::agent::{CreateVmRequest, VmInfo, VmListResponse};
 use crate::proto::api::{ErrorBody, ErrorDetail, ExecRequest, ExecResponse};
 use crate::server::api::extract::parse_json;
@@ -151,11 +152,21 @@ async fn exec(
     Ok(Json(st.vms.exec(&id, req).await?))
 }
 
+/// Replaces the VM's egress policy (new connections follow it at once).
+async fn set_network(
+    State(st): State<AgentState>,
+    Path(id): Path<String>,
+    Body(policy): Body<EgressPolicy>,
+) -> Result<Json<EgressPolicy>, AgentApiError> {
+    Ok(Json(st.vms.set_network(&id, policy).await?))
+}
+
 pub fn router(state: AgentState) -> Router {
     Router::new()
         .route("/v1/vms", get(list).post(create))
         .route("/v1/vms/{id}", get(get_vm).delete(destroy))
         .route("/v1/vms/{id}/exec", post(exec))
+        .route("/v1/vms/{id}/network", axum::routing::put(set_network))
         .merge(super::api_streams::routes())
         .merge(super::api_templates::routes())
         .fallback(|| async {

@@ -6,6 +6,7 @@ pub mod api_templates;
 pub mod credentials;
 pub mod facts;
 pub mod images;
+pub mod net;
 pub mod register;
 pub mod run;
 pub mod vm;

@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// The binary put into guest images (None: this executable).
     pub guest_binary: Option<PathBuf>,
+    pub net: crate::agent::net::NetConfig,
+    pub jail: crate::agent::vm::JailConfig,
 }
 
 /// Runs the agent until `shutdown` completes. VMs keep running after the agent exits; the next
@@ -58,6 +60,8 @@ pub async fn run(
         guest_binary: cfg.guest_binary.clone(),
         cgroup_root: cfg.cgroup_root.clone(),
         max_concurrent_boots: cfg.max_concurrent_boots,
+        net: cfg.net.clone(),
+        jail: cfg.jail.clone(),
     })
     .await
     .context("starting the VM manager")?;

@@ -346,6 +346,19 @@ impl ApiClient {
         .await
     }
 
+    pub async fn set_network(
+        &self,
+        id: &str,
+        policy: &crate::proto::net::EgressPolicy,
+    ) -> Result<SandboxResponse, ClientError> {
+        self.json(
+            reqwest::Method::PUT,
+            &format!("/v1/sandboxes/{id}/network"),
+            Some(policy),
+        )
+        .await
+    }
+
     pub async fn set_timeout(
         &self,
         id: &str,

@@ -243,6 +243,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
             env,
             metadata,
             no_network,
+            egress,
             json,
         } => {
             let req = CreateSandboxRequest {
@@ -252,7 +253,11 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 timeout_sec: timeout,
                 env: Some(parse_pairs("env", &env)?),
                 metadata: Some(parse_pairs("meta", &metadata)?),
-                network: Some(!no_network),
+                network: Some(if no_network {
+                    crate::proto::net::NetworkSetting::Enabled(false)
+                } else {
+                    crate::proto::net::NetworkSetting::Policy(egress.policy())
+                }),
                 on_timeout,
                 cold_boot: None,
             };
@@ -376,6 +381,20 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 );
             } else {
                 println!("{}: no idle timeout", s.id);
+            }
+        }
+        SandboxCommand::Network { id, egress, json } => {
+            let s = c.set_network(&id, &egress.policy()).await?;
+            if json {
+                print_json(&s)?;
+            } else if let Some(p) = &s.network {
+                println!(
+                    "{}: internet {}, allow {}, deny {}",
+                    s.id,
+                    if p.internet { "open" } else { "closed" },
+                    if p.allow_out.is_empty() { "-".into() } else { p.allow_out.join(",") },
+                    if p.deny_out.is_empty() { "-".into() } else { p.deny_out.join(",") },
+                );
             }
         }
         SandboxCommand::Logs { id } => {

@@ -190,6 +190,46 @@ pub struct VmArgs {
     /// Cold boots at once on this host (0: one per core); more wait their turn.
     #[arg(long, env = "SANDBOXCTL_MAX_CONCURRENT_BOOTS", default_value_t = 0)]
     pub max_concurrent_boots: usize,
+    /// Addresses sandboxes' network namespaces are masqueraded to (a /30 each).
+    #[arg(long, env = "SANDBOXCTL_NETWORK_POOL", default_value = crate::agent::net::DEFAULT_POOL, value_parser = parse_cidr)]
+    pub network_pool: crate::proto::net::Cidr,
+    /// The resolver sandboxes' DNS queries are forwarded to (default: the first nameserver of
+    /// /etc/resolv.conf).
+    #[arg(long, env = "SANDBOXCTL_SANDBOX_DNS")]
+    pub sandbox_dns: Option<std::net::IpAddr>,
+    /// A network every sandbox may reach even where the default policy closes it (repeatable).
+    #[arg(long, env = "SANDBOXCTL_EGRESS_ALLOW", value_delimiter = ',', value_parser = parse_cidr)]
+    pub egress_allow: Vec<crate::proto::net::Cidr>,
+    /// A network no sandbox may reach, whatever its policy (repeatable).
+    #[arg(long, env = "SANDBOXCTL_EGRESS_DENY", value_delimiter = ',', value_parser = parse_cidr)]
+    pub egress_deny: Vec<crate::proto::net::Cidr>,
+    /// QEMU runs unprivileged: template boots as this uid, each VM as one above it.
+    #[arg(long, env = "SANDBOXCTL_VM_UID_BASE", default_value_t = crate::agent::vm::DEFAULT_UID_BASE)]
+    pub vm_uid_base: u32,
+}
+
+fn parse_cidr(s: &str) -> Result<crate::proto::net::Cidr, String> {
+    crate::proto::net::Cidr::parse(s)
+}
+
+impl VmArgs {
+    pub fn net_config(&self) -> crate::agent::net::NetConfig {
+        crate::agent::net::NetConfig {
+            pool: self.network_pool,
+            dns: self.sandbox_dns,
+            operator: crate::agent::net::OperatorPolicy {
+                allow: self.egress_allow.clone(),
+                deny: self.egress_deny.clone(),
+            },
+        }
+    }
+
+    pub fn jail_config(&self) -> crate::agent::vm::JailConfig {
+        crate::agent::vm::JailConfig {
+            uid_base: self.vm_uid_base,
+            hidden: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +300,30 @@ pub enum AgentCommand {
     },
 }
 
+/// A sandbox's egress policy on the command line.
+#[derive(Debug, Args)]
+pub struct EgressArgs {
+    /// Close the internet: only --allow-out networks stay reachable.
+    #[arg(long)]
+    pub no_internet: bool,
+    /// A network the sandbox may reach even where the default policy closes it (repeatable).
+    #[arg(long = "allow-out", value_name = "CIDR")]
+    pub allow_out: Vec<String>,
+    /// A network the sandbox may not reach (repeatable).
+    #[arg(long = "deny-out", value_name = "CIDR")]
+    pub deny_out: Vec<String>,
+}
+
+impl EgressArgs {
+    pub fn policy(&self) -> crate::proto::net::EgressPolicy {
+        crate::proto::net::EgressPolicy {
+            internet: !self.no_internet,
+            allow_out: self.allow_out.clone(),
+            deny_out: self.deny_out.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Print JSON instead of a table.
@@ -317,6 +381,16 @@ pub enum SandboxCommand {
         /// No network device at all.
         #[arg(long)]
         no_network: bool,
+        #[command(flatten)]
+        egress: EgressArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a sandbox's egress policy (what it may reach); applies at once.
+    Network {
+        id: String,
+        #[command(flatten)]
+        egress: EgressArgs,
         #[arg(long)]
         json: bool,
     },

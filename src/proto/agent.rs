@@ -82,9 +82,12 @@ pub struct CreateVmRequest {
     pub memory_mb: u32,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// User-mode networking with egress when true; no network device when false.
+    /// A network device in a namespace of its own when true; none when false.
     #[serde(default = "yes")]
     pub network: bool,
+    /// What the sandbox may reach (None: the default policy).
+    #[serde(default)]
+    pub egress: Option<crate::proto::net::EgressPolicy>,
     /// Boot the base template from scratch instead of restoring its boot snapshot.
     #[serde(default)]
     pub cold_boot: bool,

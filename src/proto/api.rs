@@ -124,8 +124,10 @@ pub struct CreateSandboxRequest {
     pub env: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// `false`: no network device; `true` (default): the default egress policy; or a policy
+    /// `{internet, allow_out, deny_out}`.
     #[serde(default)]
-    pub network: Option<bool>,
+    pub network: Option<crate::proto::net::NetworkSetting>,
     /// What happens when `timeout_sec` of idleness pass: `pause` (default) or `kill`.
     #[serde(default)]
     pub on_timeout: Option<String>,
@@ -163,6 +165,9 @@ pub struct SandboxResponse {
     /// How its VM started: `cold` or `snapshot`.
     #[serde(default)]
     pub boot_kind: Option<String>,
+    /// The egress policy in force; null for a sandbox without a network device.
+    #[serde(default)]
+    pub network: Option<crate::proto::net::EgressPolicy>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

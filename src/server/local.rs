@@ -24,6 +24,8 @@ pub struct LocalAgentConfig {
     pub max_concurrent_boots: usize,
     pub heartbeat_interval: Duration,
     pub admin_email: String,
+    pub net: crate::agent::net::NetConfig,
+    pub jail: crate::agent::vm::JailConfig,
 }
 
 /// Makes sure an admin exists (printing how to log in), registers the local agent on first start,
@@ -73,6 +75,12 @@ pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> a
             max_concurrent_boots: cfg.max_concurrent_boots,
             heartbeat_interval: cfg.heartbeat_interval,
             guest_binary: None,
+            net: cfg.net,
+            jail: crate::agent::vm::JailConfig {
+                // The server's keys and database sit beside the agent's folder.
+                hidden: vec![data_dir.to_path_buf()],
+                ..cfg.jail
+            },
         },
         std::future::pending(),
     )

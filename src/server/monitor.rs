@@ -239,6 +239,7 @@ mod tests {
             on_timeout: "pause".into(),
             last_active_at: None,
             boot_kind: None,
+            egress: None,
         }
     }
 

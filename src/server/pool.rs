@@ -12,6 +12,7 @@ use crate::proto::agent::{
     VmInfo, VmListResponse,
 };
 use crate::proto::api::{ErrorBody, ExecRequest, ExecResponse};
+use crate::proto::net::EgressPolicy;
 use crate::server::auth::TokenKeys;
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +168,22 @@ impl AgentClient {
                 &format!("/v1/vms/{id}/pause"),
                 None,
                 Duration::from_secs(120),
+            )
+            .await?;
+        Self::expect(r)
+    }
+
+    pub async fn set_vm_network(
+        &self,
+        id: &str,
+        policy: &EgressPolicy,
+    ) -> Result<EgressPolicy, AgentError> {
+        let r = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/vms/{id}/network"),
+                Some(policy),
+                Duration::from_secs(30),
             )
             .await?;
         Self::expect(r)

@@ -140,6 +140,7 @@ async fn vm_exec_streams_and_files() {
         memory_mb: 256,
         env: BTreeMap::new(),
         network: false,
+        egress: None,
         cold_boot: false,
     })
     .await

@@ -34,6 +34,7 @@ fn create_request(id: &str) -> CreateVmRequest {
         memory_mb: 256,
         env,
         network: false,
+        egress: None,
         cold_boot: false,
     }
 }

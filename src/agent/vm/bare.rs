@@ -29,7 +29,8 @@ pub async fn bare_cold_boot(
             id,
             vcpus: 1,
             memory_mb: 256,
-            network: true,
+            net: qemu::NetDev::Hub,
+            confined: false,
             accel: &accel,
             tsc_khz: qemu::host_tsc_khz(),
             memory: qemu::Memory::Anonymous,
@@ -38,7 +39,7 @@ pub async fn bare_cold_boot(
         };
         let args = qemu::args(&spec);
         let t = Instant::now();
-        let mut child = qemu::spawn(&dir, &args, None)?;
+        let mut child = qemu::spawn(&dir, &args, None, None, false)?;
         let channel = GuestChannel::new(&dir, qemu::AGENT_SOCK);
         let answered = channel.connect(Duration::from_secs(90)).await;
         let elapsed = t.elapsed();
@@ -87,14 +88,19 @@ pub async fn bare_restore(
             id: "sbx_bench_bare",
             vcpus: snap.meta.vcpus,
             memory_mb: snap.meta.memory_mb,
-            network: snap.meta.network,
+            net: if snap.meta.network {
+                qemu::NetDev::Hub
+            } else {
+                qemu::NetDev::None
+            },
+            confined: false,
             accel: &accel,
             tsc_khz: qemu::host_tsc_khz(),
             memory: qemu::Memory::restored(snap.meta.memory_file),
             disk: qemu::DISK,
             incoming: true,
         };
-        let mut child = qemu::spawn(&dir, &qemu::args(&spec), None)?;
+        let mut child = qemu::spawn(&dir, &qemu::args(&spec), None, None, false)?;
         let channel = GuestChannel::new(&dir, qemu::AGENT_SOCK);
         let restored = async {
             let mut q = Qmp::connect_wait(&dir, qemu::QMP_SOCK, Duration::from_secs(10)).await?;

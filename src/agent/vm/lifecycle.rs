@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::snapshot::{self, STATE_LIMIT, SnapshotMeta};
+use super::jail;
 use super::templates::{self, TemplateError};
 use super::{
     INCOMING, Qmp, RESTORE_TIMEOUT, STATE_TMP, Vm, VmError, VmInfo, VmManager, VmState,
@@ -339,6 +340,7 @@ impl VmManager {
             created_unix_ms: now_unix_ms(),
             stamp: None,
             source_vm: Some(vm.id.clone()),
+            netdev: Some("tap".into()),
         };
         // The VM goes on meanwhile: this works on the copies in `tmp`.
         let t = Instant::now();
@@ -373,7 +375,12 @@ impl VmManager {
             id: "snapshot-convert",
             vcpus: meta.vcpus,
             memory_mb: meta.memory_mb,
-            network: meta.network,
+            net: if meta.network {
+                qemu::NetDev::Hub
+            } else {
+                qemu::NetDev::None
+            },
+            confined: true,
             accel: &self.accel,
             tsc_khz: self.tsc_khz,
             memory: qemu::Memory::File {
@@ -383,7 +390,9 @@ impl VmManager {
             disk: qemu::DISK,
             incoming: true,
         };
-        let mut child = qemu::spawn(tmp, &qemu::args(&spec), None)?;
+        let j = &self.boot.env.jail;
+        jail::hand_over(tmp, j.uid, j.gid, &[qemu::DISK, qemu::CONSOLE_LOG])?;
+        let mut child = qemu::spawn(tmp, &qemu::args(&spec), None, Some(j), false)?;
         let pid = child.id().context("QEMU exited at once")?;
         write_atomic(&qemu::pid_file(tmp), format!("{pid}\n").as_bytes())?;
         let converted = async {
@@ -422,6 +431,7 @@ impl VmManager {
         result?;
         std::fs::rename(tmp.join(CONVERTED), tmp.join(qemu::STATE))?;
         snapshot::read_only(&tmp.join(qemu::MEM))?;
+        jail::reclaim(tmp)?;
         Ok(())
     }
 

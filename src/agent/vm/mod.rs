@@ -24,6 +24,7 @@ mod channel;
 pub mod check;
 pub mod files;
 mod import;
+pub mod jail;
 mod lifecycle;
 mod qemu;
 mod qmp;
@@ -47,6 +48,8 @@ pub use crate::proto::agent::{CreateVmRequest, VmInfo, VmState};
 pub use crate::proto::api::{ExecRequest, ExecResponse};
 
 use crate::agent::images::{self, Kernel, MINIMAL, Template};
+use crate::agent::net::{Network, SandboxNet};
+use crate::proto::net::EgressPolicy;
 use crate::proto::api::json_text_capped;
 use crate::proto::guest::{ExecStart, Init};
 use channel::{ChannelError, GuestChannel};
@@ -89,7 +92,34 @@ pub struct VmConfig {
     pub cgroup_root: cgroup::CgroupChoice,
     /// Cold boots at once (0: one per core).
     pub max_concurrent_boots: usize,
+    /// Sandbox networking (namespaces, rules, DNS).
+    pub net: crate::agent::net::NetConfig,
+    /// Who QEMU runs as and what it may see.
+    pub jail: JailConfig,
 }
+
+/// QEMU's confinement settings (see [`jail`]).
+#[derive(Debug, Clone)]
+pub struct JailConfig {
+    /// Template boots run as this uid (and gid); VM number n as `uid_base + 1 + n`.
+    pub uid_base: u32,
+    /// Folders besides the data dir that QEMU must not see (the server's, for a local agent).
+    pub hidden: Vec<PathBuf>,
+}
+
+impl Default for JailConfig {
+    fn default() -> Self {
+        JailConfig {
+            uid_base: DEFAULT_UID_BASE,
+            hidden: Vec::new(),
+        }
+    }
+}
+
+/// Far above the uids people and packages get; below 2^31 for tools that print signed ids.
+pub const DEFAULT_UID_BASE: u32 = 1_900_000_000;
+/// VMs one agent numbers (uids `uid_base + 1 ..`).
+const MAX_VM_UIDS: u32 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccelChoice {
@@ -153,6 +183,12 @@ struct VmRecord {
     /// RAM is a private mapping of `mem.ram` (restored from a boot snapshot, not yet paused).
     #[serde(default)]
     memory_file: bool,
+    /// The sandbox's network namespace slot and egress policy (network VMs).
+    #[serde(default)]
+    net: Option<SandboxNet>,
+    /// The uid (and gid) its QEMU runs as.
+    #[serde(default)]
+    uid: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -204,6 +240,8 @@ struct Vm {
     id: String,
     dir: PathBuf,
     record: VmRecord,
+    /// The network place in force (the record's, updated by policy changes).
+    net: Mutex<Option<SandboxNet>>,
     rt: Mutex<Runtime>,
     channel: GuestChannel,
     destroyed: AtomicBool,
@@ -216,6 +254,7 @@ impl Vm {
         Vm {
             id: record.id.clone(),
             dir: dir.to_path_buf(),
+            net: Mutex::new(record.net.clone()),
             record,
             rt: Mutex::new(rt),
             channel: GuestChannel::new(dir, qemu::AGENT_SOCK),
@@ -226,6 +265,14 @@ impl Vm {
 
     fn rt(&self) -> std::sync::MutexGuard<'_, Runtime> {
         self.rt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn net_place(&self) -> Option<SandboxNet> {
+        self.net.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn uid(&self) -> u32 {
+        self.record.uid.unwrap_or(u32::MAX)
     }
 
     fn shape(&self) -> Shape {
@@ -246,6 +293,7 @@ impl Vm {
             record.layers = rt.layers.clone();
             record.memory_file = rt.memory_file;
         }
+        record.net = self.net_place();
         write_record(&self.dir, &record)
     }
 
@@ -342,6 +390,9 @@ pub struct VmManager {
     boot: Arc<BootSnapshots>,
     builds: Arc<templates::BaseBuilds>,
     templates_lock: tokio::sync::RwLock<()>,
+    net: Network,
+    /// VM numbers in use (uid `uid_base + 1 + n`).
+    uids: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 impl VmManager {
@@ -351,7 +402,13 @@ impl VmManager {
         let vms_dir = cfg.data_dir.join("vms");
         std::fs::create_dir_all(&vms_dir)
             .with_context(|| format!("create {}", vms_dir.display()))?;
-        let kernel = Kernel::find(&cfg.kernel_dir)?;
+        private_dir(&cfg.data_dir)?;
+        let mut kernel = Kernel::find(&cfg.kernel_dir)?;
+        // QEMU sees nothing but its VM's folder: the kernel is linked in from a copy here.
+        kernel.vmlinuz = own_kernel_copy(&kernel.vmlinuz, &cfg.data_dir)?;
+        let net = Network::start(cfg.net.clone(), &cfg.data_dir)
+            .await
+            .context("sandbox networking")?;
         let accel = qemu::detect_accel(cfg.accel, &kernel).await;
         tracing::info!(accel = accel.kind, reason = %accel.reason, "VM accelerator");
         let guest_binary = match &cfg.guest_binary {
@@ -385,6 +442,12 @@ impl VmManager {
             tsc_khz,
             qemu_version: qemu::version().await,
             boot_slots: boot_slots.clone(),
+            jail: jail::Jail {
+                uid: cfg.jail.uid_base,
+                gid: cfg.jail.uid_base,
+                hidden: hidden_dirs(&cfg),
+                netns: None,
+            },
         }));
         let mgr = VmManager {
             guest_binary,
@@ -400,8 +463,15 @@ impl VmManager {
             accel,
             kernel,
             vms: Mutex::new(HashMap::new()),
+            net,
+            uids: Mutex::new(Default::default()),
         };
         mgr.rediscover().await;
+        let known: Vec<String> = mgr.vms().keys().cloned().collect();
+        let removed = mgr.net.reconcile(&known).await;
+        if removed > 0 {
+            tracing::info!(removed, "removed network namespaces left without a VM");
+        }
         // Each base template is booted once and snapshotted, in the background. A debian
         // template built for another guest program or kernel is rebuilt (the old one serves
         // until the new one is in place).
@@ -485,6 +555,10 @@ impl VmManager {
             let name = e.file_name().to_string_lossy().into_owned();
             match self.reattach(&name, &dir).await {
                 Ok(vm) => {
+                    if let Some(n) = vm.record.uid.and_then(|u| u.checked_sub(self.cfg.jail.uid_base + 1)) {
+                        self.uids().insert(n);
+                    }
+                    self.reattach_net(&vm).await;
                     let (pid, state) = {
                         let rt = vm.rt();
                         (rt.pid, rt.state)
@@ -506,6 +580,57 @@ impl VmManager {
                 }
             }
         }
+    }
+
+    /// Takes back the network of a VM a previous agent left; a paused VM whose namespace is gone
+    /// (a host reboot) gets a new one with the same policy.
+    async fn reattach_net(&self, vm: &Arc<Vm>) {
+        let Some(place) = vm.net_place() else { return };
+        let Err(e) = self.net.reattach(&vm.id, &place).await else {
+            return;
+        };
+        if vm.rt().state != VmState::Paused {
+            tracing::warn!(vm = %vm.id, error = %format!("{e:#}"), "the running VM's network could not be taken back");
+            return;
+        }
+        match self.net.create(&vm.id, &place.policy).await {
+            Ok(n) => {
+                *vm.net.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
+                let _ = vm.persist();
+            }
+            Err(e) => {
+                tracing::warn!(vm = %vm.id, error = %format!("{e:#}"), "could not make the paused VM's network again")
+            }
+        }
+    }
+
+    /// Replaces a sandbox's egress policy; it applies at once to new connections.
+    pub async fn set_network(&self, id: &str, mut policy: EgressPolicy) -> Result<EgressPolicy, VmError> {
+        policy.validate().map_err(|(f, m)| bad(f, m))?;
+        let vm = self.lookup(id)?;
+        let Some(mut place) = vm.net_place() else {
+            return Err(VmError::Conflict(format!(
+                "VM {id} has no network device; its policy cannot be changed"
+            )));
+        };
+        self.net
+            .apply(id, &policy)
+            .await
+            .map_err(|e| VmError::Internal(e.context("applying the egress policy")))?;
+        place.policy = policy.clone();
+        *vm.net.lock().unwrap_or_else(|p| p.into_inner()) = Some(place);
+        vm.persist()?;
+        Ok(policy)
+    }
+
+    /// The egress policy of a VM (None: no network device).
+    pub fn network_of(&self, id: &str) -> Result<Option<EgressPolicy>, VmError> {
+        Ok(self.lookup(id)?.net_place().map(|n| n.policy))
+    }
+
+    /// This agent's network namespaces (for checks and tests).
+    pub fn namespaces(&self) -> Vec<String> {
+        self.net.namespaces()
     }
 
     /// A VM a previous agent left: a live QEMU (running, or stopped by an interrupted pause or
@@ -664,6 +789,69 @@ impl VmManager {
                 s.meta.base.clone()
             }
         };
+        let mut policy = req
+            .network
+            .then(|| req.egress.clone().unwrap_or_default());
+        if let Some(p) = &mut policy {
+            p.validate().map_err(|(f, m)| bad(f, m))?;
+        }
+        if self.vms().contains_key(&req.id) {
+            return Err(VmError::Conflict(format!("VM {} already exists", req.id)));
+        }
+        let uid = self.claim_uid()?;
+        let net = match &policy {
+            Some(p) => match self.net.create(&req.id, p).await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.release_uid(uid);
+                    return Err(VmError::Internal(e.context("setting up the sandbox network")));
+                }
+            },
+            None => None,
+        };
+        let id = req.id.clone();
+        let result = self
+            .create_attempts(req, &source, base, started, uid, net.clone())
+            .await;
+        if result.is_err() {
+            if net.is_some() {
+                self.net.destroy(&id, net.as_ref()).await;
+            }
+            self.release_uid(uid);
+        }
+        result
+    }
+
+    fn uids(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u32>> {
+        self.uids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A uid no other VM of this agent runs as.
+    fn claim_uid(&self) -> Result<u32, VmError> {
+        let mut used = self.uids();
+        let n = (0..MAX_VM_UIDS)
+            .find(|n| !used.contains(n))
+            .ok_or_else(|| VmError::Conflict("this host runs too many VMs".into()))?;
+        used.insert(n);
+        Ok(self.cfg.jail.uid_base + 1 + n)
+    }
+
+    fn release_uid(&self, uid: u32) {
+        if let Some(n) = uid.checked_sub(self.cfg.jail.uid_base + 1) {
+            self.uids().remove(&n);
+        }
+    }
+
+    /// Boots (or restores) the VM, trying a hung cold boot once more.
+    async fn create_attempts(
+        &self,
+        req: CreateVmRequest,
+        source: &Source,
+        base: String,
+        started: Instant,
+        uid: u32,
+        net: Option<SandboxNet>,
+    ) -> Result<VmInfo, VmError> {
         let dir = self.vm_dir(&req.id);
         let mut attempt = 1;
         loop {
@@ -683,6 +871,8 @@ impl VmManager {
                     base: base.clone(),
                     layers: Vec::new(),
                     memory_file: false,
+                    net: net.clone(),
+                    uid: Some(uid),
                 },
                 Runtime::new(VmState::Starting),
             ));
@@ -693,7 +883,7 @@ impl VmManager {
                 }
                 vms.insert(req.id.clone(), vm.clone());
             }
-            let err = match self.start_vm(&vm, &source, started, req.cold_boot).await {
+            let err = match self.start_vm(&vm, source, started, req.cold_boot).await {
                 Ok(info) => return Ok(info),
                 Err(e) => e,
             };
@@ -801,7 +991,12 @@ impl VmManager {
             id: &vm.id,
             vcpus: vm.record.vcpus,
             memory_mb: vm.record.memory_mb,
-            network: vm.record.network,
+            net: if vm.record.network {
+                qemu::NetDev::Tap
+            } else {
+                qemu::NetDev::None
+            },
+            confined: true,
             accel: &self.accel,
             tsc_khz: self.tsc_khz,
             memory: qemu::Memory::restored(memory_file),
@@ -818,7 +1013,23 @@ impl VmManager {
         let cgroup = self
             .cgroups
             .prepare(&vm.id, vm.record.vcpus, vm.record.memory_mb)?;
-        let mut child = qemu::spawn(&vm.dir, &args, cgroup.as_ref())?;
+        let jail = jail::Jail {
+            uid: vm.uid(),
+            gid: vm.uid(),
+            hidden: hidden_dirs(&self.cfg),
+            netns: vm
+                .record
+                .network
+                .then(|| self.net.netns_path(&vm.id)),
+        };
+        jail::hand_over(&vm.dir, jail.uid, jail.gid, &[qemu::DISK, qemu::CONSOLE_LOG])?;
+        let mut child = qemu::spawn(
+            &vm.dir,
+            &args,
+            cgroup.as_ref(),
+            Some(&jail),
+            spec.net == qemu::NetDev::Tap,
+        )?;
         let pid = child.id().context("QEMU exited at once")?;
         write_atomic(&qemu::pid_file(&vm.dir), format!("{pid}\n").as_bytes())?;
         let (exited_tx, exited_rx) = watch::channel(false);
@@ -1040,6 +1251,12 @@ impl VmManager {
         vm.kill_qemu().await;
         vm.rt().state = VmState::Stopped;
         self.cgroups.remove(id).await;
+        if vm.record.network {
+            self.net.destroy(id, vm.net_place().as_ref()).await;
+        }
+        if let Some(uid) = vm.record.uid {
+            self.release_uid(uid);
+        }
         let mut last = None;
         for _ in 0..3 {
             match tokio::fs::remove_dir_all(&vm.dir).await {
@@ -1272,6 +1489,38 @@ fn now_unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Folders QEMU must not see: the data dir and what the configuration adds.
+fn hidden_dirs(cfg: &VmConfig) -> Vec<PathBuf> {
+    let mut v = vec![cfg.data_dir.clone()];
+    v.extend(cfg.jail.hidden.iter().cloned());
+    v
+}
+
+/// Makes `dir` root's alone (0700): VM folders, records, snapshots and credentials below it
+/// are out of reach of every other user, whatever their own modes.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 0700 {}", dir.display()))
+}
+
+/// A read-only copy of the guest kernel in the data dir (refreshed when the original changes),
+/// so that every VM folder gets it as a hard link.
+fn own_kernel_copy(vmlinuz: &Path, data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let copy = data_dir.join("vmlinuz");
+    let same = match (std::fs::metadata(vmlinuz), std::fs::metadata(&copy)) {
+        (Ok(a), Ok(b)) => a.len() == b.len() && std::fs::read(vmlinuz)? == std::fs::read(&copy)?,
+        _ => false,
+    };
+    if !same {
+        let tmp = data_dir.join("vmlinuz.tmp");
+        std::fs::copy(vmlinuz, &tmp).with_context(|| format!("copy {}", vmlinuz.display()))?;
+        snapshot::read_only(&tmp)?;
+        std::fs::rename(&tmp, &copy)?;
+    }
+    Ok(copy)
 }
 
 fn host_memory_mb() -> Option<u64> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::jail;
 use super::{Accel, AccelChoice};
 use crate::agent::images::{Kernel, Template};
 
@@ -58,6 +59,19 @@ impl Memory<'static> {
     }
 }
 
+/// The guest's network device and what is behind it. The device (virtio-net, same MMIO slot) is
+/// the same for `Tap` and `Hub`, and neither backend has state of its own in a snapshot, so a
+/// template booted with `Hub` restores into a sandbox with `Tap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetDev {
+    /// No network device.
+    None,
+    /// The sandbox's tap, handed over as [`jail::TAP_FD`] inside its network namespace.
+    Tap,
+    /// A device connected to nothing (template boots and conversions: no traffic at all).
+    Hub,
+}
+
 /// Everything the command line is made from. The kernel and initrd are `KERNEL` and `INITRD` in
 /// the working directory.
 #[derive(Debug, Clone)]
@@ -65,7 +79,9 @@ pub struct LaunchSpec<'a> {
     pub id: &'a str,
     pub vcpus: u32,
     pub memory_mb: u32,
-    pub network: bool,
+    pub net: NetDev,
+    /// Under QEMU's seccomp filter (every VM the manager runs; the bench's bare baseline not).
+    pub confined: bool,
     pub accel: &'a Accel,
     pub tsc_khz: Option<u64>,
     pub memory: Memory<'a>,
@@ -148,13 +164,16 @@ pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
         "-device",
         "virtio-blk-device,drive=disk0",
     ]);
-    if spec.network {
-        push(&[
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "virtio-net-device,netdev=n0",
-        ]);
+    let netdev = match spec.net {
+        NetDev::None => None,
+        NetDev::Tap => Some(format!("tap,id=n0,fd={}", jail::TAP_FD)),
+        NetDev::Hub => Some("hubport,id=n0,hubid=0".to_string()),
+    };
+    if let Some(n) = netdev {
+        push(&["-netdev", &n, "-device", "virtio-net-device,netdev=n0"]);
+    }
+    if spec.confined {
+        push(&["-sandbox", jail::SANDBOX_ARG]);
     }
     if spec.incoming {
         push(&["-S", "-incoming", "defer"]);
@@ -243,12 +262,16 @@ pub async fn prepare_disk(dir: &Path, kernel: &Kernel, template: &Template) -> a
 }
 
 /// Starts QEMU in its own session (it outlives the agent) with `dir` as working directory and,
-/// when given, inside `cgroup` (entered between fork and exec).
+/// when given, inside `cgroup` and confined by `jail` (both entered between fork and exec;
+/// `tap`: open the namespace's tap as fd 3).
 pub fn spawn(
     dir: &Path,
     args: &[String],
     cgroup: Option<&super::cgroup::VmCgroup>,
+    jail: Option<&jail::Jail>,
+    tap: bool,
 ) -> anyhow::Result<tokio::process::Child> {
+    let prepared = jail.map(|j| j.prepare(dir)).transpose()?;
     let log = std::fs::File::create(dir.join(QEMU_LOG)).context("create qemu.log")?;
     let log2 = log.try_clone()?;
     let mut cmd = tokio::process::Command::new(QEMU);
@@ -259,13 +282,17 @@ pub fn spawn(
         .stderr(log2)
         .kill_on_drop(false);
     let mut enter = cgroup.map(super::cgroup::enter_hook);
-    // SAFETY: setsid and the cgroup hook's write are async-signal-safe; the caller holds the
-    // VmCgroup (its fd) until spawn returns; nothing else runs between fork and exec.
+    // SAFETY: setsid, the cgroup hook's write and the jail's calls are async-signal-safe
+    // system calls on memory prepared before the fork; the caller holds the VmCgroup (its fd)
+    // until spawn returns; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            match &mut enter {
-                Some(hook) => hook(),
+            if let Some(hook) = &mut enter {
+                hook()?;
+            }
+            match &prepared {
+                Some(p) => p.enter(tap),
                 None => Ok(()),
             }
         });

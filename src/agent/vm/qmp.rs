@@ -1,6 +1,7 @@
 //! A small QMP client: one command at a time over QEMU's control socket.
 
-use std::path::Path;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -14,6 +15,8 @@ use super::sock::connect_unix;
 pub struct Qmp {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
+    /// QEMU's working directory: relative state paths are files in it.
+    dir: PathBuf,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,6 +29,7 @@ impl Qmp {
         let mut qmp = Qmp {
             reader: BufReader::new(r),
             writer: w,
+            dir: dir.to_path_buf(),
         };
         let greeting = qmp.read_message().await.context("QMP greeting")?;
         if greeting.get("QMP").is_none() {
@@ -119,8 +123,10 @@ impl Qmp {
             Some(json!({ "max-bandwidth": 64u64 << 30, "downtime-limit": 60_000 })),
         )
         .await?;
-        let uri = format!("exec:cat > {}", shell_quote(path));
-        self.execute("migrate", Some(json!({ "uri": uri }))).await?;
+        let file = open_state(&self.dir.join(path), true)?;
+        self.send_fd("state-out", file.as_raw_fd()).await?;
+        self.execute("migrate", Some(json!({ "uri": "fd:state-out" })))
+            .await?;
         let deadline = Instant::now() + limit;
         loop {
             let v = self.execute("query-migrate", None).await?;
@@ -145,8 +151,9 @@ impl Qmp {
     /// Loads a state saved by [`Qmp::save_state`] into a QEMU started with `-S -incoming defer`
     /// and waits until it is loaded (the VM stays stopped until `cont`). A failed load ends QEMU.
     pub async fn load_state(&mut self, path: &str, limit: Duration) -> anyhow::Result<()> {
-        let uri = format!("exec:cat {}", shell_quote(path));
-        self.execute("migrate-incoming", Some(json!({ "uri": uri })))
+        let file = open_state(&self.dir.join(path), false)?;
+        self.send_fd("state-in", file.as_raw_fd()).await?;
+        self.execute("migrate-incoming", Some(json!({ "uri": "fd:state-in" })))
             .await?;
         let deadline = Instant::now() + limit;
         loop {
@@ -161,6 +168,37 @@ impl Qmp {
         }
     }
 
+    /// Hands `fd` to QEMU under `name` (QMP `getfd`, the descriptor travelling as SCM_RIGHTS
+    /// with the command): a confined QEMU opens no files itself.
+    pub async fn send_fd(&mut self, name: &str, fd: RawFd) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(
+            &json!({ "execute": "getfd", "arguments": { "fdname": name } }),
+        )?;
+        line.push(b'\n');
+        let sock = self.writer.as_ref();
+        loop {
+            sock.writable().await?;
+            match sock.try_io(tokio::io::Interest::WRITABLE, || send_with_fd(sock.as_raw_fd(), &line, fd)) {
+                Ok(n) if n == line.len() => break,
+                Ok(n) => bail!("QMP getfd: short write ({n} of {})", line.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e).context("QMP getfd"),
+            }
+        }
+        loop {
+            let v = self.read_message().await?;
+            if v.get("return").is_some() {
+                return Ok(());
+            }
+            if let Some(e) = v.get("error") {
+                bail!(
+                    "QMP getfd: {}",
+                    e.get("desc").and_then(Value::as_str).unwrap_or("error")
+                );
+            }
+        }
+    }
+
     /// "running", "paused", … (QMP's `query-status`).
     pub async fn status(&mut self) -> anyhow::Result<String> {
         let v = self.execute("query-status", None).await?;
@@ -171,18 +209,46 @@ impl Qmp {
     }
 }
 
-/// `s` as one word for `/bin/sh` (QEMU runs `exec:` migration URIs through it).
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+/// A state file opened by the agent for QEMU: created private (0600) for a save, read-only for
+/// a load.
+fn open_state(path: &Path, write: bool) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    if write {
+        o.write(true).create(true).truncate(true).mode(0o600);
+    } else {
+        o.read(true);
+    }
+    o.open(path)
+        .with_context(|| format!("open {}", path.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::shell_quote;
-
-    #[test]
-    fn quotes_for_sh() {
-        assert_eq!(shell_quote("state.bin"), "'state.bin'");
-        assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+/// One `sendmsg` of `data` with `fd` attached (SCM_RIGHTS).
+fn send_with_fd(sock: RawFd, data: &[u8], fd: RawFd) -> std::io::Result<usize> {
+    // SAFETY: a msghdr over our buffers with one SCM_RIGHTS control message sized by the
+    // CMSG macros; sendmsg copies everything before returning.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let mut control = vec![0u8; space];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        let n = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 }

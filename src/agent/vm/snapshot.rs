@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::channel::{ChannelError, GuestChannel};
+use super::jail;
 use super::qemu::{self, Memory};
 use super::{Accel, BOOT_ATTEMPTS, BOOT_TIMEOUT, Qmp, now_unix_ms, write_atomic};
 use crate::agent::images::{Kernel, Template};
@@ -100,6 +101,10 @@ pub struct SnapshotMeta {
     /// Sandbox snapshots: the sandbox they were taken of.
     #[serde(default)]
     pub source_vm: Option<String>,
+    /// The network backend the state was saved with (`hub` or `tap`: interchangeable); none
+    /// in snapshots from user-mode networking, which no longer restore.
+    #[serde(default)]
+    pub netdev: Option<String>,
 }
 
 impl SnapshotMeta {
@@ -145,6 +150,11 @@ impl Snapshot {
 
     /// Why this QEMU cannot restore it, if it cannot.
     pub fn incompatible(&self, accel: &str, qemu_version: &str) -> Option<String> {
+        if self.meta.network && self.meta.netdev.is_none() {
+            return Some(
+                "it was made with user-mode networking, which sandboxes no longer use".into(),
+            );
+        }
         if self.meta.accel != accel {
             return Some(format!(
                 "it was made under {} and this host uses {accel}",
@@ -277,6 +287,8 @@ pub struct HostEnv {
     pub qemu_version: String,
     /// Cold boots allowed at once on this host (sandboxes and boot snapshots alike).
     pub boot_slots: Arc<tokio::sync::Semaphore>,
+    /// How template boots are confined (no network namespace: their device leads nowhere).
+    pub jail: jail::Jail,
 }
 
 #[derive(Default)]
@@ -511,7 +523,12 @@ impl BootSnapshots {
             id: &format!("{}-{}", template.name, shape.key()),
             vcpus: shape.vcpus,
             memory_mb: shape.memory_mb,
-            network: shape.network,
+            net: if shape.network {
+                qemu::NetDev::Hub
+            } else {
+                qemu::NetDev::None
+            },
+            confined: true,
             accel: &self.env.accel,
             tsc_khz: self.env.tsc_khz,
             memory: Memory::File {
@@ -527,7 +544,9 @@ impl BootSnapshots {
             .acquire()
             .await
             .context("boot slots closed")?;
-        let mut child = qemu::spawn(&tmp, &qemu::args(&spec), None)?;
+        let j = &self.env.jail;
+        jail::hand_over(&tmp, j.uid, j.gid, &[&layer, qemu::CONSOLE_LOG])?;
+        let mut child = qemu::spawn(&tmp, &qemu::args(&spec), None, Some(j), false)?;
         let pid = child.id().context("QEMU exited at once")?;
         guard.pid = Some(pid);
         self.reg().pids.insert(pid);
@@ -574,6 +593,7 @@ impl BootSnapshots {
         for f in [qemu::MEM, layer.as_str()] {
             read_only(&tmp.join(f))?;
         }
+        jail::reclaim(&tmp)?;
         let meta = SnapshotMeta {
             kind: "boot".into(),
             base: template.name.clone(),
@@ -587,6 +607,7 @@ impl BootSnapshots {
             created_unix_ms: now_unix_ms(),
             stamp: Some(stamp),
             source_vm: None,
+            netdev: Some("hub".into()),
         };
         write_atomic(
             &tmp.join(META),
@@ -653,9 +674,13 @@ fn template_stamp(template: &Template) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("stamp"))
 }
 
-/// Makes a frozen file read-only (its content is shared by every VM restored from it).
+/// Makes a frozen file root's and read-only (its content is shared by every VM restored from
+/// it; a VM's QEMU reads it through the link in its own folder, and nothing else can reach it
+/// below the data dir, which is root's alone).
 pub fn read_only(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::lchown(path, Some(0), Some(0))
+        .with_context(|| format!("chown {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
         .with_context(|| format!("chmod {}", path.display()))
 }

@@ -10,6 +10,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::sandboxes::{MAX_TIMEOUT_SEC, host_client, load, to_resp, vm_gone};
 use crate::proto::api::SandboxResponse;
+use crate::proto::net::EgressPolicy;
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, SandboxRow};
 use crate::server::state::SandboxStatus;
@@ -49,6 +50,48 @@ pub async fn pause(
         return Err(not_in(&s, SandboxStatus::Running, "pause"));
     }
     pause_row(&st, &s).await?;
+    reload(&st, &caller, &id).await
+}
+
+/// Replaces a running or paused sandbox's egress policy, on its host first.
+pub async fn set_network(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(mut policy): ApiJson<EgressPolicy>,
+) -> ApiResult<Json<SandboxResponse>> {
+    policy.validate().map_err(|(f, m)| ApiError::bad(f, m))?;
+    let s = load(&st, &caller, id.clone()).await?;
+    if s.egress.is_none() {
+        return Err(ApiError::conflict(
+            "no_network",
+            "the sandbox was created without a network device; its policy cannot be set",
+        ));
+    }
+    if !matches!(s.status, SandboxStatus::Running | SandboxStatus::Paused) {
+        return Err(ApiError::conflict(
+            "invalid_transition",
+            format!(
+                "cannot change the network of a sandbox that is {} (it must be running or paused)",
+                s.status
+            ),
+        ));
+    }
+    let (client, online) = host_client(&st, &s).await?;
+    if !online {
+        return Err(ApiError::HostFailed {
+            code: "host_unreachable",
+            message: "the sandbox's host is not online".into(),
+        });
+    }
+    let applied = client
+        .set_vm_network(&s.id, &policy)
+        .await
+        .map_err(vm_gone)?;
+    let sid = s.id.clone();
+    st.db
+        .call(move |c| sandboxes::set_egress(c, &sid, &applied))
+        .await?;
     reload(&st, &caller, &id).await
 }
 

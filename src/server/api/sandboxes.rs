@@ -11,6 +11,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use crate::ids::{is_valid, new_id};
 use crate::proto::agent::CreateVmRequest;
+use crate::proto::net::EgressPolicy;
 use crate::proto::api::{
     CreateSandboxRequest, ExecRequest, ExecResponse, SandboxListResponse, SandboxResponse,
 };
@@ -51,6 +52,7 @@ pub fn to_resp(s: SandboxRow) -> SandboxResponse {
         on_timeout: s.on_timeout,
         last_active_at: s.last_active_at,
         boot_kind: s.boot_kind,
+        network: s.egress,
     }
 }
 
@@ -166,6 +168,13 @@ pub async fn create(
     check_map("env", &env, true)?;
     let metadata = req.metadata.clone().unwrap_or_default();
     check_map("metadata", &metadata, false)?;
+    let mut egress = match &req.network {
+        None => Some(EgressPolicy::default()),
+        Some(setting) => setting.policy(),
+    };
+    if let Some(p) = &mut egress {
+        p.validate().map_err(|(f, m)| ApiError::bad(f, m))?;
+    }
     let on_timeout = req.on_timeout.clone().unwrap_or_else(|| "pause".into());
     if on_timeout != "pause" && on_timeout != "kill" {
         return Err(ApiError::bad("on_timeout", "must be pause or kill"));
@@ -207,7 +216,8 @@ pub async fn create(
         vcpus,
         memory_mb,
         timeout_sec,
-        network: req.network.unwrap_or(true),
+        network: egress.is_some(),
+        egress: egress.clone(),
         metadata,
         env: env.clone(),
         created_by: caller.user_id.clone(),
@@ -221,6 +231,7 @@ pub async fn create(
         memory_mb,
         env,
         network: new.network,
+        egress,
         cold_boot: req.cold_boot.unwrap_or(false),
     };
     st.db.call(move |c| sandboxes::insert(c, &new)).await?;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{DbError, DbResult, now, one};
+use crate::proto::net::EgressPolicy;
 use crate::server::state::SandboxStatus;
 
 #[derive(Debug, Clone)]
@@ -28,15 +29,19 @@ pub struct SandboxRow {
     pub on_timeout: String,
     pub last_active_at: Option<i64>,
     pub boot_kind: Option<String>,
+    /// The egress policy (None with no network device).
+    pub egress: Option<EgressPolicy>,
 }
 
 const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec, network,
-    metadata, env, boot_ms, created_at, started_at, ended_at, error, on_timeout, last_active_at, boot_kind";
+    metadata, env, boot_ms, created_at, started_at, ended_at, error, on_timeout, last_active_at, boot_kind, egress";
 
 fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
     let status: String = r.get(4)?;
     let metadata: String = r.get(9)?;
     let env: String = r.get(10)?;
+    let network: bool = r.get(8)?;
+    let egress: Option<String> = r.get(19)?;
     Ok(SandboxRow {
         id: r.get(0)?,
         team_id: r.get(1)?,
@@ -57,6 +62,11 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
         on_timeout: r.get(16)?,
         last_active_at: r.get(17)?,
         boot_kind: r.get(18)?,
+        egress: network.then(|| {
+            egress
+                .and_then(|e| serde_json::from_str(&e).ok())
+                .unwrap_or_default()
+        }),
     })
 }
 
@@ -73,14 +83,28 @@ pub struct NewSandbox {
     pub env: BTreeMap<String, String>,
     pub created_by: String,
     pub on_timeout: String,
+    pub egress: Option<EgressPolicy>,
+}
+
+/// Records a sandbox's new egress policy.
+pub fn set_egress(conn: &Connection, id: &str, egress: &EgressPolicy) -> DbResult<()> {
+    let json = serde_json::to_string(egress).unwrap_or_else(|_| "{}".into());
+    let n = conn.execute(
+        "UPDATE sandboxes SET egress = ?2 WHERE id = ?1",
+        params![id, json],
+    )?;
+    if n == 0 {
+        return Err(DbError::NotFound);
+    }
+    Ok(())
 }
 
 /// Inserts a sandbox already placed on a host, in `starting`.
 pub fn insert(conn: &Connection, s: &NewSandbox) -> DbResult<()> {
     conn.execute(
         "INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec,
-            network, metadata, env, created_by, created_at, on_timeout)
-         VALUES (?1, ?2, ?3, ?4, 'starting', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            network, metadata, env, created_by, created_at, on_timeout, egress)
+         VALUES (?1, ?2, ?3, ?4, 'starting', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             s.id,
             s.team_id,
@@ -94,7 +118,10 @@ pub fn insert(conn: &Connection, s: &NewSandbox) -> DbResult<()> {
             serde_json::to_string(&s.env).unwrap_or_else(|_| "{}".into()),
             s.created_by,
             now(),
-            s.on_timeout
+            s.on_timeout,
+            s.egress
+                .as_ref()
+                .and_then(|e| serde_json::to_string(e).ok()),
         ],
     )?;
     Ok(())
@@ -283,6 +310,7 @@ mod tests {
                     network: true,
                     metadata: BTreeMap::new(),
                     env: BTreeMap::new(),
+                    egress: Some(EgressPolicy::default()),
                     created_by: u.id.clone(),
                     on_timeout: "pause".into(),
                 },
