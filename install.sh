@@ -36,7 +36,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 install_packages() {
-  local pkgs=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs ca-certificates debootstrap debian-archive-keyring)
+  local pkgs=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs ca-certificates debootstrap debian-archive-keyring iproute2 nftables)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -54,7 +54,7 @@ install_packages() {
     ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate/{print $2}')
     say "retrying with qemu-utils=$ver to match qemu-system-x86"
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades --no-install-recommends \
-      qemu-system-x86 "qemu-utils=$ver" busybox-static cpio e2fsprogs ca-certificates debootstrap debian-archive-keyring \
+      qemu-system-x86 "qemu-utils=$ver" busybox-static cpio e2fsprogs ca-certificates debootstrap debian-archive-keyring iproute2 nftables \
       >/tmp/sandboxctl-apt.log 2>&1 || { tail -20 /tmp/sandboxctl-apt.log; die "apt-get install failed"; }
   fi
 }

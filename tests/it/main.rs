@@ -6,6 +6,7 @@ mod authz;
 mod common;
 mod e2e;
 mod fleet;
+mod isolation;
 mod oauth;
 mod sandboxes;
 mod snapshots;

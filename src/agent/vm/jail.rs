@@ -37,10 +37,13 @@ pub struct Jail {
     pub netns: Option<PathBuf>,
 }
 
+/// The descriptor the VM folder is held on while the data dir is hidden (a mount can only be
+/// bound from the caller's own mount namespace, so it is opened after the unshare).
+const DIR_FD: i32 = 4;
+
 /// What the child needs, prepared before the fork (no allocation after it).
 pub struct Prepared {
     netns: Option<OwnedFd>,
-    dir_fd: OwnedFd,
     dir_proc: CString,
     dir: CString,
     ancestors: Vec<CString>,
@@ -64,19 +67,6 @@ impl Jail {
         };
         let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).context("path with a NUL byte");
         let dir_c = c(&dir)?;
-        // SAFETY: open(2) on a NUL-terminated path; the fd is owned below.
-        let raw = unsafe {
-            libc::open(
-                dir_c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("open {}", dir.display()));
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let dir_fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
         let mut hidden = Vec::new();
         let mut paths: Vec<PathBuf> = self
             .hidden
@@ -98,9 +88,7 @@ impl Jail {
         }
         Ok(Prepared {
             netns,
-            dir_proc: CString::new(format!("/proc/self/fd/{}", dir_fd.as_raw_fd()))
-                .expect("no NUL"),
-            dir_fd,
+            dir_proc: CString::new(format!("/proc/self/fd/{DIR_FD}")).expect("no NUL"),
             dir: dir_c,
             ancestors,
             hidden,
@@ -180,6 +168,16 @@ impl Prepared {
             {
                 return Err(fail(b"make mounts private"));
             }
+            let fd = libc::open(self.dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
+            if fd < 0 {
+                return Err(fail(b"open the VM folder"));
+            }
+            if fd != DIR_FD {
+                if libc::dup2(fd, DIR_FD) < 0 {
+                    return Err(fail(b"dup2 the VM folder"));
+                }
+                libc::close(fd);
+            }
             for h in &self.hidden {
                 if libc::mount(
                     self.tmpfs.as_ptr(),
@@ -214,10 +212,10 @@ impl Prepared {
             {
                 return Err(fail(b"bind the VM folder"));
             }
+            libc::close(DIR_FD);
             if libc::chdir(self.dir.as_ptr()) != 0 {
                 return Err(fail(b"chdir"));
             }
-            let _ = &self.dir_fd;
             if libc::setgroups(0, std::ptr::null()) != 0 {
                 return Err(fail(b"setgroups"));
             }
