@@ -11,9 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::vm::{VmError, VmManager};
-use crate::proto::net::EgressPolicy;
 use crate::proto::agent::{CreateVmRequest, VmInfo, VmListResponse};
 use crate::proto::api::{ErrorBody, ErrorDetail, ExecRequest, ExecResponse};
+use crate::proto::net::EgressPolicy;
 use crate::server::api::extract::parse_json;
 use crate::server::auth::AgentCallVerifier;
 

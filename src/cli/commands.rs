@@ -392,8 +392,16 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                     "{}: internet {}, allow {}, deny {}",
                     s.id,
                     if p.internet { "open" } else { "closed" },
-                    if p.allow_out.is_empty() { "-".into() } else { p.allow_out.join(",") },
-                    if p.deny_out.is_empty() { "-".into() } else { p.deny_out.join(",") },
+                    if p.allow_out.is_empty() {
+                        "-".into()
+                    } else {
+                        p.allow_out.join(",")
+                    },
+                    if p.deny_out.is_empty() {
+                        "-".into()
+                    } else {
+                        p.deny_out.join(",")
+                    },
                 );
             }
         }

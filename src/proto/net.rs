@@ -159,7 +159,14 @@ mod tests {
         assert_eq!(Cidr::parse("1.2.3.4").unwrap().to_string(), "1.2.3.4/32");
         assert_eq!(Cidr::parse("fd00::1/8").unwrap().to_string(), "fd00::/8");
         assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
-        for bad in ["", "10.0.0.0/33", "::/129", "example.com", "1.2.3.4/x", "1.2.3/8"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "example.com",
+            "1.2.3.4/x",
+            "1.2.3/8",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
         let c = Cidr::parse("192.168.0.0/16").unwrap();

@@ -71,8 +71,12 @@ impl Forwarder {
                 let socket = socket.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Ok(Some(answer)) = ask(upstream, &query).await {
-                        let _ = socket.send_to(&answer, from).await;
+                    match ask(upstream, &query).await {
+                        Ok(Some(answer)) => {
+                            let _ = socket.send_to(&answer, from).await;
+                        }
+                        Ok(None) => tracing::debug!(%upstream, "DNS upstream did not answer"),
+                        Err(e) => tracing::debug!(%upstream, error = %e, "DNS upstream"),
                     }
                 });
             }

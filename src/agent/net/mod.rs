@@ -104,13 +104,13 @@ impl Network {
             None => dns::system_resolver(),
         };
         if upstream.is_none() {
-            tracing::warn!("no DNS resolver found in /etc/resolv.conf; sandboxes will not resolve names (set --sandbox-dns)");
+            tracing::warn!(
+                "no DNS resolver found in /etc/resolv.conf; sandboxes will not resolve names (set --sandbox-dns)"
+            );
         }
-        let canon = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        let tag = crate::crypto::sha256_hex(canon.to_string_lossy().as_bytes())[..6].to_string();
         Ok(Network {
             cfg,
-            tag,
+            tag: agent_tag(data_dir),
             upstream,
             slots: Mutex::new(BTreeSet::new()),
             dns: Mutex::new(HashMap::new()),
@@ -349,6 +349,35 @@ impl Network {
         v.sort();
         v
     }
+}
+
+/// What names an agent's namespaces: a digest of its data dir (`sbx-<tag>-<vm id>`).
+pub fn agent_tag(data_dir: &Path) -> String {
+    let canon = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    crate::crypto::sha256_hex(canon.to_string_lossy().as_bytes())[..6].to_string()
+}
+
+/// Removes every namespace of the agent whose data dir is `data_dir` (tests and `agent
+/// cleanup`: its VMs must be gone already).
+pub fn remove_namespaces_of(data_dir: &Path) -> usize {
+    let prefix = format!("sbx-{}-", agent_tag(data_dir));
+    let names: Vec<String> = std::fs::read_dir(NETNS_DIR)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    names
+        .iter()
+        .filter(|n| {
+            std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .count()
 }
 
 /// Runs `f` on a fresh thread that has entered the namespace at `path` (a thread of its own:

@@ -116,9 +116,8 @@ pub fn sandbox_table(policy: &EgressPolicy, pool: &Cidr, operator: &OperatorPoli
     let mut deny: Vec<String> = DEFAULT_DENY_V4.iter().map(|s| s.to_string()).collect();
     deny.extend(v4(&policy.deny_out));
 
-    let mut s = String::from(
-        "table inet sandbox\nflush table inet sandbox\ntable inet sandbox {\n",
-    );
+    let mut s =
+        String::from("table inet sandbox\nflush table inet sandbox\ntable inet sandbox {\n");
     set(&mut s, "closed", &closed);
     set(&mut s, "allow", &allow);
     set(&mut s, "deny", &deny);
@@ -168,7 +167,11 @@ mod tests {
 
     #[test]
     fn default_policy_closes_private_and_metadata_ranges() {
-        let t = sandbox_table(&EgressPolicy::default(), &pool(), &OperatorPolicy::default());
+        let t = sandbox_table(
+            &EgressPolicy::default(),
+            &pool(),
+            &OperatorPolicy::default(),
+        );
         assert!(t.contains("169.254.0.0/16"));
         assert!(t.contains("127.0.0.0/8"));
         assert!(t.contains("10.213.0.0/16"), "the pool is closed");

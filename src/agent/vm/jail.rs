@@ -21,7 +21,8 @@ use anyhow::Context;
 
 /// QEMU's seccomp filter: no obsolete calls, no set*id, no fork/exec, no scheduler/affinity
 /// changes.
-pub const SANDBOX_ARG: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+pub const SANDBOX_ARG: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// The descriptor number the tap is handed over on (`-netdev tap,fd=3`).
 pub const TAP_FD: i32 = 3;

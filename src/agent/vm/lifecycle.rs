@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::snapshot::{self, STATE_LIMIT, SnapshotMeta};
 use super::jail;
+use super::snapshot::{self, STATE_LIMIT, SnapshotMeta};
 use super::templates::{self, TemplateError};
 use super::{
     INCOMING, Qmp, RESTORE_TIMEOUT, STATE_TMP, Vm, VmError, VmInfo, VmManager, VmState,

@@ -49,9 +49,9 @@ pub use crate::proto::api::{ExecRequest, ExecResponse};
 
 use crate::agent::images::{self, Kernel, MINIMAL, Template};
 use crate::agent::net::{Network, SandboxNet};
-use crate::proto::net::EgressPolicy;
 use crate::proto::api::json_text_capped;
 use crate::proto::guest::{ExecStart, Init};
+use crate::proto::net::EgressPolicy;
 use channel::{ChannelError, GuestChannel};
 pub use qmp::Qmp;
 use snapshot::{BootSnapshots, HostEnv, STATE_LIMIT, Shape, Snapshot};
@@ -555,7 +555,11 @@ impl VmManager {
             let name = e.file_name().to_string_lossy().into_owned();
             match self.reattach(&name, &dir).await {
                 Ok(vm) => {
-                    if let Some(n) = vm.record.uid.and_then(|u| u.checked_sub(self.cfg.jail.uid_base + 1)) {
+                    if let Some(n) = vm
+                        .record
+                        .uid
+                        .and_then(|u| u.checked_sub(self.cfg.jail.uid_base + 1))
+                    {
                         self.uids().insert(n);
                     }
                     self.reattach_net(&vm).await;
@@ -605,7 +609,11 @@ impl VmManager {
     }
 
     /// Replaces a sandbox's egress policy; it applies at once to new connections.
-    pub async fn set_network(&self, id: &str, mut policy: EgressPolicy) -> Result<EgressPolicy, VmError> {
+    pub async fn set_network(
+        &self,
+        id: &str,
+        mut policy: EgressPolicy,
+    ) -> Result<EgressPolicy, VmError> {
         policy.validate().map_err(|(f, m)| bad(f, m))?;
         let vm = self.lookup(id)?;
         let Some(mut place) = vm.net_place() else {
@@ -789,9 +797,7 @@ impl VmManager {
                 s.meta.base.clone()
             }
         };
-        let mut policy = req
-            .network
-            .then(|| req.egress.clone().unwrap_or_default());
+        let mut policy = req.network.then(|| req.egress.clone().unwrap_or_default());
         if let Some(p) = &mut policy {
             p.validate().map_err(|(f, m)| bad(f, m))?;
         }
@@ -804,7 +810,9 @@ impl VmManager {
                 Ok(n) => Some(n),
                 Err(e) => {
                     self.release_uid(uid);
-                    return Err(VmError::Internal(e.context("setting up the sandbox network")));
+                    return Err(VmError::Internal(
+                        e.context("setting up the sandbox network"),
+                    ));
                 }
             },
             None => None,
@@ -1017,12 +1025,14 @@ impl VmManager {
             uid: vm.uid(),
             gid: vm.uid(),
             hidden: hidden_dirs(&self.cfg),
-            netns: vm
-                .record
-                .network
-                .then(|| self.net.netns_path(&vm.id)),
+            netns: vm.record.network.then(|| self.net.netns_path(&vm.id)),
         };
-        jail::hand_over(&vm.dir, jail.uid, jail.gid, &[qemu::DISK, qemu::CONSOLE_LOG])?;
+        jail::hand_over(
+            &vm.dir,
+            jail.uid,
+            jail.gid,
+            &[qemu::DISK, qemu::CONSOLE_LOG],
+        )?;
         let mut child = qemu::spawn(
             &vm.dir,
             &args,

@@ -171,14 +171,15 @@ impl Qmp {
     /// Hands `fd` to QEMU under `name` (QMP `getfd`, the descriptor travelling as SCM_RIGHTS
     /// with the command): a confined QEMU opens no files itself.
     pub async fn send_fd(&mut self, name: &str, fd: RawFd) -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(
-            &json!({ "execute": "getfd", "arguments": { "fdname": name } }),
-        )?;
+        let mut line =
+            serde_json::to_vec(&json!({ "execute": "getfd", "arguments": { "fdname": name } }))?;
         line.push(b'\n');
         let sock = self.writer.as_ref();
         loop {
             sock.writable().await?;
-            match sock.try_io(tokio::io::Interest::WRITABLE, || send_with_fd(sock.as_raw_fd(), &line, fd)) {
+            match sock.try_io(tokio::io::Interest::WRITABLE, || {
+                send_with_fd(sock.as_raw_fd(), &line, fd)
+            }) {
                 Ok(n) if n == line.len() => break,
                 Ok(n) => bail!("QMP getfd: short write ({n} of {})", line.len()),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,

@@ -11,10 +11,10 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use crate::ids::{is_valid, new_id};
 use crate::proto::agent::CreateVmRequest;
-use crate::proto::net::EgressPolicy;
 use crate::proto::api::{
     CreateSandboxRequest, ExecRequest, ExecResponse, SandboxListResponse, SandboxResponse,
 };
+use crate::proto::net::EgressPolicy;
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, NewSandbox, SandboxRow};
 use crate::server::db::{DbError, hosts};

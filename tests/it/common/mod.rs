@@ -312,6 +312,8 @@ impl Drop for TestAgent {
                 libc::kill(pid as i32, libc::SIGKILL);
             }
         }
+        // And so must their network namespaces (a test that failed left its sandboxes).
+        sandboxctl::agent::net::remove_namespaces_of(self.dir.path());
         if std::env::var_os("TEST_LOG").is_some() {
             eprintln!("--- agent log ---\n{}", self.log());
         }
