@@ -142,10 +142,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         }
         Command::Agent(AgentCommand::Check { vm, only }) => {
             init_logs("warn");
+            let net = vm.net_config();
             let verdicts = agent::vm::check::check(&agent::vm::check::CheckConfig {
+                net,
                 kernel_dir: vm.kernel_dir,
                 accel: vm.accel.into(),
                 cgroup_root: vm.cgroup_root,
+                vm_uid_base: vm.vm_uid_base,
                 only,
             })
             .await;

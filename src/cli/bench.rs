@@ -145,6 +145,7 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
     // Bare QEMU with the same images, no server or agent in the way.
     let mut bare_cold = Vec::new();
     let mut bare_restore = Vec::new();
+    let mut net_rows = Vec::new();
     if let Some(dir) = &a.agent_data_dir {
         eprintln!("bench: {} bare QEMU restores…", a.runs);
         for _ in 0..a.runs {
@@ -155,6 +156,20 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
                     break;
                 }
             }
+        }
+        eprintln!("bench: {} sandbox network setups…", a.runs);
+        match crate::agent::net::bench_setup(Default::default(), a.runs).await {
+            Ok((setup, teardown)) => {
+                let s: Vec<f64> = setup.into_iter().map(ms).collect();
+                let t: Vec<f64> = teardown.into_iter().map(ms).collect();
+                net_rows.push(row(
+                    "network setup per create (agent: namespace, veth, tap, nftables, DNS)",
+                    &s,
+                    "part of every create with a network",
+                ));
+                net_rows.push(row("network teardown per delete (agent)", &t, ""));
+            }
+            Err(e) => eprintln!("bench: network setup failed: {e:#}"),
         }
         eprintln!("bench: {} bare QEMU cold boots…", a.runs.min(5));
         for _ in 0..a.runs.min(5) {
@@ -199,6 +214,7 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
             "",
         ));
     }
+    rows.extend(net_rows);
     if !bare_cold.is_empty() {
         rows.push(row(
             "bare QEMU cold boot → guest answers (baseline)",

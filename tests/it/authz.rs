@@ -348,6 +348,13 @@ fn rows() -> Vec<Row> {
             [401, 401, 401, 409, 404, 404, 409, 409, 409],
         ),
         r(
+            M::PUT,
+            "/v1/sandboxes/{id}/network",
+            "/v1/sandboxes/{sbx}/network",
+            Some(r#"{"internet":true}"#),
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
             M::GET,
             "/v1/sandboxes/{id}/logs",
             "/v1/sandboxes/{sbx}/logs",

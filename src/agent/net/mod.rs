@@ -351,6 +351,33 @@ impl Network {
     }
 }
 
+/// Times `runs` sandbox network setups and teardowns exactly as the agent makes them (default
+/// policy), under a scratch agent identity: (setup, teardown) durations, for the bench.
+pub async fn bench_setup(
+    cfg: NetConfig,
+    runs: usize,
+) -> anyhow::Result<(Vec<std::time::Duration>, Vec<std::time::Duration>)> {
+    let dir = std::env::temp_dir().join(format!("sandboxctl-bench-net-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = async {
+        let net = Network::start(cfg, &dir).await?;
+        let (mut setup, mut teardown) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            let id = format!("sbx_benchnet{i}");
+            let t = Instant::now();
+            let place = net.create(&id, &EgressPolicy::default()).await?;
+            setup.push(t.elapsed());
+            let t = Instant::now();
+            net.destroy(&id, Some(&place)).await;
+            teardown.push(t.elapsed());
+        }
+        anyhow::Ok((setup, teardown))
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// What names an agent's namespaces: a digest of its data dir (`sbx-<tag>-<vm id>`).
 pub fn agent_tag(data_dir: &Path) -> String {
     let canon = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());

@@ -47,13 +47,25 @@ pub struct OperatorPolicy {
     pub deny: Vec<Cidr>,
 }
 
+/// The host table's name: one per pool, so agents (and checks) with other pools on the same
+/// host never replace each other's.
+pub fn host_table_name(pool: &Cidr) -> String {
+    let p: String = pool
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("sandboxctl_{p}")
+}
+
 /// The host's table. Idempotent: `table` is created if missing, then flushed and refilled.
 pub fn host_table(pool: &Cidr) -> String {
     let p = HOST_IFACE_PREFIX;
+    let t = host_table_name(pool);
     format!(
-        "table inet sandboxctl\n\
-         flush table inet sandboxctl\n\
-         table inet sandboxctl {{\n\
+        "table inet {t}\n\
+         flush table inet {t}\n\
+         table inet {t} {{\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority -5; policy accept;\n\
          \t\tiifname \"{p}*\" drop\n\
@@ -214,5 +226,6 @@ mod tests {
         let t = host_table(&pool());
         assert!(t.contains("iifname \"sbx*\" drop"));
         assert!(t.contains("ip saddr 10.213.0.0/16 oifname != \"sbx*\" masquerade"));
+        assert!(t.starts_with("table inet sandboxctl_10_213_0_0_16\n"));
     }
 }

@@ -96,7 +96,14 @@ pub async fn bare_restore(
             confined: false,
             accel: &accel,
             tsc_khz: qemu::host_tsc_khz(),
-            memory: qemu::Memory::restored(snap.meta.memory_file),
+            memory: if snap.meta.memory_file {
+                qemu::Memory::File {
+                    path: qemu::MEM,
+                    shared: false,
+                }
+            } else {
+                qemu::Memory::Anonymous
+            },
             disk: qemu::DISK,
             incoming: true,
         };

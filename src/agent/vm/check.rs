@@ -15,6 +15,10 @@ pub enum CheckPart {
     Qemu,
     Accel,
     Cgroups,
+    /// A sandbox network namespace made and removed for real.
+    Network,
+    /// A QEMU started confined (uid, seccomp, no_new_privs, mount namespace) and inspected.
+    Confinement,
 }
 
 #[derive(Debug, Clone)]
@@ -22,6 +26,9 @@ pub struct CheckConfig {
     pub kernel_dir: PathBuf,
     pub accel: AccelChoice,
     pub cgroup_root: CgroupChoice,
+    /// The uid confined QEMUs run as.
+    pub vm_uid_base: u32,
+    pub net: crate::agent::net::NetConfig,
     /// Only these parts (all when empty).
     pub only: Vec<CheckPart>,
 }
@@ -41,6 +48,8 @@ impl std::fmt::Display for Verdict {
             CheckPart::Qemu => "qemu",
             CheckPart::Accel => "accel",
             CheckPart::Cgroups => "cgroups",
+            CheckPart::Network => "network",
+            CheckPart::Confinement => "confinement",
         };
         let mark = if self.ok { "ok  " } else { "FAIL" };
         write!(f, "{mark} {part}: {}", self.what)
@@ -123,6 +132,37 @@ pub async fn check(cfg: &CheckConfig) -> Vec<Verdict> {
                 },
             });
         }
+    }
+    if wanted(CheckPart::Network) {
+        out.push(match crate::agent::net::bench_setup(cfg.net.clone(), 1).await {
+            Ok((setup, _)) => Verdict {
+                part: CheckPart::Network,
+                ok: true,
+                what: format!(
+                    "a sandbox network namespace (veth, tap, nftables rules, DNS) made in {} ms and removed",
+                    setup.first().map(|d| d.as_millis()).unwrap_or(0)
+                ),
+            },
+            Err(e) => Verdict {
+                part: CheckPart::Network,
+                ok: false,
+                what: format!("{e:#}"),
+            },
+        });
+    }
+    if wanted(CheckPart::Confinement) {
+        out.push(match super::jail::self_test(cfg.vm_uid_base).await {
+            Ok(seen) => Verdict {
+                part: CheckPart::Confinement,
+                ok: true,
+                what: seen,
+            },
+            Err(e) => Verdict {
+                part: CheckPart::Confinement,
+                ok: false,
+                what: format!("{e:#}"),
+            },
+        });
     }
     out
 }

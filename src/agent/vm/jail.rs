@@ -16,8 +16,11 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
+
+use super::ram;
 
 /// QEMU's seccomp filter: no obsolete calls, no set*id, no fork/exec, no scheduler/affinity
 /// changes.
@@ -36,6 +39,8 @@ pub struct Jail {
     pub hidden: Vec<PathBuf>,
     /// The VM's network namespace (`/run/netns/…`), with the tap to open inside it.
     pub netns: Option<PathBuf>,
+    /// The sealed RAM image it restores from, handed over as [`ram::RAM_FD`].
+    pub ram: Option<Arc<OwnedFd>>,
 }
 
 /// The descriptor the VM folder is held on while the data dir is hidden (a mount can only be
@@ -45,6 +50,7 @@ const DIR_FD: i32 = 4;
 /// What the child needs, prepared before the fork (no allocation after it).
 pub struct Prepared {
     netns: Option<OwnedFd>,
+    ram: Option<Arc<OwnedFd>>,
     dir_proc: CString,
     dir: CString,
     ancestors: Vec<CString>,
@@ -89,6 +95,7 @@ impl Jail {
         }
         Ok(Prepared {
             netns,
+            ram: self.ram.clone(),
             dir_proc: CString::new(format!("/proc/self/fd/{DIR_FD}")).expect("no NUL"),
             dir: dir_c,
             ancestors,
@@ -154,6 +161,12 @@ impl Prepared {
                         }
                         libc::close(fd);
                     }
+                }
+            }
+            if let Some(ram) = &self.ram {
+                // dup2 leaves the copy open across exec (the original is close-on-exec).
+                if libc::dup2(ram.as_raw_fd(), ram::RAM_FD) < 0 {
+                    return Err(fail(b"dup2 the RAM image"));
                 }
             }
             if libc::unshare(libc::CLONE_NEWNS) != 0 {
@@ -256,4 +269,78 @@ pub fn hand_over(dir: &Path, uid: u32, gid: u32, names: &[&str]) -> anyhow::Resu
 pub fn reclaim(dir: &Path) -> anyhow::Result<()> {
     std::os::unix::fs::chown(dir, Some(0), Some(0))
         .with_context(|| format!("chown {}", dir.display()))
+}
+
+/// Starts a QEMU confined as VMs are (no guest: `-M none -S`) in a scratch data dir, reads back
+/// what confines it and ends it. Returns what was seen, for `sandboxctl agent check`.
+pub async fn self_test(uid: u32) -> anyhow::Result<String> {
+    let data = std::env::temp_dir().join(format!("sandboxctl-check-{}", std::process::id()));
+    let dir = data.join("vms").join("sbx_check");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(data.join("secret"))?;
+    let result = async {
+        hand_over(&dir, uid, uid, &[])?;
+        let jail = Jail {
+            uid,
+            gid: uid,
+            hidden: vec![data.clone()],
+            netns: None,
+            ram: None,
+        };
+        let args: Vec<String> = [
+            "-M",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+            "-qmp",
+            "unix:qmp.sock,server=on,wait=off",
+            "-sandbox",
+            SANDBOX_ARG,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut child = super::qemu::spawn(&dir, &args, None, Some(&jail), false)?;
+        let pid = child.id().context("QEMU exited at once")?;
+        let seen = async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !dir.join("qmp.sock").exists() {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "QEMU did not start: {}",
+                    super::qemu::console_tail(&dir, 3)
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+                    .unwrap_or_default()
+            };
+            let view: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root{}", data.display()))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            anyhow::ensure!(field("Uid:") == uid.to_string(), "QEMU runs as uid {}", field("Uid:"));
+            anyhow::ensure!(field("Seccomp:") == "2", "no seccomp filter (Seccomp: {})", field("Seccomp:"));
+            anyhow::ensure!(field("NoNewPrivs:") == "1", "no_new_privs is off");
+            anyhow::ensure!(field("CapEff:").trim_start_matches('0').is_empty(), "capabilities left: {}", field("CapEff:"));
+            anyhow::ensure!(view == ["vms"], "QEMU sees {view:?} in the data dir");
+            anyhow::Ok(format!(
+                "QEMU ran as uid {uid} with no capabilities, no_new_privs and its seccomp filter, seeing only its own folder"
+            ))
+        }
+        .await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        seen
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&data);
+    result
 }

@@ -28,6 +28,7 @@ pub mod jail;
 mod lifecycle;
 mod qemu;
 mod qmp;
+mod ram;
 pub mod snapshot;
 mod sock;
 pub mod stream;
@@ -391,6 +392,8 @@ pub struct VmManager {
     builds: Arc<templates::BaseBuilds>,
     templates_lock: tokio::sync::RwLock<()>,
     net: Network,
+    /// Sealed RAM images of snapshots, shared by the VMs restored from them.
+    ram: ram::RamCache,
     /// VM numbers in use (uid `uid_base + 1 + n`).
     uids: Mutex<std::collections::BTreeSet<u32>>,
 }
@@ -447,6 +450,7 @@ impl VmManager {
                 gid: cfg.jail.uid_base,
                 hidden: hidden_dirs(&cfg),
                 netns: None,
+                ram: None,
             },
         }));
         let mgr = VmManager {
@@ -464,6 +468,7 @@ impl VmManager {
             kernel,
             vms: Mutex::new(HashMap::new()),
             net,
+            ram: Default::default(),
             uids: Mutex::new(Default::default()),
         };
         mgr.rediscover().await;
@@ -1026,6 +1031,14 @@ impl VmManager {
             gid: vm.uid(),
             hidden: hidden_dirs(&self.cfg),
             netns: vm.record.network.then(|| self.net.netns_path(&vm.id)),
+            ram: match spec.memory {
+                qemu::Memory::File { shared: false, .. } => Some(
+                    self.ram
+                        .get(&vm.dir.join(qemu::MEM))
+                        .context("the snapshot's RAM image")?,
+                ),
+                _ => None,
+            },
         };
         jail::hand_over(
             &vm.dir,

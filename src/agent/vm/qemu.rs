@@ -45,12 +45,13 @@ pub enum Memory<'a> {
 }
 
 impl Memory<'static> {
-    /// A sandbox restored from a snapshot: its RAM file mapped privately when the snapshot has
-    /// one, else anonymous memory the state stream fills.
+    /// A sandbox restored from a snapshot: its RAM image (a sealed copy of the snapshot's RAM
+    /// file, see [`super::ram`]) mapped privately when the snapshot has one, else anonymous
+    /// memory the state stream fills.
     pub fn restored(memory_file: bool) -> Memory<'static> {
         if memory_file {
             Memory::File {
-                path: MEM,
+                path: super::ram::RAM_PATH,
                 shared: false,
             }
         } else {
