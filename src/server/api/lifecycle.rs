@@ -12,6 +12,7 @@ use super::sandboxes::{MAX_TIMEOUT_SEC, host_client, load, to_resp, vm_gone};
 use crate::proto::api::SandboxResponse;
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, SandboxRow};
+use crate::server::pool::read_capped;
 use crate::server::state::SandboxStatus;
 
 fn not_in(s: &SandboxRow, want: SandboxStatus, verb: &str) -> ApiError {
@@ -151,9 +152,8 @@ pub async fn logs(
         )
         .await
         .map_err(vm_gone)?;
-    let text = resp
-        .bytes()
+    let text = read_capped(resp, tail as usize + (64 << 10))
         .await
-        .map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
+        .map_err(ApiError::from)?;
     Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
