@@ -14,13 +14,15 @@ use crate::proto::agent::{
     BuildTemplateRequest, CreateVmRequest, MAX_LISTING_BYTES, SnapshotVmRequest, TemplateInfo,
     TemplateListResponse, VmInfo, VmListResponse,
 };
-use crate::proto::api::{ErrorBody, ExecRequest, ExecResponse};
+use crate::proto::api::{EXEC_OUTPUT_CAP, ErrorBody, ExecRequest, ExecResponse};
 use crate::server::auth::TokenKeys;
 
 /// Largest JSON answer read from an agent.
 pub const MAX_JSON_ANSWER: usize = 4 << 20;
 /// Largest directory listing read from an agent: the agent's own bound, plus room for the framing.
 pub const MAX_LISTING_ANSWER: usize = MAX_LISTING_BYTES as usize + (1 << 20);
+/// Largest one-shot exec answer: two streams of at most `EXEC_OUTPUT_CAP` bytes of JSON text each.
+pub const MAX_EXEC_ANSWER: usize = 2 * EXEC_OUTPUT_CAP + (64 << 10);
 /// Largest error answer read from an agent.
 pub const MAX_ERROR_ANSWER: usize = 64 << 10;
 
@@ -177,6 +179,19 @@ impl AgentClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<Option<T>, AgentError> {
+        self.call_limited(method, path, body, timeout, MAX_JSON_ANSWER)
+            .await
+    }
+
+    /// A JSON call whose answer may be up to `limit` bytes.
+    async fn call_limited<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Option<T>, AgentError> {
         let body = match body {
             Some(b) => CallBody::Json(
                 serde_json::to_vec(b)
@@ -188,7 +203,7 @@ impl AgentClient {
         if resp.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        read_json(resp, MAX_JSON_ANSWER).await.map(Some)
+        read_json(resp, limit).await.map(Some)
     }
 
     fn expect<T>(v: Option<T>) -> Result<T, AgentError> {
@@ -345,13 +360,14 @@ impl AgentClient {
     }
 
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
-        let limit = Duration::from_secs(req.timeout_sec.unwrap_or(60) + 30);
+        let wait = Duration::from_secs(req.timeout_sec.unwrap_or(60) + 30);
         let r = self
-            .call(
+            .call_limited(
                 reqwest::Method::POST,
                 &format!("/v1/vms/{id}/exec"),
                 Some(req),
-                limit,
+                wait,
+                MAX_EXEC_ANSWER,
             )
             .await?;
         Self::expect(r)
