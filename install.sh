@@ -84,15 +84,19 @@ install_kernel() {
   fi
   say "fetching the guest kernel (Debian cloud kernel) into $KERNEL_DIR"
   local tmp meta real
+  # A private folder (mktemp -d makes it 0700), removed however the script ends. apt would drop to
+  # its `_apt` user to download, which cannot write here: as root, it downloads as root instead.
   tmp=$(mktemp -d)
-  chmod 777 "$tmp"
-  (cd "$tmp" && apt-get download linux-image-cloud-amd64 >/dev/null 2>&1) \
-    || { $SUDO apt-get update -qq; (cd "$tmp" && apt-get download linux-image-cloud-amd64 >/dev/null 2>&1); } \
+  KERNEL_TMP=$tmp
+  trap 'rm -rf "${KERNEL_TMP:-}"' EXIT
+  local download=(apt-get -o APT::Sandbox::User=root download)
+  (cd "$tmp" && "${download[@]}" linux-image-cloud-amd64 >/dev/null 2>&1) \
+    || { $SUDO apt-get update -qq; (cd "$tmp" && "${download[@]}" linux-image-cloud-amd64 >/dev/null 2>&1); } \
     || die "could not download linux-image-cloud-amd64"
   meta=$(ls "$tmp"/linux-image-cloud-amd64_*.deb)
   real=$(dpkg-deb -f "$meta" Depends | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*cloud-amd64' | head -1)
   [ -n "$real" ] || die "cannot tell which kernel linux-image-cloud-amd64 depends on"
-  (cd "$tmp" && apt-get download "$real" >/dev/null 2>&1) || die "could not download $real"
+  (cd "$tmp" && "${download[@]}" "$real" >/dev/null 2>&1) || die "could not download $real"
   mkdir -p "$tmp/x"
   dpkg-deb -x "$tmp"/"$real"_*.deb "$tmp/x"
   local ver=${real#linux-image-}
@@ -104,6 +108,7 @@ install_kernel() {
   $SUDO rm -rf "$KERNEL_DIR"
   $SUDO mv "$KERNEL_DIR.new" "$KERNEL_DIR"
   rm -rf "$tmp"
+  KERNEL_TMP=""
   say "guest kernel $ver installed"
 }
 

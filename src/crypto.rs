@@ -1,6 +1,8 @@
 //! Random tokens, hashing, constant-time comparison, passwords and the Ed25519 keys that sign
 //! server → agent calls. Everything secret-shaped goes through here.
 
+pub mod agent_call;
+
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

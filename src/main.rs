@@ -108,6 +108,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 local_agent,
                 github,
                 max_file_bytes: a.max_file_bytes,
+                allow_private_agent_addresses: a.allow_private_agent_addresses,
             })
             .await?;
             Ok(0)

@@ -1,9 +1,10 @@
 //! What the server calls on an agent. Every route demands a token signed by the server's key
-//! (pinned at registration) with this host's id as audience; anything else gets 401.
+//! (pinned at registration) with this host's id as audience, bound to the request's method, path
+//! and body and used once (see [`crate::crypto::agent_call`]); anything else gets 401.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -11,17 +12,27 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::vm::{VmError, VmManager};
+use crate::crypto::agent_call::{CallBinding, CallRefused, CallVerifier, unix_now};
 use crate::proto::agent::{CreateVmRequest, VmInfo, VmListResponse};
 use crate::proto::api::{ErrorBody, ErrorDetail, ExecRequest, ExecResponse};
 use crate::proto::net::EgressPolicy;
 use crate::server::api::extract::parse_json;
-use crate::server::auth::AgentCallVerifier;
 
 #[derive(Clone)]
 pub struct AgentState {
     pub vms: Arc<VmManager>,
-    pub verifier: Arc<AgentCallVerifier>,
+    pub verifier: Arc<CallVerifier>,
 }
+
+/// The routes that take a streamed body, which a call binds to the fixed "streamed" value instead
+/// of a digest: (method, route). Every other route gets its body digested and compared.
+const STREAMED_ROUTES: [(&str, &str); 2] = [
+    ("PUT", "/v1/vms/{id}/files"),
+    ("PUT", "/v1/templates/{name}/image"),
+];
+
+/// Largest body of a call whose body is digested (the JSON routes).
+const MAX_SIGNED_BODY: usize = 2 << 20;
 
 pub fn error(status: StatusCode, code: &str, message: String, field: Option<String>) -> Response {
     (
@@ -79,21 +90,69 @@ impl IntoResponse for AgentApiError {
 }
 
 async fn require_server(State(st): State<AgentState>, req: Request, next: Next) -> Response {
-    let ok = req
+    match check_call(&st.verifier, req).await {
+        Ok(req) => next.run(req).await,
+        Err(resp) => resp,
+    }
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing, invalid or expired credentials".into(),
+        None,
+    )
+}
+
+/// The request, its body read back in when it was digested, if its token is good for it.
+async fn check_call(verifier: &CallVerifier, req: Request) -> Result<Request, Response> {
+    let refused = |why: CallRefused| {
+        tracing::warn!(reason = %why, "refused a call");
+        unauthorized()
+    };
+    let token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| st.verifier.verify(t.trim()));
-    if !ok {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing, invalid or expired credentials".into(),
-            None,
-        );
-    }
-    next.run(req).await
+        .map(|t| t.trim().to_string())
+        .ok_or_else(unauthorized)?;
+    let claims = verifier.claims(&token).map_err(refused)?;
+    let method = req.method().as_str().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let (received, req) = if claims.streams_body() {
+        let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
+        if !route.is_some_and(|r| STREAMED_ROUTES.contains(&(method.as_str(), r))) {
+            return Err(refused(CallRefused::StreamNotAllowed));
+        }
+        (CallBinding::streamed(&method, &target), req)
+    } else {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, MAX_SIGNED_BODY)
+            .await
+            .map_err(|_| {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("a request body is at most {MAX_SIGNED_BODY} bytes"),
+                    None,
+                )
+            })?;
+        let received = CallBinding::new(&method, &target, &bytes);
+        (
+            received,
+            Request::from_parts(parts, axum::body::Body::from(bytes)),
+        )
+    };
+    verifier
+        .accept(&claims, &received, unix_now())
+        .map_err(refused)?;
+    Ok(req)
 }
 
 /// A JSON body parsed with field-naming errors (same rules as the server's).

@@ -14,9 +14,9 @@ use super::credentials::{self, Credentials};
 use super::facts;
 use super::vm::cgroup::CgroupChoice;
 use super::vm::{AccelChoice, VmConfig, VmManager};
+use crate::crypto::agent_call::CallVerifier;
 use crate::proto::agent::{HeartbeatRequest, RefreshRequest};
 use crate::server::api::hosts::RefreshResponse;
-use crate::server::auth::AgentCallVerifier;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -67,10 +67,7 @@ pub async fn run(
     .context("starting the VM manager")?;
     let accel = vms.accel().clone();
     tracing::info!(host = %creds.host_id, %listen, accel = accel.kind, reason = %accel.reason, "agent serving");
-    let verifier = Arc::new(AgentCallVerifier::new(
-        &creds.server_public_key,
-        &creds.host_id,
-    )?);
+    let verifier = Arc::new(CallVerifier::new(&creds.server_public_key, &creds.host_id)?);
     let state = AgentState {
         vms: vms.clone(),
         verifier,

@@ -132,6 +132,11 @@ pub struct ServerArgs {
     /// Largest file a sandbox file upload may carry, in bytes.
     #[arg(long, env = "SANDBOXCTL_MAX_FILE_BYTES", default_value_t = 1 << 30)]
     pub max_file_bytes: u64,
+    /// Accept BYOC agents that advertise loopback, link-local or private addresses (refused by
+    /// default: a team's host must not point the server at its own network). For tests and
+    /// single-machine setups.
+    #[arg(long, env = "SANDBOXCTL_ALLOW_PRIVATE_AGENT_ADDRESSES")]
+    pub allow_private_agent_addresses: bool,
     /// The admin account created on a fresh server with --local-agent.
     #[arg(
         long,

@@ -4,6 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The largest directory listing an agent assembles (about half a million entries); the server
+/// reads no more than this of a listing.
+pub const MAX_LISTING_BYTES: u64 = 64 << 20;
+
 /// What an agent knows about its machine, sent at registration and with every heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HostFacts {

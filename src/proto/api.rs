@@ -204,6 +204,9 @@ pub struct ExecResponse {
     pub truncated: bool,
 }
 
+/// Output a one-shot exec keeps per stream, as raw bytes and as JSON text.
+pub const EXEC_OUTPUT_CAP: usize = 10 * 1024 * 1024;
+
 /// `bytes` as text (invalid UTF-8 replaced), cut at a character so that it takes at most `max`
 /// bytes once written as a JSON string (escapes counted). Returns whether it was cut.
 pub fn json_text_capped(bytes: &[u8], max: usize) -> (String, bool) {

@@ -39,6 +39,8 @@ pub struct Settings {
     pub github: Option<api::oauth::GithubConfig>,
     /// Largest file a sandbox file upload may carry.
     pub max_file_bytes: u64,
+    /// Accept BYOC agents on loopback, link-local and private addresses (tests, one machine).
+    pub allow_private_agent_addresses: bool,
 }
 
 #[derive(Clone)]
@@ -112,6 +114,7 @@ pub struct ServerConfig {
     pub local_agent: Option<local::LocalAgentConfig>,
     pub github: Option<api::oauth::GithubConfig>,
     pub max_file_bytes: u64,
+    pub allow_private_agent_addresses: bool,
 }
 
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
@@ -134,6 +137,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             host_stale_after: cfg.host_stale_after,
             github: cfg.github.clone(),
             max_file_bytes: cfg.max_file_bytes,
+            allow_private_agent_addresses: cfg.allow_private_agent_addresses,
         },
     )?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "sandboxctl server listening");

@@ -1,4 +1,6 @@
-//! `HostClientPool`: one lazily-built client per host id, each call signed for that host.
+//! `HostClientPool`: one lazily-built client per host id, each call signed for that host and bound
+//! to its method, path and body (see [`crate::crypto::agent_call`]). The pool never follows a
+//! redirect from an agent and reads at most a few MiB of any answer it buffers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,13 +9,23 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::crypto::agent_call::CallBinding;
 use crate::proto::agent::{
-    BuildTemplateRequest, CreateVmRequest, SnapshotVmRequest, TemplateInfo, TemplateListResponse,
-    VmInfo, VmListResponse,
+    BuildTemplateRequest, CreateVmRequest, MAX_LISTING_BYTES, SnapshotVmRequest, TemplateInfo,
+    TemplateListResponse, VmInfo, VmListResponse,
 };
-use crate::proto::api::{ErrorBody, ExecRequest, ExecResponse};
+use crate::proto::api::{EXEC_OUTPUT_CAP, ErrorBody, ExecRequest, ExecResponse};
 use crate::proto::net::EgressPolicy;
 use crate::server::auth::TokenKeys;
+
+/// Largest JSON answer read from an agent.
+pub const MAX_JSON_ANSWER: usize = 4 << 20;
+/// Largest directory listing read from an agent: the agent's own bound, plus room for the framing.
+pub const MAX_LISTING_ANSWER: usize = MAX_LISTING_BYTES as usize + (1 << 20);
+/// Largest one-shot exec answer: two streams of at most `EXEC_OUTPUT_CAP` bytes of JSON text each.
+pub const MAX_EXEC_ANSWER: usize = 2 * EXEC_OUTPUT_CAP + (64 << 10);
+/// Largest error answer read from an agent.
+pub const MAX_ERROR_ANSWER: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -26,6 +38,19 @@ pub enum AgentError {
         message: String,
         field: Option<String>,
     },
+    /// The agent answered something the server will not take (too large, not what was asked).
+    #[error("bad answer from host: {0}")]
+    BadAnswer(String),
+}
+
+/// The body of a call to an agent.
+pub enum CallBody {
+    Empty,
+    /// Bytes sent whole; the call is bound to their digest.
+    Json(Vec<u8>),
+    /// A body passed on as it comes; the call is bound to the "streamed" marker, which only the
+    /// agent's upload routes accept.
+    Streamed(reqwest::Body),
 }
 
 /// A client for one agent.
@@ -37,9 +62,59 @@ pub struct AgentClient {
     keys: Arc<TokenKeys>,
 }
 
+/// Reads at most `limit` bytes of an answer; a longer one is an error, not an allocation.
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, AgentError> {
+    let too_large = || AgentError::BadAnswer(format!("the answer is over {limit} bytes"));
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?
+    {
+        if out.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+/// A JSON answer of at most `limit` bytes.
+pub async fn read_json<T: DeserializeOwned>(
+    resp: reqwest::Response,
+    limit: usize,
+) -> Result<T, AgentError> {
+    let bytes = read_capped(resp, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| AgentError::BadAnswer(e.to_string()))
+}
+
 impl AgentClient {
     pub fn host_id(&self) -> &str {
         &self.host_id
+    }
+
+    /// The URL of `path_and_query` on the agent and the request target as it goes on the wire
+    /// (what the call is signed over).
+    fn target(&self, path_and_query: &str) -> Result<(reqwest::Url, String), AgentError> {
+        let url = reqwest::Url::parse(&format!("{}{}", self.base, path_and_query))
+            .map_err(|e| AgentError::Unreachable(format!("bad host address: {e}")))?;
+        let wire = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        Ok((url, wire))
+    }
+
+    fn sign(&self, call: &CallBinding) -> Result<String, AgentError> {
+        self.keys
+            .agent_call_token(&self.host_id, call)
+            .map_err(|e| AgentError::Unreachable(format!("signing call: {e}")))
     }
 
     /// Sends a signed request; an error answer becomes `AgentError::Remote` with the agent's code.
@@ -47,25 +122,29 @@ impl AgentClient {
         &self,
         method: reqwest::Method,
         path_and_query: &str,
-        body: Option<(reqwest::Body, &'static str)>,
+        body: CallBody,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, AgentError> {
-        let token = self
-            .keys
-            .agent_call_token(&self.host_id)
-            .map_err(|e| AgentError::Unreachable(format!("signing call: {e}")))?;
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path_and_query))
-            .bearer_auth(token);
+        let (url, wire) = self.target(path_and_query)?;
+        let call = match &body {
+            CallBody::Empty => CallBinding::new(method.as_str(), &wire, b""),
+            CallBody::Json(b) => CallBinding::new(method.as_str(), &wire, b),
+            CallBody::Streamed(_) => CallBinding::streamed(method.as_str(), &wire),
+        };
+        let token = self.sign(&call)?;
+        let mut req = self.http.request(method, url).bearer_auth(token);
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
-        if let Some((b, content_type)) = body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(b);
-        }
+        req = match body {
+            CallBody::Empty => req,
+            CallBody::Json(b) => req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b),
+            CallBody::Streamed(b) => req
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(b),
+        };
         let resp = req
             .send()
             .await
@@ -74,7 +153,9 @@ impl AgentClient {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap_or_default();
+        let bytes = read_capped(resp, MAX_ERROR_ANSWER)
+            .await
+            .unwrap_or_default();
         let (code, message, field) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) => (b.error.code, b.error.message, b.error.field),
             Err(_) => (
@@ -99,31 +180,35 @@ impl AgentClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<Option<T>, AgentError> {
+        self.call_limited(method, path, body, timeout, MAX_JSON_ANSWER)
+            .await
+    }
+
+    /// A JSON call whose answer may be up to `limit` bytes.
+    async fn call_limited<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Option<T>, AgentError> {
         let body = match body {
-            Some(b) => Some((
-                reqwest::Body::from(
-                    serde_json::to_vec(b)
-                        .map_err(|e| AgentError::Unreachable(format!("encoding: {e}")))?,
-                ),
-                "application/json",
-            )),
-            None => None,
+            Some(b) => CallBody::Json(
+                serde_json::to_vec(b)
+                    .map_err(|e| AgentError::Unreachable(format!("encoding: {e}")))?,
+            ),
+            None => CallBody::Empty,
         };
         let resp = self.send(method, path, body, Some(timeout)).await?;
         if resp.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| AgentError::Unreachable(format!("bad answer from host: {e}")))
+        read_json(resp, limit).await.map(Some)
     }
 
     fn expect<T>(v: Option<T>) -> Result<T, AgentError> {
-        v.ok_or_else(|| AgentError::Unreachable("host answered with no body".into()))
+        v.ok_or_else(|| AgentError::BadAnswer("no body".into()))
     }
 
     pub async fn create_vm(&self, req: &CreateVmRequest) -> Result<VmInfo, AgentError> {
@@ -255,8 +340,9 @@ impl AgentClient {
         Ok(())
     }
 
-    /// A raw request whose successful answer is handed back unread (for streaming bodies); error
-    /// answers are decoded like every other call.
+    /// A raw request whose successful answer is handed back unread: file downloads stream it
+    /// through, everything else reads it with [`read_capped`] or [`read_json`]. A body given here
+    /// is streamed. Error answers are decoded like every other call.
     pub async fn stream(
         &self,
         method: reqwest::Method,
@@ -264,33 +350,41 @@ impl AgentClient {
         body: Option<reqwest::Body>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, AgentError> {
-        self.send(
-            method,
-            path_and_query,
-            body.map(|b| (b, "application/octet-stream")),
-            timeout,
-        )
-        .await
+        let body = body.map_or(CallBody::Empty, CallBody::Streamed);
+        self.send(method, path_and_query, body, timeout).await
     }
 
-    /// The WebSocket URL and a bearer token for a streaming exec on the agent.
+    /// A call without a body whose JSON answer, at most `limit` bytes, is decoded.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<T, AgentError> {
+        let resp = self
+            .send(method, path_and_query, CallBody::Empty, Some(timeout))
+            .await?;
+        read_json(resp, limit).await
+    }
+
+    /// The WebSocket URL and a bearer token for a streaming exec on the agent: the upgrade is a
+    /// GET without a body, signed like any other.
     pub fn exec_stream_target(&self, id: &str) -> Result<(String, String), AgentError> {
-        let token = self
-            .keys
-            .agent_call_token(&self.host_id)
-            .map_err(|e| AgentError::Unreachable(format!("signing call: {e}")))?;
-        let ws = self.base.replacen("http", "ws", 1);
-        Ok((format!("{ws}/v1/vms/{id}/exec/stream"), token))
+        let (url, wire) = self.target(&format!("/v1/vms/{id}/exec/stream"))?;
+        let token = self.sign(&CallBinding::new("GET", &wire, b""))?;
+        Ok((url.as_str().replacen("http", "ws", 1), token))
     }
 
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
-        let limit = Duration::from_secs(req.timeout_sec.unwrap_or(60) + 30);
+        let wait = Duration::from_secs(req.timeout_sec.unwrap_or(60) + 30);
         let r = self
-            .call(
+            .call_limited(
                 reqwest::Method::POST,
                 &format!("/v1/vms/{id}/exec"),
                 Some(req),
-                limit,
+                wait,
+                MAX_EXEC_ANSWER,
             )
             .await?;
         Self::expect(r)
@@ -306,8 +400,11 @@ pub struct HostClientPool {
 
 impl HostClientPool {
     pub fn new(keys: Arc<TokenKeys>) -> Self {
+        // An agent's answer is never followed elsewhere: a redirect would send a signed call's
+        // answer-taking to an address the agent chose (SPEC §13).
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("HTTP client builds");
         Self {

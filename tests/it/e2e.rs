@@ -3,8 +3,8 @@
 
 use reqwest::Method;
 use sandboxctl::crypto::SigningKeyPair;
+use sandboxctl::crypto::agent_call::{self, CallBinding, CallSigner};
 use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest};
-use sandboxctl::server::auth::TokenKeys;
 
 use crate::common::{TestAgent, TestServer, cli, code, raw, vm_permit};
 
@@ -47,9 +47,12 @@ async fn sandbox_end_to_end_through_server_agent_and_cli() {
         .await
         .unwrap()
         .token;
-    let forged = TokenKeys::new(&[7u8; 32], &SigningKeyPair::generate())
-        .unwrap()
-        .agent_call_token(&agent.host_id)
+    let forged = CallSigner::new(&SigningKeyPair::generate())
+        .sign(
+            &agent.host_id,
+            &CallBinding::new("GET", "/v1/vms", b""),
+            agent_call::unix_now(),
+        )
         .unwrap();
     for token in [
         None,

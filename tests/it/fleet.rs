@@ -88,7 +88,7 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     assert_eq!(visible, vec![c.host_id.clone()]);
 
     // Calls to an agent with an expired (but correctly signed) token are refused.
-    let expired = agent_call_token(&s, &c.host_id, true);
+    let expired = agent_call_token(&s, &c.host_id, "GET", "/v1/vms", b"", 120);
     let (st, _) = raw(
         Method::GET,
         &format!("http://{}/v1/vms", c.addr),
@@ -97,7 +97,7 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     )
     .await;
     assert_eq!(st, 401);
-    let for_other_host = agent_call_token(&s, &a.host_id, false);
+    let for_other_host = agent_call_token(&s, &a.host_id, "GET", "/v1/vms", b"", 0);
     let (st, _) = raw(
         Method::GET,
         &format!("http://{}/v1/vms", c.addr),
@@ -108,12 +108,13 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     assert_eq!(st, 401, "a token for another host is refused");
 
     // An orphan: a VM the database does not know is destroyed by the monitor.
-    let token = agent_call_token(&s, &b.host_id, false);
+    let orphan = r#"{"id":"sbx_orphan","template":"minimal","vcpus":1,"memory_mb":256}"#;
+    let token = agent_call_token(&s, &b.host_id, "POST", "/v1/vms", orphan.as_bytes(), 0);
     let (st, v) = raw(
         Method::POST,
         &format!("http://{}/v1/vms", b.addr),
         Some(&token),
-        Some(r#"{"id":"sbx_orphan","template":"minimal","vcpus":1,"memory_mb":256}"#),
+        Some(orphan),
     )
     .await;
     assert_eq!(st, 201, "{v}");
@@ -122,7 +123,7 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
         let (url, s2) = (list_url.clone(), &s);
         let bid = b.host_id.clone();
         async move {
-            let t = agent_call_token(s2, &bid, false);
+            let t = agent_call_token(s2, &bid, "GET", "/v1/vms", b"", 0);
             let (_, v) = raw(Method::GET, &url, Some(&t), None).await;
             !v["vms"]
                 .as_array()

@@ -1,6 +1,7 @@
 //! The integration suite: real server, real agents, real SQLite files and real microVMs.
 
 mod accounts;
+mod agent_calls;
 mod api;
 mod authz;
 mod common;

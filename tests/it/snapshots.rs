@@ -447,3 +447,79 @@ async fn debian_full_build() {
     let out = sh(&admin, &sb.id, "python3 -c 'import sys; print(sys.version_info[0])'; . /etc/os-release; echo $VERSION_CODENAME; hostname").await;
     assert_eq!(out, format!("3\nbookworm\n{}\n", sb.id));
 }
+
+/// A team's snapshots hold its guests' memory: deleting the team takes them off the host that
+/// holds them, as deleting one template does; no other host is asked about them.
+#[tokio::test]
+async fn a_deleted_teams_snapshots_leave_their_host() {
+    let _vm = vm_permit().await;
+    let s = TestServer::start().await;
+    let (a, admin) = s.signup("admin@example.com", "Admin").await;
+    let agent = TestAgent::start(&s, &admin).await;
+    // Another host, which only records what it is asked (a BYOC host of the admin's team, so no
+    // sandbox of the tenant lands there).
+    let other = crate::agent_calls::Proxy::start().await;
+    let created = admin
+        .create_host(&sandboxctl::proto::api::CreateHostRequest {
+            host_type: "byoc".into(),
+            team_id: a.team_id.clone(),
+            name: None,
+            provider: None,
+            zone: None,
+        })
+        .await
+        .unwrap();
+    let body = serde_json::json!({ "token": created.registration_token,
+        "facts": crate::common::facts(&other.addr) })
+    .to_string();
+    let (st, v) = crate::common::raw(
+        reqwest::Method::POST,
+        &format!("{}/v1/hosts/register", s.url),
+        None,
+        Some(&body),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+
+    let (_, tenant) = s.signup("tenant@example.com", "Tenant").await;
+    let team = tenant.create_team("Doomed").await.unwrap();
+    let auth = tenant.switch_team(&team.id).await.unwrap();
+    let tenant = tenant.with_token(&auth.token);
+    let sb = create(&tenant, None, None).await;
+    assert_eq!(sb.host_id.as_deref(), Some(agent.host_id.as_str()));
+    sh(&tenant, &sb.id, "echo secret > /tmp/memory-of-the-team").await;
+    let templates = agent.dir.path().join("templates");
+
+    // Step 1: one template deleted: its files go from its host.
+    let gone = tenant.snapshot(&sb.id, "gone", false).await.unwrap();
+    assert!(templates.join(&gone.id).exists());
+    tenant.delete_template("gone").await.unwrap();
+    assert!(!templates.join(&gone.id).exists(), "deleted template kept");
+
+    // Step 2: the team deleted: its snapshot goes from the host too.
+    let kept = tenant.snapshot(&sb.id, "kept", false).await.unwrap();
+    assert!(templates.join(&kept.id).exists());
+    tenant.delete_team(&team.id).await.unwrap();
+    assert!(
+        !templates.join(&kept.id).exists(),
+        "a deleted team's snapshot stayed on the host"
+    );
+    let left: Vec<i64> = {
+        let db = s.sqlite();
+        let mut st = db
+            .prepare("SELECT count(*) FROM templates WHERE team_id = ?1")
+            .unwrap();
+        st.query_map([&team.id], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(left, vec![0]);
+
+    // The other host was never asked about these templates.
+    let asked = other.requests();
+    assert!(
+        !asked.iter().any(|r| r.contains("/v1/templates")),
+        "{asked:?}"
+    );
+}

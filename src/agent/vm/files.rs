@@ -10,13 +10,12 @@ use futures_util::{Stream, StreamExt};
 use super::channel::{ChannelError, GuestStream, guest_error, next_id};
 use super::stream::channel_error;
 use super::{Vm, VmError, VmManager, bad};
+use crate::proto::agent::MAX_LISTING_BYTES;
 use crate::proto::api::{FileEntry, FileListResponse};
 use crate::proto::guest::{FileRequest, FileResult, Frame, FrameKind, WINDOW};
 
 /// The largest upload the agent takes (the server usually has a lower limit).
 pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
-/// The largest directory listing the agent assembles (about half a million entries).
-const MAX_LISTING_BYTES: u64 = 64 << 20;
 /// How long the guest may take to answer a request, or to finish an upload once all of it is in.
 const ANSWER_WAIT: Duration = Duration::from_secs(120);
 const CONNECT_WAIT: Duration = Duration::from_secs(10);

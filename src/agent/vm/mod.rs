@@ -59,7 +59,7 @@ use snapshot::{BootSnapshots, HostEnv, STATE_LIMIT, Shape, Snapshot};
 pub use templates::TemplateError;
 
 /// Output kept per stream of an exec; the rest is drained and dropped.
-pub const OUTPUT_CAP: usize = 10 * 1024 * 1024;
+pub const OUTPUT_CAP: usize = crate::proto::api::EXEC_OUTPUT_CAP;
 pub const DEFAULT_EXEC_TIMEOUT_SEC: u64 = 60;
 pub const MAX_EXEC_TIMEOUT_SEC: u64 = 3600;
 pub const MAX_VCPUS: u32 = 16;

@@ -159,6 +159,13 @@ impl From<AgentError> for ApiError {
                 code: "host_unreachable",
                 message: format!("the sandbox's host did not answer: {m}"),
             },
+            AgentError::BadAnswer(m) => {
+                tracing::warn!(error = %m, "refused an agent's answer");
+                ApiError::HostFailed {
+                    code: "host_bad_answer",
+                    message: "the sandbox's host sent an answer the server does not accept".into(),
+                }
+            }
             AgentError::Remote {
                 status,
                 message,

@@ -20,7 +20,9 @@ use crate::cli::client::urlencode;
 use crate::proto::api::{FileEntry, FileListResponse};
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, SandboxRow};
-use crate::server::pool::{AgentClient, AgentError};
+use crate::server::pool::{
+    AgentClient, AgentError, MAX_JSON_ANSWER, MAX_LISTING_ANSWER, read_json,
+};
 use crate::server::state::SandboxStatus;
 
 #[derive(Debug, Deserialize)]
@@ -198,10 +200,7 @@ pub async fn write(
         return Err(ApiError::TooLarge);
     }
     let resp = result.map_err(map_agent)?;
-    let entry: FileEntry = resp
-        .json()
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))?;
+    let entry: FileEntry = read_json(resp, MAX_JSON_ANSWER).await.map_err(map_agent)?;
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
@@ -230,19 +229,12 @@ async fn json_call<T: serde::de::DeserializeOwned>(
     client: &AgentClient,
     method: reqwest::Method,
     path: String,
+    limit: usize,
 ) -> ApiResult<T> {
-    let resp = client
-        .stream(
-            method,
-            &path,
-            None,
-            Some(std::time::Duration::from_secs(60)),
-        )
+    client
+        .json(method, &path, std::time::Duration::from_secs(60), limit)
         .await
-        .map_err(map_agent)?;
-    resp.json()
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))
+        .map_err(map_agent)
 }
 
 /// `GET /v1/vms/{id}/files/{op}?path=…` on the sandbox's host, for a checked path.
@@ -255,10 +247,16 @@ async fn read_call<T: serde::de::DeserializeOwned>(
 ) -> ApiResult<T> {
     let path = check_path(q)?;
     let (client, s) = target(st, caller, id).await?;
+    let limit = if op == "list" {
+        MAX_LISTING_ANSWER
+    } else {
+        MAX_JSON_ANSWER
+    };
     json_call(
         &client,
         reqwest::Method::GET,
         format!("/v1/vms/{}/files/{op}?{}", s.id, query(&path)),
+        limit,
     )
     .await
 }
@@ -302,6 +300,7 @@ pub async fn mkdir(
                 ""
             }
         ),
+        MAX_JSON_ANSWER,
     )
     .await?;
     Ok((StatusCode::CREATED, Json(e)))

@@ -337,15 +337,23 @@ pub async fn register(
     let refresh = crypto::random_token("hrf_");
     let refresh_hash = sha256_hex(refresh.as_bytes());
     let facts = req.facts.clone();
+    let problem = address_problem(&st, &req.facts.address);
     let (host_id, generation) = st
         .db
-        .call(move |c| hosts::register(c, &hash, &facts, &refresh_hash))
+        .call(move |c| {
+            // Checked before the token is used up, so a refused address costs no token.
+            if problem.is_some() && hosts::registering_type(c, &hash)?.as_deref() == Some("byoc") {
+                return Ok(Err(problem));
+            }
+            hosts::register(c, &hash, &facts, &refresh_hash).map(Ok)
+        })
         .await
         .map_err(|e| match e {
             // Unknown, used or expired tokens all look the same from outside.
             DbError::NotFound | DbError::Conflict(_) => ApiError::Unauthorized,
             other => other.into(),
-        })?;
+        })?
+        .map_err(refused_address)?;
     st.pool.evict(&host_id);
     let (token, exp) = st.keys.host_token(&host_id, generation)?;
     tracing::info!(host = %host_id, address = %req.facts.address, accel = %req.facts.accel, "host registered");
@@ -357,6 +365,96 @@ pub async fn register(
         refresh_expires_at: now() + hosts::REFRESH_TTL_SECS,
         server_public_key: st.keys.agent_call_public_key().to_string(),
     }))
+}
+
+/// Why a BYOC agent may not use `address`, unless the server allows private addresses.
+fn address_problem(st: &AppState, address: &str) -> Option<String> {
+    if st.settings.allow_private_agent_addresses {
+        return None;
+    }
+    byoc_address_problem(address)
+}
+
+fn refused_address(problem: Option<String>) -> ApiError {
+    ApiError::bad(
+        "facts.address",
+        problem.unwrap_or_else(|| "not allowed".into()),
+    )
+}
+
+/// Why `address` (`ip:port`) is not one the server calls a team's (BYOC) agent at: it must be an IP
+/// literal outside the loopback, link-local, private, shared, unspecified, multicast and reserved
+/// ranges, so that a tenant cannot point the server's calls at the server's own network.
+pub fn byoc_address_problem(address: &str) -> Option<String> {
+    let Ok(sa) = address.parse::<std::net::SocketAddr>() else {
+        return Some(
+            "a BYOC host must advertise an IP address and port (IP:PORT or [IPv6]:PORT), not a \
+             host name: a name could later resolve to a private address"
+                .into(),
+        );
+    };
+    non_public_range(sa.ip()).map(|range| {
+        format!(
+            "{} is in {range}; a BYOC host must advertise a public address (the server's \
+             operator can allow private ones with --allow-private-agent-addresses)",
+            sa.ip()
+        )
+    })
+}
+
+/// The non-public range `ip` is in, in words.
+fn non_public_range(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let v4 = |ip: Ipv4Addr| -> Option<&'static str> {
+        let o = ip.octets();
+        Some(match o {
+            [0, ..] => "0.0.0.0/8 (unspecified)",
+            [10, ..] => "10.0.0.0/8 (private)",
+            [100, b, ..] if b & 0xc0 == 64 => "100.64.0.0/10 (shared, carrier-grade NAT)",
+            [127, ..] => "127.0.0.0/8 (loopback)",
+            [169, 254, ..] => "169.254.0.0/16 (link-local)",
+            [172, b, ..] if b & 0xf0 == 16 => "172.16.0.0/12 (private)",
+            [192, 0, 0, _] => "192.0.0.0/24 (protocol assignments)",
+            [192, 168, ..] => "192.168.0.0/16 (private)",
+            [198, b, ..] if b & 0xfe == 18 => "198.18.0.0/15 (benchmarking)",
+            [a, ..] if (224..240).contains(&a) => "224.0.0.0/4 (multicast)",
+            [a, ..] if a >= 240 => "240.0.0.0/4 (reserved)",
+            _ => return None,
+        })
+    };
+    match ip {
+        IpAddr::V4(ip) => v4(ip),
+        IpAddr::V6(ip) => {
+            let s = ip.segments();
+            let embedded = |hi: u16, lo: u16| {
+                Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
+            if ip.is_unspecified() {
+                Some("::/128 (unspecified)")
+            } else if ip.is_loopback() {
+                Some("::1/128 (loopback)")
+            } else if let Some(m) = ip.to_ipv4_mapped() {
+                v4(m)
+            } else if s[..6] == [0; 6] {
+                // IPv4-compatible (deprecated): the embedded address decides.
+                v4(embedded(s[6], s[7]))
+            } else if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+                v4(embedded(s[6], s[7]))
+            } else if s[0] == 0x2002 {
+                v4(embedded(s[1], s[2]))
+            } else if s[0] & 0xfe00 == 0xfc00 {
+                Some("fc00::/7 (unique local)")
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                Some("fe80::/10 (link-local)")
+            } else if s[0] & 0xffc0 == 0xfec0 {
+                Some("fec0::/10 (site-local)")
+            } else if s[0] & 0xff00 == 0xff00 {
+                Some("ff00::/8 (multicast)")
+            } else {
+                None
+            }
+        }
+    }
 }
 
 fn validate_facts(f: &crate::proto::agent::HostFacts) -> ApiResult<()> {
@@ -412,15 +510,23 @@ pub async fn heartbeat(
         ));
     }
     validate_facts(&req.facts)?;
+    let problem = address_problem(&st, &req.facts.address);
     let status = st
         .db
-        .call(move |c| hosts::heartbeat(c, &id, &req))
+        .call(move |c| {
+            // A BYOC host cannot move to an address it could not register with.
+            if problem.is_some() && hosts::get(c, &id)?.host_type == "byoc" {
+                return Ok(Err(problem));
+            }
+            hosts::heartbeat(c, &id, &req).map(Ok)
+        })
         .await
         .map_err(|e| match e {
             // The host was deleted: its credentials are worthless now.
             DbError::NotFound => ApiError::Unauthorized,
             other => other.into(),
-        })?;
+        })?
+        .map_err(refused_address)?;
     Ok(Json(HeartbeatResponse { status }))
 }
 
@@ -552,4 +658,58 @@ async fn set_draining(
             other => other.into(),
         })?;
     Ok(Json(to_resp(row)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byoc_address_problem;
+
+    #[test]
+    fn byoc_addresses_must_be_public_ip_literals() {
+        for private in [
+            "10.1.2.3:9090",
+            "127.0.0.1:9090",
+            "169.254.169.254:80",
+            "172.16.0.1:9090",
+            "172.31.255.255:9090",
+            "192.168.1.1:9090",
+            "100.64.0.1:9090",
+            "100.127.255.255:9090",
+            "0.0.0.0:9090",
+            "224.0.0.1:9090",
+            "255.255.255.255:9090",
+            "[::1]:9090",
+            "[::]:9090",
+            "[fc00::1]:9090",
+            "[fd12:3456::1]:9090",
+            "[fe80::1]:9090",
+            "[ff02::1]:9090",
+            "[::ffff:127.0.0.1]:9090",
+            "[::ffff:10.0.0.1]:9090",
+            "[64:ff9b::a9fe:a9fe]:9090",
+            "[2002:c0a8:0101::1]:9090",
+        ] {
+            let p = byoc_address_problem(private);
+            assert!(p.is_some(), "{private} accepted");
+        }
+        for name in ["localhost:9090", "agent.example.com:9090", "10.1.2.3"] {
+            let p = byoc_address_problem(name).expect(name);
+            assert!(p.contains("IP address"), "{p}");
+        }
+        for public in [
+            "8.8.8.8:9090",
+            "100.128.0.1:9090",
+            "172.32.0.1:9090",
+            "193.0.0.1:443",
+            "[2001:4860:4860::8888]:9090",
+            "[::ffff:8.8.8.8]:9090",
+        ] {
+            assert_eq!(byoc_address_problem(public), None, "{public}");
+        }
+        assert!(
+            byoc_address_problem("10.1.2.3:9090")
+                .unwrap()
+                .contains("10.0.0.0/8")
+        );
+    }
 }

@@ -26,7 +26,7 @@ use crate::proto::api::TemplateResponse;
 use crate::server::AppState;
 use crate::server::db::now;
 use crate::server::db::templates::{self, TemplateRow};
-use crate::server::pool::AgentError;
+use crate::server::pool::{AgentError, MAX_JSON_ANSWER, read_json};
 use crate::server::scheduler::PlacementRequest;
 
 /// How long a host may take to receive, build and boot an image.
@@ -100,10 +100,7 @@ pub async fn import(
         return Err(ApiError::TooLarge);
     }
     let info: TemplateInfo = match result {
-        Ok(resp) => resp
-            .json()
-            .await
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))?,
+        Ok(resp) => read_json(resp, MAX_JSON_ANSWER).await?,
         Err(AgentError::Remote { status: 413, .. }) => return Err(ApiError::TooLarge),
         Err(e) => return Err(e.into()),
     };

@@ -13,6 +13,7 @@ use crate::proto::api::SandboxResponse;
 use crate::proto::net::EgressPolicy;
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, SandboxRow};
+use crate::server::pool::read_capped;
 use crate::server::state::SandboxStatus;
 
 fn not_in(s: &SandboxRow, want: SandboxStatus, verb: &str) -> ApiError {
@@ -194,9 +195,8 @@ pub async fn logs(
         )
         .await
         .map_err(vm_gone)?;
-    let text = resp
-        .bytes()
+    let text = read_capped(resp, tail as usize + (64 << 10))
         .await
-        .map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
+        .map_err(ApiError::from)?;
     Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }

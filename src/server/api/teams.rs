@@ -12,7 +12,7 @@ use super::extract::{ApiJson, ApiQuery, AuthUser};
 use crate::proto::api::AuthResponse;
 use crate::server::AppState;
 use crate::server::db::teams::{self, MemberRow, TeamRow};
-use crate::server::db::{DbError, sandboxes, users};
+use crate::server::db::{DbError, sandboxes, templates, users};
 use crate::server::state::SandboxStatus;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -246,6 +246,12 @@ pub async fn delete(
     for s in &live {
         super::sandboxes::destroy_on_host(&st, s).await?;
     }
+    // The team's templates (snapshots hold guest memory) go from the hosts that hold them.
+    let tid = id.clone();
+    let owned = st.db.call(move |c| templates::list(c, &tid)).await?;
+    for t in &owned {
+        super::templates::delete_files(&st, t).await;
+    }
     let uid = user.user_id.clone();
     st.db
         .call(move |c| {
@@ -259,6 +265,7 @@ pub async fn delete(
                 sandboxes::transition(&tx, &s.id, next, Some("team deleted"))?;
             }
             teams::soft_delete(&tx, &id, &uid)?;
+            templates::delete_team(&tx, &id, &uid)?;
             // The team's own (BYOC) hosts serve nobody now: they go too, with their credentials.
             let byoc = crate::server::db::hosts::delete_team_hosts(&tx, &id, &uid)?;
             tx.commit()?;

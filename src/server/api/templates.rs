@@ -108,18 +108,15 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let team = caller.team()?.to_string();
-    let (t, online) = {
+    let t = {
         let (team, id) = (team.clone(), id.clone());
         st.db
-            .call(move |c| {
-                let t = match templates::get(c, &team, &id) {
-                    Ok(t) => t,
-                    Err(DbError::NotFound) => {
-                        templates::by_name(c, &team, &id)?.ok_or(DbError::NotFound)?
-                    }
-                    Err(e) => return Err(e),
-                };
-                Ok((t, hosts::schedulable_or_draining(c)?))
+            .call(move |c| match templates::get(c, &team, &id) {
+                Ok(t) => Ok(t),
+                Err(DbError::NotFound) => {
+                    templates::by_name(c, &team, &id)?.ok_or(DbError::NotFound)
+                }
+                Err(e) => Err(e),
             })
             .await
             .map_err(|e| match e {
@@ -127,20 +124,34 @@ pub async fn delete(
                 other => other.into(),
             })?
     };
-    for h in online {
-        let Some(addr) = h.address else { continue };
-        match st.pool.get(&h.id, &addr).delete_template(&t.id).await {
-            Ok(()) | Err(AgentError::Remote { status: 404, .. }) => {}
-            Err(e) => {
-                tracing::warn!(host = %h.id, template = %t.id, error = %e, "host could not delete template files")
-            }
-        }
-    }
+    delete_files(&st, &t).await;
     let uid = caller.user_id.clone();
     st.db
         .call(move |c| templates::delete(c, &team, &t.id, &uid))
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a team template's files (its disk and, for a snapshot, the guest's memory) from the one
+/// host that holds them. A host that cannot be reached keeps them: logged, not fatal.
+pub(super) async fn delete_files(st: &AppState, t: &TemplateRow) {
+    let Some(hid) = t.host_id.clone() else { return };
+    let host = st.db.call(move |c| hosts::get(c, &hid)).await;
+    let h = match host {
+        Ok(h) => h,
+        Err(DbError::NotFound) => return,
+        Err(e) => {
+            tracing::warn!(template = %t.id, error = %e, "could not look up a template's host");
+            return;
+        }
+    };
+    let Some(addr) = h.address else { return };
+    match st.pool.get(&h.id, &addr).delete_template(&t.id).await {
+        Ok(()) | Err(AgentError::Remote { status: 404, .. }) => {}
+        Err(e) => {
+            tracing::warn!(host = %h.id, template = %t.id, error = %e, "host could not delete template files")
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +221,10 @@ pub async fn snapshot(
         .db
         .call(move |c| templates::upsert(c, &row, overwrite, &uid))
         .await?;
+    // Replaced by a snapshot taken on another host: the old host's copy goes.
+    if let Some(old) = existing.filter(|e| e.host_id != saved.host_id) {
+        delete_files(&st, &old).await;
+    }
     Ok((StatusCode::CREATED, Json(to_resp(saved))))
 }
 

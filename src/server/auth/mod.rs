@@ -1,11 +1,13 @@
 //! Signing keys and tokens: user JWTs, host JWTs (distinct audiences) and the Ed25519-signed
-//! tokens that authenticate the server's calls to agents.
+//! tokens that authenticate the server's calls to agents (built by
+//! [`crate::crypto::agent_call`], which the agent shares).
 
 pub mod keys;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::agent_call::{CallBinding, CallSigner};
 use crate::server::db::now;
 
 pub const ISSUER: &str = "sandboxctl";
@@ -13,8 +15,6 @@ pub const USER_AUDIENCE: &str = "sandboxctl-user";
 pub const HOST_AUDIENCE: &str = "sandboxctl-host";
 pub const USER_TOKEN_TTL_SECS: i64 = 24 * 3600;
 pub const HOST_TOKEN_TTL_SECS: i64 = 7 * 86400;
-/// Lifetime of a server → agent call token.
-pub const AGENT_CALL_TTL_SECS: i64 = 60;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserClaims {
@@ -40,21 +40,12 @@ pub struct HostClaims {
     pub exp: i64,
 }
 
-/// Claims of a server → agent call: the audience is the host id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentCallClaims {
-    pub iss: String,
-    pub aud: String,
-    pub iat: i64,
-    pub exp: i64,
-}
-
 pub struct TokenKeys {
     /// Key for HMACs over short-lived values (the OAuth state cookie), derived from the JWT secret.
     mac_key: [u8; 32],
     hs_enc: EncodingKey,
     hs_dec: DecodingKey,
-    ed_enc: EncodingKey,
+    calls: CallSigner,
     ed_public: String,
 }
 
@@ -68,7 +59,7 @@ impl TokenKeys {
             mac_key,
             hs_enc: EncodingKey::from_secret(hs_secret)?,
             hs_dec: DecodingKey::from_secret(hs_secret)?,
-            ed_enc: EncodingKey::from_ed_der(&ed.pkcs8_der()),
+            calls: CallSigner::new(ed),
             ed_public: ed.public_b64(),
         })
     }
@@ -140,19 +131,9 @@ impl TokenKeys {
         ))
     }
 
-    pub fn agent_call_token(&self, host_id: &str) -> anyhow::Result<String> {
-        let t = now();
-        let claims = AgentCallClaims {
-            iss: ISSUER.into(),
-            aud: host_id.into(),
-            iat: t,
-            exp: t + AGENT_CALL_TTL_SECS,
-        };
-        Ok(jsonwebtoken::encode(
-            &Header::new(Algorithm::EdDSA),
-            &claims,
-            &self.ed_enc,
-        )?)
+    /// A token for one call on `host_id`, bound to its method, path, body and a fresh nonce.
+    pub fn agent_call_token(&self, host_id: &str, call: &CallBinding) -> anyhow::Result<String> {
+        self.calls.sign(host_id, call, now())
     }
 
     fn validation(aud: &str) -> Validation {
@@ -174,31 +155,6 @@ impl TokenKeys {
         jsonwebtoken::decode::<HostClaims>(token, &self.hs_dec, &Self::validation(HOST_AUDIENCE))
             .ok()
             .map(|d| d.claims)
-    }
-}
-
-/// What an agent uses to check that a call really comes from its server.
-pub struct AgentCallVerifier {
-    key: DecodingKey,
-    validation: Validation,
-}
-
-impl AgentCallVerifier {
-    pub fn new(server_public_key_b64: &str, host_id: &str) -> anyhow::Result<Self> {
-        let key = DecodingKey::from_ed_components(server_public_key_b64)?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_audience(&[host_id]);
-        validation.set_issuer(&[ISSUER]);
-        validation.set_required_spec_claims(&["exp", "aud", "iss"]);
-        validation.leeway = 5;
-        Ok(Self { key, validation })
-    }
-
-    pub fn verify(&self, token: &str) -> bool {
-        match jsonwebtoken::decode::<AgentCallClaims>(token, &self.key, &self.validation) {
-            Ok(d) => d.claims.exp - d.claims.iat <= AGENT_CALL_TTL_SECS,
-            Err(_) => false,
-        }
     }
 }
 
@@ -244,32 +200,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(other.unseal(&sealed), None);
-    }
-
-    #[test]
-    fn agent_calls_are_bound_to_one_host_and_key() {
-        let ed = SigningKeyPair::generate();
-        let k = TokenKeys::new(b"0123456789abcdef0123456789abcdef", &ed).unwrap();
-        let t = k.agent_call_token("host_a").unwrap();
-        let va = AgentCallVerifier::new(k.agent_call_public_key(), "host_a").unwrap();
-        let vb = AgentCallVerifier::new(k.agent_call_public_key(), "host_b").unwrap();
-        assert!(va.verify(&t));
-        assert!(!vb.verify(&t));
-        let forged = TokenKeys::new(
-            b"0123456789abcdef0123456789abcdef",
-            &SigningKeyPair::generate(),
-        )
-        .unwrap();
-        assert!(!va.verify(&forged.agent_call_token("host_a").unwrap()));
-        // An HS256 token with the public key as secret (algorithm confusion) is refused.
-        let hs = EncodingKey::from_secret(k.agent_call_public_key().as_bytes()).unwrap();
-        let claims = AgentCallClaims {
-            iss: ISSUER.into(),
-            aud: "host_a".into(),
-            iat: now(),
-            exp: now() + 30,
-        };
-        let confused = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &hs).unwrap();
-        assert!(!va.verify(&confused));
     }
 }

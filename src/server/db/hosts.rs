@@ -150,6 +150,18 @@ pub fn new_registration_token(
 
 /// Consumes a registration token (exactly once, before it expires), stores the host's facts,
 /// marks it online and issues the first refresh token. Returns the host id.
+/// The type (`regular`/`byoc`) of the host a still-usable registration token is for.
+pub fn registering_type(conn: &Connection, token_hash: &str) -> DbResult<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT h.type FROM host_registration_tokens t JOIN hosts h ON h.id = t.host_id
+             WHERE t.token_hash = ?1 AND t.used_at IS NULL AND t.expires_at > ?2",
+            params![token_hash, now()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 pub fn register(
     conn: &mut Connection,
     token_hash: &str,

@@ -120,3 +120,15 @@ pub fn delete(conn: &Connection, team_id: &str, id: &str, actor: &str) -> DbResu
     audit::record(conn, Some(actor), "template.delete", Some(id), None)?;
     Ok(())
 }
+
+/// Deletes every template row of a team (its files were removed from their hosts first).
+pub fn delete_team(conn: &Connection, team_id: &str, actor: &str) -> DbResult<usize> {
+    let mut st = conn.prepare("DELETE FROM templates WHERE team_id = ?1 RETURNING id")?;
+    let ids: Vec<String> = st
+        .query_map([team_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        audit::record(conn, Some(actor), "template.delete", Some(id), None)?;
+    }
+    Ok(ids.len())
+}

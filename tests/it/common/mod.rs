@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sandboxctl::cli::client::ApiClient;
+use sandboxctl::crypto::agent_call::{CallBinding, CallSigner};
 use sandboxctl::proto::api::{AuthResponse, CreateHostRequest};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -70,13 +71,25 @@ impl TestServer {
         Self::start_with(&[]).await
     }
 
+    /// A server with extra flags. Test agents listen on loopback, so BYOC hosts on private
+    /// addresses are allowed (as on a single machine); see [`Self::start_strict`].
     pub async fn start_with(extra: &[&str]) -> TestServer {
+        Self::launch(extra, true).await
+    }
+
+    /// A server as in production: BYOC agents on private addresses are refused.
+    pub async fn start_strict(extra: &[&str]) -> TestServer {
+        Self::launch(extra, false).await
+    }
+
+    async fn launch(extra: &[&str], allow_private_agents: bool) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(extra)
+            .args(allow_private_agents.then_some("--allow-private-agent-addresses"))
             .stdout(Stdio::piped())
             .stderr(log);
         log_env(&mut cmd);
@@ -184,6 +197,18 @@ impl TestAgent {
         req: &CreateHostRequest,
         extra: &[&str],
     ) -> TestAgent {
+        Self::start_advertising(server, creator, req, extra, None).await
+    }
+
+    /// Like [`Self::start_host`], with the agent telling the server to call it at `advertise`
+    /// (for example a proxy in front of it) instead of where it listens.
+    pub async fn start_advertising(
+        server: &TestServer,
+        creator: &ApiClient,
+        req: &CreateHostRequest,
+        extra: &[&str],
+        advertise: Option<&str>,
+    ) -> TestAgent {
         let admin = creator;
         let created = admin.create_host(req).await.expect("host create");
         let dir = tempfile::tempdir().unwrap();
@@ -198,6 +223,8 @@ impl TestAgent {
                 &created.registration_token,
                 "--listen",
                 &addr,
+                "--advertise",
+                advertise.unwrap_or(&addr),
                 "--data-dir",
             ])
             .arg(dir.path())
@@ -395,30 +422,32 @@ where
     }
 }
 
-/// A token for calling an agent as the server would, signed with the server's real key.
-pub fn agent_call_token(server: &TestServer, host_id: &str, expired: bool) -> String {
+/// The server's signer of agent calls, from its real key file.
+pub fn call_signer(server: &TestServer) -> CallSigner {
     let seed: [u8; 32] = std::fs::read(server.data_dir().join("agent-signing.key"))
         .unwrap()
         .try_into()
         .unwrap();
-    let kp = sandboxctl::crypto::SigningKeyPair::from_seed(seed);
-    if !expired {
-        let keys = sandboxctl::server::auth::TokenKeys::new(&[0u8; 32], &kp).unwrap();
-        return keys.agent_call_token(host_id).unwrap();
-    }
-    let now = sandboxctl::server::db::now();
-    let claims = sandboxctl::server::auth::AgentCallClaims {
-        iss: "sandboxctl".into(),
-        aud: host_id.into(),
-        iat: now - 120,
-        exp: now - 60,
-    };
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ed_der(&kp.pkcs8_der()),
-    )
-    .unwrap()
+    CallSigner::new(&sandboxctl::crypto::SigningKeyPair::from_seed(seed))
+}
+
+/// A token for one call to an agent as the server would make it, signed with the server's real
+/// key and bound to `method`, `path` (with query) and `body`; `age_secs` back-dates it.
+pub fn agent_call_token(
+    server: &TestServer,
+    host_id: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    age_secs: i64,
+) -> String {
+    call_signer(server)
+        .sign(
+            host_id,
+            &CallBinding::new(method, path, body),
+            sandboxctl::crypto::agent_call::unix_now() - age_secs,
+        )
+        .unwrap()
 }
 
 pub fn signal(pid: u32, sig: i32) {
