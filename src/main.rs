@@ -65,6 +65,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 accel: a.vm.accel.into(),
                 cgroup_root: a.vm.cgroup_root.clone(),
                 max_concurrent_boots: a.vm.max_concurrent_boots,
+                import_limits: a.vm.import_limits(),
                 heartbeat_interval: a.timing.heartbeat_interval,
                 admin_email: a.admin_email.clone(),
             });
@@ -159,6 +160,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             heartbeat_interval,
         }) => {
             init_logs("info");
+            let import_limits = vm.import_limits();
             agent::run::run(
                 agent::run::AgentConfig {
                     data_dir,
@@ -167,6 +169,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                     accel: vm.accel.into(),
                     cgroup_root: vm.cgroup_root,
                     max_concurrent_boots: vm.max_concurrent_boots,
+                    import_limits,
                     heartbeat_interval,
                     guest_binary: None,
                 },

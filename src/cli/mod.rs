@@ -190,6 +190,23 @@ pub struct VmArgs {
     /// Cold boots at once on this host (0: one per core); more wait their turn.
     #[arg(long, env = "SANDBOXCTL_MAX_CONCURRENT_BOOTS", default_value_t = 0)]
     pub max_concurrent_boots: usize,
+    /// Largest a template import's archive may expand to on this host, in bytes (file data,
+    /// link targets and 512 per member); more is refused with 413.
+    #[arg(long, env = "SANDBOXCTL_MAX_IMAGE_EXPANDED_BYTES", default_value_t = crate::agent::images::import::Limits::DEFAULT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_expanded_bytes: u64,
+    /// Most members (files, directories, links) a template import's archive may hold.
+    #[arg(long, env = "SANDBOXCTL_MAX_IMAGE_MEMBERS", default_value_t = crate::agent::images::import::Limits::DEFAULT_MAX_MEMBERS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_members: u64,
+}
+
+impl VmArgs {
+    /// The import limits these flags set.
+    pub fn import_limits(&self) -> crate::agent::images::import::Limits {
+        crate::agent::images::import::Limits {
+            max_bytes: self.max_image_expanded_bytes,
+            max_members: self.max_image_members,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -89,6 +89,8 @@ pub struct VmConfig {
     pub cgroup_root: cgroup::CgroupChoice,
     /// Cold boots at once (0: one per core).
     pub max_concurrent_boots: usize,
+    /// How far a team's root filesystem archive may expand on import.
+    pub import_limits: images::import::Limits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,8 +421,11 @@ impl VmManager {
                     mgr.guest_binary.clone(),
                     t.clone(),
                 );
-                match tokio::task::spawn_blocking(move || images::import::rebuild(&d, &k, &g, &old))
-                    .await
+                let limits = mgr.cfg.import_limits;
+                match tokio::task::spawn_blocking(move || {
+                    images::import::rebuild(&d, &k, &g, &old, &limits)
+                })
+                .await
                 {
                     Ok(Ok(new)) => mgr.boot.request(&new, snapshot::DEFAULT_SHAPE),
                     Ok(Err(e)) => {

@@ -104,7 +104,11 @@ pub async fn import(
             .json()
             .await
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading the host's answer: {e}")))?,
-        Err(AgentError::Remote { status: 413, .. }) => return Err(ApiError::TooLarge),
+        Err(AgentError::Remote {
+            status: 413,
+            message,
+            ..
+        }) => return Err(ApiError::TooLargeBecause(message)),
         Err(e) => return Err(e.into()),
     };
     let row = TemplateRow {

@@ -30,6 +30,7 @@ pub fn vm_config(data_dir: &Path) -> sandboxctl::agent::vm::VmConfig {
         guest_binary: Some(PathBuf::from(BIN)),
         cgroup_root: sandboxctl::agent::vm::cgroup::CgroupChoice::Auto,
         max_concurrent_boots: 0,
+        import_limits: Default::default(),
     }
 }
 
