@@ -676,3 +676,123 @@ async fn imported_image_boots_and_is_rebuilt_for_a_new_guest() {
     );
     vms.destroy(id).await.unwrap();
 }
+
+/// Imports that try to reach the host: archives whose `etc` and `opt` are links to a folder
+/// outside (the canary) import fine, with real folders in their place; hard links out, absolute
+/// and climbing names are refused naming `body`; a gzip bomb is refused with 413 once it has
+/// expanded past the limit. The canary stays byte for byte as it was, and no build is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_imports_are_contained() {
+    use crate::common::archives::{Archive, Canary, build_leftovers, gzip_bomb};
+    use sandboxctl::agent::vm::TemplateError;
+    init_logs();
+    let _permit = vm_permit().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let canary = Canary::new(tmp.path());
+    let data = tmp.path().join("data");
+    let mut cfg = vm_config(&data);
+    cfg.import_limits.max_bytes = 256 << 20;
+    let vms = VmManager::start(cfg).await.expect("start");
+    let body = |bytes: Vec<u8>| {
+        futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))])
+    };
+
+    // Refused: each names the body and what was wrong.
+    let refused: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "hard link to a host file",
+            Archive::new()
+                .bootable()
+                .hard_link("etc/hostname", &canary.path("hostname"))
+                .finish(),
+            "not an earlier file",
+        ),
+        (
+            "absolute member",
+            Archive::new()
+                .bootable()
+                .file(&canary.path("bin/tool"), 0o644, b"pwned")
+                .finish(),
+            "absolute",
+        ),
+        (
+            "climbing member",
+            Archive::new()
+                .bootable()
+                .file("../../../../../../../../../../tmp/pwned", 0o644, b"pwned")
+                .finish(),
+            "'..'",
+        ),
+        (
+            "member through a link to a host folder",
+            Archive::new()
+                .bootable()
+                .symlink("usr", &canary.path("bin"))
+                .file("usr/tool", 0o644, b"pwned")
+                .finish(),
+            "usr/tool",
+        ),
+    ];
+    for (what, archive, expect) in refused {
+        let e = vms
+            .import_template("tpl_it_hostile", body(archive))
+            .await
+            .unwrap_err();
+        match &e {
+            TemplateError::Vm(VmError::BadRequest { field, message }) => {
+                assert_eq!(*field, "body", "{what}");
+                assert!(message.contains(expect), "{what}: {message}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        canary.assert_untouched(what);
+    }
+
+    // 1 GB of zeros in about 1 MB: refused once 256 MiB are written.
+    let bomb = gzip_bomb(1_000_000_000);
+    eprintln!("gzip bomb: {} bytes compressed", bomb.len());
+    assert!(bomb.len() < 2 << 20);
+    let t = Instant::now();
+    let e = vms
+        .import_template("tpl_it_bomb", body(bomb))
+        .await
+        .unwrap_err();
+    eprintln!("bomb refused after {:?}", t.elapsed());
+    match &e {
+        TemplateError::Expands(m) => assert!(m.contains(&(256u64 << 20).to_string()), "{m}"),
+        other => panic!("bomb: {other:?}"),
+    }
+    assert!(e.to_string().starts_with("body: "), "{e}");
+    let templates = data.join("templates");
+    assert_eq!(build_leftovers(&templates), Vec::<String>::new());
+    assert!(!templates.join("tpl_it_hostile").exists() && !templates.join("tpl_it_bomb").exists());
+
+    // Links where our files go: replaced by real folders; the image boots; the host's canary
+    // never sees our hostname, hosts, resolv.conf, inittab, busybox or guest program.
+    let archive = Archive::new()
+        .bootable()
+        .symlink("etc", &canary.dir.to_string_lossy())
+        .symlink("opt", &canary.path("bin"))
+        .symlink("tmp", &canary.dir.to_string_lossy())
+        .finish();
+    let info = vms
+        .import_template("tpl_it_links", body(archive))
+        .await
+        .expect("an archive with linked folders imports");
+    assert!(info.has_snapshot);
+    canary.assert_untouched("etc, opt and tmp as links");
+    assert_eq!(build_leftovers(&templates), Vec::<String>::new());
+    let id = "sbx_it_links";
+    vms.create(CreateVmRequest {
+        template: "tpl_it_links".into(),
+        ..create_request(id)
+    })
+    .await
+    .expect("create from the image");
+    assert_eq!(
+        sh(&vms, id, "hostname; ls -d /opt/sandboxctl").await.stdout,
+        format!("{id}\n/opt/sandboxctl\n")
+    );
+    vms.destroy(id).await.unwrap();
+    canary.assert_untouched("after a sandbox ran from the image");
+}
