@@ -543,7 +543,8 @@ mod tests {
     #[test]
     fn refuses_every_way_out_of_the_tree() {
         let d = tempfile::tempdir().unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Builder, &Path)>, &str)> = vec![
+        type Build = Box<dyn Fn(&mut Builder, &Path)>;
+        let cases: Vec<(&str, Build, &str)> = vec![
             (
                 "absolute path",
                 Box::new(|b, c| file(b, &format!("{}/pwned", c.display()), b"x")),
