@@ -65,6 +65,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 accel: a.vm.accel.into(),
                 cgroup_root: a.vm.cgroup_root.clone(),
                 max_concurrent_boots: a.vm.max_concurrent_boots,
+                import_limits: a.vm.import_limits(),
                 heartbeat_interval: a.timing.heartbeat_interval,
                 admin_email: a.admin_email.clone(),
                 net: a.vm.net_config(),
@@ -166,6 +167,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         }) => {
             init_logs("info");
             let (net, jail) = (vm.net_config(), vm.jail_config());
+            let import_limits = vm.import_limits();
             agent::run::run(
                 agent::run::AgentConfig {
                     data_dir,
@@ -174,6 +176,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                     accel: vm.accel.into(),
                     cgroup_root: vm.cgroup_root.clone(),
                     max_concurrent_boots: vm.max_concurrent_boots,
+                    import_limits,
                     heartbeat_interval,
                     guest_binary: None,
                     net,

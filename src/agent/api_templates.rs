@@ -32,7 +32,7 @@ impl IntoResponse for TemplateApiError {
                 error(StatusCode::CONFLICT, "already_exists", e.to_string(), None)
             }
             TemplateError::Conflict(m) => error(StatusCode::CONFLICT, "conflict", m, None),
-            e @ TemplateError::TooLarge(_) => error(
+            e @ (TemplateError::TooLarge(_) | TemplateError::Expands(_)) => error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 e.to_string(),

@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use super::api::{AgentState, router};
 use super::credentials::{self, Credentials};
 use super::facts;
+use super::images::import::Limits;
 use super::vm::cgroup::CgroupChoice;
 use super::vm::{AccelChoice, VmConfig, VmManager};
 use crate::crypto::agent_call::CallVerifier;
@@ -27,6 +28,7 @@ pub struct AgentConfig {
     pub accel: AccelChoice,
     pub cgroup_root: CgroupChoice,
     pub max_concurrent_boots: usize,
+    pub import_limits: Limits,
     pub heartbeat_interval: Duration,
     /// The binary put into guest images (None: this executable).
     pub guest_binary: Option<PathBuf>,
@@ -62,6 +64,7 @@ pub async fn run(
         max_concurrent_boots: cfg.max_concurrent_boots,
         net: cfg.net.clone(),
         jail: cfg.jail.clone(),
+        import_limits: cfg.import_limits,
     })
     .await
     .context("starting the VM manager")?;

@@ -211,6 +211,13 @@ pub struct VmArgs {
     /// QEMU runs unprivileged: template boots as this uid, each VM as one above it.
     #[arg(long, env = "SANDBOXCTL_VM_UID_BASE", default_value_t = crate::agent::vm::DEFAULT_UID_BASE)]
     pub vm_uid_base: u32,
+    /// Largest a template import's archive may expand to on this host, in bytes (file data,
+    /// link targets and 512 per member); more is refused with 413.
+    #[arg(long, env = "SANDBOXCTL_MAX_IMAGE_EXPANDED_BYTES", default_value_t = crate::agent::images::import::Limits::DEFAULT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_expanded_bytes: u64,
+    /// Most members (files, directories, links) a template import's archive may hold.
+    #[arg(long, env = "SANDBOXCTL_MAX_IMAGE_MEMBERS", default_value_t = crate::agent::images::import::Limits::DEFAULT_MAX_MEMBERS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_members: u64,
 }
 
 fn parse_cidr(s: &str) -> Result<crate::proto::net::Cidr, String> {
@@ -233,6 +240,14 @@ impl VmArgs {
         crate::agent::vm::JailConfig {
             uid_base: self.vm_uid_base,
             hidden: Vec::new(),
+        }
+    }
+
+    /// The import limits these flags set.
+    pub fn import_limits(&self) -> crate::agent::images::import::Limits {
+        crate::agent::images::import::Limits {
+            max_bytes: self.max_image_expanded_bytes,
+            max_members: self.max_image_members,
         }
     }
 }

@@ -204,12 +204,21 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     h
 }
 
-/// Turns a byte stream into frames, skipping garbage.
+/// Turns a byte stream into frames, skipping garbage, in time linear in the bytes pushed: the
+/// search for a header resumes where it stopped and never looks at a byte twice (but for a
+/// partial header at the end of a push, looked at again after the next one, and the 24 bytes
+/// of each candidate header), and consumed bytes are dropped only once they are half the buffer. A header's length is
+/// checked against [`MAX_PAYLOAD`] before anything waits for the payload, so the buffer never
+/// holds more than one frame plus the caller's last push.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
-    /// Bytes thrown away while looking for a frame header (for logs).
+    /// Where the unread bytes start in `buf`.
+    pos: usize,
+    /// Bytes thrown away while looking for a frame header.
     pub skipped: u64,
+    /// Bytes looked at to find and check headers: the decoder's work, for tests.
+    pub scanned: u64,
 }
 
 impl FrameDecoder {
@@ -218,60 +227,80 @@ impl FrameDecoder {
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Forgets any partial frame (e.g. when the peer reconnects).
     pub fn reset(&mut self) {
         self.buf.clear();
+        self.pos = 0;
+    }
+
+    /// Bytes held: at most one frame plus the last push.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.pos += n;
+        self.skipped += n as u64;
     }
 
     /// The next complete frame, if the buffer holds one.
     pub fn next_frame(&mut self) -> Option<Frame> {
         loop {
-            // Find the magic.
-            let start = match find(&self.buf, &MAGIC) {
-                Some(i) => i,
-                None => {
-                    // Keep a tail that could be the start of a magic.
-                    let keep = self.buf.len().min(MAGIC.len() - 1);
-                    let drop = self.buf.len() - keep;
-                    self.skipped += drop as u64;
-                    self.buf.drain(..drop);
-                    return None;
+            // Find the magic: its first byte, then the other three.
+            let rest = &self.buf[self.pos..];
+            let mut found = None;
+            let mut i = 0;
+            while let Some(off) = rest[i..].iter().position(|b| *b == MAGIC[0]) {
+                let at = i + off;
+                let have = (rest.len() - at).min(MAGIC.len());
+                if rest[at..at + have] == MAGIC[..have] {
+                    found = Some(at);
+                    break;
                 }
-            };
-            if start > 0 {
-                self.skipped += start as u64;
-                self.buf.drain(..start);
+                i = at + 1;
             }
-            if self.buf.len() < HEADER_LEN {
+            let Some(start) = found else {
+                // No magic, nor the start of one at the end: all garbage.
+                self.scanned += rest.len() as u64;
+                let n = rest.len();
+                self.skip(n);
+                return None;
+            };
+            self.scanned += (start + MAGIC.len()) as u64;
+            self.skip(start);
+            let rest = &self.buf[self.pos..];
+            if rest.len() < HEADER_LEN {
+                // A partial magic or header: looked at again (≤ 23 bytes) after the next push.
                 return None;
             }
-            let h = &self.buf[..HEADER_LEN];
+            let h = &rest[..HEADER_LEN];
+            self.scanned += HEADER_LEN as u64;
             let check = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
             let len = u32::from_le_bytes([h[16], h[17], h[18], h[19]]) as usize;
             let kind = FrameKind::from_u8(h[4]);
             let valid = check == fnv1a(&h[0..20]) && len <= MAX_PAYLOAD && kind.is_some();
             let Some(kind) = kind.filter(|_| valid) else {
-                // Not a real header: skip the magic's first byte and look again.
-                self.skipped += 1;
-                self.buf.drain(..1);
+                // Not a real header: skip the magic's first byte and look on from there.
+                self.skip(1);
                 continue;
             };
-            if self.buf.len() < HEADER_LEN + len {
+            if rest.len() < HEADER_LEN + len {
+                // The header is checked again (24 bytes) after the next push.
                 return None;
             }
             let id = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
-            let payload = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
-            self.buf.drain(..HEADER_LEN + len);
+            let payload = rest[HEADER_LEN..HEADER_LEN + len].to_vec();
+            self.pos += HEADER_LEN + len;
             return Some(Frame { kind, id, payload });
         }
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 // ---- payloads ----
@@ -523,6 +552,98 @@ mod tests {
         let mut d = FrameDecoder::new();
         d.push(&bytes);
         assert_eq!(d.next_frame(), Some(good));
+    }
+
+    /// A header that checks out, for any length (even one over the limit).
+    fn raw_header(kind: u8, id: u64, len: u32) -> Vec<u8> {
+        let mut h = vec![0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&MAGIC);
+        h[4] = kind;
+        h[8..16].copy_from_slice(&id.to_le_bytes());
+        h[16..20].copy_from_slice(&len.to_le_bytes());
+        let check = fnv1a(&h[0..20]);
+        h[20..24].copy_from_slice(&check.to_le_bytes());
+        h
+    }
+
+    /// Feeds `bytes` in `chunk`-sized pushes; returns the frames and the decoder.
+    fn feed(bytes: &[u8], chunk: usize) -> (Vec<Frame>, FrameDecoder, usize) {
+        let mut d = FrameDecoder::new();
+        let (mut got, mut most) = (Vec::new(), 0);
+        for c in bytes.chunks(chunk) {
+            d.push(c);
+            most = most.max(d.buffered());
+            while let Some(f) = d.next_frame() {
+                got.push(f);
+            }
+        }
+        (got, d, most)
+    }
+
+    /// The worst garbage for a resynchronising reader: a magic at every 4th byte, none with a
+    /// valid header. Work (bytes looked at) grows with the input, not its square, and the
+    /// buffer never holds more than a push.
+    #[test]
+    fn resynchronises_in_linear_work() {
+        let good = Frame::new(FrameKind::Stdout, 7, b"after the storm".to_vec());
+        let work = |n: usize| {
+            let mut bytes = MAGIC.repeat(n);
+            bytes.extend_from_slice(&good.encode().unwrap());
+            let pushes = bytes.len().div_ceil(4096) as u64;
+            let (got, d, most) = feed(&bytes, 4096);
+            assert_eq!(got, vec![good.clone()]);
+            assert_eq!(d.skipped, (n * 4) as u64);
+            assert!(most <= 4096 + HEADER_LEN, "buffered {most}");
+            assert_eq!(d.buffered(), 0);
+            // Each byte found once, each candidate header (one per 4 bytes) checked once, a
+            // partial header at the end of a push looked at again.
+            let bound = 8 * bytes.len() as u64 + HEADER_LEN as u64 * pushes;
+            assert!(d.scanned <= bound, "{} > {bound}", d.scanned);
+            d.scanned
+        };
+        let (small, big) = (work(256 * 1024), work(1024 * 1024));
+        // Four times the garbage, four times the work (a quadratic reader would do 16 times).
+        assert!(big <= small * 4 + 4096, "{small} → {big}");
+
+        // Random-looking garbage, one byte at a time: still bounded per byte.
+        let mut x = 0x9e37_79b9_u32;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let (got, d, most) = feed(&noise, 1);
+        assert!(got.is_empty() && most <= HEADER_LEN);
+        assert!(d.scanned <= 30 * noise.len() as u64, "{}", d.scanned);
+    }
+
+    /// A length over the limit is refused from the header alone: nothing waits for (or buffers)
+    /// its payload. A length at the limit waits for exactly one frame.
+    #[test]
+    fn oversized_lengths_are_refused_before_buffering() {
+        let good = Frame::new(FrameKind::Pong, 9, vec![]);
+        let mut bytes = raw_header(FrameKind::Stdout as u8, 1, MAX_PAYLOAD as u32 + 1);
+        bytes.extend_from_slice(&good.encode().unwrap());
+        let (got, d, _) = feed(&bytes, 1);
+        assert_eq!(got, vec![good]);
+        assert_eq!(d.buffered(), 0);
+        let mut bytes = raw_header(FrameKind::Stdout as u8, 1, u32::MAX);
+        bytes.extend(std::iter::repeat_n(0u8, 3 * MAX_PAYLOAD));
+        let (got, _, most) = feed(&bytes, 64 * 1024);
+        assert!(got.is_empty());
+        assert!(most <= 64 * 1024 + HEADER_LEN, "buffered {most}");
+
+        let mut bytes = raw_header(FrameKind::Stdout as u8, 1, MAX_PAYLOAD as u32);
+        bytes.extend(std::iter::repeat_n(1u8, MAX_PAYLOAD + 10));
+        let (got, _, most) = feed(&bytes, 64 * 1024);
+        assert_eq!(got.len(), 1);
+        assert!(
+            most <= HEADER_LEN + MAX_PAYLOAD + 64 * 1024,
+            "buffered {most}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::agent::images::import::Limits;
 use crate::agent::run::AgentConfig;
 use crate::agent::vm::AccelChoice;
 use crate::agent::vm::cgroup::CgroupChoice;
@@ -22,6 +23,7 @@ pub struct LocalAgentConfig {
     pub accel: AccelChoice,
     pub cgroup_root: CgroupChoice,
     pub max_concurrent_boots: usize,
+    pub import_limits: Limits,
     pub heartbeat_interval: Duration,
     pub admin_email: String,
     pub net: crate::agent::net::NetConfig,
@@ -73,6 +75,7 @@ pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> a
             accel: cfg.accel,
             cgroup_root: cfg.cgroup_root,
             max_concurrent_boots: cfg.max_concurrent_boots,
+            import_limits: cfg.import_limits,
             heartbeat_interval: cfg.heartbeat_interval,
             guest_binary: None,
             net: cfg.net,

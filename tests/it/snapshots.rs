@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use sandboxctl::cli::client::ApiClient;
 use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest, SandboxResponse};
 
+use crate::common::archives::{Archive, Canary, gzip_bomb};
 use crate::common::{TestAgent, TestServer, vm_permit, wait_until};
 
 async fn sh(c: &ApiClient, id: &str, script: &str) -> String {
@@ -78,7 +79,9 @@ async fn snapshots_pause_resume_and_templates() {
     let _vm = vm_permit().await;
     let s = TestServer::start().await;
     let (_, admin) = s.signup("admin@example.com", "Admin").await;
-    let agent = TestAgent::start(&s, &admin).await;
+    // Imports may expand to 256 MiB here, so the gzip bomb below is refused early.
+    let agent =
+        TestAgent::start_with(&s, &admin, &["--max-image-expanded-bytes", "268435456"]).await;
     agent_ready(&admin).await;
 
     // Fast start: both restore the minimal template's boot snapshot (the first may wait for the
@@ -314,6 +317,41 @@ async fn imported_rootfs(s: &TestServer, admin: &ApiClient) {
     assert_eq!(e.status(), Some(400), "{e}");
     let names = template_names(admin).await;
     assert!(!names.iter().any(|n| n == "junk"), "{names:?}");
+
+    // Archives that reach for the host: refused naming the body, the canary folder untouched.
+    let outside = tempfile::tempdir().unwrap();
+    let canary = Canary::new(outside.path());
+    let e = admin
+        .import_template(
+            "evil",
+            false,
+            reqwest::Body::from(
+                Archive::new()
+                    .bootable()
+                    .hard_link("etc/hostname", &canary.path("hostname"))
+                    .finish(),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(400), Some("invalid_field")));
+    assert!(e.to_string().contains("body"), "{e}");
+    let e = admin
+        .import_template("bomb", false, reqwest::Body::from(gzip_bomb(1_000_000_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(413), Some("payload_too_large")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("body: the archive expands"), "{e}");
+    canary.assert_untouched("imports through the server");
+    let names = template_names(admin).await;
+    assert!(
+        !names.iter().any(|n| n == "evil" || n == "bomb"),
+        "{names:?}"
+    );
 
     // Deleting the template leaves its sandbox running.
     admin.delete_template("mine").await.expect("delete mine");

@@ -677,3 +677,236 @@ async fn imported_image_boots_and_is_rebuilt_for_a_new_guest() {
     );
     vms.destroy(id).await.unwrap();
 }
+
+/// Imports that try to reach the host: archives whose `etc` and `opt` are links to a folder
+/// outside (the canary) import fine, with real folders in their place; hard links out, absolute
+/// and climbing names are refused naming `body`; a gzip bomb is refused with 413 once it has
+/// expanded past the limit. The canary stays byte for byte as it was, and no build is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_imports_are_contained() {
+    use crate::common::archives::{Archive, Canary, build_leftovers, gzip_bomb};
+    use sandboxctl::agent::vm::TemplateError;
+    init_logs();
+    let _permit = vm_permit().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let canary = Canary::new(tmp.path());
+    let data = tmp.path().join("data");
+    let mut cfg = vm_config(&data);
+    cfg.import_limits.max_bytes = 256 << 20;
+    let vms = VmManager::start(cfg).await.expect("start");
+    let body = |bytes: Vec<u8>| {
+        futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))])
+    };
+
+    // Refused: each names the body and what was wrong.
+    let refused: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "hard link to a host file",
+            Archive::new()
+                .bootable()
+                .hard_link("etc/hostname", &canary.path("hostname"))
+                .finish(),
+            "not an earlier file",
+        ),
+        (
+            "absolute member",
+            Archive::new()
+                .bootable()
+                .file(&canary.path("bin/tool"), 0o644, b"pwned")
+                .finish(),
+            "absolute",
+        ),
+        (
+            "climbing member",
+            Archive::new()
+                .bootable()
+                .file("../../../../../../../../../../tmp/pwned", 0o644, b"pwned")
+                .finish(),
+            "'..'",
+        ),
+        (
+            "member through a link to a host folder",
+            Archive::new()
+                .bootable()
+                .symlink("usr", &canary.path("bin"))
+                .file("usr/tool", 0o644, b"pwned")
+                .finish(),
+            "usr/tool",
+        ),
+    ];
+    for (what, archive, expect) in refused {
+        let e = vms
+            .import_template("tpl_it_hostile", body(archive))
+            .await
+            .unwrap_err();
+        match &e {
+            TemplateError::Vm(VmError::BadRequest { field, message }) => {
+                assert_eq!(*field, "body", "{what}");
+                assert!(message.contains(expect), "{what}: {message}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        canary.assert_untouched(what);
+    }
+
+    // 1 GB of zeros in about 1 MB: refused once 256 MiB are written.
+    let bomb = gzip_bomb(1_000_000_000);
+    eprintln!("gzip bomb: {} bytes compressed", bomb.len());
+    assert!(bomb.len() < 2 << 20);
+    let t = Instant::now();
+    let e = vms
+        .import_template("tpl_it_bomb", body(bomb))
+        .await
+        .unwrap_err();
+    eprintln!("bomb refused after {:?}", t.elapsed());
+    match &e {
+        TemplateError::Expands(m) => assert!(m.contains(&(256u64 << 20).to_string()), "{m}"),
+        other => panic!("bomb: {other:?}"),
+    }
+    assert!(e.to_string().starts_with("body: "), "{e}");
+    let templates = data.join("templates");
+    assert_eq!(build_leftovers(&templates), Vec::<String>::new());
+    assert!(!templates.join("tpl_it_hostile").exists() && !templates.join("tpl_it_bomb").exists());
+
+    // Links where our files go: replaced by real folders; the image boots; the host's canary
+    // never sees our hostname, hosts, resolv.conf, inittab, busybox or guest program.
+    let archive = Archive::new()
+        .bootable()
+        .symlink("etc", &canary.dir.to_string_lossy())
+        .symlink("opt", &canary.path("bin"))
+        .symlink("tmp", &canary.dir.to_string_lossy())
+        .finish();
+    let info = vms
+        .import_template("tpl_it_links", body(archive))
+        .await
+        .expect("an archive with linked folders imports");
+    assert!(info.has_snapshot);
+    canary.assert_untouched("etc, opt and tmp as links");
+    assert_eq!(build_leftovers(&templates), Vec::<String>::new());
+    let id = "sbx_it_links";
+    vms.create(CreateVmRequest {
+        template: "tpl_it_links".into(),
+        ..create_request(id)
+    })
+    .await
+    .expect("create from the image");
+    assert_eq!(
+        sh(&vms, id, "hostname; ls -d /opt/sandboxctl").await.stdout,
+        format!("{id}\n/opt/sandboxctl\n")
+    );
+    vms.destroy(id).await.unwrap();
+    canary.assert_untouched("after a sandbox ran from the image");
+}
+
+/// The agent's resident memory, in KiB (this process runs the VM manager).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A guest that turns hostile: its guest program is replaced (bind mount, then killed; init
+/// respawns the stand-in) by a writer that sends 1 MiB frames for requests that never were,
+/// then endless garbage made of frame magics (the worst case for a resynchronising reader).
+/// The agent cuts that guest off and stops its VM, says why when asked, keeps its memory
+/// bounded, and another VM's execs go on working throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guest_is_cut_off_and_others_keep_working() {
+    use sandboxctl::proto::guest::{Frame, FrameKind, MAX_PAYLOAD};
+    init_logs();
+    let _permit = vm_permit().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let vms = std::sync::Arc::new(
+        VmManager::start(vm_config(tmp.path()))
+            .await
+            .expect("start"),
+    );
+    let (bad, good) = ("sbx_it_hostile", "sbx_it_bystander");
+    vms.create(create_request(bad))
+        .await
+        .expect("create hostile");
+    vms.create(create_request(good))
+        .await
+        .expect("create bystander");
+    assert_eq!(sh(&vms, good, "echo ok").await.stdout, "ok\n");
+    let rss_before = rss_kib();
+
+    let header = Frame::new(FrameKind::Stdout, 0x5151, vec![0; MAX_PAYLOAD])
+        .encode()
+        .unwrap()[..24]
+        .iter()
+        .map(|b| format!("\\{b:03o}"))
+        .collect::<String>();
+    let script = format!(
+        "#!/bin/sh\n\
+         # Hostile stand-in for the guest program.\n\
+         {{\n\
+         i=0; while [ $i -lt 8 ]; do printf '{header}'; head -c {MAX_PAYLOAD} /dev/zero; i=$((i+1)); done\n\
+         yes SBXgSBXgSBXgSBXgSBXgSBXgSBXgSBXgSBXgSBXgSBXgSBXgSBXgSBXgSBX\n\
+         }} > /dev/vport0p1\n"
+    );
+    let setup = format!(
+        "cat > /tmp/hostile <<'EOF'\n{script}EOF\n\
+         chmod 755 /tmp/hostile && mount -o bind /tmp/hostile /usr/bin/sandboxctl && \
+         (sleep 1; kill $(pidof sandboxctl)) </dev/null >/dev/null 2>&1 &"
+    );
+    let r = sh(&vms, bad, &setup).await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+
+    // The bystander works while the hostile guest floods; the hostile VM ends stopped.
+    let started = Instant::now();
+    let (mut execs, mut rss_peak) = (0, rss_before);
+    loop {
+        let t = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(60), sh(&vms, good, "echo ok"))
+            .await
+            .expect("the bystander's exec answers");
+        assert_eq!(r.stdout, "ok\n");
+        execs += 1;
+        rss_peak = rss_peak.max(rss_kib());
+        if execs % 5 == 0 {
+            eprintln!("bystander exec {execs} took {:?}", t.elapsed());
+        }
+        let state = vms
+            .list()
+            .await
+            .into_iter()
+            .find(|i| i.id == bad)
+            .map(|i| i.state);
+        if state == Some(VmState::Stopped) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the hostile VM was never cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "hostile guest cut off after {:?}; bystander execs meanwhile: {execs}; agent RSS {} KiB before, {} KiB at most during",
+        started.elapsed(),
+        rss_before,
+        rss_peak
+    );
+    match vms.exec(bad, cmd("echo", &["hi"])).await {
+        Err(VmError::Conflict(m)) => {
+            eprintln!("exec on the cut-off VM: {m}");
+            assert!(
+                m.contains("broke the channel protocol") && m.contains("garbage"),
+                "{m}"
+            )
+        }
+        other => panic!("exec on the cut-off VM: {other:?}"),
+    }
+    // 8 MiB of frames and a stream of garbage went by: the agent held at most a frame or two.
+    assert!(
+        rss_peak < rss_before + 48 * 1024,
+        "RSS grew from {rss_before} to {rss_peak} KiB"
+    );
+    assert_eq!(sh(&vms, good, "echo still").await.stdout, "still\n");
+    vms.destroy(bad).await.unwrap();
+    vms.destroy(good).await.unwrap();
+}

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::minimal::{
-    BUSYBOX, GUEST_PORT, build_initrd, guest_digest, gzip, make_ext4, shared_libraries, write_file,
+    BUSYBOX, GUEST_PORT, build_initrd, guest_digest, gzip, make_ext4, shared_libraries,
 };
+use super::tree::{Dir, b};
 use super::{Kernel, Template, install_dir, remove_tree, template, templates_dir, unmount_under};
 
 pub const DEBIAN: &str = "debian";
@@ -83,7 +84,8 @@ pub fn build(
         )?;
         progress("installing the guest program");
         unmount_under(&root)?;
-        install_guest(&root, guest_binary)?;
+        install_guest(&root, guest_binary, &tmp)?;
+        link_sbin_init(&root)?;
         for junk in ["var/cache/apt/archives", "var/lib/apt/lists"] {
             clear_dir(&root.join(junk));
         }
@@ -246,34 +248,52 @@ fn clear_dir(dir: &Path) {
     }
 }
 
-/// Puts the guest program, busybox and the init files into the Debian tree.
-pub(super) fn install_guest(root: &Path, guest_binary: &Path) -> anyhow::Result<()> {
+/// Puts the guest program, busybox and the init files into a root tree (the Debian one, or a
+/// user's archive): everything is written through [`Dir`], so a link the tree holds is never
+/// followed, and where the tree has a link or a file in place of a directory we need (`etc`,
+/// `opt`, the mount points) it is replaced by a real directory. `scratch` is a folder of ours
+/// outside the tree. `/sbin/init` is left alone: the initramfs of an imported image starts
+/// `/opt/sandboxctl/init` (busybox init) itself, and the Debian build links `/sbin/init` to it.
+pub(super) fn install_guest(
+    root: &Path,
+    guest_binary: &Path,
+    scratch: &Path,
+) -> anyhow::Result<()> {
+    let top = Dir::open_root(root).with_context(|| format!("open {}", root.display()))?;
     // The mount points init needs (a tree from an archive may lack them).
-    for d in ["proc", "sys", "dev", "tmp", "run", "etc", "sbin"] {
-        std::fs::create_dir_all(root.join(d))?;
+    for d in ["proc", "sys", "dev", "tmp", "run"] {
+        top.real_subdir(b(d))
+            .with_context(|| format!("make /{d}"))?;
     }
-    let opt = root.join(OPT);
-    for d in ["bin", "lib"] {
-        std::fs::create_dir_all(opt.join(d))?;
-    }
-    let dest = opt.join("bin/sandboxctl");
-    super::install_guest_binary(guest_binary, &dest)?;
-    std::fs::copy(BUSYBOX, opt.join("bin/busybox")).context("copy busybox")?;
-    std::fs::set_permissions(
-        opt.join("bin/busybox"),
-        std::fs::Permissions::from_mode(0o755),
-    )?;
+    let etc = top.real_subdir(b"etc").context("make /etc")?;
+    // /opt/sandboxctl is ours: whatever the tree had there goes.
+    let opt = top
+        .real_subdir(b"opt")
+        .and_then(|o| {
+            o.remove_all(b"sandboxctl")
+                .and_then(|_| o.real_subdir(b"sandboxctl"))
+        })
+        .with_context(|| format!("make /{OPT}"))?;
+    let bin = opt.real_subdir(b"bin").context("make the guest's bin")?;
+    let lib = opt.real_subdir(b"lib").context("make the guest's lib")?;
+    let stripped = scratch.join("sandboxctl.guest");
+    super::install_guest_binary(guest_binary, &stripped)?;
+    let copied = bin.copy_in(b"sandboxctl", 0o755, &stripped);
+    let _ = std::fs::remove_file(&stripped);
+    copied.context("copy the guest program")?;
+    bin.copy_in(b"busybox", 0o755, Path::new(BUSYBOX))
+        .context("copy busybox")?;
 
     // The libraries the guest program was linked against, and their loader.
     let mut loader: Option<String> = None;
-    for lib in shared_libraries(guest_binary)? {
-        let file = lib
+    for l in shared_libraries(guest_binary)? {
+        let file = l
             .file_name()
             .context("library without a name")?
             .to_string_lossy()
             .into_owned();
-        std::fs::copy(&lib, opt.join("lib").join(&file))
-            .with_context(|| format!("copy {}", lib.display()))?;
+        lib.copy_in(b(&file), 0o755, &l)
+            .with_context(|| format!("copy {}", l.display()))?;
         if file.starts_with("ld-linux") {
             loader = Some(file);
         }
@@ -284,40 +304,52 @@ pub(super) fn install_guest(root: &Path, guest_binary: &Path) -> anyhow::Result<
         ),
         None => format!("exec /{OPT}/bin/sandboxctl guest --port \"$1\""),
     };
-    write_file(
-        &opt.join("guest"),
-        0o755,
-        format!(
-            "#!/bin/sh\n# sandboxctl guest program, with the libraries it was built for.\n{run}\n"
-        )
-        .as_bytes(),
-    )?;
-    write_file(
-        &opt.join("rcS"),
-        0o755,
-        RCS.replace("@OPT@", OPT).as_bytes(),
-    )?;
-    let inittab = format!(
-        "::sysinit:/{OPT}/rcS\n::respawn:/{OPT}/guest {GUEST_PORT}\n::shutdown:/{OPT}/bin/busybox umount -a -r\n"
-    );
-    write_file(&root.join("etc/inittab"), 0o644, inittab.as_bytes())?;
+    let files: [(&Dir, &str, u32, String); 6] = [
+        (
+            &opt,
+            "guest",
+            0o755,
+            format!(
+                "#!/bin/sh\n# sandboxctl guest program, with the libraries it was built for.\n{run}\n"
+            ),
+        ),
+        (&opt, "rcS", 0o755, RCS.replace("@OPT@", OPT)),
+        (
+            &etc,
+            "inittab",
+            0o644,
+            format!(
+                "::sysinit:/{OPT}/rcS\n::respawn:/{OPT}/guest {GUEST_PORT}\n::shutdown:/{OPT}/bin/busybox umount -a -r\n"
+            ),
+        ),
+        (&etc, "hostname", 0o644, "sandbox\n".into()),
+        (
+            &etc,
+            "hosts",
+            0o644,
+            "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n".into(),
+        ),
+        (&etc, "resolv.conf", 0o644, String::new()),
+    ];
+    for (dir, name, mode, content) in files {
+        dir.remove_all(b(name))
+            .with_context(|| format!("clear the way for {name}"))?;
+        dir.write_file(b(name), mode, content.as_bytes())
+            .with_context(|| format!("write {name}"))?;
+    }
+    opt.symlink(b"init", b"bin/busybox")
+        .context("link the guest's init")?;
+    Ok(())
+}
+
+/// `/sbin/init` → the guest's busybox, in the Debian tree (ours: its links are followed).
+fn link_sbin_init(root: &Path) -> anyhow::Result<()> {
     let init = root.join("sbin/init");
     if init.exists() || init.is_symlink() {
         std::fs::remove_file(&init)?;
     }
     std::fs::create_dir_all(root.join("sbin"))?;
     symlink(PathBuf::from("/").join(OPT).join("bin/busybox"), &init).context("link /sbin/init")?;
-    write_file(&root.join("etc/hostname"), 0o644, b"sandbox\n")?;
-    write_file(
-        &root.join("etc/hosts"),
-        0o644,
-        b"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
-    )?;
-    let resolv = root.join("etc/resolv.conf");
-    if resolv.is_symlink() {
-        std::fs::remove_file(&resolv)?;
-    }
-    write_file(&resolv, 0o644, b"")?;
     Ok(())
 }
 

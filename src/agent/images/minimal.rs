@@ -306,6 +306,11 @@ pub(super) fn make_ext4(root: &Path, image: &Path) -> anyhow::Result<()> {
 }
 
 pub(super) fn build_initrd(kernel: &Kernel) -> anyhow::Result<Vec<u8>> {
+    build_initrd_for(kernel, "/sbin/init")
+}
+
+/// The initramfs, switching to `init` (a path in the root filesystem) at its end.
+pub(super) fn build_initrd_for(kernel: &Kernel, init: &str) -> anyhow::Result<Vec<u8>> {
     let mut c = Cpio::new();
     for d in [
         "/bin",
@@ -340,8 +345,10 @@ pub(super) fn build_initrd(kernel: &Kernel) -> anyhow::Result<Vec<u8>> {
         let data = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
         c.file(&format!("/lib/modules/{m}.ko"), 0o644, &data);
     }
-    let init = INITRAMFS_INIT.replace("@MODULES@", &MODULES.join(" "));
-    c.file("/init", 0o755, init.as_bytes());
+    let script = INITRAMFS_INIT
+        .replace("@MODULES@", &MODULES.join(" "))
+        .replace("@INIT@", init);
+    c.file("/init", 0o755, script.as_bytes());
     Ok(c.finish())
 }
 
@@ -382,7 +389,7 @@ done
 mount -t ext4 -o rw,noatime /dev/vda /newroot || { echo "initramfs: cannot mount /dev/vda"; exit 1; }
 mount -o move /dev /newroot/dev
 umount /proc
-exec switch_root /newroot /sbin/init
+exec switch_root /newroot @INIT@
 "#;
 
 const INITTAB: &str = "::sysinit:/etc/init.d/rcS

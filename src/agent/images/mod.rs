@@ -8,6 +8,7 @@ mod cpio;
 pub mod debian;
 pub mod import;
 mod minimal;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 
@@ -151,14 +152,16 @@ fn install_dir(tmp_dir: &Path, final_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes leftovers of interrupted image builds (`.build-<template>-*`, `.old-*`; snapshot
-/// folders are the VM manager's). A debootstrap cut short can leave filesystems mounted inside
+/// Removes leftovers of interrupted image builds (`.build-<template>-*`, `.old-*`, uploads and
+/// archive copies of imports; snapshot folders are the VM manager's). A debootstrap cut short can leave filesystems mounted inside
 /// its tree: they are unmounted first, and the removal never crosses into another filesystem.
 fn clean_leftovers(templates: &Path) {
     for e in std::fs::read_dir(templates).into_iter().flatten().flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
         let ours = name.starts_with(".old-")
+            || name.starts_with(".upload-")
+            || name.starts_with(".source-")
             || (name.starts_with(".build-")
                 && !name.starts_with(".build-snap")
                 && !name.starts_with(".build-boot"));

@@ -6,10 +6,20 @@
 //! agent) arrive first and are dropped. Stream ids come from a per-process counter with a random
 //! start, so stale replies never match a live request.
 //!
-//! The reader task never waits for a stream's consumer: each stream has its own queue, kept
-//! within one flow-control window because the guest may only send what the consumer granted
-//! (a guest that sends more loses the stream, not the agent's memory). Data the host sends
-//! (stdin, uploads) waits for the guest's credit in [`GuestSender`], per stream.
+//! The reader task never waits for a stream's consumer: each stream has its own [`StreamQueue`],
+//! bounded in bytes (one flow-control window of data, because the guest may only send what the
+//! consumer granted, plus [`CONTROL_BYTES`] of control frames) and in frames ([`MAX_QUEUED`];
+//! data frames that follow one another are merged up to [`CHUNK`]). A stream whose guest
+//! overruns these loses the stream, never the agent's memory; frames for no live request are
+//! dropped on arrival. Data the host sends (stdin, uploads) waits for the guest's credit in
+//! [`GuestSender`], per stream.
+//!
+//! The guest is hostile until proven otherwise. Its garbage (bytes that are no frame) and its
+//! protocol violations (data on a stream that asked for none, a window overrun, a frame only
+//! the host sends, an unreadable credit, an oversized control frame) are counted per
+//! connection; past [`GARBAGE_BUDGET`] or [`VIOLATION_BUDGET`] the channel is cut off for good:
+//! every call fails with [`ChannelError::CutOff`] and the VM manager, told through
+//! [`GuestChannel::cut_off_watch`], stops the VM and logs why.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,7 +30,7 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::sock::connect_unix;
@@ -44,6 +54,134 @@ pub enum ChannelError {
     /// A file operation failed in the guest, with its reason code (`file_not_found`, …).
     #[error("{message}")]
     File { code: String, message: String },
+    /// The guest broke the protocol too often and its channel was cut off for good.
+    #[error("the guest broke the channel protocol and was cut off ({0})")]
+    CutOff(String),
+}
+
+/// Bytes of garbage (not frames) a guest may send on one connection before it is cut off. A
+/// sane guest sends none after the handshake but for a frame cut short when its program
+/// restarts.
+pub(super) const GARBAGE_BUDGET: u64 = 1 << 20;
+/// Protocol violations a guest may commit on one connection before it is cut off.
+pub(super) const VIOLATION_BUDGET: u32 = 64;
+/// Frames one stream may hold unconsumed.
+pub(super) const MAX_QUEUED: usize = 4096;
+/// Bytes of control frames (anything but data) one stream may hold unconsumed; also the
+/// largest control frame a guest may send.
+pub(super) const CONTROL_BYTES: usize = 64 * 1024;
+
+/// One stream's frames between the reader task and the stream's consumer, bounded.
+struct StreamQueue {
+    inner: Mutex<QueueInner>,
+    ready: Notify,
+    /// The stream's data window (0: the stream takes no data).
+    window: u64,
+}
+
+#[derive(Default)]
+struct QueueInner {
+    frames: std::collections::VecDeque<Frame>,
+    data_bytes: usize,
+    control_bytes: usize,
+    closed: bool,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, PartialEq, Eq)]
+enum Full {
+    Frames,
+    ControlBytes,
+    DataBytes,
+}
+
+fn is_data(kind: FrameKind) -> bool {
+    matches!(
+        kind,
+        FrameKind::Stdout | FrameKind::Stderr | FrameKind::FileData
+    )
+}
+
+impl StreamQueue {
+    fn new(window: u64) -> StreamQueue {
+        StreamQueue {
+            inner: Mutex::new(QueueInner::default()),
+            ready: Notify::new(),
+            window,
+        }
+    }
+
+    /// Queues `f` (merged into the last frame when both are non-empty data of one kind), or says
+    /// which bound it would break. A closed queue drops it.
+    fn push(&self, f: Frame) -> Result<(), Full> {
+        let mut q = lock(&self.inner);
+        if q.closed {
+            return Ok(());
+        }
+        let len = f.payload.len();
+        if is_data(f.kind) {
+            if q.data_bytes + len > self.window as usize {
+                return Err(Full::DataBytes);
+            }
+            if let Some(last) = q.frames.back_mut()
+                && last.kind == f.kind
+                && !last.payload.is_empty()
+                && len > 0
+                && last.payload.len() + len <= CHUNK
+            {
+                last.payload.extend_from_slice(&f.payload);
+                q.data_bytes += len;
+                return Ok(());
+            }
+        } else if q.control_bytes + len > CONTROL_BYTES {
+            return Err(Full::ControlBytes);
+        }
+        if q.frames.len() >= MAX_QUEUED {
+            return Err(Full::Frames);
+        }
+        if is_data(f.kind) {
+            q.data_bytes += len;
+        } else {
+            q.control_bytes += len;
+        }
+        q.frames.push_back(f);
+        drop(q);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn close(&self) {
+        lock(&self.inner).closed = true;
+        self.ready.notify_one();
+    }
+
+    /// The next frame; None once the queue is closed and empty. One consumer.
+    async fn recv(&self) -> Option<Frame> {
+        loop {
+            {
+                let mut q = lock(&self.inner);
+                if let Some(f) = q.frames.pop_front() {
+                    if is_data(f.kind) {
+                        q.data_bytes -= f.payload.len();
+                    } else {
+                        q.control_bytes -= f.payload.len();
+                    }
+                    return Some(f);
+                }
+                if q.closed {
+                    return None;
+                }
+            }
+            // notify_one keeps a permit when nobody waits: no wake-up is lost.
+            self.ready.notified().await;
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> (usize, usize, usize) {
+        let q = lock(&self.inner);
+        (q.frames.len(), q.data_bytes, q.control_bytes)
+    }
 }
 
 pub(super) fn next_id() -> u64 {
@@ -58,7 +196,7 @@ pub(super) fn next_id() -> u64 {
 
 /// Where the reader task delivers one stream's frames, and that stream's flow-control state.
 struct Route {
-    tx: mpsc::UnboundedSender<Frame>,
+    queue: Arc<StreamQueue>,
     /// Bytes the guest may still send us; 0 = no limit was asked for.
     window: u64,
     /// Data delivered to the queue and not yet granted back: never above `window` for a guest
@@ -71,6 +209,7 @@ struct Route {
 impl Route {
     fn close(&self) {
         self.credit.close();
+        self.queue.close();
     }
 }
 
@@ -88,6 +227,8 @@ struct Conn {
     pending: Pending,
     alive: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The channel's cut-off reason (shared with it).
+    cut: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Conn {
@@ -137,6 +278,8 @@ pub struct GuestChannel {
     slot: Mutex<Option<Arc<Conn>>>,
     connecting: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// Why the guest was cut off, once it was.
+    cut: Arc<watch::Sender<Option<String>>>,
 }
 
 impl GuestChannel {
@@ -147,7 +290,19 @@ impl GuestChannel {
             slot: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
+            cut: Arc::new(watch::Sender::new(None)),
         }
+    }
+
+    /// Why the guest's channel was cut off, if it was (for good: see the module notes).
+    pub fn cut_reason(&self) -> Option<String> {
+        self.cut.borrow().clone()
+    }
+
+    /// Hears when the guest is cut off (the value becomes `Some(reason)`); closed when the
+    /// channel is dropped.
+    pub fn cut_off_watch(&self) -> watch::Receiver<Option<String>> {
+        self.cut.subscribe()
     }
 
     /// Ends the connection for good; requests in flight fail with `Closed`.
@@ -171,6 +326,9 @@ impl GuestChannel {
 
     /// A live, handshaken connection, made if needed within `wait`.
     async fn conn(&self, wait: Duration) -> Result<(Arc<Conn>, Option<HelloAck>), ChannelError> {
+        if let Some(why) = self.cut_reason() {
+            return Err(ChannelError::CutOff(why));
+        }
         if self.closed.load(Ordering::Acquire) {
             return Err(ChannelError::Closed);
         }
@@ -284,13 +442,20 @@ impl GuestChannel {
             }
             writer_alive.store(false, Ordering::Release);
         });
-        let reader = tokio::spawn(read_loop(r, decoder, pending.clone(), alive.clone()));
+        let reader = tokio::spawn(read_loop(
+            r,
+            decoder,
+            pending.clone(),
+            alive.clone(),
+            self.cut.clone(),
+        ));
         Ok((
             Conn {
                 out: tx,
                 pending,
                 alive,
                 tasks: vec![writer, reader],
+                cut: self.cut.clone(),
             },
             ack,
         ))
@@ -305,14 +470,14 @@ impl GuestChannel {
         wait: Duration,
     ) -> Result<GuestStream, ChannelError> {
         let (conn, _) = self.conn(wait).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(StreamQueue::new(window));
         let id = frame.id;
         let inflight = Arc::new(AtomicU64::new(0));
         let credit = Arc::new(Semaphore::new(0));
         lock(&conn.pending).insert(
             id,
             Route {
-                tx,
+                queue: queue.clone(),
                 window,
                 inflight: inflight.clone(),
                 credit: credit.clone(),
@@ -320,7 +485,7 @@ impl GuestChannel {
         );
         let stream = GuestStream {
             id,
-            rx,
+            queue,
             conn,
             inflight,
             credit,
@@ -432,7 +597,7 @@ pub(super) fn guest_error(f: &Frame) -> ChannelError {
 /// the guest to abandon the stream (kill the process, drop the upload).
 pub(super) struct GuestStream {
     id: u64,
-    rx: mpsc::UnboundedReceiver<Frame>,
+    queue: Arc<StreamQueue>,
     conn: Arc<Conn>,
     inflight: Arc<AtomicU64>,
     credit: Arc<Semaphore>,
@@ -447,12 +612,18 @@ impl GuestStream {
     /// The next frame; `deadline` None waits as long as the stream lives.
     pub(super) async fn next(&mut self, deadline: Option<Instant>) -> Result<Frame, ChannelError> {
         let got = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), self.rx.recv())
+            Some(d) => tokio::time::timeout_at(d.into(), self.queue.recv())
                 .await
                 .map_err(|_| ChannelError::Timeout)?,
-            None => self.rx.recv().await,
+            None => self.queue.recv().await,
         };
-        got.ok_or(ChannelError::Closed)
+        match got {
+            Some(f) => Ok(f),
+            None => Err(match self.conn.cut.borrow().clone() {
+                Some(why) => ChannelError::CutOff(why),
+                None => ChannelError::Closed,
+            }),
+        }
     }
 
     /// The consumer is done with `n` bytes of data: the guest may send them again. Grants go
@@ -550,71 +721,300 @@ impl GuestSender {
     }
 }
 
+/// What one connection's guest has done wrong so far.
+#[derive(Debug, Default)]
+struct Conduct {
+    /// `decoder.skipped` when the handshake ended.
+    garbage_before: u64,
+    violations: u32,
+}
+
+impl Conduct {
+    /// Counts one violation; the reason to cut the guest off once past the budget.
+    fn violation(&mut self, what: &str) -> Option<String> {
+        self.violations += 1;
+        tracing::warn!(violations = self.violations, "guest channel: {what}");
+        (self.violations > VIOLATION_BUDGET)
+            .then(|| format!("{} protocol violations, the last: {what}", self.violations))
+    }
+
+    fn garbage(&self, decoder: &FrameDecoder) -> Option<String> {
+        let garbage = decoder.skipped.saturating_sub(self.garbage_before);
+        (garbage > GARBAGE_BUDGET).then(|| format!("{garbage} bytes of garbage"))
+    }
+}
+
 async fn read_loop(
     mut r: OwnedReadHalf,
     mut decoder: FrameDecoder,
     pending: Pending,
     alive: Arc<AtomicBool>,
+    cut: Arc<watch::Sender<Option<String>>>,
 ) {
     let mut buf = vec![0u8; 128 * 1024];
-    // Frames already decoded during the handshake's last read.
-    loop {
+    let mut conduct = Conduct {
+        garbage_before: decoder.skipped,
+        violations: 0,
+    };
+    // Frames already decoded during the handshake's last read come first.
+    let why = 'read: loop {
         while let Some(f) = decoder.next_frame() {
             if f.kind == FrameKind::HelloAck {
-                // nonce 0: the guest program restarted; nothing in flight will be answered.
-                if f.parse::<HelloAck>().is_ok_and(|a| a.nonce == 0) {
-                    tracing::warn!("the guest program restarted; failing its requests in flight");
-                    clear(&pending);
+                match f.parse::<HelloAck>() {
+                    // nonce 0: the guest program restarted; nothing in flight will be answered.
+                    Ok(a) if a.nonce == 0 => {
+                        tracing::warn!(
+                            "the guest program restarted; failing its requests in flight"
+                        );
+                        clear(&pending);
+                    }
+                    // A late answer to one of the handshake's Hellos.
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(why) = conduct.violation(&format!("unreadable HelloAck: {e}")) {
+                            break 'read Some(why);
+                        }
+                    }
                 }
                 continue;
             }
-            deliver(&pending, f);
+            if let Err(what) = deliver(&pending, f)
+                && let Some(why) = conduct.violation(&what)
+            {
+                break 'read Some(why);
+            }
+        }
+        if let Some(why) = conduct.garbage(&decoder) {
+            break 'read Some(why);
         }
         match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => break None,
             Ok(n) => decoder.push(&buf[..n]),
         }
-    }
+    };
     alive.store(false, Ordering::Release);
+    if let Some(why) = why {
+        tracing::error!(reason = %why, "the guest broke the channel protocol; cutting it off");
+        cut.send_replace(Some(why));
+    }
     clear(&pending);
 }
 
-/// Hands one frame to its stream, applying credits and policing the guest's window.
-fn deliver(pending: &Pending, f: Frame) {
+/// Hands one frame to its stream, applying credits and policing the guest: a frame that breaks
+/// the protocol is dropped (with its stream, where it overran one) and described in the error.
+fn deliver(pending: &Pending, f: Frame) -> Result<(), String> {
+    use FrameKind::*;
+    if matches!(
+        f.kind,
+        Hello | Init | Ping | Cancel | ExecStart | Stdin | Signal | Resize | FileRequest
+    ) {
+        return Err(format!("sent {:?}, a frame only the host sends", f.kind));
+    }
+    if !is_data(f.kind) && f.payload.len() > CONTROL_BYTES {
+        return Err(format!(
+            "a {:?} frame of {} bytes (control frames are at most {CONTROL_BYTES})",
+            f.kind,
+            f.payload.len()
+        ));
+    }
+    let id = f.id;
     let mut routes = lock(pending);
-    let Some(route) = routes.get(&f.id) else {
-        tracing::debug!(kind = ?f.kind, id = f.id, "dropping a frame for no live request");
-        return;
+    let Some(route) = routes.get(&id) else {
+        tracing::debug!(kind = ?f.kind, id, "dropping a frame for no live request");
+        return Ok(());
+    };
+    let (queue, credit, inflight, window) = (
+        route.queue.clone(),
+        route.credit.clone(),
+        route.inflight.clone(),
+        route.window,
+    );
+    let mut drop_stream = || {
+        if let Some(r) = routes.remove(&id) {
+            r.close();
+        }
     };
     match f.kind {
-        FrameKind::Credit => {
-            if let Ok(c) = f.parse::<Credit>() {
-                // A semaphore holds at most MAX_PERMITS; a sane guest never comes close.
-                let room = Semaphore::MAX_PERMITS.saturating_sub(route.credit.available_permits());
-                route
-                    .credit
-                    .add_permits((c.bytes.min(u64::from(u32::MAX)) as usize).min(room));
-            }
-            return;
+        Credit => {
+            let Ok(c) = f.parse::<crate::proto::guest::Credit>() else {
+                return Err("an unreadable Credit".into());
+            };
+            // A semaphore holds at most MAX_PERMITS; a sane guest never comes close.
+            let room = Semaphore::MAX_PERMITS.saturating_sub(credit.available_permits());
+            credit.add_permits((c.bytes.min(u64::from(u32::MAX)) as usize).min(room));
+            return Ok(());
         }
-        FrameKind::Stdout | FrameKind::Stderr | FrameKind::FileData if route.window > 0 => {
+        Stdout | Stderr | FileData if window == 0 => {
+            drop_stream();
+            return Err(format!("{:?} data on a stream that takes none", f.kind));
+        }
+        Stdout | Stderr | FileData => {
             let len = f.payload.len() as u64;
-            let inflight = route.inflight.fetch_add(len, Ordering::AcqRel) + len;
-            if inflight > route.window {
-                tracing::warn!(
-                    id = f.id,
-                    inflight,
-                    window = route.window,
-                    "the guest overran its flow-control window; dropping the stream"
-                );
-                if let Some(r) = routes.remove(&f.id) {
-                    r.close();
-                }
-                return;
+            let inflight = inflight.fetch_add(len, Ordering::AcqRel) + len;
+            if inflight > window {
+                drop_stream();
+                return Err(format!(
+                    "overran its flow-control window ({inflight} > {window} bytes); the stream is dropped"
+                ));
             }
         }
         _ => {}
     }
-    // The requester may have gone away: then the frame is just dropped.
-    let _ = route.tx.send(f);
+    match queue.push(f) {
+        Ok(()) => Ok(()),
+        // Many small frames of alternating kinds for a consumer that does not keep up: a sane
+        // guest can do that, so the stream goes but nothing is counted against the guest.
+        Err(Full::Frames) => {
+            tracing::warn!(
+                "a guest stream holds {MAX_QUEUED} frames its consumer has not taken; dropping it"
+            );
+            drop_stream();
+            Ok(())
+        }
+        Err(full) => {
+            drop_stream();
+            Err(format!("filled its stream's queue ({full:?})"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::guest::MAGIC;
+
+    fn pending_with(id: u64, window: u64) -> (Pending, Arc<StreamQueue>) {
+        let queue = Arc::new(StreamQueue::new(window));
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        lock(&pending).insert(
+            id,
+            Route {
+                queue: queue.clone(),
+                window,
+                inflight: Arc::new(AtomicU64::new(0)),
+                credit: Arc::new(Semaphore::new(0)),
+            },
+        );
+        (pending, queue)
+    }
+
+    /// A guest flooding a live stream with control frames fills a bounded queue, then loses
+    /// the stream; what it sends after that is dropped on arrival.
+    #[test]
+    fn control_floods_are_bounded() {
+        let (pending, queue) = pending_with(5, WINDOW);
+        let mut errors = 0;
+        for _ in 0..100_000 {
+            let f = Frame::new(FrameKind::ExecStarted, 5, vec![b'x'; 100]);
+            if deliver(&pending, f).is_err() {
+                errors += 1;
+            }
+        }
+        assert_eq!(
+            errors, 1,
+            "one violation: the overflow that dropped the stream"
+        );
+        assert!(lock(&pending).is_empty(), "the stream is gone");
+        let (frames, _, control) = queue.len();
+        assert!(
+            control <= CONTROL_BYTES && frames <= CONTROL_BYTES / 100,
+            "{frames} {control}"
+        );
+        // Frames for no live request take no memory.
+        for i in 0..10_000 {
+            let f = Frame::new(FrameKind::Stdout, 1000 + i, vec![0; CHUNK]);
+            assert!(deliver(&pending, f).is_ok());
+        }
+        assert_eq!(queue.len().0, frames);
+    }
+
+    /// Many small data frames within the window are merged: the queue holds the window's bytes
+    /// in a few frames, never one per byte.
+    #[tokio::test]
+    async fn small_data_frames_are_merged_within_the_window() {
+        let (pending, queue) = pending_with(5, WINDOW);
+        for i in 0..100_000u32 {
+            let kind = if i < 50_000 {
+                FrameKind::Stdout
+            } else {
+                FrameKind::Stderr
+            };
+            deliver(&pending, Frame::new(kind, 5, vec![b'.'])).unwrap();
+        }
+        let (frames, data, _) = queue.len();
+        assert_eq!(data, 100_000);
+        assert!(
+            frames <= 2 * (50_000usize.div_ceil(CHUNK) + 1),
+            "{frames} frames"
+        );
+        let mut got = 0;
+        while got < 100_000 {
+            got += queue.recv().await.unwrap().payload.len();
+        }
+        assert_eq!(queue.len(), (0, 0, 0));
+        // Past the window: a violation, and the stream is dropped.
+        let over = Frame::new(FrameKind::Stdout, 5, vec![0; WINDOW as usize - 100_000 + 1]);
+        let e = deliver(&pending, over).unwrap_err();
+        assert!(e.contains("window"), "{e}");
+        assert!(lock(&pending).is_empty());
+        assert!(queue.recv().await.is_none(), "the consumer sees the end");
+    }
+
+    #[test]
+    fn protocol_violations_are_named() {
+        let (pending, _) = pending_with(5, 0);
+        let cases = [
+            Frame::new(FrameKind::ExecStart, 5, b"{}".to_vec()),
+            Frame::new(FrameKind::Hello, 0, b"{}".to_vec()),
+            Frame::new(FrameKind::Error, 5, vec![b' '; CONTROL_BYTES + 1]),
+            Frame::new(FrameKind::Credit, 5, b"not json".to_vec()),
+            Frame::new(FrameKind::Stdout, 5, b"data nobody asked for".to_vec()),
+        ];
+        for f in cases {
+            let kind = f.kind;
+            assert!(deliver(&pending, f).is_err(), "{kind:?}");
+        }
+        let mut c = Conduct::default();
+        for _ in 0..VIOLATION_BUDGET {
+            assert!(c.violation("x").is_none());
+        }
+        assert!(c.violation("x").unwrap().contains("violations"));
+    }
+
+    /// The reader cuts a guest off once its garbage passes the budget: requests in flight end,
+    /// and the reason is published for the VM manager.
+    #[tokio::test]
+    async fn garbage_past_the_budget_cuts_the_guest_off() {
+        let (host, mut guest) = tokio::net::UnixStream::pair().unwrap();
+        let (r, _w) = host.into_split();
+        let (pending, queue) = pending_with(5, WINDOW);
+        let cut = Arc::new(watch::Sender::new(None));
+        let mut heard = cut.subscribe();
+        let alive = Arc::new(AtomicBool::new(true));
+        let reader = tokio::spawn(read_loop(
+            r,
+            FrameDecoder::new(),
+            pending.clone(),
+            alive.clone(),
+            cut.clone(),
+        ));
+        // A frame in order first: delivered.
+        let ok = Frame::new(FrameKind::Stdout, 5, b"fine".to_vec());
+        guest.write_all(&ok.encode().unwrap()).await.unwrap();
+        assert_eq!(queue.recv().await.unwrap(), ok);
+        // Then magics with no header, past the budget (the writer may be cut off mid-way).
+        let garbage = MAGIC.repeat(GARBAGE_BUDGET as usize / 4 + 64 * 1024);
+        let _ = guest.write_all(&garbage).await;
+        let why = tokio::time::timeout(Duration::from_secs(30), heard.wait_for(|w| w.is_some()))
+            .await
+            .expect("cut off in time")
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert!(why.contains("garbage"), "{why}");
+        reader.await.unwrap();
+        assert!(!alive.load(Ordering::Acquire));
+        assert!(lock(&pending).is_empty());
+        assert!(queue.recv().await.is_none());
+    }
 }

@@ -1,8 +1,13 @@
 //! Team templates from a user's root filesystem archive (see [`crate::agent::images::import`]):
-//! the upload is streamed to a file under a size limit, built into an image, and booted once for
+//! the upload is streamed to a file under a size limit, built into an image (unpacked under the
+//! expansion limits of [`super::VmConfig::import_limits`], without the templates lock: other
+//! tenants' creates never wait on it; only the final rename takes the lock), and booted once for
 //! its boot snapshot before the answer, so a template that exists is one that boots.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -37,8 +42,12 @@ impl VmManager {
             }
             .into());
         }
-        let upload = images::templates_dir(&self.cfg.data_dir)
-            .join(format!(".upload-{name}-{}", std::process::id()));
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let upload = images::templates_dir(&self.cfg.data_dir).join(format!(
+            ".upload-{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         let _guard = RemoveOnDrop(upload.clone());
         receive(&upload, body).await?;
         let (data_dir, kernel, guest) = (
@@ -46,22 +55,23 @@ impl VmManager {
             self.kernel.clone(),
             self.guest_binary.clone(),
         );
-        let owned = name.to_string();
-        let built = {
+        let (owned, limits) = (name.to_string(), self.cfg.import_limits);
+        // No lock while the tenant's archive is unpacked and made an image: it is built in a
+        // folder of its own.
+        let built = tokio::task::spawn_blocking(move || {
+            import::build(&data_dir, &kernel, &guest, &owned, &upload, &limits)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the image build panicked: {e}"))?
+        .map_err(refusal)?;
+        let t = {
             let _files = self.templates_lock.write().await;
-            tokio::task::spawn_blocking(move || {
-                import::build(&data_dir, &kernel, &guest, &owned, &upload)
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("the image build panicked: {e}"))?
+            let data_dir = self.cfg.data_dir.clone();
+            tokio::task::spawn_blocking(move || built.install(&data_dir))
+                .await
+                .map_err(|e| anyhow::anyhow!("the image install panicked: {e}"))?
+                .context("install the image")?
         };
-        let t = built.map_err(|e| match e.downcast::<import::BadArchive>() {
-            Ok(bad) => TemplateError::Vm(VmError::BadRequest {
-                field: "body",
-                message: bad.0,
-            }),
-            Err(e) => TemplateError::Vm(VmError::Internal(e.context("build the image"))),
-        })?;
         // Boot it once: its boot snapshot makes the first sandbox fast, and proves it boots.
         if let Some(mut rx) = self.boot.request(&t, DEFAULT_SHAPE) {
             let _ = tokio::time::timeout(BOOT_TIMEOUT * 2, rx.wait_for(|done| *done)).await;
@@ -95,6 +105,23 @@ impl VmManager {
             memory_mb: None,
             created_at: super::templates::mtime_secs(&t.rootfs),
         })
+    }
+}
+
+/// An image build's error as the answer: the archive's faults name `body`.
+fn refusal(e: anyhow::Error) -> TemplateError {
+    let e = match e.downcast::<import::BadArchive>() {
+        Ok(bad) => {
+            return TemplateError::Vm(VmError::BadRequest {
+                field: "body",
+                message: bad.0,
+            });
+        }
+        Err(e) => e,
+    };
+    match e.downcast::<import::TooLarge>() {
+        Ok(big) => TemplateError::Expands(big.0),
+        Err(e) => TemplateError::Vm(VmError::Internal(e.context("build the image"))),
     }
 }
 

@@ -97,6 +97,8 @@ pub struct VmConfig {
     pub net: crate::agent::net::NetConfig,
     /// Who QEMU runs as and what it may see.
     pub jail: JailConfig,
+    /// How far a team's root filesystem archive may expand on import.
+    pub import_limits: images::import::Limits,
 }
 
 /// QEMU's confinement settings (see [`jail`]).
@@ -319,6 +321,38 @@ impl Vm {
         }
     }
 
+    /// The answer to a call on a stopped VM, saying why when the guest was cut off.
+    fn stopped_error(&self) -> VmError {
+        match self.channel.cut_reason() {
+            Some(why) => VmError::Conflict(format!(
+                "VM {} was stopped: its guest broke the channel protocol ({why})",
+                self.id
+            )),
+            None => VmError::Conflict(format!("VM {} has stopped", self.id)),
+        }
+    }
+
+    /// Watches the VM's guest channel: a guest cut off for breaking the protocol has its VM
+    /// stopped (QEMU killed), with the reason in the log and in the answers to later calls.
+    /// Other VMs never notice.
+    fn police_guest(self: &Arc<Vm>) {
+        let weak = Arc::downgrade(self);
+        let mut cut = self.channel.cut_off_watch();
+        tokio::spawn(async move {
+            let Ok(why) = cut.wait_for(|w| w.is_some()).await.map(|w| w.clone()) else {
+                return; // the channel is gone with its VM
+            };
+            let Some(vm) = weak.upgrade() else { return };
+            tracing::error!(
+                vm = %vm.id,
+                reason = why.as_deref().unwrap_or(""),
+                "the guest broke the channel protocol: its channel is cut off and the VM stopped"
+            );
+            vm.kill_qemu().await;
+            vm.rt().state = VmState::Stopped;
+        });
+    }
+
     /// Ends QEMU (SIGKILL) and waits until it is gone.
     async fn kill_qemu(&self) {
         let (pid, exited) = {
@@ -494,8 +528,11 @@ impl VmManager {
                     mgr.guest_binary.clone(),
                     t.clone(),
                 );
-                match tokio::task::spawn_blocking(move || images::import::rebuild(&d, &k, &g, &old))
-                    .await
+                let limits = mgr.cfg.import_limits;
+                match tokio::task::spawn_blocking(move || {
+                    images::import::rebuild(&d, &k, &g, &old, &limits)
+                })
+                .await
                 {
                     Ok(Ok(new)) => mgr.boot.request(&new, snapshot::DEFAULT_SHAPE),
                     Ok(Err(e)) => {
@@ -714,6 +751,7 @@ impl VmManager {
         };
         rt.memory_file = record.memory_file && pid.is_some();
         let vm = Arc::new(Vm::new(dir, record, rt));
+        vm.police_guest();
         if pid.is_none() {
             let _ = vm.persist();
         }
@@ -889,6 +927,7 @@ impl VmManager {
                 },
                 Runtime::new(VmState::Starting),
             ));
+            vm.police_guest();
             {
                 let mut vms = self.vms();
                 if vms.contains_key(&req.id) {
@@ -1327,7 +1366,7 @@ impl VmManager {
                 return Err(VmError::Conflict(format!("VM {id} is still starting")));
             }
             VmState::Paused => return Err(VmError::Conflict(format!("VM {id} is paused"))),
-            VmState::Stopped => return Err(VmError::Conflict(format!("VM {id} has stopped"))),
+            VmState::Stopped => return Err(vm.stopped_error()),
         }
         let start = ExecStart {
             cmd: req.cmd,
@@ -1346,6 +1385,7 @@ impl VmManager {
                 return Err(VmError::NotFound(id.to_string()));
             }
             Err(ChannelError::Guest(msg)) => return Err(VmError::GuestUnavailable(msg)),
+            Err(ChannelError::CutOff(_)) => return Err(vm.stopped_error()),
             Err(e) => {
                 // A broken connection is retried by the next request.
                 vm.channel.disconnect();

@@ -176,7 +176,7 @@ impl VmManager {
             VmState::Running => Ok(vm),
             VmState::Starting => Err(VmError::Conflict(format!("VM {id} is still starting"))),
             VmState::Paused => Err(VmError::Conflict(format!("VM {id} is paused"))),
-            VmState::Stopped => Err(VmError::Conflict(format!("VM {id} has stopped"))),
+            VmState::Stopped => Err(vm.stopped_error()),
         }
     }
 

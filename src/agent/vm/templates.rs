@@ -28,8 +28,11 @@ pub enum TemplateError {
     /// Wrong state: a base template, a build in progress.
     #[error("{0}")]
     Conflict(String),
-    #[error("larger than the {0}-byte limit")]
+    #[error("body: larger than the {0}-byte limit")]
     TooLarge(u64),
+    /// An archive that expands past the host's limits: what it passed.
+    #[error("body: {0}")]
+    Expands(String),
     #[error(transparent)]
     Vm(#[from] VmError),
 }

@@ -26,6 +26,9 @@ pub enum ApiError {
     HostHasSandboxes(Vec<String>),
     #[error("request body too large")]
     TooLarge,
+    /// Too large, with the reason (e.g. what an archive expands to).
+    #[error("{0}")]
+    TooLargeBecause(String),
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
@@ -91,6 +94,11 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "request body too large".into(),
+            ),
+            TooLargeBecause(why) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                why.clone(),
             ),
             RateLimited { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -101,7 +101,11 @@ pub async fn import(
     }
     let info: TemplateInfo = match result {
         Ok(resp) => read_json(resp, MAX_JSON_ANSWER).await?,
-        Err(AgentError::Remote { status: 413, .. }) => return Err(ApiError::TooLarge),
+        Err(AgentError::Remote {
+            status: 413,
+            message,
+            ..
+        }) => return Err(ApiError::TooLargeBecause(message)),
         Err(e) => return Err(e.into()),
     };
     let row = TemplateRow {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod archives;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +35,7 @@ pub fn vm_config(data_dir: &Path) -> sandboxctl::agent::vm::VmConfig {
         max_concurrent_boots: 0,
         net: Default::default(),
         jail: Default::default(),
+        import_limits: Default::default(),
     }
 }
 
