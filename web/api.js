@@ -149,6 +149,7 @@ export const api = {
   exec: (id, body, o) => request('POST', `/v1/sandboxes/${enc(id)}/exec`, { ...o, body }),
   pauseSandbox: (id, o) => request('POST', `/v1/sandboxes/${enc(id)}/pause`, o),
   resumeSandbox: (id, o) => request('POST', `/v1/sandboxes/${enc(id)}/resume`, o),
+  setSandboxNetwork: (id, policy, o) => request('PUT', `/v1/sandboxes/${enc(id)}/network`, { ...o, body: policy }),
   setSandboxTimeout: (id, timeoutSec, o) => request('POST', `/v1/sandboxes/${enc(id)}/timeout`, { ...o, body: { timeout_sec: timeoutSec } }),
   sandboxLogs: (id, o) => request('GET', `/v1/sandboxes/${enc(id)}/logs`, { ...o, as: 'text' }),
   /** A plain GET of the exec stream route: its error says why a WebSocket could not open. */

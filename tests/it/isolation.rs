@@ -470,3 +470,61 @@ async fn qemu_runs_unprivileged_and_confined() {
     assert_eq!(r.stdout, "back\n");
     admin.delete_sandbox(&a.id).await.unwrap();
 }
+
+/// Fifty sandboxes at once on one host, each in a namespace of its own with its own address,
+/// each reaching the stand-in internet; all of it gone after they are destroyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sandboxes_each_in_a_namespace_of_their_own() {
+    use sandboxctl::agent::vm::{CreateVmRequest, VmManager};
+    let _vm = vm_permit().await;
+    let net = Internet::start();
+    let data = tempfile::tempdir().unwrap();
+    let vms = VmManager::start(crate::common::vm_config(data.path()))
+        .await
+        .expect("manager starts");
+    let ids: Vec<String> = (0..50).map(|i| format!("sbx_it_many{i:02}")).collect();
+
+    // step: create them, ten at a time (each restores the boot snapshot into its namespace).
+    for chunk in ids.chunks(10) {
+        let creates = chunk.iter().map(|id| {
+            vms.create(CreateVmRequest {
+                id: id.clone(),
+                template: "minimal".into(),
+                vcpus: 1,
+                memory_mb: 256,
+                env: Default::default(),
+                network: true,
+                egress: None,
+                cold_boot: false,
+            })
+        });
+        for r in futures_util::future::join_all(creates).await {
+            r.expect("create");
+        }
+    }
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(namespaces_of(&id_refs).len(), 50, "one namespace each");
+
+    // step: every one of them reaches the internet through its own namespace.
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {PUBLIC} 80 | tail -n 1");
+    for chunk in ids.chunks(10) {
+        let execs = chunk.iter().map(|id| vms.exec(id, sh(&script)));
+        for (id, r) in chunk
+            .iter()
+            .zip(futures_util::future::join_all(execs).await)
+        {
+            let r = r.expect("exec");
+            assert_eq!(r.stdout, "hello from outside\n", "{id}: {r:?}");
+        }
+    }
+
+    // step: destroyed, they leave no namespace, interface or rule behind.
+    for chunk in ids.chunks(10) {
+        for r in futures_util::future::join_all(chunk.iter().map(|id| vms.destroy(id))).await {
+            r.expect("destroy");
+        }
+    }
+    assert!(namespaces_of(&id_refs).is_empty(), "namespaces left");
+    drop(vms);
+    drop(net);
+}

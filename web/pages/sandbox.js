@@ -148,6 +148,7 @@ function detailsCard(initial, ctx, reload) {
       ['Host', s.host_id ? h('span', { class: 'mono' }, s.host_id) : '—'],
       ['vCPUs', s.vcpus],
       ['Memory', mib(s.memory_mb)],
+      ['Network', networkSummary(s.network)],
       ['Idle timeout', `${timeout(s.timeout_sec)}${s.timeout_sec ? `, then ${s.on_timeout === 'kill' ? 'stop' : 'pause'}` : ''}`],
       ['Times out', countdownEl],
       ['Last active', ago(s.last_active_at, '—')],
@@ -162,16 +163,91 @@ function detailsCard(initial, ctx, reload) {
     fill(meta, entries.length > 0 && h('h3', { class: 'card-subtitle' }, 'Metadata'), entries.length > 0 && h('dl', { class: 'details' }, entries.map(([k, v]) => h('div', {}, h('dt', { class: 'mono' }, k), h('dd', { class: 'mono' }, v)))));
     const ended = s.status === 'stopped' || s.status === 'error';
     form.hidden = ended;
+    netForm.update(s);
     if (statusChanged || !select.options.length) {
       if (document.activeElement !== select) options();
     }
     tick();
   }
 
-  const el = card('Details', dl, meta, form, alert);
+  const netForm = networkForm(s, ctx, (updated) => {
+    update(updated);
+    reload();
+  });
+  const el = card('Details', dl, meta, form, alert, netForm);
   el.dataset.panel = 'details';
   update(s);
   return Object.assign(el, { update, tick });
+}
+
+// ---- Network
+
+/** One line on what the sandbox may reach. */
+function networkSummary(p) {
+  if (!p) return 'none (no network device)';
+  const parts = [p.internet ? 'internet open' : 'internet closed'];
+  if (p.allow_out?.length) parts.push(`allows ${p.allow_out.join(', ')}`);
+  if (p.deny_out?.length) parts.push(`denies ${p.deny_out.join(', ')}`);
+  return parts.join('; ');
+}
+
+const cidrList = (text) => text.split(/[\s,]+/).map((x) => x.trim()).filter(Boolean);
+
+/** The egress policy editor: internet on/off, networks to allow and to deny. */
+function networkForm(initial, ctx, onSaved) {
+  let s = initial;
+  const internet = h('input', { type: 'checkbox', id: 'net-internet', name: 'internet' });
+  const allow = h('input', { type: 'text', id: 'net-allow', name: 'allow_out', class: 'mono', placeholder: '10.99.0.0/16, 192.168.7.5' });
+  const deny = h('input', { type: 'text', id: 'net-deny', name: 'deny_out', class: 'mono', placeholder: '203.0.113.0/24' });
+  const submit = button('Save network policy', { variant: 'secondary', type: 'submit' });
+  const alert = alertBox();
+  let dirty = false;
+  const mark = () => (dirty = true);
+  for (const el of [internet, allow, deny]) el.addEventListener('input', mark);
+  const form = h(
+    'form',
+    {
+      class: 'stack-sm network-form',
+      'aria-label': 'Network policy',
+      async onsubmit(e) {
+        e.preventDefault();
+        alert.clear();
+        const policy = { internet: internet.checked, allow_out: cidrList(allow.value), deny_out: cidrList(deny.value) };
+        try {
+          const updated = await busy(submit, 'Saving…', () => api.setSandboxNetwork(s.id, policy, { signal: ctx.signal }));
+          toast(`The network policy of ${s.id} is in force.`);
+          dirty = false;
+          s = updated;
+          fillFields();
+          onSaved(updated);
+        } catch (err) {
+          alert.show(err);
+        }
+      },
+    },
+    h('label', { for: 'net-internet', class: 'check' }, internet, ' Internet (everything public)'),
+    h('label', { for: 'net-allow' }, 'Also allow (CIDRs; opens private ranges)'),
+    allow,
+    h('label', { for: 'net-deny' }, 'Deny (CIDRs)'),
+    deny,
+    submit,
+    h('small', { class: 'hint' }, 'The host, other sandboxes, loopback and link-local addresses (cloud metadata) are never reachable. New connections follow the policy at once.'),
+    alert,
+  );
+  function fillFields() {
+    internet.checked = s.network?.internet ?? true;
+    allow.value = (s.network?.allow_out ?? []).join(', ');
+    deny.value = (s.network?.deny_out ?? []).join(', ');
+  }
+  // Folded away by default: the page keeps the terminal in view.
+  const box = h('details', { class: 'network-policy' }, h('summary', {}, 'Change the network policy'), form);
+  function update(next) {
+    s = next;
+    box.hidden = !s.network || !['running', 'paused'].includes(s.status);
+    if (!dirty && !form.contains(document.activeElement)) fillFields();
+  }
+  update(s);
+  return Object.assign(box, { update });
 }
 
 // ---- Tabs

@@ -383,6 +383,20 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     await details.locator('.countdown', { hasText: /^in (59m|1h)/ }).waitFor();
   });
 
+  await step('network policy: close the internet, allow one network; a bad CIDR is refused readably', async () => {
+    const details = page.locator('[data-panel=details]');
+    await details.getByText('internet open').waitFor();
+    await details.getByText('Change the network policy').click();
+    const form = details.getByRole('form', { name: 'Network policy' });
+    await form.getByLabel(/Also allow/).fill('not-a-network');
+    await form.getByRole('button', { name: 'Save network policy' }).click();
+    await form.getByText(/network\.allow_out/i).waitFor();
+    await form.getByLabel(/Internet/).uncheck();
+    await form.getByLabel(/Also allow/).fill('10.99.0.0/16');
+    await form.getByRole('button', { name: 'Save network policy' }).click();
+    await details.getByText('internet closed; allows 10.99.0.0/16').waitFor();
+  });
+
   await step('snapshot the sandbox; the same name again asks before replacing', async () => {
     const snap = `snap-${RUN}`;
     for (const again of [false, true]) {
