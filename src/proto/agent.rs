@@ -122,6 +122,9 @@ pub struct VmInfo {
     pub boot_ms: Option<u64>,
     /// "cold" or "snapshot".
     pub boot_kind: Option<String>,
+    /// Why a stopped VM was stopped by its agent (a guest cut off for breaking the protocol).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

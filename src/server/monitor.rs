@@ -172,6 +172,10 @@ impl HostMonitor {
     async fn reconcile_host(state: &AppState, host_id: &str, addr: &str) -> anyhow::Result<()> {
         let client = state.pool.get(host_id, addr);
         let vms = tokio::time::timeout(Duration::from_secs(10), client.list_vms()).await??;
+        let reasons: HashMap<String, String> = vms
+            .iter()
+            .filter_map(|v| Some((v.id.clone(), v.error.clone()?)))
+            .collect();
         let agent: HashMap<String, VmState> = vms.into_iter().map(|v| (v.id, v.state)).collect();
         let hid = host_id.to_string();
         let live = state
@@ -185,7 +189,12 @@ impl HostMonitor {
                 .db
                 .call(move |c| {
                     for (id, next) in &changes {
-                        let why = (*next == SandboxStatus::Stopped).then_some("the VM is gone from its host");
+                        let why = (*next == SandboxStatus::Stopped).then(|| {
+                            reasons
+                                .get(id)
+                                .map(String::as_str)
+                                .unwrap_or("the VM is gone from its host")
+                        });
                         if let Err(e) = sandboxes::transition(c, id, *next, why) {
                             tracing::debug!(sandbox = %id, error = %e, "reconcile transition skipped");
                         }

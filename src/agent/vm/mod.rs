@@ -318,6 +318,9 @@ impl Vm {
             pid: rt.pid,
             boot_ms: rt.boot_ms,
             boot_kind: rt.boot_kind.clone(),
+            error: self.channel.cut_reason().map(|why| {
+                format!("the agent stopped it: its guest broke the channel protocol ({why})")
+            }),
         }
     }
 

@@ -23,10 +23,13 @@ pub const RAM_FD: i32 = 5;
 /// What QEMU is told to open.
 pub const RAM_PATH: &str = "/proc/self/fd/5";
 
-/// Sealed RAM images by the file they were read from (device, inode).
+/// A file's identity: (device, inode).
+type FileId = (u64, u64);
+
+/// Sealed RAM images by the file they were read from, with that file's path.
 #[derive(Default)]
 pub struct RamCache {
-    images: Mutex<HashMap<(u64, u64), (PathBuf, Arc<OwnedFd>)>>,
+    images: Mutex<HashMap<FileId, (PathBuf, Arc<OwnedFd>)>>,
 }
 
 impl RamCache {
