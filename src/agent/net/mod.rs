@@ -315,15 +315,9 @@ impl Network {
     /// Removes this agent's namespaces that belong to none of `known` (left by a crash).
     pub async fn reconcile(&self, known: &[String]) -> usize {
         let prefix = format!("sbx-{}-", self.tag);
-        let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
-            return 0;
-        };
         let mut removed = 0;
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_prefix(&prefix) else {
-                continue;
-            };
+        for name in namespaces_with_prefix(&prefix) {
+            let id = &name[prefix.len()..];
             if known.iter().any(|k| k == id) {
                 continue;
             }
@@ -337,18 +331,22 @@ impl Network {
 
     /// Names of this agent's namespaces (for checks and tests).
     pub fn namespaces(&self) -> Vec<String> {
-        let prefix = format!("sbx-{}-", self.tag);
-        let mut v: Vec<String> = std::fs::read_dir(NETNS_DIR)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        namespaces_with_prefix(&format!("sbx-{}-", self.tag))
     }
+}
+
+/// Named network namespaces whose names start with `prefix`, sorted.
+fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(NETNS_DIR)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 /// Times `runs` sandbox network setups and teardowns exactly as the agent makes them (default
@@ -387,16 +385,7 @@ pub fn agent_tag(data_dir: &Path) -> String {
 /// Removes every namespace of the agent whose data dir is `data_dir` (tests and `agent
 /// cleanup`: its VMs must be gone already).
 pub fn remove_namespaces_of(data_dir: &Path) -> usize {
-    let prefix = format!("sbx-{}-", agent_tag(data_dir));
-    let names: Vec<String> = std::fs::read_dir(NETNS_DIR)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
-    names
+    namespaces_with_prefix(&format!("sbx-{}-", agent_tag(data_dir)))
         .iter()
         .filter(|n| {
             std::process::Command::new("ip")
