@@ -39,8 +39,36 @@ pub fn vm_config(data_dir: &Path) -> sandboxctl::agent::vm::VmConfig {
     }
 }
 
+/// The agents' host-wide nftables table (one per pool) outlives them by design; the suite
+/// removes it when the test process exits, once no sandbox namespace is left.
+fn remove_host_table_at_exit() {
+    extern "C" fn cleanup() {
+        let left = std::fs::read_dir(sandboxctl::agent::net::NETNS_DIR)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("sbx-"))
+            })
+            .unwrap_or(false);
+        if !left {
+            let pool = sandboxctl::proto::net::Cidr::parse(sandboxctl::agent::net::DEFAULT_POOL)
+                .expect("pool");
+            let table = sandboxctl::agent::net::rules::host_table_name(&pool);
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", &table])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function that runs at process exit.
+    ONCE.call_once(|| unsafe {
+        libc::atexit(cleanup);
+    });
+}
+
 /// Tests that boot microVMs take this first: on 2 cores, one at a time keeps boots honest.
 pub async fn vm_permit() -> SemaphorePermit<'static> {
+    remove_host_table_at_exit();
     static SEM: OnceLock<Semaphore> = OnceLock::new();
     SEM.get_or_init(|| Semaphore::new(1))
         .acquire()
