@@ -169,6 +169,22 @@ impl Network {
     /// Claims a slot (veth pair into `name`), configures the namespace and its rules.
     async fn fill(&self, vm_id: &str, name: &str, policy: &EgressPolicy) -> anyhow::Result<u32> {
         let slot = self.claim_slot(name).await?;
+        let configured = self.configure(vm_id, name, slot, policy).await;
+        if configured.is_err() {
+            // The interface goes with the namespace; the slot is free again.
+            self.slots().remove(&slot);
+        }
+        configured.map(|()| slot)
+    }
+
+    /// Addresses, routes, the tap, the rules and the DNS socket of a namespace holding `slot`.
+    async fn configure(
+        &self,
+        vm_id: &str,
+        name: &str,
+        slot: u32,
+        policy: &EgressPolicy,
+    ) -> anyhow::Result<()> {
         let (host_ip, ns_ip) = self.addresses(slot);
         let iface = format!("{}{slot}", rules::HOST_IFACE_PREFIX);
         let host = format!("addr add {host_ip}/30 dev {iface}\nlink set {iface} up\n");
@@ -196,8 +212,7 @@ impl Network {
             dns::bind_in_namespace()
         })
         .await?;
-        self.start_dns(vm_id, socket)?;
-        Ok(slot)
+        self.start_dns(vm_id, socket)
     }
 
     fn netns_path_of(&self, name: &str) -> PathBuf {
