@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use reqwest::Method;
 use sandboxctl::crypto::agent_call::{CallBinding, unix_now};
-use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest};
+use sandboxctl::proto::api::CreateSandboxRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{
-    TestAgent, TestServer, agent_call_token, call_signer, code, facts, raw, regular, vm_permit,
+    TestAgent, TestServer, agent_call_token, call_signer, code, exec, facts, raw, regular,
+    vm_permit,
 };
 
 // ---- a recording man in the middle ----
@@ -232,14 +233,6 @@ impl Proxy {
             .find(|c| c.method == method && c.target == target)
             .cloned()
             .unwrap_or_else(|| panic!("no {method} {target} was recorded"))
-    }
-}
-
-fn exec(cmd: &str, args: &[&str]) -> ExecRequest {
-    ExecRequest {
-        cmd: cmd.into(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
     }
 }
 

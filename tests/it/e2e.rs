@@ -4,17 +4,9 @@
 use reqwest::Method;
 use sandboxctl::crypto::SigningKeyPair;
 use sandboxctl::crypto::agent_call::{self, CallBinding, CallSigner};
-use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest};
+use sandboxctl::proto::api::CreateSandboxRequest;
 
-use crate::common::{TestAgent, TestServer, cli, code, raw, vm_permit};
-
-fn exec(cmd: &str, args: &[&str]) -> ExecRequest {
-    ExecRequest {
-        cmd: cmd.into(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
+use crate::common::{TestAgent, TestServer, cli, code, exec, raw, vm_permit};
 
 #[tokio::test]
 async fn sandbox_end_to_end_through_server_agent_and_cli() {

@@ -378,6 +378,15 @@ impl Drop for TestAgent {
     }
 }
 
+/// An exec request for `cmd` with `args`.
+pub fn exec(cmd: &str, args: &[&str]) -> sandboxctl::proto::api::ExecRequest {
+    sandboxctl::proto::api::ExecRequest {
+        cmd: cmd.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
 /// A raw HTTP call, for inputs the typed client cannot send.
 pub async fn raw(
     method: reqwest::Method,
