@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod db;
 pub mod local;
+pub mod lock;
 pub mod monitor;
 pub mod pool;
 pub mod ratelimit;
@@ -125,6 +126,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         )
     })?;
     let addr = listener.local_addr()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // Held until this function returns: another server (or a restore) on this data dir refuses.
+    let _lock = lock::DataDirLock::acquire(&cfg.data_dir)?;
     let public_url = cfg
         .public_url
         .clone()
