@@ -1,6 +1,6 @@
 use clap::Parser;
 use sandboxctl::agent;
-use sandboxctl::cli::{AgentCommand, Cli, Command, commands};
+use sandboxctl::cli::{AgentCommand, Cli, Command, ServerArgs, ServerCommand, commands};
 use sandboxctl::server::{self, ServerConfig, local::LocalAgentConfig};
 
 fn init_logs(default: &str) {
@@ -57,63 +57,29 @@ fn main() {
 
 async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
-        Command::Server(a) => {
-            init_logs("info,tower_http=warn");
-            let local_agent = a.local_agent.then(|| LocalAgentConfig {
-                listen: a.local_agent_listen.clone(),
-                kernel_dir: a.vm.kernel_dir.clone(),
-                accel: a.vm.accel.into(),
-                cgroup_root: a.vm.cgroup_root.clone(),
-                max_concurrent_boots: a.vm.max_concurrent_boots,
-                import_limits: a.vm.import_limits(),
-                heartbeat_interval: a.timing.heartbeat_interval,
-                admin_email: a.admin_email.clone(),
-                net: a.vm.net_config(),
-                jail: a.vm.jail_config(),
-            });
-            let github = match &a.github.github_client_id {
-                None => None,
-                Some(id) => {
-                    let secret = match (
-                        &a.github.github_client_secret_file,
-                        std::env::var("SANDBOXCTL_GITHUB_CLIENT_SECRET"),
-                    ) {
-                        (Some(f), _) => std::fs::read_to_string(f)
-                            .map_err(|e| {
-                                anyhow::anyhow!(
-                                    "reading --github-client-secret-file {}: {e}",
-                                    f.display()
-                                )
-                            })?
-                            .trim()
-                            .to_string(),
-                        (None, Ok(s)) => s,
-                        (None, Err(_)) => anyhow::bail!(
-                            "--github-client-id needs the secret in --github-client-secret-file or SANDBOXCTL_GITHUB_CLIENT_SECRET"
-                        ),
-                    };
-                    Some(server::api::oauth::GithubConfig {
-                        client_id: id.clone(),
-                        client_secret: sandboxctl::crypto::Secret(secret),
-                        web_url: a.github.github_url.trim_end_matches('/').to_string(),
-                        api_url: a.github.github_api_url.trim_end_matches('/').to_string(),
-                    })
-                }
-            };
-            server::run(ServerConfig {
-                listen: a.listen,
-                data_dir: a.data_dir,
-                public_url: a.public_url,
-                monitor_interval: a.timing.monitor_interval,
-                host_stale_after: a.timing.host_stale_after,
-                local_agent,
-                github,
-                max_file_bytes: a.max_file_bytes,
-                allow_private_agent_addresses: a.allow_private_agent_addresses,
-            })
-            .await?;
-            Ok(0)
-        }
+        Command::Server(mut a) => match a.action.take() {
+            Some(ServerCommand::Backup {
+                data_dir,
+                to,
+                force,
+            }) => {
+                let r = tokio::task::spawn_blocking(move || {
+                    server::db::backup::backup(&data_dir, &to, force)
+                })
+                .await??;
+                println!("{r}");
+                Ok(0)
+            }
+            Some(ServerCommand::Restore { data_dir, from }) => {
+                let r = tokio::task::spawn_blocking(move || {
+                    server::db::backup::restore(&data_dir, &from)
+                })
+                .await??;
+                println!("{r}");
+                Ok(0)
+            }
+            None => run_server(a).await,
+        },
         Command::Agent(AgentCommand::Register {
             server,
             token,
@@ -228,4 +194,59 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             .await
         }
     }
+}
+
+async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
+    init_logs("info,tower_http=warn");
+    let local_agent = a.local_agent.then(|| LocalAgentConfig {
+        listen: a.local_agent_listen.clone(),
+        kernel_dir: a.vm.kernel_dir.clone(),
+        accel: a.vm.accel.into(),
+        cgroup_root: a.vm.cgroup_root.clone(),
+        max_concurrent_boots: a.vm.max_concurrent_boots,
+        import_limits: a.vm.import_limits(),
+        heartbeat_interval: a.timing.heartbeat_interval,
+        admin_email: a.admin_email.clone(),
+        net: a.vm.net_config(),
+        jail: a.vm.jail_config(),
+    });
+    let github = match &a.github.github_client_id {
+        None => None,
+        Some(id) => {
+            let secret = match (
+                &a.github.github_client_secret_file,
+                std::env::var("SANDBOXCTL_GITHUB_CLIENT_SECRET"),
+            ) {
+                (Some(f), _) => std::fs::read_to_string(f)
+                    .map_err(|e| {
+                        anyhow::anyhow!("reading --github-client-secret-file {}: {e}", f.display())
+                    })?
+                    .trim()
+                    .to_string(),
+                (None, Ok(s)) => s,
+                (None, Err(_)) => anyhow::bail!(
+                    "--github-client-id needs the secret in --github-client-secret-file or SANDBOXCTL_GITHUB_CLIENT_SECRET"
+                ),
+            };
+            Some(server::api::oauth::GithubConfig {
+                client_id: id.clone(),
+                client_secret: sandboxctl::crypto::Secret(secret),
+                web_url: a.github.github_url.trim_end_matches('/').to_string(),
+                api_url: a.github.github_api_url.trim_end_matches('/').to_string(),
+            })
+        }
+    };
+    server::run(ServerConfig {
+        listen: a.listen,
+        data_dir: a.data_dir,
+        public_url: a.public_url,
+        monitor_interval: a.timing.monitor_interval,
+        host_stale_after: a.timing.host_stale_after,
+        local_agent,
+        github,
+        max_file_bytes: a.max_file_bytes,
+        allow_private_agent_addresses: a.allow_private_agent_addresses,
+    })
+    .await?;
+    Ok(0)
 }

@@ -27,7 +27,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the control plane (REST API, scheduler, host monitor).
+    /// Run the control plane (REST API, scheduler, host monitor), or back up and restore its
+    /// database.
+    #[command(args_conflicts_with_subcommands = true)]
     Server(Box<ServerArgs>),
     /// Run or register a host agent.
     #[command(subcommand)]
@@ -106,6 +108,8 @@ impl From<AccelArg> for crate::agent::vm::AccelChoice {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    #[command(subcommand)]
+    pub action: Option<ServerCommand>,
     /// Address for the API and dashboard.
     #[arg(long, env = "SANDBOXCTL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -150,6 +154,42 @@ pub struct ServerArgs {
     pub timing: TimingArgs,
     #[command(flatten)]
     pub github: GithubArgs,
+}
+
+/// The server's maintenance commands (without one, `server` runs the server).
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Copy the database to a file while the server may be running (SQLite's online backup).
+    /// Keep jwt.key and agent-signing.key from the data dir with it.
+    Backup {
+        /// The server's data dir.
+        #[arg(
+            long,
+            env = "SANDBOXCTL_DATA_DIR",
+            default_value = "/var/lib/sandboxctl"
+        )]
+        data_dir: PathBuf,
+        /// The backup file to write.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a backup in place of the database; the server must be stopped. The database that was
+    /// there is kept beside it as sandboxctl.db.before-restore-<time>.
+    Restore {
+        /// The server's data dir.
+        #[arg(
+            long,
+            env = "SANDBOXCTL_DATA_DIR",
+            default_value = "/var/lib/sandboxctl"
+        )]
+        data_dir: PathBuf,
+        /// The backup file (from `sandboxctl server backup`).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -60,7 +60,7 @@ impl AppState {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         restrict_dir(data_dir);
-        let db = Db::open(&data_dir.join("sandboxctl.db")).context("opening the database")?;
+        let db = Db::open(&data_dir.join(db::DB_FILE)).context("opening the database")?;
         let keys = ServerKeys::load(data_dir)?;
         let keys = Arc::new(TokenKeys::new(&keys.jwt_secret, &keys.agent_signing)?);
         Ok(AppState {
