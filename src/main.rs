@@ -1,4 +1,4 @@
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sandboxctl::agent;
 use sandboxctl::cli::{AgentCommand, Cli, Command, ServerArgs, ServerCommand, commands};
 use sandboxctl::server::{self, ServerConfig, local::LocalAgentConfig};
@@ -27,6 +27,15 @@ fn tune_malloc() {
 fn main() {
     tune_malloc();
     let cli = Cli::parse();
+    if let Command::Completion { shell } = cli.command {
+        use std::io::Write;
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "sandboxctl", &mut script);
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&script).and_then(|()| out.flush());
+        return;
+    }
     if let Command::Guest { port } = &cli.command {
         init_logs("info");
         if let Err(e) = sandboxctl::guest::run(port) {
@@ -161,7 +170,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             .await?;
             Ok(0)
         }
-        Command::Guest { .. } => unreachable!("handled before the runtime starts"),
+        Command::Guest { .. } | Command::Completion { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Signup(a) => commands::signup(a).await,
         Command::Login(a) => commands::login(a).await,
         Command::Logout => commands::logout(),

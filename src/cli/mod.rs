@@ -64,6 +64,11 @@ pub enum Command {
     /// Templates sandboxes start from.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Print a shell completion script, e.g. `sandboxctl completion bash > /etc/bash_completion.d/sandboxctl`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Measure a live server with a local agent and write a markdown table.
     Bench {
         /// Sequential creates (and other repetitions) to measure.

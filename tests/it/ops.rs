@@ -1,4 +1,4 @@
-//! Operations: backups taken while the server serves and writes, and restores.
+//! Operations: backups taken while the server serves and writes, restores, and shell completions.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -226,4 +226,23 @@ async fn restore_refuses_a_file_that_is_not_a_sandboxctl_database() {
         !data.join("sandboxctl.db").exists(),
         "nothing was put in place"
     );
+}
+
+#[test]
+fn completion_scripts_name_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = sandboxctl(&["completion", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for word in ["sandbox", "template", "server", "backup"] {
+            assert!(script.contains(word), "{shell} script names {word}");
+        }
+        if shell == "bash" {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("sandboxctl.bash");
+            std::fs::write(&f, &script).unwrap();
+            let check = Command::new("bash").arg("-n").arg(&f).output().unwrap();
+            assert!(check.status.success(), "bash -n: {}", text(&check.stderr));
+        }
+    }
 }
