@@ -1,15 +1,19 @@
 use clap::{CommandFactory, Parser};
 use sandboxctl::agent;
-use sandboxctl::cli::{AgentCommand, Cli, Command, ServerArgs, ServerCommand, commands};
+use sandboxctl::cli::{AgentCommand, Cli, Command, LogFormat, ServerArgs, ServerCommand, commands};
 use sandboxctl::server::{self, ServerConfig, local::LocalAgentConfig};
 
-fn init_logs(default: &str) {
+fn init_logs(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SANDBOXCTL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => logs.try_init(),
+        // The event's fields (message included) at the top level of each object.
+        LogFormat::Json => logs.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Large stream buffers (file transfers move megabytes through 1 MiB chunks) must go back to the
@@ -37,7 +41,7 @@ fn main() {
         return;
     }
     if let Command::Guest { port } = &cli.command {
-        init_logs("info");
+        init_logs("info", LogFormat::Text);
         if let Err(e) = sandboxctl::guest::run(port) {
             eprintln!("sandboxctl guest: {e:#}");
             std::process::exit(1);
@@ -96,7 +100,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             listen,
             advertise,
         }) => {
-            init_logs("warn");
+            init_logs("warn", LogFormat::Text);
             let advertise = advertise.unwrap_or_else(|| listen.to_string());
             let c = agent::register::register(
                 &server,
@@ -118,7 +122,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Agent(AgentCommand::Check { vm, only }) => {
-            init_logs("warn");
+            init_logs("warn", LogFormat::Text);
             let net = vm.net_config();
             let verdicts = agent::vm::check::check(&agent::vm::check::CheckConfig {
                 net,
@@ -139,8 +143,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             listen,
             vm,
             heartbeat_interval,
+            log,
         }) => {
-            init_logs("info");
+            init_logs("info", log.log_format);
             let (net, jail) = (vm.net_config(), vm.jail_config());
             let import_limits = vm.import_limits();
             agent::run::run(
@@ -208,7 +213,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
 }
 
 async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
-    init_logs("info,tower_http=warn");
+    init_logs("info,tower_http=warn", a.log.log_format);
     let local_agent = a.local_agent.then(|| LocalAgentConfig {
         listen: a.local_agent_listen.clone(),
         kernel_dir: a.vm.kernel_dir.clone(),

@@ -159,6 +159,8 @@ pub struct ServerArgs {
     pub timing: TimingArgs,
     #[command(flatten)]
     pub github: GithubArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// The server's maintenance commands (without one, `server` runs the server).
@@ -195,6 +197,22 @@ pub enum ServerCommand {
         #[arg(long, value_name = "FILE")]
         from: PathBuf,
     },
+}
+
+/// How the server and agent write their logs (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line (timestamp, level, message, fields, target), for log collectors.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log lines as text or as JSON objects.
+    #[arg(long, env = "SANDBOXCTL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +371,8 @@ pub enum AgentCommand {
         /// How often to send heartbeats.
         #[arg(long, env = "SANDBOXCTL_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
         heartbeat_interval: Duration,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Check what an agent would use on this machine (guest kernel, QEMU, accelerator, cgroups),
     /// trying each for real; exits 1 when something an agent needs does not work.

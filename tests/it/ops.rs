@@ -1,4 +1,5 @@
-//! Operations: backups taken while the server serves and writes, restores, and shell completions.
+//! Operations: backups taken while the server serves and writes, restores, shell completions and
+//! JSON logs.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -245,4 +246,27 @@ fn completion_scripts_name_the_commands() {
             assert!(check.status.success(), "bash -n: {}", text(&check.stderr));
         }
     }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line() {
+    let server = TestServer::start_with(&["--log-format", "json"]).await;
+    server.signup("root@example.com", "Root").await;
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the server logged something");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for field in ["timestamp", "level", "message", "target"] {
+            assert!(v[field].is_string(), "{field} in {line}");
+        }
+    }
+    assert!(
+        lines.iter().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["message"] == "sandboxctl server listening" && v["level"] == "INFO"
+        }),
+        "{log}"
+    );
 }
