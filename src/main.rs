@@ -1,15 +1,19 @@
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sandboxctl::agent;
-use sandboxctl::cli::{AgentCommand, Cli, Command, commands};
+use sandboxctl::cli::{AgentCommand, Cli, Command, LogFormat, ServerArgs, ServerCommand, commands};
 use sandboxctl::server::{self, ServerConfig, local::LocalAgentConfig};
 
-fn init_logs(default: &str) {
+fn init_logs(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SANDBOXCTL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => logs.try_init(),
+        // The event's fields (message included) at the top level of each object.
+        LogFormat::Json => logs.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Large stream buffers (file transfers move megabytes through 1 MiB chunks) must go back to the
@@ -27,8 +31,17 @@ fn tune_malloc() {
 fn main() {
     tune_malloc();
     let cli = Cli::parse();
+    if let Command::Completion { shell } = cli.command {
+        use std::io::Write;
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "sandboxctl", &mut script);
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&script).and_then(|()| out.flush());
+        return;
+    }
     if let Command::Guest { port } = &cli.command {
-        init_logs("info");
+        init_logs("info", LogFormat::Text);
         if let Err(e) = sandboxctl::guest::run(port) {
             eprintln!("sandboxctl guest: {e:#}");
             std::process::exit(1);
@@ -57,63 +70,29 @@ fn main() {
 
 async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
-        Command::Server(a) => {
-            init_logs("info,tower_http=warn");
-            let local_agent = a.local_agent.then(|| LocalAgentConfig {
-                listen: a.local_agent_listen.clone(),
-                kernel_dir: a.vm.kernel_dir.clone(),
-                accel: a.vm.accel.into(),
-                cgroup_root: a.vm.cgroup_root.clone(),
-                max_concurrent_boots: a.vm.max_concurrent_boots,
-                import_limits: a.vm.import_limits(),
-                heartbeat_interval: a.timing.heartbeat_interval,
-                admin_email: a.admin_email.clone(),
-                net: a.vm.net_config(),
-                jail: a.vm.jail_config(),
-            });
-            let github = match &a.github.github_client_id {
-                None => None,
-                Some(id) => {
-                    let secret = match (
-                        &a.github.github_client_secret_file,
-                        std::env::var("SANDBOXCTL_GITHUB_CLIENT_SECRET"),
-                    ) {
-                        (Some(f), _) => std::fs::read_to_string(f)
-                            .map_err(|e| {
-                                anyhow::anyhow!(
-                                    "reading --github-client-secret-file {}: {e}",
-                                    f.display()
-                                )
-                            })?
-                            .trim()
-                            .to_string(),
-                        (None, Ok(s)) => s,
-                        (None, Err(_)) => anyhow::bail!(
-                            "--github-client-id needs the secret in --github-client-secret-file or SANDBOXCTL_GITHUB_CLIENT_SECRET"
-                        ),
-                    };
-                    Some(server::api::oauth::GithubConfig {
-                        client_id: id.clone(),
-                        client_secret: sandboxctl::crypto::Secret(secret),
-                        web_url: a.github.github_url.trim_end_matches('/').to_string(),
-                        api_url: a.github.github_api_url.trim_end_matches('/').to_string(),
-                    })
-                }
-            };
-            server::run(ServerConfig {
-                listen: a.listen,
-                data_dir: a.data_dir,
-                public_url: a.public_url,
-                monitor_interval: a.timing.monitor_interval,
-                host_stale_after: a.timing.host_stale_after,
-                local_agent,
-                github,
-                max_file_bytes: a.max_file_bytes,
-                allow_private_agent_addresses: a.allow_private_agent_addresses,
-            })
-            .await?;
-            Ok(0)
-        }
+        Command::Server(mut a) => match a.action.take() {
+            Some(ServerCommand::Backup {
+                data_dir,
+                to,
+                force,
+            }) => {
+                let r = tokio::task::spawn_blocking(move || {
+                    server::db::backup::backup(&data_dir, &to, force)
+                })
+                .await??;
+                println!("{r}");
+                Ok(0)
+            }
+            Some(ServerCommand::Restore { data_dir, from }) => {
+                let r = tokio::task::spawn_blocking(move || {
+                    server::db::backup::restore(&data_dir, &from)
+                })
+                .await??;
+                println!("{r}");
+                Ok(0)
+            }
+            None => run_server(a).await,
+        },
         Command::Agent(AgentCommand::Register {
             server,
             token,
@@ -121,7 +100,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             listen,
             advertise,
         }) => {
-            init_logs("warn");
+            init_logs("warn", LogFormat::Text);
             let advertise = advertise.unwrap_or_else(|| listen.to_string());
             let c = agent::register::register(
                 &server,
@@ -143,7 +122,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Agent(AgentCommand::Check { vm, only }) => {
-            init_logs("warn");
+            init_logs("warn", LogFormat::Text);
             let net = vm.net_config();
             let verdicts = agent::vm::check::check(&agent::vm::check::CheckConfig {
                 net,
@@ -164,8 +143,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             listen,
             vm,
             heartbeat_interval,
+            log,
         }) => {
-            init_logs("info");
+            init_logs("info", log.log_format);
             let (net, jail) = (vm.net_config(), vm.jail_config());
             let import_limits = vm.import_limits();
             agent::run::run(
@@ -195,7 +175,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             .await?;
             Ok(0)
         }
-        Command::Guest { .. } => unreachable!("handled before the runtime starts"),
+        Command::Guest { .. } | Command::Completion { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Signup(a) => commands::signup(a).await,
         Command::Login(a) => commands::login(a).await,
         Command::Logout => commands::logout(),
@@ -228,4 +210,59 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             .await
         }
     }
+}
+
+async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
+    init_logs("info,tower_http=warn", a.log.log_format);
+    let local_agent = a.local_agent.then(|| LocalAgentConfig {
+        listen: a.local_agent_listen.clone(),
+        kernel_dir: a.vm.kernel_dir.clone(),
+        accel: a.vm.accel.into(),
+        cgroup_root: a.vm.cgroup_root.clone(),
+        max_concurrent_boots: a.vm.max_concurrent_boots,
+        import_limits: a.vm.import_limits(),
+        heartbeat_interval: a.timing.heartbeat_interval,
+        admin_email: a.admin_email.clone(),
+        net: a.vm.net_config(),
+        jail: a.vm.jail_config(),
+    });
+    let github = match &a.github.github_client_id {
+        None => None,
+        Some(id) => {
+            let secret = match (
+                &a.github.github_client_secret_file,
+                std::env::var("SANDBOXCTL_GITHUB_CLIENT_SECRET"),
+            ) {
+                (Some(f), _) => std::fs::read_to_string(f)
+                    .map_err(|e| {
+                        anyhow::anyhow!("reading --github-client-secret-file {}: {e}", f.display())
+                    })?
+                    .trim()
+                    .to_string(),
+                (None, Ok(s)) => s,
+                (None, Err(_)) => anyhow::bail!(
+                    "--github-client-id needs the secret in --github-client-secret-file or SANDBOXCTL_GITHUB_CLIENT_SECRET"
+                ),
+            };
+            Some(server::api::oauth::GithubConfig {
+                client_id: id.clone(),
+                client_secret: sandboxctl::crypto::Secret(secret),
+                web_url: a.github.github_url.trim_end_matches('/').to_string(),
+                api_url: a.github.github_api_url.trim_end_matches('/').to_string(),
+            })
+        }
+    };
+    server::run(ServerConfig {
+        listen: a.listen,
+        data_dir: a.data_dir,
+        public_url: a.public_url,
+        monitor_interval: a.timing.monitor_interval,
+        host_stale_after: a.timing.host_stale_after,
+        local_agent,
+        github,
+        max_file_bytes: a.max_file_bytes,
+        allow_private_agent_addresses: a.allow_private_agent_addresses,
+    })
+    .await?;
+    Ok(0)
 }

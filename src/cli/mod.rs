@@ -27,7 +27,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the control plane (REST API, scheduler, host monitor).
+    /// Run the control plane (REST API, scheduler, host monitor), or back up and restore its
+    /// database.
+    #[command(args_conflicts_with_subcommands = true)]
     Server(Box<ServerArgs>),
     /// Run or register a host agent.
     #[command(subcommand)]
@@ -62,6 +64,11 @@ pub enum Command {
     /// Templates sandboxes start from.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Print a shell completion script, e.g. `sandboxctl completion bash > /etc/bash_completion.d/sandboxctl`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Measure a live server with a local agent and write a markdown table.
     Bench {
         /// Sequential creates (and other repetitions) to measure.
@@ -106,6 +113,8 @@ impl From<AccelArg> for crate::agent::vm::AccelChoice {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    #[command(subcommand)]
+    pub action: Option<ServerCommand>,
     /// Address for the API and dashboard.
     #[arg(long, env = "SANDBOXCTL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -150,6 +159,60 @@ pub struct ServerArgs {
     pub timing: TimingArgs,
     #[command(flatten)]
     pub github: GithubArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The server's maintenance commands (without one, `server` runs the server).
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Copy the database to a file while the server may be running (SQLite's online backup).
+    /// Keep jwt.key and agent-signing.key from the data dir with it.
+    Backup {
+        /// The server's data dir.
+        #[arg(
+            long,
+            env = "SANDBOXCTL_DATA_DIR",
+            default_value = "/var/lib/sandboxctl"
+        )]
+        data_dir: PathBuf,
+        /// The backup file to write.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a backup in place of the database; the server must be stopped. The database that was
+    /// there is kept beside it as sandboxctl.db.before-restore-<time>.
+    Restore {
+        /// The server's data dir.
+        #[arg(
+            long,
+            env = "SANDBOXCTL_DATA_DIR",
+            default_value = "/var/lib/sandboxctl"
+        )]
+        data_dir: PathBuf,
+        /// The backup file (from `sandboxctl server backup`).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
+}
+
+/// How the server and agent write their logs (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line (timestamp, level, message, fields, target), for log collectors.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log lines as text or as JSON objects.
+    #[arg(long, env = "SANDBOXCTL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]
@@ -308,6 +371,8 @@ pub enum AgentCommand {
         /// How often to send heartbeats.
         #[arg(long, env = "SANDBOXCTL_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
         heartbeat_interval: Duration,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Check what an agent would use on this machine (guest kernel, QEMU, accelerator, cgroups),
     /// trying each for real; exits 1 when something an agent needs does not work.

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod db;
 pub mod local;
+pub mod lock;
 pub mod monitor;
 pub mod pool;
 pub mod ratelimit;
@@ -59,7 +60,7 @@ impl AppState {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         restrict_dir(data_dir);
-        let db = Db::open(&data_dir.join("sandboxctl.db")).context("opening the database")?;
+        let db = Db::open(&data_dir.join(db::DB_FILE)).context("opening the database")?;
         let keys = ServerKeys::load(data_dir)?;
         let keys = Arc::new(TokenKeys::new(&keys.jwt_secret, &keys.agent_signing)?);
         Ok(AppState {
@@ -125,6 +126,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         )
     })?;
     let addr = listener.local_addr()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // Held until this function returns: another server (or a restore) on this data dir refuses.
+    let _lock = lock::DataDirLock::acquire(&cfg.data_dir)?;
     let public_url = cfg
         .public_url
         .clone()

@@ -9,6 +9,7 @@ mod e2e;
 mod fleet;
 mod isolation;
 mod oauth;
+mod ops;
 mod sandboxes;
 mod snapshots;
 mod streams;

@@ -28,6 +28,11 @@ pub fn load_or_create_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
     }
 }
 
+/// The user-token (JWT) secret's file in the data dir.
+pub const JWT_KEY_FILE: &str = "jwt.key";
+/// The seed of the key the server signs its calls to agents with (agents pin it at registration).
+pub const AGENT_SIGNING_KEY_FILE: &str = "agent-signing.key";
+
 pub struct ServerKeys {
     pub jwt_secret: [u8; 32],
     pub agent_signing: SigningKeyPair,
@@ -36,9 +41,9 @@ pub struct ServerKeys {
 impl ServerKeys {
     pub fn load(data_dir: &Path) -> anyhow::Result<ServerKeys> {
         Ok(ServerKeys {
-            jwt_secret: load_or_create_secret(&data_dir.join("jwt.key"))?,
+            jwt_secret: load_or_create_secret(&data_dir.join(JWT_KEY_FILE))?,
             agent_signing: SigningKeyPair::from_seed(load_or_create_secret(
-                &data_dir.join("agent-signing.key"),
+                &data_dir.join(AGENT_SIGNING_KEY_FILE),
             )?),
         })
     }

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod backup;
 pub mod hosts;
 pub mod sandboxes;
 pub mod teams;
@@ -13,6 +14,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
+
+/// The database's file name in the server's data dir.
+pub const DB_FILE: &str = "sandboxctl.db";
 
 mod embedded {
     refinery::embed_migrations!("migrations");

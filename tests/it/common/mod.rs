@@ -113,8 +113,21 @@ impl TestServer {
         Self::launch(extra, false).await
     }
 
+    /// A server on an existing temp dir (its data dir is `dir/data`), e.g. one a backup was
+    /// restored into.
+    pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
+        Self::launch_in(dir, extra, true).await
+    }
+
     async fn launch(extra: &[&str], allow_private_agents: bool) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::launch_in(tempfile::tempdir().unwrap(), extra, allow_private_agents).await
+    }
+
+    async fn launch_in(
+        dir: tempfile::TempDir,
+        extra: &[&str],
+        allow_private_agents: bool,
+    ) -> TestServer {
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -155,6 +168,12 @@ impl TestServer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the server process and waits for it; the temp dir stays until the value is dropped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn anon(&self) -> ApiClient {
