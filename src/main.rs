@@ -1,6 +1,8 @@
 use clap::{CommandFactory, Parser};
 use sandboxctl::agent;
-use sandboxctl::cli::{AgentCommand, Cli, Command, LogFormat, ServerArgs, ServerCommand, commands};
+use sandboxctl::cli::{
+    AgentCommand, Cli, Command, LogFormat, ServerArgs, ServerCommand, ServerDataDir, commands,
+};
 use sandboxctl::server::{self, ServerConfig, local::LocalAgentConfig};
 
 fn init_logs(default: &str, format: LogFormat) {
@@ -72,7 +74,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
         Command::Server(mut a) => match a.action.take() {
             Some(ServerCommand::Backup {
-                data_dir,
+                dir: ServerDataDir { data_dir },
                 to,
                 force,
             }) => {
@@ -83,7 +85,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 println!("{r}");
                 Ok(0)
             }
-            Some(ServerCommand::Restore { data_dir, from }) => {
+            Some(ServerCommand::Restore {
+                dir: ServerDataDir { data_dir },
+                from,
+            }) => {
                 let r = tokio::task::spawn_blocking(move || {
                     server::db::backup::restore(&data_dir, &from)
                 })

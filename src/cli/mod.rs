@@ -163,19 +163,26 @@ pub struct ServerArgs {
     pub log: LogArgs,
 }
 
+/// The server's data dir, for its maintenance commands.
+#[derive(Debug, Args)]
+pub struct ServerDataDir {
+    /// The server's data dir.
+    #[arg(
+        long,
+        env = "SANDBOXCTL_DATA_DIR",
+        default_value = "/var/lib/sandboxctl"
+    )]
+    pub data_dir: PathBuf,
+}
+
 /// The server's maintenance commands (without one, `server` runs the server).
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Copy the database to a file while the server may be running (SQLite's online backup).
     /// Keep jwt.key and agent-signing.key from the data dir with it.
     Backup {
-        /// The server's data dir.
-        #[arg(
-            long,
-            env = "SANDBOXCTL_DATA_DIR",
-            default_value = "/var/lib/sandboxctl"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: ServerDataDir,
         /// The backup file to write.
         #[arg(long, value_name = "FILE")]
         to: PathBuf,
@@ -186,13 +193,8 @@ pub enum ServerCommand {
     /// Put a backup in place of the database; the server must be stopped. The database that was
     /// there is kept beside it as sandboxctl.db.before-restore-<time>.
     Restore {
-        /// The server's data dir.
-        #[arg(
-            long,
-            env = "SANDBOXCTL_DATA_DIR",
-            default_value = "/var/lib/sandboxctl"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: ServerDataDir,
         /// The backup file (from `sandboxctl server backup`).
         #[arg(long, value_name = "FILE")]
         from: PathBuf,
