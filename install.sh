@@ -5,7 +5,8 @@
 #   ./install.sh --run      the same, then start a server with a local agent (the quick start)
 #   ./install.sh --deps     only packages and the guest kernel, plus what the tests need (Chromium,
 #                           Node.js and web/tests' node modules for the dashboard's browser test)
-#   ./install.sh --test     those, then the whole test suite (cargo test)
+#   ./install.sh --test     those, then the checks (cargo fmt, clippy, ESLint) and the whole test
+#                           suite (cargo test)
 #
 # Environment: SANDBOXCTL_DATA_DIR (default /var/lib/sandboxctl), SANDBOXCTL_KERNEL_DIR
 # (default $SANDBOXCTL_DATA_DIR/kernel), PREFIX (default /usr/local).
@@ -126,8 +127,12 @@ case "$mode" in deps|test) install_test_deps ;; esac
 [ "$mode" = deps ] && exit 0
 if [ "$mode" = test ]; then
   command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
-  say "running the test suite (real server, agents and microVMs under QEMU)"
   cd "$here"
+  say "checking the code: cargo fmt, cargo clippy, the dashboard's JavaScript (ESLint)"
+  cargo fmt --check || die "cargo fmt --check: run 'cargo fmt'"
+  cargo clippy --locked --all-targets -- -D warnings || die "cargo clippy found warnings"
+  (cd web/tests && npm run --silent lint) || die "ESLint found problems in the dashboard's JavaScript"
+  say "running the test suite (real server, agents and microVMs under QEMU)"
   exec env SANDBOXCTL_KERNEL_DIR="$KERNEL_DIR" cargo test --locked
 fi
 install_binary

@@ -7,8 +7,11 @@
 pub mod agent;
 pub mod cli;
 pub mod crypto;
+pub mod fsutil;
 pub mod guest;
 pub mod ids;
 pub mod proto;
 pub mod server;
 pub mod settings;
+pub mod time;
+pub mod urlencode;

@@ -15,8 +15,8 @@ use super::vm::{VmError, VmManager};
 use crate::crypto::agent_call::{CallBinding, CallRefused, CallVerifier, unix_now};
 use crate::proto::agent::{CreateVmRequest, VmInfo, VmListResponse};
 use crate::proto::api::{ErrorBody, ErrorDetail, ExecRequest, ExecResponse};
+use crate::proto::json::{BodyError, parse_object};
 use crate::proto::net::EgressPolicy;
-use crate::server::api::extract::parse_json;
 
 #[derive(Clone)]
 pub struct AgentState {
@@ -169,9 +169,15 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
                 None,
             )
         })?;
-        parse_json(&bytes)
-            .map(Body)
-            .map_err(IntoResponse::into_response)
+        parse_object(&bytes).map(Body).map_err(|e| match e {
+            BodyError::Malformed(m) => error(StatusCode::BAD_REQUEST, "invalid_body", m, None),
+            BodyError::Field { field, message } => error(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                format!("{field}: {message}"),
+                Some(field),
+            ),
+        })
     }
 }
 

@@ -1,6 +1,5 @@
 //! The agent's credentials, kept in its data dir (mode 0600, written atomically).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -53,38 +52,7 @@ pub fn save(data_dir: &Path, c: &Credentials) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let json = serde_json::to_vec_pretty(c)?;
-    write_private_atomic(&path(data_dir), &json).context("saving credentials")
-}
-
-/// Writes `bytes` to `path` readable only by the owner: a temp file in the same directory, fsync,
-/// rename, fsync of the directory. A crash leaves either the old file or the new one.
-pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::fsutil::write_private_atomic(&path(data_dir), &json).context("saving credentials")
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use super::images::import::Limits;
 use super::vm::cgroup::CgroupChoice;
 use super::vm::{AccelChoice, VmConfig, VmManager};
 use crate::crypto::agent_call::CallVerifier;
+use crate::proto::agent::RefreshResponse;
 use crate::proto::agent::{HeartbeatRequest, RefreshRequest};
-use crate::server::api::hosts::RefreshResponse;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -193,7 +193,7 @@ impl Heartbeat {
     /// True when the host JWT expires within a day (refreshed ahead, not on the first 401).
     async fn expires_soon(&self) -> bool {
         let c = self.creds.lock().await;
-        c.token_expires_at - crate::server::db::now() < 86400
+        c.token_expires_at - crate::time::unix_now() < 86400
     }
 
     async fn beat(&self) -> Result<(), BeatError> {

@@ -356,7 +356,7 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
 }
 
 fn chrono_like_now() -> String {
-    let secs = crate::server::db::now();
+    let secs = crate::time::unix_now();
     let days = secs / 86400;
     // Civil date from days since the epoch (Howard Hinnant's algorithm).
     let z = days + 719_468;

@@ -12,6 +12,7 @@ use crate::server::api::teams::{
     MemberResponse, TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse,
     UserSummary,
 };
+use crate::urlencode;
 use futures_util::StreamExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -404,7 +405,7 @@ impl ApiClient {
     pub async fn delete_template(&self, id: &str) -> Result<(), ClientError> {
         self.empty(
             reqwest::Method::DELETE,
-            &format!("/v1/templates/{}", urlencode(id)),
+            &format!("/v1/templates/{}", urlencode::encode(id)),
         )
         .await
     }
@@ -424,7 +425,7 @@ impl ApiClient {
     ) -> Result<serde_json::Value, ClientError> {
         self.json::<(), _>(
             reqwest::Method::GET,
-            &format!("/v1/templates/{}/build", urlencode(name)),
+            &format!("/v1/templates/{}/build", urlencode::encode(name)),
             None,
         )
         .await
@@ -495,7 +496,7 @@ impl ApiClient {
         let resp = self
             .raw(
                 reqwest::Method::GET,
-                &format!("/v1/sandboxes/{id}/files?path={}", urlencode(path)),
+                &format!("/v1/sandboxes/{id}/files?path={}", urlencode::encode(path)),
                 None,
             )
             .await?;
@@ -524,7 +525,7 @@ impl ApiClient {
         let resp = self
             .raw(
                 reqwest::Method::PUT,
-                &format!("/v1/sandboxes/{id}/files?path={}", urlencode(path)),
+                &format!("/v1/sandboxes/{id}/files?path={}", urlencode::encode(path)),
                 Some(body),
             )
             .await?;
@@ -545,7 +546,7 @@ impl ApiClient {
                 reqwest::Method::POST,
                 &format!(
                     "/v1/templates/import?name={}&overwrite={overwrite}",
-                    urlencode(name)
+                    urlencode::encode(name)
                 ),
                 Some(body),
             )
@@ -558,7 +559,10 @@ impl ApiClient {
     pub async fn list_files(&self, id: &str, path: &str) -> Result<FileListResponse, ClientError> {
         self.json::<(), _>(
             reqwest::Method::GET,
-            &format!("/v1/sandboxes/{id}/files/list?path={}", urlencode(path)),
+            &format!(
+                "/v1/sandboxes/{id}/files/list?path={}",
+                urlencode::encode(path)
+            ),
             None,
         )
         .await
@@ -567,7 +571,10 @@ impl ApiClient {
     pub async fn stat_file(&self, id: &str, path: &str) -> Result<FileEntry, ClientError> {
         self.json::<(), _>(
             reqwest::Method::GET,
-            &format!("/v1/sandboxes/{id}/files/stat?path={}", urlencode(path)),
+            &format!(
+                "/v1/sandboxes/{id}/files/stat?path={}",
+                urlencode::encode(path)
+            ),
             None,
         )
         .await
@@ -583,7 +590,7 @@ impl ApiClient {
             reqwest::Method::POST,
             &format!(
                 "/v1/sandboxes/{id}/files/download-url?path={}",
-                urlencode(path)
+                urlencode::encode(path)
             ),
             None,
         )
@@ -599,7 +606,10 @@ impl ApiClient {
         let p = if parents { "&parents=true" } else { "" };
         self.json::<(), _>(
             reqwest::Method::POST,
-            &format!("/v1/sandboxes/{id}/files/mkdir?path={}{p}", urlencode(path)),
+            &format!(
+                "/v1/sandboxes/{id}/files/mkdir?path={}{p}",
+                urlencode::encode(path)
+            ),
             None,
         )
         .await
@@ -614,7 +624,10 @@ impl ApiClient {
         let r = if recursive { "&recursive=true" } else { "" };
         self.empty(
             reqwest::Method::DELETE,
-            &format!("/v1/sandboxes/{id}/files?path={}{r}", urlencode(path)),
+            &format!(
+                "/v1/sandboxes/{id}/files?path={}{r}",
+                urlencode::encode(path)
+            ),
         )
         .await
     }
@@ -714,22 +727,10 @@ impl ApiClient {
     }
 
     pub async fn search_users(&self, q: &str) -> Result<Vec<UserSummary>, ClientError> {
-        let url = format!("/v1/users/search?q={}", urlencode(q));
+        let url = format!("/v1/users/search?q={}", urlencode::encode(q));
         Ok(self
             .json::<(), UserSearchResponse>(reqwest::Method::GET, &url, None)
             .await?
             .users)
     }
-}
-
-/// Percent-encodes a query value.
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -71,7 +71,7 @@ fn parse_pairs(flag: &str, pairs: &[String]) -> anyhow::Result<BTreeMap<String, 
 }
 
 fn age(ts: i64) -> String {
-    let secs = (crate::server::db::now() - ts).max(0);
+    let secs = (crate::time::unix_now() - ts).max(0);
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
@@ -377,7 +377,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                     s.on_timeout,
                     s.timeout_sec,
                     at,
-                    at - crate::server::db::now()
+                    at - crate::time::unix_now()
                 );
             } else {
                 println!("{}: no idle timeout", s.id);

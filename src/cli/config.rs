@@ -50,6 +50,6 @@ pub fn save(c: &CliConfig) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let s = toml::to_string(c)?;
-    crate::agent::credentials::write_private_atomic(&p, s.as_bytes())
+    crate::fsutil::write_private_atomic(&p, s.as_bytes())
         .with_context(|| format!("writing {}", p.display()))
 }

@@ -76,6 +76,16 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
+/// A refreshed host JWT and the refresh token that replaces the one sent.
+#[derive(Serialize, Deserialize)]
+pub struct RefreshResponse {
+    pub host_id: String,
+    pub token: String,
+    pub token_expires_at: i64,
+    pub refresh_token: String,
+    pub refresh_expires_at: i64,
+}
+
 /// A microVM the server asks an agent to start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateVmRequest {

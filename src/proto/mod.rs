@@ -3,4 +3,5 @@
 pub mod agent;
 pub mod api;
 pub mod guest;
+pub mod json;
 pub mod net;

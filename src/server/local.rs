@@ -99,7 +99,7 @@ async fn ensure_admin(state: &AppState, data_dir: &Path, email: &str) -> anyhow:
             .chars()
             .take(20)
             .collect::<String>();
-        crate::agent::credentials::write_private_atomic(&pw_file, password.as_bytes())?;
+        crate::fsutil::write_private_atomic(&pw_file, password.as_bytes())?;
         let pw = password.clone();
         let hash = tokio::task::spawn_blocking(move || crypto::hash_password(&pw)).await??;
         let em = email.to_string();

@@ -8,6 +8,7 @@ mod common;
 mod e2e;
 mod fleet;
 mod isolation;
+mod layout;
 mod oauth;
 mod ops;
 mod sandboxes;

@@ -17,11 +17,11 @@ use serde::Deserialize;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, AuthUser, Caller, CallerKind};
 use super::files::{FileQuery, check_path, stream_file, target};
-use crate::cli::client::urlencode;
 use crate::proto::api::DownloadUrlResponse;
 use crate::server::AppState;
 use crate::server::auth::TokenKeys;
 use crate::server::db::{now, users};
+use crate::urlencode;
 
 /// How long a download link works.
 pub const TICKET_TTL_SECS: i64 = 60;
@@ -65,7 +65,7 @@ pub async fn create(
         url: format!(
             "/v1/sandboxes/{}/files/download?ticket={}",
             s.id,
-            urlencode(&ticket)
+            urlencode::encode(&ticket)
         ),
         expires_at,
     }))
@@ -177,7 +177,7 @@ fn content_disposition(name: &str) -> String {
     };
     format!(
         "attachment; filename=\"{ascii}\"; filename*=UTF-8''{}",
-        urlencode(name)
+        urlencode::encode(name)
     )
 }
 

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::crypto::sha256_hex;
+use crate::proto::json::BodyError;
 use crate::server::AppState;
 use crate::server::db::{api_keys, hosts, users};
 
@@ -38,56 +39,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => {
-            return Err(ApiError::BadBody(
-                "the request body is empty; send a JSON object".into(),
-            ));
-        }
-        Some(b'{') => {}
-        Some(_) => {
-            return Err(ApiError::BadBody(
-                "the request body must be a JSON object".into(),
-            ));
-        }
-    }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let msg = inner.to_string();
-                // serde reports a missing field at the parent's path; name the field itself.
-                let field = msg
-                    .strip_prefix("missing field `")
-                    .and_then(|r| r.split('`').next())
-                    .map(|f| {
-                        if path == "." {
-                            f.to_string()
-                        } else {
-                            format!("{path}.{f}")
-                        }
-                    })
-                    .unwrap_or_else(|| {
-                        if path == "." {
-                            "body".to_string()
-                        } else {
-                            path.clone()
-                        }
-                    });
-                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-                ApiError::BadRequest {
-                    field,
-                    message: msg,
-                }
-            }
-            _ => ApiError::BadBody(format!("malformed JSON: {inner}")),
-        }
-    })?;
-    de.end()
-        .map_err(|_| ApiError::BadBody("unexpected data after the JSON object".into()))?;
-    Ok(value)
+    crate::proto::json::parse_object(bytes).map_err(|e| match e {
+        BodyError::Malformed(m) => ApiError::BadBody(m),
+        BodyError::Field { field, message } => ApiError::BadRequest { field, message },
+    })
 }
 
 /// A query string whose errors are JSON like every other 400.

@@ -16,7 +16,6 @@ use serde::Deserialize;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, Caller};
 use super::sandboxes::{host_client, load};
-use crate::cli::client::urlencode;
 use crate::proto::api::{FileEntry, FileListResponse};
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, SandboxRow};
@@ -24,6 +23,7 @@ use crate::server::pool::{
     AgentClient, AgentError, MAX_JSON_ANSWER, MAX_LISTING_ANSWER, read_json,
 };
 use crate::server::state::SandboxStatus;
+use crate::urlencode;
 
 #[derive(Debug, Deserialize)]
 pub struct FileQuery {
@@ -118,7 +118,7 @@ fn map_agent(e: AgentError) -> ApiError {
 }
 
 fn query(path: &str) -> String {
-    format!("path={}", urlencode(path))
+    format!("path={}", urlencode::encode(path))
 }
 
 /// Reads a file: the raw bytes, streamed.

@@ -10,7 +10,8 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, AuthHost, AuthUser};
 use crate::crypto::{self, sha256_hex};
 use crate::proto::agent::{
-    HeartbeatRequest, HeartbeatResponse, RefreshRequest, RegisterRequest, RegisterResponse,
+    HeartbeatRequest, HeartbeatResponse, RefreshRequest, RefreshResponse, RegisterRequest,
+    RegisterResponse,
 };
 use crate::proto::api::{CreateHostRequest, CreateHostResponse, HostListResponse, HostResponse};
 use crate::server::AppState;
@@ -528,15 +529,6 @@ pub async fn heartbeat(
         })?
         .map_err(refused_address)?;
     Ok(Json(HeartbeatResponse { status }))
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct RefreshResponse {
-    pub host_id: String,
-    pub token: String,
-    pub token_expires_at: i64,
-    pub refresh_token: String,
-    pub refresh_expires_at: i64,
 }
 
 pub async fn refresh(

@@ -72,8 +72,8 @@ pub async fn start(State(st): State<AppState>) -> ApiResult<Response> {
     let url = format!(
         "{}/login/oauth/authorize?client_id={}&redirect_uri={}&scope=read%3Auser%20user%3Aemail&state={}",
         gh.web_url,
-        crate::cli::client::urlencode(&gh.client_id),
-        crate::cli::client::urlencode(&callback_url(&st)),
+        crate::urlencode::encode(&gh.client_id),
+        crate::urlencode::encode(&callback_url(&st)),
         state
     );
     let secure = if st.settings.public_url.starts_with("https://") {

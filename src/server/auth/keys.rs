@@ -20,7 +20,7 @@ pub fn load_or_create_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = random_bytes::<32>();
-            crate::agent::credentials::write_private_atomic(path, &secret)
+            crate::fsutil::write_private_atomic(path, &secret)
                 .with_context(|| format!("writing {}", path.display()))?;
             Ok(secret)
         }

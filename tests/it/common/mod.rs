@@ -462,7 +462,7 @@ pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, S
 }
 
 pub fn urlenc(s: &str) -> String {
-    sandboxctl::cli::client::urlencode(s)
+    sandboxctl::urlencode::encode(s)
 }
 
 /// Polls `check` every 200 ms until it is true or `secs` pass.
