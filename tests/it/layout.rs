@@ -139,6 +139,7 @@ fn paths(src: &Source) -> Vec<Vec<String>> {
             }
         }
     }
+    let tests_at = code.find("mod tests {").unwrap_or(code.len());
     let mut i = 0;
     while i < code.len() {
         let rest = &code[i..];
@@ -146,9 +147,12 @@ fn paths(src: &Source) -> Vec<Vec<String>> {
         if boundary && rest.starts_with("crate::") {
             i = follow(&code, i + 7, Vec::new(), &mut out, &ident);
         } else if boundary && rest.starts_with("super::") {
-            // `super` of `a::b` (a/b.rs or a/b/mod.rs alike) is `a`.
+            // `super` of `a::b` (a/b.rs or a/b/mod.rs alike) is `a`; inside the file's inline
+            // `mod tests` it is `a::b` itself.
             let mut base = src.module.clone();
-            base.pop();
+            if i < tests_at {
+                base.pop();
+            }
             let mut j = i + 7;
             while code[j..].starts_with("super::") {
                 base.pop();
