@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// reads no more than this of a listing.
 pub const MAX_LISTING_BYTES: u64 = 64 << 20;
 
+/// Largest template image archive an agent takes; the server refuses a larger upload up front.
+pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
+
 /// What an agent knows about its machine, sent at registration and with every heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HostFacts {
