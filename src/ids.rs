@@ -1,4 +1,9 @@
-//! Random, prefixed, URL-safe identifiers (`usr_…`, `team_…`, `host_…`, `sbx_…`, `key_…`, `tpl_…`).
+//! Random, prefixed, URL-safe identifiers (`usr_…`, `team_…`, `host_…`, `sbx_…`, `key_…`, `tpl_…`),
+//! and a newtype for each kind that checks its format when parsed from text a caller sent
+//! (`FromStr`, `Deserialize`), so a malformed id is refused at the edge.
+
+use std::fmt;
+use std::str::FromStr;
 
 use rand::RngExt;
 
@@ -25,6 +30,145 @@ pub fn is_valid(prefix: &str, s: &str) -> bool {
         })
 }
 
+/// A parsed text is not an id of the wanted kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a {what} id ({prefix}_…)")]
+pub struct BadId {
+    pub what: &'static str,
+    pub prefix: &'static str,
+}
+
+/// What every typed id offers generic code (an extractor that refuses a malformed one, say).
+pub trait TypedId: FromStr<Err = BadId> + fmt::Display {
+    /// What the id names, for messages ("sandbox not found").
+    const WHAT: &'static str;
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new random id.
+            pub fn generate() -> Self {
+                Self(new_id($prefix))
+            }
+
+            /// An id read back from our own storage, which only ever holds ids this server made
+            /// (or the operator set up); not for text a caller sent — parse that.
+            pub fn from_stored(s: impl Into<String>) -> Self {
+                Self(s.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl TypedId for $name {
+            const WHAT: &'static str = $what;
+        }
+
+        impl FromStr for $name {
+            type Err = BadId;
+            fn from_str(s: &str) -> Result<Self, BadId> {
+                if is_valid($prefix, s) {
+                    Ok(Self(s.to_string()))
+                } else {
+                    Err(BadId {
+                        what: $what,
+                        prefix: $prefix,
+                    })
+                }
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A sandbox (`sbx_…`).
+    SandboxId, "sbx", "sandbox"
+);
+id_type!(
+    /// A host (`host_…`).
+    HostId, "host", "host"
+);
+id_type!(
+    /// A team (`team_…`).
+    TeamId, "team", "team"
+);
+id_type!(
+    /// A team template (`tpl_…`); base templates are named, not ids.
+    TemplateId, "tpl", "template"
+);
+id_type!(
+    /// A user (`usr_…`).
+    UserId, "usr", "user"
+);
+id_type!(
+    /// An API key (`key_…`).
+    KeyId, "key", "API key"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +183,24 @@ mod tests {
         assert!(!is_valid("sbx", "sbx_../etc"));
         assert!(!is_valid("sbx", "host_abc"));
         assert!(!is_valid("sbx", "sbx_"));
+    }
+
+    #[test]
+    fn typed_ids_check_their_format_when_parsed() {
+        let id = SandboxId::generate();
+        assert_eq!(id.as_str().parse::<SandboxId>().unwrap(), id);
+        assert_eq!(
+            "sbx_../etc".parse::<SandboxId>(),
+            Err(BadId {
+                what: "sandbox",
+                prefix: "sbx"
+            })
+        );
+        assert!("host_abc".parse::<SandboxId>().is_err());
+        assert!("host_abc".parse::<HostId>().is_ok());
+        assert!(serde_json::from_str::<TeamId>(r#""team_x1""#).is_ok());
+        assert!(serde_json::from_str::<TeamId>(r#""team_""#).is_err());
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{id}\""));
+        assert_eq!(id, id.as_str());
     }
 }
