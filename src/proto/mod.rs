@@ -5,3 +5,4 @@ pub mod api;
 pub mod guest;
 pub mod json;
 pub mod net;
+pub mod vocab;

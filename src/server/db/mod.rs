@@ -9,6 +9,7 @@ pub mod sandboxes;
 pub mod teams;
 pub mod templates;
 pub mod users;
+pub mod vocab;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
