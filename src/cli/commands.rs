@@ -111,7 +111,7 @@ fn sandbox_rows(list: &[SandboxResponse]) {
             .map(|s| {
                 vec![
                     s.id.clone(),
-                    s.status.clone(),
+                    s.status.to_string(),
                     s.template.clone(),
                     s.host_id.clone().unwrap_or_else(|| "-".into()),
                     s.vcpus.to_string(),
@@ -147,7 +147,7 @@ fn host_rows(list: &[HostResponse]) {
                 vec![
                     h.id.clone(),
                     h.host_type.clone(),
-                    h.status.clone(),
+                    h.status.to_string(),
                     h.name.clone().unwrap_or_else(|| "-".into()),
                     h.address.clone().unwrap_or_else(|| "-".into()),
                     h.accel.clone().unwrap_or_else(|| "-".into()),
@@ -843,7 +843,7 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
                             vec![
                                 t.id.clone(),
                                 t.name.clone(),
-                                t.kind.clone(),
+                                t.kind.to_string(),
                                 match (&t.host_id, t.hosts) {
                                     (Some(h), _) => h.clone(),
                                     (None, Some(n)) => format!("{n} host(s)"),

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::proto::vocab::{HostStatus, OnTimeout, SandboxStatus, TemplateKind};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -75,7 +77,7 @@ pub struct HostResponse {
     pub name: Option<String>,
     pub provider: Option<String>,
     pub zone: Option<String>,
-    pub status: String,
+    pub status: HostStatus,
     pub arch: Option<String>,
     pub cpu_cores: Option<u32>,
     pub memory_mb: Option<u64>,
@@ -143,7 +145,7 @@ pub struct SandboxResponse {
     pub team_id: String,
     pub host_id: Option<String>,
     pub template: String,
-    pub status: String,
+    pub status: SandboxStatus,
     pub vcpus: u32,
     pub memory_mb: u32,
     pub timeout_sec: u64,
@@ -156,7 +158,7 @@ pub struct SandboxResponse {
     pub boot_ms: Option<u64>,
     /// `pause` or `kill`.
     #[serde(default)]
-    pub on_timeout: String,
+    pub on_timeout: OnTimeout,
     #[serde(default)]
     pub last_active_at: Option<i64>,
     /// When the idle timeout will pause or kill it (running sandboxes with a timeout).
@@ -357,8 +359,8 @@ pub struct TemplateResponse {
     /// `tpl_…` for the team's own templates; the name for base templates.
     pub id: String,
     pub name: String,
-    /// `base`, `snapshot` or `rootfs`.
-    pub kind: String,
+    /// `base`, `snapshot` or `image`.
+    pub kind: TemplateKind,
     pub team_id: Option<String>,
     /// Where a snapshot lives (sandboxes from it start there); None for base templates.
     pub host_id: Option<String>,

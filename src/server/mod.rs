@@ -9,6 +9,7 @@ pub mod lock;
 pub mod monitor;
 pub mod pool;
 pub mod ratelimit;
+pub mod sandboxes;
 pub mod scheduler;
 pub mod state;
 pub mod web;

@@ -138,30 +138,8 @@ impl HostMonitor {
             }
         };
         for s in expired {
-            let result = if s.on_timeout == "kill" {
-                match crate::server::api::sandboxes::destroy_on_host(state, &s).await {
-                    Ok(()) => {
-                        let sid = s.id.clone();
-                        state
-                            .db
-                            .call(move |c| {
-                                sandboxes::settle(
-                                    c,
-                                    &sid,
-                                    SandboxStatus::Stopped,
-                                    Some("idle timeout"),
-                                )
-                            })
-                            .await
-                            .map_err(Into::into)
-                    }
-                    Err(e) => Err(e),
-                }
-            } else {
-                crate::server::api::lifecycle::pause_row(state, &s).await
-            };
-            match result {
-                Ok(()) => tracing::info!(sandbox = %s.id, action = %s.on_timeout, "idle timeout"),
+            match state.sandboxes().expire_idle(&s).await {
+                Ok(action) => tracing::info!(sandbox = %s.id, action = %action, "idle timeout"),
                 Err(e) => {
                     tracing::warn!(sandbox = %s.id, error = %e, "idle timeout could not {}", s.on_timeout)
                 }
@@ -245,7 +223,7 @@ mod tests {
             started_at: None,
             ended_at: None,
             error: None,
-            on_timeout: "pause".into(),
+            on_timeout: crate::proto::vocab::OnTimeout::Pause,
             last_active_at: None,
             boot_kind: None,
             egress: None,

@@ -1,42 +1,8 @@
 //! The sandbox and host state machines (SPEC §3), pure and unit-tested.
 
-use std::fmt;
-use std::str::FromStr;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SandboxStatus {
-    Pending,
-    Starting,
-    Running,
-    Paused,
-    Stopped,
-    Error,
-    Missing,
-}
+pub use crate::proto::vocab::{HostStatus, SandboxStatus};
 
 impl SandboxStatus {
-    pub const ALL: [SandboxStatus; 7] = [
-        Self::Pending,
-        Self::Starting,
-        Self::Running,
-        Self::Paused,
-        Self::Stopped,
-        Self::Error,
-        Self::Missing,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Starting => "starting",
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Stopped => "stopped",
-            Self::Error => "error",
-            Self::Missing => "missing",
-        }
-    }
-
     /// `stopped` and `error` are terminal; `missing` is reversible.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Stopped | Self::Error)
@@ -58,40 +24,7 @@ impl SandboxStatus {
     }
 }
 
-impl fmt::Display for SandboxStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for SandboxStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown sandbox status '{s}'"))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostStatus {
-    Pending,
-    Online,
-    Unreachable,
-    Draining,
-}
-
 impl HostStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Online => "online",
-            Self::Unreachable => "unreachable",
-            Self::Draining => "draining",
-        }
-    }
-
     pub fn can_become(self, next: HostStatus) -> bool {
         use HostStatus::*;
         matches!(
@@ -102,6 +35,11 @@ impl HostStatus {
                 | (Online, Draining)
                 | (Draining, Online)
         )
+    }
+
+    /// A host whose sandboxes can be reached: online, or draining (taking no new ones).
+    pub fn serves_sandboxes(self) -> bool {
+        matches!(self, Self::Online | Self::Draining)
     }
 }
 
@@ -128,12 +66,12 @@ mod tests {
             (Missing, Paused),
             (Missing, Stopped),
         ];
-        for a in SandboxStatus::ALL {
-            for b in SandboxStatus::ALL {
+        for &a in SandboxStatus::ALL {
+            for &b in SandboxStatus::ALL {
                 assert_eq!(a.can_become(b), allowed.contains(&(a, b)), "{a} -> {b}");
             }
         }
-        for s in SandboxStatus::ALL {
+        for &s in SandboxStatus::ALL {
             assert_eq!(s.as_str().parse::<SandboxStatus>().unwrap(), s);
         }
         assert!(Stopped.is_terminal() && Error.is_terminal() && !Missing.is_terminal());

@@ -19,7 +19,7 @@ async fn create(c: &sandboxctl::cli::client::ApiClient) -> SandboxResponse {
 async fn status(c: &sandboxctl::cli::client::ApiClient, id: &str) -> String {
     c.get_sandbox(id)
         .await
-        .map(|s| s.status)
+        .map(|s| s.status.to_string())
         .unwrap_or_default()
 }
 

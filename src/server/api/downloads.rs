@@ -15,8 +15,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiQuery, AuthUser, Caller, CallerKind};
+use super::extract::{ApiQuery, AuthUser, Caller, CallerKind, IdPath};
 use super::files::{FileQuery, check_path, stream_file, target};
+use crate::ids::SandboxId;
 use crate::proto::api::DownloadUrlResponse;
 use crate::server::AppState;
 use crate::server::auth::TokenKeys;
@@ -38,7 +39,7 @@ pub struct DownloadQuery {
 pub async fn create(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<Json<DownloadUrlResponse>> {
     let path = check_path(&q)?;
@@ -51,7 +52,7 @@ pub async fn create(
     };
     let team = caller.team()?.to_string();
     // Only for a file of a running sandbox of the caller's team.
-    let (_, s) = target(&st, &caller, id).await?;
+    let (_, s) = target(&st, &caller, &id).await?;
     let expires_at = now() + TICKET_TTL_SECS;
     let ticket = Ticket {
         sandbox_id: s.id.clone(),
@@ -102,7 +103,9 @@ pub async fn redeem(
         is_admin: false,
     };
     let name = path.rsplit('/').next().unwrap_or("download").to_string();
-    let mut resp = stream_file(&st, &caller, id, &path).await?;
+    // The ticket names this sandbox, and only this server seals tickets: the id is one of ours.
+    let id: SandboxId = id.parse().map_err(|_| ApiError::Unauthorized)?;
+    let mut resp = stream_file(&st, &caller, &id, &path).await?;
     let headers = resp.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(&content_disposition(&name)) {

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::proto::api::{ErrorBody, ErrorDetail};
 use crate::server::db::DbError;
-use crate::server::pool::AgentError;
+use crate::server::sandboxes::SandboxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -160,37 +160,20 @@ impl From<DbError> for ApiError {
     }
 }
 
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> Self {
+/// The sandbox service's answers as HTTP: the one place they are mapped.
+impl From<SandboxError> for ApiError {
+    fn from(e: SandboxError) -> Self {
         match e {
-            AgentError::Unreachable(m) => ApiError::HostFailed {
-                code: "host_unreachable",
-                message: format!("the sandbox's host did not answer: {m}"),
-            },
-            AgentError::BadAnswer(m) => {
-                tracing::warn!(error = %m, "refused an agent's answer");
-                ApiError::HostFailed {
-                    code: "host_bad_answer",
-                    message: "the sandbox's host sent an answer the server does not accept".into(),
-                }
-            }
-            AgentError::Remote {
-                status,
-                message,
-                field,
-                ..
-            } => match status {
-                400 | 422 => ApiError::BadRequest {
-                    field: field.unwrap_or_else(|| "request".into()),
-                    message,
-                },
-                404 => ApiError::NotFound("sandbox on its host"),
-                409 => ApiError::conflict("sandbox_conflict", message),
-                _ => ApiError::HostFailed {
-                    code: "host_error",
-                    message: format!("the sandbox's host failed: {message}"),
-                },
-            },
+            SandboxError::Invalid { field, message } => ApiError::BadRequest { field, message },
+            SandboxError::NotFound(what) => ApiError::NotFound(what),
+            SandboxError::Conflict { code, message } => ApiError::Conflict { code, message },
+            SandboxError::Forbidden { code, message } => ApiError::Forbidden { code, message },
+            SandboxError::NoHostAvailable(reason) => ApiError::NoHostAvailable(reason),
+            SandboxError::TooLarge => ApiError::TooLarge,
+            SandboxError::TooLargeBecause(why) => ApiError::TooLargeBecause(why),
+            SandboxError::Host { code, message } => ApiError::HostFailed { code, message },
+            SandboxError::Db(e) => e.into(),
+            SandboxError::Internal(e) => ApiError::Internal(e),
         }
     }
 }

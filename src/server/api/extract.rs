@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::crypto::sha256_hex;
+use crate::ids::{TeamId, TypedId};
 use crate::proto::json::BodyError;
 use crate::server::AppState;
 use crate::server::db::{api_keys, hosts, users};
@@ -56,6 +57,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::bad("query", e.body_text()))
+    }
+}
+
+/// A typed id from the request path (the route's only parameter). A malformed id names nothing:
+/// 404 like an id that does not exist, before any lookup.
+pub struct IdPath<T>(pub T);
+
+impl<T: TypedId + Send, S: Send + Sync> FromRequestParts<S> for IdPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::NotFound(T::WHAT))?;
+        raw.parse()
+            .map(IdPath)
+            .map_err(|_| ApiError::NotFound(T::WHAT))
     }
 }
 
@@ -106,6 +125,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The team to work in as a typed id, or 403 `no_team`.
+    pub fn team_id(&self) -> Result<TeamId, ApiError> {
+        self.team().map(TeamId::from_stored)
+    }
+
     /// The team to work in, or 403 `no_team`.
     pub fn team(&self) -> Result<&str, ApiError> {
         self.team_id.as_deref().ok_or_else(|| {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -14,15 +14,15 @@ use futures_util::TryStreamExt;
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiQuery, Caller};
-use super::sandboxes::{host_client, load};
+use super::extract::{ApiQuery, Caller, IdPath};
+use crate::ids::SandboxId;
 use crate::proto::api::{FileEntry, FileListResponse};
 use crate::server::AppState;
-use crate::server::db::sandboxes::{self, SandboxRow};
+use crate::server::db::sandboxes::SandboxRow;
 use crate::server::pool::{
     AgentClient, AgentError, MAX_JSON_ANSWER, MAX_LISTING_ANSWER, read_json,
 };
-use crate::server::state::SandboxStatus;
+use crate::server::sandboxes::{AgentCall, agent_errors};
 use crate::urlencode;
 
 #[derive(Debug, Deserialize)]
@@ -66,55 +66,17 @@ pub(super) fn check_path(q: &FileQuery) -> ApiResult<String> {
 pub(super) async fn target(
     st: &AppState,
     caller: &Caller,
-    id: String,
+    id: &SandboxId,
 ) -> ApiResult<(AgentClient, SandboxRow)> {
-    let s = load(st, caller, id).await?;
-    if s.status != SandboxStatus::Running {
-        return Err(ApiError::conflict(
-            "sandbox_not_running",
-            format!("the sandbox is {}, not running", s.status),
-        ));
-    }
-    let (client, _) = host_client(st, &s).await?;
-    let sid = s.id.clone();
-    st.db.call(move |c| sandboxes::touch(c, &sid)).await?;
-    Ok((client, s))
+    let team = caller.team_id()?;
+    Ok(st.sandboxes().running(&team, id).await?)
 }
 
-/// File errors from the host keep their meaning: a missing file is 404, a directory where a file
-/// should be (or the like) 409 with the host's code, over the size limit 413.
-fn map_agent(e: AgentError) -> ApiError {
-    match e {
-        AgentError::Remote {
-            status: 404, code, ..
-        } if code == "file_not_found" => ApiError::NotFound("file"),
-        AgentError::Remote { status: 404, .. } => ApiError::conflict(
-            "sandbox_not_running",
-            "the sandbox's VM is gone from its host",
-        ),
-        AgentError::Remote { status: 413, .. } => ApiError::TooLarge,
-        AgentError::Remote {
-            status: 403,
-            message,
-            ..
-        } => ApiError::forbidden("permission_denied", message),
-        AgentError::Remote {
-            status: 409,
-            code,
-            message,
-            ..
-        } => {
-            let code = match code.as_str() {
-                "is_a_directory" => "is_a_directory",
-                "not_a_directory" => "not_a_directory",
-                "exists" => "exists",
-                "not_empty" => "not_empty",
-                _ => "file_conflict",
-            };
-            ApiError::conflict(code, message)
-        }
-        other => other.into(),
-    }
+/// File errors from the host keep their meaning (a missing file is 404, a directory where a file
+/// should be 409 with the file error code, over the size limit 413): the service's one
+/// translation of agent errors, for a file call.
+fn map_agent(client: &AgentClient) -> impl Fn(AgentError) -> ApiError + '_ {
+    move |e| agent_errors::translate(AgentCall::File, client.host_id(), e).into()
 }
 
 fn query(path: &str) -> String {
@@ -125,18 +87,18 @@ fn query(path: &str) -> String {
 pub async fn read(
     State(st): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<Response> {
     let path = check_path(&q)?;
-    stream_file(&st, &caller, id, &path).await
+    stream_file(&st, &caller, &id, &path).await
 }
 
 /// The file at `path` of the caller's running sandbox `id`, streamed from its host.
 pub(super) async fn stream_file(
     st: &AppState,
     caller: &Caller,
-    id: String,
+    id: &SandboxId,
     path: &str,
 ) -> ApiResult<Response> {
     let (client, s) = target(st, caller, id).await?;
@@ -148,7 +110,7 @@ pub(super) async fn stream_file(
             None,
         )
         .await
-        .map_err(map_agent)?;
+        .map_err(map_agent(&client))?;
     let mut out = Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "application/octet-stream");
@@ -163,7 +125,7 @@ pub(super) async fn stream_file(
 pub async fn write(
     State(st): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
     ApiQuery(q): ApiQuery<FileQuery>,
     headers: HeaderMap,
     body: Body,
@@ -186,7 +148,7 @@ pub async fn write(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge);
     }
-    let (client, s) = target(&st, &caller, id).await?;
+    let (client, s) = target(&st, &caller, &id).await?;
     let (body, over) = limited_body(body, limit);
     let result = client
         .stream(
@@ -199,8 +161,10 @@ pub async fn write(
     if over.load(Ordering::Relaxed) {
         return Err(ApiError::TooLarge);
     }
-    let resp = result.map_err(map_agent)?;
-    let entry: FileEntry = read_json(resp, MAX_JSON_ANSWER).await.map_err(map_agent)?;
+    let resp = result.map_err(map_agent(&client))?;
+    let entry: FileEntry = read_json(resp, MAX_JSON_ANSWER)
+        .await
+        .map_err(map_agent(&client))?;
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
@@ -234,14 +198,14 @@ async fn json_call<T: serde::de::DeserializeOwned>(
     client
         .json(method, &path, std::time::Duration::from_secs(60), limit)
         .await
-        .map_err(map_agent)
+        .map_err(map_agent(client))
 }
 
 /// `GET /v1/vms/{id}/files/{op}?path=…` on the sandbox's host, for a checked path.
 async fn read_call<T: serde::de::DeserializeOwned>(
     st: &AppState,
     caller: &Caller,
-    id: String,
+    id: &SandboxId,
     q: &FileQuery,
     op: &str,
 ) -> ApiResult<T> {
@@ -264,29 +228,29 @@ async fn read_call<T: serde::de::DeserializeOwned>(
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<Json<FileListResponse>> {
-    Ok(Json(read_call(&st, &caller, id, &q, "list").await?))
+    Ok(Json(read_call(&st, &caller, &id, &q, "list").await?))
 }
 
 pub async fn stat(
     State(st): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<Json<FileEntry>> {
-    Ok(Json(read_call(&st, &caller, id, &q, "stat").await?))
+    Ok(Json(read_call(&st, &caller, &id, &q, "stat").await?))
 }
 
 pub async fn mkdir(
     State(st): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<(StatusCode, Json<FileEntry>)> {
     let path = check_path(&q)?;
-    let (client, s) = target(&st, &caller, id).await?;
+    let (client, s) = target(&st, &caller, &id).await?;
     let e = json_call(
         &client,
         reqwest::Method::POST,
@@ -309,14 +273,14 @@ pub async fn mkdir(
 pub async fn remove(
     State(st): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<StatusCode> {
     let path = check_path(&q)?;
     if path == "/" {
         return Err(ApiError::bad("path", "refusing to remove /"));
     }
-    let (client, s) = target(&st, &caller, id).await?;
+    let (client, s) = target(&st, &caller, &id).await?;
     client
         .stream(
             reqwest::Method::DELETE,
@@ -334,6 +298,6 @@ pub async fn remove(
             Some(std::time::Duration::from_secs(120)),
         )
         .await
-        .map_err(map_agent)?;
+        .map_err(map_agent(&client))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -528,7 +528,9 @@ pub async fn heartbeat(
             other => other.into(),
         })?
         .map_err(refused_address)?;
-    Ok(Json(HeartbeatResponse { status }))
+    Ok(Json(HeartbeatResponse {
+        status: status.to_string(),
+    }))
 }
 
 pub async fn refresh(

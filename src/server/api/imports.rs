@@ -17,15 +17,16 @@ use serde::Deserialize;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, Caller};
 use super::files::limited_body;
-use super::sandboxes::{host_address, placement_candidates};
-use super::templates::{team_template_name, to_resp};
-use crate::ids::new_id;
+use super::templates::to_resp;
+use crate::ids::TemplateId;
 use crate::proto::agent::{MAX_IMAGE_BYTES, TemplateInfo};
 use crate::proto::api::TemplateResponse;
+use crate::proto::vocab::TemplateKind;
 use crate::server::AppState;
 use crate::server::db::now;
 use crate::server::db::templates::{self, TemplateRow};
 use crate::server::pool::{AgentError, MAX_JSON_ANSWER, read_json};
+use crate::server::sandboxes::{AgentCall, team_template_name};
 use crate::server::scheduler::PlacementRequest;
 
 /// How long a host may take to receive, build and boot an image.
@@ -46,7 +47,7 @@ pub async fn import(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<TemplateResponse>)> {
-    let team = caller.team()?.to_string();
+    let team = caller.team_id()?;
     let name = team_template_name(
         q.name
             .as_deref()
@@ -60,31 +61,23 @@ pub async fn import(
         return Err(ApiError::TooLarge);
     }
     let overwrite = q.overwrite.unwrap_or(false);
-    let (t, n) = (team.clone(), name.clone());
-    let existing = st.db.call(move |c| templates::by_name(c, &t, &n)).await?;
-    if existing.is_some() && !overwrite {
-        return Err(ApiError::conflict(
-            "already_exists",
-            format!("the team already has a template '{name}'; pass ?overwrite=true to replace it"),
-        ));
-    }
+    let service = st.sandboxes();
+    let existing = service.claim_template_name(&team, &name, overwrite).await?;
     // Booting the image once needs the room of one small sandbox.
     let placement = PlacementRequest {
-        team_id: team.clone(),
+        team_id: team.to_string(),
         vcpus: 1,
         memory_mb: 256,
         pinned_host: existing.as_ref().and_then(|t| t.host_id.clone()),
         base_template: None,
     };
-    let host_id = st
-        .scheduler
-        .place(&placement_candidates(&st).await?, &placement)
-        .map_err(ApiError::NoHostAvailable)?;
-    let (host, _) = host_address(&st, &host_id).await?;
+    let (host_id, host) = service
+        .place(&service.candidates().await?, &placement)
+        .await?;
     let id = existing
         .as_ref()
         .map(|t| t.id.clone())
-        .unwrap_or_else(|| new_id("tpl"));
+        .unwrap_or_else(|| TemplateId::generate().into_string());
     let (body, over) = limited_body(body, MAX_IMAGE_BYTES);
     let client = st.pool.get(&host_id, &host);
     let result = client
@@ -98,21 +91,16 @@ pub async fn import(
     if over.load(Ordering::Relaxed) {
         return Err(ApiError::TooLarge);
     }
-    let info: TemplateInfo = match result {
-        Ok(resp) => read_json(resp, MAX_JSON_ANSWER).await?,
-        Err(AgentError::Remote {
-            status: 413,
-            message,
-            ..
-        }) => return Err(ApiError::TooLargeBecause(message)),
-        Err(e) => return Err(e.into()),
-    };
+    let import_error = |e: AgentError| service.agent_error(AgentCall::Import, &client, e);
+    let info: TemplateInfo = read_json(result.map_err(import_error)?, MAX_JSON_ANSWER)
+        .await
+        .map_err(import_error)?;
     let row = TemplateRow {
         id,
-        team_id: team,
+        team_id: team.to_string(),
         name,
-        kind: "image".into(),
-        host_id: Some(host_id),
+        kind: TemplateKind::Image,
+        host_id: Some(host_id.to_string()),
         vcpus: None,
         memory_mb: None,
         size_bytes: Some(info.size_bytes),

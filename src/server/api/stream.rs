@@ -3,20 +3,21 @@
 
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::Caller;
-use super::sandboxes::{check_command, host_client, load};
+use super::extract::{Caller, IdPath};
+use super::sandboxes::check_command;
+use crate::ids::SandboxId;
 use crate::proto::api::{ExecClientMessage, ExecServerMessage};
 use crate::server::AppState;
 use crate::server::db::sandboxes;
-use crate::server::state::SandboxStatus;
+use crate::server::sandboxes::AgentSocket;
 
 /// Largest message either side may send.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -24,60 +25,22 @@ const MAX_MESSAGE: usize = 1 << 20;
 pub async fn exec_stream(
     State(st): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let s = load(&st, &caller, id).await?;
-    if s.status != SandboxStatus::Running {
-        return Err(ApiError::conflict(
-            "sandbox_not_running",
-            format!("the sandbox is {}, not running", s.status),
-        ));
-    }
+    let team = caller.team_id()?;
+    let s = st.sandboxes().stream_target(&team, &id).await?;
     let ws = ws.map_err(|e| {
         ApiError::bad(
             "upgrade",
             format!("this route speaks WebSocket only ({})", e.body_text()),
         )
     })?;
-    let (client, _) = host_client(&st, &s).await?;
-    let (url, token) = client.exec_stream_target(&s.id)?;
-    let mut req = url
-        .into_client_request()
-        .map_err(|e| anyhow::anyhow!("agent URL: {e}"))?;
-    req.headers_mut().insert(
-        axum::http::header::AUTHORIZATION,
-        format!("Bearer {token}")
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
-    let (agent, _) = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio_tungstenite::connect_async(req),
-    )
-    .await
-    .map_err(|_| ApiError::HostFailed {
-        code: "host_unreachable",
-        message: "the sandbox's host did not answer".into(),
-    })?
-    .map_err(|e| ApiError::HostFailed {
-        code: "host_unreachable",
-        message: format!("the sandbox's host refused the stream: {e}"),
-    })?;
-    let sid = s.id.clone();
-    let db = st.db.clone();
-    db.call({
-        let sid = sid.clone();
-        move |c| sandboxes::touch(c, &sid)
-    })
-    .await?;
+    let agent = st.sandboxes().connect_exec_stream(&s).await?;
     Ok(ws
         .max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| relay(socket, agent, st, sid)))
+        .on_upgrade(move |socket| relay(socket, agent, st, s.id)))
 }
-
-type AgentSocket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn relay(client: WebSocket, agent: AgentSocket, st: AppState, sandbox: String) {
     let (mut c_tx, mut c_rx) = client.split();

@@ -244,13 +244,13 @@ pub async fn delete(
         })
         .await?;
     for s in &live {
-        super::sandboxes::destroy_on_host(&st, s).await?;
+        st.sandboxes().destroy_on_host(s).await?;
     }
     // The team's templates (snapshots hold guest memory) go from the hosts that hold them.
     let tid = id.clone();
     let owned = st.db.call(move |c| templates::list(c, &tid)).await?;
     for t in &owned {
-        super::templates::delete_files(&st, t).await;
+        st.sandboxes().delete_template_files(t).await;
     }
     let uid = user.user_id.clone();
     st.db

@@ -1,4 +1,5 @@
-//! Templates: the base ones agents build (`minimal`, `debian`) and the team's own snapshots.
+//! Templates over REST: the base ones agents build (`minimal`, `debian`) and the team's own
+//! snapshots and images (kept by the sandbox service).
 
 use std::collections::BTreeMap;
 
@@ -9,36 +10,13 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, AuthUser, Caller};
-use super::sandboxes::{host_client, load, valid_template_name};
-use crate::ids::new_id;
-use crate::proto::agent::SnapshotVmRequest;
+use crate::ids::SandboxId;
 use crate::proto::api::{SnapshotRequest, TemplateListResponse, TemplateResponse};
+use crate::proto::vocab::TemplateKind;
 use crate::server::AppState;
+use crate::server::db::hosts;
 use crate::server::db::templates::{self, TemplateRow};
-use crate::server::db::{DbError, hosts, now};
-use crate::server::pool::AgentError;
-use crate::server::state::SandboxStatus;
-
-/// Names the agents build themselves; a team template cannot take them.
-pub const BASE_TEMPLATES: [&str; 2] = ["minimal", "debian"];
-
-/// A name for a team template (trimmed): valid, and not a base template's.
-pub(super) fn team_template_name(raw: &str) -> ApiResult<String> {
-    let name = raw.trim().to_string();
-    if !valid_template_name(&name) {
-        return Err(ApiError::bad(
-            "name",
-            "1 to 64 letters, digits, '-', '_' or '.'",
-        ));
-    }
-    if BASE_TEMPLATES.contains(&name.as_str()) {
-        return Err(ApiError::bad(
-            "name",
-            format!("'{name}' is a base template's name"),
-        ));
-    }
-    Ok(name)
-}
+use crate::server::sandboxes::{AgentCall, BASE_TEMPLATES, agent_errors, team_template_name};
 
 pub(super) fn to_resp(t: TemplateRow) -> TemplateResponse {
     TemplateResponse {
@@ -85,7 +63,7 @@ pub async fn list(
         .map(|(name, n)| TemplateResponse {
             id: name.clone(),
             name,
-            kind: "base".into(),
+            kind: TemplateKind::Base,
             team_id: None,
             host_id: None,
             hosts: Some(n),
@@ -100,58 +78,17 @@ pub async fn list(
     Ok(Json(TemplateListResponse { templates: out }))
 }
 
-/// Deletes a team template; every online host is asked to drop its files (a snapshot lives on
-/// one host, but the ask is cheap and covers a template that moved).
+/// Deletes a team template (by id or name); its host is asked to drop its files.
 pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let team = caller.team()?.to_string();
-    let t = {
-        let (team, id) = (team.clone(), id.clone());
-        st.db
-            .call(move |c| match templates::get(c, &team, &id) {
-                Ok(t) => Ok(t),
-                Err(DbError::NotFound) => {
-                    templates::by_name(c, &team, &id)?.ok_or(DbError::NotFound)
-                }
-                Err(e) => Err(e),
-            })
-            .await
-            .map_err(|e| match e {
-                DbError::NotFound => ApiError::NotFound("template"),
-                other => other.into(),
-            })?
-    };
-    delete_files(&st, &t).await;
-    let uid = caller.user_id.clone();
-    st.db
-        .call(move |c| templates::delete(c, &team, &t.id, &uid))
+    let team = caller.team_id()?;
+    st.sandboxes()
+        .delete_template(&team, &caller.user_id, &id)
         .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Removes a team template's files (its disk and, for a snapshot, the guest's memory) from the one
-/// host that holds them. A host that cannot be reached keeps them: logged, not fatal.
-pub(super) async fn delete_files(st: &AppState, t: &TemplateRow) {
-    let Some(hid) = t.host_id.clone() else { return };
-    let host = st.db.call(move |c| hosts::get(c, &hid)).await;
-    let h = match host {
-        Ok(h) => h,
-        Err(DbError::NotFound) => return,
-        Err(e) => {
-            tracing::warn!(template = %t.id, error = %e, "could not look up a template's host");
-            return;
-        }
-    };
-    let Some(addr) = h.address else { return };
-    match st.pool.get(&h.id, &addr).delete_template(&t.id).await {
-        Ok(()) | Err(AgentError::Remote { status: 404, .. }) => {}
-        Err(e) => {
-            tracing::warn!(host = %h.id, template = %t.id, error = %e, "host could not delete template files")
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,63 +105,22 @@ pub async fn snapshot(
     ApiQuery(q): ApiQuery<SnapshotQuery>,
     ApiJson(req): ApiJson<SnapshotRequest>,
 ) -> ApiResult<(StatusCode, Json<TemplateResponse>)> {
-    let team = caller.team()?.to_string();
+    let team = caller.team_id()?;
     let name = team_template_name(&req.name)?;
-    if !crate::ids::is_valid("sbx", &req.sandbox_id) {
-        return Err(ApiError::bad("sandbox_id", "not a sandbox id (sbx_…)"));
-    }
-    let s = load(&st, &caller, req.sandbox_id.clone()).await?;
-    if !matches!(s.status, SandboxStatus::Running | SandboxStatus::Paused) {
-        return Err(ApiError::conflict(
-            "invalid_transition",
-            format!("cannot snapshot a sandbox that is {}", s.status),
-        ));
-    }
-    let overwrite = q.overwrite.unwrap_or(false);
-    let (t, n) = (team.clone(), name.clone());
-    let existing = st.db.call(move |c| templates::by_name(c, &t, &n)).await?;
-    if existing.is_some() && !overwrite {
-        return Err(ApiError::conflict(
-            "already_exists",
-            format!("the team already has a template '{name}'; pass ?overwrite=true to replace it"),
-        ));
-    }
-    let id = existing
-        .as_ref()
-        .map(|t| t.id.clone())
-        .unwrap_or_else(|| new_id("tpl"));
-    let (client, _) = host_client(&st, &s).await?;
-    let info = client
-        .snapshot_vm(
-            &s.id,
-            &SnapshotVmRequest {
-                template: id.clone(),
-                overwrite,
-            },
-        )
-        .await
-        .map_err(super::sandboxes::vm_gone)?;
-    let row = TemplateRow {
-        id,
-        team_id: team,
-        name,
-        kind: "snapshot".into(),
-        host_id: s.host_id.clone(),
-        vcpus: Some(s.vcpus),
-        memory_mb: Some(s.memory_mb),
-        size_bytes: Some(info.size_bytes),
-        source_sandbox_id: Some(s.id.clone()),
-        created_at: now(),
-    };
-    let uid = caller.user_id.clone();
+    let sandbox: SandboxId = req
+        .sandbox_id
+        .parse()
+        .map_err(|_| ApiError::bad("sandbox_id", "not a sandbox id (sbx_…)"))?;
     let saved = st
-        .db
-        .call(move |c| templates::upsert(c, &row, overwrite, &uid))
+        .sandboxes()
+        .snapshot(
+            &team,
+            &caller.user_id,
+            &sandbox,
+            &name,
+            q.overwrite.unwrap_or(false),
+        )
         .await?;
-    // Replaced by a snapshot taken on another host: the old host's copy goes.
-    if let Some(old) = existing.filter(|e| e.host_id != saved.host_id) {
-        delete_files(&st, &old).await;
-    }
     Ok((StatusCode::CREATED, Json(to_resp(saved))))
 }
 
@@ -267,7 +163,10 @@ pub async fn build(
             .await;
         match r {
             Ok(info) => started.push(serde_json::json!({ "host_id": h.id, "status": info.status, "progress": info.progress })),
-            Err(e) => failed.push(serde_json::json!({ "host_id": h.id, "error": e.to_string() })),
+            Err(e) => {
+                let e = agent_errors::translate(AgentCall::Template, &h.id, e);
+                failed.push(serde_json::json!({ "host_id": h.id, "error": e.to_string() }))
+            }
         }
     }
     if started.is_empty() && failed.is_empty() {
@@ -317,7 +216,10 @@ pub async fn build_status(
                     out.push(serde_json::json!({ "host_id": h.id, "status": t.status, "progress": t.progress, "error": t.error, "size_bytes": t.size_bytes }));
                 }
             }
-            Err(e) => out.push(serde_json::json!({ "host_id": h.id, "error": e.to_string() })),
+            Err(e) => {
+                let e = agent_errors::translate(AgentCall::Template, &h.id, e);
+                out.push(serde_json::json!({ "host_id": h.id, "error": e.to_string() }))
+            }
         }
     }
     Ok(Json(serde_json::json!({ "name": name, "hosts": out })))

@@ -5,6 +5,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{DbError, DbResult, audit, now, one};
 use crate::ids::new_id;
 use crate::proto::agent::{HeartbeatRequest, HostFacts};
+use crate::server::state::HostStatus;
 
 pub const REGISTRATION_TTL_SECS: i64 = 3600;
 pub const REFRESH_TTL_SECS: i64 = 60 * 86400;
@@ -25,7 +26,7 @@ pub struct HostRow {
     pub accel: Option<String>,
     pub accel_reason: Option<String>,
     pub cgroups: Option<String>,
-    pub status: String,
+    pub status: HostStatus,
     pub last_heartbeat_at: Option<i64>,
     pub running_vms: Option<u32>,
     pub used_memory_mb: Option<u64>,
@@ -130,12 +131,12 @@ pub fn new_registration_token(
     actor: Option<&str>,
 ) -> DbResult<i64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let status: String = one(tx.query_row(
+    let status: HostStatus = one(tx.query_row(
         "SELECT status FROM hosts WHERE id = ?1",
         [host_id],
         |r| r.get(0),
     ))?;
-    if status != "pending" && has_live_credentials(&tx, host_id)? {
+    if status != HostStatus::Pending && has_live_credentials(&tx, host_id)? {
         return Err(DbError::Conflict("host_already_registered"));
     }
     tx.execute(
@@ -338,9 +339,9 @@ pub fn rotate_refresh(
 }
 
 /// Records a heartbeat; an unreachable host comes back online. Returns the host's status.
-pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbResult<String> {
+pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbResult<HostStatus> {
     let t = now();
-    let status: Option<String> = conn
+    let status: Option<HostStatus> = conn
         .query_row(
             "UPDATE hosts SET last_heartbeat_at = ?1, updated_at = ?1, address = ?2, cpu_cores = ?3,
                 memory_mb = ?4, disk_gb = ?5, accel = ?6, accel_reason = ?7, running_vms = ?8,
@@ -440,10 +441,13 @@ pub fn set_tags(
 /// ones); without, puts a draining host back online.
 pub fn set_draining(conn: &Connection, host_id: &str, draining: bool, actor: &str) -> DbResult<()> {
     let (from, to, action) = if draining {
-        ("online", "draining", "host.drain")
+        (HostStatus::Online, HostStatus::Draining, "host.drain")
     } else {
-        ("draining", "online", "host.undrain")
+        (HostStatus::Draining, HostStatus::Online, "host.undrain")
     };
+    if !from.can_become(to) {
+        return Err(DbError::Conflict("invalid_transition"));
+    }
     let n = conn.execute(
         "UPDATE hosts SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4",
         params![to, now(), host_id, from],
@@ -493,10 +497,12 @@ pub fn mark_stale(conn: &mut Connection, cutoff: i64) -> DbResult<Vec<String>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let ids: Vec<String> = {
         let mut st = tx.prepare(
-            "UPDATE hosts SET status = 'unreachable', updated_at = ?1
-             WHERE status = 'online' AND coalesce(last_heartbeat_at, 0) < ?2 RETURNING id",
+            "UPDATE hosts SET status = ?3, updated_at = ?1
+             WHERE status = ?4 AND coalesce(last_heartbeat_at, 0) < ?2 RETURNING id",
         )?;
-        st.query_map(params![now(), cutoff], |r| r.get(0))?
+        let (from, to) = (HostStatus::Online, HostStatus::Unreachable);
+        debug_assert!(from.can_become(to));
+        st.query_map(params![now(), cutoff, to, from], |r| r.get(0))?
             .collect::<Result<_, _>>()?
     };
     for id in &ids {

@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{DbError, DbResult, now, one};
 use crate::proto::net::EgressPolicy;
+use crate::proto::vocab::OnTimeout;
 use crate::server::state::SandboxStatus;
 
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ pub struct SandboxRow {
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub error: Option<String>,
-    pub on_timeout: String,
+    pub on_timeout: OnTimeout,
     pub last_active_at: Option<i64>,
     pub boot_kind: Option<String>,
     /// The egress policy (None with no network device).
@@ -37,7 +38,6 @@ const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, ti
     metadata, env, boot_ms, created_at, started_at, ended_at, error, on_timeout, last_active_at, boot_kind, egress";
 
 fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
-    let status: String = r.get(4)?;
     let metadata: String = r.get(9)?;
     let env: String = r.get(10)?;
     let network: bool = r.get(8)?;
@@ -47,7 +47,7 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
         team_id: r.get(1)?,
         host_id: r.get(2)?,
         template: r.get(3)?,
-        status: status.parse().unwrap_or(SandboxStatus::Error),
+        status: r.get(4)?,
         vcpus: r.get(5)?,
         memory_mb: r.get(6)?,
         timeout_sec: r.get(7)?,
@@ -82,7 +82,7 @@ pub struct NewSandbox {
     pub metadata: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
     pub created_by: String,
-    pub on_timeout: String,
+    pub on_timeout: OnTimeout,
     pub egress: Option<EgressPolicy>,
 }
 
@@ -263,7 +263,7 @@ pub fn set_timeout(
     conn: &Connection,
     id: &str,
     timeout_sec: u64,
-    on_timeout: Option<&str>,
+    on_timeout: Option<OnTimeout>,
 ) -> DbResult<()> {
     conn.execute(
         "UPDATE sandboxes SET timeout_sec = ?1, on_timeout = coalesce(?2, on_timeout), last_active_at = ?3 WHERE id = ?4",
@@ -312,7 +312,7 @@ mod tests {
                     env: BTreeMap::new(),
                     egress: Some(EgressPolicy::default()),
                     created_by: u.id.clone(),
-                    on_timeout: "pause".into(),
+                    on_timeout: OnTimeout::Pause,
                 },
             )?;
             transition(c, "sbx_a", SandboxStatus::Running, None)?;

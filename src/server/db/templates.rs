@@ -4,13 +4,14 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{DbError, DbResult, audit, is_unique_violation, now, one};
+use crate::proto::vocab::TemplateKind;
 
 #[derive(Debug, Clone)]
 pub struct TemplateRow {
     pub id: String,
     pub team_id: String,
     pub name: String,
-    pub kind: String,
+    pub kind: TemplateKind,
     pub host_id: Option<String>,
     pub vcpus: Option<u32>,
     pub memory_mb: Option<u32>,
