@@ -192,7 +192,7 @@ pub async fn me(user: AuthUser) -> Json<MeResponse> {
         name: user.name,
         is_admin: user.is_admin,
         team_id: user.team_id,
-        role: user.role,
+        role: user.role.map(|r| r.to_string()),
     })
 }
 

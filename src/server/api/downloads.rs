@@ -47,7 +47,7 @@ pub async fn create(
         kind: CallerKind::User,
         user_id: user.user_id.clone(),
         team_id: user.team_id.clone(),
-        role: user.role.clone(),
+        role: user.role,
         is_admin: user.is_admin,
     };
     let team = caller.team()?.to_string();

@@ -12,6 +12,7 @@ use super::error::ApiError;
 use crate::crypto::sha256_hex;
 use crate::ids::{TeamId, TypedId};
 use crate::proto::json::BodyError;
+use crate::proto::vocab::TeamRole;
 use crate::server::AppState;
 use crate::server::db::{api_keys, hosts, users};
 
@@ -120,7 +121,7 @@ pub struct Caller {
     /// The user, or for an API key the user who created it.
     pub user_id: String,
     pub team_id: Option<String>,
-    pub role: Option<String>,
+    pub role: Option<TeamRole>,
     pub is_admin: bool,
 }
 
@@ -157,7 +158,7 @@ impl FromRequestParts<AppState> for Caller {
                 kind: CallerKind::ApiKey,
                 user_id: key.created_by,
                 team_id: Some(key.team_id),
-                role: Some("member".into()),
+                role: Some(TeamRole::Member),
                 is_admin: false,
             });
         }
@@ -180,7 +181,7 @@ pub struct AuthUser {
     pub email: String,
     pub name: String,
     pub team_id: Option<String>,
-    pub role: Option<String>,
+    pub role: Option<TeamRole>,
     pub is_admin: bool,
 }
 
@@ -213,8 +214,7 @@ impl AuthUser {
     }
 
     pub fn is_team_admin(&self, team_id: &str) -> bool {
-        self.team_id.as_deref() == Some(team_id)
-            && matches!(self.role.as_deref(), Some("owner" | "admin"))
+        self.team_id.as_deref() == Some(team_id) && self.role.is_some_and(TeamRole::is_team_admin)
     }
 }
 

@@ -14,6 +14,7 @@ use crate::proto::agent::{
     RegisterResponse,
 };
 use crate::proto::api::{CreateHostRequest, CreateHostResponse, HostListResponse, HostResponse};
+use crate::proto::vocab::TeamRole;
 use crate::server::AppState;
 use crate::server::db::hosts::{self, HostRow, NewHost, RefreshOutcome};
 use crate::server::db::{DbError, now, sandboxes, users};
@@ -70,10 +71,7 @@ async fn visible_host(st: &AppState, user: &AuthUser, id: String) -> ApiResult<H
             let h = hosts::get(c, &id)?;
             let allowed = admin
                 || match &h.team_id {
-                    Some(t) => matches!(
-                        users::membership(c, t, &uid)?.as_deref(),
-                        Some("owner" | "admin")
-                    ),
+                    Some(t) => users::membership(c, t, &uid)?.is_some_and(TeamRole::is_team_admin),
                     None => false,
                 };
             Ok(allowed.then_some(h))
@@ -125,7 +123,7 @@ pub async fn create(
             if !active || (role.is_none() && !user.is_admin) {
                 return Err(ApiError::NotFound("team"));
             }
-            if !(user.is_admin || matches!(role.as_deref(), Some("owner" | "admin"))) {
+            if !(user.is_admin || role.is_some_and(TeamRole::is_team_admin)) {
                 return Err(ApiError::forbidden(
                     "team_admin_required",
                     "only the team's owners and admins add its hosts",

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::auth::validate_name;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, AuthUser};
+use super::team_access::{Membership, membership};
 use crate::proto::api::AuthResponse;
+use crate::proto::vocab::TeamRole;
 use crate::server::AppState;
 use crate::server::db::teams::{self, MemberRow, TeamRow};
 use crate::server::db::{DbError, sandboxes, templates, users};
@@ -89,14 +91,14 @@ pub struct UserSearchResponse {
     pub users: Vec<UserSummary>,
 }
 
-fn team_resp(t: TeamRow, role: String, is_default: bool) -> TeamResponse {
+fn team_resp(t: TeamRow, role: TeamRole, is_default: bool) -> TeamResponse {
     TeamResponse {
         id: t.id,
         name: t.name,
         slug: t.slug,
         is_byoc: t.is_byoc,
         created_at: t.created_at,
-        role,
+        role: role.to_string(),
         is_default,
     }
 }
@@ -106,35 +108,8 @@ fn member_resp(m: MemberRow) -> MemberResponse {
         user_id: m.user_id,
         name: m.name,
         email: m.email,
-        role: m.role,
+        role: m.role.to_string(),
         joined_at: m.joined_at,
-    }
-}
-
-/// The caller's role in an active team, or 404 (a team you are not in does not exist for you).
-async fn role_in(st: &AppState, user: &AuthUser, team_id: &str) -> ApiResult<(TeamRow, String)> {
-    let (t, u) = (team_id.to_string(), user.user_id.clone());
-    let found = st
-        .db
-        .call(move |c| {
-            let role = users::membership(c, &t, &u)?;
-            match role {
-                Some(r) => Ok(Some((teams::get(c, &t)?, r))),
-                None => Ok(None),
-            }
-        })
-        .await?;
-    found.ok_or(ApiError::NotFound("team"))
-}
-
-fn require_admin(role: &str) -> ApiResult<()> {
-    if matches!(role, "owner" | "admin") {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "team_admin_required",
-            "only the team's owners and admins can do this",
-        ))
     }
 }
 
@@ -173,7 +148,7 @@ pub async fn create(
     let t = st.db.call(move |c| teams::create(c, &name, &uid)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(team_resp(t, "owner".into(), false)),
+        Json(team_resp(t, TeamRole::Owner, false)),
     ))
 }
 
@@ -182,7 +157,7 @@ pub async fn get(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TeamDetailResponse>> {
-    let (team, role) = role_in(&st, &user, &id).await?;
+    let Membership { team, role } = membership(&st, &user, &id).await?;
     let uid = user.user_id.clone();
     let (members, is_default) = st
         .db
@@ -206,10 +181,9 @@ pub async fn rename(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<NameRequest>,
 ) -> ApiResult<Json<TeamResponse>> {
-    let (_, role) = role_in(&st, &user, &id).await?;
-    require_admin(&role)?;
+    let admin = membership(&st, &user, &id).await?.admin()?;
     let name = validate_name(&req.name)?;
-    let (tid, uid) = (id.clone(), user.user_id.clone());
+    let (tid, uid) = (admin.team_id().to_string(), user.user_id.clone());
     let team = st
         .db
         .call(move |c| {
@@ -218,7 +192,7 @@ pub async fn rename(
         })
         .await
         .map_err(not_found_as("team"))?;
-    Ok(Json(team_resp(team, role, false)))
+    Ok(Json(team_resp(team, admin.role(), false)))
 }
 
 /// Soft-deletes a team (owner only) after destroying its live sandboxes on their hosts.
@@ -227,13 +201,8 @@ pub async fn delete(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let (_, role) = role_in(&st, &user, &id).await?;
-    if role != "owner" {
-        return Err(ApiError::forbidden(
-            "owner_required",
-            "only the team's owner can delete it",
-        ));
-    }
+    let owner = membership(&st, &user, &id).await?.owner()?;
+    let id = owner.team_id().to_string();
     let tid = id.clone();
     let live = st
         .db
@@ -281,14 +250,15 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn valid_role(field: &str, role: &str) -> ApiResult<()> {
-    match role {
-        "admin" | "member" => Ok(()),
-        "owner" => Err(ApiError::bad(
+/// A role a member can be given: admin or member (a team has one owner, fixed).
+fn assignable_role(field: &str, role: &str) -> ApiResult<TeamRole> {
+    match role.parse::<TeamRole>() {
+        Ok(TeamRole::Owner) => Err(ApiError::bad(
             field,
             "a team has one owner; choose admin or member",
         )),
-        _ => Err(ApiError::bad(field, "must be admin or member")),
+        Ok(r) => Ok(r),
+        Err(_) => Err(ApiError::bad(field, "must be admin or member")),
     }
 }
 
@@ -298,20 +268,21 @@ pub async fn add_member(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<AddMemberRequest>,
 ) -> ApiResult<(StatusCode, Json<MemberResponse>)> {
-    let (_, role) = role_in(&st, &user, &id).await?;
-    require_admin(&role)?;
-    let new_role = req.role.unwrap_or_else(|| "member".into());
-    valid_role("role", &new_role)?;
+    let admin = membership(&st, &user, &id).await?.admin()?;
+    let new_role = match req.role.as_deref() {
+        None => TeamRole::Member,
+        Some(r) => assignable_role("role", r)?,
+    };
     let email = req.email.trim().to_lowercase();
     if email.is_empty() {
         return Err(ApiError::bad("email", "required"));
     }
-    let (tid, uid) = (id.clone(), user.user_id.clone());
+    let (tid, uid) = (admin.team_id().to_string(), user.user_id.clone());
     let member = st
         .db
         .call(move |c| {
             let target = users::by_email(c, &email)?.ok_or(DbError::NotFound)?;
-            teams::add_member(c, &tid, &target.id, &new_role, &uid)?;
+            teams::add_member(c, &tid, &target.id, new_role, &uid)?;
             teams::members(c, &tid)?
                 .into_iter()
                 .find(|m| m.user_id == target.id)
@@ -328,14 +299,13 @@ pub async fn set_role(
     Path((id, member)): Path<(String, String)>,
     ApiJson(req): ApiJson<RoleRequest>,
 ) -> ApiResult<Json<MemberResponse>> {
-    let (_, role) = role_in(&st, &user, &id).await?;
-    require_admin(&role)?;
-    valid_role("role", &req.role)?;
-    let uid = user.user_id.clone();
+    let admin = membership(&st, &user, &id).await?.admin()?;
+    let new_role = assignable_role("role", &req.role)?;
+    let (id, uid) = (admin.team_id().to_string(), user.user_id.clone());
     let m = st
         .db
         .call(move |c| {
-            teams::set_role(c, &id, &member, &req.role, &uid)?;
+            teams::set_role(c, &id, &member, new_role, &uid)?;
             teams::members(c, &id)?
                 .into_iter()
                 .find(|m| m.user_id == member)
@@ -351,9 +321,9 @@ pub async fn remove_member(
     user: AuthUser,
     Path((id, member)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let (_, role) = role_in(&st, &user, &id).await?;
+    let m = membership(&st, &user, &id).await?;
     if member != user.user_id {
-        require_admin(&role)?;
+        m.admin()?;
     }
     let uid = user.user_id.clone();
     st.db
@@ -368,7 +338,7 @@ pub async fn leave(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    role_in(&st, &user, &id).await?;
+    membership(&st, &user, &id).await?;
     let uid = user.user_id.clone();
     st.db
         .call(move |c| teams::remove_member(c, &id, &uid, &uid))

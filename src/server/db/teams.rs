@@ -4,6 +4,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{DbError, DbResult, audit, is_unique_violation, now, one};
 use crate::ids::new_id;
+use crate::proto::vocab::TeamRole;
 
 #[derive(Debug, Clone)]
 pub struct TeamRow {
@@ -18,7 +19,7 @@ pub struct TeamRow {
 #[derive(Debug, Clone)]
 pub struct MyTeamRow {
     pub team: TeamRow,
-    pub role: String,
+    pub role: TeamRole,
     pub is_default: bool,
 }
 
@@ -27,7 +28,7 @@ pub struct MemberRow {
     pub user_id: String,
     pub name: String,
     pub email: String,
-    pub role: String,
+    pub role: TeamRole,
     pub joined_at: i64,
 }
 
@@ -159,7 +160,7 @@ pub fn add_member(
     conn: &Connection,
     team_id: &str,
     user_id: &str,
-    role: &str,
+    role: TeamRole,
     actor: &str,
 ) -> DbResult<()> {
     let r = conn.execute(
@@ -182,7 +183,7 @@ pub fn add_member(
     Ok(())
 }
 
-fn role_of(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<Option<String>> {
+fn role_of(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<Option<TeamRole>> {
     Ok(conn
         .query_row(
             "SELECT role FROM memberships WHERE team_id = ?1 AND user_id = ?2",
@@ -194,9 +195,9 @@ fn role_of(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<Option<S
 
 /// A member who is not the owner (whose role and membership are fixed): 404 or 409 otherwise.
 fn check_not_owner(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<()> {
-    match role_of(conn, team_id, user_id)?.as_deref() {
+    match role_of(conn, team_id, user_id)? {
         None => Err(DbError::NotFound),
-        Some("owner") => Err(DbError::Conflict("owner_is_fixed")),
+        Some(TeamRole::Owner) => Err(DbError::Conflict("owner_is_fixed")),
         Some(_) => Ok(()),
     }
 }
@@ -206,7 +207,7 @@ pub fn set_role(
     conn: &Connection,
     team_id: &str,
     user_id: &str,
-    role: &str,
+    role: TeamRole,
     actor: &str,
 ) -> DbResult<()> {
     check_not_owner(conn, team_id, user_id)?;

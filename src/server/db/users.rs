@@ -4,6 +4,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{DbError, DbResult, audit, is_unique_violation, now, one};
 use crate::ids::new_id;
+use crate::proto::vocab::TeamRole;
 
 #[derive(Debug, Clone)]
 pub struct UserRow {
@@ -32,7 +33,7 @@ fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
 #[derive(Debug, Clone)]
 pub struct MembershipRow {
     pub team_id: String,
-    pub role: String,
+    pub role: TeamRole,
 }
 
 /// Creates the user, a personal team and the owner membership in one transaction. The first user
@@ -124,7 +125,7 @@ pub fn login_team(conn: &Connection, user_id: &str) -> DbResult<Option<Membershi
 }
 
 /// The caller's role in an active team, or None.
-pub fn membership(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<Option<String>> {
+pub fn membership(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<Option<TeamRole>> {
     Ok(conn
         .query_row(
             "SELECT m.role FROM memberships m JOIN teams t ON t.id = m.team_id
