@@ -263,10 +263,13 @@ async fn captured_calls_cannot_be_replayed_or_altered() {
     // Step 3: an exec the agent never sees (the proxy holds it).
     proxy.hold(true);
     let exec_path = format!("/v1/vms/{}/exec", sbx.id);
-    admin
+    let held = admin
         .exec(&sbx.id, &exec("echo", &["from the server"]))
         .await
         .expect_err("held");
+    // The tenant reads our words; the agent's own text ("held by the test") stays in the log.
+    assert_eq!(held.code(), Some("host_error"), "{held}");
+    assert!(!held.to_string().contains("held by the test"), "{held}");
     let call = proxy.last("POST", &exec_path);
     let body = String::from_utf8(call.body.clone()).unwrap();
     assert!(body.contains("from the server"), "{body}");

@@ -7,8 +7,9 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, ApiQuery, AuthHost, AuthUser};
+use super::extract::{ApiJson, ApiQuery, AuthHost, AuthUser, IdPath};
 use crate::crypto::{self, sha256_hex};
+use crate::ids::HostId;
 use crate::proto::agent::{
     HeartbeatRequest, HeartbeatResponse, RefreshRequest, RefreshResponse, RegisterRequest,
     RegisterResponse,
@@ -63,7 +64,7 @@ fn label(field: &str, v: Option<String>) -> ApiResult<Option<String>> {
 
 /// A host the user may manage (see, delete, re-token): any host for platform admins, else a BYOC
 /// host of an active team where the user is owner or admin. Others are not found.
-async fn visible_host(st: &AppState, user: &AuthUser, id: String) -> ApiResult<HostRow> {
+async fn visible_host(st: &AppState, user: &AuthUser, id: HostId) -> ApiResult<HostRow> {
     let (uid, admin) = (user.user_id.clone(), user.is_admin);
     let found = st
         .db
@@ -185,7 +186,7 @@ impl std::fmt::Debug for TokenResponse {
 pub async fn new_token(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<HostId>,
 ) -> ApiResult<Json<TokenResponse>> {
     let h = visible_host(&st, &user, id).await?;
     let token = crypto::random_token("hrt_");
@@ -234,7 +235,7 @@ pub async fn list(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<
 pub async fn get(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<HostId>,
 ) -> ApiResult<Json<HostResponse>> {
     Ok(Json(to_resp(visible_host(&st, &user, id).await?)))
 }
@@ -248,7 +249,7 @@ pub struct DeletePreview {
 pub async fn delete_preview(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<HostId>,
 ) -> ApiResult<Json<DeletePreview>> {
     let h = visible_host(&st, &user, id).await?;
     let hid = h.id.clone();
@@ -271,7 +272,7 @@ pub struct DeleteQuery {
 pub async fn delete(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<HostId>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
     let force = match q.force.as_deref() {
@@ -577,7 +578,7 @@ pub struct TagsRequest {
 pub async fn set_tags(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<HostId>,
     ApiJson(req): ApiJson<TagsRequest>,
 ) -> ApiResult<Json<HostResponse>> {
     if req.tags.len() > 32 {
@@ -611,7 +612,7 @@ pub async fn set_tags(
 pub async fn drain(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<HostId>,
 ) -> ApiResult<Json<HostResponse>> {
     set_draining(&st, &user, id, true).await
 }
@@ -619,7 +620,7 @@ pub async fn drain(
 pub async fn undrain(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<HostId>,
 ) -> ApiResult<Json<HostResponse>> {
     set_draining(&st, &user, id, false).await
 }
@@ -627,7 +628,7 @@ pub async fn undrain(
 async fn set_draining(
     st: &AppState,
     user: &AuthUser,
-    id: String,
+    id: HostId,
     draining: bool,
 ) -> ApiResult<Json<HostResponse>> {
     let h = visible_host(st, user, id).await?;
