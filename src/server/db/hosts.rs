@@ -97,8 +97,18 @@ pub fn create(
     let t = now();
     tx.execute(
         "INSERT INTO hosts (id, type, team_id, name, provider, zone, status, created_by, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?8)",
-        params![id, h.host_type, h.team_id, h.name, h.provider, h.zone, h.created_by, t],
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?9, ?7, ?8, ?8)",
+        params![
+            id,
+            h.host_type,
+            h.team_id,
+            h.name,
+            h.provider,
+            h.zone,
+            h.created_by,
+            t,
+            HostStatus::Pending
+        ],
     )?;
     let expires = insert_registration_token(&tx, &id, token_hash, h.created_by)?;
     audit::record(&tx, h.created_by, "host.create", Some(&id), None)?;
@@ -185,9 +195,9 @@ pub fn register(
     };
     let n = tx.execute(
         "UPDATE hosts SET arch = ?1, cpu_cores = ?2, memory_mb = ?3, disk_gb = ?4, address = ?5,
-             accel = ?6, accel_reason = ?7, status = 'online', last_heartbeat_at = ?8, updated_at = ?8,
+             accel = ?6, accel_reason = ?7, status = ?11, last_heartbeat_at = ?8, updated_at = ?8,
              cgroups = ?10
-         WHERE id = ?9 AND (status = 'pending' OR NOT EXISTS
+         WHERE id = ?9 AND (status = ?12 OR NOT EXISTS
              (SELECT 1 FROM host_refresh_tokens WHERE host_id = ?9 AND revoked_at IS NULL))",
         params![
             facts.arch,
@@ -199,7 +209,9 @@ pub fn register(
             facts.accel_reason,
             t,
             host_id,
-            facts.cgroups
+            facts.cgroups,
+            HostStatus::Online,
+            HostStatus::Pending
         ],
     )?;
     if n == 0 {
@@ -346,8 +358,8 @@ pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbR
             "UPDATE hosts SET last_heartbeat_at = ?1, updated_at = ?1, address = ?2, cpu_cores = ?3,
                 memory_mb = ?4, disk_gb = ?5, accel = ?6, accel_reason = ?7, running_vms = ?8,
                 used_memory_mb = ?9, used_vcpus = ?10, templates = ?12, cgroups = ?13,
-                status = CASE WHEN status = 'unreachable' THEN 'online' ELSE status END
-             WHERE id = ?11 AND status != 'pending'
+                status = CASE WHEN status = ?14 THEN ?15 ELSE status END
+             WHERE id = ?11 AND status != ?16
              RETURNING status",
             params![
                 t,
@@ -362,7 +374,10 @@ pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbR
                 hb.used_vcpus,
                 host_id,
                 serde_json::to_string(&hb.templates).unwrap_or_else(|_| "[]".into()),
-                hb.facts.cgroups
+                hb.facts.cgroups,
+                HostStatus::Unreachable,
+                HostStatus::Online,
+                HostStatus::Pending
             ],
             |r| r.get(0),
         )
