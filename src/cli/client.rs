@@ -6,11 +6,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::proto::api::*;
-use crate::server::api::hosts::{DeletePreview, TokenResponse};
-use crate::server::api::keys::{KeyListResponse, KeyResponse};
-use crate::server::api::teams::{
-    MemberResponse, TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse,
-    UserSummary,
+use crate::proto::keys::{CreateKeyRequest, KeyListResponse, KeyResponse};
+use crate::proto::teams::{
+    AddMemberRequest, MemberResponse, NameRequest, RoleRequest, SwitchTeamRequest,
+    TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse, UserSummary,
 };
 use crate::urlencode;
 use futures_util::StreamExt;
@@ -288,7 +287,7 @@ impl ApiClient {
         self.json(
             reqwest::Method::POST,
             "/v1/api-keys",
-            Some(&serde_json::json!({ "name": name })),
+            Some(&CreateKeyRequest { name: name.into() }),
         )
         .await
     }
@@ -313,7 +312,9 @@ impl ApiClient {
         self.json(
             reqwest::Method::PUT,
             &format!("/v1/hosts/{id}/tags"),
-            Some(&serde_json::json!({ "tags": tags })),
+            Some(&TagsRequest {
+                tags: tags.to_vec(),
+            }),
         )
         .await
     }
@@ -366,7 +367,10 @@ impl ApiClient {
         timeout_sec: u64,
         on_timeout: Option<&str>,
     ) -> Result<SandboxResponse, ClientError> {
-        let body = serde_json::json!({ "timeout_sec": timeout_sec, "on_timeout": on_timeout });
+        let body = TimeoutRequest {
+            timeout_sec,
+            on_timeout: on_timeout.map(str::to_string),
+        };
         self.json(
             reqwest::Method::POST,
             &format!("/v1/sandboxes/{id}/timeout"),
@@ -414,7 +418,7 @@ impl ApiClient {
         self.json(
             reqwest::Method::POST,
             "/v1/templates",
-            Some(&serde_json::json!({ "name": name })),
+            Some(&TemplateBuildRequest { name: name.into() }),
         )
         .await
     }
@@ -652,7 +656,7 @@ impl ApiClient {
         self.json(
             reqwest::Method::POST,
             "/v1/teams",
-            Some(&serde_json::json!({ "name": name })),
+            Some(&NameRequest { name: name.into() }),
         )
         .await
     }
@@ -666,7 +670,7 @@ impl ApiClient {
         self.json(
             reqwest::Method::PATCH,
             &format!("/v1/teams/{id}"),
-            Some(&serde_json::json!({ "name": name })),
+            Some(&NameRequest { name: name.into() }),
         )
         .await
     }
@@ -685,7 +689,10 @@ impl ApiClient {
         self.json(
             reqwest::Method::POST,
             &format!("/v1/teams/{team}/members"),
-            Some(&serde_json::json!({ "email": email, "role": role })),
+            Some(&AddMemberRequest {
+                email: email.into(),
+                role: Some(role.into()),
+            }),
         )
         .await
     }
@@ -699,7 +706,7 @@ impl ApiClient {
         self.json(
             reqwest::Method::PATCH,
             &format!("/v1/teams/{team}/members/{user}"),
-            Some(&serde_json::json!({ "role": role })),
+            Some(&RoleRequest { role: role.into() }),
         )
         .await
     }
@@ -721,7 +728,9 @@ impl ApiClient {
         self.json(
             reqwest::Method::POST,
             "/v1/auth/switch-team",
-            Some(&serde_json::json!({ "team_id": team })),
+            Some(&SwitchTeamRequest {
+                team_id: team.into(),
+            }),
         )
         .await
     }

@@ -110,6 +110,35 @@ pub struct HostListResponse {
     pub hosts: Vec<HostResponse>,
 }
 
+/// A new registration token for a pending host (or one whose credentials were revoked).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub registration_token: String,
+    pub registration_expires_at: i64,
+    pub register_command: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("registration_expires_at", &self.registration_expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What deleting a host would end: its live sandboxes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletePreview {
+    pub host_id: String,
+    pub sandbox_ids: Vec<String>,
+}
+
+/// A host's tags (replacing the ones it had).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagsRequest {
+    pub tags: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateSandboxRequest {
     #[serde(default)]
@@ -173,6 +202,17 @@ pub struct SandboxResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxListResponse {
     pub sandboxes: Vec<SandboxResponse>,
+}
+
+/// A sandbox's idle timeout, counting from now. The CLI sends `on_timeout: null` to keep the
+/// current choice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimeoutRequest {
+    /// 0 = never.
+    pub timeout_sec: u64,
+    /// `pause` or `kill`.
+    #[serde(default)]
+    pub on_timeout: Option<String>,
 }
 
 /// A one-shot command in a sandbox. `cmd` runs directly (looked up in PATH), not through a shell.
@@ -380,6 +420,12 @@ pub struct TemplateListResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotRequest {
     pub sandbox_id: String,
+    pub name: String,
+}
+
+/// Building a base template (`debian`) on every online regular host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateBuildRequest {
     pub name: String,
 }
 

@@ -12,7 +12,9 @@ use super::extract::{ApiJson, ApiQuery, AuthUser, Caller};
 use super::sandboxes::{host_client, load, valid_template_name};
 use crate::ids::new_id;
 use crate::proto::agent::SnapshotVmRequest;
-use crate::proto::api::{SnapshotRequest, TemplateListResponse, TemplateResponse};
+use crate::proto::api::{
+    SnapshotRequest, TemplateBuildRequest, TemplateListResponse, TemplateResponse,
+};
 use crate::server::AppState;
 use crate::server::db::templates::{self, TemplateRow};
 use crate::server::db::{DbError, hosts, now};
@@ -228,17 +230,12 @@ pub async fn snapshot(
     Ok((StatusCode::CREATED, Json(to_resp(saved))))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct BuildRequest {
-    pub name: String,
-}
-
 /// Builds a base template (`debian`) on every online regular host (platform admins), in the
 /// background; `GET /v1/templates` shows it once hosts report it ready.
 pub async fn build(
     State(st): State<AppState>,
     user: AuthUser,
-    ApiJson(req): ApiJson<BuildRequest>,
+    ApiJson(req): ApiJson<TemplateBuildRequest>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     if !user.is_admin {
         return Err(ApiError::forbidden(
