@@ -1,6 +1,5 @@
 //! The clap tree and the client commands.
 
-pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod config;
