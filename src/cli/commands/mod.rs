@@ -1,7 +1,7 @@
 //! What each client command does, one module per concept. Errors print one sentence; exit codes:
 //! 0 ok, 1 failure, 2 usage; `sandbox exec` exits with the command's own code.
 
-mod account;
+mod accounts;
 mod files;
 mod hosts;
 mod keys;
@@ -12,7 +12,7 @@ mod templates;
 
 use anyhow::{Context, bail};
 
-pub use account::{login, logout, signup, whoami};
+pub use accounts::{login, logout, signup, whoami};
 pub use hosts::host;
 pub use keys::key;
 pub use sandboxes::sandbox;
