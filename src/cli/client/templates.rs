@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use super::{ApiClient, ClientError};
 use crate::proto::api::{
-    SnapshotRequest, TemplateBuildRequest, TemplateListResponse, TemplateResponse,
+    SnapshotRequest, TemplateBuildRequest, TemplateBuildResponse, TemplateBuildStatusResponse,
+    TemplateListResponse, TemplateResponse,
 };
 use crate::urlencode;
 
@@ -44,7 +45,7 @@ impl ApiClient {
         .await
     }
 
-    pub async fn build_template(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn build_template(&self, name: &str) -> Result<TemplateBuildResponse, ClientError> {
         self.json(
             reqwest::Method::POST,
             "/v1/templates",
@@ -56,7 +57,7 @@ impl ApiClient {
     pub async fn template_build_status(
         &self,
         name: &str,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<TemplateBuildStatusResponse, ClientError> {
         self.json::<(), _>(
             reqwest::Method::GET,
             &format!("/v1/templates/{}/build", urlencode::encode(name)),

@@ -5,6 +5,8 @@ use anyhow::Context;
 use super::client;
 use super::output::{age, print_json, table};
 use crate::cli::TemplateCommand;
+use crate::proto::agent::TemplateStatus;
+use crate::proto::api::HostBuildStatus;
 
 pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
     let c = client()?;
@@ -41,14 +43,9 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
         }
         TemplateCommand::Build { name, no_wait } => {
             let r = c.build_template(&name).await?;
-            let n = r["hosts"].as_array().map(Vec::len).unwrap_or(0);
-            eprintln!("building {name} on {n} host(s)");
-            for f in r["failed"].as_array().into_iter().flatten() {
-                eprintln!(
-                    "  {}: {}",
-                    f["host_id"].as_str().unwrap_or("?"),
-                    f["error"].as_str().unwrap_or("?")
-                );
+            eprintln!("building {name} on {} host(s)", r.hosts.len());
+            for f in &r.failed {
+                eprintln!("  {}: {}", f.host_id, f.error);
             }
             if no_wait {
                 return Ok(0);
@@ -56,17 +53,21 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
             let mut last = String::new();
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                let st = c.template_build_status(&name).await?;
-                let hosts = st["hosts"].as_array().cloned().unwrap_or_default();
+                let hosts = c.template_build_status(&name).await?.hosts;
                 let line = hosts
                     .iter()
-                    .map(|h| {
-                        format!(
-                            "{}: {} {}",
-                            h["host_id"].as_str().unwrap_or("?"),
-                            h["status"].as_str().unwrap_or("?"),
-                            h["progress"].as_str().unwrap_or("")
-                        )
+                    .map(|h| match h {
+                        HostBuildStatus::Known {
+                            host_id,
+                            status,
+                            progress,
+                            ..
+                        } => format!(
+                            "{host_id}: {} {}",
+                            status_word(*status),
+                            progress.as_deref().unwrap_or("")
+                        ),
+                        HostBuildStatus::Unreachable(f) => format!("{}: ? ", f.host_id),
                     })
                     .collect::<Vec<_>>()
                     .join("; ");
@@ -74,10 +75,22 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
                     eprintln!("{line}");
                     last = line;
                 }
-                if hosts.iter().all(|h| h["status"] != "building") {
-                    let failed = hosts
-                        .iter()
-                        .any(|h| h["status"] == "failed" || h["error"].is_string());
+                let building = |h: &HostBuildStatus| {
+                    matches!(
+                        h,
+                        HostBuildStatus::Known {
+                            status: TemplateStatus::Building,
+                            ..
+                        }
+                    )
+                };
+                if !hosts.iter().any(building) {
+                    let failed = hosts.iter().any(|h| match h {
+                        HostBuildStatus::Known { status, error, .. } => {
+                            *status == TemplateStatus::Failed || error.is_some()
+                        }
+                        HostBuildStatus::Unreachable(_) => true,
+                    });
                     return Ok(if failed { 1 } else { 0 });
                 }
             }
@@ -139,4 +152,13 @@ async fn archive_body(from: &std::path::Path) -> anyhow::Result<reqwest::Body> {
     Ok(reqwest::Body::wrap_stream(
         tokio_util::io::ReaderStream::new(file),
     ))
+}
+
+/// A build state as the API spells it.
+fn status_word(s: TemplateStatus) -> &'static str {
+    match s {
+        TemplateStatus::Building => "building",
+        TemplateStatus::Ready => "ready",
+        TemplateStatus::Failed => "failed",
+    }
 }
