@@ -4,4 +4,6 @@ pub mod agent;
 pub mod api;
 pub mod guest;
 pub mod json;
+pub mod keys;
 pub mod net;
+pub mod teams;

@@ -421,16 +421,18 @@ async fn debian_build_starts_and_reports_progress() {
     let (_, admin) = s.signup("admin@example.com", "Admin").await;
     let _agent = TestAgent::start(&s, &admin).await;
     agent_ready(&admin).await;
-    let r = admin.build_template("debian").await.expect("build");
+    let r = serde_json::to_value(admin.build_template("debian").await.expect("build")).unwrap();
     assert_eq!(r["hosts"][0]["status"], "building", "{r}");
     // Asking again while it builds reports the same build.
-    let again = admin.build_template("debian").await.expect("build again");
+    let again =
+        serde_json::to_value(admin.build_template("debian").await.expect("build again")).unwrap();
     assert_eq!(again["hosts"][0]["status"], "building", "{again}");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     wait_until(60, "debootstrap progress", || {
         let (admin, seen) = (admin.clone(), seen.clone());
         async move {
-            let st = admin.template_build_status("debian").await.unwrap();
+            let st =
+                serde_json::to_value(admin.template_build_status("debian").await.unwrap()).unwrap();
             assert_ne!(st["hosts"][0]["status"], "failed", "{st}");
             let p = st["hosts"][0]["progress"]
                 .as_str()
@@ -462,7 +464,8 @@ async fn debian_full_build() {
     admin.build_template("debian").await.expect("build");
     let mut last = String::new();
     loop {
-        let st = admin.template_build_status("debian").await.unwrap();
+        let st =
+            serde_json::to_value(admin.template_build_status("debian").await.unwrap()).unwrap();
         let h = &st["hosts"][0];
         let p = h["progress"].as_str().unwrap_or("").to_string();
         if p != last {
