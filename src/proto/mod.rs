@@ -5,3 +5,5 @@ pub mod api;
 pub mod guest;
 pub mod json;
 pub mod net;
+pub mod path;
+pub mod validate;
