@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod api;
 pub mod guest;
+pub mod invalid;
 pub mod json;
 pub mod net;
 pub mod path;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::Invalid;
+use super::invalid::Invalid;
 
 /// Longest path, in bytes (Linux's PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;

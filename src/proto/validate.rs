@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use super::api::{ExecRequest, ExecStreamStart, PtySize};
 use super::guest::{ExecStart, FileRequest, Init, Signal};
+pub use super::invalid::Invalid;
 use super::path::{MAX_PATH_BYTES, check_mode};
 
 /// Longest command name or path, in bytes.
@@ -22,43 +23,6 @@ pub const MAX_ENV_VALUE_BYTES: usize = 4096;
 pub const MAX_EXEC_TIMEOUT_SEC: u64 = 3600;
 /// Largest number of rows or columns of a PTY.
 pub const MAX_PTY_SIDE: u16 = 1000;
-
-/// A refused field: which one (and which entry, for a map such as `env`) and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {message}", self.field_path())]
-pub struct Invalid {
-    /// The field as the request names it (`path`, `env`, `pty`, …).
-    pub field: &'static str,
-    /// The entry within the field, for maps: `env.NAME` names the variable.
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl Invalid {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Invalid {
-        Invalid {
-            field,
-            key: None,
-            message: message.into(),
-        }
-    }
-
-    fn keyed(field: &'static str, key: &str, message: impl Into<String>) -> Invalid {
-        Invalid {
-            field,
-            key: Some(key.to_string()),
-            message: message.into(),
-        }
-    }
-
-    /// `field`, or `field.key` for an entry of a map.
-    pub fn field_path(&self) -> String {
-        match &self.key {
-            Some(k) => format!("{}.{k}", self.field),
-            None => self.field.to_string(),
-        }
-    }
-}
 
 /// A variable name: letters, digits and `_`, not starting with a digit, at most
 /// [`MAX_ENV_NAME_BYTES`].
