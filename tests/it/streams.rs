@@ -120,7 +120,7 @@ fn random_bytes(n: usize) -> Vec<u8> {
 
 fn fs_code(e: FileError) -> String {
     match e {
-        FileError::Fs { code, .. } => code,
+        FileError::Fs { code, .. } => code.to_string(),
         other => panic!("expected a file error, got {other:?}"),
     }
 }

@@ -464,9 +464,6 @@ fn validate_facts(f: &crate::proto::agent::HostFacts) -> ApiResult<()> {
     if f.memory_mb == 0 {
         return Err(ApiError::bad("facts.memory_mb", "out of range"));
     }
-    if !matches!(f.accel.as_str(), "kvm" | "tcg") {
-        return Err(ApiError::bad("facts.accel", "must be kvm or tcg"));
-    }
     for (field, v) in [
         ("facts.arch", &f.arch),
         ("facts.version", &f.version),

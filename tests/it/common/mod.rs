@@ -523,7 +523,7 @@ pub fn facts(addr: &str) -> sandboxctl::proto::agent::HostFacts {
         memory_mb: 2048,
         disk_gb: 10,
         address: addr.into(),
-        accel: "tcg".into(),
+        accel: sandboxctl::proto::agent::Accelerator::Tcg,
         accel_reason: "test".into(),
         cgroups: String::new(),
         version: "test".into(),
