@@ -5,6 +5,7 @@ use reqwest::Method;
 use sandboxctl::proto::api::{
     CreateHostRequest, CreateSandboxRequest, ExecRequest, SandboxResponse,
 };
+use std::time::Duration;
 
 use crate::common::{
     TestAgent, TestServer, agent_call_token, code, raw, signal, vm_permit, wait_until,
@@ -119,43 +120,47 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     .await;
     assert_eq!(st, 201, "{v}");
     let list_url = format!("http://{}/v1/vms", b.addr);
-    wait_until(30, "the orphan VM to be destroyed", || {
-        let (url, s2) = (list_url.clone(), &s);
-        let bid = b.host_id.clone();
-        async move {
-            let t = agent_call_token(s2, &bid, "GET", "/v1/vms", b"", 0);
-            let (_, v) = raw(Method::GET, &url, Some(&t), None).await;
-            !v["vms"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|vm| vm["id"] == "sbx_orphan")
-        }
-    })
+    wait_until(
+        "the orphan VM to be destroyed",
+        Duration::from_secs(30),
+        || {
+            let (url, s2) = (list_url.clone(), &s);
+            let bid = b.host_id.clone();
+            async move {
+                let t = agent_call_token(s2, &bid, "GET", "/v1/vms", b"", 0);
+                let (_, v) = raw(Method::GET, &url, Some(&t), None).await;
+                !v["vms"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|vm| vm["id"] == "sbx_orphan")
+            }
+        },
+    )
     .await;
     assert!(!b.dir.path().join("vms/sbx_orphan").exists());
 
     // Agent A stops answering: host unreachable, its sandboxes missing; back again: both heal.
     let t0 = std::time::Instant::now();
     signal(a.pid().unwrap(), libc::SIGSTOP);
-    wait_until(30, "host A unreachable", || async {
+    wait_until("host A unreachable", Duration::from_secs(30), || async {
         admin.get_host(&a.host_id).await.unwrap().status == "unreachable"
     })
     .await;
     for id in &on_a {
-        wait_until(10, "sandbox missing", || async {
+        wait_until("sandbox missing", Duration::from_secs(10), || async {
             status(&admin, id).await == "missing"
         })
         .await;
     }
     let stale_secs = t0.elapsed().as_secs_f64();
     signal(a.pid().unwrap(), libc::SIGCONT);
-    wait_until(30, "host A online again", || async {
+    wait_until("host A online again", Duration::from_secs(30), || async {
         admin.get_host(&a.host_id).await.unwrap().status == "online"
     })
     .await;
     for id in &on_a {
-        wait_until(30, "sandbox running again", || async {
+        wait_until("sandbox running again", Duration::from_secs(30), || async {
             status(&admin, id).await == "running"
         })
         .await;
@@ -202,9 +207,11 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     }
     a.spawn();
     for id in &on_a {
-        wait_until(60, "sandbox stopped after its VM vanished", || async {
-            status(&admin, id).await == "stopped"
-        })
+        wait_until(
+            "sandbox stopped after its VM vanished",
+            Duration::from_secs(60),
+            || async { status(&admin, id).await == "stopped" },
+        )
         .await;
     }
     let gone = admin.get_sandbox(&on_a[0]).await.unwrap();
@@ -238,7 +245,7 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     for id in &on_b {
         assert_eq!(status(&admin, id).await, "stopped");
     }
-    wait_until(20, "host B's VMs gone", || async {
+    wait_until("host B's VMs gone", Duration::from_secs(20), || async {
         b.qemu_pids().is_empty()
     })
     .await;
@@ -247,7 +254,7 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     for sb in owner.list_sandboxes(Some("running")).await.unwrap() {
         owner.delete_sandbox(&sb.id).await.unwrap();
     }
-    wait_until(20, "host C's VMs gone", || async {
+    wait_until("host C's VMs gone", Duration::from_secs(20), || async {
         c.qemu_pids().is_empty()
     })
     .await;

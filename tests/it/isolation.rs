@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use sandboxctl::cli::client::ApiClient;
 use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest};
@@ -343,7 +344,7 @@ async fn sandbox_network_reaches_the_internet_and_nothing_else() {
     for id in ids {
         admin.delete_sandbox(id).await.unwrap();
     }
-    wait_until(20, "namespaces removed", || async {
+    wait_until("namespaces removed", Duration::from_secs(20), || async {
         namespaces_of(&ids).is_empty()
     })
     .await;

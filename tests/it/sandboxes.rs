@@ -56,7 +56,7 @@ async fn idle_timeouts_pause_kill_and_extend() {
     let extended = admin.set_timeout(&b.id, 60, None).await.unwrap();
     assert_eq!(extended.timeout_sec, 60);
     assert!(extended.timeout_at.unwrap() >= sandboxctl::server::db::now() + 55);
-    wait_until(30, "A auto-paused", || async {
+    wait_until("A auto-paused", Duration::from_secs(30), || async {
         admin.get_sandbox(&a.id).await.unwrap().status == "paused"
     })
     .await;
@@ -66,10 +66,12 @@ async fn idle_timeouts_pause_kill_and_extend() {
     let never = admin.set_timeout(&a.id, 0, None).await.unwrap();
     assert_eq!(never.timeout_at, None);
     admin.set_timeout(&b.id, 2, Some("kill")).await.unwrap();
-    wait_until(30, "B killed", || async {
+    wait_until("B killed", Duration::from_secs(30), || async {
         admin.get_sandbox(&b.id).await.unwrap().status == "stopped"
     })
     .await;
+    // Not a wait for an event: A, with no timeout, must still be running a while later (B's
+    // 2 s timeout passed meanwhile, so a wrongly kept timeout on A would have fired too).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(admin.get_sandbox(&a.id).await.unwrap().status, "running");
     let r = admin.exec(&a.id, &sh("echo alive")).await.unwrap();

@@ -44,8 +44,8 @@ async fn agent_ready(admin: &ApiClient) {
 /// Waits until a host reports template `name`.
 async fn wait_for_template(admin: &ApiClient, name: &str, secs: u64) {
     wait_until(
-        secs,
         &format!("the host reports template {name}"),
+        Duration::from_secs(secs),
         || async { template_names(admin).await.iter().any(|n| n == name) },
     )
     .await;
@@ -127,6 +127,8 @@ async fn snapshots_pause_resume_and_templates() {
     assert_eq!(p.status, "paused");
     let e = admin.pause_sandbox(&a.id).await.unwrap_err();
     assert_eq!(e.status(), Some(409), "{e}");
+    // Not a wait for an event: the sandbox stays paused a while, and the guest clock checked
+    // after the resume must not lag by that while.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
     let r = admin.resume_sandbox(&a.id).await.expect("resume");
@@ -395,13 +397,13 @@ async fn agent_without_credentials_pauses_its_vms() {
         .ok()
         .and_then(|p| p.trim().parse().ok());
     assert!(pid.is_some(), "no pid file in {}", vm_dir.display());
-    wait_until(60, "the agent pauses its VM", || {
+    wait_until("the agent pauses its VM", Duration::from_secs(60), || {
         let state = vm_dir.join("state.bin");
         async move { state.is_file() }
     })
     .await;
     if let Some(pid) = pid {
-        wait_until(20, "QEMU ends", || async move {
+        wait_until("QEMU ends", Duration::from_secs(20), || async move {
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
         })
         .await;
@@ -427,7 +429,7 @@ async fn debian_build_starts_and_reports_progress() {
     let again = admin.build_template("debian").await.expect("build again");
     assert_eq!(again["hosts"][0]["status"], "building", "{again}");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    wait_until(60, "debootstrap progress", || {
+    wait_until("debootstrap progress", Duration::from_secs(60), || {
         let (admin, seen) = (admin.clone(), seen.clone());
         async move {
             let st = admin.template_build_status("debian").await.unwrap();
@@ -477,6 +479,7 @@ async fn debian_full_build() {
             t.elapsed() < Duration::from_secs(1200),
             "the build took over 20 minutes"
         );
+        // The pace of a progress report printed each second, not a wait for a condition.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     eprintln!("debian template ready in {:?}", t.elapsed());

@@ -487,19 +487,37 @@ pub fn urlenc(s: &str) -> String {
     sandboxctl::urlencode::encode(s)
 }
 
-/// Polls `check` every 200 ms until it is true or `secs` pass.
-pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut check: F)
+/// Polls `check` every 100 ms until it is true; after `timeout`, fails naming `what` it waited
+/// for. Use it instead of sleeping for "long enough".
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let deadline = Instant::now() + timeout;
     while !check().await {
         assert!(
             Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}"
+            "timed out after {timeout:?} waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs one named step of a longer story over shared VMs; if it fails, the failure names the
+/// step (and keeps the original message), so a long story reports which of its parts broke.
+pub async fn step<T>(name: &str, fut: impl std::future::Future<Output = T>) -> T {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("step failed: {name}\n{msg}")
+        }
     }
 }
 
