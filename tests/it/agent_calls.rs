@@ -444,6 +444,7 @@ async fn the_server_follows_no_redirect_and_reads_bounded_answers() {
         .await
         .expect_err("a redirect is no sandbox");
     assert!(hits.load(Ordering::SeqCst) >= 1);
+    // Not a wait for an event: the redirect target must get no call, even a little later.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         elsewhere_hits.load(Ordering::SeqCst),
@@ -495,6 +496,7 @@ async fn the_server_follows_no_redirect_and_reads_bounded_answers() {
                 let mut peak = 0;
                 while !done.load(Ordering::SeqCst) {
                     peak = peak.max(rss_kib(pid));
+                    // A sampling interval, not a wait for a condition.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 peak

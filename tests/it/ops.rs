@@ -5,8 +5,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use crate::common::{BIN, TestServer};
+use crate::common::{BIN, TestServer, wait_until};
 
 /// Runs the real binary; the data dir always comes from the arguments.
 fn sandboxctl(args: &[&str]) -> Output {
@@ -55,7 +56,12 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
             }
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    wait_until(
+        "the writer is under way",
+        Duration::from_secs(10),
+        || async { written.load(Ordering::Relaxed) > 0 },
+    )
+    .await;
     let out_dir = tempfile::tempdir().unwrap();
     let file = out_dir.path().join("sandboxctl-backup.db");
     let args = ["server", "backup", "--data-dir", s(&data), "--to", s(&file)];
@@ -79,7 +85,12 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
         server.anon().healthz().await,
         "the server serves during the backup"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    wait_until(
+        "writes go on after the backup",
+        Duration::from_secs(10),
+        || async { written.load(Ordering::Relaxed) > at_end },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     use std::os::unix::fs::PermissionsExt;
