@@ -56,7 +56,8 @@ impl Clock {
         match text.trim().parse::<i64>() {
             Ok(secs) => secs,
             Err(_) => {
-                tracing::warn!(file = %path.display(), "test clock file holds no whole seconds; ignored");
+                let file = path.display();
+                tracing::warn!(%file, "test clock file holds no whole seconds; ignored");
                 0
             }
         }
