@@ -165,8 +165,8 @@ async fn vm_boot_exec_destroy() {
     let cgroup_dir = step(
         "QEMU runs in a cgroup of its own with its shape's limits",
         async {
-            // QEMU runs in a cgroup of its own, with the limits of its shape where the host's cgroup v2
-            // hierarchy has the controllers; a host without cgroup v2 says why.
+            // QEMU runs in a cgroup of its own, with the limits of its shape where the host's
+            // cgroup v2 hierarchy has the controllers; a host without cgroup v2 says why.
             let cg = vms.cgroups();
             eprintln!("cgroups: {}", cg.summary());
             let cgroup_dir = cg.root().map(|root| root.join(id));
@@ -407,7 +407,8 @@ async fn vm_survives_agent_restart() {
     let vms = step(
         "a VM and its files outlive the agent; the next one reattaches",
         async {
-            // A command left running across the restart: its late output must not confuse the next agent.
+            // A command left running across the restart: its late output must not confuse the next
+            // agent.
             let vms_a = vms.clone();
             let left = tokio::spawn(async move { sh(&vms_a, id, "sleep 1; echo stale").await });
             wait_until("the left command runs", Duration::from_secs(10), || {

@@ -188,8 +188,8 @@ async fn vm_exec_streams_and_files() {
     step(
         "flow control: 50 MB to a consumer that stops reading",
         async {
-            // Flow control: 50 MB of output to a consumer that stops reading stays out of this process's
-            // memory, and none of it is lost.
+            // Flow control: 50 MB of output to a consumer that stops reading stays out of this
+            // process's memory, and none of it is lost.
             let total = 50_000_000usize;
             let rss0 = rss_kb();
             let mut s = vms
@@ -200,8 +200,8 @@ async fn vm_exec_streams_and_files() {
             if let Ok(ExecEvent::Stdout(b)) = s.output.next().await {
                 got += b.len();
             }
-            // Not a wait for an event: the consumer stays away for a while to show that the agent does
-            // not pile up the output meanwhile.
+            // Not a wait for an event: the consumer stays away for a while to show that the agent
+            // does not pile up the output meanwhile.
             tokio::time::sleep(Duration::from_secs(3)).await;
             let rss_paused = rss_kb();
             let t = Instant::now();
@@ -479,7 +479,6 @@ async fn vm_exec_streams_and_files() {
         "{}",
         &whole[..200.min(whole.len())]
     );
-
     })
     .await;
     step(

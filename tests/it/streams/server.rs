@@ -263,7 +263,6 @@ async fn streams_and_files_through_the_server() {
         server1.saturating_sub(server0) < 16_000,
         "the server buffered the output"
     );
-
     })
     .await;
     step("closing the socket kills the command", async {
@@ -315,7 +314,6 @@ async fn streams_and_files_through_the_server() {
             10.0 / up,
             10.0 / down
         );
-
         data
     })
     .await;
