@@ -7,7 +7,7 @@ use sandboxctl::cli::client::ApiClient;
 use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest, SandboxResponse};
 
 use crate::common::archives::{Archive, Canary, gzip_bomb};
-use crate::common::{TestAgent, TestServer, vm_permit, wait_until};
+use crate::common::{TestAgent, TestServer, step, vm_permit, wait_until};
 
 async fn sh(c: &ApiClient, id: &str, script: &str) -> String {
     let r = c
@@ -84,6 +84,7 @@ async fn snapshots_pause_resume_and_templates() {
         TestAgent::start_with(&s, &admin, &["--max-image-expanded-bytes", "268435456"]).await;
     agent_ready(&admin).await;
 
+    let (a, b) = step("fast start from the boot snapshot; sandboxes are isolated", async {
     // Fast start: both restore the minimal template's boot snapshot (the first may wait for the
     // agent's start-up build of it).
     let a = create(&admin, None, None).await;
@@ -100,7 +101,10 @@ async fn snapshots_pause_resume_and_templates() {
         sh(&admin, &a.id, "hostname; head -c 3 /dev/shm/fill").await,
         format!("{}\naaa", a.id)
     );
-
+        (a, b)
+    })
+    .await;
+    let sleep_pid = step("pause and resume keep memory, processes and the console log", async {
     // Pause/resume with memory: a background process and a counter loop go on; tmpfs survives.
     let out = sh(
         &admin,
@@ -155,91 +159,115 @@ async fn snapshots_pause_resume_and_templates() {
     );
     let skew = lines[3].parse::<i64>().unwrap() - sandboxctl::server::db::now();
     assert!(skew.abs() <= 2, "guest clock off by {skew} s after resume");
-
-    // Snapshot → template; the name is taken until overwritten.
-    sh(&admin, &a.id, "echo saved > /root/state").await;
-    let t = Instant::now();
-    let tpl = admin
-        .snapshot(&a.id, "snap-one", false)
-        .await
-        .expect("snapshot");
-    eprintln!(
-        "snapshot through the API: {:?} ({:?} bytes)",
-        t.elapsed(),
-        tpl.size_bytes
-    );
-    assert_eq!((tpl.kind.as_str(), tpl.memory_mb), ("snapshot", Some(256)));
-    let e = admin.snapshot(&a.id, "snap-one", false).await.unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(409), Some("already_exists")),
-        "{e}"
-    );
-    sh(&admin, &a.id, "echo overwritten > /root/state").await;
-    let tpl2 = admin
-        .snapshot(&a.id, "snap-one", true)
-        .await
-        .expect("snapshot with overwrite");
-    assert_eq!(tpl2.id, tpl.id);
-    assert_eq!(admin.get_sandbox(&a.id).await.unwrap().status, "running");
-
-    // Sandboxes from the snapshot: the file and the process are there; they are isolated.
-    let c = create(&admin, Some("snap-one"), None).await;
-    let d = create(&admin, Some("snap-one"), None).await;
-    let out = sh(
-        &admin,
-        &c.id,
-        &format!("cat /root/state; kill -0 {sleep_pid} && echo alive; hostname"),
+        sleep_pid
+    })
+    .await;
+    step(
+        "snapshot to a template; the name is taken until overwritten",
+        async {
+            // Snapshot → template; the name is taken until overwritten.
+            sh(&admin, &a.id, "echo saved > /root/state").await;
+            let t = Instant::now();
+            let tpl = admin
+                .snapshot(&a.id, "snap-one", false)
+                .await
+                .expect("snapshot");
+            eprintln!(
+                "snapshot through the API: {:?} ({:?} bytes)",
+                t.elapsed(),
+                tpl.size_bytes
+            );
+            assert_eq!((tpl.kind.as_str(), tpl.memory_mb), ("snapshot", Some(256)));
+            let e = admin.snapshot(&a.id, "snap-one", false).await.unwrap_err();
+            assert_eq!(
+                (e.status(), e.code()),
+                (Some(409), Some("already_exists")),
+                "{e}"
+            );
+            sh(&admin, &a.id, "echo overwritten > /root/state").await;
+            let tpl2 = admin
+                .snapshot(&a.id, "snap-one", true)
+                .await
+                .expect("snapshot with overwrite");
+            assert_eq!(tpl2.id, tpl.id);
+            assert_eq!(admin.get_sandbox(&a.id).await.unwrap().status, "running");
+        },
     )
     .await;
-    assert_eq!(out, format!("overwritten\nalive\n{}\n", c.id));
-    sh(&admin, &c.id, "echo c-only > /root/state").await;
-    assert_eq!(sh(&admin, &d.id, "cat /root/state").await, "overwritten\n");
-    assert_eq!(sh(&admin, &a.id, "cat /root/state").await, "overwritten\n");
+    let (c, d) = step(
+        "sandboxes from the snapshot have its files and processes",
+        async {
+            // Sandboxes from the snapshot: the file and the process are there; they are isolated.
+            let c = create(&admin, Some("snap-one"), None).await;
+            let d = create(&admin, Some("snap-one"), None).await;
+            let out = sh(
+                &admin,
+                &c.id,
+                &format!("cat /root/state; kill -0 {sleep_pid} && echo alive; hostname"),
+            )
+            .await;
+            assert_eq!(out, format!("overwritten\nalive\n{}\n", c.id));
+            sh(&admin, &c.id, "echo c-only > /root/state").await;
+            assert_eq!(sh(&admin, &d.id, "cat /root/state").await, "overwritten\n");
+            assert_eq!(sh(&admin, &a.id, "cat /root/state").await, "overwritten\n");
+            (c, d)
+        },
+    )
+    .await;
+    step(
+        "a paused sandbox can be snapshotted; a deleted template leaves its sandboxes",
+        async {
+            // A paused sandbox can be snapshotted too, and stays paused.
+            admin.pause_sandbox(&d.id).await.expect("pause d");
+            admin
+                .snapshot(&d.id, "snap-paused", false)
+                .await
+                .expect("snapshot of a paused sandbox");
+            assert_eq!(admin.get_sandbox(&d.id).await.unwrap().status, "paused");
 
-    // A paused sandbox can be snapshotted too, and stays paused.
-    admin.pause_sandbox(&d.id).await.expect("pause d");
-    admin
-        .snapshot(&d.id, "snap-paused", false)
-        .await
-        .expect("snapshot of a paused sandbox");
-    assert_eq!(admin.get_sandbox(&d.id).await.unwrap().status, "paused");
-
-    let names = template_names(&admin).await;
-    assert!(
-        names.iter().any(|n| n == "snap-one") && names.iter().any(|n| n == "snap-paused"),
-        "{names:?}"
-    );
-    // Deleting a template leaves its sandboxes working.
-    admin
-        .delete_template("snap-one")
-        .await
-        .expect("delete template");
-    let names = template_names(&admin).await;
-    assert!(!names.iter().any(|n| n == "snap-one"), "{names:?}");
-    assert_eq!(sh(&admin, &c.id, "cat /root/state").await, "c-only\n");
-    let e = admin
-        .create_sandbox(&CreateSandboxRequest {
-            template: Some("snap-one".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.status(), Some(400), "{e}");
-    admin.resume_sandbox(&d.id).await.expect("resume d");
-    assert_eq!(sh(&admin, &d.id, "cat /root/state").await, "overwritten\n");
-
-    // Cold boot for comparison: no boot snapshot exists for 320 MB yet.
-    let cold = create(&admin, None, Some(320)).await;
-    eprintln!(
-        "boot_ms: cold {:?} vs snapshot {:?} (minimal) / {:?} (sandbox snapshot)",
-        cold.boot_ms, b.boot_ms, c.boot_ms
-    );
-    for sb in [&a, &b, &c, &d, &cold] {
-        admin.delete_sandbox(&sb.id).await.expect("delete");
-    }
-
-    imported_rootfs(&s, &admin).await;
+            let names = template_names(&admin).await;
+            assert!(
+                names.iter().any(|n| n == "snap-one") && names.iter().any(|n| n == "snap-paused"),
+                "{names:?}"
+            );
+            // Deleting a template leaves its sandboxes working.
+            admin
+                .delete_template("snap-one")
+                .await
+                .expect("delete template");
+            let names = template_names(&admin).await;
+            assert!(!names.iter().any(|n| n == "snap-one"), "{names:?}");
+            assert_eq!(sh(&admin, &c.id, "cat /root/state").await, "c-only\n");
+            let e = admin
+                .create_sandbox(&CreateSandboxRequest {
+                    template: Some("snap-one".into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.status(), Some(400), "{e}");
+            admin.resume_sandbox(&d.id).await.expect("resume d");
+            assert_eq!(sh(&admin, &d.id, "cat /root/state").await, "overwritten\n");
+        },
+    )
+    .await;
+    step("a cold boot for comparison", async {
+        // Cold boot for comparison: no boot snapshot exists for 320 MB yet.
+        let cold = create(&admin, None, Some(320)).await;
+        eprintln!(
+            "boot_ms: cold {:?} vs snapshot {:?} (minimal) / {:?} (sandbox snapshot)",
+            cold.boot_ms, b.boot_ms, c.boot_ms
+        );
+        for sb in [&a, &b, &c, &d, &cold] {
+            admin.delete_sandbox(&sb.id).await.expect("delete");
+        }
+    })
+    .await;
+    step(
+        "an imported root filesystem boots",
+        imported_rootfs(&s, &admin),
+    )
+    .await;
     drop(agent);
 }
 
