@@ -33,7 +33,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
 
     let (root_auth, root, before) =
         step("accounts, keys and teams made before the backup", async {
-            // Step 1: accounts, keys and teams made before the backup.
+            // Accounts, keys and teams made before the backup.
             let (root_auth, root) = server.signup("root@example.com", "Root").await;
             let mut before = Vec::new();
             for i in 0..4 {
@@ -49,7 +49,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
     let (out_dir, file, at_start, at_end) = step(
         "the backup runs under writes while the server answers",
         async {
-            // Step 2: the backup runs while a writer keeps creating keys and the server keeps answering.
+            // The backup runs while a writer keeps creating keys and the server keeps answering.
             let stop = Arc::new(AtomicBool::new(false));
             let written = Arc::new(AtomicUsize::new(0));
             let writer = {
@@ -108,7 +108,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
     )
     .await;
     step("an existing file is replaced only with --force", async {
-        // Step 3: an existing file is not replaced without --force; with it, it is.
+        // An existing file is not replaced without --force; with it, it is.
         let existing = out_dir.path().join("existing.db");
         std::fs::write(&existing, "keep me").unwrap();
         let to_existing = [
@@ -137,7 +137,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
     })
     .await;
     step("restore refuses while the server runs", async {
-        // Step 4: restore refuses while the server runs, and the database is untouched.
+        // Restore refuses while the server runs, and the database is untouched.
         let db_before = std::fs::metadata(data.join("sandboxctl.db")).unwrap().len();
         let busy = sandboxctl(&[
             "server",
@@ -163,7 +163,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
     })
     .await;
     let fresh = step("restore into a new data dir", async {
-        // Step 5: stop the server; restore into a new data dir with the keys copied beside it.
+        // Stop the server; restore into a new data dir with the keys copied beside it.
         server.kill();
         let fresh = tempfile::tempdir().unwrap();
         let new_data = fresh.path().join("data");
@@ -189,7 +189,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
     })
     .await;
     step("a server on the restore knows everyone", async {
-        // Step 6: a server on it knows everyone: logins, old tokens, API keys and teams work.
+        // A server on it knows everyone: logins, old tokens, API keys and teams work.
         let server = TestServer::start_in(fresh, &[]).await;
         for (email, token, key, team_id) in &before {
             let auth = server
