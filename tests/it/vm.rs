@@ -507,75 +507,81 @@ async fn vm_pause_resume_snapshot_restart() {
         .await
         .expect("start");
     let id = "sbx_it_pause";
-    // The default shape (256 MB, 1 vCPU, network): restored from the boot snapshot the manager
-    // builds at start (create waits for that build).
-    let req = CreateVmRequest {
-        network: true,
-        ..create_request(id)
-    };
-    let info = vms.create(req).await.expect("create");
-    eprintln!("create: {:?} ms, {:?}", info.boot_ms, info.boot_kind);
-    assert_eq!(info.boot_kind.as_deref(), Some("snapshot"));
-    let r = sh(&vms, id, "hostname; echo $SANDBOX_GREETING").await;
-    assert_eq!(r.stdout, format!("{id}\nhello from create\n"));
-    // Not a wait for an event: the VM's memory settles for the RSS figure printed below (a
-    // measurement for BENCHMARKS.md; nothing is asserted on it).
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    eprintln!(
-        "RSS of a VM restored from the boot snapshot (total, anon, file kB): {:?}",
-        rss_kb(info.pid.unwrap())
-    );
+    let (sleep_pid, before) = step("a VM from the boot snapshot pauses with its processes", async {
+        // The default shape (256 MB, 1 vCPU, network): restored from the boot snapshot the manager
+        // builds at start (create waits for that build).
+        let req = CreateVmRequest {
+            network: true,
+            ..create_request(id)
+        };
+        let info = vms.create(req).await.expect("create");
+        eprintln!("create: {:?} ms, {:?}", info.boot_ms, info.boot_kind);
+        assert_eq!(info.boot_kind.as_deref(), Some("snapshot"));
+        let r = sh(&vms, id, "hostname; echo $SANDBOX_GREETING").await;
+        assert_eq!(r.stdout, format!("{id}\nhello from create\n"));
+        // Not a wait for an event: the VM's memory settles for the RSS figure printed below (a
+        // measurement for BENCHMARKS.md; nothing is asserted on it).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!(
+            "RSS of a VM restored from the boot snapshot (total, anon, file kB): {:?}",
+            rss_kb(info.pid.unwrap())
+        );
 
-    let r = sh(
-        &vms,
-        id,
-        "sleep 1000 >/dev/null 2>&1 & echo $!; \
-         (i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 & \
-         echo kept > /tmp/file; sleep 1; cat /tmp/counter",
-    )
+        let r = sh(
+            &vms,
+            id,
+            "sleep 1000 >/dev/null 2>&1 & echo $!; \
+             (i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 & \
+             echo kept > /tmp/file; sleep 1; cat /tmp/counter",
+        )
+        .await;
+        let mut lines = r.stdout.lines();
+        let sleep_pid: u32 = lines.next().unwrap().parse().unwrap();
+        let before: u32 = lines.next().unwrap().parse().unwrap();
+
+        let t = Instant::now();
+        let paused = vms.pause(id).await.expect("pause");
+        eprintln!("pause: {:?}", t.elapsed());
+        assert_eq!((paused.state, paused.pid), (VmState::Paused, None));
+        assert!(
+            !qemu_alive(info.pid.unwrap()),
+            "QEMU still running while paused"
+        );
+        assert_eq!(vms.usage().await, (1, 256, 1));
+        assert!(matches!(vms.pause(id).await, Err(VmError::Conflict(_))));
+        assert!(matches!(
+            vms.exec(id, cmd("true", &[])).await,
+            Err(VmError::Conflict(_))
+        ));
+        // Not a wait for an event: the VM stays paused long enough that a guest clock not set again
+        // on resume would be off by more than the 2 s checked below.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+            (sleep_pid, before)
+    })
     .await;
-    let mut lines = r.stdout.lines();
-    let sleep_pid: u32 = lines.next().unwrap().parse().unwrap();
-    let before: u32 = lines.next().unwrap().parse().unwrap();
+    let vms = step(
+        "an agent restart finds the paused VM; resume keeps memory, processes and the clock",
+        async {
+            // An agent restart finds the paused VM in its folder.
+            drop(vms);
+            let vms = VmManager::start(vm_config(tmp.path()))
+                .await
+                .expect("restart");
+            assert_eq!(vms.get(id).await.unwrap().state, VmState::Paused);
 
-    let t = Instant::now();
-    let paused = vms.pause(id).await.expect("pause");
-    eprintln!("pause: {:?}", t.elapsed());
-    assert_eq!((paused.state, paused.pid), (VmState::Paused, None));
-    assert!(
-        !qemu_alive(info.pid.unwrap()),
-        "QEMU still running while paused"
-    );
-    assert_eq!(vms.usage().await, (1, 256, 1));
-    assert!(matches!(vms.pause(id).await, Err(VmError::Conflict(_))));
-    assert!(matches!(
-        vms.exec(id, cmd("true", &[])).await,
-        Err(VmError::Conflict(_))
-    ));
-    // Not a wait for an event: the VM stays paused long enough that a guest clock not set again
-    // on resume would be off by more than the 2 s checked below.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    // An agent restart finds the paused VM in its folder.
-    drop(vms);
-    let vms = VmManager::start(vm_config(tmp.path()))
-        .await
-        .expect("restart");
-    assert_eq!(vms.get(id).await.unwrap().state, VmState::Paused);
-
-    let t = Instant::now();
-    let resumed = vms.resume(id).await.expect("resume");
-    eprintln!("resume: {:?}", t.elapsed());
-    assert_eq!(resumed.state, VmState::Running);
-    // Not a wait for an event: the VM's memory settles for the RSS figure printed below (a
-    // measurement for BENCHMARKS.md; nothing is asserted on it).
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    eprintln!(
-        "RSS of a resumed VM (total, anon, file kB): {:?}",
-        rss_kb(resumed.pid.unwrap())
-    );
-    assert!(matches!(vms.resume(id).await, Err(VmError::Conflict(_))));
-    let r = sh(
+            let t = Instant::now();
+            let resumed = vms.resume(id).await.expect("resume");
+            eprintln!("resume: {:?}", t.elapsed());
+            assert_eq!(resumed.state, VmState::Running);
+            // Not a wait for an event: the VM's memory settles for the RSS figure printed below (a
+            // measurement for BENCHMARKS.md; nothing is asserted on it).
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            eprintln!(
+                "RSS of a resumed VM (total, anon, file kB): {:?}",
+                rss_kb(resumed.pid.unwrap())
+            );
+            assert!(matches!(vms.resume(id).await, Err(VmError::Conflict(_))));
+            let r = sh(
         &vms,
         id,
         &format!(
@@ -583,90 +589,104 @@ async fn vm_pause_resume_snapshot_restart() {
         ),
     )
     .await;
-    let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(&lines[..2], &["alive", "kept"], "{r:?}");
-    let after: u32 = lines[2].parse().unwrap();
-    assert!(
-        after > before,
-        "counter did not advance: {before} -> {after}"
-    );
-    let guest_now: i64 = lines[3].parse().unwrap();
-    let host_now = sandboxctl::server::db::now();
-    assert!(
-        (guest_now - host_now).abs() <= 2,
-        "guest clock {guest_now} vs host {host_now}: not resynchronised after resume"
-    );
-
-    // Snapshot → template → a new VM with the same memory and files.
-    let tpl = "tpl_it_snap";
-    let t = Instant::now();
-    let ti = vms
-        .snapshot(id, &snapshot_req(tpl, false))
-        .await
-        .expect("snapshot");
-    eprintln!(
-        "snapshot of a running VM: {:?}, {} bytes",
-        t.elapsed(),
-        ti.size_bytes
-    );
-    assert_eq!(
-        (ti.kind.as_str(), ti.has_snapshot, ti.memory_mb),
-        ("snapshot", true, Some(256))
-    );
-    assert!(matches!(
-        vms.snapshot(id, &snapshot_req(tpl, false)).await,
-        Err(sandboxctl::agent::vm::TemplateError::AlreadyExists(_))
-    ));
-    assert_eq!(vms.get(id).await.unwrap().state, VmState::Running);
-    sh(&vms, id, "echo after-snapshot > /tmp/file").await;
-
-    let child = "sbx_it_child";
-    let info = vms
-        .create(CreateVmRequest {
-            template: tpl.into(),
-            ..create_request(child)
-        })
-        .await
-        .expect("create from the snapshot");
-    eprintln!("create from snapshot: {:?} ms", info.boot_ms);
-    // Not a wait for an event: the VM's memory settles for the RSS figure printed below (a
-    // measurement for BENCHMARKS.md; nothing is asserted on it).
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    eprintln!(
-        "RSS of a VM restored from a sandbox snapshot (total, anon, file kB): {:?}",
-        rss_kb(info.pid.unwrap())
-    );
-    assert_eq!(info.boot_kind.as_deref(), Some("snapshot"));
-    let r = sh(
-        &vms,
-        child,
-        &format!("kill -0 {sleep_pid} && echo alive; cat /tmp/file; hostname"),
+            let lines: Vec<&str> = r.stdout.lines().collect();
+            assert_eq!(&lines[..2], &["alive", "kept"], "{r:?}");
+            let after: u32 = lines[2].parse().unwrap();
+            assert!(
+                after > before,
+                "counter did not advance: {before} -> {after}"
+            );
+            let guest_now: i64 = lines[3].parse().unwrap();
+            let host_now = sandboxctl::server::db::now();
+            assert!(
+                (guest_now - host_now).abs() <= 2,
+                "guest clock {guest_now} vs host {host_now}: not resynchronised after resume"
+            );
+            vms
+        },
     )
     .await;
-    assert_eq!(r.stdout, format!("alive\nkept\n{child}\n"));
+    let tpl = "tpl_it_snap";
+    let child = "sbx_it_child";
+    step(
+        "snapshot to a template and a new VM from it, with the same memory and files",
+        async {
+            // Snapshot → template → a new VM with the same memory and files.
+            let t = Instant::now();
+            let ti = vms
+                .snapshot(id, &snapshot_req(tpl, false))
+                .await
+                .expect("snapshot");
+            eprintln!(
+                "snapshot of a running VM: {:?}, {} bytes",
+                t.elapsed(),
+                ti.size_bytes
+            );
+            assert_eq!(
+                (ti.kind.as_str(), ti.has_snapshot, ti.memory_mb),
+                ("snapshot", true, Some(256))
+            );
+            assert!(matches!(
+                vms.snapshot(id, &snapshot_req(tpl, false)).await,
+                Err(sandboxctl::agent::vm::TemplateError::AlreadyExists(_))
+            ));
+            assert_eq!(vms.get(id).await.unwrap().state, VmState::Running);
+            sh(&vms, id, "echo after-snapshot > /tmp/file").await;
 
-    // The template goes; its child keeps running, pauses and resumes.
-    vms.delete_template(tpl).await.expect("delete template");
-    assert!(matches!(
-        vms.delete_template(tpl).await,
-        Err(sandboxctl::agent::vm::TemplateError::NotFound(_))
-    ));
-    assert!(matches!(
-        vms.delete_template("minimal").await,
-        Err(sandboxctl::agent::vm::TemplateError::Conflict(_))
-    ));
-    vms.pause(child).await.expect("pause the child");
-    vms.resume(child).await.expect("resume the child");
-    let r = sh(&vms, child, "cat /tmp/file").await;
-    assert_eq!(r.stdout, "kept\n");
+            let info = vms
+                .create(CreateVmRequest {
+                    template: tpl.into(),
+                    ..create_request(child)
+                })
+                .await
+                .expect("create from the snapshot");
+            eprintln!("create from snapshot: {:?} ms", info.boot_ms);
+            // Not a wait for an event: the VM's memory settles for the RSS figure printed below (a
+            // measurement for BENCHMARKS.md; nothing is asserted on it).
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            eprintln!(
+                "RSS of a VM restored from a sandbox snapshot (total, anon, file kB): {:?}",
+                rss_kb(info.pid.unwrap())
+            );
+            assert_eq!(info.boot_kind.as_deref(), Some("snapshot"));
+            let r = sh(
+                &vms,
+                child,
+                &format!("kill -0 {sleep_pid} && echo alive; cat /tmp/file; hostname"),
+            )
+            .await;
+            assert_eq!(r.stdout, format!("alive\nkept\n{child}\n"));
+        },
+    )
+    .await;
+    step(
+        "the template goes; its child keeps running, pauses and resumes",
+        async {
+            // The template goes; its child keeps running, pauses and resumes.
+            vms.delete_template(tpl).await.expect("delete template");
+            assert!(matches!(
+                vms.delete_template(tpl).await,
+                Err(sandboxctl::agent::vm::TemplateError::NotFound(_))
+            ));
+            assert!(matches!(
+                vms.delete_template("minimal").await,
+                Err(sandboxctl::agent::vm::TemplateError::Conflict(_))
+            ));
+            vms.pause(child).await.expect("pause the child");
+            vms.resume(child).await.expect("resume the child");
+            let r = sh(&vms, child, "cat /tmp/file").await;
+            assert_eq!(r.stdout, "kept\n");
 
-    assert_eq!(vms.pause_all().await, 2);
-    for i in vms.list().await {
-        assert_eq!(i.state, VmState::Paused);
-    }
-    vms.destroy(id).await.unwrap();
-    vms.destroy(child).await.unwrap();
-    assert!(vms.list().await.is_empty());
+            assert_eq!(vms.pause_all().await, 2);
+            for i in vms.list().await {
+                assert_eq!(i.state, VmState::Paused);
+            }
+            vms.destroy(id).await.unwrap();
+            vms.destroy(child).await.unwrap();
+            assert!(vms.list().await.is_empty());
+        },
+    )
+    .await;
 }
 
 /// A team image from a root filesystem archive: it boots at import, is not offered as a base
