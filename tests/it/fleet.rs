@@ -154,47 +154,47 @@ async fn fleet_spreads_isolates_heals_and_deletes() {
     })
     .await;
     step("a frozen agent: unreachable, missing, then healed", async {
-    // Agent A stops answering: host unreachable, its sandboxes missing; back again: both heal.
-    let t0 = std::time::Instant::now();
-    signal(a.pid().unwrap(), libc::SIGSTOP);
-    wait_until("host A unreachable", Duration::from_secs(30), || async {
-        admin.get_host(&a.host_id).await.unwrap().status == "unreachable"
-    })
-    .await;
-    for id in &on_a {
-        wait_until("sandbox missing", Duration::from_secs(10), || async {
-            status(&admin, id).await == "missing"
+        // Agent A stops answering: host unreachable, its sandboxes missing; back again: both heal.
+        let t0 = std::time::Instant::now();
+        signal(a.pid().unwrap(), libc::SIGSTOP);
+        wait_until("host A unreachable", Duration::from_secs(30), || async {
+            admin.get_host(&a.host_id).await.unwrap().status == "unreachable"
         })
         .await;
-    }
-    let stale_secs = t0.elapsed().as_secs_f64();
-    signal(a.pid().unwrap(), libc::SIGCONT);
-    wait_until("host A online again", Duration::from_secs(30), || async {
-        admin.get_host(&a.host_id).await.unwrap().status == "online"
-    })
-    .await;
-    for id in &on_a {
-        wait_until("sandbox running again", Duration::from_secs(30), || async {
-            status(&admin, id).await == "running"
+        for id in &on_a {
+            wait_until("sandbox missing", Duration::from_secs(10), || async {
+                status(&admin, id).await == "missing"
+            })
+            .await;
+        }
+        let stale_secs = t0.elapsed().as_secs_f64();
+        signal(a.pid().unwrap(), libc::SIGCONT);
+        wait_until("host A online again", Duration::from_secs(30), || async {
+            admin.get_host(&a.host_id).await.unwrap().status == "online"
         })
         .await;
-    }
-    let heal_secs = t0.elapsed().as_secs_f64() - stale_secs;
-    let r = admin
-        .exec(
-            &on_a[0],
-            &ExecRequest {
-                cmd: "echo".into(),
-                args: vec!["still here".into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.stdout, "still here\n");
-    eprintln!(
-        "failover: unreachable+missing after {stale_secs:.1} s, healed {heal_secs:.1} s after SIGCONT"
-    );
+        for id in &on_a {
+            wait_until("sandbox running again", Duration::from_secs(30), || async {
+                status(&admin, id).await == "running"
+            })
+            .await;
+        }
+        let heal_secs = t0.elapsed().as_secs_f64() - stale_secs;
+        let r = admin
+            .exec(
+                &on_a[0],
+                &ExecRequest {
+                    cmd: "echo".into(),
+                    args: vec!["still here".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.stdout, "still here\n");
+        eprintln!(
+            "failover: unreachable+missing after {stale_secs:.1} s, healed {heal_secs:.1} s after SIGCONT"
+        );
     })
     .await;
     step("an agent killed and restarted finds its VMs", async {

@@ -99,7 +99,8 @@ async fn output_and_files_are_bounded_and_streamed() {
     step(
         "output is cut at the cap; a command that never exits is killed",
         async {
-            // A guest that prints 50 MB is cut at the cap; one that never exits is killed by its timeout.
+            // A guest that prints 50 MB is cut at the cap; one that never exits is killed by its
+            // timeout.
             let r = admin
                 .exec(&id, &sh("head -c 50000000 /dev/zero"))
                 .await
@@ -124,37 +125,38 @@ async fn output_and_files_are_bounded_and_streamed() {
     .await;
     let path = format!("/v1/sandboxes/{id}/files?path=/tmp/big.bin");
     step("an upload with a declared size over the limit is refused before its body", async {
-    // Over the limit: 413 and nothing left behind. A declared size over the limit is refused
-    // before any of the body is read (spoken raw: the server answers without reading the body).
-    let status = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(s.url.trim_start_matches("http://"))
-            .await
-            .unwrap();
-        let head = format!(
-            "PUT {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Length: 130000000\r\n\r\n",
-            auth.token
-        );
-        tcp.write_all(head.as_bytes()).await.unwrap();
-        let mut buf = vec![0u8; 512];
-        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
-    assert!(status.contains(" 413 "), "{status}");
+        // Over the limit: 413 and nothing left behind. A declared size over the limit is refused
+        // before any of the body is read (spoken raw: the server answers without reading the body).
+        let status = {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tcp = tokio::net::TcpStream::connect(s.url.trim_start_matches("http://"))
+                .await
+                .unwrap();
+            let head = format!(
+                "PUT {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Length: 130000000\r\n\r\n",
+                auth.token
+            );
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(status.contains(" 413 "), "{status}");
     })
     .await;
     step(
         "a chunked upload that grows past the limit is cut off",
         async {
-            // A chunked upload (no Content-Length) that grows past the limit is cut off too; the last
-            // chunk is the one that crosses it, so the client has sent everything when the answer comes.
+            // A chunked upload (no Content-Length) that grows past the limit is cut off too; the
+            // last chunk is the one that crosses it, so the client has sent everything when the
+            // answer comes.
             let chunks = futures_util::stream::iter(
                 (0..121).map(|_| Ok::<_, std::io::Error>(vec![1u8; 1_000_000])),
             );
@@ -185,8 +187,9 @@ async fn output_and_files_are_bounded_and_streamed() {
     step(
         "100 MB up and down, byte-exact, held by neither server nor agent",
         async {
-            // 100 MB of random bytes up and down, byte-exact, without the server or agent holding it.
-            // (The peak-memory marks are reset first: the 50 MB exec above legitimately used memory.)
+            // 100 MB of random bytes up and down, byte-exact, without the server or agent holding
+            // it. (The peak-memory marks are reset first: the 50 MB exec above legitimately used
+            // memory.)
             for pid in [s.pid(), agent.pid().unwrap()] {
                 std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
             }

@@ -85,81 +85,81 @@ async fn snapshots_pause_resume_and_templates() {
     agent_ready(&admin).await;
 
     let (a, b) = step("fast start from the boot snapshot; sandboxes are isolated", async {
-    // Fast start: both restore the minimal template's boot snapshot (the first may wait for the
-    // agent's start-up build of it).
-    let a = create(&admin, None, None).await;
-    let b = create(&admin, None, None).await;
-    sh(&admin, &a.id, "echo from-a > /root/mine; echo a > /tmp/t; head -c 50000000 /dev/zero | tr '\\0' a > /dev/shm/fill").await;
-    let seen = sh(
-        &admin,
-        &b.id,
-        "cat /root/mine /tmp/t 2>/dev/null; head -c 3 /dev/shm/fill 2>/dev/null; hostname",
-    )
-    .await;
-    assert_eq!(seen, format!("{}\n", b.id), "b sees a's writes");
-    assert_eq!(
-        sh(&admin, &a.id, "hostname; head -c 3 /dev/shm/fill").await,
-        format!("{}\naaa", a.id)
-    );
-        (a, b)
+        // Fast start: both restore the minimal template's boot snapshot (the first may wait for the
+        // agent's start-up build of it).
+        let a = create(&admin, None, None).await;
+        let b = create(&admin, None, None).await;
+        sh(&admin, &a.id, "echo from-a > /root/mine; echo a > /tmp/t; head -c 50000000 /dev/zero | tr '\\0' a > /dev/shm/fill").await;
+        let seen = sh(
+            &admin,
+            &b.id,
+            "cat /root/mine /tmp/t 2>/dev/null; head -c 3 /dev/shm/fill 2>/dev/null; hostname",
+        )
+        .await;
+        assert_eq!(seen, format!("{}\n", b.id), "b sees a's writes");
+        assert_eq!(
+            sh(&admin, &a.id, "hostname; head -c 3 /dev/shm/fill").await,
+            format!("{}\naaa", a.id)
+        );
+            (a, b)
     })
     .await;
     let sleep_pid = step("pause and resume keep memory, processes and the console log", async {
-    // Pause/resume with memory: a background process and a counter loop go on; tmpfs survives.
-    let out = sh(
-        &admin,
-        &a.id,
-        "sleep 1000 >/dev/null 2>&1 & echo $!; \
-         (i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 & \
-         sleep 1; cat /tmp/counter",
-    )
-    .await;
-    let mut lines = out.lines();
-    let sleep_pid: u32 = lines.next().unwrap().parse().unwrap();
-    let before: u32 = lines.next().unwrap().parse().unwrap();
-    // The console log starts with the boot the snapshot was taken from and goes on over pause
-    // and resume.
-    sh(&admin, &a.id, "echo before-pause > /dev/console").await;
-    let log = admin.logs(&a.id).await.unwrap();
-    assert!(
-        log.contains("sandboxctl guest") && log.contains("before-pause"),
-        "{log:?}"
-    );
-    let t = Instant::now();
-    let p = admin.pause_sandbox(&a.id).await.expect("pause");
-    eprintln!("pause through the API: {:?}", t.elapsed());
-    assert_eq!(p.status, "paused");
-    let e = admin.pause_sandbox(&a.id).await.unwrap_err();
-    assert_eq!(e.status(), Some(409), "{e}");
-    // Not a wait for an event: the sandbox stays paused a while, and the guest clock checked
-    // after the resume must not lag by that while.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let t = Instant::now();
-    let r = admin.resume_sandbox(&a.id).await.expect("resume");
-    eprintln!("resume through the API: {:?}", t.elapsed());
-    assert_eq!(r.status, "running");
-    let out = sh(
-        &admin,
-        &a.id,
-        &format!(
-            "kill -0 {sleep_pid} && echo alive; cat /tmp/t; sleep 1; cat /tmp/counter; date +%s"
-        ),
-    )
-    .await;
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(&lines[..2], &["alive", "a"], "{out}");
-    let after: u32 = lines[2].parse().unwrap();
-    assert!(after > before, "the counter stopped: {before} -> {after}");
-    sh(&admin, &a.id, "echo after-resume > /dev/console").await;
-    let log = admin.logs(&a.id).await.unwrap();
-    let (at_pause, at_resume) = (log.find("before-pause"), log.find("after-resume"));
-    assert!(
-        at_pause.is_some() && at_pause < at_resume,
-        "the log did not go on over pause/resume: {log:?}"
-    );
-    let skew = lines[3].parse::<i64>().unwrap() - sandboxctl::server::db::now();
-    assert!(skew.abs() <= 2, "guest clock off by {skew} s after resume");
-        sleep_pid
+        // Pause/resume with memory: a background process and a counter loop go on; tmpfs survives.
+        let out = sh(
+            &admin,
+            &a.id,
+            "sleep 1000 >/dev/null 2>&1 & echo $!; \
+             (i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 & \
+             sleep 1; cat /tmp/counter",
+        )
+        .await;
+        let mut lines = out.lines();
+        let sleep_pid: u32 = lines.next().unwrap().parse().unwrap();
+        let before: u32 = lines.next().unwrap().parse().unwrap();
+        // The console log starts with the boot the snapshot was taken from and goes on over pause
+        // and resume.
+        sh(&admin, &a.id, "echo before-pause > /dev/console").await;
+        let log = admin.logs(&a.id).await.unwrap();
+        assert!(
+            log.contains("sandboxctl guest") && log.contains("before-pause"),
+            "{log:?}"
+        );
+        let t = Instant::now();
+        let p = admin.pause_sandbox(&a.id).await.expect("pause");
+        eprintln!("pause through the API: {:?}", t.elapsed());
+        assert_eq!(p.status, "paused");
+        let e = admin.pause_sandbox(&a.id).await.unwrap_err();
+        assert_eq!(e.status(), Some(409), "{e}");
+        // Not a wait for an event: the sandbox stays paused a while, and the guest clock checked
+        // after the resume must not lag by that while.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = Instant::now();
+        let r = admin.resume_sandbox(&a.id).await.expect("resume");
+        eprintln!("resume through the API: {:?}", t.elapsed());
+        assert_eq!(r.status, "running");
+        let out = sh(
+            &admin,
+            &a.id,
+            &format!(
+                "kill -0 {sleep_pid} && echo alive; cat /tmp/t; sleep 1; cat /tmp/counter; date +%s"
+            ),
+        )
+        .await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(&lines[..2], &["alive", "a"], "{out}");
+        let after: u32 = lines[2].parse().unwrap();
+        assert!(after > before, "the counter stopped: {before} -> {after}");
+        sh(&admin, &a.id, "echo after-resume > /dev/console").await;
+        let log = admin.logs(&a.id).await.unwrap();
+        let (at_pause, at_resume) = (log.find("before-pause"), log.find("after-resume"));
+        assert!(
+            at_pause.is_some() && at_pause < at_resume,
+            "the log did not go on over pause/resume: {log:?}"
+        );
+        let skew = lines[3].parse::<i64>().unwrap() - sandboxctl::server::db::now();
+        assert!(skew.abs() <= 2, "guest clock off by {skew} s after resume");
+            sleep_pid
     })
     .await;
     step(

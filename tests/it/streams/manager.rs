@@ -439,46 +439,46 @@ async fn vm_exec_streams_and_files() {
     )
     .await;
     step("the console log's tail, cut when flooded", async {
-    // The console log's tail.
-    sh(&vms, id, "echo console-marker > /dev/console").await;
-    let log = vms.console_log(id, 200).await.unwrap();
-    assert!(log.len() <= 200);
-    assert!(
-        String::from_utf8_lossy(&log).contains("console-marker"),
-        "{log:?}"
-    );
-    assert!(matches!(
-        vms.console_log("sbx_nope", 10).await,
-        Err(VmError::NotFound(_))
-    ));
-    // A guest flooding its console does not fill the host's disk: the log is cut to its end.
-    let t = Instant::now();
-    sh(
-        &vms,
-        id,
-        "l=$(head -c 1000 /dev/zero | tr '\\0' x); yes \"flood $l\" | head -n 2600 > /dev/console; echo flood-done > /dev/console",
-    )
-    .await;
-    eprintln!("2.6 MB to the console: {:?}", t.elapsed());
-    let console = tmp.path().join("vms").join(id).join("console.log");
-    wait_until("the console log to be cut", Duration::from_secs(20), || {
-        let console = console.clone();
-        async move {
-            std::fs::metadata(&console)
-                .map(|m| m.len())
-                .unwrap_or(u64::MAX)
-                < 2 << 20
-        }
-    })
-    .await;
-    let log = String::from_utf8_lossy(&vms.console_log(id, 1 << 20).await.unwrap()).into_owned();
-    assert!(log.contains("flood-done"), "the end is kept");
-    let whole = std::fs::read_to_string(&console).unwrap();
-    assert!(
-        whole.starts_with("[sandboxctl: earlier console output was cut]"),
-        "{}",
-        &whole[..200.min(whole.len())]
-    );
+        // The console log's tail.
+        sh(&vms, id, "echo console-marker > /dev/console").await;
+        let log = vms.console_log(id, 200).await.unwrap();
+        assert!(log.len() <= 200);
+        assert!(
+            String::from_utf8_lossy(&log).contains("console-marker"),
+            "{log:?}"
+        );
+        assert!(matches!(
+            vms.console_log("sbx_nope", 10).await,
+            Err(VmError::NotFound(_))
+        ));
+        // A guest flooding its console does not fill the host's disk: the log is cut to its end.
+        let t = Instant::now();
+        sh(
+            &vms,
+            id,
+            "l=$(head -c 1000 /dev/zero | tr '\\0' x); yes \"flood $l\" | head -n 2600 > /dev/console; echo flood-done > /dev/console",
+        )
+        .await;
+        eprintln!("2.6 MB to the console: {:?}", t.elapsed());
+        let console = tmp.path().join("vms").join(id).join("console.log");
+        wait_until("the console log to be cut", Duration::from_secs(20), || {
+            let console = console.clone();
+            async move {
+                std::fs::metadata(&console)
+                    .map(|m| m.len())
+                    .unwrap_or(u64::MAX)
+                    < 2 << 20
+            }
+        })
+        .await;
+        let log = String::from_utf8_lossy(&vms.console_log(id, 1 << 20).await.unwrap()).into_owned();
+        assert!(log.contains("flood-done"), "the end is kept");
+        let whole = std::fs::read_to_string(&console).unwrap();
+        assert!(
+            whole.starts_with("[sandboxctl: earlier console output was cut]"),
+            "{}",
+            &whole[..200.min(whole.len())]
+        );
     })
     .await;
     step(

@@ -221,48 +221,48 @@ async fn streams_and_files_through_the_server() {
     })
     .await;
     step("a client that stops reading throttles the command", async {
-    // A client that stops reading throttles the command: neither the server nor the agent piles
-    // up its output, and nothing is lost.
-    let total = 20_000_000usize;
-    let rss = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let agent_pid = agent.pid().unwrap();
-    let (agent0, server0) = (rss(agent_pid), rss(s.pid()));
-    let mut ws = ws_open(
-        &s,
-        token,
-        &id,
-        &sh_start(&format!("head -c {total} /dev/zero")),
-    )
-    .await;
-    ws_send(&mut ws, &ExecClientMessage::Eof).await;
-    // Not a wait for an event: the client stays away for a while to show that neither the
-    // server nor the agent piles up the output meanwhile.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (agent1, server1) = (rss(agent_pid), rss(s.pid()));
-    let t = Instant::now();
-    let (out, _, end) = ws_read(&mut ws, None).await;
-    assert_eq!((out.len(), exit_of(end).0), (total, 0));
-    eprintln!(
-        "20 MB to a paused WebSocket client: RSS growth agent {} kB, server {} kB; then {:.1} MB/s",
-        agent1.saturating_sub(agent0),
-        server1.saturating_sub(server0),
-        total as f64 / 1e6 / t.elapsed().as_secs_f64()
-    );
-    assert!(
-        agent1.saturating_sub(agent0) < 16_000,
-        "the agent buffered the output"
-    );
-    assert!(
-        server1.saturating_sub(server0) < 16_000,
-        "the server buffered the output"
-    );
+        // A client that stops reading throttles the command: neither the server nor the agent piles
+        // up its output, and nothing is lost.
+        let total = 20_000_000usize;
+        let rss = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let agent_pid = agent.pid().unwrap();
+        let (agent0, server0) = (rss(agent_pid), rss(s.pid()));
+        let mut ws = ws_open(
+            &s,
+            token,
+            &id,
+            &sh_start(&format!("head -c {total} /dev/zero")),
+        )
+        .await;
+        ws_send(&mut ws, &ExecClientMessage::Eof).await;
+        // Not a wait for an event: the client stays away for a while to show that neither the
+        // server nor the agent piles up the output meanwhile.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (agent1, server1) = (rss(agent_pid), rss(s.pid()));
+        let t = Instant::now();
+        let (out, _, end) = ws_read(&mut ws, None).await;
+        assert_eq!((out.len(), exit_of(end).0), (total, 0));
+        eprintln!(
+            "20 MB to a paused WebSocket client: RSS growth agent {} kB, server {} kB; then {:.1} MB/s",
+            agent1.saturating_sub(agent0),
+            server1.saturating_sub(server0),
+            total as f64 / 1e6 / t.elapsed().as_secs_f64()
+        );
+        assert!(
+            agent1.saturating_sub(agent0) < 16_000,
+            "the agent buffered the output"
+        );
+        assert!(
+            server1.saturating_sub(server0) < 16_000,
+            "the server buffered the output"
+        );
     })
     .await;
     step("closing the socket kills the command", async {
