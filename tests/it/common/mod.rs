@@ -508,6 +508,8 @@ where
 /// step (and keeps the original message), so a long story reports which of its parts broke.
 pub async fn step<T>(name: &str, fut: impl std::future::Future<Output = T>) -> T {
     use futures_util::FutureExt;
+    // Shown with a failed test's output, so a step that hangs can be found too.
+    eprintln!("step: {name}");
     match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
         Ok(v) => v,
         Err(e) => {
