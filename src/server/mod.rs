@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod db;
 pub mod lock;
 pub mod monitor;
