@@ -1,4 +1,4 @@
-//! Between server and agent (SPEC §13): a call the server makes is good for one request on one
+//! Between server and agent (docs/ARCHITECTURE.md#server-and-agent): a call the server makes is good for one request on one
 //! host — a captured call replayed, or altered in method, path or body, is refused; the server never
 //! follows an agent's redirect nor reads an unbounded answer; BYOC hosts cannot point the server at
 //! private addresses.

@@ -1,4 +1,4 @@
-//! Isolation (SPEC §13), each attack performed for real against a real server, agent and QEMU.
+//! Isolation (docs/ARCHITECTURE.md#isolation), each attack performed for real against a real server, agent and QEMU.
 //!
 //! "The internet" is a network namespace this test makes, reached from the host over a veth
 //! pair with host routes: a public web server at 203.0.113.10, a DNS server at 203.0.113.53,
