@@ -1,7 +1,7 @@
-//! Between server and agent (docs/ARCHITECTURE.md#server-and-agent): a call the server makes is good for one request on one
-//! host — a captured call replayed, or altered in method, path or body, is refused; the server never
-//! follows an agent's redirect nor reads an unbounded answer; BYOC hosts cannot point the server at
-//! private addresses.
+//! Between server and agent (docs/ARCHITECTURE.md#server-and-agent): a call the server makes is
+//! good for one request on one host — a captured call replayed, or altered in method, path or body,
+//! is refused; the server never follows an agent's redirect nor reads an unbounded answer; BYOC
+//! hosts cannot point the server at private addresses.
 //!
 //! Calls are captured the honest way: the agent advertises a recording proxy (a man in the middle)
 //! as its address, so the server's own signed requests pass through the test.

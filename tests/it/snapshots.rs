@@ -392,7 +392,8 @@ async fn imported_rootfs(s: &TestServer, admin: &ApiClient) {
     admin.delete_sandbox(&sb.id).await.unwrap();
 }
 
-/// An agent whose credentials the server refuses pauses its running VMs (docs/ARCHITECTURE.md#server-and-agent).
+/// An agent whose credentials the server refuses pauses its running VMs
+/// (docs/ARCHITECTURE.md#server-and-agent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_without_credentials_pauses_its_vms() {
     let _vm = vm_permit().await;
