@@ -32,6 +32,7 @@ use super::vm::stream::{DEFAULT_LOG_TAIL, ExecEvent, ExecInput};
 use crate::proto::api::{
     ExecClientMessage, ExecServerMessage, STREAM_STDERR, STREAM_STDIN, STREAM_STDOUT,
 };
+use crate::proto::guest::FileErrorCode;
 
 /// Largest WebSocket message accepted from the server.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -359,29 +360,17 @@ impl IntoResponse for FileApiError {
             ),
             FileError::Body(m) => error(StatusCode::BAD_REQUEST, "upload_failed", m, None),
             FileError::Fs { code, message } => {
-                let status = match code.as_str() {
-                    "file_not_found" => StatusCode::NOT_FOUND,
-                    "is_a_directory" | "not_a_directory" | "exists" | "not_empty"
-                    | "not_a_file" => StatusCode::CONFLICT,
-                    "permission_denied" => StatusCode::FORBIDDEN,
-                    "invalid_path" => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_field",
-                            format!("path: {message}"),
-                            Some("path".into()),
-                        );
-                    }
-                    "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-                    "no_space" => StatusCode::INSUFFICIENT_STORAGE,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                let code = if code == "too_large" {
-                    "payload_too_large".to_string()
-                } else {
-                    code
-                };
-                error(status, &code, message, None)
+                if code == FileErrorCode::InvalidPath {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_field",
+                        format!("path: {message}"),
+                        Some("path".into()),
+                    );
+                }
+                let status = StatusCode::from_u16(code.http_status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                error(status, code.http_code(), message, None)
             }
         }
     }
@@ -401,7 +390,7 @@ fn path_of(q: &FileQuery) -> Result<String, FileApiError> {
         field: "path",
         message: "required: an absolute path in the VM".into(),
     })?;
-    super::vm::files::check_path(&p)?;
+    crate::proto::path::SandboxPath::parse(&p).map_err(VmError::from)?;
     Ok(p)
 }
 
@@ -437,15 +426,7 @@ async fn write_file(
     let path = path_of(&q)?;
     let mode = match &q.mode {
         None => None,
-        Some(m) => Some(
-            u32::from_str_radix(m, 8)
-                .ok()
-                .filter(|v| !m.is_empty() && m.len() <= 4 && *v <= 0o7777)
-                .ok_or(VmError::BadRequest {
-                    field: "mode",
-                    message: "octal permission bits such as 644".into(),
-                })?,
-        ),
+        Some(m) => Some(crate::proto::path::parse_mode(m).map_err(VmError::from)?),
     };
     let declared = headers
         .get(CONTENT_LENGTH)

@@ -53,6 +53,7 @@ use crate::agent::net::{Network, SandboxNet};
 use crate::proto::api::json_text_capped;
 use crate::proto::guest::{ExecStart, Init};
 use crate::proto::net::EgressPolicy;
+use crate::proto::validate::{Invalid, validate_env};
 use channel::{ChannelError, GuestChannel};
 pub use qmp::Qmp;
 use snapshot::{BootSnapshots, HostEnv, STATE_LIMIT, Shape, Snapshot};
@@ -61,7 +62,6 @@ pub use templates::TemplateError;
 /// Output kept per stream of an exec; the rest is drained and dropped.
 pub const OUTPUT_CAP: usize = crate::proto::api::EXEC_OUTPUT_CAP;
 pub const DEFAULT_EXEC_TIMEOUT_SEC: u64 = 60;
-pub const MAX_EXEC_TIMEOUT_SEC: u64 = 3600;
 pub const MAX_VCPUS: u32 = 16;
 pub const MIN_MEMORY_MB: u32 = 128;
 /// How long one cold boot may take before it counts as hung (TCG on a busy host is slow: 10 s
@@ -160,6 +160,16 @@ fn bad(field: &'static str, message: impl Into<String>) -> VmError {
     VmError::BadRequest {
         field,
         message: message.into(),
+    }
+}
+
+impl From<Invalid> for VmError {
+    fn from(e: Invalid) -> Self {
+        let message = match e.key {
+            Some(k) => format!("{k}: {}", e.message),
+            None => e.message,
+        };
+        bad(e.field, message)
     }
 }
 
@@ -781,7 +791,7 @@ impl VmManager {
                 ),
             ));
         }
-        validate_env(&req.env)?;
+        validate_env("env", &req.env)?;
         if let Some(t) = images::template(&self.cfg.data_dir, &req.template) {
             return Ok(Source::Base(t));
         }
@@ -1355,14 +1365,8 @@ impl VmManager {
 
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResponse, VmError> {
         let vm = self.lookup(id)?;
+        req.validate()?;
         let timeout = req.timeout_sec.unwrap_or(DEFAULT_EXEC_TIMEOUT_SEC);
-        if timeout == 0 || timeout > MAX_EXEC_TIMEOUT_SEC {
-            return Err(bad(
-                "timeout_sec",
-                format!("must be between 1 and {MAX_EXEC_TIMEOUT_SEC}"),
-            ));
-        }
-        check_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref())?;
         match vm.info().state {
             VmState::Running => {}
             VmState::Starting => {
@@ -1473,44 +1477,6 @@ pub fn validate_id(id: &str) -> Result<(), VmError> {
     } else {
         Err(bad("id", "must match ^sbx_[A-Za-z0-9_-]{1,60}$"))
     }
-}
-
-/// What one-shot and streamed execs both check: the command, its arguments, env and cwd.
-fn check_command(
-    cmd: &str,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-    cwd: Option<&str>,
-) -> Result<(), VmError> {
-    if cmd.is_empty() || cmd.contains('\0') {
-        return Err(bad("cmd", "must be a non-empty command name or path"));
-    }
-    if args.iter().any(|a| a.contains('\0')) {
-        return Err(bad("args", "must not contain NUL bytes"));
-    }
-    validate_env(env)?;
-    if let Some(cwd) = cwd
-        && (!cwd.starts_with('/') || cwd.contains('\0'))
-    {
-        return Err(bad("cwd", "must be an absolute path"));
-    }
-    Ok(())
-}
-
-fn validate_env(env: &BTreeMap<String, String>) -> Result<(), VmError> {
-    for (k, v) in env {
-        let mut bytes = k.bytes();
-        let first_ok = bytes
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
-        if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(bad("env", format!("{k:?} is not a valid variable name")));
-        }
-        if v.contains('\0') {
-            return Err(bad("env", format!("the value of {k} contains a NUL byte")));
-        }
-    }
-    Ok(())
 }
 
 /// Sends the guest its identity with the current clock and fresh entropy (after a boot, a
@@ -1624,17 +1590,5 @@ mod tests {
         ] {
             assert!(validate_id(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn env_names_are_checked() {
-        let mut env = BTreeMap::new();
-        env.insert("GOOD_1".to_string(), "x".to_string());
-        assert!(validate_env(&env).is_ok());
-        env.insert("1BAD".to_string(), "x".to_string());
-        assert!(matches!(
-            validate_env(&env),
-            Err(VmError::BadRequest { field: "env", .. })
-        ));
     }
 }

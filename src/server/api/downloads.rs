@@ -19,6 +19,7 @@ use super::extract::{ApiQuery, AuthUser, Caller, CallerKind, IdPath};
 use super::files::{FileQuery, check_path, stream_file, target};
 use crate::ids::SandboxId;
 use crate::proto::api::DownloadUrlResponse;
+use crate::proto::path::SandboxPath;
 use crate::server::AppState;
 use crate::server::auth::TokenKeys;
 use crate::server::db::{now, users};
@@ -58,7 +59,7 @@ pub async fn create(
         sandbox_id: s.id.clone(),
         team_id: team,
         user_id: user.user_id,
-        path,
+        path: path.into(),
         expires_at,
     }
     .seal(&st.keys);
@@ -105,6 +106,7 @@ pub async fn redeem(
     let name = path.rsplit('/').next().unwrap_or("download").to_string();
     // The ticket names this sandbox, and only this server seals tickets: the id is one of ours.
     let id: SandboxId = id.parse().map_err(|_| ApiError::Unauthorized)?;
+    let path = SandboxPath::parse(&path)?;
     let mut resp = stream_file(&st, &caller, &id, &path).await?;
     let headers = resp.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

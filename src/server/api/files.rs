@@ -17,6 +17,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, Caller, IdPath};
 use crate::ids::SandboxId;
 use crate::proto::api::{FileEntry, FileListResponse};
+use crate::proto::path::{SandboxPath, parse_mode};
 use crate::server::AppState;
 use crate::server::db::sandboxes::SandboxRow;
 use crate::server::pool::{
@@ -38,28 +39,13 @@ pub struct FileQuery {
     pub mode: Option<String>,
 }
 
-pub(super) fn check_path(q: &FileQuery) -> ApiResult<String> {
+/// The query's path, checked by the rule every hop applies ([`SandboxPath`]).
+pub(super) fn check_path(q: &FileQuery) -> ApiResult<SandboxPath> {
     let p = q
         .path
-        .clone()
+        .as_deref()
         .ok_or_else(|| ApiError::bad("path", "required: an absolute path in the sandbox"))?;
-    if !p.starts_with('/') || p.len() > 4096 || p.contains('\0') {
-        return Err(ApiError::bad(
-            "path",
-            "must be an absolute path (at most 4096 bytes, no NUL)",
-        ));
-    }
-    if p.split('/')
-        .skip(1)
-        .any(|c| c == ".." || c == "." || (c.is_empty() && p != "/"))
-        && p != "/"
-    {
-        return Err(ApiError::bad(
-            "path",
-            "must be a plain absolute path: no '.', '..' or empty components",
-        ));
-    }
-    Ok(p)
+    Ok(SandboxPath::parse(p)?)
 }
 
 /// The running sandbox's agent client, and the sandbox (activity is recorded).
@@ -79,8 +65,8 @@ fn map_agent(client: &AgentClient) -> impl Fn(AgentError) -> ApiError + '_ {
     move |e| agent_errors::translate(AgentCall::File, client.host_id(), e).into()
 }
 
-fn query(path: &str) -> String {
-    format!("path={}", urlencode::encode(path))
+fn query(path: &SandboxPath) -> String {
+    format!("path={}", urlencode::encode(path.as_str()))
 }
 
 /// Reads a file: the raw bytes, streamed.
@@ -99,7 +85,7 @@ pub(super) async fn stream_file(
     st: &AppState,
     caller: &Caller,
     id: &SandboxId,
-    path: &str,
+    path: &SandboxPath,
 ) -> ApiResult<Response> {
     let (client, s) = target(st, caller, id).await?;
     let resp = client
@@ -133,12 +119,10 @@ pub async fn write(
     let path = check_path(&q)?;
     let mode = match &q.mode {
         None => String::new(),
-        Some(m)
-            if !m.is_empty() && m.len() <= 4 && m.bytes().all(|b| (b'0'..=b'7').contains(&b)) =>
-        {
+        Some(m) => {
+            parse_mode(m)?;
             format!("&mode={m}")
         }
-        Some(_) => return Err(ApiError::bad("mode", "octal permission bits such as 644")),
     };
     let limit = st.settings.max_file_bytes;
     let declared = headers
@@ -277,7 +261,7 @@ pub async fn remove(
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<StatusCode> {
     let path = check_path(&q)?;
-    if path == "/" {
+    if path.is_root() {
         return Err(ApiError::bad("path", "refusing to remove /"));
     }
     let (client, s) = target(&st, &caller, &id).await?;

@@ -11,7 +11,7 @@ use super::error::ApiResult;
 use super::extract::{ApiJson, ApiQuery, Caller, IdPath};
 use super::sandboxes::to_resp;
 use crate::ids::SandboxId;
-use crate::proto::api::SandboxResponse;
+use crate::proto::api::{SandboxResponse, TimeoutRequest};
 use crate::proto::net::EgressPolicy;
 use crate::server::AppState;
 
@@ -43,13 +43,6 @@ pub async fn resume(
 ) -> ApiResult<Json<SandboxResponse>> {
     let team = caller.team_id()?;
     Ok(Json(to_resp(st.sandboxes().resume(&team, &id).await?)))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct TimeoutRequest {
-    pub timeout_sec: u64,
-    #[serde(default)]
-    pub on_timeout: Option<String>,
 }
 
 /// Sets the idle timeout, counting from now (so it also extends it). 0 = never.

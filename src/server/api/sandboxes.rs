@@ -1,8 +1,6 @@
 //! Sandboxes over REST: create, list, get, delete and one-shot exec. Thin: the request parsed,
 //! the sandbox service called, its answer shaped (`server::sandboxes` holds the rules).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,7 +14,6 @@ use crate::proto::api::{
 };
 use crate::server::AppState;
 use crate::server::db::sandboxes::SandboxRow;
-use crate::server::sandboxes::rules::check_map;
 use crate::server::state::SandboxStatus;
 
 pub fn to_resp(s: SandboxRow) -> SandboxResponse {
@@ -98,57 +95,13 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The checks every command gets, one-shot or streamed.
-pub fn check_command(
-    cmd: &str,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-    cwd: Option<&str>,
-    timeout_sec: Option<u64>,
-) -> ApiResult<()> {
-    if cmd.is_empty() || cmd.len() > 4096 || cmd.contains('\0') {
-        return Err(ApiError::bad(
-            "cmd",
-            "required: the program to run (not through a shell)",
-        ));
-    }
-    if args.len() > 4096
-        || args
-            .iter()
-            .any(|a| a.contains('\0') || a.len() > 128 * 1024)
-    {
-        return Err(ApiError::bad(
-            "args",
-            "at most 4096 arguments of at most 128 KiB, no NUL bytes",
-        ));
-    }
-    if let Some(t) = timeout_sec
-        && !(1..=3600).contains(&t)
-    {
-        return Err(ApiError::bad("timeout_sec", "must be 1 to 3600"));
-    }
-    check_map("env", env, true)?;
-    if let Some(cwd) = cwd
-        && (!cwd.starts_with('/') || cwd.len() > 4096 || cwd.contains('\0'))
-    {
-        return Err(ApiError::bad("cwd", "must be an absolute path"));
-    }
-    Ok(())
-}
-
 pub async fn exec(
     State(st): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath<SandboxId>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> ApiResult<Json<ExecResponse>> {
-    check_command(
-        &req.cmd,
-        &req.args,
-        &req.env,
-        req.cwd.as_deref(),
-        req.timeout_sec,
-    )?;
+    req.validate()?;
     let team = caller.team_id()?;
     Ok(Json(st.sandboxes().exec(&team, &id, &req).await?))
 }

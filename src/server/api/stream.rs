@@ -12,7 +12,6 @@ use tokio_tungstenite::tungstenite;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, IdPath};
-use super::sandboxes::check_command;
 use crate::ids::SandboxId;
 use crate::proto::api::{ExecClientMessage, ExecServerMessage};
 use crate::server::AppState;
@@ -122,16 +121,8 @@ fn check_client_message(text: &str) -> Result<(), String> {
         )
     })?;
     if let ExecClientMessage::Start(s) = msg {
-        check_command(&s.cmd, &s.args, &s.env, s.cwd.as_deref(), s.timeout_sec)
+        s.validate()
             .map_err(|e| refuse("invalid_field", e.to_string()))?;
-        if let Some(p) = s.pty
-            && (p.rows == 0 || p.cols == 0 || p.rows > 1000 || p.cols > 1000)
-        {
-            return Err(refuse(
-                "invalid_field",
-                "pty: rows and cols must be 1 to 1000".into(),
-            ));
-        }
     }
     Ok(())
 }

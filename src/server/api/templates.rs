@@ -11,7 +11,10 @@ use serde::Deserialize;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, AuthUser, Caller};
 use crate::ids::SandboxId;
-use crate::proto::api::{SnapshotRequest, TemplateListResponse, TemplateResponse};
+use crate::proto::api::{
+    HostBuildFailed, HostBuildStarted, HostBuildStatus, SnapshotRequest, TemplateBuildRequest,
+    TemplateBuildResponse, TemplateBuildStatusResponse, TemplateListResponse, TemplateResponse,
+};
 use crate::proto::vocab::TemplateKind;
 use crate::server::AppState;
 use crate::server::db::hosts;
@@ -124,18 +127,13 @@ pub async fn snapshot(
     Ok((StatusCode::CREATED, Json(to_resp(saved))))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct BuildRequest {
-    pub name: String,
-}
-
 /// Builds a base template (`debian`) on every online regular host (platform admins), in the
 /// background; `GET /v1/templates` shows it once hosts report it ready.
 pub async fn build(
     State(st): State<AppState>,
     user: AuthUser,
-    ApiJson(req): ApiJson<BuildRequest>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    ApiJson(req): ApiJson<TemplateBuildRequest>,
+) -> ApiResult<(StatusCode, Json<TemplateBuildResponse>)> {
     if !user.is_admin {
         return Err(ApiError::forbidden(
             "admin_required",
@@ -162,11 +160,15 @@ pub async fn build(
             .build_template(&crate::proto::agent::BuildTemplateRequest { name: name.clone() })
             .await;
         match r {
-            Ok(info) => started.push(serde_json::json!({ "host_id": h.id, "status": info.status, "progress": info.progress })),
-            Err(e) => {
-                let e = agent_errors::translate(AgentCall::Template, &h.id, e);
-                failed.push(serde_json::json!({ "host_id": h.id, "error": e.to_string() }))
-            }
+            Ok(info) => started.push(HostBuildStarted {
+                host_id: h.id,
+                progress: info.progress,
+                status: info.status,
+            }),
+            Err(e) => failed.push(HostBuildFailed {
+                error: agent_errors::translate(AgentCall::Template, &h.id, e).to_string(),
+                host_id: h.id,
+            }),
         }
     }
     if started.is_empty() && failed.is_empty() {
@@ -179,13 +181,17 @@ pub async fn build(
             code: "host_error",
             message: format!(
                 "no host could start the build: {}",
-                serde_json::Value::from(failed)
+                serde_json::to_string(&failed).unwrap_or_default()
             ),
         });
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "name": name, "hosts": started, "failed": failed })),
+        Json(TemplateBuildResponse {
+            failed,
+            hosts: started,
+            name,
+        }),
     ))
 }
 
@@ -194,7 +200,7 @@ pub async fn build_status(
     State(st): State<AppState>,
     user: AuthUser,
     Path(name): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<TemplateBuildStatusResponse>> {
     if !user.is_admin {
         return Err(ApiError::forbidden(
             "admin_required",
@@ -213,14 +219,20 @@ pub async fn build_status(
         match st.pool.get(&h.id, &addr).list_templates().await {
             Ok(list) => {
                 if let Some(t) = list.into_iter().find(|t| t.name == name) {
-                    out.push(serde_json::json!({ "host_id": h.id, "status": t.status, "progress": t.progress, "error": t.error, "size_bytes": t.size_bytes }));
+                    out.push(HostBuildStatus::Known {
+                        error: t.error,
+                        host_id: h.id,
+                        progress: t.progress,
+                        size_bytes: t.size_bytes,
+                        status: t.status,
+                    });
                 }
             }
-            Err(e) => {
-                let e = agent_errors::translate(AgentCall::Template, &h.id, e);
-                out.push(serde_json::json!({ "host_id": h.id, "error": e.to_string() }))
-            }
+            Err(e) => out.push(HostBuildStatus::Unreachable(HostBuildFailed {
+                error: agent_errors::translate(AgentCall::Template, &h.id, e).to_string(),
+                host_id: h.id,
+            })),
         }
     }
-    Ok(Json(serde_json::json!({ "name": name, "hosts": out })))
+    Ok(Json(TemplateBuildStatusResponse { hosts: out, name }))
 }

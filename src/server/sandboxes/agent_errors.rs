@@ -5,6 +5,7 @@
 //! 409 with the file error code) and an archive over its limit (413 on an import).
 
 use super::error::SandboxError;
+use crate::proto::guest::FileErrorCode;
 use crate::server::pool::AgentError;
 
 /// What the server asked the agent, which decides what an error means.
@@ -33,9 +34,6 @@ impl AgentCall {
         }
     }
 }
-
-/// The file error codes the agent passes on from the guest; anything else is `file_conflict`.
-const FILE_CONFLICTS: [&str; 4] = ["is_a_directory", "not_a_directory", "exists", "not_empty"];
 
 /// Translates an error of `call` on host `host_id`, logging the agent's side of it.
 pub fn translate(call: AgentCall, host_id: &str, e: AgentError) -> SandboxError {
@@ -97,7 +95,9 @@ fn map(call: AgentCall, e: &AgentError) -> SandboxError {
             message,
             ..
         } => match (call, *status) {
-            (File, 404) if code == "file_not_found" => SandboxError::NotFound("file"),
+            (File, 404) if FileErrorCode::from_code(code) == Some(FileErrorCode::FileNotFound) => {
+                SandboxError::NotFound("file")
+            }
             (Vm | File, 404) => SandboxError::conflict(
                 "sandbox_not_running",
                 "the sandbox's VM is gone from its host",
@@ -109,13 +109,14 @@ fn map(call: AgentCall, e: &AgentError) -> SandboxError {
                 code: "permission_denied",
                 message: message.clone(),
             },
-            (File, 409) => SandboxError::conflict(
-                FILE_CONFLICTS
-                    .into_iter()
-                    .find(|c| c == code)
-                    .unwrap_or("file_conflict"),
-                message.clone(),
-            ),
+            (File, 409) => {
+                use FileErrorCode::*;
+                let code = match FileErrorCode::from_code(code) {
+                    Some(c @ (IsADirectory | NotADirectory | Exists | NotEmpty)) => c.as_str(),
+                    _ => "file_conflict",
+                };
+                SandboxError::conflict(code, message.clone())
+            }
             (_, 409) => SandboxError::conflict("sandbox_conflict", message.clone()),
             (_, status) => SandboxError::Host {
                 code: "host_error",

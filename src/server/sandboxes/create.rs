@@ -10,6 +10,7 @@ use crate::ids::{SandboxId, TeamId};
 use crate::proto::agent::CreateVmRequest;
 use crate::proto::api::CreateSandboxRequest;
 use crate::proto::net::EgressPolicy;
+use crate::proto::validate::validate_env;
 use crate::proto::vocab::{OnTimeout, TemplateKind};
 use crate::server::db::sandboxes::{self, NewSandbox, SandboxRow};
 use crate::server::db::{hosts, templates};
@@ -67,9 +68,9 @@ impl SandboxService<'_> {
         let timeout_sec = req.timeout_sec.unwrap_or(DEFAULT_TIMEOUT_SEC);
         rules::check_timeout(timeout_sec)?;
         let env = req.env.clone().unwrap_or_default();
-        rules::check_map("env", &env, true)?;
+        validate_env("env", &env)?;
         let metadata = req.metadata.clone().unwrap_or_default();
-        rules::check_map("metadata", &metadata, false)?;
+        rules::check_metadata("metadata", &metadata)?;
         let mut egress = match &req.network {
             None => Some(EgressPolicy::default()),
             Some(setting) => setting.policy(),

@@ -69,3 +69,13 @@ impl SandboxError {
         }
     }
 }
+
+/// A wire type's own rule refused a field (`proto::validate`, `proto::path`).
+impl From<crate::proto::invalid::Invalid> for SandboxError {
+    fn from(e: crate::proto::invalid::Invalid) -> Self {
+        SandboxError::Invalid {
+            field: e.field_path(),
+            message: e.message,
+        }
+    }
+}

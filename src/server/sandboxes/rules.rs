@@ -16,15 +16,8 @@ pub const MAX_TIMEOUT_SEC: u64 = 7 * 86400;
 const MAX_MAP_ENTRIES: usize = 100;
 const MAX_VALUE_BYTES: usize = 4096;
 
-pub fn valid_env_name(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 128
-        && !k.starts_with(|c: char| c.is_ascii_digit())
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// Environment variables (`env_names`: keys must be variable names) or metadata.
-pub fn check_map(field: &str, m: &BTreeMap<String, String>, env_names: bool) -> SandboxResult<()> {
+/// Metadata: string keys and values (env follows `proto::validate::validate_env`).
+pub fn check_metadata(field: &str, m: &BTreeMap<String, String>) -> SandboxResult<()> {
     if m.len() > MAX_MAP_ENTRIES {
         return Err(SandboxError::invalid(
             field,
@@ -32,13 +25,7 @@ pub fn check_map(field: &str, m: &BTreeMap<String, String>, env_names: bool) -> 
         ));
     }
     for (k, v) in m {
-        if env_names && !valid_env_name(k) {
-            return Err(SandboxError::invalid(
-                &format!("{field}.{k}"),
-                "not a valid variable name (letters, digits, _)",
-            ));
-        }
-        if !env_names && (k.is_empty() || k.len() > 128 || k.chars().any(char::is_control)) {
+        if k.is_empty() || k.len() > 128 || k.chars().any(char::is_control) {
             return Err(SandboxError::invalid(
                 field,
                 "keys must be 1 to 128 printable characters",
@@ -121,8 +108,9 @@ mod tests {
         assert_eq!(parse_on_timeout("kill").unwrap(), OnTimeout::Kill);
         assert!(parse_on_timeout("Kill").is_err());
         assert!(valid_template_name("my-tpl.v2") && !valid_template_name(".hidden"));
-        let env = BTreeMap::from([("1X".to_string(), "v".to_string())]);
-        assert!(check_map("env", &env, true).is_err());
-        assert!(check_map("metadata", &env, false).is_ok());
+        let meta = BTreeMap::from([("1X".to_string(), "v".to_string())]);
+        assert!(check_metadata("metadata", &meta).is_ok());
+        let nul = BTreeMap::from([("k".to_string(), "a\0b".to_string())]);
+        assert!(check_metadata("metadata", &nul).is_err());
     }
 }
