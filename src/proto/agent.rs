@@ -110,7 +110,8 @@ pub struct HeartbeatRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
-    pub status: String,
+    /// The host's status after the heartbeat.
+    pub status: crate::proto::vocab::HostStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

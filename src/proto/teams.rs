@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::vocab::TeamRole;
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TeamResponse {
     pub id: String,
@@ -11,7 +13,7 @@ pub struct TeamResponse {
     pub is_byoc: bool,
     pub created_at: i64,
     /// The caller's role in it.
-    pub role: String,
+    pub role: TeamRole,
     #[serde(default)]
     pub is_default: bool,
 }
@@ -26,7 +28,7 @@ pub struct MemberResponse {
     pub user_id: String,
     pub name: String,
     pub email: String,
-    pub role: String,
+    pub role: TeamRole,
     pub joined_at: i64,
 }
 

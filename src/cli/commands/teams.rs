@@ -41,7 +41,7 @@ pub async fn team(cmd: TeamCommand) -> anyhow::Result<i32> {
                                 },
                                 t.id.clone(),
                                 t.name.clone(),
-                                t.role.clone(),
+                                t.role.to_string(),
                             ]
                         })
                         .collect(),
@@ -83,7 +83,7 @@ pub async fn team(cmd: TeamCommand) -> anyhow::Result<i32> {
                                 m.user_id.clone(),
                                 m.name.clone(),
                                 m.email.clone(),
-                                m.role.clone(),
+                                m.role.to_string(),
                             ]
                         })
                         .collect(),

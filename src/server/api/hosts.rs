@@ -506,9 +506,7 @@ pub async fn heartbeat(
             other => other.into(),
         })?
         .map_err(refused_address)?;
-    Ok(Json(HeartbeatResponse {
-        status: status.to_string(),
-    }))
+    Ok(Json(HeartbeatResponse { status }))
 }
 
 pub async fn refresh(

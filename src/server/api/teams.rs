@@ -34,7 +34,7 @@ fn team_resp(t: TeamRow, role: TeamRole, is_default: bool) -> TeamResponse {
         slug: t.slug,
         is_byoc: t.is_byoc,
         created_at: t.created_at,
-        role: role.to_string(),
+        role,
         is_default,
     }
 }
@@ -44,7 +44,7 @@ fn member_resp(m: MemberRow) -> MemberResponse {
         user_id: m.user_id,
         name: m.name,
         email: m.email,
-        role: m.role.to_string(),
+        role: m.role,
         joined_at: m.joined_at,
     }
 }
