@@ -15,7 +15,6 @@ use super::extract::{Caller, IdPath};
 use crate::ids::SandboxId;
 use crate::proto::api::{ExecClientMessage, ExecServerMessage};
 use crate::server::AppState;
-use crate::server::db::sandboxes;
 use crate::server::sandboxes::AgentSocket;
 
 /// Largest message either side may send.
@@ -92,16 +91,14 @@ async fn relay(client: WebSocket, agent: AgentSocket, st: AppState, sandbox: Str
     let keepalive = async {
         loop {
             tokio::time::sleep(Duration::from_secs(20)).await;
-            let sid = sandbox.clone();
-            let _ = st.db.call(move |c| sandboxes::touch(c, &sid)).await;
+            let _ = st.sandboxes().touch(&sandbox).await;
         }
     };
     tokio::select! {
         _ = async { tokio::join!(up, down) } => {}
         _ = keepalive => {}
     }
-    let sid = sandbox.clone();
-    let _ = st.db.call(move |c| sandboxes::touch(c, &sid)).await;
+    let _ = st.sandboxes().touch(&sandbox).await;
 }
 
 /// Client messages are checked like a one-shot exec before they reach the agent; an invalid one
