@@ -141,6 +141,12 @@ macro_rules! id_type {
                 &self.0 == other
             }
         }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                self == &other.0
+            }
+        }
     };
 }
 

@@ -1,13 +1,13 @@
 //! Team API keys.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, AuthUser};
+use super::extract::{ApiJson, AuthUser, IdPath};
 use crate::crypto;
-use crate::ids::new_id;
+use crate::ids::{KeyId, new_id};
 use crate::proto::keys::{CreateKeyRequest, KeyListResponse, KeyResponse};
 use crate::server::AppState;
 use crate::server::db::api_keys::{self, ApiKeyRow};
@@ -67,7 +67,7 @@ pub async fn list(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<
 pub async fn revoke(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<KeyId>,
 ) -> ApiResult<StatusCode> {
     let team = team_of(&user)?;
     let uid = user.user_id.clone();

@@ -8,8 +8,9 @@ use serde::Deserialize;
 
 use super::auth::validate_name;
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, ApiQuery, AuthUser};
+use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
 use super::team_access::{Membership, membership};
+use crate::ids::TeamId;
 use crate::proto::api::AuthResponse;
 use crate::proto::teams::{
     AddMemberRequest, MemberResponse, NameRequest, RoleRequest, SwitchTeamRequest,
@@ -91,7 +92,7 @@ pub async fn create(
 pub async fn get(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<TeamId>,
 ) -> ApiResult<Json<TeamDetailResponse>> {
     let Membership { team, role } = membership(&st, &user, &id).await?;
     let uid = user.user_id.clone();
@@ -114,7 +115,7 @@ pub async fn get(
 pub async fn rename(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<TeamId>,
     ApiJson(req): ApiJson<NameRequest>,
 ) -> ApiResult<Json<TeamResponse>> {
     let admin = membership(&st, &user, &id).await?.admin()?;
@@ -135,7 +136,7 @@ pub async fn rename(
 pub async fn delete(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<TeamId>,
 ) -> ApiResult<StatusCode> {
     let owner = membership(&st, &user, &id).await?.owner()?;
     let id = owner.team_id().to_string();
@@ -201,7 +202,7 @@ fn assignable_role(field: &str, role: &str) -> ApiResult<TeamRole> {
 pub async fn add_member(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<TeamId>,
     ApiJson(req): ApiJson<AddMemberRequest>,
 ) -> ApiResult<(StatusCode, Json<MemberResponse>)> {
     let admin = membership(&st, &user, &id).await?.admin()?;
@@ -272,7 +273,7 @@ pub async fn remove_member(
 pub async fn leave(
     State(st): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<TeamId>,
 ) -> ApiResult<StatusCode> {
     membership(&st, &user, &id).await?;
     let uid = user.user_id.clone();
