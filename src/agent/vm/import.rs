@@ -14,7 +14,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
 use super::snapshot::DEFAULT_SHAPE;
-use super::templates::{TemplateError, valid_name};
+use super::template_store::{TemplateError, valid_name};
 use super::{BOOT_TIMEOUT, VmError, VmManager};
 use crate::agent::images::{self, import};
 use crate::proto::agent::{TemplateInfo, TemplateStatus};
@@ -103,7 +103,7 @@ impl VmManager {
             has_snapshot: self.boot.ready(&t, DEFAULT_SHAPE).is_some(),
             vcpus: None,
             memory_mb: None,
-            created_at: super::templates::mtime_secs(&t.rootfs),
+            created_at: super::template_store::mtime_secs(&t.rootfs),
         })
     }
 }

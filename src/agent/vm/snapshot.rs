@@ -38,7 +38,8 @@ use tokio::task::AbortHandle;
 use super::channel::{ChannelError, GuestChannel};
 use super::jail;
 use super::qemu::{self, Memory};
-use super::{Accel, BOOT_ATTEMPTS, BOOT_TIMEOUT, Qmp, now_unix_ms, write_atomic};
+use super::record::write_atomic;
+use super::{Accel, BOOT_ATTEMPTS, BOOT_TIMEOUT, Qmp, now_unix_ms};
 use crate::agent::images::{Kernel, Template};
 
 pub const META: &str = "meta.json";

@@ -1,34 +1,28 @@
-//! Agent routes for streaming exec, files and the console log.
+//! The exec stream (`GET /v1/vms/{id}/exec/stream`, WebSocket).
 //!
-//! Exec stream (`GET /v1/vms/{id}/exec/stream`, WebSocket): the client's first message is text
-//! `{"type":"start",…}`; then text `resize` / `signal` / `eof` and binary `[0]+stdin`. The agent
-//! answers text `started`, binary `[1]+stdout` / `[2]+stderr` as output comes, and text `exit`
-//! (or `error`) before closing. Output is never dropped: when the client reads slowly, the
-//! WebSocket send waits, the agent stops granting the guest credit and the command blocks on its
-//! full pipe (see [`crate::agent::vm::stream`]). Stdin waits for the guest the same way, on its
-//! own task so a command that writes before it reads cannot deadlock the stream. The client
-//! closing the socket kills the command's process group.
+//! The client's first message is text `{"type":"start",…}`; then text `resize` / `signal` /
+//! `eof` and binary `[0]+stdin`. The agent answers text `started`, binary `[1]+stdout` /
+//! `[2]+stderr` as output comes, and text `exit` (or `error`) before closing. Output is never
+//! dropped: when the client reads slowly, the WebSocket send waits, the agent stops granting the
+//! guest credit and the command blocks on its full pipe (see [`crate::agent::vm::stream`]).
+//! Stdin waits for the guest the same way, on its own task so a command that writes before it
+//! reads cannot deadlock the stream. The client closing the socket kills the command's process
+//! group. Errors on the socket carry the codes [`ApiError`] gives them on HTTP.
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::Router;
-use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 
-use super::api::{AgentApiError, AgentState, error};
-use super::vm::VmError;
-use super::vm::files::{FileError, MAX_UPLOAD_BYTES};
-use super::vm::stream::{DEFAULT_LOG_TAIL, ExecEvent, ExecInput};
+use super::AgentState;
+use super::error::ApiError;
+use crate::agent::vm::VmError;
+use crate::agent::vm::stream::{ExecEvent, ExecInput};
 use crate::proto::api::{
     ExecClientMessage, ExecServerMessage, STREAM_STDERR, STREAM_STDIN, STREAM_STDOUT,
 };
@@ -41,35 +35,19 @@ const START_WAIT: Duration = Duration::from_secs(30);
 const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 pub fn routes() -> Router<AgentState> {
-    Router::new()
-        .route("/v1/vms/{id}/exec/stream", get(exec_stream))
-        .route(
-            "/v1/vms/{id}/files",
-            get(read_file)
-                .put(write_file)
-                .delete(remove_file)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route("/v1/vms/{id}/files/list", get(list_files))
-        .route("/v1/vms/{id}/files/stat", get(stat_file))
-        .route("/v1/vms/{id}/files/mkdir", post(mkdir))
-        .route("/v1/vms/{id}/logs", get(logs))
+    Router::new().route("/v1/vms/{id}/exec/stream", get(exec_stream))
 }
-
-// ---- exec stream ----
 
 async fn exec_stream(
     State(st): State<AgentState>,
     Path(id): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, AgentApiError> {
+) -> Result<Response, ApiError> {
     // Refuse early (as JSON) what cannot work; the rest is reported on the socket.
     st.vms.exec_stream_ready(&id)?;
-    let ws = ws.map_err(|e| {
-        AgentApiError(VmError::BadRequest {
-            field: "upgrade",
-            message: format!("this route speaks WebSocket only ({})", e.body_text()),
-        })
+    let ws = ws.map_err(|e| VmError::BadRequest {
+        field: "upgrade",
+        message: format!("this route speaks WebSocket only ({})", e.body_text()),
     })?;
     Ok(ws
         .max_message_size(MAX_MESSAGE)
@@ -80,20 +58,6 @@ fn server_msg(m: &ExecServerMessage) -> Message {
     Message::Text(serde_json::to_string(m).unwrap_or_default().into())
 }
 
-fn vm_error_message(e: &VmError) -> ExecServerMessage {
-    let code = match e {
-        VmError::NotFound(_) => "not_found",
-        VmError::Conflict(_) => "conflict",
-        VmError::BadRequest { .. } => "invalid_field",
-        VmError::GuestUnavailable(_) => "guest_unavailable",
-        VmError::Internal(_) => "internal",
-    };
-    ExecServerMessage::Error {
-        code: code.into(),
-        message: e.to_string(),
-    }
-}
-
 async fn run_exec_stream(st: AgentState, id: String, socket: WebSocket) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let start = match tokio::time::timeout(START_WAIT, ws_rx.next()).await {
@@ -101,10 +65,7 @@ async fn run_exec_stream(st: AgentState, id: String, socket: WebSocket) {
         Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return,
         Ok(Some(Ok(_))) => serde_json::from_str::<ExecClientMessage>("null"),
         Err(_) => {
-            let m = ExecServerMessage::Error {
-                code: "invalid_message".into(),
-                message: "no start message".into(),
-            };
+            let m = ApiError::InvalidMessage("no start message".into()).into_stream_message();
             let _ = ws_tx.send(server_msg(&m)).await;
             let _ = ws_tx.close().await;
             return;
@@ -117,10 +78,7 @@ async fn run_exec_stream(st: AgentState, id: String, socket: WebSocket) {
                 Err(e) => format!("the first message must be {{\"type\":\"start\",…}}: {e}"),
                 Ok(_) => "the first message must be {\"type\":\"start\",…}".into(),
             };
-            let m = ExecServerMessage::Error {
-                code: "invalid_message".into(),
-                message: why,
-            };
+            let m = ApiError::InvalidMessage(why).into_stream_message();
             let _ = ws_tx.send(server_msg(&m)).await;
             let _ = ws_tx.close().await;
             return;
@@ -129,7 +87,9 @@ async fn run_exec_stream(st: AgentState, id: String, socket: WebSocket) {
     let exec = match st.vms.exec_stream(&id, start).await {
         Ok(e) => e,
         Err(e) => {
-            let _ = ws_tx.send(server_msg(&vm_error_message(&e))).await;
+            let _ = ws_tx
+                .send(server_msg(&ApiError::from(e).into_stream_message()))
+                .await;
             let _ = ws_tx.close().await;
             return;
         }
@@ -199,7 +159,7 @@ async fn run_exec_stream(st: AgentState, id: String, socket: WebSocket) {
                     duration_ms: exit.duration_ms,
                 });
             }
-            Err(e) => break Some(vm_error_message(&e)),
+            Err(e) => break Some(ApiError::from(e).into_stream_message()),
         }
     };
     input_task.abort();
@@ -234,10 +194,7 @@ async fn pump_input(
     input: ExecInput,
     notes: tokio::sync::mpsc::Sender<ExecServerMessage>,
 ) {
-    let refuse = |message: String| ExecServerMessage::Error {
-        code: "invalid_message".into(),
-        message,
-    };
+    let refuse = |message: String| ApiError::InvalidMessage(message).into_stream_message();
     let mut held: Option<Message> = None;
     loop {
         let m = match held.take() {
@@ -310,213 +267,4 @@ async fn pump_input(
             Err(_) => std::future::pending::<()>().await,
         }
     }
-}
-
-// ---- files ----
-
-#[derive(Debug, Deserialize)]
-struct FileQuery {
-    path: Option<String>,
-    #[serde(default)]
-    recursive: Option<bool>,
-    #[serde(default)]
-    parents: Option<bool>,
-    /// Octal permission bits (`644`).
-    #[serde(default)]
-    mode: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LogQuery {
-    #[serde(default)]
-    tail_bytes: Option<u64>,
-}
-
-/// File errors as JSON with the codes the server maps.
-struct FileApiError(FileError);
-
-impl From<FileError> for FileApiError {
-    fn from(e: FileError) -> Self {
-        FileApiError(e)
-    }
-}
-
-impl From<VmError> for FileApiError {
-    fn from(e: VmError) -> Self {
-        FileApiError(FileError::Vm(e))
-    }
-}
-
-impl IntoResponse for FileApiError {
-    fn into_response(self) -> Response {
-        match self.0 {
-            FileError::Vm(e) => AgentApiError(e).into_response(),
-            FileError::TooLarge(n) => error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the file is larger than {n} bytes"),
-                None,
-            ),
-            FileError::Body(m) => error(StatusCode::BAD_REQUEST, "upload_failed", m, None),
-            FileError::Fs { code, message } => {
-                let status = match code.as_str() {
-                    "file_not_found" => StatusCode::NOT_FOUND,
-                    "is_a_directory" | "not_a_directory" | "exists" | "not_empty"
-                    | "not_a_file" => StatusCode::CONFLICT,
-                    "permission_denied" => StatusCode::FORBIDDEN,
-                    "invalid_path" => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_field",
-                            format!("path: {message}"),
-                            Some("path".into()),
-                        );
-                    }
-                    "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-                    "no_space" => StatusCode::INSUFFICIENT_STORAGE,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                let code = if code == "too_large" {
-                    "payload_too_large".to_string()
-                } else {
-                    code
-                };
-                error(status, &code, message, None)
-            }
-        }
-    }
-}
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, FileApiError> {
-    q.map(|Query(q)| q).map_err(|e| {
-        FileApiError(FileError::Vm(VmError::BadRequest {
-            field: "query",
-            message: e.body_text(),
-        }))
-    })
-}
-
-fn path_of(q: &FileQuery) -> Result<String, FileApiError> {
-    let p = q.path.clone().ok_or(VmError::BadRequest {
-        field: "path",
-        message: "required: an absolute path in the VM".into(),
-    })?;
-    super::vm::files::check_path(&p)?;
-    Ok(p)
-}
-
-async fn read_file(
-    State(st): State<AgentState>,
-    Path(id): Path<String>,
-    q: Result<Query<FileQuery>, QueryRejection>,
-) -> Result<Response, FileApiError> {
-    let q = query(q)?;
-    let path = path_of(&q)?;
-    let dl = st.vms.file_read(&id, &path).await?;
-    let mut resp = Response::builder()
-        .status(StatusCode::OK)
-        .header(CONTENT_TYPE, "application/octet-stream");
-    if let Some(len) = dl.length {
-        resp = resp.header(CONTENT_LENGTH, len);
-    }
-    resp.body(Body::from_stream(dl.into_stream())).map_err(|e| {
-        FileApiError(FileError::Vm(VmError::Internal(anyhow::anyhow!(
-            "building the answer: {e}"
-        ))))
-    })
-}
-
-async fn write_file(
-    State(st): State<AgentState>,
-    Path(id): Path<String>,
-    q: Result<Query<FileQuery>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<crate::proto::api::FileEntry>), FileApiError> {
-    let q = query(q)?;
-    let path = path_of(&q)?;
-    let mode = match &q.mode {
-        None => None,
-        Some(m) => Some(
-            u32::from_str_radix(m, 8)
-                .ok()
-                .filter(|v| !m.is_empty() && m.len() <= 4 && *v <= 0o7777)
-                .ok_or(VmError::BadRequest {
-                    field: "mode",
-                    message: "octal permission bits such as 644".into(),
-                })?,
-        ),
-    };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_UPLOAD_BYTES) {
-        return Err(FileError::TooLarge(MAX_UPLOAD_BYTES).into());
-    }
-    let entry = st
-        .vms
-        .file_write(&id, &path, mode, body.into_data_stream(), MAX_UPLOAD_BYTES)
-        .await?;
-    Ok((StatusCode::CREATED, Json(entry)))
-}
-
-async fn list_files(
-    State(st): State<AgentState>,
-    Path(id): Path<String>,
-    q: Result<Query<FileQuery>, QueryRejection>,
-) -> Result<Json<crate::proto::api::FileListResponse>, FileApiError> {
-    let path = path_of(&query(q)?)?;
-    Ok(Json(st.vms.file_list(&id, &path).await?))
-}
-
-async fn stat_file(
-    State(st): State<AgentState>,
-    Path(id): Path<String>,
-    q: Result<Query<FileQuery>, QueryRejection>,
-) -> Result<Json<crate::proto::api::FileEntry>, FileApiError> {
-    let path = path_of(&query(q)?)?;
-    Ok(Json(st.vms.file_stat(&id, &path).await?))
-}
-
-async fn mkdir(
-    State(st): State<AgentState>,
-    Path(id): Path<String>,
-    q: Result<Query<FileQuery>, QueryRejection>,
-) -> Result<(StatusCode, Json<crate::proto::api::FileEntry>), FileApiError> {
-    let q = query(q)?;
-    let path = path_of(&q)?;
-    let e = st
-        .vms
-        .file_mkdir(&id, &path, q.parents.unwrap_or(false))
-        .await?;
-    Ok((StatusCode::CREATED, Json(e)))
-}
-
-async fn remove_file(
-    State(st): State<AgentState>,
-    Path(id): Path<String>,
-    q: Result<Query<FileQuery>, QueryRejection>,
-) -> Result<StatusCode, FileApiError> {
-    let q = query(q)?;
-    let path = path_of(&q)?;
-    st.vms
-        .file_remove(&id, &path, q.recursive.unwrap_or(false))
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-// ---- console log ----
-
-async fn logs(
-    State(st): State<AgentState>,
-    Path(id): Path<String>,
-    q: Result<Query<LogQuery>, QueryRejection>,
-) -> Result<Response, FileApiError> {
-    let q = query(q)?;
-    let bytes = st
-        .vms
-        .console_log(&id, q.tail_bytes.unwrap_or(DEFAULT_LOG_TAIL))
-        .await?;
-    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
 }
