@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// reads no more than this of a listing.
 pub const MAX_LISTING_BYTES: u64 = 64 << 20;
 
+/// The largest root filesystem archive an agent takes for a template; the server refuses bigger
+/// uploads before passing them on.
+pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
+
 /// What an agent knows about its machine, sent at registration and with every heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HostFacts {

@@ -19,8 +19,7 @@ use super::{BOOT_TIMEOUT, VmError, VmManager};
 use crate::agent::images::{self, import};
 use crate::proto::agent::{TemplateInfo, TemplateStatus};
 
-/// Largest archive an agent takes.
-pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
+pub use crate::proto::agent::MAX_IMAGE_BYTES;
 
 impl VmManager {
     /// Makes template `name` (a team template id, `tpl_…`) from the tar archive in `body`,
