@@ -46,7 +46,7 @@ impl VmManager {
         if state != VmState::Running {
             return Err(VmError::Conflict(format!(
                 "VM {id} is {}, not running",
-                state_word(state)
+                state.as_str()
             )));
         }
         let started = Instant::now();
@@ -114,7 +114,7 @@ impl VmManager {
         if state != VmState::Paused {
             return Err(VmError::Conflict(format!(
                 "VM {id} is {}, not paused",
-                state_word(state)
+                state.as_str()
             )));
         }
         let started = Instant::now();
@@ -247,7 +247,7 @@ impl VmManager {
         if !matches!(state, VmState::Running | VmState::Paused) {
             return Err(VmError::Conflict(format!(
                 "VM {id} is {}; only running and paused VMs are snapshotted",
-                state_word(state)
+                state.as_str()
             ))
             .into());
         }
@@ -455,14 +455,5 @@ impl VmManager {
         } else {
             e
         }
-    }
-}
-
-fn state_word(s: VmState) -> &'static str {
-    match s {
-        VmState::Starting => "starting",
-        VmState::Running => "running",
-        VmState::Paused => "paused",
-        VmState::Stopped => "stopped",
     }
 }

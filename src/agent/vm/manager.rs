@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::boot_snapshots::{BootSnapshots, HostEnv};
 use super::instance::Vm;
-use super::snapshot::{self, BootSnapshots, HostEnv};
+use super::snapshot;
 use super::{Accel, VmConfig, VmError, VmInfo, VmState, cgroup, jail, qemu, ram, template_store};
 use crate::agent::images::{self, Kernel, MINIMAL};
 use crate::agent::net::Network;

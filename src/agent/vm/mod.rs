@@ -25,6 +25,7 @@
 
 mod bare;
 mod boot;
+mod boot_snapshots;
 pub mod cgroup;
 mod channel;
 pub mod check;
