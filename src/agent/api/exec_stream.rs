@@ -17,6 +17,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
 use super::AgentState;
@@ -58,6 +59,12 @@ fn server_msg(m: &ExecServerMessage) -> Message {
     Message::Text(serde_json::to_string(m).unwrap_or_default().into())
 }
 
+/// Reports `e` as the stream's last message and closes it.
+async fn end_with(ws_tx: &mut SplitSink<WebSocket, Message>, e: ApiError) {
+    let _ = ws_tx.send(server_msg(&e.into_stream_message())).await;
+    let _ = ws_tx.close().await;
+}
+
 async fn run_exec_stream(st: AgentState, id: String, socket: WebSocket) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let start = match tokio::time::timeout(START_WAIT, ws_rx.next()).await {
@@ -65,10 +72,8 @@ async fn run_exec_stream(st: AgentState, id: String, socket: WebSocket) {
         Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return,
         Ok(Some(Ok(_))) => serde_json::from_str::<ExecClientMessage>("null"),
         Err(_) => {
-            let m = ApiError::InvalidMessage("no start message".into()).into_stream_message();
-            let _ = ws_tx.send(server_msg(&m)).await;
-            let _ = ws_tx.close().await;
-            return;
+            let e = ApiError::InvalidMessage("no start message".into());
+            return end_with(&mut ws_tx, e).await;
         }
     };
     let start = match start {
@@ -78,21 +83,12 @@ async fn run_exec_stream(st: AgentState, id: String, socket: WebSocket) {
                 Err(e) => format!("the first message must be {{\"type\":\"start\",…}}: {e}"),
                 Ok(_) => "the first message must be {\"type\":\"start\",…}".into(),
             };
-            let m = ApiError::InvalidMessage(why).into_stream_message();
-            let _ = ws_tx.send(server_msg(&m)).await;
-            let _ = ws_tx.close().await;
-            return;
+            return end_with(&mut ws_tx, ApiError::InvalidMessage(why)).await;
         }
     };
     let exec = match st.vms.exec_stream(&id, start).await {
         Ok(e) => e,
-        Err(e) => {
-            let _ = ws_tx
-                .send(server_msg(&ApiError::from(e).into_stream_message()))
-                .await;
-            let _ = ws_tx.close().await;
-            return;
-        }
+        Err(e) => return end_with(&mut ws_tx, e.into()).await,
     };
     let mut output = exec.output;
     let input = exec.input;
@@ -173,7 +169,7 @@ async fn run_exec_stream(st: AgentState, id: String, socket: WebSocket) {
 }
 
 async fn send_output(
-    ws_tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    ws_tx: &mut SplitSink<WebSocket, Message>,
     stream: u8,
     bytes: &[u8],
 ) -> Result<(), axum::Error> {
@@ -190,7 +186,7 @@ async fn send_output(
 /// looked at: a signal or resize goes through at once (^C must work on a command that ignores its
 /// input) and a close is noticed; a second stdin message is held, which stops the reading.
 async fn pump_input(
-    mut ws_rx: futures_util::stream::SplitStream<WebSocket>,
+    mut ws_rx: SplitStream<WebSocket>,
     input: ExecInput,
     notes: tokio::sync::mpsc::Sender<ExecServerMessage>,
 ) {

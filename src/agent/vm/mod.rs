@@ -17,11 +17,12 @@
 //! create links their files under it (read).
 //!
 //! The manager's work, by concept: [`manager`] (start-up, the VM table, uids, destroy,
-//! capacity), [`create`] (checks and attempts), [`boot`] (cold boots and boot snapshots),
-//! [`restore`], [`lifecycle`] (pause, resume, snapshot), [`exec`] and [`stream`], [`files`],
-//! [`network`] (egress policy), [`recovery`] (after an agent restart) and [`template_store`].
-//! A VM is an [`instance::Vm`]: its [`record`] on disk and its [`runtime`] state, which changes
-//! only through [`runtime::Runtime::set_state`] (see [`VmState::can_become`]).
+//! capacity), [`create`] (checks and attempts), [`boot`] (a new VM's QEMU, cold or from a boot
+//! snapshot), [`restore`], [`lifecycle`] (pause, resume, snapshot), [`exec`] and [`stream`],
+//! [`files`], [`network`] (egress policy), [`recovery`] (after an agent restart),
+//! [`template_store`] and [`boot_snapshots`]. A VM is an [`instance::Vm`]: its [`record`] on
+//! disk, its [`runtime`] state, which changes only through [`runtime::Runtime::set_state`] (see
+//! [`VmState::can_become`]), and its guest [`channel`].
 
 mod bare;
 mod boot;
