@@ -3,7 +3,8 @@ use sandboxctl::agent;
 use sandboxctl::cli::{
     AgentCommand, Cli, Command, LogFormat, ServerArgs, ServerCommand, ServerDataDir, commands,
 };
-use sandboxctl::server::{self, ServerConfig, local::LocalAgentConfig};
+use sandboxctl::local::{self, LocalAgentConfig};
+use sandboxctl::server::{self, ServerConfig};
 
 fn init_logs(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SANDBOXCTL_LOG")
@@ -201,9 +202,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             kernel_dir,
         } => {
             let c = commands::client()?;
-            sandboxctl::cli::bench::run(
+            sandboxctl::bench::run(
                 &c,
-                &sandboxctl::cli::bench::BenchArgs {
+                &sandboxctl::bench::BenchArgs {
                     runs,
                     concurrency,
                     out,
@@ -219,17 +220,20 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
 
 async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
     init_logs("info,tower_http=warn", a.log.log_format);
-    let local_agent = a.local_agent.then(|| LocalAgentConfig {
-        listen: a.local_agent_listen.clone(),
-        kernel_dir: a.vm.kernel_dir.clone(),
-        accel: a.vm.accel.into(),
-        cgroup_root: a.vm.cgroup_root.clone(),
-        max_concurrent_boots: a.vm.max_concurrent_boots,
-        import_limits: a.vm.import_limits(),
-        heartbeat_interval: a.timing.heartbeat_interval,
-        admin_email: a.admin_email.clone(),
-        net: a.vm.net_config(),
-        jail: a.vm.jail_config(),
+    let local_agent = a.local_agent.then(|| {
+        let cfg = LocalAgentConfig {
+            listen: a.local_agent_listen.clone(),
+            kernel_dir: a.vm.kernel_dir.clone(),
+            accel: a.vm.accel.into(),
+            cgroup_root: a.vm.cgroup_root.clone(),
+            max_concurrent_boots: a.vm.max_concurrent_boots,
+            import_limits: a.vm.import_limits(),
+            heartbeat_interval: a.timing.heartbeat_interval,
+            admin_email: a.admin_email.clone(),
+            net: a.vm.net_config(),
+            jail: a.vm.jail_config(),
+        };
+        local::companion(a.data_dir.clone(), cfg)
     });
     let github = match &a.github.github_client_id {
         None => None,
@@ -257,17 +261,19 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             })
         }
     };
-    server::run(ServerConfig {
-        listen: a.listen,
-        data_dir: a.data_dir,
-        public_url: a.public_url,
-        monitor_interval: a.timing.monitor_interval,
-        host_stale_after: a.timing.host_stale_after,
+    server::run(
+        ServerConfig {
+            listen: a.listen,
+            data_dir: a.data_dir,
+            public_url: a.public_url,
+            monitor_interval: a.timing.monitor_interval,
+            host_stale_after: a.timing.host_stale_after,
+            github,
+            max_file_bytes: a.max_file_bytes,
+            allow_private_agent_addresses: a.allow_private_agent_addresses,
+        },
         local_agent,
-        github,
-        max_file_bytes: a.max_file_bytes,
-        allow_private_agent_addresses: a.allow_private_agent_addresses,
-    })
+    )
     .await?;
     Ok(0)
 }

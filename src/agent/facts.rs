@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::proto::agent::HostFacts;
+use crate::proto::agent::{Accelerator, HostFacts};
 
 pub fn memory_mb() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -51,7 +51,7 @@ pub fn cpu_has_virt() -> bool {
 pub fn gather(
     data_dir: &Path,
     address: &str,
-    accel: &str,
+    accel: Accelerator,
     accel_reason: &str,
     cgroups: &str,
 ) -> HostFacts {
@@ -61,7 +61,7 @@ pub fn gather(
         memory_mb: memory_mb(),
         disk_gb: disk_gb(data_dir),
         address: address.to_string(),
-        accel: accel.to_string(),
+        accel,
         accel_reason: accel_reason.to_string(),
         cgroups: cgroups.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 
 use super::credentials::{self, Credentials};
 use super::facts;
-use crate::proto::agent::{RegisterRequest, RegisterResponse};
+use crate::proto::agent::{Accelerator, RegisterRequest, RegisterResponse};
 use crate::proto::api::ErrorBody;
 
 /// Registers this host with the server and stores the credentials in `data_dir`.
@@ -22,11 +22,14 @@ pub async fn register(
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let (accel, reason) = if facts::cpu_has_virt() && Path::new("/dev/kvm").exists() {
         (
-            "kvm",
+            Accelerator::Kvm,
             "the CPU has vmx/svm and /dev/kvm exists (confirmed when the agent starts)",
         )
     } else {
-        ("tcg", "the CPU advertises no vmx/svm: software emulation")
+        (
+            Accelerator::Tcg,
+            "the CPU advertises no vmx/svm: software emulation",
+        )
     };
     let req = RegisterRequest {
         token: token.to_string(),

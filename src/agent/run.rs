@@ -17,7 +17,7 @@ use super::vm::cgroup::CgroupChoice;
 use super::vm::{AccelChoice, VmConfig, VmManager};
 use crate::crypto::agent_call::CallVerifier;
 use crate::proto::agent::RefreshResponse;
-use crate::proto::agent::{HeartbeatRequest, RefreshRequest};
+use crate::proto::agent::{Accelerator, HeartbeatRequest, RefreshRequest};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -79,7 +79,7 @@ pub async fn run(
         data_dir: cfg.data_dir.clone(),
         creds: Arc::new(Mutex::new(creds)),
         vms,
-        accel_kind: accel.kind.to_string(),
+        accel_kind: accel.kind.parse().context("the VM accelerator")?,
         accel_reason: accel.reason.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
@@ -120,7 +120,7 @@ struct Heartbeat {
     data_dir: PathBuf,
     creds: Arc<Mutex<Credentials>>,
     vms: Arc<VmManager>,
-    accel_kind: String,
+    accel_kind: Accelerator,
     accel_reason: String,
     http: reqwest::Client,
 }
@@ -210,7 +210,7 @@ impl Heartbeat {
             facts: facts::gather(
                 &self.data_dir,
                 &advertise,
-                &self.accel_kind,
+                self.accel_kind,
                 &self.accel_reason,
                 self.vms.cgroups().summary(),
             ),

@@ -1,6 +1,9 @@
-//! The clap tree and the client commands.
+//! The clap tree and the client: [`client`] (the typed REST client), [`commands`] (what each
+//! command does), [`config`] (the stored login) and [`stream`] (interactive exec). This file is a
+//! composition point: the flags here build each role's settings (the agent's VM, network and
+//! import limits), so it alone in `cli` may name another role's types; the client and commands
+//! speak only `proto`.
 
-pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -1,4 +1,4 @@
-//! Signed server → agent calls, shared by both sides (SPEC §4.5, §13 "Between server and agent").
+//! Signed server → agent calls, shared by both sides (docs/ARCHITECTURE.md#server-and-agent).
 //!
 //! Every call carries an EdDSA JWT (the server's key, which the agent pinned at registration)
 //! whose claims bind it to one request: the method (`htm`), the path and query (`htu`), a SHA-256

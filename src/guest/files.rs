@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -19,8 +19,10 @@ use super::flow::Flow;
 use super::{Guest, StreamEntry};
 use crate::proto::api::FileListResponse;
 use crate::proto::guest::{
-    CHUNK, Credit, ErrorMsg, FileEntry, FileKind, FileRequest, FileResult, Frame, FrameKind, WINDOW,
+    CHUNK, Credit, ErrorMsg, FileEntry, FileErrorCode, FileKind, FileRequest, FileResult, Frame,
+    FrameKind, WINDOW,
 };
+use crate::proto::path::SandboxPath;
 
 /// An upload that receives nothing for this long is abandoned (its host went away for good).
 const UPLOAD_IDLE: Duration = Duration::from_secs(600);
@@ -63,11 +65,11 @@ impl FileHandle {
 /// Why an operation failed, in the codes the agent maps to HTTP statuses.
 #[derive(Debug)]
 struct FsError {
-    code: &'static str,
+    code: FileErrorCode,
     message: String,
 }
 
-fn fs_error(code: &'static str, message: impl Into<String>) -> FsError {
+fn fs_error(code: FileErrorCode, message: impl Into<String>) -> FsError {
     FsError {
         code,
         message: message.into(),
@@ -75,35 +77,27 @@ fn fs_error(code: &'static str, message: impl Into<String>) -> FsError {
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> FsError {
+    use FileErrorCode::*;
     let code = match e.raw_os_error() {
-        Some(libc::ENOENT) => "file_not_found",
-        Some(libc::EISDIR) => "is_a_directory",
-        Some(libc::ENOTDIR) => "not_a_directory",
-        Some(libc::EEXIST) => "exists",
-        Some(libc::ENOTEMPTY) => "not_empty",
-        Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY) => "permission_denied",
-        Some(libc::ENOSPC | libc::EDQUOT) => "no_space",
-        Some(libc::ENAMETOOLONG | libc::ELOOP | libc::EINVAL) => "invalid_path",
-        _ => "io_error",
+        Some(libc::ENOENT) => FileNotFound,
+        Some(libc::EISDIR) => IsADirectory,
+        Some(libc::ENOTDIR) => NotADirectory,
+        Some(libc::EEXIST) => Exists,
+        Some(libc::ENOTEMPTY) => NotEmpty,
+        Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY) => PermissionDenied,
+        Some(libc::ENOSPC | libc::EDQUOT) => NoSpace,
+        Some(libc::ENAMETOOLONG | libc::ELOOP | libc::EINVAL) => InvalidPath,
+        _ => IoError,
     };
     fs_error(code, format!("{}: {e}", path.display()))
 }
 
-/// Absolute, no `..`, no NUL: the agent checks too; this is the guest's own line.
-fn check_path(path: &str) -> Result<PathBuf, FsError> {
-    let p = Path::new(path);
-    let ok = p.is_absolute()
-        && !path.contains('\0')
-        && path.len() <= 4096
-        && !p.components().any(|c| matches!(c, Component::ParentDir));
-    if ok {
-        Ok(p.to_path_buf())
-    } else {
-        Err(fs_error(
-            "invalid_path",
-            format!("{path:?} is not an absolute path without '..'"),
-        ))
-    }
+/// The path of a request the guest is willing to carry out: the same rules as the server's and
+/// the agent's ([`FileRequest::validate`]), checked again because the guest trusts no host.
+fn checked(req: &FileRequest) -> Result<&SandboxPath, FsError> {
+    req.validate()
+        .map_err(|e| fs_error(FileErrorCode::InvalidPath, e.to_string()))?;
+    Ok(req.path())
 }
 
 fn unix_secs(md: &std::fs::Metadata) -> i64 {
@@ -177,7 +171,11 @@ pub(crate) fn start(guest: Arc<Guest>, id: u64, req: FileRequest) {
         });
     if let Err(e) = spawned {
         guest.remove_stream(id);
-        send_error(&guest, id, fs_error("io_error", format!("no thread: {e}")));
+        send_error(
+            &guest,
+            id,
+            fs_error(FileErrorCode::IoError, format!("no thread: {e}")),
+        );
     }
 }
 
@@ -187,7 +185,7 @@ fn send_error(guest: &Guest, id: u64, e: FsError) {
         id,
         &ErrorMsg {
             message: e.message,
-            code: Some(e.code.to_string()),
+            code: Some(e.code),
         },
     ));
 }
@@ -207,13 +205,13 @@ fn run(
     req: FileRequest,
     data: Option<Receiver<Vec<u8>>>,
 ) -> Result<(), FsError> {
+    let p = Path::new(checked(&req)?.as_str()).to_path_buf();
     match req {
-        FileRequest::Stat { path } => {
-            let e = entry(&check_path(&path)?)?;
+        FileRequest::Stat { .. } => {
+            let e = entry(&p)?;
             send_result(guest, id, Some(e), None);
         }
-        FileRequest::Mkdir { path, parents } => {
-            let p = check_path(&path)?;
+        FileRequest::Mkdir { parents, .. } => {
             let made = if parents {
                 std::fs::create_dir_all(&p)
             } else {
@@ -222,11 +220,7 @@ fn run(
             made.map_err(|e| io_error(&p, &e))?;
             send_result(guest, id, Some(entry(&p)?), None);
         }
-        FileRequest::Remove { path, recursive } => {
-            let p = check_path(&path)?;
-            if p.parent().is_none() {
-                return Err(fs_error("invalid_path", "refusing to remove /"));
-            }
+        FileRequest::Remove { recursive, .. } => {
             let md = std::fs::symlink_metadata(&p).map_err(|e| io_error(&p, &e))?;
             let removed = if md.is_dir() && recursive {
                 std::fs::remove_dir_all(&p)
@@ -238,8 +232,7 @@ fn run(
             removed.map_err(|e| io_error(&p, &e))?;
             send_result(guest, id, None, None);
         }
-        FileRequest::List { path, .. } => {
-            let p = check_path(&path)?;
+        FileRequest::List { .. } => {
             let dir = entry(&p)?;
             let mut entries = Vec::new();
             for e in std::fs::read_dir(&p).map_err(|e| io_error(&p, &e))? {
@@ -254,7 +247,7 @@ fn run(
                 path: p.to_string_lossy().into_owned(),
                 entries,
             })
-            .map_err(|e| fs_error("io_error", e.to_string()))?;
+            .map_err(|e| fs_error(FileErrorCode::IoError, e.to_string()))?;
             send_result(guest, id, Some(dir), Some(listing.len() as u64));
             send_data(
                 guest,
@@ -264,8 +257,7 @@ fn run(
                 Some(listing.len() as u64),
             )?;
         }
-        FileRequest::Read { path, .. } => {
-            let p = check_path(&path)?;
+        FileRequest::Read { .. } => {
             // Non-blocking open: a FIFO without a writer must not hang the thread.
             let mut f = OpenOptions::new()
                 .read(true)
@@ -276,13 +268,13 @@ fn run(
             let ft = md.file_type();
             if ft.is_dir() {
                 return Err(fs_error(
-                    "is_a_directory",
+                    FileErrorCode::IsADirectory,
                     format!("{}: Is a directory", p.display()),
                 ));
             }
             if !ft.is_file() && !ft.is_char_device() {
                 return Err(fs_error(
-                    "not_a_file",
+                    FileErrorCode::NotAFile,
                     format!("{}: not a regular file", p.display()),
                 ));
             }
@@ -303,9 +295,8 @@ fn run(
             send_result(guest, id, Some(e), length);
             send_data(guest, id, handle, &mut f, length)?;
         }
-        FileRequest::Write { path, mode } => {
-            let p = check_path(&path)?;
-            let rx = data.ok_or_else(|| fs_error("io_error", "no data channel"))?;
+        FileRequest::Write { mode, .. } => {
+            let rx = data.ok_or_else(|| fs_error(FileErrorCode::IoError, "no data channel"))?;
             write(guest, id, handle, &p, mode, rx)?;
         }
     }
@@ -346,7 +337,7 @@ fn send_data(
             match src.read(&mut buf[..want]) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(fs_error("io_error", format!("read: {e}")));
+                    return Err(fs_error(FileErrorCode::IoError, format!("read: {e}")));
                 }
                 Ok(n) => break n,
             }
@@ -354,7 +345,10 @@ fn send_data(
         handle.flow.give_back(want - n);
         if n == 0 {
             if left.is_some() {
-                return Err(fs_error("io_error", "the file shrank while being read"));
+                return Err(fs_error(
+                    FileErrorCode::IoError,
+                    "the file shrank while being read",
+                ));
             }
             break;
         }
@@ -376,12 +370,12 @@ fn write(
     rx: Receiver<Vec<u8>>,
 ) -> Result<(), FsError> {
     let (Some(parent), Some(_)) = (path.parent(), path.file_name()) else {
-        return Err(fs_error("is_a_directory", "/ is a directory"));
+        return Err(fs_error(FileErrorCode::IsADirectory, "/ is a directory"));
     };
     let keep_mode = match std::fs::symlink_metadata(path) {
         Ok(md) if md.is_dir() => {
             return Err(fs_error(
-                "is_a_directory",
+                FileErrorCode::IsADirectory,
                 format!("{}: Is a directory", path.display()),
             ));
         }
@@ -398,7 +392,7 @@ fn write(
         Ok(md) if md.is_dir() => {}
         Ok(_) => {
             return Err(fs_error(
-                "not_a_directory",
+                FileErrorCode::NotADirectory,
                 format!("{}: Not a directory", parent.display()),
             ));
         }
@@ -443,7 +437,7 @@ fn receive(
     let mut owed = 0u64;
     loop {
         if handle.cancelled.load(Ordering::SeqCst) {
-            return Err(fs_error("io_error", "cancelled"));
+            return Err(fs_error(FileErrorCode::IoError, "cancelled"));
         }
         match rx.recv_timeout(UPLOAD_IDLE) {
             Ok(chunk) if chunk.is_empty() => break,
@@ -456,10 +450,10 @@ fn receive(
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                return Err(fs_error("io_error", "the upload stalled"));
+                return Err(fs_error(FileErrorCode::IoError, "the upload stalled"));
             }
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(fs_error("io_error", "cancelled"));
+                return Err(fs_error(FileErrorCode::IoError, "cancelled"));
             }
         }
     }

@@ -196,6 +196,7 @@ impl Guest {
             },
             FrameKind::Ping => self.send(Frame::new(FrameKind::Pong, frame.id, frame.payload)),
             FrameKind::Init => match frame.parse::<Init>() {
+                Ok(init) if let Err(e) = init.validate() => self.error(frame.id, e.to_string()),
                 Ok(init) => {
                     let previous = sys::now_unix_ms();
                     sys::apply_init(&init);
@@ -212,6 +213,9 @@ impl Guest {
                 Err(e) => self.error(frame.id, e.to_string()),
             },
             FrameKind::ExecStart => match frame.parse::<Windowed<ExecStart>>() {
+                Ok(req) if let Err(e) = req.request.validate() => {
+                    self.error(frame.id, e.to_string());
+                }
                 Ok(req) => {
                     if self.lock_streams().contains_key(&frame.id) {
                         self.error(frame.id, "stream id already in use");
@@ -222,6 +226,7 @@ impl Guest {
                 }
                 Err(e) => self.error(frame.id, e.to_string()),
             },
+            // Paths are checked as the request is parsed; the rest when the operation starts.
             FrameKind::FileRequest => match frame.parse::<FileRequest>() {
                 Ok(req) => {
                     if self.lock_streams().contains_key(&frame.id) {
@@ -252,7 +257,9 @@ impl Guest {
                     s.cancel();
                 }
             }
+            // A signal or size out of range is ignored, like one for a stream that has ended.
             FrameKind::Signal => match frame.parse::<Signal>() {
+                Ok(sig) if sig.validate().is_err() => {}
                 Ok(sig) => {
                     if let Some(StreamEntry::Exec(h)) = self.stream(frame.id) {
                         h.signal(sig.signal);
@@ -263,6 +270,7 @@ impl Guest {
             FrameKind::Resize => {
                 if let (Some(StreamEntry::Exec(h)), Ok(size)) =
                     (self.stream(frame.id), frame.parse::<Resize>())
+                    && size.validate().is_ok()
                 {
                     h.resize(size);
                 }

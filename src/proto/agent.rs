@@ -21,8 +21,7 @@ pub struct HostFacts {
     pub disk_gb: u64,
     /// `host:port` where the agent serves the server's calls.
     pub address: String,
-    /// "kvm" or "tcg".
-    pub accel: String,
+    pub accel: Accelerator,
     /// Why that accelerator was chosen, in words.
     pub accel_reason: String,
     /// How VMs are put in cgroups: "v2 PATH: cpu memory pids", or "none: why". Empty at
@@ -30,6 +29,46 @@ pub struct HostFacts {
     #[serde(default)]
     pub cgroups: String,
     pub version: String,
+}
+
+/// How an agent runs its VMs: hardware virtualisation or software emulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    Kvm,
+    Tcg,
+}
+
+impl Accelerator {
+    /// The name on the wire and in QEMU's `-accel`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accelerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not `kvm` or `tcg`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an accelerator (kvm or tcg)")]
+pub struct UnknownAccelerator(pub String);
+
+impl std::str::FromStr for Accelerator {
+    type Err = UnknownAccelerator;
+    fn from_str(s: &str) -> Result<Self, UnknownAccelerator> {
+        match s {
+            "kvm" => Ok(Accelerator::Kvm),
+            "tcg" => Ok(Accelerator::Tcg),
+            other => Err(UnknownAccelerator(other.to_string())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,6 +288,31 @@ pub struct BuildTemplateRequest {
 mod tests {
     use super::VmState::*;
     use super::*;
+
+    #[test]
+    fn accelerators_keep_their_wire_names() {
+        for (a, name) in [(Accelerator::Kvm, "kvm"), (Accelerator::Tcg, "tcg")] {
+            assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::from_str::<Accelerator>(&format!("\"{name}\"")).unwrap(),
+                a
+            );
+            assert_eq!(name.parse::<Accelerator>().unwrap(), a);
+            assert_eq!(a.to_string(), name);
+        }
+        assert!(serde_json::from_str::<Accelerator>(r#""magic""#).is_err());
+        assert!("KVM".parse::<Accelerator>().is_err());
+        // An unknown one is refused as a field of the body, as the server's check did.
+        let body = br#"{"facts":{"arch":"x","cpu_cores":1,"memory_mb":1,"disk_gb":1,
+            "address":"h:1","accel":"magic","accel_reason":"","version":""},
+            "running_vms":0,"used_memory_mb":0,"used_vcpus":0}"#;
+        match crate::proto::json::parse_object::<HeartbeatRequest>(body) {
+            Err(crate::proto::json::BodyError::Field { field, .. }) => {
+                assert_eq!(field, "facts.accel")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn vm_transitions() {

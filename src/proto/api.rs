@@ -110,6 +110,35 @@ pub struct HostListResponse {
     pub hosts: Vec<HostResponse>,
 }
 
+/// A new registration token for a pending host (or one whose credentials were revoked).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub registration_token: String,
+    pub registration_expires_at: i64,
+    pub register_command: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("registration_expires_at", &self.registration_expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What deleting a host would end: its live sandboxes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletePreview {
+    pub host_id: String,
+    pub sandbox_ids: Vec<String>,
+}
+
+/// A host's tags (replacing the ones it had).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagsRequest {
+    pub tags: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateSandboxRequest {
     #[serde(default)]
@@ -173,6 +202,17 @@ pub struct SandboxResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxListResponse {
     pub sandboxes: Vec<SandboxResponse>,
+}
+
+/// A sandbox's idle timeout, counting from now. The CLI sends `on_timeout: null` to keep the
+/// current choice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimeoutRequest {
+    /// 0 = never.
+    pub timeout_sec: u64,
+    /// `pause` or `kill`.
+    #[serde(default)]
+    pub on_timeout: Option<String>,
 }
 
 /// A one-shot command in a sandbox. `cmd` runs directly (looked up in PATH), not through a shell.
@@ -383,6 +423,61 @@ pub struct SnapshotRequest {
     pub name: String,
 }
 
+/// Building a base template (`debian`) on every online regular host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateBuildRequest {
+    pub name: String,
+}
+
+// The build answers below were JSON maps, whose keys serialize sorted: their fields keep that
+// order so the bytes on the wire stay the same.
+
+/// The answer to a base template build: the hosts that started it and those that could not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateBuildResponse {
+    pub failed: Vec<HostBuildFailed>,
+    pub hosts: Vec<HostBuildStarted>,
+    pub name: String,
+}
+
+/// A host that started building a base template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostBuildStarted {
+    pub host_id: String,
+    pub progress: Option<String>,
+    pub status: crate::proto::agent::TemplateStatus,
+}
+
+/// A host that could not start a build, or could not be asked how it went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostBuildFailed {
+    pub error: String,
+    pub host_id: String,
+}
+
+/// How a base template build goes on each online regular host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateBuildStatusResponse {
+    pub hosts: Vec<HostBuildStatus>,
+    pub name: String,
+}
+
+/// One host's build of a base template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HostBuildStatus {
+    /// The host has the template, built or building.
+    Known {
+        error: Option<String>,
+        host_id: String,
+        progress: Option<String>,
+        size_bytes: u64,
+        status: crate::proto::agent::TemplateStatus,
+    },
+    /// The host did not answer.
+    Unreachable(HostBuildFailed),
+}
+
 #[cfg(test)]
 mod json_cap_tests {
     use super::json_text_capped;
@@ -404,5 +499,69 @@ mod json_cap_tests {
             let json = serde_json::to_string(&s).unwrap();
             assert!(json.len() - 2 <= max, "{} > {max}", json.len() - 2);
         }
+    }
+}
+
+#[cfg(test)]
+mod build_answer_tests {
+    use super::*;
+    use crate::proto::agent::TemplateStatus;
+
+    /// The typed build answers write the bytes the handlers' `json!` maps wrote before them.
+    #[test]
+    fn build_answers_keep_their_bytes() {
+        let started = TemplateBuildResponse {
+            failed: vec![HostBuildFailed {
+                error: "down".into(),
+                host_id: "h2".into(),
+            }],
+            hosts: vec![HostBuildStarted {
+                host_id: "h1".into(),
+                progress: None,
+                status: TemplateStatus::Building,
+            }],
+            name: "debian".into(),
+        };
+        let was = serde_json::json!({
+            "name": "debian",
+            "hosts": [{ "host_id": "h1", "status": "building", "progress": null }],
+            "failed": [{ "host_id": "h2", "error": "down" }],
+        });
+        assert_eq!(
+            serde_json::to_string(&started).unwrap(),
+            serde_json::to_string(&was).unwrap()
+        );
+        let status = TemplateBuildStatusResponse {
+            hosts: vec![
+                HostBuildStatus::Known {
+                    error: None,
+                    host_id: "h1".into(),
+                    progress: Some("debootstrap: fetching".into()),
+                    size_bytes: 7,
+                    status: TemplateStatus::Building,
+                },
+                HostBuildStatus::Unreachable(HostBuildFailed {
+                    error: "down".into(),
+                    host_id: "h2".into(),
+                }),
+            ],
+            name: "debian".into(),
+        };
+        let was = serde_json::json!({
+            "name": "debian",
+            "hosts": [
+                { "host_id": "h1", "status": "building", "progress": "debootstrap: fetching", "error": null, "size_bytes": 7 },
+                { "host_id": "h2", "error": "down" },
+            ],
+        });
+        let text = serde_json::to_string(&status).unwrap();
+        assert_eq!(text, serde_json::to_string(&was).unwrap());
+        // And it reads back as what it was.
+        let back: TemplateBuildStatusResponse = serde_json::from_str(&text).unwrap();
+        assert!(matches!(
+            back.hosts[0],
+            HostBuildStatus::Known { size_bytes: 7, .. }
+        ));
+        assert!(matches!(&back.hosts[1], HostBuildStatus::Unreachable(f) if f.host_id == "h2"));
     }
 }

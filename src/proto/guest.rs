@@ -428,8 +428,10 @@ pub struct Exit {
 }
 
 pub use crate::proto::api::{FileEntry, FileKind};
+use crate::proto::path::SandboxPath;
 
-/// File operations on absolute paths (no `..`). Data moves in
+/// File operations on plain absolute paths ([`SandboxPath`]; [`FileRequest::validate`] adds
+/// what depends on the operation). Data moves in
 /// [`FileData`](FrameKind::FileData) chunks under the flow control described above.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -437,7 +439,7 @@ pub enum FileRequest {
     /// → `FileResult` (the file's entry and length), `FileData`…, empty `FileData`. Regular
     /// files and character devices only.
     Read {
-        path: String,
+        path: SandboxPath,
         #[serde(default)]
         window: u64,
     },
@@ -446,28 +448,28 @@ pub enum FileRequest {
     /// renames it over `path` only at the end: a cancelled upload leaves nothing. The parent
     /// directory must exist. Without `mode`, a replaced file keeps its mode; a new one gets 0644.
     Write {
-        path: String,
+        path: SandboxPath,
         #[serde(default)]
         mode: Option<u32>,
     },
     /// → `FileResult` (the directory's entry), `FileData`… carrying the JSON of a
     /// [`FileListResponse`](crate::proto::api::FileListResponse), empty `FileData`.
     List {
-        path: String,
+        path: SandboxPath,
         #[serde(default)]
         window: u64,
     },
     /// → `FileResult` (lstat: a symlink is described, not followed).
-    Stat { path: String },
+    Stat { path: SandboxPath },
     /// → `FileResult`. With `parents`, missing parents are made and an existing directory is fine.
     Mkdir {
-        path: String,
+        path: SandboxPath,
         #[serde(default)]
         parents: bool,
     },
     /// → `FileResult` without an entry. A directory needs `recursive` unless it is empty.
     Remove {
-        path: String,
+        path: SandboxPath,
         #[serde(default)]
         recursive: bool,
     },
@@ -486,11 +488,105 @@ pub struct FileResult {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorMsg {
     pub message: String,
-    /// A machine-readable reason for file operations: `file_not_found`, `is_a_directory`,
-    /// `not_a_directory`, `exists`, `not_empty`, `permission_denied`, `invalid_path`,
-    /// `not_a_file`, `no_space`, `io_error`.
+    /// Why a file operation failed; None for other requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<FileErrorCode>,
+}
+
+/// Why a file operation failed, as the guest reports it to the agent and the agent to the
+/// server. The names on the wire are the snake_case ones (`file_not_found`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileErrorCode {
+    FileNotFound,
+    IsADirectory,
+    NotADirectory,
+    Exists,
+    NotEmpty,
+    PermissionDenied,
+    InvalidPath,
+    /// Reading something that is neither a regular file nor a character device.
+    NotAFile,
+    NoSpace,
+    /// A directory listing over [`MAX_LISTING_BYTES`](crate::proto::agent::MAX_LISTING_BYTES)
+    /// (the agent's, never the guest's).
+    TooLarge,
+    /// Any other failure; also what a code this version does not know reads as.
+    #[serde(other)]
+    IoError,
+}
+
+impl FileErrorCode {
+    pub const ALL: [FileErrorCode; 11] = [
+        FileErrorCode::FileNotFound,
+        FileErrorCode::IsADirectory,
+        FileErrorCode::NotADirectory,
+        FileErrorCode::Exists,
+        FileErrorCode::NotEmpty,
+        FileErrorCode::PermissionDenied,
+        FileErrorCode::InvalidPath,
+        FileErrorCode::NotAFile,
+        FileErrorCode::NoSpace,
+        FileErrorCode::IoError,
+        FileErrorCode::TooLarge,
+    ];
+
+    /// The name on the guest channel.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileErrorCode::FileNotFound => "file_not_found",
+            FileErrorCode::IsADirectory => "is_a_directory",
+            FileErrorCode::NotADirectory => "not_a_directory",
+            FileErrorCode::Exists => "exists",
+            FileErrorCode::NotEmpty => "not_empty",
+            FileErrorCode::PermissionDenied => "permission_denied",
+            FileErrorCode::InvalidPath => "invalid_path",
+            FileErrorCode::NotAFile => "not_a_file",
+            FileErrorCode::NoSpace => "no_space",
+            FileErrorCode::IoError => "io_error",
+            FileErrorCode::TooLarge => "too_large",
+        }
+    }
+
+    /// The code of an agent's error answer: the name, but `payload_too_large` for
+    /// [`TooLarge`](FileErrorCode::TooLarge) (the code every 413 carries).
+    pub fn http_code(self) -> &'static str {
+        match self {
+            FileErrorCode::TooLarge => "payload_too_large",
+            c => c.as_str(),
+        }
+    }
+
+    /// The HTTP status of an agent's error answer with this code. `InvalidPath` is a 400 that
+    /// the agent answers as a refused `path` field.
+    pub fn http_status(self) -> u16 {
+        match self {
+            FileErrorCode::FileNotFound => 404,
+            FileErrorCode::IsADirectory
+            | FileErrorCode::NotADirectory
+            | FileErrorCode::Exists
+            | FileErrorCode::NotEmpty
+            | FileErrorCode::NotAFile => 409,
+            FileErrorCode::PermissionDenied => 403,
+            FileErrorCode::InvalidPath => 400,
+            FileErrorCode::TooLarge => 413,
+            FileErrorCode::NoSpace => 507,
+            FileErrorCode::IoError => 500,
+        }
+    }
+
+    /// The code named `code` on the guest channel or in an agent's answer, if it is one.
+    pub fn from_code(code: &str) -> Option<FileErrorCode> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == code || c.http_code() == code)
+    }
+}
+
+impl std::fmt::Display for FileErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -665,10 +761,33 @@ mod tests {
         let f = Frame::json(FrameKind::ExecStart, 5, &e);
         assert_eq!(f.parse::<Windowed<ExecStart>>().unwrap().window, 0);
         let r = FileRequest::Read {
-            path: "/etc/hostname".into(),
+            path: SandboxPath::parse("/etc/hostname").unwrap(),
             window: WINDOW,
         };
         let f = Frame::json(FrameKind::FileRequest, 6, &r);
         assert_eq!(f.parse::<FileRequest>().unwrap(), r);
+    }
+
+    #[test]
+    fn file_error_codes_keep_their_wire_names() {
+        for c in FileErrorCode::ALL {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+            assert_eq!(serde_json::from_str::<FileErrorCode>(&json).unwrap(), c);
+            assert_eq!(FileErrorCode::from_code(c.as_str()), Some(c));
+            assert_eq!(FileErrorCode::from_code(c.http_code()), Some(c));
+        }
+        assert_eq!(FileErrorCode::from_code("nope"), None);
+        let e: ErrorMsg = serde_json::from_str(r#"{"message":"m","code":"not_empty"}"#).unwrap();
+        assert_eq!(e.code, Some(FileErrorCode::NotEmpty));
+        // A code from a newer guest is an I/O error, not a broken frame.
+        let e: ErrorMsg = serde_json::from_str(r#"{"message":"m","code":"brand_new"}"#).unwrap();
+        assert_eq!(e.code, Some(FileErrorCode::IoError));
+        let e = ErrorMsg {
+            message: "m".into(),
+            code: None,
+        };
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"message":"m"}"#);
+        assert_eq!(FileErrorCode::TooLarge.http_code(), "payload_too_large");
     }
 }

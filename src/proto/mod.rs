@@ -3,5 +3,10 @@
 pub mod agent;
 pub mod api;
 pub mod guest;
+pub mod invalid;
 pub mod json;
+pub mod keys;
 pub mod net;
+pub mod path;
+pub mod teams;
+pub mod validate;

@@ -1,5 +1,5 @@
-//! A sandbox's network setting and egress policy (SPEC §13), checked the same way by the server
-//! (at create and update) and the agent (before it writes firewall rules).
+//! A sandbox's network setting and egress policy (docs/ARCHITECTURE.md#isolation), checked the
+//! same way by the server (at create and update) and the agent (before it writes firewall rules).
 
 use std::net::IpAddr;
 

@@ -3,8 +3,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod db;
-pub mod local;
 pub mod lock;
 pub mod monitor;
 pub mod pool;
@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
+use futures_util::future::BoxFuture;
 use tokio::net::TcpListener;
 
 use self::auth::TokenKeys;
@@ -112,13 +113,16 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     pub monitor_interval: Duration,
     pub host_stale_after: Duration,
-    pub local_agent: Option<local::LocalAgentConfig>,
     pub github: Option<api::oauth::GithubConfig>,
     pub max_file_bytes: u64,
     pub allow_private_agent_addresses: bool,
 }
 
-pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+/// Work started beside the server once it listens, given its state: the single-machine setup
+/// (`sandboxctl server --local-agent`) runs its agent there.
+pub type Companion = Box<dyn FnOnce(AppState) -> BoxFuture<'static, ()> + Send>;
+
+pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| {
         format!(
             "cannot listen on {} (is another server running? try --listen 127.0.0.1:0)",
@@ -151,15 +155,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         let _ = shutdown_signal().await;
     };
     let server = tokio::spawn(serve(listener, state.clone(), shutdown));
-    if let Some(local) = cfg.local_agent {
-        let st = state.clone();
-        let data_dir = cfg.data_dir.clone();
-        tokio::spawn(async move {
-            if let Err(e) = local::start(st, &data_dir, local).await {
-                eprintln!("sandboxctl: the local agent failed: {e:#}");
-                tracing::error!(error = ?e, "local agent failed");
-            }
-        });
+    if let Some(start) = companion {
+        tokio::spawn(start(state.clone()));
     }
     server.await.context("server task")?
 }

@@ -2,7 +2,7 @@
 
 use reqwest::Method;
 
-use crate::common::{TestServer, code, raw};
+use crate::common::{TestServer, code, raw, step};
 
 #[tokio::test]
 async fn team_rules_and_soft_deleted_teams() {
@@ -13,197 +13,220 @@ async fn team_rules_and_soft_deleted_teams() {
     let team = owner.create_team("Shared").await.unwrap();
     assert_eq!(team.role, "owner");
 
-    // Add by email (case-insensitive); members are listed with Name and Email apart.
-    owner
-        .add_member(&team.id, "MEMBER@example.com", "member")
-        .await
-        .unwrap();
-    let e = owner
-        .add_member(&team.id, "member@example.com", "member")
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Some("already_member"));
-    let e = owner
-        .add_member(&team.id, "nobody@example.com", "member")
-        .await
-        .unwrap_err();
-    assert_eq!(e.status(), Some(404));
-    let e = owner
-        .add_member(&team.id, "member@example.com", "owner")
-        .await
-        .unwrap_err();
-    assert_eq!(e.status(), Some(400));
-    let detail = owner.get_team(&team.id).await.unwrap();
-    let names: Vec<(&str, &str, &str)> = detail
-        .members
-        .iter()
-        .map(|x| (x.name.as_str(), x.email.as_str(), x.role.as_str()))
-        .collect();
-    assert_eq!(
-        names,
-        [
-            ("Olive Owner", "owner@example.com", "owner"),
-            ("Mo Member", "member@example.com", "member")
-        ]
-    );
-
-    // The owner cannot be removed, demoted, or leave.
-    for e in [
-        owner.remove_member(&team.id, &o.user_id).await.unwrap_err(),
+    step("add members by email", async {
+        // Add by email (case-insensitive); members are listed with Name and Email apart.
         owner
-            .set_role(&team.id, &o.user_id, "member")
+            .add_member(&team.id, "MEMBER@example.com", "member")
             .await
-            .unwrap_err(),
-        owner.leave_team(&team.id).await.unwrap_err(),
-    ] {
-        assert_eq!(e.code(), Some("owner_is_fixed"), "{e}");
-    }
-    // A member cannot manage; promoted to admin they can (but still not the owner).
-    let e = member
-        .add_member(&team.id, "root@example.com", "member")
-        .await
-        .unwrap_err();
-    assert_eq!(e.status(), Some(403));
-    owner.set_role(&team.id, &m.user_id, "admin").await.unwrap();
-    member
-        .rename_team(&team.id, "Shared and renamed")
-        .await
-        .unwrap();
-    assert_eq!(
-        member
-            .remove_member(&team.id, &o.user_id)
-            .await
-            .unwrap_err()
-            .code(),
-        Some("owner_is_fixed")
-    );
-    let e = member.delete_team(&team.id).await.unwrap_err();
-    assert_eq!(e.status(), Some(403));
-
-    // User search finds team mates by prefix and strangers only by exact email.
-    let found = member.search_users("own").await.unwrap();
-    assert_eq!(
-        found.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(),
-        ["owner@example.com"]
-    );
-    assert!(
-        member.search_users("roo").await.unwrap().is_empty(),
-        "strangers are not listed"
-    );
-    assert_eq!(
-        member.search_users("root@example.com").await.unwrap().len(),
-        1
-    );
-    assert_eq!(
-        member.search_users("%%%").await.unwrap_err().status(),
-        Some(400)
-    );
-
-    // The member's own team goes away: login falls back to the shared team.
-    member
-        .delete_team(m.team_id.as_deref().unwrap())
-        .await
-        .unwrap();
-    let l = s
-        .anon()
-        .login("member@example.com", "correct horse battery")
-        .await
-        .unwrap();
-    assert_eq!(l.team_id.as_deref(), Some(team.id.as_str()));
-    let teams = s.anon().with_token(&l.token).list_teams().await.unwrap();
-    assert_eq!(
-        teams.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
-        [team.id.as_str()],
-        "deleted teams are not listed"
-    );
-    // Switching to a deleted team is refused; switching re-reads the name from the database.
-    let e = s
-        .anon()
-        .with_token(&l.token)
-        .switch_team(m.team_id.as_deref().unwrap())
-        .await
-        .unwrap_err();
-    assert_eq!(e.status(), Some(404));
-    s.sqlite()
-        .execute(
-            "UPDATE users SET name = 'Mo Renamed' WHERE id = ?1",
-            [&m.user_id],
-        )
-        .unwrap();
-    let sw = s
-        .anon()
-        .with_token(&l.token)
-        .switch_team(&team.id)
-        .await
-        .unwrap();
-    assert_eq!(sw.name, "Mo Renamed");
-    // No BYOC host for a deleted team.
-    let (st, v) = raw(
-        Method::POST,
-        &format!("{}/v1/hosts", s.url),
-        Some(&sw.token),
-        Some(&format!(
-            r#"{{"type":"byoc","team_id":"{}"}}"#,
-            m.team_id.unwrap()
-        )),
-    )
-    .await;
-    assert_eq!(st, 404, "{v}");
-
-    // Deleting the shared team leaves the member with no team: login works, sandboxes say why not.
-    // Its own (BYOC) host goes with it.
-    let byoc = owner
-        .create_host(&sandboxctl::proto::api::CreateHostRequest {
-            host_type: "byoc".into(),
-            team_id: Some(team.id.clone()),
-            name: None,
-            provider: None,
-            zone: None,
-        })
-        .await
-        .unwrap();
-    owner.delete_team(&team.id).await.unwrap();
-    assert_eq!(
-        root.get_host(&byoc.host.id).await.unwrap_err().status(),
-        Some(404)
-    );
-    let l = s
-        .anon()
-        .login("member@example.com", "correct horse battery")
-        .await
-        .unwrap();
-    assert_eq!(l.team_id, None);
-    let (st, v) = raw(
-        Method::POST,
-        &format!("{}/v1/sandboxes", s.url),
-        Some(&l.token),
-        Some("{}"),
-    )
-    .await;
-    assert_eq!((st, code(&v)), (403, "no_team"), "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("team"));
-
-    // The trail.
-    let actions: Vec<String> = {
-        let db = s.sqlite();
-        let mut st = db
-            .prepare("SELECT action FROM audit_events ORDER BY id")
             .unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
-    for a in [
-        "user.signup",
-        "team.create",
-        "team.member_add",
-        "team.member_role",
-        "team.rename",
-        "team.delete",
-    ] {
-        assert!(actions.iter().any(|x| x == a), "no {a} in {actions:?}");
-    }
+        let e = owner
+            .add_member(&team.id, "member@example.com", "member")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("already_member"));
+        let e = owner
+            .add_member(&team.id, "nobody@example.com", "member")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(404));
+        let e = owner
+            .add_member(&team.id, "member@example.com", "owner")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(400));
+        let detail = owner.get_team(&team.id).await.unwrap();
+        let names: Vec<(&str, &str, &str)> = detail
+            .members
+            .iter()
+            .map(|x| (x.name.as_str(), x.email.as_str(), x.role.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("Olive Owner", "owner@example.com", "owner"),
+                ("Mo Member", "member@example.com", "member")
+            ]
+        );
+    })
+    .await;
+    step("the owner cannot be removed, demoted, or leave", async {
+        // The owner cannot be removed, demoted, or leave.
+        for e in [
+            owner.remove_member(&team.id, &o.user_id).await.unwrap_err(),
+            owner
+                .set_role(&team.id, &o.user_id, "member")
+                .await
+                .unwrap_err(),
+            owner.leave_team(&team.id).await.unwrap_err(),
+        ] {
+            assert_eq!(e.code(), Some("owner_is_fixed"), "{e}");
+        }
+    })
+    .await;
+    step("a member cannot manage; an admin can", async {
+        // A member cannot manage; promoted to admin they can (but still not the owner).
+        let e = member
+            .add_member(&team.id, "root@example.com", "member")
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(403));
+        owner.set_role(&team.id, &m.user_id, "admin").await.unwrap();
+        member
+            .rename_team(&team.id, "Shared and renamed")
+            .await
+            .unwrap();
+        assert_eq!(
+            member
+                .remove_member(&team.id, &o.user_id)
+                .await
+                .unwrap_err()
+                .code(),
+            Some("owner_is_fixed")
+        );
+        let e = member.delete_team(&team.id).await.unwrap_err();
+        assert_eq!(e.status(), Some(403));
+    })
+    .await;
+    step("user search", async {
+        // User search finds team mates by prefix and strangers only by exact email.
+        let found = member.search_users("own").await.unwrap();
+        assert_eq!(
+            found.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(),
+            ["owner@example.com"]
+        );
+        assert!(
+            member.search_users("roo").await.unwrap().is_empty(),
+            "strangers are not listed"
+        );
+        assert_eq!(
+            member.search_users("root@example.com").await.unwrap().len(),
+            1
+        );
+        assert_eq!(
+            member.search_users("%%%").await.unwrap_err().status(),
+            Some(400)
+        );
+    })
+    .await;
+    step(
+        "the member's own team goes away: login falls back, switching checks",
+        async {
+            // The member's own team goes away: login falls back to the shared team.
+            member
+                .delete_team(m.team_id.as_deref().unwrap())
+                .await
+                .unwrap();
+            let l = s
+                .anon()
+                .login("member@example.com", "correct horse battery")
+                .await
+                .unwrap();
+            assert_eq!(l.team_id.as_deref(), Some(team.id.as_str()));
+            let teams = s.anon().with_token(&l.token).list_teams().await.unwrap();
+            assert_eq!(
+                teams.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+                [team.id.as_str()],
+                "deleted teams are not listed"
+            );
+            // Switching to a deleted team is refused; switching re-reads the name from the
+            // database.
+            let e = s
+                .anon()
+                .with_token(&l.token)
+                .switch_team(m.team_id.as_deref().unwrap())
+                .await
+                .unwrap_err();
+            assert_eq!(e.status(), Some(404));
+            s.sqlite()
+                .execute(
+                    "UPDATE users SET name = 'Mo Renamed' WHERE id = ?1",
+                    [&m.user_id],
+                )
+                .unwrap();
+            let sw = s
+                .anon()
+                .with_token(&l.token)
+                .switch_team(&team.id)
+                .await
+                .unwrap();
+            assert_eq!(sw.name, "Mo Renamed");
+            // No BYOC host for a deleted team.
+            let (st, v) = raw(
+                Method::POST,
+                &format!("{}/v1/hosts", s.url),
+                Some(&sw.token),
+                Some(&format!(
+                    r#"{{"type":"byoc","team_id":"{}"}}"#,
+                    m.team_id.unwrap()
+                )),
+            )
+            .await;
+            assert_eq!(st, 404, "{v}");
+        },
+    )
+    .await;
+    step(
+        "deleting the shared team leaves the member with no team",
+        async {
+            // Deleting the shared team leaves the member with no team: login works, sandboxes say
+            // why not. Its own (BYOC) host goes with it.
+            let byoc = owner
+                .create_host(&sandboxctl::proto::api::CreateHostRequest {
+                    host_type: "byoc".into(),
+                    team_id: Some(team.id.clone()),
+                    name: None,
+                    provider: None,
+                    zone: None,
+                })
+                .await
+                .unwrap();
+            owner.delete_team(&team.id).await.unwrap();
+            assert_eq!(
+                root.get_host(&byoc.host.id).await.unwrap_err().status(),
+                Some(404)
+            );
+            let l = s
+                .anon()
+                .login("member@example.com", "correct horse battery")
+                .await
+                .unwrap();
+            assert_eq!(l.team_id, None);
+            let (st, v) = raw(
+                Method::POST,
+                &format!("{}/v1/sandboxes", s.url),
+                Some(&l.token),
+                Some("{}"),
+            )
+            .await;
+            assert_eq!((st, code(&v)), (403, "no_team"), "{v}");
+            assert!(v["error"]["message"].as_str().unwrap().contains("team"));
+        },
+    )
+    .await;
+    step("the audit trail", async {
+        // The trail.
+        let actions: Vec<String> = {
+            let db = s.sqlite();
+            let mut st = db
+                .prepare("SELECT action FROM audit_events ORDER BY id")
+                .unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        for a in [
+            "user.signup",
+            "team.create",
+            "team.member_add",
+            "team.member_role",
+            "team.rename",
+            "team.delete",
+        ] {
+            assert!(actions.iter().any(|x| x == a), "no {a} in {actions:?}");
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
-//! Between server and agent (SPEC §13): a call the server makes is good for one request on one
-//! host — a captured call replayed, or altered in method, path or body, is refused; the server never
-//! follows an agent's redirect nor reads an unbounded answer; BYOC hosts cannot point the server at
-//! private addresses.
+//! Between server and agent (docs/ARCHITECTURE.md#server-and-agent): a call the server makes is
+//! good for one request on one host — a captured call replayed, or altered in method, path or body,
+//! is refused; the server never follows an agent's redirect nor reads an unbounded answer; BYOC
+//! hosts cannot point the server at private addresses.
 //!
 //! Calls are captured the honest way: the agent advertises a recording proxy (a man in the middle)
 //! as its address, so the server's own signed requests pass through the test.
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{
-    TestAgent, TestServer, agent_call_token, call_signer, code, exec, facts, raw, regular,
+    TestAgent, TestServer, agent_call_token, call_signer, code, exec, facts, raw, regular, step,
     vm_permit,
 };
 
@@ -247,109 +247,129 @@ async fn captured_calls_cannot_be_replayed_or_altered() {
     let agent = TestAgent::start_advertising(&s, &admin, &regular(), &[], Some(&proxy.addr)).await;
     proxy.set_upstream(&agent.addr);
 
-    // Step 1: a sandbox created through the man in the middle; the server's call went through.
-    let sbx = admin
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await
-        .expect("create through the proxy");
-    assert_eq!(sbx.status, "running");
-    let create = proxy.last("POST", "/v1/vms");
-    assert!(create.header("authorization").is_some());
-
-    // Step 2: the delivered create call, sent again, is refused.
-    let (st, v) = create.replay(&agent.addr).await;
-    assert_eq!((st, code(&v)), (401, "unauthorized"), "{v}");
-
-    // Step 3: an exec the agent never sees (the proxy holds it).
-    proxy.hold(true);
-    let exec_path = format!("/v1/vms/{}/exec", sbx.id);
-    admin
-        .exec(&sbx.id, &exec("echo", &["from the server"]))
-        .await
-        .expect_err("held");
-    let call = proxy.last("POST", &exec_path);
-    let body = String::from_utf8(call.body.clone()).unwrap();
-    assert!(body.contains("from the server"), "{body}");
-
-    // Step 4: altered copies of the unused call are refused: body, method, path, query.
-    let evil = body.replace("from the server", "from an attacker");
-    for (method, target, b) in [
-        ("POST", exec_path.clone(), evil.as_bytes()),
-        ("PUT", exec_path.clone(), body.as_bytes()),
-        (
-            "POST",
-            "/v1/vms/sbx_someoneelse/exec".into(),
-            body.as_bytes(),
-        ),
-        ("POST", format!("{exec_path}?x=1"), body.as_bytes()),
-        ("POST", "/v1/vms".into(), body.as_bytes()),
-    ] {
-        let (st, v) = call.send_as(&agent.addr, method, &target, b).await;
-        assert_eq!(
-            (st, code(&v)),
-            (401, "unauthorized"),
-            "{method} {target}: {v}"
+    let (sbx, create) = step("a sandbox created through the man in the middle", async {
+        // A sandbox created through the man in the middle; the server's call went through.
+        let sbx = admin
+            .create_sandbox(&CreateSandboxRequest::default())
+            .await
+            .expect("create through the proxy");
+        assert_eq!(sbx.status, "running");
+        let create = proxy.last("POST", "/v1/vms");
+        assert!(create.header("authorization").is_some());
+        (sbx, create)
+    })
+    .await;
+    step("the delivered create call, sent again, is refused", async {
+        // The delivered create call, sent again, is refused.
+        let (st, v) = create.replay(&agent.addr).await;
+        assert_eq!((st, code(&v)), (401, "unauthorized"), "{v}");
+    })
+    .await;
+    let (exec_path, call, body) = step("an exec the agent never sees", async {
+        // An exec the agent never sees (the proxy holds it).
+        proxy.hold(true);
+        let exec_path = format!("/v1/vms/{}/exec", sbx.id);
+        admin
+            .exec(&sbx.id, &exec("echo", &["from the server"]))
+            .await
+            .expect_err("held");
+        let call = proxy.last("POST", &exec_path);
+        let body = String::from_utf8(call.body.clone()).unwrap();
+        assert!(body.contains("from the server"), "{body}");
+        (exec_path, call, body)
+    })
+    .await;
+    step("altered copies of the unused call are refused", async {
+        // Altered copies of the unused call are refused: body, method, path, query.
+        let evil = body.replace("from the server", "from an attacker");
+        for (method, target, b) in [
+            ("POST", exec_path.clone(), evil.as_bytes()),
+            ("PUT", exec_path.clone(), body.as_bytes()),
+            (
+                "POST",
+                "/v1/vms/sbx_someoneelse/exec".into(),
+                body.as_bytes(),
+            ),
+            ("POST", format!("{exec_path}?x=1"), body.as_bytes()),
+            ("POST", "/v1/vms".into(), body.as_bytes()),
+        ] {
+            let (st, v) = call.send_as(&agent.addr, method, &target, b).await;
+            assert_eq!(
+                (st, code(&v)),
+                (401, "unauthorized"),
+                "{method} {target}: {v}"
+            );
+        }
+    })
+    .await;
+    step("the untouched call works once, then never", async {
+        // The untouched call works once (the refused copies did not use it up), then never.
+        let (st, v) = call.replay(&agent.addr).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["stdout"], "from the server\n");
+        let (st, v) = call.replay(&agent.addr).await;
+        assert_eq!((st, code(&v)), (401, "unauthorized"), "{v}");
+    })
+    .await;
+    step("a WebSocket upgrade is a signed GET: once", async {
+        // A WebSocket upgrade (streaming exec) is a signed GET like any other: once.
+        let ws_path = format!("/v1/vms/{}/exec/stream", sbx.id);
+        let url = format!(
+            "{}/v1/sandboxes/{}/exec/stream",
+            s.url.replacen("http", "ws", 1),
+            sbx.id
         );
-    }
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", admin.token().unwrap())
+                .parse()
+                .unwrap(),
+        );
+        assert!(tokio_tungstenite::connect_async(req).await.is_err(), "held");
+        let upgrade = proxy.last("GET", &ws_path);
+        assert!(
+            upgrade
+                .header("upgrade")
+                .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        );
+        assert_eq!(upgrade.replay_verbatim(&agent.addr).await, 101);
+        assert_eq!(upgrade.replay_verbatim(&agent.addr).await, 401);
+    })
+    .await;
+    step(
+        "a signed \"streamed\" body is refused on a JSON route",
+        async {
+            // A correctly signed token that calls its body "streamed" is refused on a JSON route;
+            // the same request with its digest is fine.
+            let payload = r#"{"cmd":"echo","args":["digested"]}"#;
+            let url = format!("http://{}{exec_path}", agent.addr);
+            let streamed = call_signer(&s)
+                .sign(
+                    &agent.host_id,
+                    &CallBinding::streamed("POST", &exec_path),
+                    unix_now(),
+                )
+                .unwrap();
+            let (st, v) = raw(Method::POST, &url, Some(&streamed), Some(payload)).await;
+            assert_eq!((st, code(&v)), (401, "unauthorized"), "{v}");
+            let t = agent_call_token(
+                &s,
+                &agent.host_id,
+                "POST",
+                &exec_path,
+                payload.as_bytes(),
+                0,
+            );
+            let (st, v) = raw(Method::POST, &url, Some(&t), Some(payload)).await;
+            assert_eq!((st, v["stdout"].as_str()), (200, Some("digested\n")), "{v}");
 
-    // Step 5: the untouched call works once (the refused copies did not use it up), then never.
-    let (st, v) = call.replay(&agent.addr).await;
-    assert_eq!(st, 200, "{v}");
-    assert_eq!(v["stdout"], "from the server\n");
-    let (st, v) = call.replay(&agent.addr).await;
-    assert_eq!((st, code(&v)), (401, "unauthorized"), "{v}");
-
-    // Step 6: a WebSocket upgrade (streaming exec) is a signed GET like any other: once.
-    let ws_path = format!("/v1/vms/{}/exec/stream", sbx.id);
-    let url = format!(
-        "{}/v1/sandboxes/{}/exec/stream",
-        s.url.replacen("http", "ws", 1),
-        sbx.id
-    );
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", admin.token().unwrap())
-            .parse()
-            .unwrap(),
-    );
-    assert!(tokio_tungstenite::connect_async(req).await.is_err(), "held");
-    let upgrade = proxy.last("GET", &ws_path);
-    assert!(
-        upgrade
-            .header("upgrade")
-            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
-    );
-    assert_eq!(upgrade.replay_verbatim(&agent.addr).await, 101);
-    assert_eq!(upgrade.replay_verbatim(&agent.addr).await, 401);
-
-    // Step 7: a correctly signed token that calls its body "streamed" is refused on a JSON route;
-    // the same request with its digest is fine.
-    let payload = r#"{"cmd":"echo","args":["digested"]}"#;
-    let url = format!("http://{}{exec_path}", agent.addr);
-    let streamed = call_signer(&s)
-        .sign(
-            &agent.host_id,
-            &CallBinding::streamed("POST", &exec_path),
-            unix_now(),
-        )
-        .unwrap();
-    let (st, v) = raw(Method::POST, &url, Some(&streamed), Some(payload)).await;
-    assert_eq!((st, code(&v)), (401, "unauthorized"), "{v}");
-    let t = agent_call_token(
-        &s,
-        &agent.host_id,
-        "POST",
-        &exec_path,
-        payload.as_bytes(),
-        0,
-    );
-    let (st, v) = raw(Method::POST, &url, Some(&t), Some(payload)).await;
-    assert_eq!((st, v["stdout"].as_str()), (200, Some("digested\n")), "{v}");
-
-    proxy.hold(false);
-    admin.delete_sandbox(&sbx.id).await.expect("delete");
+            proxy.hold(false);
+            admin.delete_sandbox(&sbx.id).await.expect("delete");
+        },
+    )
+    .await;
 }
 
 // ---- agents that misbehave ----
@@ -422,100 +442,37 @@ async fn the_server_follows_no_redirect_and_reads_bounded_answers() {
     let s = TestServer::start_with(&["--monitor-interval", "1h"]).await;
     let (_, admin) = s.signup("root@example.com", "Root").await;
 
-    // Step 1: a redirect to another listener, which must never be asked.
-    let (elsewhere, elsewhere_hits) = fake_agent(|mut s| async move {
-        let _ = s.write_all(&answer("200 OK", "{}")).await;
-    })
-    .await;
-    let location = format!("http://{elsewhere}/v1/vms");
-    let (redirecting, hits) = fake_agent(move |mut s| {
-        let location = location.clone();
-        async move {
-            let r = format!(
-                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-            let _ = s.write_all(r.as_bytes()).await;
-        }
-    })
-    .await;
-    fake_host(&s, &admin, &redirecting).await;
-    let err = admin
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await
-        .expect_err("a redirect is no sandbox");
-    assert!(hits.load(Ordering::SeqCst) >= 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        elsewhere_hits.load(Ordering::SeqCst),
-        0,
-        "the redirect was followed"
-    );
-    assert!(format!("{err}").contains("307"), "{err}");
-    let (_, body) = raw(
-        Method::GET,
-        &format!("{}/v1/hosts", s.url),
-        admin.token(),
-        None,
-    )
-    .await;
-    for h in body["hosts"].as_array().unwrap() {
-        let id = h["id"].as_str().unwrap();
-        admin.delete_host(id, true).await.unwrap();
-    }
-
-    // Step 2: 100 MB answers, with no length announced (a success) and as an error.
-    const HUGE: usize = 100 << 20;
-    let huge = |status: &'static str| {
-        move |mut s: TcpStream| async move {
-            let head = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{{\"id\":\""
-            );
-            if s.write_all(head.as_bytes()).await.is_err() {
-                return;
+    step("a redirect is never followed", async {
+        // A redirect to another listener, which must never be asked.
+        let (elsewhere, elsewhere_hits) = fake_agent(|mut s| async move {
+            let _ = s.write_all(&answer("200 OK", "{}")).await;
+        })
+        .await;
+        let location = format!("http://{elsewhere}/v1/vms");
+        let (redirecting, hits) = fake_agent(move |mut s| {
+            let location = location.clone();
+            async move {
+                let r = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = s.write_all(r.as_bytes()).await;
             }
-            let chunk = vec![b'a'; 1 << 20];
-            for _ in 0..HUGE >> 20 {
-                if s.write_all(&chunk).await.is_err() {
-                    return;
-                }
-            }
-        }
-    };
-    let pid = s.pid();
-    let before = rss_kib(pid);
-    for status in ["201 Created", "500 Internal Server Error"] {
-        let (addr, hits) = fake_agent(huge(status)).await;
-        fake_host(&s, &admin, &addr).await;
-        // Freed buffers go back to the system at once (see main.rs), so the peak is what counts:
-        // sampled while the call runs.
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = {
-            let done = done.clone();
-            tokio::spawn(async move {
-                let mut peak = 0;
-                while !done.load(Ordering::SeqCst) {
-                    peak = peak.max(rss_kib(pid));
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                peak
-            })
-        };
-        let t = std::time::Instant::now();
+        })
+        .await;
+        fake_host(&s, &admin, &redirecting).await;
         let err = admin
             .create_sandbox(&CreateSandboxRequest::default())
             .await
-            .expect_err("100 MB is no answer");
-        done.store(true, Ordering::SeqCst);
-        let peak = sampler.await.unwrap();
-        eprintln!(
-            "{status} with 100 MB: {err} after {:?}; server RSS {before} KiB, peak {peak} KiB",
-            t.elapsed()
-        );
+            .expect_err("a redirect is no sandbox");
         assert!(hits.load(Ordering::SeqCst) >= 1);
-        assert!(
-            peak < before + 32 * 1024,
-            "the server's memory grew from {before} KiB to {peak} KiB"
+        // Not a wait for an event: the redirect target must get no call, even a little later.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            0,
+            "the redirect was followed"
         );
+        assert!(format!("{err}").contains("307"), "{err}");
         let (_, body) = raw(
             Method::GET,
             &format!("{}/v1/hosts", s.url),
@@ -524,12 +481,82 @@ async fn the_server_follows_no_redirect_and_reads_bounded_answers() {
         )
         .await;
         for h in body["hosts"].as_array().unwrap() {
-            admin
-                .delete_host(h["id"].as_str().unwrap(), true)
-                .await
-                .unwrap();
+            let id = h["id"].as_str().unwrap();
+            admin.delete_host(id, true).await.unwrap();
         }
-    }
+    })
+    .await;
+    step("100 MB answers are read bounded, as a success and as an error", async {
+        // 100 MB answers, with no length announced (a success) and as an error.
+        const HUGE: usize = 100 << 20;
+        let huge = |status: &'static str| {
+            move |mut s: TcpStream| async move {
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{{\"id\":\""
+                );
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'a'; 1 << 20];
+                for _ in 0..HUGE >> 20 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let pid = s.pid();
+        let before = rss_kib(pid);
+        for status in ["201 Created", "500 Internal Server Error"] {
+            let (addr, hits) = fake_agent(huge(status)).await;
+            fake_host(&s, &admin, &addr).await;
+            // Freed buffers go back to the system at once (see main.rs), so the peak is what
+            // counts: sampled while the call runs.
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sampler = {
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let mut peak = 0;
+                    while !done.load(Ordering::SeqCst) {
+                        peak = peak.max(rss_kib(pid));
+                        // A sampling interval, not a wait for a condition.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    peak
+                })
+            };
+            let t = std::time::Instant::now();
+            let err = admin
+                .create_sandbox(&CreateSandboxRequest::default())
+                .await
+                .expect_err("100 MB is no answer");
+            done.store(true, Ordering::SeqCst);
+            let peak = sampler.await.unwrap();
+            eprintln!(
+                "{status} with 100 MB: {err} after {:?}; server RSS {before} KiB, peak {peak} KiB",
+                t.elapsed()
+            );
+            assert!(hits.load(Ordering::SeqCst) >= 1);
+            assert!(
+                peak < before + 32 * 1024,
+                "the server's memory grew from {before} KiB to {peak} KiB"
+            );
+            let (_, body) = raw(
+                Method::GET,
+                &format!("{}/v1/hosts", s.url),
+                admin.token(),
+                None,
+            )
+            .await;
+            for h in body["hosts"].as_array().unwrap() {
+                admin
+                    .delete_host(h["id"].as_str().unwrap(), true)
+                    .await
+                    .unwrap();
+            }
+        }
+    })
+    .await;
 }
 
 /// A team's (BYOC) host must advertise a public IP address, at registration and in every

@@ -2,6 +2,8 @@
 
 use reqwest::Method;
 
+use sandboxctl::server::db::hosts::REGISTRATION_TTL_SECS;
+
 use crate::common::{TestServer, code, facts, raw, register_host, regular};
 
 #[tokio::test]
@@ -190,14 +192,9 @@ async fn registration_token_is_single_use_under_concurrency() {
     let e = admin.host_token(&created.host.id).await.unwrap_err();
     assert_eq!(e.status(), Some(409));
 
-    // An expired token is refused.
+    // An expired token is refused: an hour and a bit later, the server's clock says.
     let c2 = admin.create_host(&regular()).await.unwrap();
-    s.sqlite()
-        .execute(
-            "UPDATE host_registration_tokens SET expires_at = 1 WHERE host_id = ?1",
-            [&c2.host.id],
-        )
-        .unwrap();
+    s.advance_clock(REGISTRATION_TTL_SECS + 1);
     let body = serde_json::json!({ "token": c2.registration_token, "facts": facts("127.0.0.1:1") })
         .to_string();
     let (st, _) = raw(Method::POST, &url, None, Some(&body)).await;

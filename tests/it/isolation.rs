@@ -1,4 +1,4 @@
-//! Isolation (SPEC §13), each attack performed for real against a real server, agent and QEMU.
+//! Isolation (docs/ARCHITECTURE.md#isolation), each attack performed for real against a real server, agent and QEMU.
 //!
 //! "The internet" is a network namespace this test makes, reached from the host over a veth
 //! pair with host routes: a public web server at 203.0.113.10, a DNS server at 203.0.113.53,
@@ -7,12 +7,13 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use sandboxctl::cli::client::ApiClient;
 use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest};
 use sandboxctl::proto::net::{EgressPolicy, NetworkSetting};
 
-use crate::common::{TestAgent, TestServer, vm_permit, wait_until};
+use crate::common::{TestAgent, TestServer, step, vm_permit, wait_until};
 
 const PUBLIC: &str = "203.0.113.10";
 const DNS: &str = "203.0.113.53";
@@ -232,119 +233,153 @@ async fn sandbox_network_reaches_the_internet_and_nothing_else() {
         vec![format!("{PUBLIC}/32")]
     );
 
-    // step: the internet answers, and names resolve through the agent's DNS.
-    assert_eq!(
-        fetch(&admin, &a.id, PUBLIC).await.as_deref(),
-        Some("hello from outside\n")
-    );
-    let looked_up = admin
-        .exec(&a.id, &sh(&format!("nslookup {NAME}")))
-        .await
-        .unwrap();
-    assert!(looked_up.stdout.contains(PUBLIC), "nslookup: {looked_up:?}");
-
-    // step: the host (every address, the gateway, the agent's and server's ports), link-local
-    // and private stand-ins and the other sandbox are all out of reach.
-    let mut closed: Vec<String> = host_addresses()
-        .iter()
-        .map(|h| format!("{h}:{host_port}"))
-        .collect();
-    assert!(!closed.is_empty(), "the host has an address");
-    closed.push(format!("10.0.2.2:{host_port}"));
-    closed.push(format!("10.213.0.1:{host_port}"));
-    let agent_port = agent.addr.rsplit(':').next().unwrap().to_string();
-    let server_port = s.url.rsplit(':').next().unwrap().to_string();
-    for h in host_addresses() {
-        closed.push(format!("{h}:{agent_port}"));
-        closed.push(format!("{h}:{server_port}"));
-    }
-    closed.push(LINK_LOCAL.to_string());
-    closed.push(PRIVATE.to_string());
-    closed.push("10.213.0.6:8000".into());
-    // The other sandbox listens (on its guest address, the same in every namespace).
-    admin
-        .exec(&b.id, &sh("(httpd -p 8000 -h /tmp &) ; echo started"))
-        .await
-        .unwrap();
-    for url in &closed {
-        assert_eq!(fetch(&admin, &a.id, url).await, None, "reached {url}");
-    }
-
-    // step: deny_out closes the public server for B only.
-    assert_eq!(fetch(&admin, &b.id, PUBLIC).await, None);
-
-    // step: allow_out opens a private address; a link-local one stays closed whatever it says.
-    let updated = admin
-        .set_network(&a.id, &policy(true, &[PRIVATE, LINK_LOCAL], &[]))
-        .await
-        .unwrap();
-    assert_eq!(updated.network.unwrap().allow_out.len(), 2);
-    assert!(fetch(&admin, &a.id, PRIVATE).await.is_some());
-    assert_eq!(fetch(&admin, &a.id, LINK_LOCAL).await, None);
-
-    // step: internet false leaves only allow_out.
-    admin
-        .set_network(&a.id, &policy(false, &[PRIVATE], &[]))
-        .await
-        .unwrap();
-    assert_eq!(fetch(&admin, &a.id, PUBLIC).await, None);
-    assert!(fetch(&admin, &a.id, PRIVATE).await.is_some());
-
-    // step: bad policies are refused with the field named, and change nothing.
-    let err = admin
-        .set_network(&a.id, &policy(true, &["not-a-cidr"], &[]))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("network.allow_out"), "{err}");
-    assert_eq!(fetch(&admin, &a.id, PUBLIC).await, None);
-
-    // step: the policy survives pause/resume.
-    admin.pause_sandbox(&a.id).await.unwrap();
-    admin.resume_sandbox(&a.id).await.unwrap();
-    assert_eq!(fetch(&admin, &a.id, PUBLIC).await, None);
-    assert!(fetch(&admin, &a.id, PRIVATE).await.is_some());
-
-    // step: no network at all means no device.
-    let c = admin
-        .create_sandbox(&CreateSandboxRequest {
-            network: Some(NetworkSetting::Enabled(false)),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(c.network, None);
-    let links = admin.exec(&c.id, &sh("ls /sys/class/net")).await.unwrap();
-    assert!(!links.stdout.contains("eth0"), "{links:?}");
-
-    // step: kill -9 of the agent, a restart: the namespaces are taken back, DNS works again.
+    step(
+        "the internet answers, names resolve through the agent's DNS",
+        async {
+            // The internet answers, and names resolve through the agent's DNS.
+            assert_eq!(
+                fetch(&admin, &a.id, PUBLIC).await.as_deref(),
+                Some("hello from outside\n")
+            );
+            let looked_up = admin
+                .exec(&a.id, &sh(&format!("nslookup {NAME}")))
+                .await
+                .unwrap();
+            assert!(looked_up.stdout.contains(PUBLIC), "nslookup: {looked_up:?}");
+        },
+    )
+    .await;
+    step(
+        "the host, link-local and private addresses and the other sandbox are out of reach",
+        async {
+            // The host (every address, the gateway, the agent's and server's ports), link-local
+            // and private stand-ins and the other sandbox are all out of reach.
+            let mut closed: Vec<String> = host_addresses()
+                .iter()
+                .map(|h| format!("{h}:{host_port}"))
+                .collect();
+            assert!(!closed.is_empty(), "the host has an address");
+            closed.push(format!("10.0.2.2:{host_port}"));
+            closed.push(format!("10.213.0.1:{host_port}"));
+            let agent_port = agent.addr.rsplit(':').next().unwrap().to_string();
+            let server_port = s.url.rsplit(':').next().unwrap().to_string();
+            for h in host_addresses() {
+                closed.push(format!("{h}:{agent_port}"));
+                closed.push(format!("{h}:{server_port}"));
+            }
+            closed.push(LINK_LOCAL.to_string());
+            closed.push(PRIVATE.to_string());
+            closed.push("10.213.0.6:8000".into());
+            // The other sandbox listens (on its guest address, the same in every namespace).
+            admin
+                .exec(&b.id, &sh("(httpd -p 8000 -h /tmp &) ; echo started"))
+                .await
+                .unwrap();
+            for url in &closed {
+                assert_eq!(fetch(&admin, &a.id, url).await, None, "reached {url}");
+            }
+        },
+    )
+    .await;
+    step("deny_out closes the public server for B only", async {
+        // deny_out closes the public server for B only.
+        assert_eq!(fetch(&admin, &b.id, PUBLIC).await, None);
+    })
+    .await;
+    step(
+        "allow_out opens a private address, never a link-local one",
+        async {
+            // allow_out opens a private address; a link-local one stays closed whatever it says.
+            let updated = admin
+                .set_network(&a.id, &policy(true, &[PRIVATE, LINK_LOCAL], &[]))
+                .await
+                .unwrap();
+            assert_eq!(updated.network.unwrap().allow_out.len(), 2);
+            assert!(fetch(&admin, &a.id, PRIVATE).await.is_some());
+            assert_eq!(fetch(&admin, &a.id, LINK_LOCAL).await, None);
+        },
+    )
+    .await;
+    step("internet false leaves only allow_out", async {
+        // Internet false leaves only allow_out.
+        admin
+            .set_network(&a.id, &policy(false, &[PRIVATE], &[]))
+            .await
+            .unwrap();
+        assert_eq!(fetch(&admin, &a.id, PUBLIC).await, None);
+        assert!(fetch(&admin, &a.id, PRIVATE).await.is_some());
+    })
+    .await;
+    step("bad policies are refused with the field named", async {
+        // Bad policies are refused with the field named, and change nothing.
+        let err = admin
+            .set_network(&a.id, &policy(true, &["not-a-cidr"], &[]))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("network.allow_out"), "{err}");
+        assert_eq!(fetch(&admin, &a.id, PUBLIC).await, None);
+    })
+    .await;
+    step("the policy survives pause/resume", async {
+        // The policy survives pause/resume.
+        admin.pause_sandbox(&a.id).await.unwrap();
+        admin.resume_sandbox(&a.id).await.unwrap();
+        assert_eq!(fetch(&admin, &a.id, PUBLIC).await, None);
+        assert!(fetch(&admin, &a.id, PRIVATE).await.is_some());
+    })
+    .await;
+    let c = step("no network at all means no device", async {
+        // No network at all means no device.
+        let c = admin
+            .create_sandbox(&CreateSandboxRequest {
+                network: Some(NetworkSetting::Enabled(false)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(c.network, None);
+        let links = admin.exec(&c.id, &sh("ls /sys/class/net")).await.unwrap();
+        assert!(!links.stdout.contains("eth0"), "{links:?}");
+        c
+    })
+    .await;
     let ids = [a.id.as_str(), b.id.as_str(), c.id.as_str()];
-    assert_eq!(
-        namespaces_of(&ids).len(),
-        2,
-        "one namespace per sandbox with a network"
-    );
-    agent.kill();
-    agent.spawn();
-    agent.wait_ready(&admin).await;
-    assert_eq!(namespaces_of(&ids).len(), 2);
-    assert_eq!(
-        fetch(&admin, &b.id, PUBLIC).await,
-        None,
-        "B still denies it"
-    );
-    let r = admin
-        .exec(&b.id, &sh(&format!("nslookup {NAME}")))
-        .await
-        .unwrap();
-    assert!(r.stdout.contains(PUBLIC), "DNS after restart: {r:?}");
-    assert!(fetch(&admin, &a.id, PRIVATE).await.is_some());
-
-    // step: deleting the sandboxes leaves no namespace behind.
-    for id in ids {
-        admin.delete_sandbox(id).await.unwrap();
-    }
-    wait_until(20, "namespaces removed", || async {
-        namespaces_of(&ids).is_empty()
+    step(
+        "after kill -9 and a restart the agent takes its namespaces back",
+        async {
+            // Kill -9 of the agent, a restart: the namespaces are taken back, DNS works again.
+            assert_eq!(
+                namespaces_of(&ids).len(),
+                2,
+                "one namespace per sandbox with a network"
+            );
+            agent.kill();
+            agent.spawn();
+            agent.wait_ready(&admin).await;
+            assert_eq!(namespaces_of(&ids).len(), 2);
+            assert_eq!(
+                fetch(&admin, &b.id, PUBLIC).await,
+                None,
+                "B still denies it"
+            );
+            let r = admin
+                .exec(&b.id, &sh(&format!("nslookup {NAME}")))
+                .await
+                .unwrap();
+            assert!(r.stdout.contains(PUBLIC), "DNS after restart: {r:?}");
+            assert!(fetch(&admin, &a.id, PRIVATE).await.is_some());
+        },
+    )
+    .await;
+    step("deleting the sandboxes leaves no namespace behind", async {
+        // Deleting the sandboxes leaves no namespace behind.
+        for id in ids {
+            admin.delete_sandbox(id).await.unwrap();
+        }
+        wait_until("namespaces removed", Duration::from_secs(20), || async {
+            namespaces_of(&ids).is_empty()
+        })
+        .await;
     })
     .await;
     drop(agent);
@@ -484,47 +519,66 @@ async fn fifty_sandboxes_each_in_a_namespace_of_their_own() {
         .expect("manager starts");
     let ids: Vec<String> = (0..50).map(|i| format!("sbx_it_many{i:02}")).collect();
 
-    // step: create them, ten at a time (each restores the boot snapshot into its namespace).
-    for chunk in ids.chunks(10) {
-        let creates = chunk.iter().map(|id| {
-            vms.create(CreateVmRequest {
-                id: id.clone(),
-                template: "minimal".into(),
-                vcpus: 1,
-                memory_mb: 256,
-                env: Default::default(),
-                network: true,
-                egress: None,
-                cold_boot: false,
-            })
-        });
-        for r in futures_util::future::join_all(creates).await {
-            r.expect("create");
-        }
-    }
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    assert_eq!(namespaces_of(&id_refs).len(), 50, "one namespace each");
-
-    // step: every one of them reaches the internet through its own namespace.
-    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {PUBLIC} 80 | tail -n 1");
-    for chunk in ids.chunks(10) {
-        let execs = chunk.iter().map(|id| vms.exec(id, sh(&script)));
-        for (id, r) in chunk
-            .iter()
-            .zip(futures_util::future::join_all(execs).await)
-        {
-            let r = r.expect("exec");
-            assert_eq!(r.stdout, "hello from outside\n", "{id}: {r:?}");
-        }
-    }
-
-    // step: destroyed, they leave no namespace, interface or rule behind.
-    for chunk in ids.chunks(10) {
-        for r in futures_util::future::join_all(chunk.iter().map(|id| vms.destroy(id))).await {
-            r.expect("destroy");
-        }
-    }
-    assert!(namespaces_of(&id_refs).is_empty(), "namespaces left");
+    step(
+        "create fifty, ten at a time, each in its namespace",
+        async {
+            // Create them, ten at a time (each restores the boot snapshot into its namespace).
+            for chunk in ids.chunks(10) {
+                let creates = chunk.iter().map(|id| {
+                    vms.create(CreateVmRequest {
+                        id: id.clone(),
+                        template: "minimal".into(),
+                        vcpus: 1,
+                        memory_mb: 256,
+                        env: Default::default(),
+                        network: true,
+                        egress: None,
+                        cold_boot: false,
+                    })
+                });
+                for r in futures_util::future::join_all(creates).await {
+                    r.expect("create");
+                }
+            }
+            assert_eq!(namespaces_of(&id_refs).len(), 50, "one namespace each");
+        },
+    )
+    .await;
+    step(
+        "every one reaches the internet through its own namespace",
+        async {
+            // Every one of them reaches the internet through its own namespace.
+            let script =
+                format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {PUBLIC} 80 | tail -n 1");
+            for chunk in ids.chunks(10) {
+                let execs = chunk.iter().map(|id| vms.exec(id, sh(&script)));
+                for (id, r) in chunk
+                    .iter()
+                    .zip(futures_util::future::join_all(execs).await)
+                {
+                    let r = r.expect("exec");
+                    assert_eq!(r.stdout, "hello from outside\n", "{id}: {r:?}");
+                }
+            }
+        },
+    )
+    .await;
+    step(
+        "destroyed, they leave no namespace, interface or rule behind",
+        async {
+            // Destroyed, they leave no namespace, interface or rule behind.
+            for chunk in ids.chunks(10) {
+                for r in
+                    futures_util::future::join_all(chunk.iter().map(|id| vms.destroy(id))).await
+                {
+                    r.expect("destroy");
+                }
+            }
+            assert!(namespaces_of(&id_refs).is_empty(), "namespaces left");
+        },
+    )
+    .await;
     drop(vms);
     drop(net);
 }

@@ -7,6 +7,7 @@ mod authz;
 mod common;
 mod e2e;
 mod fleet;
+mod harness;
 mod isolation;
 mod layout;
 mod oauth;

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::common::TestServer;
+use crate::common::{TestServer, step};
 
 type Users = Arc<HashMap<&'static str, Value>>;
 
@@ -169,76 +169,95 @@ async fn github_login_against_a_fake_github() {
         .unwrap();
     assert_eq!(p["github"], true);
 
-    // A new identity: user + personal team, named from GitHub, email from the primary verified one.
-    let f = start(&http, &s).await;
-    let resp = callback(&http, &s, "code-octo", &f.state, Some(&f.cookie), true).await;
-    assert_eq!(resp.status(), 200);
-    let first: Value = resp.json().await.unwrap();
-    assert_eq!(
-        (first["name"].as_str(), first["email"].as_str()),
-        (Some("Octo Cat"), Some("octo@example.com"))
-    );
-    assert!(first["team_id"].is_string());
-    let me = s
-        .anon()
-        .with_token(first["token"].as_str().unwrap())
-        .me()
-        .await
-        .unwrap();
-    assert_eq!(me.name, "Octo Cat");
-    // The same identity again is the same user; a browser is sent back to the app with the token.
-    let f = start(&http, &s).await;
-    let resp = callback(&http, &s, "code-octo", &f.state, Some(&f.cookie), false).await;
-    assert_eq!(resp.status(), 302);
-    let loc = resp.headers()["location"].to_str().unwrap().to_string();
-    let token = loc
-        .strip_prefix("/#oauth_token=")
-        .expect("token in the fragment");
-    assert_eq!(
-        s.anon().with_token(token).me().await.unwrap().user_id,
-        first["user_id"].as_str().unwrap()
-    );
-    // No password login for an OAuth-only user.
-    assert_eq!(
-        s.anon()
-            .login("octo@example.com", "anything at all")
+    let first = step("a new identity gets a user and a personal team", async {
+        // A new identity: user + personal team, named from GitHub, email from the primary verified
+        // one.
+        let f = start(&http, &s).await;
+        let resp = callback(&http, &s, "code-octo", &f.state, Some(&f.cookie), true).await;
+        assert_eq!(resp.status(), 200);
+        let first: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (first["name"].as_str(), first["email"].as_str()),
+            (Some("Octo Cat"), Some("octo@example.com"))
+        );
+        assert!(first["team_id"].is_string());
+        let me = s
+            .anon()
+            .with_token(first["token"].as_str().unwrap())
+            .me()
             .await
-            .unwrap_err()
-            .status(),
-        Some(401)
-    );
-
-    // An email that already has an account.
-    let f = start(&http, &s).await;
-    let resp = callback(&http, &s, "code-dup", &f.state, Some(&f.cookie), true).await;
-    assert_eq!(resp.status(), 409);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "email_taken");
-
-    // State checks: wrong state, no cookie, forged cookie, a code GitHub refuses.
-    let f = start(&http, &s).await;
-    for (state, cookie) in [
-        ("not-the-state", Some(f.cookie.as_str())),
-        (f.state.as_str(), None),
-        (
-            f.state.as_str(),
-            Some("sandboxctl_oauth_state=forged.value"),
-        ),
-    ] {
-        let resp = callback(&http, &s, "code-octo", state, cookie, true).await;
-        assert_eq!(resp.status(), 403);
+            .unwrap();
+        assert_eq!(me.name, "Octo Cat");
+        first
+    })
+    .await;
+    step("the same identity again is the same user", async {
+        // The same identity again is the same user; a browser is sent back to the app with the
+        // token.
+        let f = start(&http, &s).await;
+        let resp = callback(&http, &s, "code-octo", &f.state, Some(&f.cookie), false).await;
+        assert_eq!(resp.status(), 302);
+        let loc = resp.headers()["location"].to_str().unwrap().to_string();
+        let token = loc
+            .strip_prefix("/#oauth_token=")
+            .expect("token in the fragment");
+        assert_eq!(
+            s.anon().with_token(token).me().await.unwrap().user_id,
+            first["user_id"].as_str().unwrap()
+        );
+        // No password login for an OAuth-only user.
+        assert_eq!(
+            s.anon()
+                .login("octo@example.com", "anything at all")
+                .await
+                .unwrap_err()
+                .status(),
+            Some(401)
+        );
+    })
+    .await;
+    step("an email that already has an account is refused", async {
+        // An email that already has an account.
+        let f = start(&http, &s).await;
+        let resp = callback(&http, &s, "code-dup", &f.state, Some(&f.cookie), true).await;
+        assert_eq!(resp.status(), 409);
         let v: Value = resp.json().await.unwrap();
-        assert_eq!(v["error"]["code"], "oauth_state_mismatch");
-    }
-    let resp = callback(&http, &s, "bad-code", &f.state, Some(&f.cookie), true).await;
-    assert_eq!(resp.status(), 403);
-    let n: i64 = s
-        .sqlite()
-        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 2, "failed sign-ins created nobody");
+        assert_eq!(v["error"]["code"], "email_taken");
+    })
+    .await;
+    step("state checks refuse and create nobody", async {
+        // State checks: wrong state, no cookie, forged cookie, a code GitHub refuses.
+        let f = start(&http, &s).await;
+        for (state, cookie) in [
+            ("not-the-state", Some(f.cookie.as_str())),
+            (f.state.as_str(), None),
+            (
+                f.state.as_str(),
+                Some("sandboxctl_oauth_state=forged.value"),
+            ),
+        ] {
+            let resp = callback(&http, &s, "code-octo", state, cookie, true).await;
+            assert_eq!(resp.status(), 403);
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "oauth_state_mismatch");
+        }
+        let resp = callback(&http, &s, "bad-code", &f.state, Some(&f.cookie), true).await;
+        assert_eq!(resp.status(), 403);
+        let n: i64 = s
+            .sqlite()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2, "failed sign-ins created nobody");
+    })
+    .await;
+}
 
-    // Without configuration there is no GitHub login.
+#[tokio::test]
+async fn no_github_login_without_configuration() {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let plain = TestServer::start().await;
     let p: Value = http
         .get(format!("{}/v1/auth/providers", plain.url))

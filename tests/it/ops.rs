@@ -5,8 +5,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use crate::common::{BIN, TestServer};
+use crate::common::{BIN, TestServer, step, wait_until};
 
 /// Runs the real binary; the data dir always comes from the arguments.
 fn sandboxctl(args: &[&str]) -> Output {
@@ -30,176 +31,206 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
     let mut server = TestServer::start().await;
     let data = server.data_dir();
 
-    // Step 1: accounts, keys and teams made before the backup.
-    let (root_auth, root) = server.signup("root@example.com", "Root").await;
-    let mut before = Vec::new();
-    for i in 0..4 {
-        let email = format!("user{i}@example.com");
-        let (auth, c) = server.signup(&email, &format!("User {i}")).await;
-        let key = c.create_key("ci").await.unwrap().key.unwrap();
-        let team = c.create_team(&format!("Team {i}")).await.unwrap();
-        before.push((email, auth.token, key, team.id));
-    }
-
-    // Step 2: the backup runs while a writer keeps creating keys and the server keeps answering.
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicUsize::new(0));
-    let writer = {
-        let (stop, written, root) = (stop.clone(), written.clone(), root.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                root.create_key("busy")
-                    .await
-                    .expect("writes go on during the backup");
-                written.fetch_add(1, Ordering::Relaxed);
+    let (root_auth, root, before) =
+        step("accounts, keys and teams made before the backup", async {
+            // Accounts, keys and teams made before the backup.
+            let (root_auth, root) = server.signup("root@example.com", "Root").await;
+            let mut before = Vec::new();
+            for i in 0..4 {
+                let email = format!("user{i}@example.com");
+                let (auth, c) = server.signup(&email, &format!("User {i}")).await;
+                let key = c.create_key("ci").await.unwrap().key.unwrap();
+                let team = c.create_team(&format!("Team {i}")).await.unwrap();
+                before.push((email, auth.token, key, team.id));
             }
+            (root_auth, root, before)
         })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let out_dir = tempfile::tempdir().unwrap();
-    let file = out_dir.path().join("sandboxctl-backup.db");
-    let args = ["server", "backup", "--data-dir", s(&data), "--to", s(&file)];
-    let at_start = written.load(Ordering::Relaxed);
-    let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let backup = tokio::task::spawn_blocking(move || {
-        sandboxctl(&owned.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .unwrap();
-    let at_end = written.load(Ordering::Relaxed);
-    assert!(backup.status.success(), "backup: {}", text(&backup.stderr));
-    assert!(at_end > at_start, "writes went on while the backup ran");
-    let said = text(&backup.stdout);
-    assert!(said.contains("wrote ") && said.contains(" rows"), "{said}");
-    assert!(
-        said.contains("jwt.key") && said.contains("agent-signing.key"),
-        "{said}"
-    );
-    assert!(
-        server.anon().healthz().await,
-        "the server serves during the backup"
-    );
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600, "the backup is private");
-
-    // Step 3: an existing file is not replaced without --force; with it, it is.
-    let existing = out_dir.path().join("existing.db");
-    std::fs::write(&existing, "keep me").unwrap();
-    let to_existing = [
-        "server",
-        "backup",
-        "--data-dir",
-        s(&data),
-        "--to",
-        s(&existing),
-    ];
-    let refused = sandboxctl(&to_existing);
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused.stderr).contains("--force"),
-        "{}",
-        text(&refused.stderr)
-    );
-    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep me");
-    let forced = sandboxctl(&[&to_existing[..], &["--force"]].concat());
-    assert!(forced.status.success(), "{}", text(&forced.stderr));
-    assert!(
-        std::fs::read(&existing)
-            .unwrap()
-            .starts_with(b"SQLite format 3\0")
-    );
-
-    // Step 4: restore refuses while the server runs, and the database is untouched.
-    let db_before = std::fs::metadata(data.join("sandboxctl.db")).unwrap().len();
-    let busy = sandboxctl(&[
-        "server",
-        "restore",
-        "--data-dir",
-        s(&data),
-        "--from",
-        s(&file),
-    ]);
-    assert!(!busy.status.success());
-    assert!(
-        text(&busy.stderr).contains("server is running"),
-        "{}",
-        text(&busy.stderr)
-    );
-    assert!(
-        !std::fs::read_dir(&data)
-            .unwrap()
-            .flatten()
-            .any(|e| { e.file_name().to_string_lossy().contains("before-restore") })
-    );
-    assert!(std::fs::metadata(data.join("sandboxctl.db")).unwrap().len() >= db_before);
-
-    // Step 5: stop the server; restore into a new data dir with the keys copied beside it.
-    server.kill();
-    let fresh = tempfile::tempdir().unwrap();
-    let new_data = fresh.path().join("data");
-    std::fs::create_dir(&new_data).unwrap();
-    for k in ["jwt.key", "agent-signing.key"] {
-        std::fs::copy(data.join(k), new_data.join(k)).unwrap();
-    }
-    let restored = sandboxctl(&[
-        "server",
-        "restore",
-        "--data-dir",
-        s(&new_data),
-        "--from",
-        s(&file),
-    ]);
-    assert!(restored.status.success(), "{}", text(&restored.stderr));
-    assert!(
-        !text(&restored.stdout).contains("warning"),
-        "{}",
-        text(&restored.stdout)
-    );
-
-    // Step 6: a server on it knows everyone: logins, old tokens, API keys and teams work.
-    let server = TestServer::start_in(fresh, &[]).await;
-    for (email, token, key, team_id) in &before {
-        let auth = server
-            .anon()
-            .login(email, "correct horse battery")
-            .await
-            .expect("login after restore");
-        assert_eq!(&auth.email, email);
-        let me = server.anon().with_token(token).me().await;
-        assert!(me.is_ok(), "a token from before the backup still works");
-        server
-            .anon()
-            .with_token(key)
-            .list_sandboxes(None)
-            .await
-            .expect("an API key from before the backup works");
-        let teams = server
-            .anon()
-            .with_token(&auth.token)
-            .list_teams()
+        .await;
+    let (out_dir, file, at_start, at_end) = step(
+        "the backup runs under writes while the server answers",
+        async {
+            // The backup runs while a writer keeps creating keys and the server keeps answering.
+            let stop = Arc::new(AtomicBool::new(false));
+            let written = Arc::new(AtomicUsize::new(0));
+            let writer = {
+                let (stop, written, root) = (stop.clone(), written.clone(), root.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        root.create_key("busy")
+                            .await
+                            .expect("writes go on during the backup");
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            };
+            wait_until(
+                "the writer is under way",
+                Duration::from_secs(10),
+                || async { written.load(Ordering::Relaxed) > 0 },
+            )
+            .await;
+            let out_dir = tempfile::tempdir().unwrap();
+            let file = out_dir.path().join("sandboxctl-backup.db");
+            let args = ["server", "backup", "--data-dir", s(&data), "--to", s(&file)];
+            let at_start = written.load(Ordering::Relaxed);
+            let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let backup = tokio::task::spawn_blocking(move || {
+                sandboxctl(&owned.iter().map(String::as_str).collect::<Vec<_>>())
+            })
             .await
             .unwrap();
-        assert!(teams.iter().any(|t| &t.id == team_id));
-    }
-    // The copy is the database as of one commit while the writer ran: every key created before
-    // the backup started, at most one created after it returned.
-    let busy = server
-        .anon()
-        .with_token(&root_auth.token)
-        .list_keys()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|k| k.name == "busy")
-        .count();
-    assert!(
-        (at_start..=at_end + 1).contains(&busy),
-        "{at_start} <= {busy} <= {at_end} + 1"
-    );
+            let at_end = written.load(Ordering::Relaxed);
+            assert!(backup.status.success(), "backup: {}", text(&backup.stderr));
+            assert!(at_end > at_start, "writes went on while the backup ran");
+            let said = text(&backup.stdout);
+            assert!(said.contains("wrote ") && said.contains(" rows"), "{said}");
+            assert!(
+                said.contains("jwt.key") && said.contains("agent-signing.key"),
+                "{said}"
+            );
+            assert!(
+                server.anon().healthz().await,
+                "the server serves during the backup"
+            );
+            wait_until(
+                "writes go on after the backup",
+                Duration::from_secs(10),
+                || async { written.load(Ordering::Relaxed) > at_end },
+            )
+            .await;
+            stop.store(true, Ordering::Relaxed);
+            writer.await.unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the backup is private");
+            (out_dir, file, at_start, at_end)
+        },
+    )
+    .await;
+    step("an existing file is replaced only with --force", async {
+        // An existing file is not replaced without --force; with it, it is.
+        let existing = out_dir.path().join("existing.db");
+        std::fs::write(&existing, "keep me").unwrap();
+        let to_existing = [
+            "server",
+            "backup",
+            "--data-dir",
+            s(&data),
+            "--to",
+            s(&existing),
+        ];
+        let refused = sandboxctl(&to_existing);
+        assert!(!refused.status.success());
+        assert!(
+            text(&refused.stderr).contains("--force"),
+            "{}",
+            text(&refused.stderr)
+        );
+        assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep me");
+        let forced = sandboxctl(&[&to_existing[..], &["--force"]].concat());
+        assert!(forced.status.success(), "{}", text(&forced.stderr));
+        assert!(
+            std::fs::read(&existing)
+                .unwrap()
+                .starts_with(b"SQLite format 3\0")
+        );
+    })
+    .await;
+    step("restore refuses while the server runs", async {
+        // Restore refuses while the server runs, and the database is untouched.
+        let db_before = std::fs::metadata(data.join("sandboxctl.db")).unwrap().len();
+        let busy = sandboxctl(&[
+            "server",
+            "restore",
+            "--data-dir",
+            s(&data),
+            "--from",
+            s(&file),
+        ]);
+        assert!(!busy.status.success());
+        assert!(
+            text(&busy.stderr).contains("server is running"),
+            "{}",
+            text(&busy.stderr)
+        );
+        assert!(
+            !std::fs::read_dir(&data)
+                .unwrap()
+                .flatten()
+                .any(|e| { e.file_name().to_string_lossy().contains("before-restore") })
+        );
+        assert!(std::fs::metadata(data.join("sandboxctl.db")).unwrap().len() >= db_before);
+    })
+    .await;
+    let fresh = step("restore into a new data dir", async {
+        // Stop the server; restore into a new data dir with the keys copied beside it.
+        server.kill();
+        let fresh = tempfile::tempdir().unwrap();
+        let new_data = fresh.path().join("data");
+        std::fs::create_dir(&new_data).unwrap();
+        for k in ["jwt.key", "agent-signing.key"] {
+            std::fs::copy(data.join(k), new_data.join(k)).unwrap();
+        }
+        let restored = sandboxctl(&[
+            "server",
+            "restore",
+            "--data-dir",
+            s(&new_data),
+            "--from",
+            s(&file),
+        ]);
+        assert!(restored.status.success(), "{}", text(&restored.stderr));
+        assert!(
+            !text(&restored.stdout).contains("warning"),
+            "{}",
+            text(&restored.stdout)
+        );
+        fresh
+    })
+    .await;
+    step("a server on the restore knows everyone", async {
+        // A server on it knows everyone: logins, old tokens, API keys and teams work.
+        let server = TestServer::start_in(fresh, &[]).await;
+        for (email, token, key, team_id) in &before {
+            let auth = server
+                .anon()
+                .login(email, "correct horse battery")
+                .await
+                .expect("login after restore");
+            assert_eq!(&auth.email, email);
+            let me = server.anon().with_token(token).me().await;
+            assert!(me.is_ok(), "a token from before the backup still works");
+            server
+                .anon()
+                .with_token(key)
+                .list_sandboxes(None)
+                .await
+                .expect("an API key from before the backup works");
+            let teams = server
+                .anon()
+                .with_token(&auth.token)
+                .list_teams()
+                .await
+                .unwrap();
+            assert!(teams.iter().any(|t| &t.id == team_id));
+        }
+        // The copy is the database as of one commit while the writer ran: every key created before
+        // the backup started, at most one created after it returned.
+        let busy = server
+            .anon()
+            .with_token(&root_auth.token)
+            .list_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.name == "busy")
+            .count();
+        assert!(
+            (at_start..=at_end + 1).contains(&busy),
+            "{at_start} <= {busy} <= {at_end} + 1"
+        );
+    })
+    .await;
 }
 
 #[tokio::test]

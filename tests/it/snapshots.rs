@@ -7,7 +7,7 @@ use sandboxctl::cli::client::ApiClient;
 use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest, SandboxResponse};
 
 use crate::common::archives::{Archive, Canary, gzip_bomb};
-use crate::common::{TestAgent, TestServer, vm_permit, wait_until};
+use crate::common::{TestAgent, TestServer, step, vm_permit, wait_until};
 
 async fn sh(c: &ApiClient, id: &str, script: &str) -> String {
     let r = c
@@ -44,8 +44,8 @@ async fn agent_ready(admin: &ApiClient) {
 /// Waits until a host reports template `name`.
 async fn wait_for_template(admin: &ApiClient, name: &str, secs: u64) {
     wait_until(
-        secs,
         &format!("the host reports template {name}"),
+        Duration::from_secs(secs),
         || async { template_names(admin).await.iter().any(|n| n == name) },
     )
     .await;
@@ -84,160 +84,190 @@ async fn snapshots_pause_resume_and_templates() {
         TestAgent::start_with(&s, &admin, &["--max-image-expanded-bytes", "268435456"]).await;
     agent_ready(&admin).await;
 
-    // Fast start: both restore the minimal template's boot snapshot (the first may wait for the
-    // agent's start-up build of it).
-    let a = create(&admin, None, None).await;
-    let b = create(&admin, None, None).await;
-    sh(&admin, &a.id, "echo from-a > /root/mine; echo a > /tmp/t; head -c 50000000 /dev/zero | tr '\\0' a > /dev/shm/fill").await;
-    let seen = sh(
-        &admin,
-        &b.id,
-        "cat /root/mine /tmp/t 2>/dev/null; head -c 3 /dev/shm/fill 2>/dev/null; hostname",
+    let (a, b) = step("fast start from the boot snapshot; sandboxes are isolated", async {
+        // Fast start: both restore the minimal template's boot snapshot (the first may wait for the
+        // agent's start-up build of it).
+        let a = create(&admin, None, None).await;
+        let b = create(&admin, None, None).await;
+        sh(&admin, &a.id, "echo from-a > /root/mine; echo a > /tmp/t; head -c 50000000 /dev/zero | tr '\\0' a > /dev/shm/fill").await;
+        let seen = sh(
+            &admin,
+            &b.id,
+            "cat /root/mine /tmp/t 2>/dev/null; head -c 3 /dev/shm/fill 2>/dev/null; hostname",
+        )
+        .await;
+        assert_eq!(seen, format!("{}\n", b.id), "b sees a's writes");
+        assert_eq!(
+            sh(&admin, &a.id, "hostname; head -c 3 /dev/shm/fill").await,
+            format!("{}\naaa", a.id)
+        );
+            (a, b)
+    })
+    .await;
+    let sleep_pid = step("pause and resume keep memory, processes and the console log", async {
+        // Pause/resume with memory: a background process and a counter loop go on; tmpfs survives.
+        let out = sh(
+            &admin,
+            &a.id,
+            "sleep 1000 >/dev/null 2>&1 & echo $!; \
+             (i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 & \
+             sleep 1; cat /tmp/counter",
+        )
+        .await;
+        let mut lines = out.lines();
+        let sleep_pid: u32 = lines.next().unwrap().parse().unwrap();
+        let before: u32 = lines.next().unwrap().parse().unwrap();
+        // The console log starts with the boot the snapshot was taken from and goes on over pause
+        // and resume.
+        sh(&admin, &a.id, "echo before-pause > /dev/console").await;
+        let log = admin.logs(&a.id).await.unwrap();
+        assert!(
+            log.contains("sandboxctl guest") && log.contains("before-pause"),
+            "{log:?}"
+        );
+        let t = Instant::now();
+        let p = admin.pause_sandbox(&a.id).await.expect("pause");
+        eprintln!("pause through the API: {:?}", t.elapsed());
+        assert_eq!(p.status, "paused");
+        let e = admin.pause_sandbox(&a.id).await.unwrap_err();
+        assert_eq!(e.status(), Some(409), "{e}");
+        // Not a wait for an event: the sandbox stays paused a while, and the guest clock checked
+        // after the resume must not lag by that while.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = Instant::now();
+        let r = admin.resume_sandbox(&a.id).await.expect("resume");
+        eprintln!("resume through the API: {:?}", t.elapsed());
+        assert_eq!(r.status, "running");
+        let out = sh(
+            &admin,
+            &a.id,
+            &format!(
+                "kill -0 {sleep_pid} && echo alive; cat /tmp/t; sleep 1; cat /tmp/counter; date +%s"
+            ),
+        )
+        .await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(&lines[..2], &["alive", "a"], "{out}");
+        let after: u32 = lines[2].parse().unwrap();
+        assert!(after > before, "the counter stopped: {before} -> {after}");
+        sh(&admin, &a.id, "echo after-resume > /dev/console").await;
+        let log = admin.logs(&a.id).await.unwrap();
+        let (at_pause, at_resume) = (log.find("before-pause"), log.find("after-resume"));
+        assert!(
+            at_pause.is_some() && at_pause < at_resume,
+            "the log did not go on over pause/resume: {log:?}"
+        );
+        let skew = lines[3].parse::<i64>().unwrap() - sandboxctl::server::db::now();
+        assert!(skew.abs() <= 2, "guest clock off by {skew} s after resume");
+            sleep_pid
+    })
+    .await;
+    step(
+        "snapshot to a template; the name is taken until overwritten",
+        async {
+            // Snapshot → template; the name is taken until overwritten.
+            sh(&admin, &a.id, "echo saved > /root/state").await;
+            let t = Instant::now();
+            let tpl = admin
+                .snapshot(&a.id, "snap-one", false)
+                .await
+                .expect("snapshot");
+            eprintln!(
+                "snapshot through the API: {:?} ({:?} bytes)",
+                t.elapsed(),
+                tpl.size_bytes
+            );
+            assert_eq!((tpl.kind.as_str(), tpl.memory_mb), ("snapshot", Some(256)));
+            let e = admin.snapshot(&a.id, "snap-one", false).await.unwrap_err();
+            assert_eq!(
+                (e.status(), e.code()),
+                (Some(409), Some("already_exists")),
+                "{e}"
+            );
+            sh(&admin, &a.id, "echo overwritten > /root/state").await;
+            let tpl2 = admin
+                .snapshot(&a.id, "snap-one", true)
+                .await
+                .expect("snapshot with overwrite");
+            assert_eq!(tpl2.id, tpl.id);
+            assert_eq!(admin.get_sandbox(&a.id).await.unwrap().status, "running");
+        },
     )
     .await;
-    assert_eq!(seen, format!("{}\n", b.id), "b sees a's writes");
-    assert_eq!(
-        sh(&admin, &a.id, "hostname; head -c 3 /dev/shm/fill").await,
-        format!("{}\naaa", a.id)
-    );
-
-    // Pause/resume with memory: a background process and a counter loop go on; tmpfs survives.
-    let out = sh(
-        &admin,
-        &a.id,
-        "sleep 1000 >/dev/null 2>&1 & echo $!; \
-         (i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 & \
-         sleep 1; cat /tmp/counter",
+    let (c, d) = step(
+        "sandboxes from the snapshot have its files and processes",
+        async {
+            // Sandboxes from the snapshot: the file and the process are there; they are isolated.
+            let c = create(&admin, Some("snap-one"), None).await;
+            let d = create(&admin, Some("snap-one"), None).await;
+            let out = sh(
+                &admin,
+                &c.id,
+                &format!("cat /root/state; kill -0 {sleep_pid} && echo alive; hostname"),
+            )
+            .await;
+            assert_eq!(out, format!("overwritten\nalive\n{}\n", c.id));
+            sh(&admin, &c.id, "echo c-only > /root/state").await;
+            assert_eq!(sh(&admin, &d.id, "cat /root/state").await, "overwritten\n");
+            assert_eq!(sh(&admin, &a.id, "cat /root/state").await, "overwritten\n");
+            (c, d)
+        },
     )
     .await;
-    let mut lines = out.lines();
-    let sleep_pid: u32 = lines.next().unwrap().parse().unwrap();
-    let before: u32 = lines.next().unwrap().parse().unwrap();
-    // The console log starts with the boot the snapshot was taken from and goes on over pause
-    // and resume.
-    sh(&admin, &a.id, "echo before-pause > /dev/console").await;
-    let log = admin.logs(&a.id).await.unwrap();
-    assert!(
-        log.contains("sandboxctl guest") && log.contains("before-pause"),
-        "{log:?}"
-    );
-    let t = Instant::now();
-    let p = admin.pause_sandbox(&a.id).await.expect("pause");
-    eprintln!("pause through the API: {:?}", t.elapsed());
-    assert_eq!(p.status, "paused");
-    let e = admin.pause_sandbox(&a.id).await.unwrap_err();
-    assert_eq!(e.status(), Some(409), "{e}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let t = Instant::now();
-    let r = admin.resume_sandbox(&a.id).await.expect("resume");
-    eprintln!("resume through the API: {:?}", t.elapsed());
-    assert_eq!(r.status, "running");
-    let out = sh(
-        &admin,
-        &a.id,
-        &format!(
-            "kill -0 {sleep_pid} && echo alive; cat /tmp/t; sleep 1; cat /tmp/counter; date +%s"
-        ),
+    step(
+        "a paused sandbox can be snapshotted; a deleted template leaves its sandboxes",
+        async {
+            // A paused sandbox can be snapshotted too, and stays paused.
+            admin.pause_sandbox(&d.id).await.expect("pause d");
+            admin
+                .snapshot(&d.id, "snap-paused", false)
+                .await
+                .expect("snapshot of a paused sandbox");
+            assert_eq!(admin.get_sandbox(&d.id).await.unwrap().status, "paused");
+
+            let names = template_names(&admin).await;
+            assert!(
+                names.iter().any(|n| n == "snap-one") && names.iter().any(|n| n == "snap-paused"),
+                "{names:?}"
+            );
+            // Deleting a template leaves its sandboxes working.
+            admin
+                .delete_template("snap-one")
+                .await
+                .expect("delete template");
+            let names = template_names(&admin).await;
+            assert!(!names.iter().any(|n| n == "snap-one"), "{names:?}");
+            assert_eq!(sh(&admin, &c.id, "cat /root/state").await, "c-only\n");
+            let e = admin
+                .create_sandbox(&CreateSandboxRequest {
+                    template: Some("snap-one".into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.status(), Some(400), "{e}");
+            admin.resume_sandbox(&d.id).await.expect("resume d");
+            assert_eq!(sh(&admin, &d.id, "cat /root/state").await, "overwritten\n");
+        },
     )
     .await;
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(&lines[..2], &["alive", "a"], "{out}");
-    let after: u32 = lines[2].parse().unwrap();
-    assert!(after > before, "the counter stopped: {before} -> {after}");
-    sh(&admin, &a.id, "echo after-resume > /dev/console").await;
-    let log = admin.logs(&a.id).await.unwrap();
-    let (at_pause, at_resume) = (log.find("before-pause"), log.find("after-resume"));
-    assert!(
-        at_pause.is_some() && at_pause < at_resume,
-        "the log did not go on over pause/resume: {log:?}"
-    );
-    let skew = lines[3].parse::<i64>().unwrap() - sandboxctl::server::db::now();
-    assert!(skew.abs() <= 2, "guest clock off by {skew} s after resume");
-
-    // Snapshot → template; the name is taken until overwritten.
-    sh(&admin, &a.id, "echo saved > /root/state").await;
-    let t = Instant::now();
-    let tpl = admin
-        .snapshot(&a.id, "snap-one", false)
-        .await
-        .expect("snapshot");
-    eprintln!(
-        "snapshot through the API: {:?} ({:?} bytes)",
-        t.elapsed(),
-        tpl.size_bytes
-    );
-    assert_eq!((tpl.kind.as_str(), tpl.memory_mb), ("snapshot", Some(256)));
-    let e = admin.snapshot(&a.id, "snap-one", false).await.unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(409), Some("already_exists")),
-        "{e}"
-    );
-    sh(&admin, &a.id, "echo overwritten > /root/state").await;
-    let tpl2 = admin
-        .snapshot(&a.id, "snap-one", true)
-        .await
-        .expect("snapshot with overwrite");
-    assert_eq!(tpl2.id, tpl.id);
-    assert_eq!(admin.get_sandbox(&a.id).await.unwrap().status, "running");
-
-    // Sandboxes from the snapshot: the file and the process are there; they are isolated.
-    let c = create(&admin, Some("snap-one"), None).await;
-    let d = create(&admin, Some("snap-one"), None).await;
-    let out = sh(
-        &admin,
-        &c.id,
-        &format!("cat /root/state; kill -0 {sleep_pid} && echo alive; hostname"),
+    step("a cold boot for comparison", async {
+        // Cold boot for comparison: no boot snapshot exists for 320 MB yet.
+        let cold = create(&admin, None, Some(320)).await;
+        eprintln!(
+            "boot_ms: cold {:?} vs snapshot {:?} (minimal) / {:?} (sandbox snapshot)",
+            cold.boot_ms, b.boot_ms, c.boot_ms
+        );
+        for sb in [&a, &b, &c, &d, &cold] {
+            admin.delete_sandbox(&sb.id).await.expect("delete");
+        }
+    })
+    .await;
+    step(
+        "an imported root filesystem boots",
+        imported_rootfs(&s, &admin),
     )
     .await;
-    assert_eq!(out, format!("overwritten\nalive\n{}\n", c.id));
-    sh(&admin, &c.id, "echo c-only > /root/state").await;
-    assert_eq!(sh(&admin, &d.id, "cat /root/state").await, "overwritten\n");
-    assert_eq!(sh(&admin, &a.id, "cat /root/state").await, "overwritten\n");
-
-    // A paused sandbox can be snapshotted too, and stays paused.
-    admin.pause_sandbox(&d.id).await.expect("pause d");
-    admin
-        .snapshot(&d.id, "snap-paused", false)
-        .await
-        .expect("snapshot of a paused sandbox");
-    assert_eq!(admin.get_sandbox(&d.id).await.unwrap().status, "paused");
-
-    let names = template_names(&admin).await;
-    assert!(
-        names.iter().any(|n| n == "snap-one") && names.iter().any(|n| n == "snap-paused"),
-        "{names:?}"
-    );
-    // Deleting a template leaves its sandboxes working.
-    admin
-        .delete_template("snap-one")
-        .await
-        .expect("delete template");
-    let names = template_names(&admin).await;
-    assert!(!names.iter().any(|n| n == "snap-one"), "{names:?}");
-    assert_eq!(sh(&admin, &c.id, "cat /root/state").await, "c-only\n");
-    let e = admin
-        .create_sandbox(&CreateSandboxRequest {
-            template: Some("snap-one".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.status(), Some(400), "{e}");
-    admin.resume_sandbox(&d.id).await.expect("resume d");
-    assert_eq!(sh(&admin, &d.id, "cat /root/state").await, "overwritten\n");
-
-    // Cold boot for comparison: no boot snapshot exists for 320 MB yet.
-    let cold = create(&admin, None, Some(320)).await;
-    eprintln!(
-        "boot_ms: cold {:?} vs snapshot {:?} (minimal) / {:?} (sandbox snapshot)",
-        cold.boot_ms, b.boot_ms, c.boot_ms
-    );
-    for sb in [&a, &b, &c, &d, &cold] {
-        admin.delete_sandbox(&sb.id).await.expect("delete");
-    }
-
-    imported_rootfs(&s, &admin).await;
     drop(agent);
 }
 
@@ -362,7 +392,8 @@ async fn imported_rootfs(s: &TestServer, admin: &ApiClient) {
     admin.delete_sandbox(&sb.id).await.unwrap();
 }
 
-/// An agent whose credentials the server refuses pauses its running VMs (SPEC §7 PauseAll).
+/// An agent whose credentials the server refuses pauses its running VMs
+/// (docs/ARCHITECTURE.md#server-and-agent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_without_credentials_pauses_its_vms() {
     let _vm = vm_permit().await;
@@ -395,13 +426,13 @@ async fn agent_without_credentials_pauses_its_vms() {
         .ok()
         .and_then(|p| p.trim().parse().ok());
     assert!(pid.is_some(), "no pid file in {}", vm_dir.display());
-    wait_until(60, "the agent pauses its VM", || {
+    wait_until("the agent pauses its VM", Duration::from_secs(60), || {
         let state = vm_dir.join("state.bin");
         async move { state.is_file() }
     })
     .await;
     if let Some(pid) = pid {
-        wait_until(20, "QEMU ends", || async move {
+        wait_until("QEMU ends", Duration::from_secs(20), || async move {
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
         })
         .await;
@@ -421,16 +452,18 @@ async fn debian_build_starts_and_reports_progress() {
     let (_, admin) = s.signup("admin@example.com", "Admin").await;
     let _agent = TestAgent::start(&s, &admin).await;
     agent_ready(&admin).await;
-    let r = admin.build_template("debian").await.expect("build");
+    let r = serde_json::to_value(admin.build_template("debian").await.expect("build")).unwrap();
     assert_eq!(r["hosts"][0]["status"], "building", "{r}");
     // Asking again while it builds reports the same build.
-    let again = admin.build_template("debian").await.expect("build again");
+    let again =
+        serde_json::to_value(admin.build_template("debian").await.expect("build again")).unwrap();
     assert_eq!(again["hosts"][0]["status"], "building", "{again}");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    wait_until(60, "debootstrap progress", || {
+    wait_until("debootstrap progress", Duration::from_secs(60), || {
         let (admin, seen) = (admin.clone(), seen.clone());
         async move {
-            let st = admin.template_build_status("debian").await.unwrap();
+            let st =
+                serde_json::to_value(admin.template_build_status("debian").await.unwrap()).unwrap();
             assert_ne!(st["hosts"][0]["status"], "failed", "{st}");
             let p = st["hosts"][0]["progress"]
                 .as_str()
@@ -462,7 +495,8 @@ async fn debian_full_build() {
     admin.build_template("debian").await.expect("build");
     let mut last = String::new();
     loop {
-        let st = admin.template_build_status("debian").await.unwrap();
+        let st =
+            serde_json::to_value(admin.template_build_status("debian").await.unwrap()).unwrap();
         let h = &st["hosts"][0];
         let p = h["progress"].as_str().unwrap_or("").to_string();
         if p != last {
@@ -477,6 +511,7 @@ async fn debian_full_build() {
             t.elapsed() < Duration::from_secs(1200),
             "the build took over 20 minutes"
         );
+        // The pace of a progress report printed each second, not a wait for a condition.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     eprintln!("debian template ready in {:?}", t.elapsed());

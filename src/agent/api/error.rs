@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use crate::agent::vm::files::FileError;
 use crate::agent::vm::{TemplateError, VmError};
 use crate::proto::api::{ErrorBody, ErrorDetail, ExecServerMessage};
+use crate::proto::guest::FileErrorCode;
 
 /// Why a call to the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -159,35 +160,17 @@ fn file_wire(e: FileError) -> Wire {
         ),
         FileError::Body(m) => Wire::new(StatusCode::BAD_REQUEST, "upload_failed", m),
         FileError::Fs { code, message } => {
-            let status = match code.as_str() {
-                "file_not_found" => StatusCode::NOT_FOUND,
-                "is_a_directory" | "not_a_directory" | "exists" | "not_empty" | "not_a_file" => {
-                    StatusCode::CONFLICT
-                }
-                "permission_denied" => StatusCode::FORBIDDEN,
-                "invalid_path" => {
-                    return Wire {
-                        status: StatusCode::BAD_REQUEST,
-                        code: "invalid_field".into(),
-                        message: format!("path: {message}"),
-                        field: Some("path".into()),
-                    };
-                }
-                "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-                "no_space" => StatusCode::INSUFFICIENT_STORAGE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            let code = if code == "too_large" {
-                "payload_too_large".to_string()
-            } else {
-                code
-            };
-            Wire {
-                status,
-                code,
-                message,
-                field: None,
+            if code == FileErrorCode::InvalidPath {
+                return Wire {
+                    status: StatusCode::BAD_REQUEST,
+                    code: "invalid_field".into(),
+                    message: format!("path: {message}"),
+                    field: Some("path".into()),
+                };
             }
+            let status = StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Wire::new(status, code.http_code(), message)
         }
     }
 }
@@ -239,25 +222,31 @@ mod tests {
 
     #[test]
     fn file_codes_map_to_statuses() {
-        let fs = |code: &str| {
+        let fs = |code: FileErrorCode| {
             ApiError::from(FileError::Fs {
-                code: code.into(),
+                code,
                 message: "m".into(),
             })
             .wire()
         };
-        assert_eq!(fs("file_not_found").status, StatusCode::NOT_FOUND);
-        assert_eq!(fs("not_empty").status, StatusCode::CONFLICT);
-        let big = fs("too_large");
+        assert_eq!(
+            fs(FileErrorCode::FileNotFound).status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(fs(FileErrorCode::NotEmpty).status, StatusCode::CONFLICT);
+        let big = fs(FileErrorCode::TooLarge);
         assert_eq!(
             (big.status, big.code.as_str()),
             (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
         );
-        let path = fs("invalid_path");
+        let path = fs(FileErrorCode::InvalidPath);
         assert_eq!(
             (path.code.as_str(), path.field.as_deref()),
             ("invalid_field", Some("path"))
         );
-        assert_eq!(fs("weird").status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            fs(FileErrorCode::IoError).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

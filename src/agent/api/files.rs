@@ -49,7 +49,7 @@ fn path_of(q: &FileQuery) -> Result<String, ApiError> {
         field: "path",
         message: "required: an absolute path in the VM".into(),
     })?;
-    crate::agent::vm::files::check_path(&p)?;
+    crate::proto::path::SandboxPath::parse(&p).map_err(VmError::from)?;
     Ok(p)
 }
 
@@ -82,15 +82,7 @@ async fn write_file(
     let path = path_of(&q)?;
     let mode = match &q.mode {
         None => None,
-        Some(m) => Some(
-            u32::from_str_radix(m, 8)
-                .ok()
-                .filter(|v| !m.is_empty() && m.len() <= 4 && *v <= 0o7777)
-                .ok_or(VmError::BadRequest {
-                    field: "mode",
-                    message: "octal permission bits such as 644".into(),
-                })?,
-        ),
+        Some(m) => Some(crate::proto::path::parse_mode(m).map_err(VmError::from)?),
     };
     let declared = headers
         .get(CONTENT_LENGTH)

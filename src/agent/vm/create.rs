@@ -8,9 +8,9 @@ use std::time::Instant;
 use super::boot::{BootError, Source};
 use super::instance::Vm;
 use super::record::VmRecord;
-use super::request_checks::{validate_env, validate_id};
 use super::runtime::Runtime;
 use super::snapshot::Snapshot;
+use super::vm_id::validate_id;
 use super::{
     BOOT_ATTEMPTS, MAX_VCPUS, MIN_MEMORY_MB, VmError, VmInfo, VmManager, VmState, bad, now_unix_ms,
     template_store,
@@ -18,6 +18,7 @@ use super::{
 use crate::agent::images;
 use crate::agent::net::SandboxNet;
 use crate::proto::agent::CreateVmRequest;
+use crate::proto::validate::validate_env;
 
 impl VmManager {
     pub(super) fn validate(&self, req: &CreateVmRequest) -> Result<Source, VmError> {
@@ -40,7 +41,7 @@ impl VmManager {
                 ),
             ));
         }
-        validate_env(&req.env)?;
+        validate_env("env", &req.env)?;
         if let Some(t) = images::template(&self.cfg.data_dir, &req.template) {
             return Ok(Source::Base(t));
         }

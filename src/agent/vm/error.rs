@@ -1,6 +1,7 @@
 //! The VM manager's errors, by what the caller did wrong or what went wrong underneath.
 
 use super::runtime::StateRefused;
+use crate::proto::validate::Invalid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -27,5 +28,15 @@ pub(super) fn bad(field: &'static str, message: impl Into<String>) -> VmError {
     VmError::BadRequest {
         field,
         message: message.into(),
+    }
+}
+
+impl From<Invalid> for VmError {
+    fn from(e: Invalid) -> Self {
+        let message = match e.key {
+            Some(k) => format!("{k}: {}", e.message),
+            None => e.message,
+        };
+        bad(e.field, message)
     }
 }

@@ -4,10 +4,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::channel::ChannelError;
-use super::request_checks::check_command;
 use super::{
-    DEFAULT_EXEC_TIMEOUT_SEC, ExecRequest, ExecResponse, MAX_EXEC_TIMEOUT_SEC, OUTPUT_CAP, VmError,
-    VmManager, VmState, bad,
+    DEFAULT_EXEC_TIMEOUT_SEC, ExecRequest, ExecResponse, OUTPUT_CAP, VmError, VmManager, VmState,
 };
 use crate::proto::api::json_text_capped;
 use crate::proto::guest::ExecStart;
@@ -18,14 +16,8 @@ const EXEC_GRACE: Duration = Duration::from_secs(30);
 impl VmManager {
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResponse, VmError> {
         let vm = self.lookup(id)?;
+        req.validate()?;
         let timeout = req.timeout_sec.unwrap_or(DEFAULT_EXEC_TIMEOUT_SEC);
-        if timeout == 0 || timeout > MAX_EXEC_TIMEOUT_SEC {
-            return Err(bad(
-                "timeout_sec",
-                format!("must be between 1 and {MAX_EXEC_TIMEOUT_SEC}"),
-            ));
-        }
-        check_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref())?;
         match vm.info().state {
             VmState::Running => {}
             VmState::Starting => {

@@ -9,10 +9,11 @@ use futures_util::{Stream, StreamExt};
 
 use super::channel::{ChannelError, GuestStream, guest_error, next_id};
 use super::stream::channel_error;
-use super::{Vm, VmError, VmManager, bad};
+use super::{Vm, VmError, VmManager};
 use crate::proto::agent::MAX_LISTING_BYTES;
 use crate::proto::api::{FileEntry, FileListResponse};
-use crate::proto::guest::{FileRequest, FileResult, Frame, FrameKind, WINDOW};
+use crate::proto::guest::{FileErrorCode, FileRequest, FileResult, Frame, FrameKind, WINDOW};
+use crate::proto::path::SandboxPath;
 
 /// The largest upload the agent takes (the server usually has a lower limit).
 pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
@@ -24,9 +25,12 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 pub enum FileError {
     #[error(transparent)]
     Vm(#[from] VmError),
-    /// The guest refused; `code` is one of those in [`crate::proto::guest::ErrorMsg`].
+    /// The guest refused.
     #[error("{message}")]
-    Fs { code: String, message: String },
+    Fs {
+        code: FileErrorCode,
+        message: String,
+    },
     #[error("the upload is larger than {0} bytes")]
     TooLarge(u64),
     #[error("the upload broke off: {0}")]
@@ -40,18 +44,15 @@ fn file_error(vm: &Vm, e: ChannelError) -> FileError {
     }
 }
 
-/// Absolute, at most 4096 bytes, no NUL and no `..` component.
-pub fn check_path(path: &str) -> Result<(), VmError> {
-    if !path.starts_with('/') || path.len() > 4096 || path.contains('\0') {
-        return Err(bad(
-            "path",
-            "must be an absolute path (at most 4096 bytes, no NUL)",
-        ));
-    }
-    if path.split('/').any(|c| c == "..") {
-        return Err(bad("path", "must not contain '..'"));
-    }
-    Ok(())
+/// `path` if it is a [`SandboxPath`], and `req(path)` if the operation allows it (the rules
+/// the server and the guest apply too).
+fn checked(
+    path: &str,
+    req: impl FnOnce(SandboxPath) -> FileRequest,
+) -> Result<FileRequest, VmError> {
+    let req = req(SandboxPath::parse(path)?);
+    req.validate()?;
+    Ok(req)
 }
 
 /// A file being read: its entry, its length when known, then its bytes.
@@ -170,11 +171,10 @@ impl VmManager {
     }
 
     pub async fn file_read(&self, id: &str, path: &str) -> Result<FileDownload, FileError> {
-        check_path(path)?;
-        let req = FileRequest::Read {
-            path: path.into(),
+        let req = checked(path, |path| FileRequest::Read {
+            path,
             window: WINDOW,
-        };
+        })?;
         let (vm, stream, r) = self.file_request(id, &req, WINDOW, ANSWER_WAIT).await?;
         let entry = r
             .entry
@@ -203,16 +203,9 @@ impl VmManager {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        check_path(path)?;
-        if mode.is_some_and(|m| m > 0o7777) {
-            return Err(bad("mode", "octal permission bits such as 644").into());
-        }
+        let req = checked(path, |path| FileRequest::Write { path, mode })?;
         let limit = limit.min(MAX_UPLOAD_BYTES);
         let vm = self.running_vm(id)?;
-        let req = FileRequest::Write {
-            path: path.into(),
-            mode,
-        };
         let mut stream = vm
             .channel
             .open(
@@ -281,15 +274,14 @@ impl VmManager {
     }
 
     pub async fn file_list(&self, id: &str, path: &str) -> Result<FileListResponse, FileError> {
-        check_path(path)?;
-        let req = FileRequest::List {
-            path: path.into(),
+        let req = checked(path, |path| FileRequest::List {
+            path,
             window: WINDOW,
-        };
+        })?;
         let (vm, stream, r) = self.file_request(id, &req, WINDOW, ANSWER_WAIT).await?;
         if r.length.is_some_and(|n| n > MAX_LISTING_BYTES) {
             return Err(FileError::Fs {
-                code: "too_large".into(),
+                code: FileErrorCode::TooLarge,
                 message: format!("{path}: the listing is over {MAX_LISTING_BYTES} bytes"),
             });
         }
@@ -306,7 +298,7 @@ impl VmManager {
             json.extend_from_slice(&chunk);
             if json.len() as u64 > MAX_LISTING_BYTES {
                 return Err(FileError::Fs {
-                    code: "too_large".into(),
+                    code: FileErrorCode::TooLarge,
                     message: format!("{path}: the listing is over {MAX_LISTING_BYTES} bytes"),
                 });
             }
@@ -316,10 +308,8 @@ impl VmManager {
     }
 
     pub async fn file_stat(&self, id: &str, path: &str) -> Result<FileEntry, FileError> {
-        check_path(path)?;
-        let e = self
-            .file_simple(id, FileRequest::Stat { path: path.into() })
-            .await?;
+        let req = checked(path, |path| FileRequest::Stat { path })?;
+        let e = self.file_simple(id, req).await?;
         e.ok_or_else(|| VmError::GuestUnavailable("stat answered without an entry".into()).into())
     }
 
@@ -329,16 +319,8 @@ impl VmManager {
         path: &str,
         parents: bool,
     ) -> Result<FileEntry, FileError> {
-        check_path(path)?;
-        let e = self
-            .file_simple(
-                id,
-                FileRequest::Mkdir {
-                    path: path.into(),
-                    parents,
-                },
-            )
-            .await?;
+        let req = checked(path, |path| FileRequest::Mkdir { path, parents })?;
+        let e = self.file_simple(id, req).await?;
         e.ok_or_else(|| VmError::GuestUnavailable("mkdir answered without an entry".into()).into())
     }
 
@@ -348,18 +330,8 @@ impl VmManager {
         path: &str,
         recursive: bool,
     ) -> Result<(), FileError> {
-        check_path(path)?;
-        if path.trim_end_matches('/').is_empty() {
-            return Err(bad("path", "refusing to remove /").into());
-        }
-        self.file_simple(
-            id,
-            FileRequest::Remove {
-                path: path.into(),
-                recursive,
-            },
-        )
-        .await?;
+        let req = checked(path, |path| FileRequest::Remove { path, recursive })?;
+        self.file_simple(id, req).await?;
         Ok(())
     }
 }
@@ -381,18 +353,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_must_be_absolute_without_dotdot() {
-        assert!(check_path("/root/a b/ü.txt").is_ok());
-        assert!(check_path("/").is_ok());
-        for p in ["", "relative", "/a/../b", "/..", "/a\0b"] {
+    fn requests_follow_the_shared_rules() {
+        let stat = |p: &str| checked(p, |path| FileRequest::Stat { path });
+        assert!(stat("/root/a b/ü.txt").is_ok());
+        assert!(stat("/").is_ok());
+        for p in ["", "relative", "/a/../b", "/..", "/a\0b", "/a//b", "/a/./b"] {
             assert!(
-                matches!(
-                    check_path(p),
-                    Err(VmError::BadRequest { field: "path", .. })
-                ),
+                matches!(stat(p), Err(VmError::BadRequest { field: "path", .. })),
                 "{p:?}"
             );
         }
-        assert!(check_path(&format!("/{}", "a".repeat(4096))).is_err());
+        assert!(stat(&format!("/{}", "a".repeat(4096))).is_err());
+        let rm = |p: &str| {
+            checked(p, |path| FileRequest::Remove {
+                path,
+                recursive: true,
+            })
+        };
+        assert!(matches!(
+            rm("/"),
+            Err(VmError::BadRequest { field: "path", .. })
+        ));
+        let write = |mode| checked("/f", |path| FileRequest::Write { path, mode });
+        assert!(write(Some(0o644)).is_ok());
+        assert!(matches!(
+            write(Some(0o10000)),
+            Err(VmError::BadRequest { field: "mode", .. })
+        ));
     }
 }

@@ -45,13 +45,13 @@ mod qmp;
 mod ram;
 mod record;
 mod recovery;
-mod request_checks;
 mod restore;
 mod runtime;
 pub mod snapshot;
 mod sock;
 pub mod stream;
 mod template_store;
+mod vm_id;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,15 +67,13 @@ pub use import::MAX_IMAGE_BYTES;
 use instance::Vm;
 pub use manager::VmManager;
 pub use qmp::Qmp;
-use request_checks::check_command;
-pub use request_checks::validate_id;
 pub use runtime::StateRefused;
 pub use template_store::TemplateError;
+pub use vm_id::validate_id;
 
 /// Output kept per stream of an exec; the rest is drained and dropped.
 pub const OUTPUT_CAP: usize = crate::proto::api::EXEC_OUTPUT_CAP;
 pub const DEFAULT_EXEC_TIMEOUT_SEC: u64 = 60;
-pub const MAX_EXEC_TIMEOUT_SEC: u64 = 3600;
 pub const MAX_VCPUS: u32 = 16;
 pub const MIN_MEMORY_MB: u32 = 128;
 /// How long one cold boot may take before it counts as hung (TCG on a busy host is slow: 10 s

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::instance::{Vm, wait_gone};
 use super::record::{read_pid, read_record};
-use super::request_checks::validate_id;
 use super::runtime::Runtime;
+use super::vm_id::validate_id;
 use super::{Qmp, STATE_TMP, VmManager, VmState, qemu};
 
 impl VmManager {

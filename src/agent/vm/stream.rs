@@ -11,15 +11,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::channel::{ChannelError, GuestSender, GuestStream, guest_error, next_id};
-use super::{Vm, VmError, VmManager, VmState, bad, check_command, qemu};
+use super::{Vm, VmError, VmManager, VmState, qemu};
 use crate::proto::api::ExecStreamStart;
 use crate::proto::guest::{
     ExecStart, ExecStarted, Exit, Frame, FrameKind, PtySize, Signal, WINDOW, Windowed,
 };
 
-/// Longest `timeout_sec` a stream may ask for (without one, it runs until it ends or the client
-/// goes away).
-pub const MAX_STREAM_TIMEOUT_SEC: u64 = 7 * 24 * 3600;
 pub const DEFAULT_LOG_TAIL: u64 = 64 * 1024;
 pub const MAX_LOG_TAIL: u64 = 1024 * 1024;
 /// How long the guest may take to start the process.
@@ -123,9 +120,7 @@ impl ExecInput {
 
     /// A signal for the process group (on a PTY: the terminal's foreground group).
     pub async fn signal(&self, signal: i32) -> Result<(), VmError> {
-        if !(1..=64).contains(&signal) {
-            return Err(bad("signal", "must be a signal number from 1 to 64"));
-        }
+        Signal { signal }.validate()?;
         self.sender
             .control(FrameKind::Signal, &Signal { signal })
             .await
@@ -133,7 +128,7 @@ impl ExecInput {
     }
 
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), VmError> {
-        check_pty(PtySize { rows, cols })?;
+        PtySize { rows, cols }.validate()?;
         self.sender
             .control(FrameKind::Resize, &PtySize { rows, cols })
             .await
@@ -148,13 +143,6 @@ impl ExecInput {
             .await
             .map_err(|e| channel_error(&self.vm, e))
     }
-}
-
-fn check_pty(p: PtySize) -> Result<(), VmError> {
-    if p.rows == 0 || p.cols == 0 || p.rows > 1000 || p.cols > 1000 {
-        return Err(bad("pty", "rows and cols must be 1 to 1000"));
-    }
-    Ok(())
 }
 
 /// A channel failure as the API reports it.
@@ -188,19 +176,8 @@ impl VmManager {
     /// Starts a command with stdin open and returns once the guest started it (or reported why
     /// it could not).
     pub async fn exec_stream(&self, id: &str, req: ExecStreamStart) -> Result<ExecStream, VmError> {
-        check_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref())?;
-        if let Some(t) = req.timeout_sec
-            && (t == 0 || t > MAX_STREAM_TIMEOUT_SEC)
-        {
-            return Err(bad(
-                "timeout_sec",
-                format!("must be between 1 and {MAX_STREAM_TIMEOUT_SEC}"),
-            ));
-        }
+        req.validate()?;
         let pty = req.pty;
-        if let Some(p) = pty {
-            check_pty(p)?;
-        }
         let vm = self.running_vm(id)?;
         let start = Windowed {
             request: ExecStart {

@@ -18,6 +18,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, AuthUser, Caller, CallerKind};
 use super::files::{FileQuery, check_path, stream_file, target};
 use crate::proto::api::DownloadUrlResponse;
+use crate::proto::path::SandboxPath;
 use crate::server::AppState;
 use crate::server::auth::TokenKeys;
 use crate::server::db::{now, users};
@@ -57,7 +58,7 @@ pub async fn create(
         sandbox_id: s.id.clone(),
         team_id: team,
         user_id: user.user_id,
-        path,
+        path: path.into(),
         expires_at,
     }
     .seal(&st.keys);
@@ -102,6 +103,7 @@ pub async fn redeem(
         is_admin: false,
     };
     let name = path.rsplit('/').next().unwrap_or("download").to_string();
+    let path = SandboxPath::parse(&path)?;
     let mut resp = stream_file(&st, &caller, id, &path).await?;
     let headers = resp.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -196,3 +196,14 @@ impl From<AgentError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A field refused by a rule of [`crate::proto::validate`]: a 400 naming the field (`env.NAME`
+/// for an entry of a map).
+impl From<crate::proto::validate::Invalid> for ApiError {
+    fn from(e: crate::proto::validate::Invalid) -> Self {
+        ApiError::BadRequest {
+            field: e.field_path(),
+            message: e.message,
+        }
+    }
+}

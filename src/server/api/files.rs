@@ -17,6 +17,8 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, Caller};
 use super::sandboxes::{host_client, load};
 use crate::proto::api::{FileEntry, FileListResponse};
+use crate::proto::guest::FileErrorCode;
+use crate::proto::path::{SandboxPath, parse_mode};
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, SandboxRow};
 use crate::server::pool::{
@@ -38,28 +40,13 @@ pub struct FileQuery {
     pub mode: Option<String>,
 }
 
-pub(super) fn check_path(q: &FileQuery) -> ApiResult<String> {
+/// The query's path, checked by the rule every hop applies ([`SandboxPath`]).
+pub(super) fn check_path(q: &FileQuery) -> ApiResult<SandboxPath> {
     let p = q
         .path
-        .clone()
+        .as_deref()
         .ok_or_else(|| ApiError::bad("path", "required: an absolute path in the sandbox"))?;
-    if !p.starts_with('/') || p.len() > 4096 || p.contains('\0') {
-        return Err(ApiError::bad(
-            "path",
-            "must be an absolute path (at most 4096 bytes, no NUL)",
-        ));
-    }
-    if p.split('/')
-        .skip(1)
-        .any(|c| c == ".." || c == "." || (c.is_empty() && p != "/"))
-        && p != "/"
-    {
-        return Err(ApiError::bad(
-            "path",
-            "must be a plain absolute path: no '.', '..' or empty components",
-        ));
-    }
-    Ok(p)
+    Ok(SandboxPath::parse(p)?)
 }
 
 /// The running sandbox's agent client, and the sandbox (activity is recorded).
@@ -87,7 +74,9 @@ fn map_agent(e: AgentError) -> ApiError {
     match e {
         AgentError::Remote {
             status: 404, code, ..
-        } if code == "file_not_found" => ApiError::NotFound("file"),
+        } if FileErrorCode::from_code(&code) == Some(FileErrorCode::FileNotFound) => {
+            ApiError::NotFound("file")
+        }
         AgentError::Remote { status: 404, .. } => ApiError::conflict(
             "sandbox_not_running",
             "the sandbox's VM is gone from its host",
@@ -104,11 +93,9 @@ fn map_agent(e: AgentError) -> ApiError {
             message,
             ..
         } => {
-            let code = match code.as_str() {
-                "is_a_directory" => "is_a_directory",
-                "not_a_directory" => "not_a_directory",
-                "exists" => "exists",
-                "not_empty" => "not_empty",
+            use FileErrorCode::*;
+            let code = match FileErrorCode::from_code(&code) {
+                Some(c @ (IsADirectory | NotADirectory | Exists | NotEmpty)) => c.as_str(),
                 _ => "file_conflict",
             };
             ApiError::conflict(code, message)
@@ -117,8 +104,8 @@ fn map_agent(e: AgentError) -> ApiError {
     }
 }
 
-fn query(path: &str) -> String {
-    format!("path={}", urlencode::encode(path))
+fn query(path: &SandboxPath) -> String {
+    format!("path={}", urlencode::encode(path.as_str()))
 }
 
 /// Reads a file: the raw bytes, streamed.
@@ -137,7 +124,7 @@ pub(super) async fn stream_file(
     st: &AppState,
     caller: &Caller,
     id: String,
-    path: &str,
+    path: &SandboxPath,
 ) -> ApiResult<Response> {
     let (client, s) = target(st, caller, id).await?;
     let resp = client
@@ -171,12 +158,10 @@ pub async fn write(
     let path = check_path(&q)?;
     let mode = match &q.mode {
         None => String::new(),
-        Some(m)
-            if !m.is_empty() && m.len() <= 4 && m.bytes().all(|b| (b'0'..=b'7').contains(&b)) =>
-        {
+        Some(m) => {
+            parse_mode(m)?;
             format!("&mode={m}")
         }
-        Some(_) => return Err(ApiError::bad("mode", "octal permission bits such as 644")),
     };
     let limit = st.settings.max_file_bytes;
     let declared = headers
@@ -313,7 +298,7 @@ pub async fn remove(
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<StatusCode> {
     let path = check_path(&q)?;
-    if path == "/" {
+    if path.is_root() {
         return Err(ApiError::bad("path", "refusing to remove /"));
     }
     let (client, s) = target(&st, &caller, id).await?;

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, AuthHost, AuthUser};
@@ -13,7 +13,10 @@ use crate::proto::agent::{
     HeartbeatRequest, HeartbeatResponse, RefreshRequest, RefreshResponse, RegisterRequest,
     RegisterResponse,
 };
-use crate::proto::api::{CreateHostRequest, CreateHostResponse, HostListResponse, HostResponse};
+use crate::proto::api::{
+    CreateHostRequest, CreateHostResponse, DeletePreview, HostListResponse, HostResponse,
+    TagsRequest, TokenResponse,
+};
 use crate::server::AppState;
 use crate::server::db::hosts::{self, HostRow, NewHost, RefreshOutcome};
 use crate::server::db::{DbError, now, sandboxes, users};
@@ -169,21 +172,6 @@ pub async fn create(
     ))
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct TokenResponse {
-    pub registration_token: String,
-    pub registration_expires_at: i64,
-    pub register_command: String,
-}
-
-impl std::fmt::Debug for TokenResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenResponse")
-            .field("registration_expires_at", &self.registration_expires_at)
-            .finish_non_exhaustive()
-    }
-}
-
 pub async fn new_token(
     State(st): State<AppState>,
     user: AuthUser,
@@ -239,12 +227,6 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<HostResponse>> {
     Ok(Json(to_resp(visible_host(&st, &user, id).await?)))
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DeletePreview {
-    pub host_id: String,
-    pub sandbox_ids: Vec<String>,
 }
 
 pub async fn delete_preview(
@@ -482,9 +464,6 @@ fn validate_facts(f: &crate::proto::agent::HostFacts) -> ApiResult<()> {
     if f.memory_mb == 0 {
         return Err(ApiError::bad("facts.memory_mb", "out of range"));
     }
-    if !matches!(f.accel.as_str(), "kvm" | "tcg") {
-        return Err(ApiError::bad("facts.accel", "must be kvm or tcg"));
-    }
     for (field, v) in [
         ("facts.arch", &f.arch),
         ("facts.version", &f.version),
@@ -567,11 +546,6 @@ pub async fn refresh(
         }
         RefreshOutcome::Invalid => Err(ApiError::Unauthorized),
     }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TagsRequest {
-    pub tags: Vec<String>,
 }
 
 pub async fn set_tags(

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::sandboxes::{MAX_TIMEOUT_SEC, host_client, load, to_resp, vm_gone};
-use crate::proto::api::SandboxResponse;
+use crate::proto::api::{SandboxResponse, TimeoutRequest};
 use crate::proto::net::EgressPolicy;
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, SandboxRow};
@@ -122,13 +122,6 @@ pub async fn resume(
         })
         .await?;
     reload(&st, &caller, &id).await
-}
-
-#[derive(Debug, Deserialize)]
-pub struct TimeoutRequest {
-    pub timeout_sec: u64,
-    #[serde(default)]
-    pub on_timeout: Option<String>,
 }
 
 /// Sets the idle timeout, counting from now (so it also extends it). 0 = never.

@@ -15,6 +15,7 @@ use crate::proto::api::{
     CreateSandboxRequest, ExecRequest, ExecResponse, SandboxListResponse, SandboxResponse,
 };
 use crate::proto::net::EgressPolicy;
+use crate::proto::validate::validate_env;
 use crate::server::AppState;
 use crate::server::db::sandboxes::{self, NewSandbox, SandboxRow};
 use crate::server::db::{DbError, hosts};
@@ -56,18 +57,8 @@ pub fn to_resp(s: SandboxRow) -> SandboxResponse {
     }
 }
 
-pub fn valid_env_name(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 128
-        && !k.starts_with(|c: char| c.is_ascii_digit())
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-pub(crate) fn check_map(
-    field: &str,
-    m: &BTreeMap<String, String>,
-    env_names: bool,
-) -> ApiResult<()> {
+/// Metadata: string keys and values (env follows [`validate_env`]).
+pub(crate) fn check_map(field: &str, m: &BTreeMap<String, String>) -> ApiResult<()> {
     if m.len() > MAX_MAP_ENTRIES {
         return Err(ApiError::bad(
             field,
@@ -75,13 +66,7 @@ pub(crate) fn check_map(
         ));
     }
     for (k, v) in m {
-        if env_names && !valid_env_name(k) {
-            return Err(ApiError::bad(
-                &format!("{field}.{k}"),
-                "not a valid variable name (letters, digits, _)",
-            ));
-        }
-        if !env_names && (k.is_empty() || k.len() > 128 || k.chars().any(char::is_control)) {
+        if k.is_empty() || k.len() > 128 || k.chars().any(char::is_control) {
             return Err(ApiError::bad(
                 field,
                 "keys must be 1 to 128 printable characters",
@@ -165,9 +150,9 @@ pub async fn create(
         ));
     }
     let env = req.env.clone().unwrap_or_default();
-    check_map("env", &env, true)?;
+    validate_env("env", &env)?;
     let metadata = req.metadata.clone().unwrap_or_default();
-    check_map("metadata", &metadata, false)?;
+    check_map("metadata", &metadata)?;
     let mut egress = match &req.network {
         None => Some(EgressPolicy::default()),
         Some(setting) => setting.policy(),
@@ -427,44 +412,6 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The checks every command gets, one-shot or streamed.
-pub fn check_command(
-    cmd: &str,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-    cwd: Option<&str>,
-    timeout_sec: Option<u64>,
-) -> ApiResult<()> {
-    if cmd.is_empty() || cmd.len() > 4096 || cmd.contains('\0') {
-        return Err(ApiError::bad(
-            "cmd",
-            "required: the program to run (not through a shell)",
-        ));
-    }
-    if args.len() > 4096
-        || args
-            .iter()
-            .any(|a| a.contains('\0') || a.len() > 128 * 1024)
-    {
-        return Err(ApiError::bad(
-            "args",
-            "at most 4096 arguments of at most 128 KiB, no NUL bytes",
-        ));
-    }
-    if let Some(t) = timeout_sec
-        && !(1..=3600).contains(&t)
-    {
-        return Err(ApiError::bad("timeout_sec", "must be 1 to 3600"));
-    }
-    check_map("env", env, true)?;
-    if let Some(cwd) = cwd
-        && (!cwd.starts_with('/') || cwd.len() > 4096 || cwd.contains('\0'))
-    {
-        return Err(ApiError::bad("cwd", "must be an absolute path"));
-    }
-    Ok(())
-}
-
 /// A 404 from the agent about the VM itself: the sandbox is not running there any more.
 /// Every schedulable host as a placement candidate, with what its live sandboxes hold.
 pub(crate) async fn placement_candidates(st: &AppState) -> ApiResult<Vec<Candidate>> {
@@ -505,13 +452,7 @@ pub async fn exec(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> ApiResult<Json<ExecResponse>> {
-    check_command(
-        &req.cmd,
-        &req.args,
-        &req.env,
-        req.cwd.as_deref(),
-        req.timeout_sec,
-    )?;
+    req.validate()?;
     let s = load(&st, &caller, id).await?;
     if s.status != SandboxStatus::Running {
         return Err(ApiError::conflict(

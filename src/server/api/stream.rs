@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::Caller;
-use super::sandboxes::{check_command, host_client, load};
+use super::sandboxes::{host_client, load};
 use crate::proto::api::{ExecClientMessage, ExecServerMessage};
 use crate::server::AppState;
 use crate::server::db::sandboxes;
@@ -159,16 +159,8 @@ fn check_client_message(text: &str) -> Result<(), String> {
         )
     })?;
     if let ExecClientMessage::Start(s) = msg {
-        check_command(&s.cmd, &s.args, &s.env, s.cwd.as_deref(), s.timeout_sec)
+        s.validate()
             .map_err(|e| refuse("invalid_field", e.to_string()))?;
-        if let Some(p) = s.pty
-            && (p.rows == 0 || p.cols == 0 || p.rows > 1000 || p.cols > 1000)
-        {
-            return Err(refuse(
-                "invalid_field",
-                "pty: rows and cols must be 1 to 1000".into(),
-            ));
-        }
     }
     Ok(())
 }

@@ -4,89 +4,25 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::auth::validate_name;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, AuthUser};
 use crate::proto::api::AuthResponse;
+use crate::proto::teams::{
+    AddMemberRequest, MemberResponse, NameRequest, RoleRequest, SwitchTeamRequest,
+    TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse, UserSummary,
+};
 use crate::server::AppState;
 use crate::server::db::teams::{self, MemberRow, TeamRow};
 use crate::server::db::{DbError, sandboxes, templates, users};
 use crate::server::state::SandboxStatus;
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TeamResponse {
-    pub id: String,
-    pub name: String,
-    pub slug: String,
-    pub is_byoc: bool,
-    pub created_at: i64,
-    /// The caller's role in it.
-    pub role: String,
-    #[serde(default)]
-    pub is_default: bool,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TeamListResponse {
-    pub teams: Vec<TeamResponse>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MemberResponse {
-    pub user_id: String,
-    pub name: String,
-    pub email: String,
-    pub role: String,
-    pub joined_at: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TeamDetailResponse {
-    #[serde(flatten)]
-    pub team: TeamResponse,
-    pub members: Vec<MemberResponse>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct NameRequest {
-    pub name: String,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct AddMemberRequest {
-    pub email: String,
-    #[serde(default)]
-    pub role: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct RoleRequest {
-    pub role: String,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct SwitchTeamRequest {
-    pub team_id: String,
-}
-
 #[derive(Debug, Deserialize)]
 pub struct SearchQuery {
     #[serde(default)]
     pub q: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct UserSummary {
-    pub user_id: String,
-    pub name: String,
-    pub email: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct UserSearchResponse {
-    pub users: Vec<UserSummary>,
 }
 
 fn team_resp(t: TeamRow, role: String, is_default: bool) -> TeamResponse {

@@ -12,7 +12,10 @@ use super::extract::{ApiJson, ApiQuery, AuthUser, Caller};
 use super::sandboxes::{host_client, load, valid_template_name};
 use crate::ids::new_id;
 use crate::proto::agent::SnapshotVmRequest;
-use crate::proto::api::{SnapshotRequest, TemplateListResponse, TemplateResponse};
+use crate::proto::api::{
+    HostBuildFailed, HostBuildStarted, HostBuildStatus, SnapshotRequest, TemplateBuildRequest,
+    TemplateBuildResponse, TemplateBuildStatusResponse, TemplateListResponse, TemplateResponse,
+};
 use crate::server::AppState;
 use crate::server::db::templates::{self, TemplateRow};
 use crate::server::db::{DbError, hosts, now};
@@ -228,18 +231,13 @@ pub async fn snapshot(
     Ok((StatusCode::CREATED, Json(to_resp(saved))))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct BuildRequest {
-    pub name: String,
-}
-
 /// Builds a base template (`debian`) on every online regular host (platform admins), in the
 /// background; `GET /v1/templates` shows it once hosts report it ready.
 pub async fn build(
     State(st): State<AppState>,
     user: AuthUser,
-    ApiJson(req): ApiJson<BuildRequest>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    ApiJson(req): ApiJson<TemplateBuildRequest>,
+) -> ApiResult<(StatusCode, Json<TemplateBuildResponse>)> {
     if !user.is_admin {
         return Err(ApiError::forbidden(
             "admin_required",
@@ -266,8 +264,15 @@ pub async fn build(
             .build_template(&crate::proto::agent::BuildTemplateRequest { name: name.clone() })
             .await;
         match r {
-            Ok(info) => started.push(serde_json::json!({ "host_id": h.id, "status": info.status, "progress": info.progress })),
-            Err(e) => failed.push(serde_json::json!({ "host_id": h.id, "error": e.to_string() })),
+            Ok(info) => started.push(HostBuildStarted {
+                host_id: h.id,
+                progress: info.progress,
+                status: info.status,
+            }),
+            Err(e) => failed.push(HostBuildFailed {
+                error: e.to_string(),
+                host_id: h.id,
+            }),
         }
     }
     if started.is_empty() && failed.is_empty() {
@@ -280,13 +285,17 @@ pub async fn build(
             code: "host_error",
             message: format!(
                 "no host could start the build: {}",
-                serde_json::Value::from(failed)
+                serde_json::to_string(&failed).unwrap_or_default()
             ),
         });
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "name": name, "hosts": started, "failed": failed })),
+        Json(TemplateBuildResponse {
+            failed,
+            hosts: started,
+            name,
+        }),
     ))
 }
 
@@ -295,7 +304,7 @@ pub async fn build_status(
     State(st): State<AppState>,
     user: AuthUser,
     Path(name): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<TemplateBuildStatusResponse>> {
     if !user.is_admin {
         return Err(ApiError::forbidden(
             "admin_required",
@@ -314,11 +323,20 @@ pub async fn build_status(
         match st.pool.get(&h.id, &addr).list_templates().await {
             Ok(list) => {
                 if let Some(t) = list.into_iter().find(|t| t.name == name) {
-                    out.push(serde_json::json!({ "host_id": h.id, "status": t.status, "progress": t.progress, "error": t.error, "size_bytes": t.size_bytes }));
+                    out.push(HostBuildStatus::Known {
+                        error: t.error,
+                        host_id: h.id,
+                        progress: t.progress,
+                        size_bytes: t.size_bytes,
+                        status: t.status,
+                    });
                 }
             }
-            Err(e) => out.push(serde_json::json!({ "host_id": h.id, "error": e.to_string() })),
+            Err(e) => out.push(HostBuildStatus::Unreachable(HostBuildFailed {
+                error: e.to_string(),
+                host_id: h.id,
+            })),
         }
     }
-    Ok(Json(serde_json::json!({ "name": name, "hosts": out })))
+    Ok(Json(TemplateBuildStatusResponse { hosts: out, name }))
 }

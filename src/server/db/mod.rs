@@ -86,9 +86,10 @@ impl Db {
     }
 }
 
-/// Seconds since the Unix epoch.
+/// Seconds since the Unix epoch, on the server's clock (which tests may move; see
+/// [`crate::server::clock`]).
 pub fn now() -> i64 {
-    crate::time::unix_now()
+    crate::server::clock::now()
 }
 
 /// Maps "no rows" to `NotFound`.

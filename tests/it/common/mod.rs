@@ -91,6 +91,9 @@ fn log_env(cmd: &mut Command) {
     );
 }
 
+/// The file in a test server's temp dir that offsets its clock (see [`TestServer::advance_clock`]).
+const CLOCK_FILE: &str = "clock-offset";
+
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub url: String,
@@ -134,6 +137,10 @@ impl TestServer {
             .arg(dir.path().join("data"))
             .args(extra)
             .args(allow_private_agents.then_some("--allow-private-agent-addresses"))
+            .env(
+                sandboxctl::server::clock::TEST_CLOCK_FILE_ENV,
+                dir.path().join(CLOCK_FILE),
+            )
             .stdout(Stdio::piped())
             .stderr(log);
         log_env(&mut cmd);
@@ -170,6 +177,20 @@ impl TestServer {
         self.child.id()
     }
 
+    /// Moves the server's clock `secs` forward (added to earlier moves), so tokens expire and
+    /// hosts go stale without waiting or editing the database. Agents keep the real time: calls
+    /// the server signs for them after a big move look as if they came from the future.
+    pub fn advance_clock(&self, secs: i64) {
+        let file = self.dir.path().join(CLOCK_FILE);
+        let before: i64 = std::fs::read_to_string(&file)
+            .map(|t| t.trim().parse().expect("clock offset"))
+            .unwrap_or(0);
+        // Written aside and renamed, so the server never reads half a number.
+        let tmp = self.dir.path().join(format!("{CLOCK_FILE}.tmp"));
+        std::fs::write(&tmp, (before + secs).to_string()).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    }
+
     /// Kills the server process and waits for it; the temp dir stays until the value is dropped.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -191,7 +212,8 @@ impl TestServer {
         (r, c)
     }
 
-    /// Opens the server's real SQLite file (for checks and for aging tokens).
+    /// Opens the server's real SQLite file, to check what it stored (tests move time with
+    /// [`Self::advance_clock`], not by editing rows).
     pub fn sqlite(&self) -> rusqlite::Connection {
         let c = rusqlite::Connection::open(self.data_dir().join("sandboxctl.db")).unwrap();
         c.busy_timeout(Duration::from_secs(5)).unwrap();
@@ -465,19 +487,39 @@ pub fn urlenc(s: &str) -> String {
     sandboxctl::urlencode::encode(s)
 }
 
-/// Polls `check` every 200 ms until it is true or `secs` pass.
-pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut check: F)
+/// Polls `check` every 100 ms until it is true; after `timeout`, fails naming `what` it waited
+/// for. Use it instead of sleeping for "long enough".
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let deadline = Instant::now() + timeout;
     while !check().await {
         assert!(
             Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}"
+            "timed out after {timeout:?} waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs one named step of a longer story over shared VMs; if it fails, the failure names the
+/// step (and keeps the original message), so a long story reports which of its parts broke.
+pub async fn step<T>(name: &str, fut: impl std::future::Future<Output = T>) -> T {
+    use futures_util::FutureExt;
+    // Shown with a failed test's output, so a step that hangs can be found too.
+    eprintln!("step: {name}");
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("step failed: {name}\n{msg}")
+        }
     }
 }
 
@@ -523,7 +565,7 @@ pub fn facts(addr: &str) -> sandboxctl::proto::agent::HostFacts {
         memory_mb: 2048,
         disk_gb: 10,
         address: addr.into(),
-        accel: "tcg".into(),
+        accel: sandboxctl::proto::agent::Accelerator::Tcg,
         accel_reason: "test".into(),
         cgroups: String::new(),
         version: "test".into(),

@@ -64,7 +64,10 @@ pub enum ChannelError {
     Protocol(String),
     /// A file operation failed in the guest, with its reason code (`file_not_found`, …).
     #[error("{message}")]
-    File { code: String, message: String },
+    File {
+        code: crate::proto::guest::FileErrorCode,
+        message: String,
+    },
     /// The guest broke the protocol too often and its channel was cut off for good.
     #[error("the guest broke the channel protocol and was cut off ({0})")]
     CutOff(String),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::client::ApiClient;
+use crate::cli::client::ApiClient;
 use crate::proto::api::{CreateSandboxRequest, ExecRequest};
 
 #[derive(Debug, Clone)]

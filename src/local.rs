@@ -1,5 +1,6 @@
 //! `sandboxctl server --local-agent`: an agent for this machine in the same process, registered
-//! automatically, and a ready admin login on a fresh server.
+//! automatically, and a ready admin login on a fresh server. A composition point: it puts a server
+//! and an agent together, so it lives beside the roles rather than in one of them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,9 +13,9 @@ use crate::agent::vm::AccelChoice;
 use crate::agent::vm::cgroup::CgroupChoice;
 use crate::agent::{credentials, register};
 use crate::crypto::{self, sha256_hex};
-use crate::server::AppState;
 use crate::server::db::hosts::{self, NewHost};
 use crate::server::db::users;
+use crate::server::{AppState, Companion};
 
 #[derive(Debug, Clone)]
 pub struct LocalAgentConfig {
@@ -28,6 +29,19 @@ pub struct LocalAgentConfig {
     pub admin_email: String,
     pub net: crate::agent::net::NetConfig,
     pub jail: crate::agent::vm::JailConfig,
+}
+
+/// What the server starts once it listens: [`start`], its failure reported on stderr and in the
+/// logs (the server keeps serving).
+pub fn companion(data_dir: PathBuf, cfg: LocalAgentConfig) -> Companion {
+    Box::new(move |state| {
+        Box::pin(async move {
+            if let Err(e) = start(state, &data_dir, cfg).await {
+                eprintln!("sandboxctl: the local agent failed: {e:#}");
+                tracing::error!(error = ?e, "local agent failed");
+            }
+        })
+    })
 }
 
 /// Makes sure an admin exists (printing how to log in), registers the local agent on first start,

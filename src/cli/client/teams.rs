@@ -1,0 +1,109 @@
+//! Teams, members and roles, switching the token's team, finding users to add.
+
+use super::{ApiClient, ClientError};
+use crate::proto::api::AuthResponse;
+use crate::proto::teams::{
+    AddMemberRequest, MemberResponse, NameRequest, RoleRequest, SwitchTeamRequest,
+    TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse, UserSummary,
+};
+use crate::urlencode;
+
+impl ApiClient {
+    pub async fn list_teams(&self) -> Result<Vec<TeamResponse>, ClientError> {
+        Ok(self
+            .json::<(), TeamListResponse>(reqwest::Method::GET, "/v1/teams", None)
+            .await?
+            .teams)
+    }
+
+    pub async fn create_team(&self, name: &str) -> Result<TeamResponse, ClientError> {
+        self.json(
+            reqwest::Method::POST,
+            "/v1/teams",
+            Some(&NameRequest { name: name.into() }),
+        )
+        .await
+    }
+
+    pub async fn get_team(&self, id: &str) -> Result<TeamDetailResponse, ClientError> {
+        self.json::<(), _>(reqwest::Method::GET, &format!("/v1/teams/{id}"), None)
+            .await
+    }
+
+    pub async fn rename_team(&self, id: &str, name: &str) -> Result<TeamResponse, ClientError> {
+        self.json(
+            reqwest::Method::PATCH,
+            &format!("/v1/teams/{id}"),
+            Some(&NameRequest { name: name.into() }),
+        )
+        .await
+    }
+
+    pub async fn delete_team(&self, id: &str) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::DELETE, &format!("/v1/teams/{id}"))
+            .await
+    }
+
+    pub async fn add_member(
+        &self,
+        team: &str,
+        email: &str,
+        role: &str,
+    ) -> Result<MemberResponse, ClientError> {
+        self.json(
+            reqwest::Method::POST,
+            &format!("/v1/teams/{team}/members"),
+            Some(&AddMemberRequest {
+                email: email.into(),
+                role: Some(role.into()),
+            }),
+        )
+        .await
+    }
+
+    pub async fn set_role(
+        &self,
+        team: &str,
+        user: &str,
+        role: &str,
+    ) -> Result<MemberResponse, ClientError> {
+        self.json(
+            reqwest::Method::PATCH,
+            &format!("/v1/teams/{team}/members/{user}"),
+            Some(&RoleRequest { role: role.into() }),
+        )
+        .await
+    }
+
+    pub async fn remove_member(&self, team: &str, user: &str) -> Result<(), ClientError> {
+        self.empty(
+            reqwest::Method::DELETE,
+            &format!("/v1/teams/{team}/members/{user}"),
+        )
+        .await
+    }
+
+    pub async fn leave_team(&self, team: &str) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::POST, &format!("/v1/teams/{team}/leave"))
+            .await
+    }
+
+    pub async fn switch_team(&self, team: &str) -> Result<AuthResponse, ClientError> {
+        self.json(
+            reqwest::Method::POST,
+            "/v1/auth/switch-team",
+            Some(&SwitchTeamRequest {
+                team_id: team.into(),
+            }),
+        )
+        .await
+    }
+
+    pub async fn search_users(&self, q: &str) -> Result<Vec<UserSummary>, ClientError> {
+        let url = format!("/v1/users/search?q={}", urlencode::encode(q));
+        Ok(self
+            .json::<(), UserSearchResponse>(reqwest::Method::GET, &url, None)
+            .await?
+            .users)
+    }
+}
