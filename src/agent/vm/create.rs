@@ -196,8 +196,8 @@ impl VmManager {
                 return Err(VmError::NotFound(req.id));
             }
             match err {
-                // A cold boot under TCG can stall for good (VM.md: timer calibration on a busy
-                // host); a second try usually goes through.
+                // A cold boot under TCG can stall for good (TSC calibration on a busy host, see
+                // docs/ARCHITECTURE.md#qemu-on-these-hosts); a second try usually goes through.
                 BootError::Hung(why) if attempt < BOOT_ATTEMPTS => {
                     tracing::warn!(vm = %req.id, attempt, %why, "the guest did not come up; booting again");
                     attempt += 1;

@@ -1,4 +1,4 @@
-//! QEMU's confinement (SPEC §13 "Host side"), set up between fork and exec:
+//! QEMU's confinement (docs/ARCHITECTURE.md#isolation), set up between fork and exec:
 //!
 //! 1. the VM's network namespace (its tap opened there as root and handed over as fd 3);
 //! 2. a mount namespace in which the agent's data dir (and any other folder named, such as the

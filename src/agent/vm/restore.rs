@@ -62,7 +62,8 @@ impl VmManager {
             }
         };
         let loaded = started.elapsed();
-        // Connect while the VM starts running: the guest answers at once (VM.md).
+        // Connect while the VM starts running: the guest answers at once
+        // (docs/ARCHITECTURE.md#qemu-on-these-hosts).
         let (hello, cont) = tokio::join!(vm.channel.connect(RESTORE_TIMEOUT), q.cont());
         tracing::debug!(
             vm = %vm.id,
