@@ -1,8 +1,6 @@
 //! The host agent: registers once, heartbeats, serves the server's calls and runs microVMs.
 
 pub mod api;
-pub mod api_streams;
-pub mod api_templates;
 pub mod credentials;
 pub mod facts;
 pub mod images;

@@ -168,7 +168,8 @@ impl Heartbeat {
                     }
                     Err(e) => {
                         if matches!(e, RefreshError::Refused(_)) && !paused_all {
-                            // SPEC §7 PauseAll: without credentials nothing may run unaccounted.
+                            // PauseAll (docs/ARCHITECTURE.md#server-and-agent): without
+                            // credentials nothing may run unaccounted.
                             paused_all = true;
                             let n = self.vms.pause_all().await;
                             tracing::error!(

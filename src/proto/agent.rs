@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 /// reads no more than this of a listing.
 pub const MAX_LISTING_BYTES: u64 = 64 << 20;
 
-/// Largest template image archive an agent takes; the server refuses a larger upload up front.
+/// The largest root filesystem archive an agent takes for a template; the server refuses bigger
+/// uploads before passing them on.
 pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
 
 /// What an agent knows about its machine, sent at registration and with every heartbeat.
@@ -163,6 +164,53 @@ pub enum VmState {
     Stopped,
 }
 
+impl VmState {
+    pub const ALL: [VmState; 4] = [
+        VmState::Starting,
+        VmState::Running,
+        VmState::Paused,
+        VmState::Stopped,
+    ];
+
+    /// The word on the wire (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopped => "stopped",
+        }
+    }
+
+    /// The agent's transition table: every state change of a VM goes through it.
+    pub fn can_become(self, next: VmState) -> bool {
+        use VmState::*;
+        matches!(
+            (self, next),
+            // Booted or restored, the guest answered and has its identity.
+            (Starting, Running)
+                // Pause and resume.
+                | (Running, Paused)
+                | (Paused, Running)
+                // QEMU exited or was killed (destroy, a guest cut off), from anywhere; a
+                // stopped VM told again stays stopped.
+                | (_, Stopped)
+                // A boot snapshot that failed to restore falls back to a cold boot of the same
+                // VM, whether or not its QEMU had started (and stopped) yet.
+                | (Starting | Stopped, Starting)
+                // A complete saved state outlives its QEMU: a pause whose QEMU went as it
+                // finished, a resume that failed to load it.
+                | (Stopped, Paused)
+        )
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmInfo {
     pub id: String,
@@ -239,6 +287,7 @@ pub struct BuildTemplateRequest {
 
 #[cfg(test)]
 mod tests {
+    use super::VmState::*;
     use super::*;
 
     #[test]
@@ -263,6 +312,37 @@ mod tests {
                 assert_eq!(field, "facts.accel")
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn vm_transitions() {
+        let allowed = [
+            (Starting, Running),
+            (Starting, Stopped),
+            (Starting, Starting),
+            (Running, Paused),
+            (Running, Stopped),
+            (Paused, Running),
+            (Paused, Stopped),
+            (Stopped, Stopped),
+            (Stopped, Starting),
+            (Stopped, Paused),
+        ];
+        for a in VmState::ALL {
+            for b in VmState::ALL {
+                assert_eq!(a.can_become(b), allowed.contains(&(a, b)), "{a} -> {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn vm_states_serialize_as_their_words() {
+        for s in VmState::ALL {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
         }
     }
 }

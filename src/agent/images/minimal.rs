@@ -24,8 +24,8 @@ pub(super) const BUSYBOX: &str = "/bin/busybox";
 /// The port the guest program serves (virtio-serial port 1 of device 0, named `agent0`).
 pub const GUEST_PORT: &str = "/dev/vport0p1";
 
-/// Modules the initramfs loads, in dependency order (VM.md). microvm has no PCI, so the
-/// virtio_pci family is left out.
+/// Modules the initramfs loads, in dependency order (docs/ARCHITECTURE.md#qemu-on-these-hosts).
+/// microvm has no PCI, so the virtio_pci family is left out.
 const MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",

@@ -1,5 +1,5 @@
-//! Sandbox networking (SPEC §13): every sandbox with a network gets a network namespace of its
-//! own on this host, with its QEMU inside it on a tap device.
+//! Sandbox networking (docs/ARCHITECTURE.md#isolation): every sandbox with a network gets a
+//! network namespace of its own on this host, with its QEMU inside it on a tap device.
 //!
 //! ```text
 //!  guest 10.0.2.15 ── tap0 (10.0.2.2, 10.0.2.3) ─[namespace: policy, NAT]─ up0 (pool .2)

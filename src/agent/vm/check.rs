@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use super::cgroup::{CgroupChoice, Cgroups};
-use super::{AccelChoice, qemu};
+use super::{AccelChoice, jail, qemu};
 use crate::agent::images::Kernel;
 
 /// One part of the check.
@@ -151,7 +153,7 @@ pub async fn check(cfg: &CheckConfig) -> Vec<Verdict> {
         });
     }
     if wanted(CheckPart::Confinement) {
-        out.push(match super::jail::self_test(cfg.vm_uid_base).await {
+        out.push(match confinement_self_test(cfg.vm_uid_base).await {
             Ok(seen) => Verdict {
                 part: CheckPart::Confinement,
                 ok: true,
@@ -165,4 +167,78 @@ pub async fn check(cfg: &CheckConfig) -> Vec<Verdict> {
         });
     }
     out
+}
+
+/// Starts a QEMU confined as VMs are (no guest: `-M none -S`) in a scratch data dir, reads back
+/// what confines it and ends it. Returns what was seen, for `sandboxctl agent check`.
+async fn confinement_self_test(uid: u32) -> anyhow::Result<String> {
+    let data = std::env::temp_dir().join(format!("sandboxctl-check-{}", std::process::id()));
+    let dir = data.join("vms").join("sbx_check");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(data.join("secret"))?;
+    let result = async {
+        jail::hand_over(&dir, uid, uid, &[])?;
+        let confined = jail::Jail {
+            uid,
+            gid: uid,
+            hidden: vec![data.clone()],
+            netns: None,
+            ram: None,
+        };
+        let args: Vec<String> = [
+            "-M",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+            "-qmp",
+            "unix:qmp.sock,server=on,wait=off",
+            "-sandbox",
+            jail::SANDBOX_ARG,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut child = qemu::spawn(&dir, &args, None, Some(&confined), false)?;
+        let pid = child.id().context("QEMU exited at once")?;
+        let seen = async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !dir.join("qmp.sock").exists() {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "QEMU did not start: {}",
+                    qemu::console_tail(&dir, 3)
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+                    .unwrap_or_default()
+            };
+            let view: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root{}", data.display()))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            anyhow::ensure!(field("Uid:") == uid.to_string(), "QEMU runs as uid {}", field("Uid:"));
+            anyhow::ensure!(field("Seccomp:") == "2", "no seccomp filter (Seccomp: {})", field("Seccomp:"));
+            anyhow::ensure!(field("NoNewPrivs:") == "1", "no_new_privs is off");
+            anyhow::ensure!(field("CapEff:").trim_start_matches('0').is_empty(), "capabilities left: {}", field("CapEff:"));
+            anyhow::ensure!(view == ["vms"], "QEMU sees {view:?} in the data dir");
+            anyhow::Ok(format!(
+                "QEMU ran as uid {uid} with no capabilities, no_new_privs and its seccomp filter, seeing only its own folder"
+            ))
+        }
+        .await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        seen
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&data);
+    result
 }

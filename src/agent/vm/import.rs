@@ -14,12 +14,11 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
 use super::snapshot::DEFAULT_SHAPE;
-use super::templates::{TemplateError, valid_name};
+use super::template_store::{TemplateError, valid_name};
 use super::{BOOT_TIMEOUT, VmError, VmManager};
 use crate::agent::images::{self, import};
 use crate::proto::agent::{TemplateInfo, TemplateStatus};
 
-/// Largest archive an agent takes (shared with the server, which refuses a larger upload).
 pub use crate::proto::agent::MAX_IMAGE_BYTES;
 
 impl VmManager {
@@ -103,7 +102,7 @@ impl VmManager {
             has_snapshot: self.boot.ready(&t, DEFAULT_SHAPE).is_some(),
             vcpus: None,
             memory_mb: None,
-            created_at: super::templates::mtime_secs(&t.rootfs),
+            created_at: super::template_store::mtime_secs(&t.rootfs),
         })
     }
 }

@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::instance::{send_init, wait_gone};
 use super::jail;
+use super::record::write_atomic;
 use super::snapshot::{self, STATE_LIMIT, SnapshotMeta};
-use super::templates::{self, TemplateError};
+use super::template_store::{self, TemplateError};
 use super::{
     INCOMING, Qmp, RESTORE_TIMEOUT, STATE_TMP, Vm, VmError, VmInfo, VmManager, VmState,
-    now_unix_ms, qemu, send_init, wait_gone, write_atomic,
+    now_unix_ms, qemu,
 };
 use crate::agent::images;
 use crate::proto::agent::{SnapshotVmRequest, TemplateInfo};
@@ -44,7 +46,7 @@ impl VmManager {
         if state != VmState::Running {
             return Err(VmError::Conflict(format!(
                 "VM {id} is {}, not running",
-                state_word(state)
+                state.as_str()
             )));
         }
         let started = Instant::now();
@@ -79,7 +81,7 @@ impl VmManager {
             let mut rt = vm.rt();
             rt.pid = None;
             rt.exited = None;
-            rt.state = VmState::Paused;
+            rt.set_state(VmState::Paused)?;
             rt.memory_file = false;
         }
         if let Err(e) = vm.persist() {
@@ -112,7 +114,7 @@ impl VmManager {
         if state != VmState::Paused {
             return Err(VmError::Conflict(format!(
                 "VM {id} is {}, not paused",
-                state_word(state)
+                state.as_str()
             )));
         }
         let started = Instant::now();
@@ -141,8 +143,11 @@ impl VmManager {
                     let mut rt = vm.rt();
                     rt.pid = None;
                     rt.exited = None;
-                    if rt.state == VmState::Stopped {
-                        rt.state = VmState::Paused;
+                    // The saved state is still there: the VM stays paused.
+                    if rt.state() == VmState::Stopped
+                        && let Err(refused) = rt.set_state(VmState::Paused)
+                    {
+                        tracing::error!(vm = %id, error = %refused, "the state table refused a return to paused");
                     }
                 }
                 let _ = std::fs::remove_file(qemu::pid_file(dir));
@@ -150,7 +155,10 @@ impl VmManager {
                 return Err(self.gone_or(&vm, e));
             }
         }
-        vm.rt().state = VmState::Running;
+        if let Err(refused) = vm.rt().set_state(VmState::Running) {
+            // QEMU went away as it continued.
+            return Err(self.gone_or_vm(&vm, refused.into()));
+        }
         if let Err(e) = vm.persist() {
             tracing::warn!(vm = %id, error = %format!("{e:#}"), "recording the resume");
         }
@@ -221,7 +229,7 @@ impl VmManager {
         req: &SnapshotVmRequest,
     ) -> Result<TemplateInfo, TemplateError> {
         let name = req.template.as_str();
-        if !templates::valid_name(name) || images::BASE_TEMPLATES.contains(&name) {
+        if !template_store::valid_name(name) || images::BASE_TEMPLATES.contains(&name) {
             return Err(VmError::BadRequest {
                 field: "template",
                 message: "must be 1 to 64 letters, digits, '-', '_' or '.', and not a base template's name".into(),
@@ -239,7 +247,7 @@ impl VmManager {
         if !matches!(state, VmState::Running | VmState::Paused) {
             return Err(VmError::Conflict(format!(
                 "VM {id} is {}; only running and paused VMs are snapshotted",
-                state_word(state)
+                state.as_str()
             ))
             .into());
         }
@@ -279,7 +287,7 @@ impl VmManager {
             size_bytes = snap.size_bytes(),
             "snapshot kept as a template"
         );
-        Ok(templates::snapshot_info(name, &snap))
+        Ok(template_store::snapshot_info(name, &snap))
     }
 
     /// Writes the VM's state and frozen disk into `tmp`.
@@ -447,14 +455,5 @@ impl VmManager {
         } else {
             e
         }
-    }
-}
-
-fn state_word(s: VmState) -> &'static str {
-    match s {
-        VmState::Starting => "starting",
-        VmState::Running => "running",
-        VmState::Paused => "paused",
-        VmState::Stopped => "stopped",
     }
 }

@@ -93,7 +93,7 @@ pub struct LaunchSpec<'a> {
 }
 
 /// The kernel command line. Under TCG the TSC calibration can hang when the host is busy
-/// (VM.md): give the rate and skip the checks.
+/// (docs/ARCHITECTURE.md#qemu-on-these-hosts): give the rate and skip the checks.
 pub fn kernel_cmdline(accel: &Accel, tsc_khz: Option<u64>) -> String {
     // cryptomgr.notests: the crypto self-tests cost ~0.5 s of emulated CPU at every boot.
     let mut s = String::from("console=ttyS0 quiet panic=-1 reboot=t cryptomgr.notests");

@@ -1,7 +1,7 @@
 //! Streaming exec (stdin, output as it comes, signals, PTY) and the console log.
 //!
 //! Memory stays bounded whatever the command prints: the guest sends at most one flow-control
-//! window ([`WINDOW`]) of output ahead of what the consumer of [`ExecOutput::next`] has taken, so
+//! window ([`WINDOW`]) of output ahead of what the consumer of [`ExecEvents::next`] has taken, so
 //! a slow consumer (a slow WebSocket client) slows the guest's reader down, the pipe fills and
 //! the command blocks in `write`, exactly as it would on a slow terminal. Nothing is dropped.
 
@@ -34,12 +34,12 @@ pub enum ExecEvent {
 /// its output and its input.
 pub struct ExecStream {
     pub pid: Option<u32>,
-    pub output: ExecOutput,
+    pub output: ExecEvents,
     pub input: ExecInput,
 }
 
 /// The receiving half. Dropped before the exit, it kills the process group.
-pub struct ExecOutput {
+pub struct ExecEvents {
     vm: Arc<Vm>,
     stream: GuestStream,
     first: Option<Frame>,
@@ -47,7 +47,7 @@ pub struct ExecOutput {
     unacked: usize,
 }
 
-impl ExecOutput {
+impl ExecEvents {
     /// The next event. After `Exit` (or an error) the stream is over.
     pub async fn next(&mut self) -> Result<ExecEvent, VmError> {
         let taken = std::mem::take(&mut self.unacked);
@@ -226,7 +226,7 @@ impl VmManager {
         };
         Ok(ExecStream {
             pid,
-            output: ExecOutput {
+            output: ExecEvents {
                 vm,
                 stream,
                 first,

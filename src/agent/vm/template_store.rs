@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::snapshot::{self, BootSnapshots, DEFAULT_SHAPE, Snapshot};
+use super::boot_snapshots::BootSnapshots;
+use super::snapshot::{self, DEFAULT_SHAPE, Snapshot};
 use super::{VmError, VmManager};
 use crate::agent::images::{self, DEBIAN, MINIMAL};
 use crate::proto::agent::{TemplateInfo, TemplateStatus};

@@ -1,0 +1,431 @@
+//! The host end of the guest channel: one connection per VM to QEMU's virtio-serial socket,
+//! multiplexing requests by stream id.
+//!
+//! A connection starts with Hello (fresh nonce) and ignores everything until the matching
+//! HelloAck: bytes the guest wrote while no host was connected (replies meant for a previous
+//! agent) arrive first and are dropped. Stream ids come from a per-process counter with a random
+//! start, so stale replies never match a live request.
+//!
+//! The reader task never waits for a stream's consumer: each stream has its own [`StreamQueue`],
+//! bounded in bytes (one flow-control window of data, because the guest may only send what the
+//! consumer granted, plus [`CONTROL_BYTES`] of control frames) and in frames ([`MAX_QUEUED`];
+//! data frames that follow one another are merged up to [`CHUNK`]). A stream whose guest
+//! overruns these loses the stream, never the agent's memory; frames for no live request are
+//! dropped on arrival. Data the host sends (stdin, uploads) waits for the guest's credit in
+//! [`GuestSender`], per stream.
+//!
+//! The guest is hostile until proven otherwise. Its garbage (bytes that are no frame) and its
+//! protocol violations (data on a stream that asked for none, a window overrun, a frame only
+//! the host sends, an unreadable credit, an oversized control frame) are counted per
+//! connection; past [`GARBAGE_BUDGET`] or [`VIOLATION_BUDGET`] the channel is cut off for good:
+//! every call fails with [`ChannelError::CutOff`] and the VM manager, told through
+//! [`GuestChannel::cut_off_watch`], stops the VM and logs why.
+//!
+//! Its parts: [`queue`] (one stream's bounded frames), [`conn`] (a live connection),
+//! [`reader`] (the reader task that routes and polices) and [`guest_stream`] (a request's
+//! receiving and sending halves, with their flow control).
+
+mod conn;
+mod guest_stream;
+mod queue;
+mod reader;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use self::conn::{Conn, Pending, Route};
+pub(super) use self::guest_stream::{GuestSender, GuestStream};
+use self::queue::StreamQueue;
+use self::reader::read_loop;
+use super::sock::connect_unix;
+use crate::proto::guest::{
+    ErrorMsg, ExecStart, Exit, Frame, FrameDecoder, FrameKind, Hello, HelloAck, Init, InitAck,
+    PROTOCOL_VERSION, WINDOW, Windowed,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("cannot reach the guest: {0}")]
+    Connect(String),
+    #[error("the guest connection closed")]
+    Closed,
+    #[error("the guest did not answer in time")]
+    Timeout,
+    #[error("the guest refused: {0}")]
+    Guest(String),
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+    /// A file operation failed in the guest, with its reason code (`file_not_found`, …).
+    #[error("{message}")]
+    File {
+        code: crate::proto::guest::FileErrorCode,
+        message: String,
+    },
+    /// The guest broke the protocol too often and its channel was cut off for good.
+    #[error("the guest broke the channel protocol and was cut off ({0})")]
+    CutOff(String),
+}
+
+/// Bytes of garbage (not frames) a guest may send on one connection before it is cut off. A
+/// sane guest sends none after the handshake but for a frame cut short when its program
+/// restarts.
+pub(super) const GARBAGE_BUDGET: u64 = 1 << 20;
+/// Protocol violations a guest may commit on one connection before it is cut off.
+pub(super) const VIOLATION_BUDGET: u32 = 64;
+/// Frames one stream may hold unconsumed.
+pub(super) const MAX_QUEUED: usize = 4096;
+/// Bytes of control frames (anything but data) one stream may hold unconsumed; also the
+/// largest control frame a guest may send.
+pub(super) const CONTROL_BYTES: usize = 64 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn next_id() -> u64 {
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let counter = NEXT.get_or_init(|| {
+        // Random start (high bits) so ids differ from any previous agent process's.
+        let start = (rand::rng().random::<u64>() >> 16) << 12 | 1;
+        AtomicU64::new(start)
+    });
+    counter.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What an exec produced, with each stream capped.
+#[derive(Debug)]
+pub struct CapturedOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub truncated: bool,
+    pub exit: Exit,
+}
+
+/// The channel to one VM's guest program; reconnects on demand.
+pub struct GuestChannel {
+    dir: PathBuf,
+    sock: &'static str,
+    slot: Mutex<Option<Arc<Conn>>>,
+    connecting: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+    /// Why the guest was cut off, once it was.
+    cut: Arc<watch::Sender<Option<String>>>,
+}
+
+impl GuestChannel {
+    pub fn new(dir: &Path, sock: &'static str) -> GuestChannel {
+        GuestChannel {
+            dir: dir.to_path_buf(),
+            sock,
+            slot: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+            cut: Arc::new(watch::Sender::new(None)),
+        }
+    }
+
+    /// Why the guest's channel was cut off, if it was (for good: see the module notes).
+    pub fn cut_reason(&self) -> Option<String> {
+        self.cut.borrow().clone()
+    }
+
+    /// Hears when the guest is cut off (the value becomes `Some(reason)`); closed when the
+    /// channel is dropped.
+    pub fn cut_off_watch(&self) -> watch::Receiver<Option<String>> {
+        self.cut.subscribe()
+    }
+
+    /// Ends the connection for good; requests in flight fail with `Closed`.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(c) = lock(&self.slot).take() {
+            c.shutdown();
+        }
+    }
+
+    /// Drops the current connection (the VM keeps running); the next request reconnects.
+    pub fn disconnect(&self) {
+        if let Some(c) = lock(&self.slot).take() {
+            c.shutdown();
+        }
+    }
+
+    fn live(&self) -> Option<Arc<Conn>> {
+        lock(&self.slot).as_ref().filter(|c| c.is_alive()).cloned()
+    }
+
+    /// A live, handshaken connection, made if needed within `wait`.
+    async fn conn(&self, wait: Duration) -> Result<(Arc<Conn>, Option<HelloAck>), ChannelError> {
+        if let Some(why) = self.cut_reason() {
+            return Err(ChannelError::CutOff(why));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ChannelError::Closed);
+        }
+        if let Some(c) = self.live() {
+            return Ok((c, None));
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(c) = self.live() {
+            return Ok((c, None));
+        }
+        let (conn, ack) = self.handshake(Instant::now() + wait).await?;
+        let conn = Arc::new(conn);
+        *lock(&self.slot) = Some(conn.clone());
+        // close() may have run meanwhile and found the slot empty.
+        if self.closed.load(Ordering::Acquire) {
+            self.close();
+            return Err(ChannelError::Closed);
+        }
+        Ok((conn, Some(ack)))
+    }
+
+    /// Connects (retrying until the socket exists and the guest answers) and says Hello.
+    pub async fn connect(&self, wait: Duration) -> Result<HelloAck, ChannelError> {
+        self.disconnect();
+        match self.conn(wait).await? {
+            (_, Some(ack)) => Ok(ack),
+            (_, None) => Err(ChannelError::Protocol("connection raced".into())),
+        }
+    }
+
+    async fn handshake(&self, deadline: Instant) -> Result<(Conn, HelloAck), ChannelError> {
+        let stream = loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(ChannelError::Closed);
+            }
+            match connect_unix(&self.dir, self.sock).await {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(ChannelError::Connect(format!("{e:#}")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let (mut r, mut w) = stream.into_split();
+        let mut decoder = FrameDecoder::new();
+        let mut nonces = HashSet::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut next_hello = Instant::now();
+        let ack = 'outer: loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(ChannelError::Closed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ChannelError::Timeout);
+            }
+            if now >= next_hello {
+                let nonce = rand::rng().random::<u64>() | 1;
+                nonces.insert(nonce);
+                let hello = Frame::json(
+                    FrameKind::Hello,
+                    0,
+                    &Hello {
+                        nonce,
+                        protocol: PROTOCOL_VERSION,
+                    },
+                );
+                let bytes = hello
+                    .encode()
+                    .map_err(|e| ChannelError::Protocol(e.to_string()))?;
+                w.write_all(&bytes)
+                    .await
+                    .map_err(|e| ChannelError::Connect(e.to_string()))?;
+                next_hello = now + Duration::from_secs(1);
+            }
+            let until = next_hello.min(deadline);
+            let n = match tokio::time::timeout_at(until.into(), r.read(&mut buf)).await {
+                Err(_) => continue,
+                Ok(Ok(0)) => {
+                    return Err(ChannelError::Connect("QEMU closed the guest socket".into()));
+                }
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(ChannelError::Connect(e.to_string())),
+            };
+            decoder.push(&buf[..n]);
+            while let Some(f) = decoder.next_frame() {
+                if f.kind == FrameKind::HelloAck
+                    && let Ok(ack) = f.parse::<HelloAck>()
+                    && nonces.contains(&ack.nonce)
+                {
+                    break 'outer ack;
+                }
+                tracing::debug!(kind = ?f.kind, id = f.id, "dropping a frame from before the handshake");
+            }
+        };
+        if decoder.skipped > 0 {
+            tracing::debug!(
+                bytes = decoder.skipped,
+                "skipped garbage before the handshake"
+            );
+        }
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+        let writer_alive = alive.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                if w.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            writer_alive.store(false, Ordering::Release);
+        });
+        let reader = tokio::spawn(read_loop(
+            r,
+            decoder,
+            pending.clone(),
+            alive.clone(),
+            self.cut.clone(),
+        ));
+        Ok((
+            Conn {
+                out: tx,
+                pending,
+                alive,
+                tasks: vec![writer, reader],
+                cut: self.cut.clone(),
+            },
+            ack,
+        ))
+    }
+
+    /// Sends `frame` as the opening of stream `frame.id` and returns the stream's replies.
+    /// `window`: the initial credit the request gave the guest for its data (0 = no limit).
+    pub(super) async fn open(
+        &self,
+        frame: Frame,
+        window: u64,
+        wait: Duration,
+    ) -> Result<GuestStream, ChannelError> {
+        let (conn, _) = self.conn(wait).await?;
+        let queue = Arc::new(StreamQueue::new(window));
+        let id = frame.id;
+        let inflight = Arc::new(AtomicU64::new(0));
+        let credit = Arc::new(Semaphore::new(0));
+        lock(&conn.pending).insert(
+            id,
+            Route {
+                queue: queue.clone(),
+                window,
+                inflight: inflight.clone(),
+                credit: credit.clone(),
+            },
+        );
+        let stream = GuestStream {
+            id,
+            queue,
+            conn,
+            inflight,
+            credit,
+            window,
+            owed: 0,
+            done: false,
+        };
+        stream.conn.send(&frame).await?;
+        Ok(stream)
+    }
+
+    async fn open_stream(&self, frame: Frame, wait: Duration) -> Result<GuestStream, ChannelError> {
+        self.open(frame, 0, wait).await
+    }
+
+    /// Gives the guest its identity, clock and entropy.
+    pub async fn init(&self, init: &Init, wait: Duration) -> Result<InitAck, ChannelError> {
+        let id = next_id();
+        let mut s = self
+            .open_stream(Frame::json(FrameKind::Init, id, init), wait)
+            .await?;
+        let f = s.next(Some(Instant::now() + wait)).await?;
+        s.done = true;
+        match f.kind {
+            FrameKind::InitAck => f.parse().map_err(|e| ChannelError::Protocol(e.to_string())),
+            FrameKind::Error => Err(guest_error(&f)),
+            k => Err(ChannelError::Protocol(format!("{k:?} in answer to Init"))),
+        }
+    }
+
+    /// Runs a command to its end, keeping at most `cap` bytes of each output stream.
+    /// `wait` bounds the whole call (the guest enforces the command's own timeout).
+    pub async fn exec(
+        &self,
+        req: &ExecStart,
+        cap: usize,
+        wait: Duration,
+    ) -> Result<CapturedOutput, ChannelError> {
+        let deadline = Instant::now() + wait;
+        let id = next_id();
+        let start = Windowed {
+            request: req.clone(),
+            window: WINDOW,
+        };
+        let mut s = self
+            .open(
+                Frame::json(FrameKind::ExecStart, id, &start),
+                WINDOW,
+                Duration::from_secs(10),
+            )
+            .await?;
+        let mut out = CapturedOutput {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            truncated: false,
+            exit: Exit {
+                exit_code: -1,
+                signal: None,
+                timed_out: false,
+                duration_ms: 0,
+            },
+        };
+        loop {
+            let f = s.next(Some(deadline)).await?;
+            match f.kind {
+                FrameKind::Stdout | FrameKind::Stderr => {
+                    let buf = if f.kind == FrameKind::Stdout {
+                        &mut out.stdout
+                    } else {
+                        &mut out.stderr
+                    };
+                    let room = cap.saturating_sub(buf.len());
+                    if f.payload.len() > room {
+                        out.truncated = true;
+                    }
+                    buf.extend_from_slice(&f.payload[..f.payload.len().min(room)]);
+                    s.ack(f.payload.len()).await?;
+                }
+                FrameKind::ExecStarted => tracing::debug!(id, "exec started"),
+                FrameKind::Exit => {
+                    s.done = true;
+                    out.exit = f
+                        .parse()
+                        .map_err(|e| ChannelError::Protocol(e.to_string()))?;
+                    return Ok(out);
+                }
+                FrameKind::Error => {
+                    s.done = true;
+                    return Err(guest_error(&f));
+                }
+                k => tracing::debug!(id, kind = ?k, "unexpected frame in an exec stream"),
+            }
+        }
+    }
+}
+
+pub(super) fn guest_error(f: &Frame) -> ChannelError {
+    match f.parse::<ErrorMsg>() {
+        Ok(ErrorMsg {
+            message,
+            code: Some(code),
+        }) => ChannelError::File { code, message },
+        Ok(e) => ChannelError::Guest(e.message),
+        Err(_) => ChannelError::Guest("unknown error".into()),
+    }
+}
