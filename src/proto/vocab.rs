@@ -78,7 +78,8 @@ macro_rules! vocabulary {
 }
 
 vocabulary!(
-    /// Where a sandbox is in its life (SPEC §3); the transitions are in `server::state`.
+    /// Where a sandbox is in its life (docs/ARCHITECTURE.md#state-machines); the transitions are in
+    /// `server::state`.
     SandboxStatus, "sandbox status" {
         Pending => "pending",
         Starting => "starting",
@@ -91,7 +92,8 @@ vocabulary!(
 );
 
 vocabulary!(
-    /// Where a host is in its life (SPEC §3); the transitions are in `server::state`.
+    /// Where a host is in its life (docs/ARCHITECTURE.md#state-machines); the transitions are in
+    /// `server::state`.
     HostStatus, "host status" {
         Pending => "pending",
         Online => "online",

@@ -1,4 +1,4 @@
-//! The sandbox and host state machines (SPEC §3), pure and unit-tested.
+//! The sandbox and host state machines (docs/ARCHITECTURE.md#state-machines), pure and unit-tested.
 
 pub use crate::proto::vocab::{HostStatus, SandboxStatus};
 
