@@ -174,6 +174,10 @@ id_type!(
     /// An API key (`key_…`).
     KeyId, "key", "API key"
 );
+id_type!(
+    /// A user's sign-in session (`ses_…`): every user token names one.
+    SessionId, "ses", "session"
+);
 
 #[cfg(test)]
 mod tests {

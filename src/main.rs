@@ -186,7 +186,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         }
         Command::Signup(a) => commands::signup(a).await,
         Command::Login(a) => commands::login(a).await,
-        Command::Logout => commands::logout(),
+        Command::Logout => commands::logout().await,
+        Command::Password => commands::password().await,
         Command::Whoami(j) => commands::whoami(j.json).await,
         Command::Sandbox(c) => commands::sandbox(c).await,
         Command::Host(c) => commands::host(c).await,

@@ -43,7 +43,7 @@ export function cancelAll() {
  * One call. `body` goes as JSON, `raw` (a Blob or File) as the request body itself; `as` says how
  * to read a successful answer: 'json' (default), 'text' or 'blob'.
  */
-async function request(method, path, { body, raw, query, signal, auth = true, as = 'json' } = {}) {
+async function request(method, path, { body, raw, query, signal, auth = true, as = 'json', cookies = false } = {}) {
   const url = new URL(path, window.location.origin);
   for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined && v !== null) url.searchParams.set(k, v);
   const headers = { Accept: as === 'json' ? 'application/json' : '*/*' };
@@ -60,7 +60,9 @@ async function request(method, path, { body, raw, query, signal, auth = true, as
       body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body),
       signal: signals.length > 1 ? AbortSignal.any(signals) : signals[0],
       cache: 'no-store',
-      credentials: 'omit',
+      // Cookies only where a call needs one (the GitHub sign-in hand-off); the token is the
+      // credential everywhere else.
+      credentials: cookies ? 'same-origin' : 'omit',
     });
   } catch (err) {
     if (isAbort(err)) throw err;
@@ -111,6 +113,12 @@ export const api = {
   signup: (body) => request('POST', '/v1/auth/signup', { body, auth: false }),
   login: (body) => request('POST', '/v1/auth/login', { body, auth: false }),
   providers: (o) => request('GET', '/v1/auth/providers', { ...o, auth: false }),
+  /** Redeems the one-time GitHub hand-off this browser holds (an HttpOnly cookie) for a session. */
+  githubFinish: (o) => request('POST', '/v1/auth/github/finish', { ...o, auth: false, cookies: true }),
+  logout: (o) => request('POST', '/v1/auth/logout', o),
+  sessions: (o) => request('GET', '/v1/auth/sessions', o).then((r) => r.sessions),
+  endSession: (id, o) => request('DELETE', `/v1/auth/sessions/${enc(id)}`, o),
+  changePassword: (currentPassword, newPassword, o) => request('POST', '/v1/auth/password', { ...o, body: { current_password: currentPassword, new_password: newPassword } }),
   me: (o) => request('GET', '/v1/me', o),
   switchTeam: (teamId, o) => request('POST', '/v1/auth/switch-team', { ...o, body: { team_id: teamId } }),
   searchUsers: (q, o) => request('GET', '/v1/users/search', { ...o, query: { q } }).then((r) => r.users),
@@ -170,13 +178,18 @@ export const api = {
   buildStatus: (name, o) => request('GET', `/v1/templates/${enc(name)}/build`, o),
 };
 
-/**
- * The URL of a sandbox's exec WebSocket. Browsers cannot set headers on a WebSocket, so the token
- * goes as the `access_token` query parameter (the server accepts it only on upgrades).
- */
+/** The URL of a sandbox's exec WebSocket (no credentials in it: see execStreamProtocols). */
 export function execStreamUrl(id) {
   const url = new URL(`/v1/sandboxes/${enc(id)}/exec/stream`, window.location.origin);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  if (token) url.searchParams.set('access_token', token);
   return url.toString();
+}
+
+/**
+ * The subprotocols to open the exec WebSocket with. Browsers cannot set headers on a WebSocket,
+ * so the token travels as the subprotocol `bearer.TOKEN` beside `sandboxctl.v1` (the one the
+ * server answers with); never in the URL, which logs and histories keep.
+ */
+export function execStreamProtocols() {
+  return token ? ['sandboxctl.v1', `bearer.${token}`] : ['sandboxctl.v1'];
 }

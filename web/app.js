@@ -13,6 +13,7 @@ import templatesPage from './pages/templates.js';
 import keysPage from './pages/keys.js';
 import teamPage from './pages/team.js';
 import hostsPage from './pages/hosts.js';
+import accountPage from './pages/account.js';
 
 const PRODUCT = 'sandboxctl';
 
@@ -24,6 +25,7 @@ const routes = [
   { path: '/templates', page: templatesPage },
   { path: '/keys', page: keysPage },
   { path: '/team', page: teamPage },
+  { path: '/account', page: accountPage },
   { path: '/hosts', page: hostsPage, allowed: canSeeHosts, denied: 'Hosts are managed by platform admins and by team owners and admins.' },
 ];
 
@@ -33,6 +35,7 @@ const nav = [
   { href: '/keys', label: 'API keys', icon: 'key' },
   { href: '/team', label: 'Team', icon: 'users' },
   { href: '/hosts', label: 'Hosts', icon: 'server', when: canSeeHosts },
+  { href: '/account', label: 'Account', icon: 'user' },
 ];
 
 const root = document.getElementById('app');
@@ -201,7 +204,7 @@ function updateShell() {
       h('span', { class: 'avatar', 'aria-hidden': 'true' }, initials(me.name)),
       h('div', { class: 'user-text' }, h('div', { class: 'user-name', title: me.name }, me.name), h('div', { class: 'user-role', title: role }, role || 'No team')),
     ),
-    h('button', { type: 'button', class: 'btn btn-sidebar btn-sm btn-block', onclick: () => signOut() }, icon('out'), h('span', {}, 'Log out')),
+    h('button', { type: 'button', class: 'btn btn-sidebar btn-sm btn-block', onclick: () => logOut() }, icon('out'), h('span', {}, 'Log out')),
   );
 }
 
@@ -280,6 +283,16 @@ function signOut(message = null) {
   navigate('/login');
 }
 
+/** Logs out: the server ends the session (its token stops working anywhere), then signOut(). */
+async function logOut() {
+  try {
+    await api.logout();
+  } catch {
+    // Over already (or the server is away): forgetting the token here is all that is left.
+  }
+  signOut();
+}
+
 /** Makes another team active: a new token, fresh identity, and the current page re-read. */
 async function switchTeam(teamId, { message } = {}) {
   if (!teamId || teamId === store.me?.team_id) return;
@@ -327,7 +340,7 @@ function takeFlash() {
   return m;
 }
 
-const app = { navigate, signIn, signOut, switchTeam, afterTeamGone, refreshIdentity, takeFlash };
+const app = { navigate, signIn, signOut, logOut, switchTeam, afterTeamGone, refreshIdentity, takeFlash };
 
 // ---- Start
 
@@ -356,22 +369,23 @@ async function start() {
   // Another tab signed in or out: follow it.
   window.addEventListener('storage', (e) => e.key === TOKEN_KEY && window.location.reload());
 
-  // Back from GitHub: the token (or the error's code) is in the fragment, which no server saw.
-  const oauth = new URLSearchParams(window.location.hash.slice(1));
-  if (oauth.has('oauth_token') || oauth.has('oauth_error')) {
+  // Back from GitHub: the sign-in waits in an HttpOnly cookie only this browser holds, and
+  // POST /v1/auth/github/finish redeems it (once). The fragment only says "done" or names an
+  // error: nothing in a URL signs anyone in or out, so a link someone else made cannot.
+  const back = new URLSearchParams(window.location.hash.slice(1));
+  let oauthNote = null;
+  if (back.has('oauth') || back.has('oauth_error') || back.has('oauth_token')) {
     window.history.replaceState({}, '', window.location.pathname);
-    if (oauth.get('oauth_token')) {
+    if (back.get('oauth') === 'done') {
       try {
-        return await signIn({ token: oauth.get('oauth_token') });
+        return await signIn(await api.githubFinish());
       } catch (err) {
-        if (err.status === 401) return;
-        flash = errorText(err);
-        return render();
+        if (isAbort(err)) return;
+        oauthNote = err.status === 401 ? OAUTH_ERRORS.oauth_failed : errorText(err);
       }
+    } else if (back.has('oauth_error')) {
+      oauthNote = OAUTH_ERRORS[back.get('oauth_error')] ?? OAUTH_ERRORS.oauth_failed;
     }
-    flash = OAUTH_ERRORS[oauth.get('oauth_error')] ?? OAUTH_ERRORS.oauth_failed;
-    saveToken(null);
-    return render();
   }
 
   const token = savedToken();
@@ -386,7 +400,11 @@ async function start() {
       return;
     }
   }
+  // A GitHub sign-in that did not finish: said on the login page, or (still signed in as before)
+  // in a toast.
+  if (oauthNote && !store.me) flash = oauthNote;
   render();
+  if (oauthNote && store.me) toast(oauthNote, 'error');
 }
 
 start();

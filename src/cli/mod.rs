@@ -48,8 +48,11 @@ pub enum Command {
     Signup(SignupArgs),
     /// Log in and remember the server and token in the config file.
     Login(LoginArgs),
-    /// Forget the stored token.
+    /// End the session on the server and forget the stored token.
     Logout,
+    /// Change your password: reads the current one, then the new one, a line each from standard
+    /// input (prompting without echo on a terminal). Your other sessions are signed out.
+    Password,
     /// Show who you are logged in as.
     Whoami(JsonFlag),
     /// Create, inspect, use and delete sandboxes.

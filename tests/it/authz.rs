@@ -538,6 +538,7 @@ impl Fixture {
             email: owner.email.clone(),
             name: owner.name.clone(),
             team: Some(team.clone()),
+            sid: None,
             iss: "sandboxctl".into(),
             aud: "sandboxctl-user".into(),
             iat: now - 100_000,

@@ -1,13 +1,13 @@
 // The live terminal: a shell on a PTY in the sandbox, over the exec WebSocket
-// (GET /v1/sandboxes/{id}/exec/stream, the token as ?access_token= since browsers cannot set
-// headers there). The emulator is xterm.js, vendored in web/vendor/xterm/ and loaded the first
+// (GET /v1/sandboxes/{id}/exec/stream, the token as the subprotocol bearer.TOKEN since browsers
+// cannot set headers there). The emulator is xterm.js, vendored in web/vendor/xterm/ and loaded the first
 // time a terminal opens.
 //
 // The stream: we send {"type":"start",…,"pty":{rows,cols}} first, then keystrokes as binary
 // messages [0, …utf-8 bytes] and {"type":"resize",rows,cols}; we get binary [1|2, …bytes] (the
 // terminal's output) and text {"type":"started"|"exit"|"error",…}.
 
-import { api, execStreamUrl, isAbort } from '../api.js';
+import { api, execStreamProtocols, execStreamUrl, isAbort } from '../api.js';
 import { alertBox, button, errorText, h } from '../ui.js';
 import { pendingOp } from './sandbox-actions.js';
 
@@ -177,7 +177,7 @@ export const terminalPanel = {
       else term.reset();
       fit.fit();
       setState('connecting', 'Connecting…');
-      const socket = new WebSocket(execStreamUrl(sandbox.id));
+      const socket = new WebSocket(execStreamUrl(sandbox.id), execStreamProtocols());
       socket.binaryType = 'arraybuffer';
       ws = socket;
       let opened = false;

@@ -1,7 +1,10 @@
-//! Signing up, logging in, and who the token belongs to.
+//! Signing up, logging in and out, sessions, the password, and who the token belongs to.
 
 use super::{ApiClient, ClientError};
 use crate::proto::api::{AuthResponse, LoginRequest, MeResponse, SignupRequest};
+use crate::proto::sessions::{
+    PasswordChangeRequest, PasswordChangeResponse, SessionListResponse, SessionResponse,
+};
 
 impl ApiClient {
     pub async fn signup(
@@ -25,6 +28,37 @@ impl ApiClient {
             password: password.into(),
         };
         self.json(reqwest::Method::POST, "/v1/auth/login", Some(&body))
+            .await
+    }
+
+    /// Ends the token's session on the server.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::POST, "/v1/auth/logout").await
+    }
+
+    pub async fn sessions(&self) -> Result<Vec<SessionResponse>, ClientError> {
+        Ok(self
+            .json::<(), SessionListResponse>(reqwest::Method::GET, "/v1/auth/sessions", None)
+            .await?
+            .sessions)
+    }
+
+    pub async fn end_session(&self, id: &str) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::DELETE, &format!("/v1/auth/sessions/{id}"))
+            .await
+    }
+
+    /// Changes the password; the other sessions end (this one stays).
+    pub async fn change_password(
+        &self,
+        current: &str,
+        new: &str,
+    ) -> Result<PasswordChangeResponse, ClientError> {
+        let body = PasswordChangeRequest {
+            current_password: current.into(),
+            new_password: new.into(),
+        };
+        self.json(reqwest::Method::POST, "/v1/auth/password", Some(&body))
             .await
     }
 

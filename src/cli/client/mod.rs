@@ -80,6 +80,8 @@ impl ApiClient {
             token,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
+                // Shown in the user's sessions list.
+                .user_agent(concat!("sandboxctl/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .expect("HTTP client builds"),
         }

@@ -61,11 +61,117 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn logout() -> anyhow::Result<i32> {
+/// Ends the stored token's session on the server, then forgets the token (even when the server
+/// cannot be reached: the token is gone from here either way).
+pub async fn logout() -> anyhow::Result<i32> {
     let mut cfg = config::load()?;
-    cfg.token = None;
+    let Some(token) = cfg.token.take() else {
+        println!("not logged in");
+        return Ok(0);
+    };
+    let mut ended = true;
+    // API keys have no session (revoke them with `sandboxctl key revoke`).
+    if !token.starts_with("sk_")
+        && let Some(server) = &cfg.server
+    {
+        match ApiClient::new(server, Some(token)).logout().await {
+            Ok(()) => {}
+            // The session had ended already.
+            Err(e) if e.status() == Some(401) => {}
+            Err(e) => {
+                eprintln!("warning: could not end the session on the server: {e}");
+                ended = false;
+            }
+        }
+    }
     config::save(&cfg)?;
-    println!("logged out");
+    println!(
+        "logged out{}",
+        if ended {
+            ""
+        } else {
+            " here (the token is forgotten; it stays valid until it expires)"
+        }
+    );
+    Ok(if ended { 0 } else { 1 })
+}
+
+/// Reads one line of a password: with a prompt and no echo on a terminal, else a plain line.
+fn read_secret_line(prompt: &str, input: &mut impl std::io::BufRead) -> anyhow::Result<String> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdin().is_terminal();
+    let echo = tty.then(NoEcho::enable).flatten();
+    if tty {
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    let n = input
+        .read_line(&mut line)
+        .context("reading standard input")?;
+    if tty {
+        eprintln!();
+    }
+    drop(echo);
+    if n == 0 {
+        bail!(
+            "standard input ended before the {}",
+            prompt.trim_end_matches([':', ' '])
+        );
+    }
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Turns terminal echo off until dropped.
+struct NoEcho {
+    saved: libc::termios,
+}
+
+impl NoEcho {
+    fn enable() -> Option<NoEcho> {
+        // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed, then filled, termios.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return None;
+            }
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return None;
+            }
+            Some(NoEcho { saved })
+        }
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes read in `enable`.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &self.saved);
+        }
+    }
+}
+
+/// `sandboxctl password`: the current password, then the new one, a line each on stdin.
+pub async fn password() -> anyhow::Result<i32> {
+    let c = client()?;
+    if c.token().is_some_and(|t| t.starts_with("sk_")) {
+        bail!("an API key has no password: log in as a user (`sandboxctl login`) to change it");
+    }
+    let mut input = std::io::stdin().lock();
+    let current = read_secret_line("current password: ", &mut input)?;
+    let new = read_secret_line("new password: ", &mut input)?;
+    if current.is_empty() || new.is_empty() {
+        bail!("the password is empty");
+    }
+    let r = c.change_password(&current, &new).await?;
+    println!(
+        "password changed; {} other session{} signed out",
+        r.ended_sessions,
+        if r.ended_sessions == 1 { "" } else { "s" }
+    );
     Ok(0)
 }
 

@@ -12,7 +12,7 @@ mod templates;
 
 use anyhow::{Context, bail};
 
-pub use accounts::{login, logout, signup, whoami};
+pub use accounts::{login, logout, password, signup, whoami};
 pub use hosts::host;
 pub use keys::key;
 pub use sandboxes::sandbox;

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, AuthUser};
+use super::sessions::{self, ClientInfo, SessionUser};
 use crate::crypto;
 use crate::proto::api::{AuthResponse, LoginRequest, MeResponse, SignupRequest};
 use crate::server::AppState;
@@ -48,16 +49,21 @@ pub fn validate_name(name: &str) -> Result<String, ApiError> {
 }
 
 fn validate_password(p: &str) -> Result<(), ApiError> {
+    password_rules("password", p)
+}
+
+/// The rules a new password follows; a refusal names `field`.
+pub fn password_rules(field: &str, p: &str) -> Result<(), ApiError> {
     let len = p.chars().count();
     if len < MIN_PASSWORD {
         return Err(ApiError::bad(
-            "password",
+            field,
             format!("must be at least {MIN_PASSWORD} characters"),
         ));
     }
     if p.len() > MAX_PASSWORD {
         return Err(ApiError::bad(
-            "password",
+            field,
             format!("must be at most {MAX_PASSWORD} bytes"),
         ));
     }
@@ -91,6 +97,7 @@ pub fn account_failed(st: &AppState, account: &str) {
 pub async fn signup(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientInfo,
     ApiJson(req): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<AuthResponse>)> {
     rate_limit(&st, peer.ip(), None)?;
@@ -112,9 +119,18 @@ pub async fn signup(
             }
             other => other.into(),
         })?;
-    let token = st
-        .keys
-        .user_token(&user.id, &user.email, &user.name, Some(&team_id))?;
+    let token = sessions::start(
+        &st,
+        SessionUser {
+            id: &user.id,
+            email: &user.email,
+            name: &user.name,
+        },
+        Some(&team_id),
+        "signup",
+        client,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(AuthResponse {
@@ -131,6 +147,7 @@ pub async fn signup(
 pub async fn login(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientInfo,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<AuthResponse>> {
     let email = req.email.trim().to_lowercase();
@@ -172,9 +189,18 @@ pub async fn login(
     let uid = user.id.clone();
     let team = st.db.call(move |c| users::login_team(c, &uid)).await?;
     let team_id = team.map(|t| t.team_id);
-    let token = st
-        .keys
-        .user_token(&user.id, &user.email, &user.name, team_id.as_deref())?;
+    let token = sessions::start(
+        &st,
+        SessionUser {
+            id: &user.id,
+            email: &user.email,
+            name: &user.name,
+        },
+        team_id.as_deref(),
+        "password",
+        client,
+    )
+    .await?;
     Ok(Json(AuthResponse {
         token,
         user_id: user.id,

@@ -2,33 +2,31 @@
 //! sandbox, and the browser fetches it like any link — streamed to disk, never held in the page's
 //! memory (a `fetch` with an Authorization header would have to be).
 //!
-//! The link carries a ticket sealed with the server's key: sandbox, team, user, path and expiry
-//! ([`TICKET_TTL_SECS`]). Redeeming it checks the seal and expiry, that the user is still in the
-//! team and that the team still owns the running sandbox; the ticket is bound to that one file.
+//! The link carries a one-time ticket (256 random bits; the server keeps its hash) bound to the
+//! sandbox, team, path and the session that asked, good once within [`TICKET_TTL_SECS`].
+//! Redeeming it uses it up, then checks that the session is live, the user still in the team and
+//! the team still owns the running sandbox; the ticket is bound to that one file.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, HeaderValue};
 use axum::response::Response;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, AuthUser, Caller, CallerKind, IdPath};
 use super::files::{FileQuery, check_path, stream_file, target};
+use super::sessions::{issue_ticket, redeem_ticket};
 use crate::ids::SandboxId;
 use crate::proto::api::DownloadUrlResponse;
 use crate::proto::path::SandboxPath;
 use crate::server::AppState;
-use crate::server::auth::TokenKeys;
-use crate::server::db::{now, users};
+use crate::server::db::tickets::{Purpose, TicketGrant};
+use crate::server::db::users;
 use crate::urlencode;
 
 /// How long a download link works.
 pub const TICKET_TTL_SECS: i64 = 60;
-/// Marks the sealed value as a download ticket (the same key seals other things).
-const PURPOSE: &str = "dl1";
 
 #[derive(Debug, Deserialize)]
 pub struct DownloadQuery {
@@ -54,15 +52,15 @@ pub async fn create(
     let team = caller.team()?.to_string();
     // Only for a file of a running sandbox of the caller's team.
     let (_, s) = target(&st, &caller, &id).await?;
-    let expires_at = now() + TICKET_TTL_SECS;
-    let ticket = Ticket {
-        sandbox_id: s.id.clone(),
-        team_id: team,
+    let grant = TicketGrant {
         user_id: user.user_id,
-        path: path.into(),
-        expires_at,
-    }
-    .seal(&st.keys);
+        session_id: Some(user.session_id),
+        team_id: Some(team),
+        sandbox_id: Some(s.id.clone()),
+        path: Some(path.into()),
+    };
+    let (ticket, expires_at) =
+        issue_ticket(&st, "dl_", Purpose::Download, grant, TICKET_TTL_SECS).await?;
     Ok(Json(DownloadUrlResponse {
         url: format!(
             "/v1/sandboxes/{}/files/download?ticket={}",
@@ -73,7 +71,8 @@ pub async fn create(
     }))
 }
 
-/// `GET /v1/sandboxes/{id}/files/download?ticket=T`: the file, as an attachment.
+/// `GET /v1/sandboxes/{id}/files/download?ticket=T`: the file, as an attachment. The ticket is
+/// used up by the first try, whatever its outcome.
 pub async fn redeem(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -85,12 +84,18 @@ pub async fn redeem(
             "required: ask POST …/files/download-url for a link",
         )
     })?;
-    let Ticket {
-        team_id: team,
-        user_id: user,
-        path,
-        ..
-    } = Ticket::open(&st.keys, &ticket, &id, now()).ok_or(ApiError::Unauthorized)?;
+    let grant = redeem_ticket(&st, &ticket, Purpose::Download)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let (Some(team), Some(sandbox), Some(path)) = (grant.team_id, grant.sandbox_id, grant.path)
+    else {
+        return Err(ApiError::Unauthorized);
+    };
+    // A ticket for another sandbox's file does not open this one.
+    if sandbox != id {
+        return Err(ApiError::Unauthorized);
+    }
+    let user = grant.user_id;
     let role = {
         let (t, u) = (team.clone(), user.clone());
         st.db.call(move |c| users::membership(c, &t, &u)).await?
@@ -104,7 +109,7 @@ pub async fn redeem(
         is_admin: false,
     };
     let name = path.rsplit('/').next().unwrap_or("download").to_string();
-    // The ticket names this sandbox, and only this server seals tickets: the id is one of ours.
+    // The ticket names this sandbox, and only this server issues tickets: the id is one of ours.
     let id: SandboxId = id.parse().map_err(|_| ApiError::Unauthorized)?;
     let path = SandboxPath::parse(&path)?;
     let mut resp = stream_file(&st, &caller, &id, &path).await?;
@@ -114,53 +119,6 @@ pub async fn redeem(
         headers.insert(CONTENT_DISPOSITION, v);
     }
     Ok(resp)
-}
-
-/// What a download link grants: one file of one sandbox, to one team member, until `expires_at`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Ticket {
-    sandbox_id: String,
-    team_id: String,
-    user_id: String,
-    path: String,
-    expires_at: i64,
-}
-
-impl Ticket {
-    fn seal(&self, keys: &TokenKeys) -> String {
-        let value = [
-            PURPOSE,
-            &self.sandbox_id,
-            &self.team_id,
-            &self.user_id,
-            &self.expires_at.to_string(),
-            &B64.encode(self.path.as_bytes()),
-        ]
-        .join(":");
-        keys.seal(&value)
-    }
-
-    /// The ticket, when the seal checks out, it is a download ticket for `sandbox_id` and it
-    /// has not expired at `now`.
-    fn open(keys: &TokenKeys, sealed: &str, sandbox_id: &str, now: i64) -> Option<Ticket> {
-        let value = keys.unseal(sealed)?;
-        let parts: Vec<&str> = value.split(':').collect();
-        let [purpose, sbx, team, user, expires_at, path] = parts[..] else {
-            return None;
-        };
-        let expires_at: i64 = expires_at.parse().ok()?;
-        if purpose != PURPOSE || sbx != sandbox_id || expires_at < now {
-            return None;
-        }
-        let path = String::from_utf8(B64.decode(path).ok()?).ok()?;
-        Some(Ticket {
-            sandbox_id: sbx.to_string(),
-            team_id: team.to_string(),
-            user_id: user.to_string(),
-            path,
-            expires_at,
-        })
-    }
 }
 
 /// `attachment` with an ASCII fallback name and the exact name in RFC 5987 form.
@@ -189,39 +147,6 @@ fn content_disposition(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tickets_are_bound_sealed_and_expire() {
-        let keys =
-            TokenKeys::new(b"test secret", &crate::crypto::SigningKeyPair::generate()).unwrap();
-        let t = Ticket {
-            sandbox_id: "sbx_a".into(),
-            team_id: "team_a".into(),
-            user_id: "usr_a".into(),
-            path: "/root/a b:c.txt".into(),
-            expires_at: 1000,
-        };
-        let sealed = t.seal(&keys);
-        assert_eq!(Ticket::open(&keys, &sealed, "sbx_a", 1000), Some(t.clone()));
-        assert_eq!(Ticket::open(&keys, &sealed, "sbx_a", 1001), None, "expired");
-        assert_eq!(
-            Ticket::open(&keys, &sealed, "sbx_b", 999),
-            None,
-            "another sandbox"
-        );
-        let other =
-            TokenKeys::new(b"other secret", &crate::crypto::SigningKeyPair::generate()).unwrap();
-        assert_eq!(
-            Ticket::open(&other, &sealed, "sbx_a", 999),
-            None,
-            "another server"
-        );
-        let longer = sealed.replacen(":1000:", ":9999:", 1);
-        assert_eq!(Ticket::open(&keys, &longer, "sbx_a", 999), None, "tampered");
-        // Something else the same key sealed is not a ticket.
-        let state = keys.seal("state:sbx_a:team_a:usr_a:1000:eA");
-        assert_eq!(Ticket::open(&keys, &state, "sbx_a", 999), None);
-    }
 
     #[test]
     fn disposition_names() {

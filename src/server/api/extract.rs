@@ -14,7 +14,7 @@ use crate::ids::{TeamId, TypedId};
 use crate::proto::json::BodyError;
 use crate::proto::vocab::TeamRole;
 use crate::server::AppState;
-use crate::server::db::{api_keys, hosts, users};
+use crate::server::db::{DbError, api_keys, hosts, sessions, users};
 
 /// A JSON body. Malformed JSON → 400 `invalid_body`; a missing or mistyped field → 400
 /// `invalid_field` naming it; too large → 413.
@@ -79,8 +79,13 @@ impl<T: TypedId + Send, S: Send + Sync> FromRequestParts<S> for IdPath<T> {
     }
 }
 
-/// The bearer token; for a WebSocket upgrade (browsers cannot set headers there) also the
-/// `access_token` query parameter.
+/// The WebSocket subprotocol the exec stream speaks; browsers, which cannot set headers on a
+/// WebSocket, offer their token beside it as a second subprotocol `bearer.TOKEN`.
+pub const WS_PROTOCOL: &str = "sandboxctl.v1";
+const WS_BEARER_PREFIX: &str = "bearer.";
+
+/// The bearer token: the `Authorization` header, or on a WebSocket upgrade the `bearer.TOKEN`
+/// subprotocol. Never the URL (URLs end up in logs and histories).
 fn bearer(parts: &Parts) -> Option<&str> {
     if let Some(v) = parts.headers.get(AUTHORIZATION) {
         let (scheme, token) = v.to_str().ok()?.split_once(' ')?;
@@ -97,15 +102,13 @@ fn bearer(parts: &Parts) -> Option<&str> {
         return None;
     }
     parts
-        .uri
-        .query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("access_token="))
-        .filter(|t| {
-            !t.is_empty()
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        })
+        .headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(WS_BEARER_PREFIX))
+        .filter(|t| !t.is_empty())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +186,9 @@ pub struct AuthUser {
     pub team_id: Option<String>,
     pub role: Option<TeamRole>,
     pub is_admin: bool,
+    /// The session the token belongs to (live: checked on every request) and when it ends.
+    pub session_id: String,
+    pub session_expires_at: i64,
 }
 
 impl AuthUser {
@@ -191,15 +197,19 @@ impl AuthUser {
             .keys
             .verify_user(token)
             .ok_or(ApiError::Unauthorized)?;
-        let (user, role) = state
+        let sid = claims.sid.clone().ok_or(ApiError::Unauthorized)?;
+        let (user, role, session) = state
             .db
             .call(move |c| {
+                // One indexed read: the session must be live (not logged out, not ended by a
+                // password change, not expired).
+                let session = sessions::live(c, &sid, &claims.sub)?.ok_or(DbError::NotFound)?;
                 let user = users::get(c, &claims.sub)?;
                 let role = match &claims.team {
                     Some(t) => users::membership(c, t, &user.id)?.map(|r| (t.clone(), r)),
                     None => None,
                 };
-                Ok((user, role))
+                Ok((user, role, session))
             })
             .await
             .map_err(|_| ApiError::Unauthorized)?;
@@ -210,6 +220,8 @@ impl AuthUser {
             team_id: role.as_ref().map(|r| r.0.clone()),
             role: role.map(|r| r.1),
             is_admin: user.is_admin,
+            session_id: session.id,
+            session_expires_at: session.expires_at,
         })
     }
 

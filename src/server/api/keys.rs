@@ -1,4 +1,5 @@
-//! Team API keys.
+//! Team API keys. Members see and revoke the keys they made; the team's owners and admins see
+//! and revoke all of them. A key works only while its creator is in the team.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,6 +11,7 @@ use crate::crypto;
 use crate::ids::{KeyId, new_id};
 use crate::proto::keys::{CreateKeyRequest, KeyListResponse, KeyResponse};
 use crate::server::AppState;
+use crate::server::db::DbError;
 use crate::server::db::api_keys::{self, ApiKeyRow};
 
 fn to_resp(r: ApiKeyRow, key: Option<String>) -> KeyResponse {
@@ -58,7 +60,11 @@ pub async fn create(
 
 pub async fn list(State(st): State<AppState>, user: AuthUser) -> ApiResult<Json<KeyListResponse>> {
     let team = team_of(&user)?;
-    let rows = st.db.call(move |c| api_keys::list(c, &team)).await?;
+    let mine = (!user.is_team_admin(&team)).then(|| user.user_id.clone());
+    let rows = st
+        .db
+        .call(move |c| api_keys::list(c, &team, mine.as_deref()))
+        .await?;
     Ok(Json(KeyListResponse {
         keys: rows.into_iter().map(|r| to_resp(r, None)).collect(),
     }))
@@ -70,12 +76,23 @@ pub async fn revoke(
     IdPath(id): IdPath<KeyId>,
 ) -> ApiResult<StatusCode> {
     let team = team_of(&user)?;
+    let admin = user.is_team_admin(&team);
     let uid = user.user_id.clone();
     st.db
-        .call(move |c| api_keys::revoke(c, &team, &id, &uid))
+        .call(move |c| {
+            let key = api_keys::get(c, &team, id.as_str())?;
+            if !admin && key.created_by != uid {
+                return Err(DbError::Conflict("not_your_key"));
+            }
+            api_keys::revoke(c, &team, id.as_str(), &uid)
+        })
         .await
         .map_err(|e| match e {
-            crate::server::db::DbError::NotFound => ApiError::NotFound("API key"),
+            DbError::NotFound => ApiError::NotFound("API key"),
+            DbError::Conflict("not_your_key") => ApiError::forbidden(
+                "team_admin_required",
+                "members revoke only the keys they made; the team's owners and admins revoke any",
+            ),
             other => other.into(),
         })?;
     Ok(StatusCode::NO_CONTENT)

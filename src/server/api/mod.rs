@@ -11,6 +11,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod oauth;
 pub mod sandboxes;
+pub mod sessions;
 pub mod stream;
 pub mod team_access;
 pub mod teams;
@@ -30,9 +31,17 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/signup", post(auth::signup))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/switch-team", post(teams::switch))
+        .route("/v1/auth/logout", post(sessions::logout))
+        .route("/v1/auth/sessions", get(sessions::list))
+        .route(
+            "/v1/auth/sessions/{id}",
+            axum::routing::delete(sessions::end),
+        )
+        .route("/v1/auth/password", post(sessions::change_password))
         .route("/v1/auth/providers", get(oauth::providers))
         .route("/v1/auth/github/start", get(oauth::start))
         .route("/v1/auth/github/callback", get(oauth::callback))
+        .route("/v1/auth/github/finish", post(oauth::finish))
         .route("/v1/me", get(auth::me))
         .route("/v1/users/search", get(teams::search_users))
         .route("/v1/teams", get(teams::list).post(teams::create))

@@ -2,6 +2,12 @@
 //! in an HMAC-sealed cookie; `callback` checks both, trades the code for an access token, reads the
 //! GitHub user and signs them in (a new identity gets a user and a personal team; an email that
 //! already has an account answers `email_taken`).
+//!
+//! The hand-off back to the dashboard is bound to the browser that went through the callback: no
+//! token travels in the URL. The callback leaves a one-time hand-off ticket in an HttpOnly cookie
+//! and sends the browser to `/#oauth=done`; the dashboard then calls `POST
+//! /v1/auth/github/finish`, which redeems the cookie's ticket (once, within a minute) for a new
+//! session's token. A link that someone else made carries nothing that signs anyone in.
 
 use std::time::Duration;
 
@@ -15,13 +21,18 @@ use serde::{Deserialize, Serialize};
 use super::auth::validate_name;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
+use super::sessions::{self, ClientInfo, SessionUser, issue_ticket, redeem_ticket};
 use crate::crypto;
 use crate::proto::api::AuthResponse;
 use crate::server::AppState;
-use crate::server::db::{DbError, now, users};
+use crate::server::db::{DbError, now, tickets, users};
 
 const COOKIE_NAME: &str = "sandboxctl_oauth_state";
 const STATE_TTL_SECS: i64 = 600;
+/// The cookie that carries the hand-off ticket from the callback to `finish`.
+const HANDOFF_COOKIE: &str = "sandboxctl_oauth_handoff";
+const HANDOFF_TTL_SECS: i64 = 60;
+const COOKIE_PATH: &str = "/v1/auth/github";
 
 #[derive(Clone)]
 pub struct GithubConfig {
@@ -76,14 +87,7 @@ pub async fn start(State(st): State<AppState>) -> ApiResult<Response> {
         crate::urlencode::encode(&callback_url(&st)),
         state
     );
-    let secure = if st.settings.public_url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{COOKIE_NAME}={sealed}; Path=/v1/auth/github; HttpOnly; SameSite=Lax; Max-Age={STATE_TTL_SECS}{secure}"
-    );
+    let cookie = cookie(&st.settings, COOKIE_NAME, &sealed, STATE_TTL_SECS);
     let mut resp = StatusCode::FOUND.into_response();
     resp.headers_mut().insert(
         LOCATION,
@@ -127,20 +131,30 @@ struct GithubEmail {
     verified: bool,
 }
 
-fn cookie_state(headers: &HeaderMap) -> Option<String> {
+/// A `Set-Cookie` value for one of the sign-in cookies (`max_age` 0 clears it).
+fn cookie(settings: &crate::server::Settings, name: &str, value: &str, max_age: i64) -> String {
+    let secure = if settings.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!("{name}={value}; Path={COOKIE_PATH}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE_NAME}=")))
+        .filter_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
         .map(str::to_string)
         .next()
 }
 
 /// Checks the state against the sealed cookie (and its expiry).
 fn check_state(st: &AppState, headers: &HeaderMap, state: &str) -> bool {
-    let Some(sealed) = cookie_state(headers) else {
+    let Some(sealed) = cookie_value(headers, COOKIE_NAME) else {
         return false;
     };
     let Some(value) = st.keys.unseal(&sealed) else {
@@ -156,6 +170,7 @@ fn check_state(st: &AppState, headers: &HeaderMap, state: &str) -> bool {
 pub async fn callback(
     State(st): State<AppState>,
     headers: HeaderMap,
+    client: ClientInfo,
     ApiQuery(q): ApiQuery<CallbackQuery>,
 ) -> Response {
     if let Err(e) = github(&st) {
@@ -166,27 +181,126 @@ pub async fn callback(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
     let result = sign_in(&st, &headers, q).await;
-    let clear = format!("{COOKIE_NAME}=; Path=/v1/auth/github; HttpOnly; SameSite=Lax; Max-Age=0");
     let mut resp = match (result, wants_json) {
-        (Ok(auth), true) => Json(auth).into_response(),
+        // A program that drove the flow itself (it holds the state cookie) gets the token.
+        (Ok(who), true) => match session_for(&st, who, client).await {
+            Ok(auth) => Json(auth).into_response(),
+            Err(e) => e.into_response(),
+        },
         (Err(e), true) => e.into_response(),
-        // The browser goes back to the dashboard with the token (or the error) in the fragment,
-        // which never reaches a server.
-        (Ok(auth), false) => redirect(&format!("/#oauth_token={}", auth.token)),
+        // A browser gets a one-time hand-off in a cookie only it holds, and goes back to the
+        // dashboard, which redeems it (`finish`).
+        (Ok(who), false) => match handoff(&st, who).await {
+            Ok(ticket) => {
+                let mut r = redirect("/#oauth=done");
+                if let Ok(v) = HeaderValue::from_str(&cookie(
+                    &st.settings,
+                    HANDOFF_COOKIE,
+                    &ticket,
+                    HANDOFF_TTL_SECS,
+                )) {
+                    r.headers_mut().append(SET_COOKIE, v);
+                }
+                r
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "GitHub sign-in hand-off failed");
+                redirect("/#oauth_error=oauth_failed")
+            }
+        },
         (Err(e), false) => {
             let code = match &e {
                 ApiError::Conflict { code, .. } => *code,
-                ApiError::Unauthorized => "oauth_failed",
                 _ => "oauth_failed",
             };
             tracing::warn!(error = %e, "GitHub sign-in failed");
             redirect(&format!("/#oauth_error={code}"))
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&clear) {
+    if let Ok(v) = HeaderValue::from_str(&cookie(&st.settings, COOKIE_NAME, "", 0)) {
         resp.headers_mut().append(SET_COOKIE, v);
     }
     resp
+}
+
+/// `POST /v1/auth/github/finish`: redeems the hand-off the callback left in this browser's
+/// cookie for a new session's token. Works once; anything else is 401.
+pub async fn finish(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+) -> ApiResult<Response> {
+    github(&st)?;
+    let grant = match cookie_value(&headers, HANDOFF_COOKIE) {
+        Some(t) if !t.is_empty() => redeem_ticket(&st, &t, tickets::Purpose::OauthHandoff).await?,
+        _ => None,
+    };
+    let clear = cookie(&st.settings, HANDOFF_COOKIE, "", 0);
+    let mut resp = match grant {
+        Some(g) => {
+            let uid = g.user_id.clone();
+            let u = st.db.call(move |c| users::get(c, &uid)).await?;
+            let who = SignedIn {
+                user: u,
+                team: g.team_id,
+            };
+            Json(session_for(&st, who, client).await?).into_response()
+        }
+        None => ApiError::Unauthorized.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        resp.headers_mut().append(SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+/// Who GitHub vouched for, and the team they land in.
+struct SignedIn {
+    user: users::UserRow,
+    team: Option<String>,
+}
+
+/// Starts a session for a GitHub sign-in.
+async fn session_for(st: &AppState, who: SignedIn, client: ClientInfo) -> ApiResult<AuthResponse> {
+    let u = who.user;
+    let token = sessions::start(
+        st,
+        SessionUser {
+            id: &u.id,
+            email: &u.email,
+            name: &u.name,
+        },
+        who.team.as_deref(),
+        "github",
+        client,
+    )
+    .await?;
+    Ok(AuthResponse {
+        token,
+        user_id: u.id,
+        team_id: who.team,
+        email: u.email,
+        name: u.name,
+        is_admin: u.is_admin,
+    })
+}
+
+/// A one-time hand-off ticket for a browser's GitHub sign-in.
+async fn handoff(st: &AppState, who: SignedIn) -> ApiResult<String> {
+    let grant = tickets::TicketGrant {
+        user_id: who.user.id,
+        team_id: who.team,
+        ..Default::default()
+    };
+    let (ticket, _) = issue_ticket(
+        st,
+        "oh_",
+        tickets::Purpose::OauthHandoff,
+        grant,
+        HANDOFF_TTL_SECS,
+    )
+    .await?;
+    Ok(ticket)
 }
 
 fn redirect(to: &str) -> Response {
@@ -197,7 +311,7 @@ fn redirect(to: &str) -> Response {
     resp
 }
 
-async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiResult<AuthResponse> {
+async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiResult<SignedIn> {
     let gh = github(st)?.clone();
     if let Some(e) = q.error {
         return Err(ApiError::forbidden(
@@ -308,15 +422,5 @@ async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiRes
             ),
             other => other.into(),
         })?;
-    let token = st
-        .keys
-        .user_token(&u.id, &u.email, &u.name, team.as_deref())?;
-    Ok(AuthResponse {
-        token,
-        user_id: u.id,
-        team_id: team,
-        email: u.email,
-        name: u.name,
-        is_admin: u.is_admin,
-    })
+    Ok(SignedIn { user: u, team })
 }

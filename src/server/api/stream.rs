@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, IdPath};
+use super::extract::{Caller, IdPath, WS_PROTOCOL};
 use crate::ids::SandboxId;
 use crate::proto::api::{ExecClientMessage, ExecServerMessage};
 use crate::server::AppState;
@@ -36,6 +36,9 @@ pub async fn exec_stream(
     })?;
     let agent = st.sandboxes().connect_exec_stream(&s).await?;
     Ok(ws
+        // A browser offers `sandboxctl.v1` and its token as `bearer.TOKEN`; the answer names
+        // only the first (the token is never echoed).
+        .protocols([WS_PROTOCOL])
         .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| relay(socket, agent, st, s.id)))
 }

@@ -298,9 +298,15 @@ pub async fn switch(
     if role.is_none() {
         return Err(ApiError::NotFound("team"));
     }
-    let token = st
-        .keys
-        .user_token(&fresh.id, &fresh.email, &fresh.name, Some(&req.team_id))?;
+    // The same session, now with another team active.
+    let token = st.keys.user_token(
+        &fresh.id,
+        &fresh.email,
+        &fresh.name,
+        Some(&req.team_id),
+        &user.session_id,
+        user.session_expires_at,
+    )?;
     Ok(Json(AuthResponse {
         token,
         user_id: fresh.id,

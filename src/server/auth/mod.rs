@@ -22,6 +22,10 @@ pub struct UserClaims {
     pub email: String,
     pub name: String,
     pub team: Option<String>,
+    /// The session the token belongs to; a token works only while it is live. Tokens without
+    /// one (made before sessions existed) are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
     pub iss: String,
     pub aud: String,
     pub iat: i64,
@@ -89,23 +93,27 @@ impl TokenKeys {
         &self.ed_public
     }
 
+    /// A user token for `session` (which ends at `expires_at`, and so does the token) with
+    /// `team` active.
     pub fn user_token(
         &self,
         user_id: &str,
         email: &str,
         name: &str,
         team: Option<&str>,
+        session: &str,
+        expires_at: i64,
     ) -> anyhow::Result<String> {
-        let t = now();
         let claims = UserClaims {
             sub: user_id.into(),
             email: email.into(),
             name: name.into(),
             team: team.map(str::to_string),
+            sid: Some(session.into()),
             iss: ISSUER.into(),
             aud: USER_AUDIENCE.into(),
-            iat: t,
-            exp: t + USER_TOKEN_TTL_SECS,
+            iat: now(),
+            exp: expires_at,
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -167,7 +175,16 @@ mod tests {
     fn audiences_are_distinct() {
         let ed = SigningKeyPair::generate();
         let k = TokenKeys::new(b"0123456789abcdef0123456789abcdef", &ed).unwrap();
-        let u = k.user_token("usr_1", "a@b.c", "A", Some("team_1")).unwrap();
+        let u = k
+            .user_token(
+                "usr_1",
+                "a@b.c",
+                "A",
+                Some("team_1"),
+                "ses_1",
+                now() + USER_TOKEN_TTL_SECS,
+            )
+            .unwrap();
         let (h, _) = k.host_token("host_1", 0).unwrap();
         assert!(k.verify_user(&u).is_some());
         assert!(k.verify_host(&h).is_some());

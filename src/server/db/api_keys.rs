@@ -56,12 +56,30 @@ pub fn create(
     })
 }
 
-pub fn list(conn: &Connection, team_id: &str) -> DbResult<Vec<ApiKeyRow>> {
+/// The team's live keys; with `created_by`, only that member's.
+pub fn list(
+    conn: &Connection,
+    team_id: &str,
+    created_by: Option<&str>,
+) -> DbResult<Vec<ApiKeyRow>> {
     let mut st = conn.prepare(&format!(
-        "SELECT {COLS} FROM api_keys WHERE team_id = ?1 AND revoked_at IS NULL ORDER BY created_at, id"
+        "SELECT {COLS} FROM api_keys WHERE team_id = ?1 AND revoked_at IS NULL
+           AND (?2 IS NULL OR created_by = ?2)
+         ORDER BY created_at, id"
     ))?;
-    let rows = st.query_map([team_id], key_row)?;
+    let rows = st.query_map(params![team_id, created_by], key_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A live key of the team, or `NotFound`.
+pub fn get(conn: &Connection, team_id: &str, id: &str) -> DbResult<ApiKeyRow> {
+    super::one(conn.query_row(
+        &format!(
+            "SELECT {COLS} FROM api_keys WHERE id = ?1 AND team_id = ?2 AND revoked_at IS NULL"
+        ),
+        params![id, team_id],
+        key_row,
+    ))
 }
 
 pub fn revoke(conn: &Connection, team_id: &str, id: &str, actor: &str) -> DbResult<()> {
@@ -76,12 +94,22 @@ pub fn revoke(conn: &Connection, team_id: &str, id: &str, actor: &str) -> DbResu
     Ok(())
 }
 
-/// Looks a presented key up by its hash (unrevoked, team active) and stamps `last_used_at`.
+/// Revokes every live key `user_id` made for the team (they left it or were removed).
+pub fn revoke_created_by(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<usize> {
+    Ok(conn.execute(
+        "UPDATE api_keys SET revoked_at = ?1 WHERE team_id = ?2 AND created_by = ?3 AND revoked_at IS NULL",
+        params![now(), team_id, user_id],
+    )?)
+}
+
+/// Looks a presented key up by its hash (unrevoked, team active, its creator still a member)
+/// and stamps `last_used_at`.
 pub fn authenticate(conn: &Connection, key_hash: &str) -> DbResult<Option<ApiKeyRow>> {
     let row = conn
         .query_row(
             "SELECT k.id, k.team_id, k.name, k.prefix, k.created_by, k.created_at, k.last_used_at
              FROM api_keys k JOIN teams t ON t.id = k.team_id
+               JOIN memberships m ON m.team_id = k.team_id AND m.user_id = k.created_by
              WHERE k.key_hash = ?1 AND k.revoked_at IS NULL AND t.deleted_at IS NULL",
             [key_hash],
             key_row,

@@ -6,8 +6,10 @@ pub mod audit;
 pub mod backup;
 pub mod hosts;
 pub mod sandboxes;
+pub mod sessions;
 pub mod teams;
 pub mod templates;
+pub mod tickets;
 pub mod users;
 pub mod vocab;
 

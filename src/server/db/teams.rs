@@ -232,6 +232,9 @@ pub fn remove_member(conn: &Connection, team_id: &str, user_id: &str, actor: &st
         "DELETE FROM memberships WHERE team_id = ?1 AND user_id = ?2",
         params![team_id, user_id],
     )?;
+    // Their keys for this team go with them (and a key whose creator is not a member never
+    // authenticates anyway: see `api_keys::authenticate`).
+    super::api_keys::revoke_created_by(conn, team_id, user_id)?;
     audit::record(
         conn,
         Some(actor),
