@@ -31,6 +31,8 @@ struct Row {
     path: &'static str,
     body: Option<&'static str>,
     expect: [u16; 9],
+    /// The call ends the caller's session: each user calls it with a token of a fresh login.
+    fresh_login: bool,
 }
 
 fn r(
@@ -46,6 +48,21 @@ fn r(
         path,
         body,
         expect,
+        fresh_login: false,
+    }
+}
+
+/// A row whose call ends the caller's session (see [`Row::fresh_login`]).
+fn r_fresh(
+    method: Method,
+    route: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+    expect: [u16; 9],
+) -> Row {
+    Row {
+        fresh_login: true,
+        ..r(method, route, path, body, expect)
     }
 }
 
@@ -101,6 +118,43 @@ fn rows() -> Vec<Row> {
             "/v1/auth/switch-team",
             Some(r#"{"team_id":"{T}"}"#),
             [401, 401, 401, 403, 404, 404, 200, 200, 200],
+        ),
+        r_fresh(
+            M::POST,
+            "/v1/auth/logout",
+            "/v1/auth/logout",
+            None,
+            [401, 401, 401, 403, 204, 204, 204, 204, 204],
+        ),
+        r(
+            M::GET,
+            "/v1/auth/sessions",
+            "/v1/auth/sessions",
+            None,
+            [401, 401, 401, 403, 200, 200, 200, 200, 200],
+        ),
+        // Another login of the owner: only the owner can end it; to others it does not exist.
+        r(
+            M::DELETE,
+            "/v1/auth/sessions/{id}",
+            "/v1/auth/sessions/{fresh_owner_session}",
+            None,
+            [401, 401, 401, 403, 404, 404, 404, 404, 204],
+        ),
+        // A wrong current password: every user gets as far as the check.
+        r(
+            M::POST,
+            "/v1/auth/password",
+            "/v1/auth/password",
+            Some(r#"{"current_password":"not the password","new_password":"a new long password"}"#),
+            [401, 401, 401, 403, 400, 400, 400, 400, 400],
+        ),
+        r(
+            M::POST,
+            "/v1/auth/github/finish",
+            "/v1/auth/github/finish",
+            None,
+            [404; 9],
         ),
         r(
             M::GET,
@@ -198,7 +252,7 @@ fn rows() -> Vec<Row> {
             "/v1/api-keys/{id}",
             "/v1/api-keys/{fresh_key}",
             None,
-            [401, 401, 401, 403, 404, 404, 204, 204, 204],
+            [401, 401, 401, 403, 404, 404, 403, 204, 204],
         ),
         r(
             M::POST,
@@ -637,6 +691,23 @@ impl Fixture {
                 .unwrap();
             out = out.replace("{fresh_tpl}", &id);
         }
+        if out.contains("{fresh_owner_session}") {
+            let login = self
+                .s
+                .anon()
+                .login(&self.owner_email, "correct horse battery")
+                .await
+                .unwrap();
+            let sessions = self
+                .s
+                .anon()
+                .with_token(&login.token)
+                .sessions()
+                .await
+                .unwrap();
+            let id = sessions.iter().find(|s| s.current).unwrap().id.clone();
+            out = out.replace("{fresh_owner_session}", &id);
+        }
         if out.contains("{fresh_key}") {
             let k = self.owner.create_key("fresh").await.unwrap();
             out = out.replace("{fresh_key}", &k.id);
@@ -654,8 +725,37 @@ impl Fixture {
                 .replace("{fresh_member}", &u.user_id)
                 .replace("{fresh_user_email}", &email);
         }
-        let _ = &self.owner_email;
         out
+    }
+
+    /// A token of a fresh login for caller `i` (the same kind of caller as `tokens[i]`); the
+    /// callers that are not users keep theirs.
+    async fn fresh_token(&self, i: usize) -> Option<String> {
+        let email = match ROLES[i] {
+            "other_team" => "other@example.com",
+            "platform_admin" => "root@example.com",
+            "member" => &self.member_email,
+            "admin" => &self.admin_email,
+            "owner" => &self.owner_email,
+            _ => return self.tokens[i].clone(),
+        };
+        let auth = self
+            .s
+            .anon()
+            .login(email, "correct horse battery")
+            .await
+            .unwrap();
+        if matches!(ROLES[i], "member" | "admin") {
+            let switched = self
+                .s
+                .anon()
+                .with_token(&auth.token)
+                .switch_team(&self.team)
+                .await
+                .unwrap();
+            return Some(switched.token);
+        }
+        Some(auth.token)
     }
 }
 
@@ -671,10 +771,15 @@ async fn authorization_matrix() {
                 Some(b) => Some(f.fill(b).await),
                 None => None,
             };
+            let token = if row.fresh_login {
+                f.fresh_token(i).await
+            } else {
+                f.tokens[i].clone()
+            };
             let (st, v) = raw(
                 row.method.clone(),
                 &format!("{}{path}", f.s.url),
-                f.tokens[i].as_deref(),
+                token.as_deref(),
                 body.as_deref(),
             )
             .await;

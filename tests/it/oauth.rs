@@ -137,6 +137,14 @@ async fn callback(
     req.send().await.unwrap()
 }
 
+async fn finish(http: &reqwest::Client, s: &TestServer, cookie: Option<&str>) -> reqwest::Response {
+    let mut req = http.post(format!("{}/v1/auth/github/finish", s.url));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    req.send().await.unwrap()
+}
+
 #[tokio::test]
 async fn github_login_against_a_fake_github() {
     let fake = fake_github().await;
@@ -191,29 +199,94 @@ async fn github_login_against_a_fake_github() {
         first
     })
     .await;
-    step("the same identity again is the same user", async {
-        // The same identity again is the same user; a browser is sent back to the app with the
-        // token.
+    let handoff = step(
+        "a browser gets a one-time hand-off in a cookie, never a token in the URL",
+        async {
+            // The same identity again is the same user; the browser goes back to the app with
+            // nothing in the URL that signs anyone in.
+            let f = start(&http, &s).await;
+            let resp = callback(&http, &s, "code-octo", &f.state, Some(&f.cookie), false).await;
+            assert_eq!(resp.status(), 302);
+            assert_eq!(resp.headers()["location"], "/#oauth=done");
+            let cookies: Vec<String> = resp
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            let handoff = cookies
+                .iter()
+                .find(|c| c.starts_with("sandboxctl_oauth_handoff=oh_"))
+                .unwrap_or_else(|| panic!("no hand-off cookie in {cookies:?}"));
+            for attr in [
+                "HttpOnly",
+                "Path=/v1/auth/github",
+                "SameSite=Lax",
+                "Max-Age=60",
+            ] {
+                assert!(handoff.contains(attr), "{handoff}");
+            }
+            let handoff = handoff.split(';').next().unwrap().to_string();
+            // Redeemed by the browser that holds the cookie: a session of the same user.
+            let resp = finish(&http, &s, Some(&handoff)).await;
+            assert_eq!(resp.status(), 200);
+            assert!(
+                resp.headers()["set-cookie"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("sandboxctl_oauth_handoff=;"),
+                "the cookie is not cleared"
+            );
+            let auth: Value = resp.json().await.unwrap();
+            let token = auth["token"].as_str().unwrap();
+            assert_eq!(
+                s.anon().with_token(token).me().await.unwrap().user_id,
+                first["user_id"].as_str().unwrap()
+            );
+            let sessions = s.anon().with_token(token).sessions().await.unwrap();
+            assert!(
+                sessions.iter().any(|x| x.current && x.method == "github"),
+                "{sessions:?}"
+            );
+            // No password login for an OAuth-only user.
+            assert_eq!(
+                s.anon()
+                    .login("octo@example.com", "anything at all")
+                    .await
+                    .unwrap_err()
+                    .status(),
+                Some(401)
+            );
+            handoff
+        },
+    )
+    .await;
+    step("a replayed, forged or missing hand-off is refused", async {
+        for (cookie, why) in [
+            (Some(handoff.as_str()), "replayed"),
+            (
+                Some("sandboxctl_oauth_handoff=oh_forgedforgedforgedforgedforged"),
+                "forged",
+            ),
+            (None, "missing"),
+        ] {
+            let resp = finish(&http, &s, cookie).await;
+            assert_eq!(resp.status(), 401, "{why}");
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "unauthorized", "{why}");
+        }
+        // A hand-off left unredeemed goes stale within a minute.
         let f = start(&http, &s).await;
         let resp = callback(&http, &s, "code-octo", &f.state, Some(&f.cookie), false).await;
-        assert_eq!(resp.status(), 302);
-        let loc = resp.headers()["location"].to_str().unwrap().to_string();
-        let token = loc
-            .strip_prefix("/#oauth_token=")
-            .expect("token in the fragment");
-        assert_eq!(
-            s.anon().with_token(token).me().await.unwrap().user_id,
-            first["user_id"].as_str().unwrap()
-        );
-        // No password login for an OAuth-only user.
-        assert_eq!(
-            s.anon()
-                .login("octo@example.com", "anything at all")
-                .await
-                .unwrap_err()
-                .status(),
-            Some(401)
-        );
+        let stale = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+            .find(|c| c.starts_with("sandboxctl_oauth_handoff=oh_"))
+            .unwrap();
+        s.advance_clock(61);
+        assert_eq!(finish(&http, &s, Some(&stale)).await.status(), 401, "stale");
     })
     .await;
     step("an email that already has an account is refused", async {

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, AuthUser};
-use super::sessions::{self, ClientInfo, SessionUser};
+use super::signin::{self, ClientInfo, SessionUser};
 use crate::crypto;
 use crate::proto::api::{AuthResponse, LoginRequest, MeResponse, SignupRequest};
 use crate::server::AppState;
@@ -119,7 +119,7 @@ pub async fn signup(
             }
             other => other.into(),
         })?;
-    let token = sessions::start(
+    let token = signin::start(
         &st,
         SessionUser {
             id: &user.id,
@@ -189,7 +189,7 @@ pub async fn login(
     let uid = user.id.clone();
     let team = st.db.call(move |c| users::login_team(c, &uid)).await?;
     let team_id = team.map(|t| t.team_id);
-    let token = sessions::start(
+    let token = signin::start(
         &st,
         SessionUser {
             id: &user.id,

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, AuthUser, Caller, CallerKind, IdPath};
 use super::files::{FileQuery, check_path, stream_file, target};
-use super::sessions::{issue_ticket, redeem_ticket};
+use super::signin::{issue_ticket, redeem_ticket};
 use crate::ids::SandboxId;
 use crate::proto::api::DownloadUrlResponse;
 use crate::proto::path::SandboxPath;

@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod oauth;
 pub mod sandboxes;
 pub mod sessions;
+pub mod signin;
 pub mod stream;
 pub mod team_access;
 pub mod teams;

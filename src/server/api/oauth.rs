@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::validate_name;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
-use super::sessions::{self, ClientInfo, SessionUser, issue_ticket, redeem_ticket};
+use super::signin::{self, ClientInfo, SessionUser, issue_ticket, redeem_ticket};
 use crate::crypto;
 use crate::proto::api::AuthResponse;
 use crate::server::AppState;
@@ -263,7 +263,7 @@ struct SignedIn {
 /// Starts a session for a GitHub sign-in.
 async fn session_for(st: &AppState, who: SignedIn, client: ClientInfo) -> ApiResult<AuthResponse> {
     let u = who.user;
-    let token = sessions::start(
+    let token = signin::start(
         st,
         SessionUser {
             id: &u.id,

@@ -2,7 +2,7 @@
 //! live (not ended, not expired). Logging out, ending a session from the list and changing the
 //! password end sessions here.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{DbError, DbResult, audit, now};
 use crate::ids::SessionId;
@@ -137,6 +137,30 @@ pub fn end_others(conn: &Connection, user_id: &str, keep: &str) -> DbResult<usiz
         "UPDATE sessions SET ended_at = ?1 WHERE user_id = ?2 AND id != ?3 AND ended_at IS NULL",
         params![now(), user_id, keep],
     )?)
+}
+
+/// Sets the user's password and ends their other sessions (all but `keep`), in one transaction.
+pub fn change_password(
+    conn: &mut Connection,
+    user_id: &str,
+    password_hash: &str,
+    keep_session: &str,
+) -> DbResult<usize> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "UPDATE users SET password_hash = ?1, updated_at = ?2 WHERE id = ?3",
+        params![password_hash, now(), user_id],
+    )?;
+    let ended = end_others(&tx, user_id, keep_session)?;
+    audit::record(
+        &tx,
+        Some(user_id),
+        "user.password_change",
+        Some(user_id),
+        None,
+    )?;
+    tx.commit()?;
+    Ok(ended)
 }
 
 #[cfg(test)]

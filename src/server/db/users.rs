@@ -185,30 +185,6 @@ pub fn create_from_identity(
     Ok((user, team))
 }
 
-/// Sets the user's password and ends their other sessions (all but `keep`), in one transaction.
-pub fn change_password(
-    conn: &mut Connection,
-    user_id: &str,
-    password_hash: &str,
-    keep_session: &str,
-) -> DbResult<usize> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        "UPDATE users SET password_hash = ?1, updated_at = ?2 WHERE id = ?3",
-        params![password_hash, now(), user_id],
-    )?;
-    let ended = super::sessions::end_others(&tx, user_id, keep_session)?;
-    audit::record(
-        &tx,
-        Some(user_id),
-        "user.password_change",
-        Some(user_id),
-        None,
-    )?;
-    tx.commit()?;
-    Ok(ended)
-}
-
 pub fn count(conn: &Connection) -> DbResult<i64> {
     Ok(conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
 }
