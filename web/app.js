@@ -381,7 +381,8 @@ async function start() {
         return await signIn(await api.githubFinish());
       } catch (err) {
         if (isAbort(err)) return;
-        oauthNote = err.status === 401 ? OAUTH_ERRORS.oauth_failed : errorText(err);
+        // Nothing to redeem (a link someone made, a reload, a stale cookie): say so, change nothing.
+        oauthNote = err.status === 0 ? errorText(err) : OAUTH_ERRORS.oauth_failed;
       }
     } else if (back.has('oauth_error')) {
       oauthNote = OAUTH_ERRORS[back.get('oauth_error')] ?? OAUTH_ERRORS.oauth_failed;

@@ -38,7 +38,8 @@ export default {
 
     async function load() {
       try {
-        table.update(await api.sessions({ signal: ctx.signal }));
+        // This session first, then the most recently active.
+        table.update((await api.sessions({ signal: ctx.signal })).sort((a, b) => Number(b.current) - Number(a.current)));
         alert.clear();
       } catch (err) {
         alert.show(err);

@@ -73,6 +73,18 @@ async function go(label) {
   await page.getByRole('heading', { level: 1 }).first().waitFor();
 }
 
+/** A token of a new session for `email`, signed in from here (not the browser). */
+async function apiLogin(email, password) {
+  const r = await fetch(`${BASE}/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email, password }) });
+  assert.equal(r.status, 200, `login as ${email}`);
+  return (await r.json()).token;
+}
+
+/** The status GET /v1/me answers `token` with. */
+async function meStatus(token) {
+  return (await fetch(`${BASE}/v1/me`, { headers: { authorization: `Bearer ${token}` } })).status;
+}
+
 async function signIn(email, password) {
   await page.getByLabel('Email').fill(email);
   await page.getByLabel('Password').fill(password);
@@ -103,6 +115,9 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
   page.on('console', (m) => m.type() === 'error' && !/Failed to load resource/.test(m.text()) && problems.push(`console: ${m.text()}`));
   page.on('requestfailed', (r) => !/ERR_ABORTED/.test(r.failure()?.errorText ?? '') && problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
   page.on('request', (r) => !r.url().startsWith(BASE) && !/^(data|blob):/.test(r.url()) && problems.push(`external request: ${r.url()}`));
+  // Tokens never travel in URLs (the one-time download tickets are the exception).
+  page.on('request', (r) => /access_token=|oauth_token=|eyJ/.test(r.url()) && problems.push(`token in a URL: ${r.url()}`));
+  page.on('websocket', (ws) => /token=|eyJ/.test(ws.url()) && problems.push(`token in a WebSocket URL: ${ws.url()}`));
 
   const step = stepper(t);
   let keyValue;
@@ -138,6 +153,55 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     await page.reload();
     await sidebar().locator('.user-name').getByText(ADA.name).waitFor();
     assert.match(page.url(), /\/sandboxes$/);
+  });
+
+  await step('the account page: sessions, signing one out, and the password', async () => {
+    const elsewhere = await apiLogin(ADA.email, PASSWORD);
+    await go('Account');
+    const sessions = page.getByRole('table', { name: 'Sessions' });
+    await sessions.locator('tbody tr').nth(1).waitFor();
+    assert.equal(await sessions.locator('tbody tr').count(), 2);
+    await sessions.locator('tbody tr', { hasText: 'this session' }).getByText(/Chrome/).waitFor();
+    const other = sessions.locator('tbody tr', { hasNotText: 'this session' });
+    await shot('account', { quiet: true });
+    await other.getByRole('button', { name: /^Sign out/ }).click();
+    await dialog().getByRole('button', { name: 'Sign out', exact: true }).click();
+    await dialog().waitFor({ state: 'detached' });
+    await page.locator('.toast', { hasText: 'Signed out that session.' }).waitFor();
+    await sessions.locator('tbody tr').nth(1).waitFor({ state: 'detached' });
+    assert.equal(await meStatus(elsewhere), 401, 'the session signed out from the list still works');
+    // The password: a wrong current one is said so; the change signs every other session out.
+    const third = await apiLogin(ADA.email, PASSWORD);
+    await page.getByLabel('Current password').fill('not my password');
+    await page.getByLabel('New password').fill(`${PASSWORD} 2`);
+    await page.getByRole('button', { name: 'Change password', exact: true }).click();
+    await main().getByRole('alert').getByText('That is not your current password.').waitFor();
+    assert.equal(await meStatus(third), 200);
+    await page.getByLabel('Current password').fill(PASSWORD);
+    await page.getByRole('button', { name: 'Change password', exact: true }).click();
+    await page.locator('.toast', { hasText: 'Password changed. 1 other session was signed out.' }).waitFor();
+    assert.equal(await meStatus(third), 401, 'a session outlived the password change');
+    await sidebar().locator('.user-name').getByText(ADA.name).waitFor();
+    assert.equal(await meStatus(await page.evaluate(() => localStorage.getItem('sandboxctl.token'))), 200);
+  });
+
+  await step('a link with a token or an error in its fragment signs nobody in or out', async () => {
+    // Someone else's valid token in the old hand-off fragment (login CSRF) is ignored.
+    const admins = await apiLogin(ADMIN_EMAIL, ADMIN_PASSWORD);
+    await page.goto(`/sandboxes#oauth_token=${admins}`);
+    await sidebar().locator('.user-name').getByText(ADA.name).waitFor();
+    assert.equal(await page.evaluate(() => localStorage.getItem('sandboxctl.token')) === admins, false);
+    assert.ok(!page.url().includes(admins), 'the token stays in the address bar');
+    // An error does not log out; "done" without this browser's hand-off cookie signs nobody in.
+    // (Other paths each time: a change of fragment alone does not load the page again.)
+    await page.goto('/templates#oauth_error=oauth_failed');
+    await page.locator('.toast', { hasText: 'Signing in with GitHub did not work' }).waitFor();
+    await sidebar().locator('.user-name').getByText(ADA.name).waitFor();
+    await page.goto('/keys#oauth=done');
+    await page.locator('.toast', { hasText: 'Signing in with GitHub did not work' }).waitFor();
+    await sidebar().locator('.user-name').getByText(ADA.name).waitFor();
+    // (The one token that showed up in a URL above was put there by this test.)
+    problems.splice(0, problems.length, ...problems.filter((p) => !p.includes(admins)));
   });
 
   await step('an API key is shown once, with a copy button', async () => {
@@ -230,9 +294,11 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
   });
 
   await step('log out, log in as someone else: nothing of the previous user shows', async () => {
+    const before = await page.evaluate(() => localStorage.getItem('sandboxctl.token'));
     await sidebar().getByRole('button', { name: 'Log out', exact: true }).click();
     await page.waitForURL('**/login');
     assert.equal(await page.evaluate(() => localStorage.length), 0);
+    assert.equal(await meStatus(before), 401, 'the server did not end the session');
     await signIn(ADMIN_EMAIL, ADMIN_PASSWORD);
     await page.waitForURL('**/sandboxes');
     await sidebar().locator('.user-name').getByText('Admin', { exact: true }).waitFor();

@@ -319,7 +319,7 @@ async fn streams_and_files_through_the_server() {
     .await;
     step("a download link", async {
         // A download link (what the dashboard uses): no credentials, streamed, named, bound to its
-        // sandbox and file.
+        // sandbox and file, good once.
         let link = admin.download_url(&id, "/root/ten.bin").await.unwrap();
         let now = sandboxctl::server::db::now();
         assert!(
@@ -339,6 +339,14 @@ async fn streams_and_files_through_the_server() {
             Sha256::digest(&body) == Sha256::digest(&data),
             "the file changed on the way"
         );
+        // It works once.
+        assert_eq!(
+            reqwest::get(&url).await.unwrap().status(),
+            401,
+            "a used link"
+        );
+        let link = admin.download_url(&id, "/root/ten.bin").await.unwrap();
+        let url = format!("{}{}", s.url, link.url);
         let other = admin
             .create_sandbox(&CreateSandboxRequest::default())
             .await
