@@ -1,4 +1,5 @@
-//! Random, prefixed, URL-safe identifiers (`usr_…`, `team_…`, `host_…`, `sbx_…`, `key_…`, `tpl_…`),
+//! Random, prefixed, URL-safe identifiers (`usr_…`, `team_…`, `host_…`, `sbx_…`, `key_…`, `tpl_…`,
+//! `ses_…`),
 //! and a newtype for each kind that checks its format when parsed from text a caller sent
 //! (`FromStr`, `Deserialize`), so a malformed id is refused at the edge.
 
