@@ -1,7 +1,6 @@
 //! Random, prefixed, URL-safe identifiers (`usr_…`, `team_…`, `host_…`, `sbx_…`, `key_…`, `tpl_…`,
-//! `ses_…`),
-//! and a newtype for each kind that checks its format when parsed from text a caller sent
-//! (`FromStr`, `Deserialize`), so a malformed id is refused at the edge.
+//! `ses_…`), and a newtype for each kind that checks its format when parsed from text a caller
+//! sent (`FromStr`, `Deserialize`), so a malformed id is refused at the edge.
 
 use std::fmt;
 use std::str::FromStr;
