@@ -174,6 +174,10 @@ id_type!(
     /// An API key (`key_…`).
     KeyId, "key", "API key"
 );
+id_type!(
+    /// A team invite (`inv_…`); the invite's secret token is something else.
+    InviteId, "inv", "invite"
+);
 
 #[cfg(test)]
 mod tests {

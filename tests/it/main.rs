@@ -13,6 +13,7 @@ mod layout;
 mod oauth;
 mod ops;
 mod sandboxes;
+mod signup;
 mod snapshots;
 mod streams;
 mod vm;
