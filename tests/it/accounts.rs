@@ -214,7 +214,8 @@ async fn team_rules_and_soft_deleted_teams() {
         for a in [
             "user.signup",
             "team.create",
-            "team.member_add",
+            "team.invite_create",
+            "team.invite_accept",
             "team.member_role",
             "team.rename",
             "team.delete",
