@@ -402,3 +402,93 @@ async fn with_a_local_agent_the_admin_exists_before_anyone_can_sign_up() {
         "no bootstrap token is needed"
     );
 }
+
+#[tokio::test]
+async fn the_cli_bootstraps_the_admin_and_invites_people() {
+    use crate::common::cli;
+    let s = TestServer::start_signup(None, &["--bootstrap-requires-token"]).await;
+    let token_file = s.data_dir().join("bootstrap-token");
+    let cfg = |who: &str| s.dir.path().join(format!("cli-{who}.toml"));
+    let pw = Some("correct horse battery\n");
+    let signup_args = |email: &'static str| {
+        vec![
+            "signup",
+            "--server",
+            &s.url,
+            "--email",
+            email,
+            "--name",
+            "Someone",
+            "--password-stdin",
+        ]
+    };
+
+    step("the admin signs up with the bootstrap token file", async {
+        let (rc, _, err) = cli(&cfg("admin"), &signup_args("admin@example.com"), pw);
+        assert_ne!(rc, 0);
+        assert!(err.contains("bootstrap token"), "{err}");
+        let mut args = signup_args("admin@example.com");
+        args.extend(["--bootstrap-token-file", token_file.to_str().unwrap()]);
+        let (rc, out, err) = cli(&cfg("admin"), &args, pw);
+        assert_eq!(rc, 0, "{err}");
+        assert!(out.contains("(platform admin)"), "{out}");
+    })
+    .await;
+
+    let link = step(
+        "the admin makes an invite link; a new user signs up with it",
+        async {
+            let (rc, out, err) = cli(&cfg("admin"), &["team", "invite", "--role", "admin"], None);
+            assert_eq!(rc, 0, "{err}");
+            let link = out.trim().to_string();
+            assert!(
+                link.starts_with(&format!("{}/#invite=sbi_", s.url)),
+                "{link}"
+            );
+            let (rc, _, err) = cli(&cfg("bea"), &signup_args("bea@example.com"), pw);
+            assert_ne!(rc, 0);
+            assert!(err.contains("invite"), "{err}");
+            let mut args = signup_args("bea@example.com");
+            args.extend(["--invite", &link]);
+            let (rc, _, err) = cli(&cfg("bea"), &args, pw);
+            assert_eq!(rc, 0, "{err}");
+            let (rc, out, _) = cli(&cfg("bea"), &["whoami"], None);
+            assert_eq!(rc, 0);
+            assert!(out.contains("(admin)"), "joined as admin: {out}");
+            link
+        },
+    )
+    .await;
+
+    step(
+        "invites are listed and revoked; an existing user joins with a link",
+        async {
+            let (rc, out, err) = cli(&cfg("bea"), &["team", "invite", "--json"], None);
+            assert_eq!(rc, 0, "{err}");
+            let inv: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let id = inv["id"].as_str().unwrap();
+            let (rc, out, _) = cli(&cfg("admin"), &["team", "invites"], None);
+            assert_eq!(rc, 0);
+            assert!(out.contains(id) && out.contains("member"), "{out}");
+            let (rc, _, err) = cli(&cfg("admin"), &["team", "revoke-invite", id], None);
+            assert_eq!(rc, 0, "{err}");
+            let (rc, out, _) = cli(&cfg("admin"), &["team", "invites"], None);
+            assert_eq!(rc, 0);
+            assert!(!out.contains(id), "{out}");
+            // Bea makes her own team and invites the admin, who joins with the link.
+            let (rc, team, err) = cli(&cfg("bea"), &["team", "create", "Bea's lab"], None);
+            assert_eq!(rc, 0, "{err}");
+            let team = team.trim();
+            let (rc, out, err) = cli(&cfg("bea"), &["team", "invite", "--team", team], None);
+            assert_eq!(rc, 0, "{err}");
+            let (rc, out, err) = cli(&cfg("admin"), &["team", "join", out.trim()], None);
+            assert_eq!(rc, 0, "{err}");
+            assert!(out.contains(team), "{out}");
+            // A used link says why it no longer works.
+            let (rc, _, err) = cli(&cfg("admin"), &["team", "join", &link], None);
+            assert_ne!(rc, 0);
+            assert!(err.contains("already used"), "{err}");
+        },
+    )
+    .await;
+}
