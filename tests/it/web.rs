@@ -172,6 +172,9 @@ async fn dashboard_in_a_real_browser() {
     let s = TestServer::start().await;
     let (_, admin) = s.signup(ADMIN_EMAIL, "Admin").await;
     let agent = TestAgent::start(&s, &admin).await;
+    // A second server that takes no signups (its admin exists), for the sign-up page's refusal.
+    let closed = TestServer::start_signup(Some("closed"), &[]).await;
+    closed.signup("root@example.com", "Root").await;
     let shots = screenshot_dir();
     std::fs::create_dir_all(&shots).unwrap();
 
@@ -188,6 +191,7 @@ async fn dashboard_in_a_real_browser() {
     .env("SANDBOXCTL_ADMIN_EMAIL", ADMIN_EMAIL)
     .env("SANDBOXCTL_ADMIN_PASSWORD", PASSWORD)
     .env("SANDBOXCTL_AGENT_HOST", &agent.host_id)
+    .env("SANDBOXCTL_CLOSED_URL", &closed.url)
     .env("SCREENSHOT_DIR", &shots)
     .env("CHROMIUM", chromium())
     .env("NO_COLOR", "1")
