@@ -181,35 +181,54 @@ pub fn accept(conn: &mut Connection, token_hash: &str, user_id: &str) -> DbResul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::db::{Db, users};
+    use crate::server::db::Db;
+
+    /// A user with a personal team (SQL of its own: `users` builds on this module).
+    fn user(c: &Connection, id: &str) -> DbResult<(String, String)> {
+        c.execute(
+            "INSERT INTO users (id, email, name, is_admin, created_at, updated_at) VALUES (?1, ?1 || '@x.io', ?1, 0, 0, 0)",
+            [id],
+        )?;
+        let team = super::super::teams::insert(c, id, id, true)?;
+        Ok((id.to_string(), team.id))
+    }
+
+    fn role(c: &Connection, team: &str, user: &str) -> DbResult<Option<TeamRole>> {
+        Ok(c.query_row(
+            "SELECT role FROM memberships WHERE team_id = ?1 AND user_id = ?2",
+            params![team, user],
+            |r| r.get(0),
+        )
+        .optional()?)
+    }
 
     #[tokio::test]
     async fn an_invite_is_used_once_and_refusals_name_why() {
         let db = Db::open_in_memory().unwrap();
         let out = db
             .call(|c| {
-                let (owner, team) = users::create_with_team(c, "o@x.io", "Olive", Some("h"), true)?;
-                let (bob, _) = users::create_with_team(c, "b@x.io", "Bob", Some("h"), false)?;
-                let (cy, _) = users::create_with_team(c, "c@x.io", "Cy", Some("h"), false)?;
-                let inv = create(c, &team, TeamRole::Admin, &owner.id, "hash1", 60)?;
+                let (owner, team) = user(c, "olive")?;
+                let (bob, _) = user(c, "bob")?;
+                let (cy, _) = user(c, "cy")?;
+                let inv = create(c, &team, TeamRole::Admin, &owner, "hash1", 60)?;
                 assert_eq!(pending(c, &team)?.len(), 1);
-                let accepted = accept(c, "hash1", &bob.id)?;
+                let accepted = accept(c, "hash1", &bob)?;
                 assert_eq!(accepted.id, inv.id);
-                assert_eq!(users::membership(c, &team, &bob.id)?, Some(TeamRole::Admin));
+                assert_eq!(role(c, &team, &bob)?, Some(TeamRole::Admin));
                 assert!(pending(c, &team)?.is_empty());
-                let again = accept(c, "hash1", &cy.id);
+                let again = accept(c, "hash1", &cy);
                 assert!(matches!(again, Err(DbError::Conflict("invite_used"))));
-                let unknown = accept(c, "nope", &cy.id);
+                let unknown = accept(c, "nope", &cy);
                 assert!(matches!(unknown, Err(DbError::Conflict("invite_invalid"))));
                 // Already a member: refused, and the invite can still be used by someone else.
-                create(c, &team, TeamRole::Member, &owner.id, "hash2", 60)?;
-                let dup = accept(c, "hash2", &bob.id);
+                create(c, &team, TeamRole::Member, &owner, "hash2", 60)?;
+                let dup = accept(c, "hash2", &bob);
                 assert!(matches!(dup, Err(DbError::Conflict("already_member"))));
-                let i3 = create(c, &team, TeamRole::Member, &owner.id, "hash3", 60)?;
-                revoke(c, &team, &i3.id, &owner.id)?;
-                let revoked = accept(c, "hash3", &cy.id);
+                let i3 = create(c, &team, TeamRole::Member, &owner, "hash3", 60)?;
+                revoke(c, &team, &i3.id, &owner)?;
+                let revoked = accept(c, "hash3", &cy);
                 assert!(matches!(revoked, Err(DbError::Conflict("invite_revoked"))));
-                accept(c, "hash2", &cy.id)?;
+                accept(c, "hash2", &cy)?;
                 Ok(())
             })
             .await;
