@@ -4,7 +4,8 @@
 //   SANDBOXCTL_URL          the server, e.g. http://127.0.0.1:40123
 //   SANDBOXCTL_ADMIN_EMAIL  the platform admin (first account), SANDBOXCTL_ADMIN_PASSWORD its password
 //   SANDBOXCTL_AGENT_HOST   the id of the host whose agent runs (regular host, online)
-//   SANDBOXCTL_CLOSED_URL   a second server, started with --signup closed (its admin exists)
+//   SANDBOXCTL_CLOSED_URL   a second, fresh server started with --signup closed --bootstrap-requires-token,
+//   SANDBOXCTL_CLOSED_BOOTSTRAP  and its bootstrap token
 //   SCREENSHOT_DIR          where the page screenshots go (default ../../target/screenshots)
 //   CHROMIUM                the browser (default /usr/bin/chromium)
 // By hand: node --test web/tests/ with those set.
@@ -23,6 +24,7 @@ const ADMIN_EMAIL = need('SANDBOXCTL_ADMIN_EMAIL');
 const ADMIN_PASSWORD = need('SANDBOXCTL_ADMIN_PASSWORD');
 const AGENT_HOST = need('SANDBOXCTL_AGENT_HOST');
 const CLOSED = need('SANDBOXCTL_CLOSED_URL').replace(/\/$/, '');
+const CLOSED_BOOTSTRAP = need('SANDBOXCTL_CLOSED_BOOTSTRAP');
 const SHOTS = resolve(process.env.SCREENSHOT_DIR ?? join(here, '..', '..', 'target', 'screenshots'));
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const PASSWORD = 'correct horse battery';
@@ -316,7 +318,26 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     await page.waitForURL('**/sandboxes');
   });
 
-  await step('a server that takes no signups says so on its sign-up page', async () => {
+  await step('a fresh server: its admin signs up with the bootstrap link; then it takes no signups and says so', async () => {
+    await page.goto(`${CLOSED}/signup`);
+    await page.getByText('This server has no account yet: the first one becomes its platform admin.').waitFor();
+    await page.getByLabel('Name').fill('Operator');
+    await page.getByLabel('Email').fill('operator@example.com');
+    await page.getByLabel('Password').fill(PASSWORD);
+    await page.getByRole('button', { name: 'Create account', exact: true }).click();
+    await main().getByRole('alert').getByText(/bootstrap token/).waitFor();
+    // The link the server printed fills the token in.
+    await page.goto(`${CLOSED}/#bootstrap=${CLOSED_BOOTSTRAP}`);
+    await page.waitForURL('**/signup');
+    assert.equal(await page.getByLabel('Bootstrap token').inputValue(), CLOSED_BOOTSTRAP);
+    await page.getByLabel('Name').fill('Operator');
+    await page.getByLabel('Email').fill('operator@example.com');
+    await page.getByLabel('Password').fill(PASSWORD);
+    await shot('signup-bootstrap');
+    await page.getByRole('button', { name: 'Create account', exact: true }).click();
+    await page.waitForURL('**/sandboxes');
+    await sidebar().getByRole('link', { name: 'Hosts' }).waitFor(); // the platform admin
+    await sidebar().getByRole('button', { name: 'Log out', exact: true }).click();
     await page.goto(`${CLOSED}/signup`);
     await page.getByText('This server does not take new accounts.').waitFor();
     assert.equal(await page.getByRole('button', { name: 'Create account', exact: true }).isVisible(), false);
