@@ -175,6 +175,10 @@ id_type!(
     KeyId, "key", "API key"
 );
 id_type!(
+    /// A team invite (`inv_…`); the invite's secret token is something else.
+    InviteId, "inv", "invite"
+);
+id_type!(
     /// A user's sign-in session (`ses_…`): every user token names one.
     SessionId, "ses", "session"
 );

@@ -31,23 +31,28 @@ pub struct LocalAgentConfig {
     pub jail: crate::agent::vm::JailConfig,
 }
 
-/// What the server starts once it listens: [`start`], its failure reported on stderr and in the
-/// logs (the server keeps serving).
+/// What goes with the server: the admin made before it answers anyone ([`ensure_admin`]), then
+/// [`start`] once it listens, its failure reported on stderr and in the logs (the server keeps
+/// serving).
 pub fn companion(data_dir: PathBuf, cfg: LocalAgentConfig) -> Companion {
-    Box::new(move |state| {
-        Box::pin(async move {
-            if let Err(e) = start(state, &data_dir, cfg).await {
-                eprintln!("sandboxctl: the local agent failed: {e:#}");
-                tracing::error!(error = ?e, "local agent failed");
-            }
-        })
-    })
+    let (dir, email) = (data_dir.clone(), cfg.admin_email.clone());
+    Companion {
+        prepare: Box::new(move |state| {
+            Box::pin(async move { ensure_admin(&state, &dir, &email).await })
+        }),
+        run: Box::new(move |state| {
+            Box::pin(async move {
+                if let Err(e) = start(state, &data_dir, cfg).await {
+                    eprintln!("sandboxctl: the local agent failed: {e:#}");
+                    tracing::error!(error = ?e, "local agent failed");
+                }
+            })
+        }),
+    }
 }
 
-/// Makes sure an admin exists (printing how to log in), registers the local agent on first start,
-/// and runs it.
+/// Registers the local agent on first start, and runs it.
 pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> anyhow::Result<()> {
-    ensure_admin(&state, data_dir, &cfg.admin_email).await?;
     let agent_dir = data_dir.join("agent");
     if credentials::load(&agent_dir)?.is_none() {
         let token = crypto::random_token("hrt_");
@@ -104,6 +109,8 @@ pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> a
     .await
 }
 
+/// On a fresh server, creates the platform admin (its password in `DATA_DIR/admin-password`)
+/// before the server answers anyone, so no signup can race it; prints how to log in.
 async fn ensure_admin(state: &AppState, data_dir: &Path, email: &str) -> anyhow::Result<()> {
     let pw_file = data_dir.join("admin-password");
     let n = state.db.call(|c| users::count(c)).await?;
@@ -119,7 +126,7 @@ async fn ensure_admin(state: &AppState, data_dir: &Path, email: &str) -> anyhow:
         let em = email.to_string();
         state
             .db
-            .call(move |c| users::create_with_team(c, &em, "Admin", Some(&hash)))
+            .call(move |c| users::create_with_team(c, &em, "Admin", Some(&hash), true))
             .await?;
         println!(
             "created the platform admin {email}; its password is in {}",

@@ -272,6 +272,8 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             github,
             max_file_bytes: a.max_file_bytes,
             allow_private_agent_addresses: a.allow_private_agent_addresses,
+            signup: a.signup,
+            bootstrap_requires_token: a.bootstrap_requires_token,
         },
         local_agent,
     )

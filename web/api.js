@@ -121,7 +121,6 @@ export const api = {
   changePassword: (currentPassword, newPassword, o) => request('POST', '/v1/auth/password', { ...o, body: { current_password: currentPassword, new_password: newPassword } }),
   me: (o) => request('GET', '/v1/me', o),
   switchTeam: (teamId, o) => request('POST', '/v1/auth/switch-team', { ...o, body: { team_id: teamId } }),
-  searchUsers: (q, o) => request('GET', '/v1/users/search', { ...o, query: { q } }).then((r) => r.users),
 
   // Teams
   teams: (o) => request('GET', '/v1/teams', o).then((r) => r.teams),
@@ -129,7 +128,10 @@ export const api = {
   team: (id, o) => request('GET', `/v1/teams/${enc(id)}`, o),
   renameTeam: (id, name, o) => request('PATCH', `/v1/teams/${enc(id)}`, { ...o, body: { name } }),
   deleteTeam: (id, o) => request('DELETE', `/v1/teams/${enc(id)}`, o),
-  addMember: (id, email, role, o) => request('POST', `/v1/teams/${enc(id)}/members`, { ...o, body: { email, role } }),
+  invites: (id, o) => request('GET', `/v1/teams/${enc(id)}/invites`, o).then((r) => r.invites),
+  createInvite: (id, role, o) => request('POST', `/v1/teams/${enc(id)}/invites`, { ...o, body: { role } }),
+  revokeInvite: (id, inviteId, o) => request('DELETE', `/v1/teams/${enc(id)}/invites/${enc(inviteId)}`, o),
+  acceptInvite: (token, o) => request('POST', '/v1/invites/accept', { ...o, body: { token } }),
   setRole: (id, userId, role, o) => request('PATCH', `/v1/teams/${enc(id)}/members/${enc(userId)}`, { ...o, body: { role } }),
   removeMember: (id, userId, o) => request('DELETE', `/v1/teams/${enc(id)}/members/${enc(userId)}`, o),
   leaveTeam: (id, o) => request('POST', `/v1/teams/${enc(id)}/leave`, o),

@@ -3,7 +3,7 @@
 // active. Pages live in pages/*.js and get a `ctx` (see mountPage).
 
 import { api, cancelAll, isAbort, onUnauthorized, setToken } from './api.js';
-import { alertBox, busy, button, clearToasts, errorText, field, fill, h, icon, openDialog, toast } from './ui.js';
+import { alertBox, busy, button, clearToasts, confirmDialog, errorText, field, fill, h, icon, openDialog, toast } from './ui.js';
 import { capitalize, initials } from './format.js';
 import { TOKEN_KEY, canSeeHosts, currentTeam, resetStore, saveToken, savedToken, store } from './store.js';
 import loginPage from './pages/login.js';
@@ -42,6 +42,9 @@ const root = document.getElementById('app');
 let shell = null; // the signed-in layout, rebuilt for every user
 let page = null; // { controller, cleanups } of the mounted page
 let flash = null; // a message for the login page (e.g. why the session ended)
+// Secrets from a link's fragment (`#invite=…`, `#bootstrap=…`), kept here once the address bar
+// no longer shows them: the sign-up page fills them in, a signed-in user is offered the invite.
+const pending = { invite: null, bootstrap: null };
 let firstRender = true;
 
 // ---- Routing
@@ -274,6 +277,39 @@ async function signIn(auth) {
   }
   flash = null;
   navigate('/sandboxes');
+  offerInvite();
+}
+
+/** A signed-in user opened an invite link: ask before joining its team. */
+function offerInvite() {
+  const token = pending.invite;
+  if (!token || !store.me) return;
+  pending.invite = null;
+  confirmDialog({
+    title: 'Join a team?',
+    message: 'You opened an invite link. Join the team it is for? You keep your other teams.',
+    confirmLabel: 'Join team',
+    busyLabel: 'Joining…',
+    action: () => api.acceptInvite(token),
+    onDone: (team) => switchTeam(team.id, { message: `You joined ${team.name} as ${team.role === 'admin' ? 'an admin' : 'a member'}.` }),
+  });
+}
+
+/** Takes `#invite=` and `#bootstrap=` out of the address (they are secrets); true if there were any. */
+function takeLinkSecrets() {
+  const frag = new URLSearchParams(window.location.hash.slice(1));
+  if (!frag.has('invite') && !frag.has('bootstrap')) return false;
+  if (frag.get('invite')) pending.invite = frag.get('invite');
+  if (frag.get('bootstrap')) pending.bootstrap = frag.get('bootstrap');
+  window.history.replaceState({}, '', window.location.pathname === '/' ? (store.me ? '/sandboxes' : '/signup') : window.location.pathname);
+  return true;
+}
+
+/** A link opened while the app runs (only the fragment changed). */
+function onHashChange() {
+  if (!takeLinkSecrets()) return;
+  if (store.me) offerInvite();
+  else navigate('/signup');
 }
 
 function signOut(message = null) {
@@ -340,7 +376,7 @@ function takeFlash() {
   return m;
 }
 
-const app = { navigate, signIn, signOut, logOut, switchTeam, afterTeamGone, refreshIdentity, takeFlash };
+const app = { navigate, signIn, signOut, logOut, switchTeam, afterTeamGone, refreshIdentity, takeFlash, pending };
 
 // ---- Start
 
@@ -356,6 +392,7 @@ function interceptLinks(e) {
 
 const OAUTH_ERRORS = {
   email_taken: 'An account with your GitHub email already exists. Sign in with its password.',
+  signup_closed: 'This server does not create accounts through GitHub. Sign up with an invite link, then sign in.',
   oauth_failed: 'Signing in with GitHub did not work. Please try again.',
 };
 
@@ -368,6 +405,9 @@ async function start() {
   document.addEventListener('keydown', (e) => e.key === 'Escape' && shell?.sidebar.classList.contains('open') && toggleMenu(false));
   // Another tab signed in or out: follow it.
   window.addEventListener('storage', (e) => e.key === TOKEN_KEY && window.location.reload());
+
+  window.addEventListener('hashchange', onHashChange);
+  const linked = takeLinkSecrets();
 
   // Back from GitHub: the sign-in waits in an HttpOnly cookie only this browser holds, and
   // POST /v1/auth/github/finish redeems it (once). The fragment only says "done" or names an
@@ -404,8 +444,11 @@ async function start() {
   // A GitHub sign-in that did not finish: said on the login page, or (still signed in as before)
   // in a toast.
   if (oauthNote && !store.me) flash = oauthNote;
+  // An invite or bootstrap link for someone signed out leads to the sign-up page.
+  if (linked && !store.me) return navigate('/signup', { replace: true });
   render();
   if (oauthNote && store.me) toast(oauthNote, 'error');
+  offerInvite();
 }
 
 start();

@@ -152,6 +152,14 @@ pub struct ServerArgs {
     /// single-machine setups.
     #[arg(long, env = "SANDBOXCTL_ALLOW_PRIVATE_AGENT_ADDRESSES")]
     pub allow_private_agent_addresses: bool,
+    /// Who may sign up: `invite` (with a team invite), `open` (anyone) or `closed` (no one). The
+    /// first account of a fresh server signs up in every mode and becomes the platform admin.
+    #[arg(long, env = "SANDBOXCTL_SIGNUP", default_value = "invite")]
+    pub signup: crate::proto::vocab::SignupMode,
+    /// The first account needs the bootstrap token the server prints even from this machine: set
+    /// it when a reverse proxy on this machine makes every client look local.
+    #[arg(long, env = "SANDBOXCTL_BOOTSTRAP_REQUIRES_TOKEN")]
+    pub bootstrap_requires_token: bool,
     /// The admin account created on a fresh server with --local-agent.
     #[arg(
         long,
@@ -435,6 +443,13 @@ pub struct SignupArgs {
     /// Read the password from standard input (else SANDBOXCTL_PASSWORD).
     #[arg(long)]
     pub password_stdin: bool,
+    /// A team invite (its link or token): you join that team.
+    #[arg(long, env = "SANDBOXCTL_INVITE")]
+    pub invite: Option<String>,
+    /// For the first account of a fresh server from another machine: the file holding the
+    /// bootstrap token the server printed (DATA_DIR/bootstrap-token).
+    #[arg(long, value_name = "FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -666,14 +681,31 @@ pub enum TeamCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add a user by email.
-    Add {
-        email: String,
+    /// Make an invite link (one use, 7 days) that adds whoever accepts it to the team.
+    Invite {
+        /// The role it gives: admin or member.
         #[arg(long, default_value = "member")]
         role: String,
         #[arg(long)]
         team: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
+    /// The team's pending invites.
+    Invites {
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a pending invite.
+    RevokeInvite {
+        invite_id: String,
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Join a team with an invite (its link or token).
+    Join { invite: String },
     /// Remove a member.
     Remove {
         user_id: String,

@@ -26,6 +26,12 @@ pub struct SignupRequest {
     pub email: String,
     pub password: String,
     pub name: String,
+    /// A team invite's token: the new user joins that team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
+    /// The server's one-time bootstrap token: lets the first account sign up from anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token: Option<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]

@@ -112,6 +112,16 @@ vocabulary!(
 );
 
 vocabulary!(
+    /// Who may sign up on a server (`server --signup`): only with a team invite, anyone, or no one.
+    /// The first account of a fresh server is created in every mode (the bootstrap).
+    SignupMode, "signup mode" {
+        Invite => "invite",
+        Open => "open",
+        Closed => "closed",
+    }
+);
+
+vocabulary!(
     /// What a template is: one the agents build, a team's snapshot of a sandbox, or a team's
     /// imported root filesystem.
     TemplateKind, "template kind" {
@@ -171,6 +181,7 @@ mod tests {
         round_trip(TeamRole::ALL);
         round_trip(TemplateKind::ALL);
         round_trip(OnTimeout::ALL);
+        round_trip(SignupMode::ALL);
         assert_eq!(
             serde_json::to_string(&SandboxStatus::Running).unwrap(),
             r#""running""#

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bootstrap;
 pub mod clock;
 pub mod db;
 pub mod lock;
@@ -31,6 +32,7 @@ use self::auth::keys::ServerKeys;
 use self::db::Db;
 use self::pool::HostClientPool;
 use self::scheduler::{RoundRobinScheduler, Scheduler};
+use crate::proto::vocab::SignupMode;
 
 /// Settings that handlers and background tasks read.
 #[derive(Debug, Clone)]
@@ -44,6 +46,11 @@ pub struct Settings {
     pub max_file_bytes: u64,
     /// Accept BYOC agents on loopback, link-local and private addresses (tests, one machine).
     pub allow_private_agent_addresses: bool,
+    /// Who may sign up (SPEC §15).
+    pub signup: SignupMode,
+    /// The first account needs the bootstrap token even from a loopback client (a reverse proxy
+    /// on this machine makes every client look local).
+    pub bootstrap_requires_token: bool,
 }
 
 #[derive(Clone)]
@@ -54,6 +61,8 @@ pub struct AppState {
     pub scheduler: Arc<dyn Scheduler>,
     pub settings: Arc<Settings>,
     pub limits: Arc<ratelimit::AuthLimits>,
+    /// The one-time token that lets the first account sign up from anywhere.
+    pub bootstrap: Arc<bootstrap::Bootstrap>,
 }
 
 impl AppState {
@@ -72,6 +81,7 @@ impl AppState {
             scheduler: Arc::new(RoundRobinScheduler::default()),
             settings: Arc::new(settings),
             limits: Arc::new(ratelimit::AuthLimits::default()),
+            bootstrap: Arc::new(bootstrap::Bootstrap::new(data_dir)),
         })
     }
 }
@@ -117,11 +127,19 @@ pub struct ServerConfig {
     pub github: Option<api::oauth::GithubConfig>,
     pub max_file_bytes: u64,
     pub allow_private_agent_addresses: bool,
+    pub signup: SignupMode,
+    pub bootstrap_requires_token: bool,
 }
 
-/// Work started beside the server once it listens, given its state: the single-machine setup
-/// (`sandboxctl server --local-agent`) runs its agent there.
-pub type Companion = Box<dyn FnOnce(AppState) -> BoxFuture<'static, ()> + Send>;
+/// Work that goes with the server, given its state: the single-machine setup (`sandboxctl server
+/// --local-agent`) creates its admin in `prepare` and runs its agent in `run`.
+pub struct Companion {
+    /// Runs once the database is open, before the listener accepts anything; an error stops the
+    /// server.
+    pub prepare: Box<dyn FnOnce(AppState) -> BoxFuture<'static, anyhow::Result<()>> + Send>,
+    /// Runs beside the server once it serves.
+    pub run: Box<dyn FnOnce(AppState) -> BoxFuture<'static, ()> + Send>,
+}
 
 pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| {
@@ -148,16 +166,27 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
             github: cfg.github.clone(),
             max_file_bytes: cfg.max_file_bytes,
             allow_private_agent_addresses: cfg.allow_private_agent_addresses,
+            signup: cfg.signup,
+            bootstrap_requires_token: cfg.bootstrap_requires_token,
         },
     )?;
-    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "sandboxctl server listening");
+    // Nothing is answered before this: the local setup's admin exists before anyone can sign up.
+    let companion = match companion {
+        Some(c) => {
+            (c.prepare)(state.clone()).await?;
+            Some(c.run)
+        }
+        None => None,
+    };
+    bootstrap::announce(&state, &cfg.data_dir).await?;
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), signup = %cfg.signup, "sandboxctl server listening");
     println!("sandboxctl server listening on {public_url}");
     let shutdown = async {
         let _ = shutdown_signal().await;
     };
     let server = tokio::spawn(serve(listener, state.clone(), shutdown));
-    if let Some(start) = companion {
-        tokio::spawn(start(state.clone()));
+    if let Some(run) = companion {
+        tokio::spawn(run(state.clone()));
     }
     server.await.context("server task")?
 }

@@ -7,7 +7,7 @@ use reqwest::Method;
 use sandboxctl::cli::client::ApiClient;
 use sandboxctl::proto::api::CreateHostRequest;
 
-use crate::common::{TestServer, raw};
+use crate::common::{TestServer, add_member, raw};
 
 /// Callers, in the order each row lists its statuses.
 const ROLES: [&str; 9] = [
@@ -27,7 +27,8 @@ struct Row {
     /// The route as the router spells it.
     route: &'static str,
     /// The concrete path, with placeholders: {T}, {fresh_team}, {fresh_byoc}, {fresh_key},
-    /// {fresh_member}, {sbx}, {H}.
+    /// {fresh_member}, {fresh_invite} (an invite to {T}), {fresh_team_invite} (an invite's token
+    /// to a fresh team), {sbx}, {H}.
     path: &'static str,
     body: Option<&'static str>,
     expect: [u16; 9],
@@ -207,10 +208,33 @@ fn rows() -> Vec<Row> {
         ),
         r(
             M::POST,
-            "/v1/teams/{id}/members",
-            "/v1/teams/{T}/members",
-            Some(r#"{"email":"{fresh_user_email}"}"#),
-            [401, 401, 401, 403, 404, 404, 403, 201, 201],
+            "/v1/teams/{id}/invites",
+            "/v1/teams/{T}/invites",
+            Some(r#"{"role":"member"}"#),
+            [401, 401, 401, 403, 404, 201, 403, 201, 201],
+        ),
+        r(
+            M::GET,
+            "/v1/teams/{id}/invites",
+            "/v1/teams/{T}/invites",
+            None,
+            [401, 401, 401, 403, 404, 200, 403, 200, 200],
+        ),
+        r(
+            M::DELETE,
+            "/v1/teams/{id}/invites/{invite_id}",
+            "/v1/teams/{T}/invites/{fresh_invite}",
+            None,
+            [401, 401, 401, 403, 404, 204, 403, 204, 204],
+        ),
+        // An invite to a fresh team of the owner's (with the admin and the member in it): anyone
+        // signed in who is not in the team yet joins.
+        r(
+            M::POST,
+            "/v1/invites/accept",
+            "/v1/invites/accept",
+            Some(r#"{"token":"{fresh_team_invite}"}"#),
+            [401, 401, 401, 403, 200, 200, 409, 409, 409],
         ),
         r(
             M::PATCH,
@@ -524,8 +548,9 @@ struct Fixture {
     tokens: Vec<Option<String>>,
     team: String,
     owner: ApiClient,
-    admin_email: String,
-    member_email: String,
+    /// The team admin's and member's clients (logged in to their own teams).
+    admin: ApiClient,
+    member: ApiClient,
     owner_email: String,
     host: String,
     sandbox: String,
@@ -537,16 +562,12 @@ impl Fixture {
         let s = TestServer::start().await;
         let (padmin, _) = s.signup("root@example.com", "Root").await;
         let (owner, oc) = s.signup("owner@example.com", "Owner").await;
-        let (_, _) = s.signup("admin@example.com", "Team Admin").await;
-        let (_, _) = s.signup("member@example.com", "Member").await;
+        let (_, ac) = s.signup("admin@example.com", "Team Admin").await;
+        let (_, mc) = s.signup("member@example.com", "Member").await;
         let (other, _) = s.signup("other@example.com", "Other").await;
         let team = owner.team_id.clone().unwrap();
-        oc.add_member(&team, "admin@example.com", "admin")
-            .await
-            .unwrap();
-        oc.add_member(&team, "member@example.com", "member")
-            .await
-            .unwrap();
+        add_member(&oc, &team, &ac, "admin").await;
+        add_member(&oc, &team, &mc, "member").await;
         // Log the admin and member in to the shared team.
         let admin = s
             .anon()
@@ -631,8 +652,8 @@ impl Fixture {
             tokens,
             team,
             owner: oc,
-            admin_email: "admin@example.com".into(),
-            member_email: "member@example.com".into(),
+            admin: ac,
+            member: mc,
             owner_email: owner.email,
             host: host_id,
             sandbox,
@@ -656,15 +677,28 @@ impl Fixture {
                 .create_team(&format!("fresh {}", self.next()))
                 .await
                 .unwrap();
-            self.owner
-                .add_member(&t.id, &self.admin_email, "admin")
-                .await
-                .unwrap();
-            self.owner
-                .add_member(&t.id, &self.member_email, "member")
-                .await
-                .unwrap();
+            add_member(&self.owner, &t.id, &self.admin, "admin").await;
+            add_member(&self.owner, &t.id, &self.member, "member").await;
             out = out.replace("{fresh_team}", &t.id);
+        }
+        if out.contains("{fresh_invite}") {
+            let i = self
+                .owner
+                .create_invite(&self.team, "member")
+                .await
+                .unwrap();
+            out = out.replace("{fresh_invite}", &i.invite.id);
+        }
+        if out.contains("{fresh_team_invite}") {
+            let t = self
+                .owner
+                .create_team(&format!("fresh {}", self.next()))
+                .await
+                .unwrap();
+            add_member(&self.owner, &t.id, &self.admin, "admin").await;
+            add_member(&self.owner, &t.id, &self.member, "member").await;
+            let i = self.owner.create_invite(&t.id, "member").await.unwrap();
+            out = out.replace("{fresh_team_invite}", &i.token);
         }
         if out.contains("{fresh_byoc}") {
             let h = self
@@ -714,12 +748,9 @@ impl Fixture {
         }
         if out.contains("{fresh_member}") || out.contains("{fresh_user_email}") {
             let email = format!("fresh{}@example.com", self.next());
-            let (u, _) = self.s.signup(&email, "Fresh").await;
+            let (u, fresh) = self.s.signup(&email, "Fresh").await;
             if out.contains("{fresh_member}") {
-                self.owner
-                    .add_member(&self.team, &email, "member")
-                    .await
-                    .unwrap();
+                add_member(&self.owner, &self.team, &fresh, "member").await;
             }
             out = out
                 .replace("{fresh_member}", &u.user_id)
@@ -734,8 +765,8 @@ impl Fixture {
         let email = match ROLES[i] {
             "other_team" => "other@example.com",
             "platform_admin" => "root@example.com",
-            "member" => &self.member_email,
-            "admin" => &self.admin_email,
+            "member" => "member@example.com",
+            "admin" => "admin@example.com",
             "owner" => &self.owner_email,
             _ => return self.tokens[i].clone(),
         };

@@ -14,6 +14,7 @@ mod oauth;
 mod ops;
 mod sandboxes;
 mod sessions;
+mod signup;
 mod snapshots;
 mod streams;
 mod vm;

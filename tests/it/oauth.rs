@@ -350,3 +350,59 @@ async fn no_github_login_without_configuration() {
         404
     );
 }
+
+#[tokio::test]
+async fn github_creates_no_account_where_signup_needs_an_invite() {
+    let fake = fake_github().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("gh-secret");
+    std::fs::write(&secret_file, "shh\n").unwrap();
+    let s = TestServer::start_signup(
+        None,
+        &[
+            "--github-client-id",
+            "cid",
+            "--github-client-secret-file",
+            secret_file.to_str().unwrap(),
+            "--github-url",
+            &fake,
+            "--github-api-url",
+            &fake,
+        ],
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    step(
+        "not the first account of a fresh server (no admin from GitHub)",
+        async {
+            let f = start(&http, &s).await;
+            let resp = callback(&http, &s, "code-octo", &f.state, Some(&f.cookie), true).await;
+            assert_eq!(resp.status(), 403);
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "signup_closed");
+        },
+    )
+    .await;
+    s.signup("admin@example.com", "Admin").await;
+    step(
+        "nor any account on an invite server; the browser is told why",
+        async {
+            let f = start(&http, &s).await;
+            let resp = callback(&http, &s, "code-octo", &f.state, Some(&f.cookie), false).await;
+            assert_eq!(resp.status(), 302);
+            assert_eq!(
+                resp.headers()["location"].to_str().unwrap(),
+                "/#oauth_error=signup_closed"
+            );
+            let n: i64 = s
+                .sqlite()
+                .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 1, "only the admin");
+        },
+    )
+    .await;
+}

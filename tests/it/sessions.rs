@@ -5,7 +5,7 @@
 use reqwest::Method;
 use sandboxctl::cli::client::ApiClient;
 
-use crate::common::{TestServer, cli, cli_login, code, raw, register_host, step};
+use crate::common::{TestServer, add_member, cli, cli_login, code, raw, register_host, step};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -270,17 +270,11 @@ struct Team {
 
 async fn team(s: &TestServer) -> Team {
     let (o, owner) = s.signup("owner@example.com", "Owner").await;
-    s.signup("admin@example.com", "Admin").await;
-    let (m, _) = s.signup("member@example.com", "Member").await;
+    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let (m, member) = s.signup("member@example.com", "Member").await;
     let id = o.team_id.unwrap();
-    owner
-        .add_member(&id, "admin@example.com", "admin")
-        .await
-        .unwrap();
-    owner
-        .add_member(&id, "member@example.com", "member")
-        .await
-        .unwrap();
+    add_member(&owner, &id, &admin, "admin").await;
+    add_member(&owner, &id, &member, "member").await;
     let in_team = |email: &'static str| {
         let (s, id) = (s, id.clone());
         async move {
@@ -378,10 +372,7 @@ async fn api_keys_follow_their_creators_role_and_membership() {
             t.admin.remove_member(&t.id, &t.member_id).await.unwrap();
             assert_eq!(key_status(&s, key).await, 401);
             // Back in the team, the old key is still dead (it was revoked with the removal).
-            t.owner
-                .add_member(&t.id, "member@example.com", "member")
-                .await
-                .unwrap();
+            add_member(&t.owner, &t.id, &t.member, "member").await;
             assert_eq!(key_status(&s, key).await, 401);
             assert!(
                 !t.owner

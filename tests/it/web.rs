@@ -172,6 +172,10 @@ async fn dashboard_in_a_real_browser() {
     let s = TestServer::start().await;
     let (_, admin) = s.signup(ADMIN_EMAIL, "Admin").await;
     let agent = TestAgent::start(&s, &admin).await;
+    // A second, fresh server that takes no signups and wants the bootstrap token even from
+    // loopback: the browser creates its admin with the token's link, then finds signups closed.
+    let closed = TestServer::start_signup(Some("closed"), &["--bootstrap-requires-token"]).await;
+    let bootstrap = std::fs::read_to_string(closed.data_dir().join("bootstrap-token")).unwrap();
     let shots = screenshot_dir();
     std::fs::create_dir_all(&shots).unwrap();
 
@@ -188,6 +192,8 @@ async fn dashboard_in_a_real_browser() {
     .env("SANDBOXCTL_ADMIN_EMAIL", ADMIN_EMAIL)
     .env("SANDBOXCTL_ADMIN_PASSWORD", PASSWORD)
     .env("SANDBOXCTL_AGENT_HOST", &agent.host_id)
+    .env("SANDBOXCTL_CLOSED_URL", &closed.url)
+    .env("SANDBOXCTL_CLOSED_BOOTSTRAP", bootstrap.trim())
     .env("SCREENSHOT_DIR", &shots)
     .env("CHROMIUM", chromium())
     .env("NO_COLOR", "1")

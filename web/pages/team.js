@@ -1,16 +1,16 @@
-// The active team: rename, members (separate Name and Email columns) with their roles, adding
-// people by email with suggestions, leaving, and deleting the team.
+// The active team: rename, members (separate Name and Email columns) with their roles, invite
+// links (the only way in: made, listed and revoked here), leaving, and deleting the team.
 
 import { api, isAbort } from '../api.js';
 import { ago, capitalize, dateTime } from '../format.js';
-import { alertBox, badge, busy, button, card, confirmDialog, dataTable, emptyState, field, fill, h, markField, openDialog, pageHeader, toast } from '../ui.js';
+import { alertBox, badge, busy, button, card, confirmDialog, copyField, dataTable, emptyState, field, fill, h, markField, openDialog, pageHeader, toast } from '../ui.js';
 import { hasTeam, store } from '../store.js';
 
 export default {
   title: 'Team',
   render(ctx) {
     if (!hasTeam()) {
-      return h('div', { class: 'page' }, pageHeader('Team'), card(null, emptyState('No active team', 'Create a team with the button in the sidebar, or ask a team admin to add you by your email.')));
+      return h('div', { class: 'page' }, pageHeader('Team'), card(null, emptyState('No active team', 'Create a team with the button in the sidebar, or ask a team owner or admin for an invite link.')));
     }
     const teamId = store.me.team_id;
     const alert = alertBox();
@@ -31,7 +31,7 @@ export default {
       const role = team.role;
       const admin = role === 'owner' || role === 'admin';
       fill(head, pageHeader(team.name, { subtitle: h('span', {}, 'Your role: ', badge(role, role === 'owner' ? 'info' : 'off'), ' · ', h('span', { class: 'mono' }, team.slug)) }));
-      fill(body, admin ? renameCard(team) : null, membersCard(team, admin), dangerCard(team));
+      fill(body, admin ? renameCard(team) : null, membersCard(team, admin), admin ? invitesCard(team) : null, dangerCard(team));
     }
 
     function renameCard(team) {
@@ -81,7 +81,7 @@ export default {
         ],
       });
       table.update(team.members);
-      return h('section', { class: 'card' }, h('h2', { class: 'card-title' }, `Members (${team.members.length})`), admin && addMemberForm(team), h('div', { class: 'card-flush-inner' }, table));
+      return h('section', { class: 'card' }, h('h2', { class: 'card-title' }, `Members (${team.members.length})`), h('div', { class: 'card-flush-inner' }, table));
     }
 
     function roleCell(team, m, admin) {
@@ -120,38 +120,80 @@ export default {
       });
     }
 
-    function addMemberForm(team) {
-      const email = h('input', { name: 'email', type: 'email', required: true, placeholder: 'name@example.com', autocomplete: 'off', spellcheck: 'false' });
+    function invitesCard(team) {
       const role = h('select', { name: 'role' }, h('option', { value: 'member' }, 'Member'), h('option', { value: 'admin' }, 'Admin'));
-      const add = button('Add member', { type: 'submit', variant: 'primary', icon: 'plus' });
+      const make = button('Create invite link', { type: 'submit', variant: 'primary', icon: 'plus' });
       const a = alertBox();
-      const suggest = userSuggestions(email, ctx.signal);
+      const made = h('div', { class: 'stack stack-sm', hidden: true });
+      const table = dataTable({
+        label: 'Pending invites',
+        empty: emptyState('No pending invites', 'Links you make show here until they are used, revoked or expire.'),
+        columns: [
+          { label: 'Role', cell: (i) => badge(i.role, 'off') },
+          { label: 'Created', cell: (i) => h('span', { title: dateTime(i.created_at) }, ago(i.created_at)) },
+          { label: 'Expires', cell: (i) => dateTime(i.expires_at) },
+          { label: 'Actions', class: 'actions-cell', cell: (i) => button('Revoke', { variant: 'danger', small: true, 'aria-label': `Revoke the ${i.role} invite made ${ago(i.created_at)}`, onclick: () => revokeInvite(team, i) }) },
+        ],
+      });
+      const refresh = async () => {
+        try {
+          table.update(await api.invites(team.id, { signal: ctx.signal }));
+        } catch (err) {
+          if (!isAbort(err)) a.show(err);
+        }
+      };
       const form = h(
         'form',
         {
-          class: 'inline-form add-member',
-          novalidate: true,
+          class: 'inline-form',
           async onsubmit(e) {
             e.preventDefault();
             a.clear();
-            if (!email.value.trim()) return a.show('Type the email address of the person to add.');
             try {
-              const m = await busy(add, 'Adding…', () => api.addMember(team.id, email.value.trim(), role.value));
-              toast(`Added ${m.name} as ${m.role}.`);
-              load();
+              const inv = await busy(make, 'Creating…', () => api.createInvite(team.id, role.value));
+              fill(
+                made,
+                h('p', {}, `An invite to join as ${inv.role === 'admin' ? 'an admin' : 'a member'}. Send this link to the person you invite; it works once, for 7 days, and is shown only now.`),
+                copyField(inv.url, 'Invite link'),
+              );
+              made.hidden = false;
+              refresh();
             } catch (err) {
-              a.show(err.status === 404 ? 'No account has that email address. They need to sign up first.' : err);
+              a.show(err);
               markField(form, err);
             }
           },
         },
-        h('div', { class: 'field combo' }, h('label', { for: 'member-email' }, 'Add by email'), suggest.wrap),
         field('Role', role),
-        add,
+        make,
       );
-      email.id = 'member-email';
-      email.setAttribute('aria-describedby', 'member-email-hint');
-      return h('div', { class: 'stack stack-sm' }, form, h('small', { class: 'hint', id: 'member-email-hint' }, 'People in your teams are suggested as you type (3+ characters); anyone else by their exact email.'), a);
+      invitesCard.refresh = refresh;
+      refresh();
+      return h(
+        'section',
+        { class: 'card' },
+        h('h2', { class: 'card-title' }, 'Invite people'),
+        h('p', { class: 'muted small' }, 'People join a team only with an invite link they accept: a new user signs up with it, someone with an account opens it while signed in.'),
+        form,
+        a,
+        made,
+        h('div', { class: 'card-flush-inner' }, table),
+      );
+    }
+
+    function revokeInvite(team, i) {
+      confirmDialog({
+        title: 'Revoke this invite?',
+        message: `The ${i.role} invite made ${ago(i.created_at)} stops working; whoever has the link can no longer join.`,
+        confirmLabel: 'Revoke invite',
+        busyLabel: 'Revoking…',
+        danger: true,
+        action: () => api.revokeInvite(team.id, i.id),
+        onDone: () => {
+          toast('Invite revoked.');
+          invitesCard.refresh?.();
+        },
+      });
     }
 
     function dangerCard(team) {
@@ -161,7 +203,7 @@ export default {
         onclick: () =>
           confirmDialog({
             title: `Leave ${team.name}?`,
-            message: 'You lose access to its sandboxes and API keys until someone adds you again.',
+            message: 'You lose access to its sandboxes and API keys until an owner or admin invites you again.',
             confirmLabel: 'Leave team',
             busyLabel: 'Leaving…',
             danger: true,
@@ -176,7 +218,7 @@ export default {
         h('h2', { class: 'card-title' }, 'Danger zone'),
         owner
           ? h('div', { class: 'danger-row' }, h('div', {}, h('strong', {}, 'Delete this team'), h('p', { class: 'muted small' }, 'Stops all of its sandboxes and revokes its API keys. The owner cannot leave; delete the team instead.')), del)
-          : h('div', { class: 'danger-row' }, h('div', {}, h('strong', {}, 'Leave this team'), h('p', { class: 'muted small' }, 'You can be added again by an owner or admin.')), leave),
+          : h('div', { class: 'danger-row' }, h('div', {}, h('strong', {}, 'Leave this team'), h('p', { class: 'muted small' }, 'An owner or admin can invite you again.')), leave),
       );
     }
 
@@ -217,85 +259,3 @@ export default {
     return h('div', { class: 'page' }, head, alert, body);
   },
 };
-
-/**
- * An email input with suggestions from GET /v1/users/search (3+ characters), as an ARIA combobox:
- * arrows move, Enter picks, Escape closes.
- */
-function userSuggestions(input, signal) {
-  const list = h('ul', { class: 'suggestions', role: 'listbox', id: 'member-suggestions', hidden: true });
-  input.setAttribute('role', 'combobox');
-  input.setAttribute('aria-autocomplete', 'list');
-  input.setAttribute('aria-controls', list.id);
-  input.setAttribute('aria-expanded', 'false');
-  let users = [];
-  let active = -1;
-  let timer = null;
-  let seq = 0;
-
-  const close = () => {
-    list.hidden = true;
-    input.setAttribute('aria-expanded', 'false');
-    input.removeAttribute('aria-activedescendant');
-    active = -1;
-  };
-  const pick = (u) => {
-    input.value = u.email;
-    close();
-  };
-  const draw = () => {
-    fill(
-      list,
-      users.map((u, i) =>
-        h(
-          'li',
-          { id: `sugg-${i}`, role: 'option', class: ['suggestion', i === active && 'active'], 'aria-selected': String(i === active), onmousedown: (e) => (e.preventDefault(), pick(u)) },
-          h('span', { class: 'sugg-name' }, u.name),
-          h('span', { class: 'sugg-email muted' }, u.email),
-        ),
-      ),
-    );
-    list.hidden = users.length === 0;
-    input.setAttribute('aria-expanded', String(!list.hidden));
-    if (active >= 0) input.setAttribute('aria-activedescendant', `sugg-${active}`);
-    else input.removeAttribute('aria-activedescendant');
-  };
-
-  input.addEventListener('input', () => {
-    clearTimeout(timer);
-    const q = input.value.trim();
-    if (q.length < 3) {
-      users = [];
-      return close();
-    }
-    timer = setTimeout(async () => {
-      const mine = ++seq;
-      try {
-        const found = await api.searchUsers(q, { signal });
-        if (mine !== seq) return;
-        users = found.slice(0, 8);
-        active = -1;
-        draw();
-      } catch {
-        users = [];
-        close();
-      }
-    }, 200);
-  });
-  input.addEventListener('keydown', (e) => {
-    if (list.hidden) return;
-    if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
-      e.preventDefault();
-      active = (active + (e.key === 'ArrowDown' ? 1 : -1) + users.length) % users.length;
-      draw();
-    } else if (e.key === 'Enter' && active >= 0) {
-      e.preventDefault();
-      pick(users[active]);
-    } else if (e.key === 'Escape') {
-      e.preventDefault();
-      close();
-    }
-  });
-  input.addEventListener('blur', () => setTimeout(close, 100));
-  return { wrap: h('div', { class: 'combo-wrap' }, input, list) };
-}

@@ -4,6 +4,8 @@
 //   SANDBOXCTL_URL          the server, e.g. http://127.0.0.1:40123
 //   SANDBOXCTL_ADMIN_EMAIL  the platform admin (first account), SANDBOXCTL_ADMIN_PASSWORD its password
 //   SANDBOXCTL_AGENT_HOST   the id of the host whose agent runs (regular host, online)
+//   SANDBOXCTL_CLOSED_URL   a second, fresh server started with --signup closed --bootstrap-requires-token,
+//   SANDBOXCTL_CLOSED_BOOTSTRAP  and its bootstrap token
 //   SCREENSHOT_DIR          where the page screenshots go (default ../../target/screenshots)
 //   CHROMIUM                the browser (default /usr/bin/chromium)
 // By hand: node --test web/tests/ with those set.
@@ -21,11 +23,14 @@ const BASE = need('SANDBOXCTL_URL').replace(/\/$/, '');
 const ADMIN_EMAIL = need('SANDBOXCTL_ADMIN_EMAIL');
 const ADMIN_PASSWORD = need('SANDBOXCTL_ADMIN_PASSWORD');
 const AGENT_HOST = need('SANDBOXCTL_AGENT_HOST');
+const CLOSED = need('SANDBOXCTL_CLOSED_URL').replace(/\/$/, '');
+const CLOSED_BOOTSTRAP = need('SANDBOXCTL_CLOSED_BOOTSTRAP');
 const SHOTS = resolve(process.env.SCREENSHOT_DIR ?? join(here, '..', '..', 'target', 'screenshots'));
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const PASSWORD = 'correct horse battery';
 const RUN = Date.now().toString(36);
 const ADA = { name: 'Ada Lovelace', email: `ada-${RUN}@example.com` };
+const GRACE = { name: 'Grace Hopper', email: `grace-${RUN}@example.com` };
 
 function need(name) {
   const v = process.env[name];
@@ -85,6 +90,29 @@ async function meStatus(token) {
   return (await fetch(`${BASE}/v1/me`, { headers: { authorization: `Bearer ${token}` } })).status;
 }
 
+/** Accepts an invite link through the REST API as the admin (the browser keeps its own session). */
+async function adminAccepts(link) {
+  const json = { 'content-type': 'application/json' };
+  const login = await fetch(`${BASE}/v1/auth/login`, { method: 'POST', headers: json, body: JSON.stringify({ email: ADMIN_EMAIL, password: ADMIN_PASSWORD }) });
+  assert.equal(login.status, 200);
+  const { token } = await login.json();
+  const invite = new URL(link).hash.replace(/^#invite=/, '');
+  const r = await fetch(`${BASE}/v1/invites/accept`, { method: 'POST', headers: { ...json, authorization: `Bearer ${token}` }, body: JSON.stringify({ token: invite }) });
+  assert.equal(r.status, 200, await r.text());
+}
+
+/** Makes an invite link on the team page for `role`; returns the link shown. */
+async function makeInvite(role) {
+  await page.getByLabel('Role', { exact: true }).selectOption(role);
+  await page.getByRole('button', { name: 'Create invite link', exact: true }).click();
+  const link = page.getByRole('textbox', { name: 'Invite link' });
+  await link.waitFor();
+  await page.waitForFunction((prev) => document.querySelector('input[aria-label="Invite link"]')?.value !== prev, makeInvite.last ?? '');
+  makeInvite.last = await link.inputValue();
+  assert.match(makeInvite.last, new RegExp(`^${BASE}/#invite=sbi_`));
+  return makeInvite.last;
+}
+
 async function signIn(email, password) {
   await page.getByLabel('Email').fill(email);
   await page.getByLabel('Password').fill(password);
@@ -114,7 +142,7 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => m.type() === 'error' && !/Failed to load resource/.test(m.text()) && problems.push(`console: ${m.text()}`));
   page.on('requestfailed', (r) => !/ERR_ABORTED/.test(r.failure()?.errorText ?? '') && problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
-  page.on('request', (r) => !r.url().startsWith(BASE) && !/^(data|blob):/.test(r.url()) && problems.push(`external request: ${r.url()}`));
+  page.on('request', (r) => !r.url().startsWith(BASE) && !r.url().startsWith(CLOSED) && !/^(data|blob):/.test(r.url()) && problems.push(`external request: ${r.url()}`));
   // Tokens never travel in URLs (the one-time download tickets are the exception).
   page.on('request', (r) => /access_token=|oauth_token=|eyJ/.test(r.url()) && problems.push(`token in a URL: ${r.url()}`));
   page.on('websocket', (ws) => /token=|eyJ/.test(ws.url()) && problems.push(`token in a WebSocket URL: ${ws.url()}`));
@@ -182,7 +210,15 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     await page.locator('.toast', { hasText: 'Password changed. 1 other session was signed out.' }).waitFor();
     assert.equal(await meStatus(third), 401, 'a session outlived the password change');
     await sidebar().locator('.user-name').getByText(ADA.name).waitFor();
-    assert.equal(await meStatus(await page.evaluate(() => localStorage.getItem('sandboxctl.token'))), 200);
+    const mine = await page.evaluate(() => localStorage.getItem('sandboxctl.token'));
+    assert.equal(await meStatus(mine), 200);
+    // Back to the old password for the later steps (this session stays).
+    const back = await fetch(`${BASE}/v1/auth/password`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${mine}` },
+      body: JSON.stringify({ current_password: `${PASSWORD} 2`, new_password: PASSWORD }),
+    });
+    assert.equal(back.status, 200, await back.text());
   });
 
   await step('a link with a token or an error in its fragment signs nobody in or out', async () => {
@@ -223,20 +259,32 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     assert.ok(!(await page.content()).includes(keyValue), 'the key is shown again');
   });
 
-  await step('team page: separate Name and Email columns; add a member by exact email', async () => {
+  await step('team page: separate Name and Email columns; an invite link adds a member, another is revoked', async () => {
     await go('Team');
     const headers = await main().locator('table thead th').allInnerTexts();
     assert.deepEqual(headers.slice(0, 3).map((x) => x.trim()), ['Name', 'Email', 'Role']);
     const me = row(ADA.email);
     assert.equal((await me.locator('td').nth(0).innerText()).replace(' (you)', '').trim(), ADA.name);
     assert.equal((await me.locator('td').nth(1).innerText()).trim(), ADA.email);
-    // Someone outside the team is found by their exact email only.
-    await page.getByLabel('Add by email').fill(ADMIN_EMAIL);
-    await page.getByRole('listbox').getByRole('option', { name: /Admin/ }).click();
-    assert.equal(await page.getByLabel('Add by email').inputValue(), ADMIN_EMAIL);
-    await page.getByRole('button', { name: 'Add member', exact: true }).click();
+    await page.getByText('No pending invites').waitFor();
+    const link = await makeInvite('member');
+    await page.getByRole('button', { name: 'Copy', exact: true }).click();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), link);
+    await page.getByRole('table', { name: 'Pending invites' }).getByText('member', { exact: true }).waitFor();
+    await shot('team-invite');
+    // Someone accepts it: they are a member, and the invite is no longer pending.
+    await adminAccepts(link);
+    await page.reload();
     await row(ADMIN_EMAIL).waitFor();
     assert.equal((await row(ADMIN_EMAIL).locator('td').nth(0).innerText()).trim(), 'Admin');
+    await page.getByText('No pending invites').waitFor();
+    // Another one is revoked before anyone uses it.
+    await makeInvite('admin');
+    const pendingInvites = page.getByRole('table', { name: 'Pending invites' });
+    await pendingInvites.getByRole('button', { name: /^Revoke the admin invite/ }).click();
+    await dialog().getByRole('button', { name: 'Revoke invite', exact: true }).click();
+    await dialog().waitFor({ state: 'detached' });
+    await page.getByText('No pending invites').waitFor();
     await shot('team');
   });
 
@@ -248,15 +296,9 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     await page.getByRole('heading', { level: 1, name: `Research ${RUN}` }).waitFor();
     const select = sidebar().getByLabel('Team');
     assert.equal(await select.locator('option:checked').innerText(), `Research ${RUN}`);
-    // A co-member is suggested from 3 characters on; the keyboard picks it.
-    const email = page.getByLabel('Add by email');
-    await email.pressSequentially('adm');
-    await page.getByRole('listbox').getByRole('option', { name: /Admin/ }).waitFor();
-    await email.press('ArrowDown');
-    await email.press('Enter');
-    assert.equal(await email.inputValue(), ADMIN_EMAIL);
-    await page.getByLabel('Role', { exact: true }).selectOption('admin');
-    await page.getByRole('button', { name: 'Add member', exact: true }).click();
+    // An invite for an admin, accepted: the member list shows the role.
+    await adminAccepts(await makeInvite('admin'));
+    await page.reload();
     await row(ADMIN_EMAIL).getByRole('combobox').waitFor();
     assert.equal(await row(ADMIN_EMAIL).getByRole('combobox').inputValue(), 'admin');
     // Keys belong to a team: the new one has none; switching back shows "ci" again.
@@ -308,6 +350,74 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     await go('API keys');
     await page.getByText('No API keys').waitFor();
     assert.ok(!(await page.content()).includes(keyValue.slice(0, 10)));
+  });
+
+  await step('an invite link signs a new person up into the team; a signed-in user joins with one', async () => {
+    await go('Team');
+    const teamName = (await page.getByRole('heading', { level: 1 }).innerText()).trim();
+    const forGrace = await makeInvite('member');
+    const forAda = await makeInvite('admin');
+    await sidebar().getByRole('button', { name: 'Log out', exact: true }).click();
+    await page.waitForURL('**/login');
+    // Signed out, the link opens the sign-up page with the invite in it (and out of the address bar).
+    await page.goto(forGrace);
+    await page.waitForURL('**/signup');
+    assert.ok(!page.url().includes('invite='), 'the invite stays in the address bar');
+    await page.getByText('You join the team that invited you.').waitFor();
+    assert.equal(await page.getByLabel('Invite link or token').inputValue(), new URL(forGrace).hash.replace('#invite=', ''));
+    await page.getByLabel('Name').fill(GRACE.name);
+    await page.getByLabel('Email').fill(GRACE.email);
+    await page.getByLabel('Password').fill(PASSWORD);
+    await shot('signup-invite');
+    await page.getByRole('button', { name: 'Create account', exact: true }).click();
+    await page.waitForURL('**/sandboxes');
+    assert.equal(await sidebar().getByLabel('Team').locator('option:checked').innerText(), teamName);
+    // Ada, signed in (her teams are gone), opens the other link: she is asked, and joins as admin.
+    await sidebar().getByRole('button', { name: 'Log out', exact: true }).click();
+    await page.waitForURL('**/login');
+    await signIn(ADA.email, PASSWORD);
+    await page.waitForURL('**/sandboxes');
+    await page.goto(forAda);
+    await dialog().getByRole('button', { name: 'Join team', exact: true }).click();
+    await page.getByText(`You joined ${teamName} as an admin.`).waitFor();
+    assert.equal(await sidebar().getByLabel('Team').locator('option:checked').innerText(), teamName);
+    // A used link says so.
+    await page.goto(forGrace);
+    await dialog().getByRole('button', { name: 'Join team', exact: true }).click();
+    await dialog().getByText('This invite was already used; ask for a new one.').waitFor();
+    await dialog().getByRole('button', { name: 'Cancel', exact: true }).click();
+    await sidebar().getByRole('button', { name: 'Log out', exact: true }).click();
+    await page.waitForURL('**/login');
+    await signIn(ADMIN_EMAIL, ADMIN_PASSWORD);
+    await page.waitForURL('**/sandboxes');
+  });
+
+  await step('a fresh server: its admin signs up with the bootstrap link; then it takes no signups and says so', async () => {
+    await page.goto(`${CLOSED}/signup`);
+    await page.getByText('This server has no account yet: the first one becomes its platform admin.').waitFor();
+    await page.getByLabel('Name').fill('Operator');
+    await page.getByLabel('Email').fill('operator@example.com');
+    await page.getByLabel('Password').fill(PASSWORD);
+    await page.getByRole('button', { name: 'Create account', exact: true }).click();
+    await main().getByRole('alert').getByText(/bootstrap token/).waitFor();
+    // The link the server printed fills the token in.
+    await page.goto(`${CLOSED}/#bootstrap=${CLOSED_BOOTSTRAP}`);
+    await page.waitForURL('**/signup');
+    assert.equal(await page.getByLabel('Bootstrap token').inputValue(), CLOSED_BOOTSTRAP);
+    await page.getByLabel('Name').fill('Operator');
+    await page.getByLabel('Email').fill('operator@example.com');
+    await page.getByLabel('Password').fill(PASSWORD);
+    await shot('signup-bootstrap');
+    await page.getByRole('button', { name: 'Create account', exact: true }).click();
+    await page.waitForURL('**/sandboxes');
+    await sidebar().getByRole('link', { name: 'Hosts' }).waitFor(); // the platform admin
+    await sidebar().getByRole('button', { name: 'Log out', exact: true }).click();
+    await page.goto(`${CLOSED}/signup`);
+    await page.getByText('This server does not take new accounts.').waitFor();
+    assert.equal(await page.getByRole('button', { name: 'Create account', exact: true }).isVisible(), false);
+    await shot('signup-closed');
+    await page.goto('/sandboxes');
+    await sidebar().locator('.user-name').getByText('Admin', { exact: true }).waitFor();
   });
 
   await step('create a sandbox (with progress) and see it running', async () => {

@@ -13,12 +13,19 @@ impl ApiClient {
         password: &str,
         name: &str,
     ) -> Result<AuthResponse, ClientError> {
-        let body = SignupRequest {
+        self.signup_with(&SignupRequest {
             email: email.into(),
             password: password.into(),
             name: name.into(),
-        };
-        self.json(reqwest::Method::POST, "/v1/auth/signup", Some(&body))
+            invite: None,
+            bootstrap_token: None,
+        })
+        .await
+    }
+
+    /// Signs up with every field of the request (an invite, the bootstrap token).
+    pub async fn signup_with(&self, body: &SignupRequest) -> Result<AuthResponse, ClientError> {
+        self.json(reqwest::Method::POST, "/v1/auth/signup", Some(body))
             .await
     }
 

@@ -6,7 +6,7 @@ mod files;
 mod hosts;
 mod keys;
 mod sandboxes;
-mod teams;
+pub mod teams;
 mod templates;
 
 use std::time::Duration;

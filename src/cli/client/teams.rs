@@ -1,9 +1,10 @@
-//! Teams, members and roles, switching the token's team, finding users to add.
+//! Teams, members and roles, invites, switching the token's team, finding team mates.
 
 use super::{ApiClient, ClientError};
 use crate::proto::api::AuthResponse;
 use crate::proto::teams::{
-    AddMemberRequest, MemberResponse, NameRequest, RoleRequest, SwitchTeamRequest,
+    AcceptInviteRequest, CreateInviteRequest, CreatedInviteResponse, InviteListResponse,
+    InviteResponse, MemberResponse, NameRequest, RoleRequest, SwitchTeamRequest,
     TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse, UserSummary,
 };
 use crate::urlencode;
@@ -44,18 +45,49 @@ impl ApiClient {
             .await
     }
 
-    pub async fn add_member(
+    /// Makes an invite to `team` for `role` (admin or member); the answer holds the token once.
+    pub async fn create_invite(
         &self,
         team: &str,
-        email: &str,
         role: &str,
-    ) -> Result<MemberResponse, ClientError> {
+    ) -> Result<CreatedInviteResponse, ClientError> {
         self.json(
             reqwest::Method::POST,
-            &format!("/v1/teams/{team}/members"),
-            Some(&AddMemberRequest {
-                email: email.into(),
+            &format!("/v1/teams/{team}/invites"),
+            Some(&CreateInviteRequest {
                 role: Some(role.into()),
+            }),
+        )
+        .await
+    }
+
+    /// The team's pending invites.
+    pub async fn list_invites(&self, team: &str) -> Result<Vec<InviteResponse>, ClientError> {
+        Ok(self
+            .json::<(), InviteListResponse>(
+                reqwest::Method::GET,
+                &format!("/v1/teams/{team}/invites"),
+                None,
+            )
+            .await?
+            .invites)
+    }
+
+    pub async fn revoke_invite(&self, team: &str, invite: &str) -> Result<(), ClientError> {
+        self.empty(
+            reqwest::Method::DELETE,
+            &format!("/v1/teams/{team}/invites/{invite}"),
+        )
+        .await
+    }
+
+    /// Joins the team an invite is for (the token, or the link that carries it).
+    pub async fn accept_invite(&self, token: &str) -> Result<TeamResponse, ClientError> {
+        self.json(
+            reqwest::Method::POST,
+            "/v1/invites/accept",
+            Some(&AcceptInviteRequest {
+                token: invite_token(token).into(),
             }),
         )
         .await
@@ -105,5 +137,27 @@ impl ApiClient {
             .json::<(), UserSearchResponse>(reqwest::Method::GET, &url, None)
             .await?
             .users)
+    }
+}
+
+/// The token of an invite given as the token itself or as the link that carries it
+/// (`…/#invite=TOKEN`).
+pub fn invite_token(given: &str) -> &str {
+    let given = given.trim();
+    match given.rsplit_once("invite=") {
+        Some((_, t)) => t.split('&').next().unwrap_or(t),
+        None => given,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn invite_links_and_tokens() {
+        assert_eq!(super::invite_token(" sbi_abc "), "sbi_abc");
+        assert_eq!(
+            super::invite_token("https://sbx.example.com/#invite=sbi_abc"),
+            "sbi_abc"
+        );
     }
 }

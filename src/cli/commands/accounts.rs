@@ -9,6 +9,7 @@ use super::{client, config};
 use crate::cli::client::ApiClient;
 use crate::cli::config::CliConfig;
 use crate::cli::{LoginArgs, SignupArgs};
+use crate::proto::api::SignupRequest;
 
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     let pw = if from_stdin {
@@ -30,7 +31,27 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 pub async fn signup(a: SignupArgs) -> anyhow::Result<i32> {
     let pw = read_password(a.password_stdin)?;
     let c = ApiClient::new(&a.server, None);
-    let r = c.signup(&a.email, &pw, &a.name).await?;
+    let bootstrap_token = match &a.bootstrap_token_file {
+        None => None,
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the bootstrap token from {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+    };
+    let r = c
+        .signup_with(&SignupRequest {
+            email: a.email.clone(),
+            password: pw,
+            name: a.name.clone(),
+            invite: a
+                .invite
+                .as_deref()
+                .map(|i| crate::cli::client::teams::invite_token(i).to_string()),
+            bootstrap_token,
+        })
+        .await?;
     config::save(&CliConfig {
         server: Some(c.base().to_string()),
         token: Some(r.token),

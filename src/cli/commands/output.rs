@@ -18,6 +18,18 @@ pub(super) fn age(ts: i64) -> String {
     }
 }
 
+/// How long until a Unix time, in the largest fitting unit (`in 6d`), or `expired`.
+pub(super) fn until(ts: i64) -> String {
+    let secs = ts - crate::time::unix_now();
+    match secs {
+        s if s <= 0 => "expired".into(),
+        s if s < 120 => format!("in {s}s"),
+        s if s < 7200 => format!("in {}m", s / 60),
+        s if s < 172800 => format!("in {}h", s / 3600),
+        s => format!("in {}d", s / 86400),
+    }
+}
+
 /// Prints rows as an aligned table.
 pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 
-use super::output::{print_json, table};
+use super::output::{print_json, table, until};
 use super::{client, config};
 use crate::cli::TeamCommand;
 use crate::cli::client::ApiClient;
@@ -90,10 +90,53 @@ pub async fn team(cmd: TeamCommand) -> anyhow::Result<i32> {
                 );
             }
         }
-        TeamCommand::Add { email, role, team } => {
+        TeamCommand::Invite { role, team, json } => {
             let id = team_or_current(&c, team).await?;
-            let m = c.add_member(&id, &email, &role).await?;
-            println!("{} <{}> added to {id} as {}", m.name, m.email, m.role);
+            let inv = c.create_invite(&id, &role).await?;
+            if json {
+                print_json(&inv)?;
+            } else {
+                println!("{}", inv.url);
+                eprintln!(
+                    "invite {} to {id} as {} (one use, expires {}): send the link; a new user signs up with it, an existing one runs `sandboxctl team join LINK`",
+                    inv.invite.id,
+                    inv.invite.role,
+                    until(inv.invite.expires_at)
+                );
+            }
+        }
+        TeamCommand::Invites { team, json } => {
+            let id = team_or_current(&c, team).await?;
+            let list = c.list_invites(&id).await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                table(
+                    &["ID", "ROLE", "CREATED BY", "EXPIRES"],
+                    list.iter()
+                        .map(|i| {
+                            vec![
+                                i.id.clone(),
+                                i.role.to_string(),
+                                i.created_by.clone(),
+                                until(i.expires_at),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        TeamCommand::RevokeInvite { invite_id, team } => {
+            let id = team_or_current(&c, team).await?;
+            c.revoke_invite(&id, &invite_id).await?;
+            println!("invite {invite_id} revoked");
+        }
+        TeamCommand::Join { invite } => {
+            let t = c.accept_invite(&invite).await?;
+            println!(
+                "you joined {} ({}) as {}; `sandboxctl team switch {}` to work in it",
+                t.name, t.id, t.role, t.id
+            );
         }
         TeamCommand::Remove { user_id, team } => {
             let id = team_or_current(&c, team).await?;

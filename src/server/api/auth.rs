@@ -11,8 +11,9 @@ use super::extract::{ApiJson, AuthUser};
 use super::signin::{self, ClientInfo, SessionUser};
 use crate::crypto;
 use crate::proto::api::{AuthResponse, LoginRequest, MeResponse, SignupRequest};
-use crate::server::AppState;
+use crate::proto::vocab::SignupMode;
 use crate::server::db::{DbError, audit, users};
+use crate::server::{AppState, bootstrap};
 
 pub const MIN_PASSWORD: usize = 8;
 pub const MAX_PASSWORD: usize = 1024;
@@ -94,6 +95,9 @@ pub fn account_failed(st: &AppState, account: &str) {
     let _ = st.limits.per_account.check(account);
 }
 
+/// Signs a user up, if the server lets them in (SPEC §15): the first account of a fresh server
+/// (from loopback or with the bootstrap token) becomes the platform admin; after that an `invite`
+/// server needs a team invite, an `open` one takes anyone, a `closed` one no one.
 pub async fn signup(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -104,6 +108,28 @@ pub async fn signup(
     let email = normalize_email(&req.email)?;
     validate_password(&req.password)?;
     let name = validate_name(&req.name)?;
+    let invite_hash = match req.invite.as_deref().map(str::trim) {
+        None => None,
+        Some("") => return Err(ApiError::bad("invite", "must not be empty")),
+        Some(t) if t.len() > 200 => return Err(ApiError::bad("invite", "not an invite token")),
+        Some(t) => Some(crypto::sha256_hex(t.as_bytes())),
+    };
+    let may_bootstrap = bootstrap::may_bootstrap(&st, peer.ip(), req.bootstrap_token.as_deref());
+    // Refused before the expensive hash when nothing could let this signup in.
+    let mode = st.settings.signup;
+    let hopeless = match mode {
+        SignupMode::Closed => true,
+        SignupMode::Invite => invite_hash.is_none(),
+        SignupMode::Open => false,
+    };
+    if hopeless && !may_bootstrap {
+        let fresh = st.db.call(|c| users::count(c)).await? == 0;
+        return Err(refused(DbError::Conflict(if fresh {
+            "bootstrap_required"
+        } else {
+            "signup_closed"
+        })));
+    }
     let password = req.password.clone();
     let hash = tokio::task::spawn_blocking(move || crypto::hash_password(&password))
         .await
@@ -111,14 +137,20 @@ pub async fn signup(
     let (em, nm) = (email.clone(), name.clone());
     let (user, team_id) = st
         .db
-        .call(move |c| users::create_with_team(c, &em, &nm, Some(&hash)))
+        .call(move |c| {
+            let admission = users::Admission {
+                mode,
+                may_bootstrap,
+                invite_hash: invite_hash.as_deref(),
+            };
+            users::signup(c, &em, &nm, &hash, admission)
+        })
         .await
-        .map_err(|e| match e {
-            DbError::Conflict("email_taken") => {
-                ApiError::conflict("email_taken", "an account with this email already exists")
-            }
-            other => other.into(),
-        })?;
+        .map_err(refused)?;
+    if user.is_admin {
+        st.bootstrap.finished();
+        tracing::info!(user = %user.id, "the first account signed up: platform admin");
+    }
     let token = signin::start(
         &st,
         SessionUser {
@@ -142,6 +174,43 @@ pub async fn signup(
             is_admin: user.is_admin,
         }),
     ))
+}
+
+/// Why a signup (or an invite's acceptance) was refused, as the API says it.
+pub fn refused(e: DbError) -> ApiError {
+    match e {
+        DbError::Conflict("email_taken") => {
+            ApiError::conflict("email_taken", "an account with this email already exists")
+        }
+        DbError::Conflict("signup_closed") => ApiError::forbidden(
+            "signup_closed",
+            "this server does not take new accounts without an invite; ask a team owner or admin for one",
+        ),
+        DbError::Conflict("bootstrap_required") => ApiError::forbidden(
+            "signup_closed",
+            "this server has no account yet: the first one signs up from the server's own machine, or with the bootstrap token the server printed at start",
+        ),
+        DbError::Conflict("invite_invalid") => ApiError::forbidden(
+            "invite_invalid",
+            "this invite does not exist (check the link) or its team was deleted",
+        ),
+        DbError::Conflict("invite_expired") => ApiError::forbidden(
+            "invite_expired",
+            "this invite has expired; ask for a new one",
+        ),
+        DbError::Conflict("invite_used") => ApiError::forbidden(
+            "invite_used",
+            "this invite was already used; ask for a new one",
+        ),
+        DbError::Conflict("invite_revoked") => ApiError::forbidden(
+            "invite_revoked",
+            "this invite was revoked; ask for a new one",
+        ),
+        DbError::Conflict("already_member") => {
+            ApiError::conflict("already_member", "you are already a member of this team")
+        }
+        other => other.into(),
+    }
 }
 
 pub async fn login(

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod files;
 pub mod hosts;
 pub mod imports;
+pub mod invites;
 pub mod keys;
 pub mod lifecycle;
 pub mod oauth;
@@ -50,7 +51,15 @@ pub fn router() -> Router<AppState> {
             "/v1/teams/{id}",
             get(teams::get).patch(teams::rename).delete(teams::delete),
         )
-        .route("/v1/teams/{id}/members", post(teams::add_member))
+        .route(
+            "/v1/teams/{id}/invites",
+            post(invites::create).get(invites::list),
+        )
+        .route(
+            "/v1/teams/{id}/invites/{invite_id}",
+            axum::routing::delete(invites::revoke),
+        )
+        .route("/v1/invites/accept", post(invites::accept))
         .route(
             "/v1/teams/{id}/members/{user_id}",
             axum::routing::patch(teams::set_role).delete(teams::remove_member),

@@ -24,6 +24,7 @@ use super::extract::ApiQuery;
 use super::signin::{self, ClientInfo, SessionUser, issue_ticket, redeem_ticket};
 use crate::crypto;
 use crate::proto::api::AuthResponse;
+use crate::proto::vocab::SignupMode;
 use crate::server::AppState;
 use crate::server::db::{DbError, now, tickets, users};
 
@@ -57,12 +58,21 @@ impl std::fmt::Debug for GithubConfig {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ProvidersResponse {
     pub github: bool,
+    /// Who may sign up: `invite`, `open` or `closed` (SPEC §15).
+    pub signup: SignupMode,
+    /// The server has no account yet: the first signup (from the server's machine or with the
+    /// bootstrap token) becomes the platform admin.
+    pub bootstrap: bool,
 }
 
-pub async fn providers(State(st): State<AppState>) -> Json<ProvidersResponse> {
-    Json(ProvidersResponse {
+/// How one may sign in and up here (the dashboard's login page asks before it shows itself).
+pub async fn providers(State(st): State<AppState>) -> ApiResult<Json<ProvidersResponse>> {
+    let accounts = st.db.call(|c| users::count(c)).await?;
+    Ok(Json(ProvidersResponse {
         github: st.settings.github.is_some(),
-    })
+        signup: st.settings.signup,
+        bootstrap: accounts == 0,
+    }))
 }
 
 fn github(st: &AppState) -> ApiResult<&GithubConfig> {
@@ -211,6 +221,10 @@ pub async fn callback(
         (Err(e), false) => {
             let code = match &e {
                 ApiError::Conflict { code, .. } => *code,
+                ApiError::Forbidden {
+                    code: "signup_closed",
+                    ..
+                } => "signup_closed",
                 _ => "oauth_failed",
             };
             tracing::warn!(error = %e, "GitHub sign-in failed");
@@ -401,6 +415,7 @@ async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiRes
     )
     .unwrap_or_else(|_| user.login.chars().take(100).collect());
     let gh_id = user.id.to_string();
+    let mode = st.settings.signup;
     let (u, team) = st
         .db
         .call(move |c| {
@@ -411,7 +426,8 @@ async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiRes
             if users::by_email(c, &email)?.is_some() {
                 return Err(DbError::Conflict("email_taken"));
             }
-            let (u, team) = users::create_from_identity(c, "github", &gh_id, &email, &name)?;
+            let (u, team) =
+                users::create_from_identity(c, mode, "github", &gh_id, &email, &name)?;
             Ok((u, Some(team)))
         })
         .await
@@ -419,6 +435,10 @@ async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiRes
             DbError::Conflict("email_taken") => ApiError::conflict(
                 "email_taken",
                 "an account with this email already exists; log in with your password",
+            ),
+            DbError::Conflict("signup_closed") => ApiError::forbidden(
+                "signup_closed",
+                "this server does not take new accounts through GitHub; sign up with an invite, then log in",
             ),
             other => other.into(),
         })?;

@@ -60,6 +60,31 @@ pub async fn membership(st: &AppState, user: &AuthUser, team_id: &str) -> ApiRes
     found.ok_or(ApiError::NotFound("team"))
 }
 
+/// Team-admin work that a platform admin may do in any active team too (making and revoking
+/// invites): the team's owners and admins, and platform admins; 403 `team_admin_required` for
+/// members, 404 for everyone else.
+pub async fn admin_or_platform_admin(
+    st: &AppState,
+    user: &AuthUser,
+    team_id: &str,
+) -> ApiResult<TeamAdmin> {
+    if user.is_admin {
+        let (t, u) = (team_id.to_string(), user.user_id.clone());
+        let (active, role) = st
+            .db
+            .call(move |c| Ok((users::team_active(c, &t)?, users::membership(c, &t, &u)?)))
+            .await?;
+        if !active {
+            return Err(ApiError::NotFound("team"));
+        }
+        return Ok(TeamAdmin {
+            team_id: team_id.to_string(),
+            role: role.unwrap_or(TeamRole::Admin),
+        });
+    }
+    membership(st, user, team_id).await?.admin()
+}
+
 impl Membership {
     /// Owners and admins; 403 `team_admin_required` for members.
     pub fn admin(&self) -> ApiResult<TeamAdmin> {

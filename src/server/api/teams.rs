@@ -1,5 +1,6 @@
-//! Teams: mine, create, get with members, rename, delete, members add/role/remove, leave; switching
-//! the token's team; finding users to add.
+//! Teams: mine, create, get with members, rename, delete, members role/remove, leave; switching
+//! the token's team; finding team mates. People join a team only through an invite
+//! (`api/invites.rs`).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -13,8 +14,8 @@ use super::team_access::{Membership, membership};
 use crate::ids::TeamId;
 use crate::proto::api::AuthResponse;
 use crate::proto::teams::{
-    AddMemberRequest, MemberResponse, NameRequest, RoleRequest, SwitchTeamRequest,
-    TeamDetailResponse, TeamListResponse, TeamResponse, UserSearchResponse, UserSummary,
+    MemberResponse, NameRequest, RoleRequest, SwitchTeamRequest, TeamDetailResponse,
+    TeamListResponse, TeamResponse, UserSearchResponse, UserSummary,
 };
 use crate::proto::vocab::TeamRole;
 use crate::server::AppState;
@@ -57,9 +58,6 @@ fn not_found_as(what: &'static str) -> impl Fn(DbError) -> ApiError {
             "owner_is_fixed",
             "the team's owner cannot be removed, demoted or leave",
         ),
-        DbError::Conflict("already_member") => {
-            ApiError::conflict("already_member", "already a member of this team")
-        }
         other => other.into(),
     }
 }
@@ -199,37 +197,6 @@ fn assignable_role(field: &str, role: &str) -> ApiResult<TeamRole> {
     }
 }
 
-pub async fn add_member(
-    State(st): State<AppState>,
-    user: AuthUser,
-    IdPath(id): IdPath<TeamId>,
-    ApiJson(req): ApiJson<AddMemberRequest>,
-) -> ApiResult<(StatusCode, Json<MemberResponse>)> {
-    let admin = membership(&st, &user, &id).await?.admin()?;
-    let new_role = match req.role.as_deref() {
-        None => TeamRole::Member,
-        Some(r) => assignable_role("role", r)?,
-    };
-    let email = req.email.trim().to_lowercase();
-    if email.is_empty() {
-        return Err(ApiError::bad("email", "required"));
-    }
-    let (tid, uid) = (admin.team_id().to_string(), user.user_id.clone());
-    let member = st
-        .db
-        .call(move |c| {
-            let target = users::by_email(c, &email)?.ok_or(DbError::NotFound)?;
-            teams::add_member(c, &tid, &target.id, new_role, &uid)?;
-            teams::members(c, &tid)?
-                .into_iter()
-                .find(|m| m.user_id == target.id)
-                .ok_or(DbError::NotFound)
-        })
-        .await
-        .map_err(not_found_as("user"))?;
-    Ok((StatusCode::CREATED, Json(member_resp(member))))
-}
-
 pub async fn set_role(
     State(st): State<AppState>,
     user: AuthUser,
@@ -317,7 +284,7 @@ pub async fn switch(
     }))
 }
 
-/// Finds users to add to a team: members of the caller's teams, or one user by exact email.
+/// Finds team mates: members of the caller's teams, by email prefix or name.
 pub async fn search_users(
     State(st): State<AppState>,
     user: AuthUser,

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod backup;
 pub mod hosts;
+pub mod invites;
 pub mod sandboxes;
 pub mod sessions;
 pub mod teams;

@@ -291,7 +291,7 @@ mod tests {
     async fn settle_accepts_a_state_the_monitor_recorded_first() {
         let db = Db::open_in_memory().unwrap();
         db.call(|c| {
-            let (u, team) = users::create_with_team(c, "a@x.io", "Ann", Some("h"))?;
+            let (u, team) = users::create_with_team(c, "a@x.io", "Ann", Some("h"), true)?;
             c.execute(
                 "INSERT INTO hosts (id, type, status, created_by, created_at, updated_at)
                  VALUES ('host_a', 'regular', 'online', ?1, 0, 0)",

@@ -172,7 +172,7 @@ mod tests {
     async fn sessions_live_end_and_expire() {
         let db = Db::open_in_memory().unwrap();
         db.call(|c| {
-            let (u, _) = users::create_with_team(c, "a@x.io", "Ann", Some("h"))?;
+            let (u, _) = users::create_with_team(c, "a@x.io", "Ann", Some("h"), false)?;
             let new = NewSession {
                 method: "password",
                 ttl_secs: 3600,

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{DbError, DbResult, audit, is_unique_violation, now, one};
+use super::{DbError, DbResult, audit, now, one};
 use crate::ids::new_id;
 use crate::proto::vocab::TeamRole;
 
@@ -156,33 +156,6 @@ pub fn soft_delete(conn: &Connection, team_id: &str, actor: &str) -> DbResult<()
     Ok(())
 }
 
-pub fn add_member(
-    conn: &Connection,
-    team_id: &str,
-    user_id: &str,
-    role: TeamRole,
-    actor: &str,
-) -> DbResult<()> {
-    let r = conn.execute(
-        "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES (?1, ?2, ?3, 0, ?4)",
-        params![team_id, user_id, role, now()],
-    );
-    match r {
-        Err(e) if is_unique_violation(&e) => return Err(DbError::Conflict("already_member")),
-        r => {
-            r?;
-        }
-    }
-    audit::record(
-        conn,
-        Some(actor),
-        "team.member_add",
-        Some(team_id),
-        Some(&format!("{user_id} as {role}")),
-    )?;
-    Ok(())
-}
-
 fn role_of(conn: &Connection, team_id: &str, user_id: &str) -> DbResult<Option<TeamRole>> {
     Ok(conn
         .query_row(
@@ -246,8 +219,8 @@ pub fn remove_member(conn: &Connection, team_id: &str, user_id: &str, actor: &st
 }
 
 /// Users the caller may find: people who share an active team with them, matched by email prefix or
-/// name, plus the one user whose email is exactly `q` (so a new member can be added by address).
-/// At most 20. Nobody can list strangers.
+/// name. At most 20. Nobody can find strangers, not even by their exact address (people join a
+/// team through an invite, never by email).
 pub fn search_users(
     conn: &Connection,
     caller: &str,
@@ -262,15 +235,14 @@ pub fn search_users(
     }
     let mut st = conn.prepare(
         "SELECT u.id, u.name, u.email FROM users u
-         WHERE u.email = ?3
-            OR ((u.email LIKE ?1 OR u.name LIKE ?2) AND EXISTS (
+         WHERE (u.email LIKE ?1 OR u.name LIKE ?2) AND EXISTS (
                 SELECT 1 FROM memberships a JOIN memberships b ON a.team_id = b.team_id
                 JOIN teams t ON t.id = a.team_id AND t.deleted_at IS NULL
-                WHERE a.user_id = ?4 AND b.user_id = u.id))
+                WHERE a.user_id = ?3 AND b.user_id = u.id)
          ORDER BY u.email LIMIT 20",
     )?;
     let rows = st.query_map(
-        params![format!("{clean}%"), format!("%{clean}%"), q, caller],
+        params![format!("{clean}%"), format!("%{clean}%"), caller],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -108,7 +108,7 @@ mod tests {
     async fn tickets_work_once_for_their_purpose_and_live_session() {
         let db = Db::open_in_memory().unwrap();
         db.call(|c| {
-            let (u, _) = users::create_with_team(c, "a@x.io", "Ann", Some("h"))?;
+            let (u, _) = users::create_with_team(c, "a@x.io", "Ann", Some("h"), false)?;
             let new = NewSession {
                 method: "password",
                 ttl_secs: 3600,

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{DbError, DbResult, audit, is_unique_violation, now, one};
 use crate::ids::new_id;
-use crate::proto::vocab::TeamRole;
+use crate::proto::vocab::{SignupMode, TeamRole};
 
 #[derive(Debug, Clone)]
 pub struct UserRow {
@@ -36,28 +36,83 @@ pub struct MembershipRow {
     pub role: TeamRole,
 }
 
-/// Creates the user, a personal team and the owner membership in one transaction. The first user
-/// of a fresh server becomes the platform admin.
+/// Creates the user, a personal team and the owner membership in one transaction; `is_admin`
+/// makes them a platform admin.
 pub fn create_with_team(
     conn: &mut Connection,
     email: &str,
     name: &str,
     password_hash: Option<&str>,
+    is_admin: bool,
 ) -> DbResult<(UserRow, String)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let out = insert_with_team(&tx, email, name, password_hash)?;
+    let out = insert_with_team(&tx, email, name, password_hash, is_admin)?;
     tx.commit()?;
     Ok(out)
 }
 
-fn insert_with_team(
+/// What lets a signup in (SPEC §15), checked inside the signup's transaction so that concurrent
+/// signups see each other.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission<'a> {
+    pub mode: SignupMode,
+    /// The caller may create the first account of a fresh server, which becomes the platform
+    /// admin (a loopback client, or one holding the bootstrap token).
+    pub may_bootstrap: bool,
+    /// The SHA-256 of the invite token the signup carries.
+    pub invite_hash: Option<&'a str>,
+}
+
+/// Signs a new user up, in one transaction:
+/// - on a server without users, only a caller that [`Admission::may_bootstrap`] gets in, as the
+///   platform admin with a personal team (else `Conflict("bootstrap_required")`);
+/// - with an invite (unless signups are closed), the user joins the invite's team, which is their
+///   only and default team (refusals: the invite's `invite_*` codes);
+/// - without one, only an `open` server creates the user with a personal team;
+/// - anything else is `Conflict("signup_closed")`. A taken email is `Conflict("email_taken")`.
+///
+/// Returns the user and the team they land in.
+pub fn signup(
+    conn: &mut Connection,
+    email: &str,
+    name: &str,
+    password_hash: &str,
+    admission: Admission<'_>,
+) -> DbResult<(UserRow, String)> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+    let out = if users == 0 {
+        if !admission.may_bootstrap {
+            return Err(DbError::Conflict("bootstrap_required"));
+        }
+        insert_with_team(&tx, email, name, Some(password_hash), true)?
+    } else {
+        match (admission.mode, admission.invite_hash) {
+            (SignupMode::Closed, _) | (SignupMode::Invite, None) => {
+                return Err(DbError::Conflict("signup_closed"));
+            }
+            (_, Some(hash)) => {
+                let invite = super::invites::usable(&tx, hash)?;
+                let user = insert_user(&tx, email, name, Some(password_hash), false)?;
+                super::invites::redeem(&tx, &invite, &user.id, true)?;
+                (user, invite.team_id)
+            }
+            (SignupMode::Open, None) => {
+                insert_with_team(&tx, email, name, Some(password_hash), false)?
+            }
+        }
+    };
+    tx.commit()?;
+    Ok(out)
+}
+
+fn insert_user(
     tx: &Connection,
     email: &str,
     name: &str,
     password_hash: Option<&str>,
-) -> DbResult<(UserRow, String)> {
-    let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
-    let is_admin = users == 0;
+    is_admin: bool,
+) -> DbResult<UserRow> {
     let t = now();
     let user_id = new_id("usr");
     let inserted = tx.execute(
@@ -71,20 +126,27 @@ fn insert_with_team(
             r?;
         }
     }
-    let team = super::teams::insert(tx, &format!("{name}'s team"), &user_id, true)?;
-    let team_id = team.id;
     audit::record(tx, Some(&user_id), "user.signup", Some(&user_id), None)?;
-    Ok((
-        UserRow {
-            id: user_id,
-            email: email.to_string(),
-            name: name.to_string(),
-            password_hash: password_hash.map(str::to_string),
-            is_admin,
-            created_at: t,
-        },
-        team_id,
-    ))
+    Ok(UserRow {
+        id: user_id,
+        email: email.to_string(),
+        name: name.to_string(),
+        password_hash: password_hash.map(str::to_string),
+        is_admin,
+        created_at: t,
+    })
+}
+
+fn insert_with_team(
+    tx: &Connection,
+    email: &str,
+    name: &str,
+    password_hash: Option<&str>,
+    is_admin: bool,
+) -> DbResult<(UserRow, String)> {
+    let user = insert_user(tx, email, name, password_hash, is_admin)?;
+    let team = super::teams::insert(tx, &format!("{name}'s team"), &user.id, true)?;
+    Ok((user, team.id))
 }
 
 pub fn by_email(conn: &Connection, email: &str) -> DbResult<Option<UserRow>> {
@@ -166,16 +228,23 @@ pub fn by_identity(
 }
 
 /// Creates a password-less user with a personal team and links the OAuth identity, in one
-/// transaction. An email that already has an account is `Conflict("email_taken")`.
+/// transaction. Only an `open` server that already has its admin takes new accounts this way
+/// (else `Conflict("signup_closed")`), and they are never platform admins. An email that already
+/// has an account is `Conflict("email_taken")`.
 pub fn create_from_identity(
     conn: &mut Connection,
+    mode: SignupMode,
     provider: &str,
     provider_user_id: &str,
     email: &str,
     name: &str,
 ) -> DbResult<(UserRow, String)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (user, team) = insert_with_team(&tx, email, name, None)?;
+    let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+    if users == 0 || mode != SignupMode::Open {
+        return Err(DbError::Conflict("signup_closed"));
+    }
+    let (user, team) = insert_with_team(&tx, email, name, None, false)?;
     tx.execute(
         "INSERT INTO oauth_identities (provider, provider_user_id, user_id, email) VALUES (?1, ?2, ?3, ?4)",
         params![provider, provider_user_id, user.id, email],
@@ -195,20 +264,41 @@ mod tests {
     use crate::server::db::Db;
 
     #[tokio::test]
-    async fn first_user_is_admin_and_login_team_skips_deleted_teams() {
+    async fn one_bootstrap_admin_then_the_mode_decides() {
         let db = Db::open_in_memory().unwrap();
+        let gate = |mode, may_bootstrap| Admission {
+            mode,
+            may_bootstrap,
+            invite_hash: None,
+        };
+        let first = db
+            .call(move |c| signup(c, "a@x.io", "Ann", "h", gate(SignupMode::Open, false)))
+            .await;
+        assert!(matches!(
+            first,
+            Err(DbError::Conflict("bootstrap_required"))
+        ));
         let (a, team_a) = db
-            .call(|c| create_with_team(c, "a@x.io", "Ann", Some("h")))
+            .call(move |c| signup(c, "a@x.io", "Ann", "h", gate(SignupMode::Closed, true)))
             .await
             .unwrap();
         assert!(a.is_admin);
+        for mode in [SignupMode::Invite, SignupMode::Closed] {
+            let r = db
+                .call(move |c| signup(c, "b@x.io", "Bob", "h", gate(mode, true)))
+                .await;
+            assert!(
+                matches!(r, Err(DbError::Conflict("signup_closed"))),
+                "{mode}"
+            );
+        }
         let (b, team_b) = db
-            .call(|c| create_with_team(c, "b@x.io", "Bob", Some("h")))
+            .call(move |c| signup(c, "b@x.io", "Bob", "h", gate(SignupMode::Open, true)))
             .await
             .unwrap();
         assert!(!b.is_admin);
         let dup = db
-            .call(|c| create_with_team(c, "a@x.io", "Ann2", Some("h")))
+            .call(move |c| signup(c, "a@x.io", "Ann2", "h", gate(SignupMode::Open, false)))
             .await;
         assert!(matches!(dup, Err(DbError::Conflict("email_taken"))));
 

@@ -111,6 +111,13 @@ impl TestServer {
         Self::launch(extra, true).await
     }
 
+    /// A server whose signup rule is under test: `--signup MODE` for `Some(MODE)`, the server's own
+    /// default (`invite`) for `None`, plus `extra` flags. Every other server of the harness takes
+    /// anyone (`--signup open`), so that tests can sign users up freely.
+    pub async fn start_signup(mode: Option<&str>, extra: &[&str]) -> TestServer {
+        Self::launch_in(tempfile::tempdir().unwrap(), extra, true, mode).await
+    }
+
     /// A server as in production: BYOC agents on private addresses are refused.
     pub async fn start_strict(extra: &[&str]) -> TestServer {
         Self::launch(extra, false).await
@@ -119,23 +126,28 @@ impl TestServer {
     /// A server on an existing temp dir (its data dir is `dir/data`), e.g. one a backup was
     /// restored into.
     pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
-        Self::launch_in(dir, extra, true).await
+        Self::launch_in(dir, extra, true, Some("open")).await
     }
 
     async fn launch(extra: &[&str], allow_private_agents: bool) -> TestServer {
-        Self::launch_in(tempfile::tempdir().unwrap(), extra, allow_private_agents).await
+        let dir = tempfile::tempdir().unwrap();
+        Self::launch_in(dir, extra, allow_private_agents, Some("open")).await
     }
 
     async fn launch_in(
         dir: tempfile::TempDir,
         extra: &[&str],
         allow_private_agents: bool,
+        signup: Option<&str>,
     ) -> TestServer {
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(extra)
+            .args(signup.map(|m| format!("--signup={m}")))
+            .env_remove("SANDBOXCTL_SIGNUP")
+            .env_remove("SANDBOXCTL_BOOTSTRAP_REQUIRES_TOKEN")
             .args(allow_private_agents.then_some("--allow-private-agent-addresses"))
             .env(
                 sandboxctl::server::clock::TEST_CLOCK_FILE_ENV,
@@ -485,6 +497,19 @@ pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, S
 
 pub fn urlenc(s: &str) -> String {
     sandboxctl::urlencode::encode(s)
+}
+
+/// Adds the user behind `member` to `team` with `role` the only way there is: `inviter` (a team
+/// owner or admin, or a platform admin) makes an invite and `member` accepts it.
+pub async fn add_member(inviter: &ApiClient, team: &str, member: &ApiClient, role: &str) {
+    let invite = inviter
+        .create_invite(team, role)
+        .await
+        .expect("invite created");
+    member
+        .accept_invite(&invite.token)
+        .await
+        .expect("invite accepted");
 }
 
 /// Polls `check` every 100 ms until it is true; after `timeout`, fails naming `what` it waited
