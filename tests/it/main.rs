@@ -7,6 +7,7 @@ mod authz;
 mod common;
 mod e2e;
 mod fleet;
+mod guest_errors;
 mod harness;
 mod isolation;
 mod layout;
