@@ -62,7 +62,9 @@ fn main() {
         match dispatch(cli.command).await {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("sandboxctl: {e:#}");
+                // The message may carry a guest's or another user's words.
+                let msg = format!("{e:#}");
+                eprintln!("sandboxctl: {}", commands::terminal::text(&msg));
                 1
             }
         }

@@ -557,8 +557,13 @@ pub enum SandboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The guest's console log.
-    Logs { id: String },
+    /// The guest's console log (control characters escaped; `--raw` for the exact bytes).
+    Logs {
+        id: String,
+        /// Print the log's exact bytes, terminal escapes included.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Keep the sandbox's memory and disk as a template of your team.
     Snapshot {
         id: String,
@@ -747,13 +752,16 @@ pub enum FilesCommand {
         src: PathBuf,
         path: String,
     },
-    /// List a directory.
+    /// List a directory (control characters in names escaped; `--raw` for the exact names).
     Ls {
         id: String,
         #[arg(default_value = "/")]
         path: String,
         #[arg(long)]
         json: bool,
+        /// Print names exactly as they are, terminal escapes included.
+        #[arg(long)]
+        raw: bool,
     },
     /// Show one entry.
     Stat {
@@ -761,6 +769,9 @@ pub enum FilesCommand {
         path: String,
         #[arg(long)]
         json: bool,
+        /// Print the path exactly as it is, terminal escapes included.
+        #[arg(long)]
+        raw: bool,
     },
     /// Make a directory.
     Mkdir {

@@ -35,6 +35,12 @@ pub enum ApiError {
     NoHostAvailable(String),
     #[error("{message}")]
     HostFailed { code: &'static str, message: String },
+    /// 504 `guest_unresponsive`: the sandbox's guest stopped answering.
+    #[error("{0}")]
+    GuestUnresponsive(String),
+    /// 507 `guest_disk_full`: no space left where the sandbox was writing.
+    #[error("{0}")]
+    GuestDiskFull(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -111,6 +117,12 @@ impl ApiError {
                 format!("no host can take this sandbox: {reason}"),
             ),
             HostFailed { code, message } => (StatusCode::BAD_GATEWAY, code, message.clone()),
+            GuestUnresponsive(m) => (StatusCode::GATEWAY_TIMEOUT, "guest_unresponsive", m.clone()),
+            GuestDiskFull(m) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "guest_disk_full",
+                m.clone(),
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -172,6 +184,8 @@ impl From<SandboxError> for ApiError {
             SandboxError::TooLarge => ApiError::TooLarge,
             SandboxError::TooLargeBecause(why) => ApiError::TooLargeBecause(why),
             SandboxError::Host { code, message } => ApiError::HostFailed { code, message },
+            SandboxError::GuestUnresponsive(m) => ApiError::GuestUnresponsive(m),
+            SandboxError::GuestDiskFull(m) => ApiError::GuestDiskFull(m),
             SandboxError::Db(e) => e.into(),
             SandboxError::Internal(e) => ApiError::Internal(e),
         }
