@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod db;
+pub mod listener;
 pub mod lock;
 pub mod monitor;
 pub mod pool;
@@ -44,6 +45,8 @@ pub struct Settings {
     pub max_file_bytes: u64,
     /// Accept BYOC agents on loopback, link-local and private addresses (tests, one machine).
     pub allow_private_agent_addresses: bool,
+    /// Timeouts, caps and trusted proxies.
+    pub limits: listener::ServerLimits,
 }
 
 #[derive(Clone)]
@@ -54,6 +57,10 @@ pub struct AppState {
     pub scheduler: Arc<dyn Scheduler>,
     pub settings: Arc<Settings>,
     pub limits: Arc<ratelimit::AuthLimits>,
+    /// Password hashing, bounded (see [`ratelimit::HashPool`]).
+    pub hashing: Arc<ratelimit::HashPool>,
+    /// Shutdown and open exec streams.
+    pub lifecycle: Arc<listener::Lifecycle>,
 }
 
 impl AppState {
@@ -65,6 +72,11 @@ impl AppState {
         let db = Db::open(&data_dir.join(db::DB_FILE)).context("opening the database")?;
         let keys = ServerKeys::load(data_dir)?;
         let keys = Arc::new(TokenKeys::new(&keys.jwt_secret, &keys.agent_signing)?);
+        let hashing = ratelimit::HashPool::new(
+            settings.limits.max_concurrent_hashes,
+            settings.limits.max_concurrent_hashes * 16,
+            Duration::from_secs(5),
+        );
         Ok(AppState {
             db,
             pool: Arc::new(HostClientPool::new(keys.clone())),
@@ -72,6 +84,8 @@ impl AppState {
             scheduler: Arc::new(RoundRobinScheduler::default()),
             settings: Arc::new(settings),
             limits: Arc::new(ratelimit::AuthLimits::default()),
+            hashing: Arc::new(hashing),
+            lifecycle: Arc::default(),
         })
     }
 }
@@ -82,27 +96,27 @@ fn restrict_dir(dir: &Path) {
 }
 
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let (limits, lifecycle) = (state.settings.limits.clone(), state.lifecycle.clone());
+    let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api::router())
         .fallback(web::fallback)
-        .with_state(state)
+        .with_state(state);
+    listener::with_limits(app, &limits, lifecycle)
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// Serves the API on `listener` until `shutdown` completes; starts the host monitor.
+/// Serves the API on `listener` until `shutdown` completes, then drains it within the shutdown
+/// deadline ([`listener`]); starts the host monitor.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let monitor = tokio::spawn(monitor::HostMonitor::run(state.clone()));
-    let result = axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let (limits, lifecycle) = (state.settings.limits.clone(), state.lifecycle.clone());
+    let result =
+        listener::serve_http(listener, app(state), &limits, lifecycle, shutdown).await;
     monitor.abort();
     result.context("serving HTTP")
 }
@@ -117,6 +131,7 @@ pub struct ServerConfig {
     pub github: Option<api::oauth::GithubConfig>,
     pub max_file_bytes: u64,
     pub allow_private_agent_addresses: bool,
+    pub limits: listener::ServerLimits,
 }
 
 /// Work started beside the server once it listens, given its state: the single-machine setup
@@ -148,6 +163,7 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
             github: cfg.github.clone(),
             max_file_bytes: cfg.max_file_bytes,
             allow_private_agent_addresses: cfg.allow_private_agent_addresses,
+            limits: cfg.limits.clone(),
         },
     )?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "sandboxctl server listening");
