@@ -162,6 +162,8 @@ async fn guard(
         return r;
     }
     if waits_for_a_host(req.uri().path()) {
+        // Bounded by the hosts' deadlines; only a body that stalls is cut.
+        let req = req.map(|b| Body::new(tower_http::timeout::TimeoutBody::new(timeout, b)));
         return next.run(req).await;
     }
     match tokio::time::timeout(timeout, next.run(req)).await {
@@ -181,10 +183,7 @@ async fn guard(
 
 /// Wraps the app in the limits that apply to every call.
 pub fn with_limits(app: Router, limits: &ServerLimits, lifecycle: Arc<Lifecycle>) -> Router {
-    app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        limits.request_timeout,
-    ))
-    .layer(axum::middleware::from_fn_with_state(
+    app.layer(axum::middleware::from_fn_with_state(
         (lifecycle, limits.request_timeout),
         guard,
     ))

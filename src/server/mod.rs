@@ -115,8 +115,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let monitor = tokio::spawn(monitor::HostMonitor::run(state.clone()));
     let (limits, lifecycle) = (state.settings.limits.clone(), state.lifecycle.clone());
-    let result =
-        listener::serve_http(listener, app(state), &limits, lifecycle, shutdown).await;
+    let result = listener::serve_http(listener, app(state), &limits, lifecycle, shutdown).await;
     monitor.abort();
     result.context("serving HTTP")
 }

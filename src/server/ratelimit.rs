@@ -233,8 +233,10 @@ mod tests {
     #[test]
     fn one_address_cannot_lock_out_another() {
         let l = AuthLimits::default();
-        let (attacker, owner): (IpAddr, IpAddr) =
-            ("192.0.2.1".parse().unwrap(), "198.51.100.7".parse().unwrap());
+        let (attacker, owner): (IpAddr, IpAddr) = (
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.7".parse().unwrap(),
+        );
         for _ in 0..10 {
             assert!(l.login_allowed("a", attacker).is_ok());
             l.login_failed("a", attacker);
@@ -257,7 +259,10 @@ mod tests {
         let new: IpAddr = "203.0.113.9".parse().unwrap();
         assert!(l.login_allowed("a", new).is_ok(), "slow path: one attempt");
         assert!(l.login_allowed("a", new).is_err(), "slow path: then a wait");
-        assert!(l.login_allowed("b", new).is_ok(), "other accounts unaffected");
+        assert!(
+            l.login_allowed("b", new).is_ok(),
+            "other accounts unaffected"
+        );
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ mod fleet;
 mod harness;
 mod isolation;
 mod layout;
+mod limits;
 mod oauth;
 mod ops;
 mod sandboxes;

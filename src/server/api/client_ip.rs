@@ -106,7 +106,11 @@ mod tests {
             ip("10.1.2.3")
         );
         assert_eq!(
-            client_ip(ip("::ffff:10.1.2.3"), &xff(&["[2001:db8::1]:443"]), &trusted),
+            client_ip(
+                ip("::ffff:10.1.2.3"),
+                &xff(&["[2001:db8::1]:443"]),
+                &trusted
+            ),
             ip("2001:db8::1")
         );
     }

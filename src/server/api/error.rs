@@ -118,7 +118,9 @@ impl ApiError {
                 "rate_limited",
                 "too many attempts; retry later".into(),
             ),
-            LimitReached { code, message } => (StatusCode::TOO_MANY_REQUESTS, code, message.clone()),
+            LimitReached { code, message } => {
+                (StatusCode::TOO_MANY_REQUESTS, code, message.clone())
+            }
             Unavailable { code, message, .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, code, message.clone())
             }
