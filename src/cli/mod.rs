@@ -342,7 +342,8 @@ pub struct LimitArgs {
     /// connection stays open).
     #[arg(long, env = "SANDBOXCTL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
-    /// A request body may stall this long; a call that needs no host must be answered within it.
+    /// A client must send a request body within this (file uploads and imports: with no gap
+    /// longer than this).
     #[arg(long, env = "SANDBOXCTL_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub request_timeout: Duration,
     /// Client connections served at once; more wait until one closes.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use crate::proto::net::Cidr;
+use crate::server::api::MAX_BODY_BYTES;
 use crate::server::api::error::ApiError;
 
 /// The limits the listener and the stream relay apply (flags `--header-read-timeout`,
@@ -38,8 +39,8 @@ pub struct ServerLimits {
     /// A client must send a request's line and headers within this (also how long an idle
     /// keep-alive connection stays open).
     pub header_read_timeout: Duration,
-    /// A request body may stall this long between chunks; a call that needs no host must be
-    /// answered within it (calls to hosts are bounded by their own deadlines).
+    /// A client must send a request body within this (a streamed upload: with no gap longer
+    /// than this); otherwise 408 `request_timeout`.
     pub request_timeout: Duration,
     /// Connections served at once; more wait in the kernel's queue.
     pub max_connections: usize,
@@ -131,23 +132,22 @@ impl Lifecycle {
     }
 }
 
-/// Paths whose calls wait for a host (creates, execs, files, snapshots, imports): bounded by
-/// their own deadlines rather than `--request-timeout`.
-fn waits_for_a_host(path: &str) -> bool {
-    ["/v1/sandboxes", "/v1/snapshots", "/v1/templates"]
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+/// The calls whose body is streamed to a host as it arrives (file uploads, template imports):
+/// their body may take as long as it needs, stalling at most `--request-timeout` at a time.
+fn streams_its_body(method: &Method, path: &str) -> bool {
+    (method == Method::PUT && path.starts_with("/v1/sandboxes/") && path.ends_with("/files"))
+        || (method == Method::POST && path == "/v1/templates/import")
 }
 
-/// Outermost middleware: refuses new calls while shutting down (health says so), and bounds how
-/// long a call that needs no host may take.
+/// Outermost middleware: refuses new calls while shutting down (health says so), and gives a
+/// client `timeout` to send a request body (the whole of it, except for streamed uploads).
 async fn guard(
     State((lifecycle, timeout)): State<(Arc<Lifecycle>, Duration)>,
     req: Request,
     next: Next,
 ) -> Response {
     if lifecycle.is_stopping() {
-        let mut r = if req.uri().path() == "/healthz" {
+        let r = if req.uri().path() == "/healthz" {
             (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
         } else {
             ApiError::Unavailable {
@@ -157,28 +157,49 @@ async fn guard(
             }
             .into_response()
         };
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
+        return closing(r);
     }
-    if waits_for_a_host(req.uri().path()) {
-        // Bounded by the hosts' deadlines; only a body that stalls is cut.
-        let req = req.map(|b| Body::new(tower_http::timeout::TimeoutBody::new(timeout, b)));
-        return next.run(req).await;
+    let (parts, body) = req.into_parts();
+    if streams_its_body(&parts.method, parts.uri.path()) {
+        let body = Body::new(tower_http::timeout::TimeoutBody::new(timeout, body));
+        return next.run(Request::from_parts(parts, body)).await;
     }
-    match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => {
-            let mut r = ApiError::RequestTimeout(format!(
-                "the request was not complete within {}s",
+    match tokio::time::timeout(timeout, read_body(body)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => closing(e.into_response()),
+        Err(_) => closing(
+            ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {}s",
                 timeout.as_secs_f64()
             ))
-            .into_response();
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            r
-        }
+            .into_response(),
+        ),
     }
+}
+
+/// Reads a body the API takes whole (JSON): at most [`MAX_BODY_BYTES`].
+async fn read_body(body: Body) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadBody(format!("reading the body: {e}")))?;
+        if buf.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// The connection closes after this answer (the client is slow, or the server stopping).
+fn closing(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Wraps the app in the limits that apply to every call.
