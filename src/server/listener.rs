@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -161,8 +162,14 @@ async fn guard(
     }
     let (parts, body) = req.into_parts();
     if streams_its_body(&parts.method, parts.uri.path()) {
-        let body = Body::new(tower_http::timeout::TimeoutBody::new(timeout, body));
-        return next.run(Request::from_parts(parts, body)).await;
+        let stalled = Arc::new(AtomicBool::new(false));
+        let body = stall_limited(body, timeout, stalled.clone());
+        let r = next.run(Request::from_parts(parts, body)).await;
+        return if stalled.load(Ordering::SeqCst) {
+            closing(request_timeout(timeout))
+        } else {
+            r
+        };
     }
     match tokio::time::timeout(timeout, read_body(body)).await {
         Ok(Ok(bytes)) => {
@@ -170,14 +177,37 @@ async fn guard(
                 .await
         }
         Ok(Err(e)) => closing(e.into_response()),
-        Err(_) => closing(
-            ApiError::RequestTimeout(format!(
-                "the request body did not arrive within {}s",
-                timeout.as_secs_f64()
-            ))
-            .into_response(),
-        ),
+        Err(_) => closing(request_timeout(timeout)),
     }
+}
+
+fn request_timeout(timeout: Duration) -> Response {
+    ApiError::RequestTimeout(format!(
+        "the request body did not arrive within {}s",
+        timeout.as_secs_f64()
+    ))
+    .into_response()
+}
+
+/// The body a streamed upload reads: it fails (and sets `stalled`) once no chunk came for `gap`.
+fn stall_limited(body: Body, gap: Duration, stalled: Arc<AtomicBool>) -> Body {
+    use futures_util::StreamExt;
+    let chunks = body.into_data_stream();
+    Body::from_stream(futures_util::stream::unfold(Some(chunks), move |chunks| {
+        let stalled = stalled.clone();
+        async move {
+            let mut chunks = chunks?;
+            match tokio::time::timeout(gap, chunks.next()).await {
+                Ok(Some(chunk)) => Some((chunk, Some(chunks))),
+                Ok(None) => None,
+                Err(_) => {
+                    stalled.store(true, Ordering::SeqCst);
+                    let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "body stalled");
+                    Some((Err(axum::Error::new(e)), None))
+                }
+            }
+        }
+    }))
 }
 
 /// Reads a body the API takes whole (JSON): at most [`MAX_BODY_BYTES`].

@@ -383,6 +383,8 @@ async fn streams_are_capped_closed_when_idle_and_on_shutdown() {
         "4s",
         "--shutdown-timeout",
         "5s",
+        "--request-timeout",
+        "3s",
     ])
     .await;
     let (auth, admin) = s.signup("admin@example.com", "Admin").await;
@@ -431,6 +433,37 @@ async fn streams_are_capped_closed_when_idle_and_on_shutdown() {
         let (code, reason) = close_frame(&mut ws).await;
         assert_eq!(code, 1000);
         assert!(reason.contains("without input or output"), "{reason}");
+    })
+    .await;
+
+    step("an upload that stalls is cut with 408", async {
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(vec![b'x'; 1024])])
+            .chain(futures_util::stream::pending());
+        let resp = reqwest::Client::new()
+            .put(format!(
+                "{}/v1/sandboxes/{id}/files?path=/tmp/stalled.bin",
+                s.url
+            ))
+            .bearer_auth(token)
+            .body(reqwest::Body::wrap_stream(body))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("the server answers a stalled upload");
+        assert_eq!(resp.status(), 408);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(code(&body), "request_timeout", "{body}");
+        let r = admin
+            .exec(
+                &id,
+                &crate::common::exec(
+                    "sh",
+                    &["-c", "test -e /tmp/stalled.bin && echo left || echo gone"],
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.stdout, "gone\n", "nothing half-written");
     })
     .await;
 
