@@ -7,6 +7,7 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod limits;
 pub mod stream;
 
 use std::net::SocketAddr;
@@ -161,7 +162,7 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub timing: TimingArgs,
     #[command(flatten)]
-    pub limits: LimitArgs,
+    pub limits: limits::LimitArgs,
     #[command(flatten)]
     pub github: GithubArgs,
     #[command(flatten)]
@@ -333,56 +334,6 @@ pub struct TimingArgs {
     /// A host with no heartbeat for this long becomes unreachable.
     #[arg(long, env = "SANDBOXCTL_HOST_STALE_AFTER", default_value = "90s", value_parser = parse_duration)]
     pub host_stale_after: Duration,
-}
-
-/// The server's protections against slow and abusive clients, and its shutdown deadline.
-#[derive(Debug, Args)]
-pub struct LimitArgs {
-    /// A client must send a request's headers within this (also how long an idle keep-alive
-    /// connection stays open).
-    #[arg(long, env = "SANDBOXCTL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub header_read_timeout: Duration,
-    /// A client must send a request body within this (file uploads and imports: with no gap
-    /// longer than this).
-    #[arg(long, env = "SANDBOXCTL_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
-    /// Client connections served at once; more wait until one closes.
-    #[arg(long, env = "SANDBOXCTL_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_connections: u32,
-    /// An exec stream with no message either way for this long is closed.
-    #[arg(long, env = "SANDBOXCTL_STREAM_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
-    pub stream_idle_timeout: Duration,
-    /// Exec streams one user (with their API keys) may hold open at once.
-    #[arg(long, env = "SANDBOXCTL_MAX_STREAMS_PER_USER", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub max_streams_per_user: u32,
-    /// Password hashes computed at once (19 MiB of memory each; default: the CPU count, at most 8).
-    #[arg(long, env = "SANDBOXCTL_MAX_CONCURRENT_HASHES", value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub max_concurrent_hashes: Option<u32>,
-    /// A reverse proxy (address or CIDR; repeat or separate with commas) whose X-Forwarded-For
-    /// names the client for rate limits and lockouts. Other peers' X-Forwarded-For is ignored.
-    #[arg(long, env = "SANDBOXCTL_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
-    pub trusted_proxy: Vec<crate::proto::net::Cidr>,
-    /// On SIGTERM, how long calls in flight (uploads too) may take before they are cut.
-    #[arg(long, env = "SANDBOXCTL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
-}
-
-impl LimitArgs {
-    pub fn server_limits(&self) -> crate::server::listener::ServerLimits {
-        let defaults = crate::server::listener::ServerLimits::default();
-        crate::server::listener::ServerLimits {
-            header_read_timeout: self.header_read_timeout,
-            request_timeout: self.request_timeout,
-            max_connections: self.max_connections as usize,
-            stream_idle_timeout: self.stream_idle_timeout,
-            max_streams_per_user: self.max_streams_per_user as usize,
-            max_concurrent_hashes: self
-                .max_concurrent_hashes
-                .map_or(defaults.max_concurrent_hashes, |n| n as usize),
-            trusted_proxies: self.trusted_proxy.clone(),
-            shutdown_timeout: self.shutdown_timeout,
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
