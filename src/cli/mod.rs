@@ -7,6 +7,7 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod limits;
 pub mod stream;
 
 use std::net::SocketAddr;
@@ -168,6 +169,8 @@ pub struct ServerArgs {
     pub vm: VmArgs,
     #[command(flatten)]
     pub timing: TimingArgs,
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
     #[command(flatten)]
     pub github: GithubArgs,
     #[command(flatten)]

@@ -11,6 +11,7 @@ mod guest_errors;
 mod harness;
 mod isolation;
 mod layout;
+mod limits;
 mod oauth;
 mod openapi_fuzz;
 mod ops;

@@ -31,6 +31,19 @@ pub enum ApiError {
     TooLargeBecause(String),
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
+    /// A limit of the caller's reached (429), e.g. open streams.
+    #[error("{message}")]
+    LimitReached { code: &'static str, message: String },
+    /// The server cannot take this now (503, with Retry-After): busy or shutting down.
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// The request took longer than the server allows (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     NoHostAvailable(String),
     #[error("{message}")]
@@ -111,6 +124,13 @@ impl ApiError {
                 "rate_limited",
                 "too many attempts; retry later".into(),
             ),
+            LimitReached { code, message } => {
+                (StatusCode::TOO_MANY_REQUESTS, code, message.clone())
+            }
+            Unavailable { code, message, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, code, message.clone())
+            }
+            RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", m.clone()),
             NoHostAvailable(reason) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_host_available",
@@ -153,7 +173,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (status, Json(body)).into_response();
-        if let ApiError::RateLimited { retry_after_secs } = self
+        if let ApiError::RateLimited { retry_after_secs }
+        | ApiError::Unavailable {
+            retry_after_secs, ..
+        } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
