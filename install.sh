@@ -4,7 +4,8 @@
 #   ./install.sh            install packages, the guest kernel and the sandboxctl binary
 #   ./install.sh --run      the same, then start a server with a local agent (the quick start)
 #   ./install.sh --deps     only packages and the guest kernel, plus what the tests need (Chromium,
-#                           Node.js and web/tests' node modules for the dashboard's browser test)
+#                           Node.js and web/tests' node modules for the dashboard's browser test,
+#                           schemathesis for the API fuzz test)
 #   ./install.sh --test     those, then the checks (cargo fmt, clippy, ESLint) and the whole test
 #                           suite (cargo test)
 #
@@ -70,6 +71,17 @@ install_test_deps() {
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/tmp/sandboxctl-apt.log 2>&1 \
       || { tail -20 /tmp/sandboxctl-apt.log; die "apt-get install ${missing[*]} failed"; }
+  fi
+  # The API fuzz test (tests/it/openapi_fuzz.rs) runs schemathesis against openapi.yaml.
+  if ! command -v schemathesis >/dev/null; then
+    command -v pip3 >/dev/null || {
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/tmp/sandboxctl-apt.log 2>&1 \
+        || { tail -20 /tmp/sandboxctl-apt.log; die "apt-get install python3-pip failed"; }
+    }
+    say "installing schemathesis for the API fuzz test (pip)"
+    pip3 install -q schemathesis 2>/dev/null || pip3 install -q --break-system-packages schemathesis \
+      || die "pip3 install schemathesis failed"
   fi
   local tests="$here/web/tests"
   if [ ! -d "$tests/node_modules/playwright-core" ] || [ "$tests/package-lock.json" -nt "$tests/node_modules/.package-lock.json" ]; then

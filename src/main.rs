@@ -62,7 +62,9 @@ fn main() {
         match dispatch(cli.command).await {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("sandboxctl: {e:#}");
+                // The message may carry a guest's or another user's words.
+                let msg = format!("{e:#}");
+                eprintln!("sandboxctl: {}", commands::terminal::text(&msg));
                 1
             }
         }
@@ -274,9 +276,26 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             allow_private_agent_addresses: a.allow_private_agent_addresses,
             signup: a.signup,
             bootstrap_requires_token: a.bootstrap_requires_token,
+            limits: server_limits(&a.limits),
         },
         local_agent,
     )
     .await?;
     Ok(0)
+}
+
+fn server_limits(a: &sandboxctl::cli::limits::LimitArgs) -> server::listener::ServerLimits {
+    let defaults = server::listener::ServerLimits::default();
+    server::listener::ServerLimits {
+        header_read_timeout: a.header_read_timeout,
+        request_timeout: a.request_timeout,
+        max_connections: a.max_connections as usize,
+        stream_idle_timeout: a.stream_idle_timeout,
+        max_streams_per_user: a.max_streams_per_user as usize,
+        max_concurrent_hashes: a
+            .max_concurrent_hashes
+            .map_or(defaults.max_concurrent_hashes, |n| n as usize),
+        trusted_proxies: a.trusted_proxy.clone(),
+        shutdown_timeout: a.shutdown_timeout,
+    }
 }

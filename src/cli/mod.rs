@@ -7,6 +7,7 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod limits;
 pub mod stream;
 
 use std::net::SocketAddr;
@@ -171,6 +172,8 @@ pub struct ServerArgs {
     pub vm: VmArgs,
     #[command(flatten)]
     pub timing: TimingArgs,
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
     #[command(flatten)]
     pub github: GithubArgs,
     #[command(flatten)]
@@ -560,8 +563,13 @@ pub enum SandboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The guest's console log.
-    Logs { id: String },
+    /// The guest's console log (control characters escaped; `--raw` for the exact bytes).
+    Logs {
+        id: String,
+        /// Print the log's exact bytes, terminal escapes included.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Keep the sandbox's memory and disk as a template of your team.
     Snapshot {
         id: String,
@@ -750,13 +758,16 @@ pub enum FilesCommand {
         src: PathBuf,
         path: String,
     },
-    /// List a directory.
+    /// List a directory (control characters in names escaped; `--raw` for the exact names).
     Ls {
         id: String,
         #[arg(default_value = "/")]
         path: String,
         #[arg(long)]
         json: bool,
+        /// Print names exactly as they are, terminal escapes included.
+        #[arg(long)]
+        raw: bool,
     },
     /// Show one entry.
     Stat {
@@ -764,6 +775,9 @@ pub enum FilesCommand {
         path: String,
         #[arg(long)]
         json: bool,
+        /// Print the path exactly as it is, terminal escapes included.
+        #[arg(long)]
+        raw: bool,
     },
     /// Make a directory.
     Mkdir {

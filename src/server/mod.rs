@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod clock;
 pub mod db;
+pub mod listener;
 pub mod lock;
 pub mod monitor;
 pub mod pool;
@@ -51,6 +52,8 @@ pub struct Settings {
     /// The first account needs the bootstrap token even from a loopback client (a reverse proxy
     /// on this machine makes every client look local).
     pub bootstrap_requires_token: bool,
+    /// Timeouts, caps and trusted proxies.
+    pub limits: listener::ServerLimits,
 }
 
 #[derive(Clone)]
@@ -63,6 +66,10 @@ pub struct AppState {
     pub limits: Arc<ratelimit::AuthLimits>,
     /// The one-time token that lets the first account sign up from anywhere.
     pub bootstrap: Arc<bootstrap::Bootstrap>,
+    /// Password hashing, bounded (see [`ratelimit::HashPool`]).
+    pub hashing: Arc<ratelimit::HashPool>,
+    /// Shutdown and open exec streams.
+    pub lifecycle: Arc<listener::Lifecycle>,
 }
 
 impl AppState {
@@ -74,6 +81,11 @@ impl AppState {
         let db = Db::open(&data_dir.join(db::DB_FILE)).context("opening the database")?;
         let keys = ServerKeys::load(data_dir)?;
         let keys = Arc::new(TokenKeys::new(&keys.jwt_secret, &keys.agent_signing)?);
+        let hashing = ratelimit::HashPool::new(
+            settings.limits.max_concurrent_hashes,
+            settings.limits.max_concurrent_hashes * 16,
+            Duration::from_secs(5),
+        );
         Ok(AppState {
             db,
             pool: Arc::new(HostClientPool::new(keys.clone())),
@@ -82,6 +94,8 @@ impl AppState {
             settings: Arc::new(settings),
             limits: Arc::new(ratelimit::AuthLimits::default()),
             bootstrap: Arc::new(bootstrap::Bootstrap::new(data_dir)),
+            hashing: Arc::new(hashing),
+            lifecycle: Arc::default(),
         })
     }
 }
@@ -92,27 +106,26 @@ fn restrict_dir(dir: &Path) {
 }
 
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let (limits, lifecycle) = (state.settings.limits.clone(), state.lifecycle.clone());
+    let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api::router())
         .fallback(web::fallback)
-        .with_state(state)
+        .with_state(state);
+    listener::with_limits(app, &limits, lifecycle)
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// Serves the API on `listener` until `shutdown` completes; starts the host monitor.
+/// Serves the API on `listener` until `shutdown` completes, then drains it within the shutdown
+/// deadline ([`listener`]); starts the host monitor.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let monitor = tokio::spawn(monitor::HostMonitor::run(state.clone()));
-    let result = axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let (limits, lifecycle) = (state.settings.limits.clone(), state.lifecycle.clone());
+    let result = listener::serve_http(listener, app(state), &limits, lifecycle, shutdown).await;
     monitor.abort();
     result.context("serving HTTP")
 }
@@ -129,6 +142,7 @@ pub struct ServerConfig {
     pub allow_private_agent_addresses: bool,
     pub signup: SignupMode,
     pub bootstrap_requires_token: bool,
+    pub limits: listener::ServerLimits,
 }
 
 /// Work that goes with the server, given its state: the single-machine setup (`sandboxctl server
@@ -168,6 +182,7 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
             allow_private_agent_addresses: cfg.allow_private_agent_addresses,
             signup: cfg.signup,
             bootstrap_requires_token: cfg.bootstrap_requires_token,
+            limits: cfg.limits.clone(),
         },
     )?;
     // Nothing is answered before this: the local setup's admin exists before anyone can sign up.

@@ -377,7 +377,9 @@ impl AgentClient {
     }
 
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
-        let wait = Duration::from_secs(req.timeout_sec.unwrap_or(60) + 30);
+        // The agent answers by the command's timeout plus its 30 s grace (sooner, 504, when the
+        // guest stops answering): wait a little longer, so its answer is what the caller gets.
+        let wait = Duration::from_secs(req.timeout_sec.unwrap_or(60) + 45);
         let r = self
             .call_limited(
                 reqwest::Method::POST,

@@ -138,6 +138,9 @@ fn vm_wire(e: VmError) -> Wire {
             field: Some(field.to_string()),
         },
         VmError::GuestUnavailable(m) => Wire::new(StatusCode::BAD_GATEWAY, "guest_unavailable", m),
+        VmError::GuestUnresponsive(m) => {
+            Wire::new(StatusCode::GATEWAY_TIMEOUT, "guest_unresponsive", m)
+        }
         VmError::Internal(e) => {
             tracing::error!(error = ?e, "agent internal error");
             Wire::new(

@@ -20,6 +20,10 @@ pub enum VmError {
     },
     #[error("guest did not answer: {0}")]
     GuestUnavailable(String),
+    /// The VM runs but its guest program stopped answering (frozen by a fork bomb, out of
+    /// memory): the sandbox's own doing, not the host's.
+    #[error("{0}")]
+    GuestUnresponsive(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

@@ -44,6 +44,12 @@ impl VmManager {
             }
             Err(ChannelError::Guest(msg)) => return Err(VmError::GuestUnavailable(msg)),
             Err(ChannelError::CutOff(_)) => return Err(vm.stopped_error()),
+            // A guest that stopped answering pings, or did not end the command by its deadline
+            // (its late answers are dropped): the connection stays, and the next request finds
+            // out again within seconds whether the guest is back.
+            Err(e @ (ChannelError::Unresponsive(_) | ChannelError::Timeout)) => {
+                return Err(VmError::GuestUnresponsive(e.to_string()));
+            }
             Err(e) => {
                 // A broken connection is retried by the next request.
                 vm.channel.disconnect();

@@ -152,6 +152,7 @@ pub(super) fn channel_error(vm: &Vm, e: ChannelError) -> VmError {
     }
     match e {
         ChannelError::Guest(m) => VmError::GuestUnavailable(m),
+        e @ ChannelError::Unresponsive(_) => VmError::GuestUnresponsive(e.to_string()),
         e => VmError::GuestUnavailable(e.to_string()),
     }
 }

@@ -111,6 +111,20 @@ impl ApiClient {
         .await
     }
 
+    /// The guest's console log as it is (bytes: it may hold anything the guest wrote).
+    pub async fn logs_bytes(&self, id: &str) -> Result<bytes::Bytes, ClientError> {
+        let resp = self
+            .raw(
+                reqwest::Method::GET,
+                &format!("/v1/sandboxes/{id}/logs"),
+                None,
+            )
+            .await?;
+        resp.bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
     pub async fn logs(&self, id: &str) -> Result<String, ClientError> {
         let resp = self
             .raw(

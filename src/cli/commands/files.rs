@@ -3,6 +3,7 @@
 use anyhow::Context;
 
 use super::output::{print_json, table};
+use super::terminal::line;
 use crate::cli::FilesCommand;
 use crate::cli::client::ApiClient;
 use crate::proto::api::FileKind;
@@ -38,9 +39,15 @@ pub(super) async fn files(c: &ApiClient, cmd: FilesCommand) -> anyhow::Result<i3
                 reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f))
             };
             let e = c.upload(&id, &path, body).await?;
-            eprintln!("{} bytes written to {}", e.size, e.path);
+            eprintln!("{} bytes written to {}", e.size, line(&e.path));
         }
-        FilesCommand::Ls { id, path, json } => {
+        FilesCommand::Ls {
+            id,
+            path,
+            json,
+            raw,
+        } => {
+            super::terminal::set_raw(raw);
             let l = c.list_files(&id, &path).await?;
             if json {
                 print_json(&l)?;
@@ -70,14 +77,20 @@ pub(super) async fn files(c: &ApiClient, cmd: FilesCommand) -> anyhow::Result<i3
                 );
             }
         }
-        FilesCommand::Stat { id, path, json } => {
+        FilesCommand::Stat {
+            id,
+            path,
+            json,
+            raw,
+        } => {
+            super::terminal::set_raw(raw);
             let e = c.stat_file(&id, &path).await?;
             if json {
                 print_json(&e)?;
             } else {
                 println!(
                     "{} {:?} {} bytes mode {:o}",
-                    e.path,
+                    line(&e.path),
                     e.kind,
                     e.size,
                     e.mode & 0o7777
@@ -86,7 +99,7 @@ pub(super) async fn files(c: &ApiClient, cmd: FilesCommand) -> anyhow::Result<i3
         }
         FilesCommand::Mkdir { id, path, parents } => {
             let e = c.mkdir(&id, &path, parents).await?;
-            println!("{}", e.path);
+            println!("{}", line(&e.path));
         }
         FilesCommand::Rm {
             id,

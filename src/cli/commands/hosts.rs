@@ -93,10 +93,11 @@ pub async fn host(cmd: HostCommand) -> anyhow::Result<i32> {
             } else {
                 host_rows(std::slice::from_ref(&h));
                 if let Some(r) = &h.accel_reason {
-                    println!("accel: {r}");
+                    // A BYOC agent reports these: another team's words.
+                    println!("accel: {}", super::terminal::line(r));
                 }
                 if let Some(c) = &h.cgroups {
-                    println!("cgroups: {c}");
+                    println!("cgroups: {}", super::terminal::line(c));
                 }
             }
         }

@@ -9,6 +9,7 @@ mod output;
 mod sandboxes;
 mod teams;
 mod templates;
+pub mod terminal;
 
 use anyhow::{Context, bail};
 

@@ -30,8 +30,17 @@ pub(super) fn until(ts: i64) -> String {
     }
 }
 
-/// Prints rows as an aligned table.
+/// Prints rows as an aligned table. Cells are others' text (names, a guest's file names): their
+/// control characters are escaped unless `--raw` ([`super::terminal`]).
 pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|c| super::terminal::line(&c).into_owned())
+                .collect()
+        })
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {

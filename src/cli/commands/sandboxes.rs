@@ -118,7 +118,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
             } else {
                 sandbox_rows(std::slice::from_ref(&s));
                 if let Some(e) = &s.error {
-                    println!("error: {e}");
+                    println!("error: {}", super::terminal::text(e));
                 }
             }
         }
@@ -223,8 +223,18 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 );
             }
         }
-        SandboxCommand::Logs { id } => {
-            print!("{}", c.logs(&id).await?);
+        SandboxCommand::Logs { id, raw } => {
+            use std::io::Write;
+            super::terminal::set_raw(raw);
+            let log = c.logs_bytes(&id).await?;
+            let mut out = std::io::stdout().lock();
+            if raw {
+                out.write_all(&log)?;
+            } else {
+                let text = String::from_utf8_lossy(&log);
+                out.write_all(super::terminal::text(&text).as_bytes())?;
+            }
+            out.flush()?;
         }
         SandboxCommand::Snapshot {
             id,

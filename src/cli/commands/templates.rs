@@ -45,7 +45,7 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
             let r = c.build_template(&name).await?;
             eprintln!("building {name} on {} host(s)", r.hosts.len());
             for f in &r.failed {
-                eprintln!("  {}: {}", f.host_id, f.error);
+                eprintln!("  {}: {}", f.host_id, super::terminal::line(&f.error));
             }
             if no_wait {
                 return Ok(0);
@@ -72,7 +72,7 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<i32> {
                     .collect::<Vec<_>>()
                     .join("; ");
                 if line != last {
-                    eprintln!("{line}");
+                    eprintln!("{}", super::terminal::line(&line));
                     last = line;
                 }
                 let building = |h: &HostBuildStatus| {

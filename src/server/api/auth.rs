@@ -1,11 +1,12 @@
 //! Signup, login and the caller's identity.
 
 use axum::Json;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
+use super::client_ip::ClientIp;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, AuthUser};
 use super::signin::{self, ClientInfo, SessionUser};
@@ -71,28 +72,32 @@ pub fn password_rules(field: &str, p: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Takes one attempt from the per-IP bucket, and refuses when the account's bucket of failed
-/// attempts is empty (failures are taken with [`account_failed`]).
+/// Takes one attempt from the client address's bucket, and for a login refuses while the
+/// account is locked for this address ([`crate::server::ratelimit::AuthLimits`]).
 pub fn rate_limit(st: &AppState, ip: IpAddr, account: Option<&str>) -> Result<(), ApiError> {
-    st.limits
-        .per_ip
-        .check(&ip.to_string())
-        .map_err(|s| ApiError::RateLimited {
-            retry_after_secs: s,
-        })?;
-    if let Some(a) = account
-        && let Some(s) = st.limits.per_account.blocked(a)
-    {
-        return Err(ApiError::RateLimited {
-            retry_after_secs: s,
-        });
+    let limited = |s| ApiError::RateLimited {
+        retry_after_secs: s,
+    };
+    st.limits.per_ip.check(&ip.to_string()).map_err(limited)?;
+    if let Some(a) = account {
+        st.limits.login_allowed(a, ip).map_err(limited)?;
     }
     Ok(())
 }
 
-/// Records a failed attempt against an account.
-pub fn account_failed(st: &AppState, account: &str) {
-    let _ = st.limits.per_account.check(account);
+/// Runs argon2 work in the bounded pool; busy: 503 with Retry-After.
+pub async fn hashing<T: Send + 'static>(
+    st: &AppState,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    st.hashing
+        .run(work)
+        .await
+        .map_err(|_| ApiError::Unavailable {
+            code: "busy",
+            message: "the server is busy checking passwords; retry in a moment".into(),
+            retry_after_secs: 1,
+        })
 }
 
 /// Signs a user up, if the server lets them in (SPEC §15): the first account of a fresh server
@@ -100,11 +105,11 @@ pub fn account_failed(st: &AppState, account: &str) {
 /// server needs a team invite, an `open` one takes anyone, a `closed` one no one.
 pub async fn signup(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     client: ClientInfo,
     ApiJson(req): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<AuthResponse>)> {
-    rate_limit(&st, peer.ip(), None)?;
+    rate_limit(&st, ip, None)?;
     let email = normalize_email(&req.email)?;
     validate_password(&req.password)?;
     let name = validate_name(&req.name)?;
@@ -114,7 +119,7 @@ pub async fn signup(
         Some(t) if t.len() > 200 => return Err(ApiError::bad("invite", "not an invite token")),
         Some(t) => Some(crypto::sha256_hex(t.as_bytes())),
     };
-    let may_bootstrap = bootstrap::may_bootstrap(&st, peer.ip(), req.bootstrap_token.as_deref());
+    let may_bootstrap = bootstrap::may_bootstrap(&st, ip, req.bootstrap_token.as_deref());
     // Refused before the expensive hash when nothing could let this signup in.
     let mode = st.settings.signup;
     let hopeless = match mode {
@@ -131,9 +136,7 @@ pub async fn signup(
         })));
     }
     let password = req.password.clone();
-    let hash = tokio::task::spawn_blocking(move || crypto::hash_password(&password))
-        .await
-        .map_err(|e| anyhow::anyhow!("hash task: {e}"))??;
+    let hash = hashing(&st, move || crypto::hash_password(&password)).await??;
     let (em, nm) = (email.clone(), name.clone());
     let (user, team_id) = st
         .db
@@ -215,7 +218,7 @@ pub fn refused(e: DbError) -> ApiError {
 
 pub async fn login(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     client: ClientInfo,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<AuthResponse>> {
@@ -233,7 +236,7 @@ pub async fn login(
         ));
     }
     let account = format!("login:{email}");
-    rate_limit(&st, peer.ip(), Some(&account))?;
+    rate_limit(&st, ip, Some(&account))?;
     let em = email.clone();
     let found = st.db.call(move |c| users::by_email(c, &em)).await?;
     // The same argon2 work whether or not the user exists.
@@ -242,19 +245,18 @@ pub async fn login(
         .and_then(|u| u.password_hash.clone())
         .unwrap_or_else(|| crypto::dummy_hash().to_string());
     let password = req.password.clone();
-    let ok = tokio::task::spawn_blocking(move || crypto::verify_password(&password, &phc))
-        .await
-        .map_err(|e| anyhow::anyhow!("verify task: {e}"))?;
+    let ok = hashing(&st, move || crypto::verify_password(&password, &phc)).await?;
     let user = match found {
         Some(u) if ok && u.password_hash.is_some() => u,
         _ => {
-            account_failed(&st, &account);
+            st.limits.login_failed(&account, ip);
             st.db
                 .call(move |c| audit::record(c, None, "user.login_failed", Some(&email), None))
                 .await?;
             return Err(ApiError::Unauthorized);
         }
     };
+    st.limits.login_succeeded(&account, ip);
     let uid = user.id.clone();
     let team = st.db.call(move |c| users::login_team(c, &uid)).await?;
     let team_id = team.map(|t| t.team_id);

@@ -31,10 +31,29 @@ pub enum ApiError {
     TooLargeBecause(String),
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
+    /// A limit of the caller's reached (429), e.g. open streams.
+    #[error("{message}")]
+    LimitReached { code: &'static str, message: String },
+    /// The server cannot take this now (503, with Retry-After): busy or shutting down.
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// The request took longer than the server allows (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     NoHostAvailable(String),
     #[error("{message}")]
     HostFailed { code: &'static str, message: String },
+    /// 504 `guest_unresponsive`: the sandbox's guest stopped answering.
+    #[error("{0}")]
+    GuestUnresponsive(String),
+    /// 507 `guest_disk_full`: no space left where the sandbox was writing.
+    #[error("{0}")]
+    GuestDiskFull(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -105,12 +124,25 @@ impl ApiError {
                 "rate_limited",
                 "too many attempts; retry later".into(),
             ),
+            LimitReached { code, message } => {
+                (StatusCode::TOO_MANY_REQUESTS, code, message.clone())
+            }
+            Unavailable { code, message, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, code, message.clone())
+            }
+            RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", m.clone()),
             NoHostAvailable(reason) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_host_available",
                 format!("no host can take this sandbox: {reason}"),
             ),
             HostFailed { code, message } => (StatusCode::BAD_GATEWAY, code, message.clone()),
+            GuestUnresponsive(m) => (StatusCode::GATEWAY_TIMEOUT, "guest_unresponsive", m.clone()),
+            GuestDiskFull(m) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "guest_disk_full",
+                m.clone(),
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -141,7 +173,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (status, Json(body)).into_response();
-        if let ApiError::RateLimited { retry_after_secs } = self
+        if let ApiError::RateLimited { retry_after_secs }
+        | ApiError::Unavailable {
+            retry_after_secs, ..
+        } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -172,6 +207,8 @@ impl From<SandboxError> for ApiError {
             SandboxError::TooLarge => ApiError::TooLarge,
             SandboxError::TooLargeBecause(why) => ApiError::TooLargeBecause(why),
             SandboxError::Host { code, message } => ApiError::HostFailed { code, message },
+            SandboxError::GuestUnresponsive(m) => ApiError::GuestUnresponsive(m),
+            SandboxError::GuestDiskFull(m) => ApiError::GuestDiskFull(m),
             SandboxError::Db(e) => e.into(),
             SandboxError::Internal(e) => ApiError::Internal(e),
         }

@@ -2,7 +2,7 @@
 //! list, get, delete (with its preview).
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
@@ -511,10 +511,10 @@ pub async fn heartbeat(
 
 pub async fn refresh(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    super::client_ip::ClientIp(ip): super::client_ip::ClientIp,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<RefreshResponse>> {
-    super::auth::rate_limit(&st, peer.ip(), None)?;
+    super::auth::rate_limit(&st, ip, None)?;
     if req.refresh_token.is_empty() || req.refresh_token.len() > 200 {
         return Err(ApiError::Unauthorized);
     }

@@ -1,6 +1,7 @@
 //! The REST API's router. Every route and its guard are listed here.
 
 pub mod auth;
+pub mod client_ip;
 pub mod downloads;
 pub mod error;
 pub mod extract;

@@ -7,10 +7,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 
-use super::auth::{MAX_PASSWORD, account_failed, password_rules, rate_limit};
+use super::auth::{MAX_PASSWORD, hashing, password_rules, rate_limit};
+use super::client_ip::ClientIp;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, AuthUser, IdPath};
-use super::signin::ClientInfo;
 use crate::crypto;
 use crate::ids::SessionId;
 use crate::proto::sessions::{
@@ -80,7 +80,7 @@ pub async fn end(
 /// password; the new one replaces it and every other session of theirs ends.
 pub async fn change_password(
     State(st): State<AppState>,
-    client: ClientInfo,
+    ClientIp(ip): ClientIp,
     user: AuthUser,
     ApiJson(req): ApiJson<PasswordChangeRequest>,
 ) -> ApiResult<Json<PasswordChangeResponse>> {
@@ -94,12 +94,8 @@ pub async fn change_password(
         ));
     }
     password_rules("new_password", &req.new_password)?;
+    // Guessing the current password through a stolen session meets the login's lockout.
     let account = format!("password:{}", user.user_id);
-    let ip = client
-        .ip
-        .as_deref()
-        .and_then(|i| i.parse().ok())
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     rate_limit(&st, ip, Some(&account))?;
     let uid = user.user_id.clone();
     let found = st.db.call(move |c| users::get(c, &uid)).await?;
@@ -110,22 +106,22 @@ pub async fn change_password(
         ));
     };
     let (current, new) = (req.current_password, req.new_password);
-    let hashed = tokio::task::spawn_blocking(move || {
+    let hashed = hashing(&st, move || {
         if crypto::verify_password(&current, &phc) {
             crypto::hash_password(&new).map(Some)
         } else {
             Ok(None)
         }
     })
-    .await
-    .map_err(|e| anyhow::anyhow!("hash task: {e}"))??;
+    .await??;
     let Some(hash) = hashed else {
-        account_failed(&st, &account);
+        st.limits.login_failed(&account, ip);
         return Err(ApiError::bad(
             "current_password",
             "is not your current password",
         ));
     };
+    st.limits.login_succeeded(&account, ip);
     let (uid, keep) = (user.user_id.clone(), user.session_id.clone());
     let ended = st
         .db

@@ -8,6 +8,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::USER_AGENT;
 use axum::http::request::Parts;
 
+use super::client_ip::client_ip;
 use super::error::ApiResult;
 use crate::crypto;
 use crate::server::AppState;
@@ -25,14 +26,19 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+impl FromRequestParts<AppState> for ClientInfo {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        // The client's address as the rate limits see it (behind a trusted proxy, the one it names).
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| {
+            client_ip(
+                c.0.ip(),
+                &parts.headers,
+                &st.settings.limits.trusted_proxies,
+            )
+            .to_string()
+        });
         let user_agent = parts
             .headers
             .get(USER_AGENT)

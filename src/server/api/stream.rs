@@ -1,11 +1,14 @@
 //! Streaming exec over WebSocket: the server relays messages between the client and the agent
 //! (text: JSON control messages; binary: a stream byte — 0 stdin, 1 stdout, 2 stderr — then data).
+//! A user holds at most `--max-streams-per-user` streams; a stream with no message either way for
+//! `--stream-idle-timeout`, or open when the server shuts down, is closed with the reason.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
@@ -15,6 +18,7 @@ use super::extract::{Caller, IdPath, WS_PROTOCOL};
 use crate::ids::SandboxId;
 use crate::proto::api::{ExecClientMessage, ExecServerMessage};
 use crate::server::AppState;
+use crate::server::listener::StreamSlot;
 use crate::server::sandboxes::AgentSocket;
 
 /// Largest message either side may send.
@@ -34,21 +38,46 @@ pub async fn exec_stream(
             format!("this route speaks WebSocket only ({})", e.body_text()),
         )
     })?;
+    let max = st.settings.limits.max_streams_per_user;
+    let slot = st
+        .lifecycle
+        .open_stream(&caller.user_id, max)
+        .ok_or_else(|| ApiError::LimitReached {
+            code: "too_many_streams",
+            message: format!("you already have {max} exec streams open; close one first"),
+        })?;
     let agent = st.sandboxes().connect_exec_stream(&s).await?;
     Ok(ws
         // A browser offers `sandboxctl.v1` and its token as `bearer.TOKEN`; the answer names
         // only the first (the token is never echoed).
         .protocols([WS_PROTOCOL])
         .max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| relay(socket, agent, st, s.id)))
+        .on_upgrade(move |socket| relay(socket, agent, st, s.id, slot)))
 }
 
-async fn relay(client: WebSocket, agent: AgentSocket, st: AppState, sandbox: String) {
+/// Why the server ended a stream, told to the client in the close frame.
+enum Ended {
+    Relayed,
+    Idle(Duration),
+    ShuttingDown,
+}
+
+async fn relay(
+    client: WebSocket,
+    agent: AgentSocket,
+    st: AppState,
+    sandbox: String,
+    _slot: StreamSlot,
+) {
+    let started = Instant::now();
+    let last = AtomicU64::new(0);
+    let active = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     let (mut c_tx, mut c_rx) = client.split();
     let (refusals, mut refused) = tokio::sync::mpsc::channel::<String>(1);
     let (mut a_tx, mut a_rx) = agent.split();
     let up = async {
         while let Some(Ok(m)) = c_rx.next().await {
+            active();
             let out = match m {
                 Message::Text(t) => {
                     if let Err(e) = check_client_message(&t) {
@@ -84,11 +113,24 @@ async fn relay(client: WebSocket, agent: AgentSocket, st: AppState, sandbox: Str
                 tungstenite::Message::Close(_) => break,
                 _ => continue,
             };
+            active();
             if c_tx.send(out).await.is_err() {
                 break;
             }
         }
         let _ = c_tx.send(Message::Close(None)).await;
+    };
+    let idle_limit = st.settings.limits.stream_idle_timeout;
+    let idle = async {
+        loop {
+            let quiet = started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            if quiet >= idle_limit {
+                return;
+            }
+            tokio::time::sleep(idle_limit - quiet).await;
+        }
     };
     // An open stream is activity: keep the idle timeout from firing while it lasts.
     let keepalive = async {
@@ -97,9 +139,26 @@ async fn relay(client: WebSocket, agent: AgentSocket, st: AppState, sandbox: Str
             let _ = st.sandboxes().touch(&sandbox).await;
         }
     };
-    tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
-        _ = keepalive => {}
+    let ended = tokio::select! {
+        _ = async { tokio::join!(up, down) } => Ended::Relayed,
+        _ = keepalive => Ended::Relayed,
+        _ = idle => Ended::Idle(idle_limit),
+        _ = st.lifecycle.stopping() => Ended::ShuttingDown,
+    };
+    let close = match ended {
+        Ended::Relayed => None,
+        Ended::Idle(d) => Some(CloseFrame {
+            code: close_code::NORMAL,
+            reason: format!("closed after {}s without input or output", d.as_secs()).into(),
+        }),
+        Ended::ShuttingDown => Some(CloseFrame {
+            code: close_code::AWAY,
+            reason: "the server is shutting down".into(),
+        }),
+    };
+    if let Some(frame) = close {
+        let _ = a_tx.send(tungstenite::Message::Close(None)).await;
+        let _ = c_tx.send(Message::Close(Some(frame))).await;
     }
     let _ = st.sandboxes().touch(&sandbox).await;
 }

@@ -2,7 +2,9 @@
 //! could not start the sandbox"); the agent's own text (host paths, QEMU messages, connection
 //! errors) goes to the log for operators, never into an answer. Only the agent's verdicts on the
 //! tenant's own input pass through: a field it refused (400/422), a file it will not touch (403,
-//! 409 with the file error code) and an archive over its limit (413 on an import).
+//! 409 with the file error code) and an archive over its limit (413 on an import). So does the
+//! sandbox's own state, named as the guest's and not the host's: a guest that stopped answering
+//! (504 `guest_unresponsive`) and a full disk in the guest (507 `guest_disk_full`).
 
 use super::error::SandboxError;
 use crate::proto::guest::FileErrorCode;
@@ -105,6 +107,19 @@ fn map(call: AgentCall, e: &AgentError) -> SandboxError {
             (_, 404) => SandboxError::NotFound("sandbox on its host"),
             (File, 413) => SandboxError::TooLarge,
             (Import, 413) => SandboxError::TooLargeBecause(message.clone()),
+            // The guest's own state, told as such: it stopped answering, its disk is full.
+            (Vm | File, 504) if code == "guest_unresponsive" => SandboxError::GuestUnresponsive(
+                "the sandbox stopped answering (its guest is frozen: too many processes, out of \
+                 memory, or a kernel that no longer runs it); delete it or wait for it to recover"
+                    .into(),
+            ),
+            (File, 507) if FileErrorCode::from_code(code) == Some(FileErrorCode::NoSpace) => {
+                SandboxError::GuestDiskFull(
+                    "no space left on the sandbox's disk (or the filesystem written to); free \
+                     some and retry"
+                        .into(),
+                )
+            }
             (File, 403) => SandboxError::Forbidden {
                 code: "permission_denied",
                 message: message.clone(),
@@ -151,6 +166,8 @@ mod tests {
             SandboxError::TooLarge => ("payload_too_large", String::new()),
             SandboxError::TooLargeBecause(m) => ("payload_too_large", m),
             SandboxError::Host { code, message } => (code, message),
+            SandboxError::GuestUnresponsive(m) => ("guest_unresponsive", m),
+            SandboxError::GuestDiskFull(m) => ("guest_disk_full", m),
             other => ("other", other.to_string()),
         }
     }
@@ -222,6 +239,24 @@ mod tests {
         assert_eq!(file(409, "is_a_directory"), ("is_a_directory", "m".into()));
         assert_eq!(file(409, "not_empty").0, "not_empty");
         assert_eq!(file(409, "weird").0, "file_conflict");
+        // The guest's own state is named as such, never as the host's failure; the agent's
+        // words stay in the log.
+        let (code, m) = parts(map(
+            AgentCall::Vm,
+            &remote(504, "guest_unresponsive", SECRET),
+        ));
+        assert_eq!(code, "guest_unresponsive");
+        assert!(!m.contains("/var/lib"), "{m}");
+        assert_eq!(file(504, "guest_unresponsive").0, "guest_unresponsive");
+        let (code, m) = parts(map(AgentCall::File, &remote(507, "no_space", SECRET)));
+        assert_eq!(code, "guest_disk_full");
+        assert!(!m.contains("/var/lib"), "{m}");
+        // Not from a template call, nor under another code.
+        assert_eq!(
+            parts(map(AgentCall::Template, &remote(507, "no_space", "m"))).0,
+            "host_error"
+        );
+        assert_eq!(file(504, "gateway").0, "host_error");
         let vm = |status| parts(map(AgentCall::Vm, &remote(status, "c", "busy")));
         assert_eq!(vm(404).0, "sandbox_not_running");
         assert_eq!(vm(409), ("sandbox_conflict", "busy".into()));

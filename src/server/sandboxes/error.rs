@@ -30,6 +30,13 @@ pub enum SandboxError {
     /// own words went to the log (see [`super::agent_errors`]).
     #[error("{message}")]
     Host { code: &'static str, message: String },
+    /// The sandbox's guest stopped answering (frozen by what runs in it): the sandbox's own
+    /// state, not the host's.
+    #[error("{0}")]
+    GuestUnresponsive(String),
+    /// The sandbox's disk (or the filesystem written to) is full.
+    #[error("{0}")]
+    GuestDiskFull(String),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]

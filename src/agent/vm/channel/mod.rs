@@ -47,7 +47,7 @@ use self::reader::read_loop;
 use super::sock::connect_unix;
 use crate::proto::guest::{
     ErrorMsg, ExecStart, Exit, Frame, FrameDecoder, FrameKind, Hello, HelloAck, Init, InitAck,
-    PROTOCOL_VERSION, WINDOW, Windowed,
+    PROTOCOL_VERSION, Ping, WINDOW, Windowed,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,10 @@ pub enum ChannelError {
     /// The guest broke the protocol too often and its channel was cut off for good.
     #[error("the guest broke the channel protocol and was cut off ({0})")]
     CutOff(String),
+    /// The guest program left a ping unanswered for this long: the guest is frozen (out of
+    /// processes or memory, a kernel that no longer schedules it), though its VM still runs.
+    #[error("the guest stopped answering (a ping went unanswered for {0:?})")]
+    Unresponsive(Duration),
 }
 
 /// Bytes of garbage (not frames) a guest may send on one connection before it is cut off. A
@@ -84,6 +88,15 @@ pub(super) const MAX_QUEUED: usize = 4096;
 /// Bytes of control frames (anything but data) one stream may hold unconsumed; also the
 /// largest control frame a guest may send.
 pub(super) const CONTROL_BYTES: usize = 64 * 1024;
+/// How often the host pings a guest while it waits for a call's answer (see
+/// [`GuestChannel::until_unresponsive`]).
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How long a ping may go unanswered before the guest counts as unresponsive. The guest's reader
+/// thread answers a ping at once, without starting anything, so even a guest busy on every vCPU
+/// answers within milliseconds; one frozen by a fork bomb or out of memory does not.
+pub(super) const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(5);
+/// The least time a ping gets, even when the call it guards is due sooner.
+pub(super) const MIN_PING_WAIT: Duration = Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -353,8 +366,49 @@ impl GuestChannel {
         }
     }
 
+    /// Asks the guest program whether it is there: Ok once its Pong arrives within `wait`
+    /// (connecting first if needed, within the same time).
+    pub async fn ping(&self, wait: Duration) -> Result<(), ChannelError> {
+        let deadline = Instant::now() + wait;
+        let id = next_id();
+        let ping = Frame::json(FrameKind::Ping, id, &Ping { token: id });
+        let mut s = self.open(ping, 0, wait).await?;
+        // Nothing to cancel in the guest, whatever happens next.
+        s.done = true;
+        let f = s.next(Some(deadline)).await?;
+        match f.kind {
+            FrameKind::Pong => Ok(()),
+            FrameKind::Error => Err(guest_error(&f)),
+            k => Err(ChannelError::Protocol(format!("{k:?} in answer to Ping"))),
+        }
+    }
+
+    /// Pings the guest every [`PROBE_EVERY`] and resolves once one ping went unanswered for
+    /// [`UNRESPONSIVE_AFTER`] ([`ChannelError::Unresponsive`]) or the channel failed. Raced
+    /// against a call's answer, it ends the wait for a frozen guest within seconds instead of at
+    /// the call's deadline. Near `due` (when a healthy guest would have answered the call, e.g.
+    /// a command's own timeout) a ping gets only what is left, but at least [`MIN_PING_WAIT`]:
+    /// a frozen guest is reported by then, not [`UNRESPONSIVE_AFTER`] later.
+    pub(super) async fn until_unresponsive(&self, due: Option<Instant>) -> ChannelError {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let wait = match due {
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .clamp(MIN_PING_WAIT, UNRESPONSIVE_AFTER),
+                None => UNRESPONSIVE_AFTER,
+            };
+            match self.ping(wait).await {
+                Ok(()) => {}
+                Err(ChannelError::Timeout) => return ChannelError::Unresponsive(wait),
+                Err(e) => return e,
+            }
+        }
+    }
+
     /// Runs a command to its end, keeping at most `cap` bytes of each output stream.
-    /// `wait` bounds the whole call (the guest enforces the command's own timeout).
+    /// `wait` bounds the whole call (the guest enforces the command's own timeout); a guest that
+    /// stops answering pings meanwhile ends it early with [`ChannelError::Unresponsive`].
     pub async fn exec(
         &self,
         req: &ExecStart,
@@ -385,8 +439,16 @@ impl GuestChannel {
                 duration_ms: 0,
             },
         };
+        let due = req
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let probe = self.until_unresponsive(due);
+        tokio::pin!(probe);
         loop {
-            let f = s.next(Some(deadline)).await?;
+            let f = tokio::select! {
+                f = s.next(Some(deadline)) => f?,
+                e = &mut probe => return Err(e),
+            };
             match f.kind {
                 FrameKind::Stdout | FrameKind::Stderr => {
                     let buf = if f.kind == FrameKind::Stdout {

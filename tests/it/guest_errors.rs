@@ -1,0 +1,188 @@
+//! Errors that name the real cause, seen by a user of the real server, agent and VM: a guest's
+//! hostile file names reach the terminal escaped, a full guest disk is a 507 and a guest frozen
+//! by a fork bomb a quick 504, never the host's failure after a long wait.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest};
+
+use crate::common::{TestAgent, TestServer, cli_login, code, raw, step, urlenc, vm_permit};
+
+fn sh(script: &str, timeout_sec: u64) -> ExecRequest {
+    ExecRequest {
+        cmd: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        timeout_sec: Some(timeout_sec),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn guest_faults_are_named_and_guest_text_is_escaped() {
+    let _vm = vm_permit().await;
+    let s = TestServer::start().await;
+    let (auth, admin) = s.signup("admin@example.com", "Admin").await;
+    let _agent = TestAgent::start(&s, &admin).await;
+    let cfg = cli_login(&s, "admin@example.com");
+    let sb = admin
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await
+        .unwrap();
+    let id = sb.id.clone();
+    let token = auth.token.clone();
+
+    step("a file named with terminal escapes is listed escaped", async {
+        // An OSC title change, a screen clear and a carriage return that would hide the rest.
+        let r = admin
+            .exec(
+                &id,
+                &sh(
+                    r#"mkdir /root/d && touch "/root/d/$(printf 'evil\033]0;pwned\007\033[2Jname\rfake')" && ln -s "$(printf '/tmp/\033[31mred')" /root/d/link"#,
+                    20,
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        let (rc, out, err) = crate::common::cli(&cfg, &["sandbox", "files", "ls", &id, "/root/d"], None);
+        assert_eq!(rc, 0, "{err}");
+        assert!(!out.contains('\x1b') && !out.contains('\x07') && !out.contains('\r'), "{out:?}");
+        assert!(
+            out.contains(r"evil\x1b]0;pwned\x07\x1b[2Jname\rfake"),
+            "{out}"
+        );
+        // A link's target (the guest's words) is escaped like a name.
+        assert!(out.contains(r"link -> /tmp/\x1b[31mred"), "{out}");
+        // --raw: the exact name.
+        let (rc, out, err) = crate::common::cli(
+            &cfg,
+            &["sandbox", "files", "ls", &id, "/root/d", "--raw"],
+            None,
+        );
+        assert_eq!(rc, 0, "{err}");
+        assert!(out.contains("evil\x1b]0;pwned\x07\x1b[2Jname\rfake"), "{out:?}");
+        // An error message from the guest (it quotes the path it refused) is escaped too.
+        let evil = "/root/d/evil\x1b]0;pwned\x07\x1b[2Jname\rfake";
+        let (rc, _, err) = crate::common::cli(&cfg, &["sandbox", "files", "mkdir", &id, evil], None);
+        assert_eq!(rc, 1, "{err}");
+        assert!(err.contains("exists") && err.contains(r"\x1b[2J"), "{err:?}");
+        assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+        // What the guest writes to its console reaches `sandbox logs` escaped (`--raw`: as is).
+        let r = admin
+            .exec(&id, &sh(r"printf 'LOGMARK\033]0;pwned\007\n' > /dev/console", 20))
+            .await
+            .unwrap();
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        let logs = |raw: bool| {
+            let mut args = vec!["sandbox", "logs", id.as_str()];
+            args.extend(raw.then_some("--raw"));
+            let (rc, out, err) = crate::common::cli(&cfg, &args, None);
+            assert_eq!(rc, 0, "{err}");
+            out
+        };
+        crate::common::wait_until("the mark in the log", Duration::from_secs(10), || async {
+            logs(true).contains("LOGMARK\x1b]0;pwned\x07")
+        })
+        .await;
+        let out = logs(false);
+        assert!(out.contains(r"LOGMARK\x1b]0;pwned\x07"), "{out}");
+        assert!(!out.contains("LOGMARK\x1b"), "{out:?}");
+        // Its line breaks stay line breaks.
+        let at = out.find(r"pwned\x07").unwrap() + r"pwned\x07".len();
+        assert!(
+            out[at..].starts_with('\n') || out[at..].starts_with("\r\n"),
+            "{out:?}"
+        );
+    })
+    .await;
+
+    step(
+        "an upload into a full guest disk answers 507 guest_disk_full",
+        async {
+            let r = admin
+                .exec(
+                    &id,
+                    &sh(
+                        "i=0; while fallocate -l 64M /fill$i 2>/dev/null; do i=$((i+1)); done; \
+                     dd if=/dev/zero of=/fill-rest bs=4k 2>/dev/null; sync; df -k / | tail -1",
+                        120,
+                    ),
+                )
+                .await
+                .unwrap();
+            let avail: u64 = r
+                .stdout
+                .split_whitespace()
+                .nth(3)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(u64::MAX);
+            assert_eq!(avail, 0, "the disk is full: {r:?}");
+            let body = vec![7u8; 4 << 20];
+            let resp = reqwest::Client::new()
+                .put(format!(
+                    "{}/v1/sandboxes/{id}/files?path={}",
+                    s.url,
+                    urlenc("/root/big.bin")
+                ))
+                .bearer_auth(&token)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let v: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!((status, code(&v)), (507, "guest_disk_full"), "{v}");
+            // The upload left nothing half-written, and freeing space makes it work.
+            let r = admin
+                .exec(&id, &sh("ls /root; rm -f /fill*; sync", 60))
+                .await
+                .unwrap();
+            assert!(!r.stdout.contains("big.bin"), "{r:?}");
+            let resp = reqwest::Client::new()
+                .put(format!(
+                    "{}/v1/sandboxes/{id}/files?path={}",
+                    s.url,
+                    urlenc("/root/big.bin")
+                ))
+                .bearer_auth(&token)
+                .body(vec![7u8; 4 << 20])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 201);
+        },
+    )
+    .await;
+
+    step(
+        "an exec in a guest frozen by a fork bomb answers 504 within its deadline",
+        async {
+            let r = admin.exec(&id, &sh("f(){ f|f& }; f", 20)).await.unwrap();
+            assert_eq!(r.exit_code, 0, "{r:?}");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let timeout = 20;
+            let started = Instant::now();
+            let (st, v) = raw(
+                Method::POST,
+                &format!("{}/v1/sandboxes/{id}/exec", s.url),
+                Some(&token),
+                Some(
+                    &serde_json::json!({"cmd": "echo", "args": ["alive"], "timeout_sec": timeout})
+                        .to_string(),
+                ),
+            )
+            .await;
+            let took = started.elapsed();
+            eprintln!("frozen guest: exec answered {st} after {took:?}");
+            assert_eq!((st, code(&v)), (504, "guest_unresponsive"), "{v}");
+            assert!(
+                took < Duration::from_secs(timeout + 3),
+                "answered after {took:?}, past the exec's own {timeout} s"
+            );
+            // The sandbox is still the user's to end.
+            admin.delete_sandbox(&id).await.unwrap();
+        },
+    )
+    .await;
+}
