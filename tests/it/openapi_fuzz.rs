@@ -20,8 +20,10 @@ const EXCLUDED: &[&str] = &[
     "createSandbox",
     // POST /v1/templates builds a Debian template on every host: minutes of debootstrap.
     "buildTemplate",
-    // POST /v1/auth/logout ends the run's own session: everything after it would be a 401.
+    // POST /v1/auth/logout and DELETE /v1/auth/sessions/{id} end the run's own session (the one
+    // id GET /v1/auth/sessions shows it): everything after them would be a 401.
     "logout",
+    "endSession",
     // Would take the only host out of placement, or delete it, under the run.
     "drainHost",
     "deleteHost",
