@@ -271,6 +271,7 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             github,
             max_file_bytes: a.max_file_bytes,
             allow_private_agent_addresses: a.allow_private_agent_addresses,
+            team_quota: a.team_quota,
         },
         local_agent,
     )

@@ -44,6 +44,8 @@ pub struct Settings {
     pub max_file_bytes: u64,
     /// Accept BYOC agents on loopback, link-local and private addresses (tests, one machine).
     pub allow_private_agent_addresses: bool,
+    /// Every team's quota unless a platform admin set its own (`--team-quota`).
+    pub team_quota: crate::proto::quota::TeamQuota,
 }
 
 #[derive(Clone)]
@@ -54,6 +56,9 @@ pub struct AppState {
     pub scheduler: Arc<dyn Scheduler>,
     pub settings: Arc<Settings>,
     pub limits: Arc<ratelimit::AuthLimits>,
+    /// When this process opened the state (server clock, seconds): a sandbox still `starting`
+    /// from before then was being created by a process that is gone (see `monitor`).
+    pub booted_at: i64,
 }
 
 impl AppState {
@@ -72,6 +77,7 @@ impl AppState {
             scheduler: Arc::new(RoundRobinScheduler::default()),
             settings: Arc::new(settings),
             limits: Arc::new(ratelimit::AuthLimits::default()),
+            booted_at: db::now(),
         })
     }
 }
@@ -117,6 +123,7 @@ pub struct ServerConfig {
     pub github: Option<api::oauth::GithubConfig>,
     pub max_file_bytes: u64,
     pub allow_private_agent_addresses: bool,
+    pub team_quota: crate::proto::quota::TeamQuota,
 }
 
 /// Work started beside the server once it listens, given its state: the single-machine setup
@@ -148,6 +155,7 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
             github: cfg.github.clone(),
             max_file_bytes: cfg.max_file_bytes,
             allow_private_agent_addresses: cfg.allow_private_agent_addresses,
+            team_quota: cfg.team_quota,
         },
     )?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "sandboxctl server listening");

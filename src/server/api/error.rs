@@ -33,6 +33,8 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
     NoHostAvailable(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("{message}")]
     HostFailed { code: &'static str, message: String },
     #[error(transparent)]
@@ -110,6 +112,11 @@ impl ApiError {
                 "no_host_available",
                 format!("no host can take this sandbox: {reason}"),
             ),
+            QuotaExceeded(why) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!("over the team's quota: {why}"),
+            ),
             HostFailed { code, message } => (StatusCode::BAD_GATEWAY, code, message.clone()),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -169,6 +176,7 @@ impl From<SandboxError> for ApiError {
             SandboxError::Conflict { code, message } => ApiError::Conflict { code, message },
             SandboxError::Forbidden { code, message } => ApiError::Forbidden { code, message },
             SandboxError::NoHostAvailable(reason) => ApiError::NoHostAvailable(reason),
+            SandboxError::QuotaExceeded(why) => ApiError::QuotaExceeded(why),
             SandboxError::TooLarge => ApiError::TooLarge,
             SandboxError::TooLargeBecause(why) => ApiError::TooLargeBecause(why),
             SandboxError::Host { code, message } => ApiError::HostFailed { code, message },

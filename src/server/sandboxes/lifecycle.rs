@@ -109,6 +109,8 @@ impl SandboxService<'_> {
         if s.status != SandboxStatus::Paused {
             return Err(not_in(&s, SandboxStatus::Paused, "resume"));
         }
+        // A paused sandbox holds no quota; running again it does.
+        self.check_quota(&s.team_id, s.vcpus, s.memory_mb).await?;
         let link = self.host_of(&s).await?;
         if !link.online {
             return Err(SandboxError::Host {
