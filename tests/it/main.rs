@@ -12,6 +12,7 @@ mod isolation;
 mod layout;
 mod oauth;
 mod ops;
+mod quotas;
 mod sandboxes;
 mod snapshots;
 mod streams;
