@@ -159,10 +159,15 @@ async fn quotas_hold_under_concurrent_creates_and_admins_override_them() {
         async {
             let paused = &started[0];
             user.pause_sandbox(paused).await.unwrap();
+            // The override allows 6: 4 running now, two more fill it.
             let filler = user
                 .create_sandbox(&CreateSandboxRequest::default())
                 .await
                 .expect("the paused sandbox's share is free");
+            let filler2 = user
+                .create_sandbox(&CreateSandboxRequest::default())
+                .await
+                .expect("the sixth slot");
             let err = user.resume_sandbox(paused).await.unwrap_err();
             assert_eq!(status_code(&err), (429, "quota_exceeded".into()));
             assert_eq!(
@@ -171,6 +176,7 @@ async fn quotas_hold_under_concurrent_creates_and_admins_override_them() {
                 "a refused resume leaves it paused"
             );
             user.delete_sandbox(&filler.id).await.unwrap();
+            user.delete_sandbox(&filler2.id).await.unwrap();
             let back = user.resume_sandbox(paused).await.unwrap();
             assert_eq!(back.status, SandboxStatus::Running);
         },
@@ -270,12 +276,29 @@ async fn a_server_killed_during_20_creates_converges_after_restart() {
         })
         .await;
         eprintln!("rows settled {:?} after the restart", t.elapsed());
+        // A VM the agent was rolling back may be seen running by one pass and gone by the next:
+        // wait until the rows and the host agree.
+        wait_until(
+            "one QEMU per running row, none without",
+            Duration::from_secs(120),
+            || {
+                let want = rows_by_status(&s)
+                    .iter()
+                    .filter(|(_, st)| st == "running")
+                    .count();
+                let n = a.qemu_pids().len();
+                async move { n == want }
+            },
+        )
+        .await;
+        eprintln!("rows and QEMUs agree {:?} after the restart", t.elapsed());
         let rows = rows_by_status(&s);
         let running: Vec<&String> = rows
             .iter()
             .filter(|(_, st)| st == "running")
             .map(|(id, _)| id)
             .collect();
+        assert_eq!(a.qemu_pids().len(), running.len(), "{rows:?}");
         assert!(
             rows.iter()
                 .all(|(_, st)| ["running", "error", "stopped"].contains(&st.as_str())),
@@ -286,16 +309,6 @@ async fn a_server_killed_during_20_creates_converges_after_restart() {
             running.len(),
             rows.len() - running.len()
         );
-        wait_until(
-            "one QEMU per running row, none without",
-            Duration::from_secs(120),
-            || {
-                let n = a.qemu_pids().len();
-                let want = running.len();
-                async move { n == want }
-            },
-        )
-        .await;
         let q = admin
             .team_quota(&admin.me().await.unwrap().team_id.unwrap())
             .await
@@ -313,14 +326,14 @@ async fn a_server_killed_during_20_creates_converges_after_restart() {
             assert_eq!(r.stdout.trim(), "alive", "{id} runs for real");
         }
         for (id, st) in &rows {
-            if st == "error" {
+            if st != "running" {
                 let e = admin
                     .get_sandbox(id)
                     .await
                     .unwrap()
                     .error
                     .unwrap_or_default();
-                assert!(e.contains("interrupted"), "{id}: {e}");
+                assert!(!e.is_empty(), "{id} ended with a reason");
             }
         }
         for id in running {
