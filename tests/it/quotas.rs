@@ -11,7 +11,9 @@ use sandboxctl::proto::api::CreateSandboxRequest;
 use sandboxctl::proto::quota::TeamQuota;
 use sandboxctl::proto::vocab::{HostStatus, SandboxStatus};
 
-use crate::common::{TestAgent, TestServer, code, exec, raw, step, vm_permit, wait_until};
+use crate::common::{
+    TestAgent, TestServer, agent_call_token, code, exec, raw, step, vm_permit, wait_until,
+};
 
 /// Starts `n` creates at once; answers each one's outcome.
 async fn creates_at_once(c: &ApiClient, n: usize) -> Vec<Result<String, ClientError>> {
@@ -417,5 +419,51 @@ async fn a_draining_host_that_dies_goes_unreachable_and_its_sandboxes_can_be_del
             );
         },
     )
+    .await;
+}
+
+#[tokio::test]
+async fn an_agent_rolls_back_a_create_whose_caller_hung_up() {
+    let _vm = vm_permit().await;
+    // The monitor would destroy the VM as an orphan too: keep it out of the way.
+    let s = TestServer::start_with(&["--monitor-interval", "1h"]).await;
+    let (_, admin) = s.signup("root@example.com", "Root").await;
+    let a = TestAgent::start(&s, &admin).await;
+    let id = "sbx_abandoned";
+    let body = format!(r#"{{"id":"{id}","template":"minimal","vcpus":1,"memory_mb":256}}"#);
+    let vm_url = format!("http://{}/v1/vms/{id}", a.addr);
+    let vm_state = || async {
+        let token = agent_call_token(&s, &a.host_id, "GET", &format!("/v1/vms/{id}"), b"", 0);
+        raw(Method::GET, &vm_url, Some(&token), None).await.0
+    };
+
+    step("the server's create call hangs up after 300 ms", async {
+        let token = agent_call_token(&s, &a.host_id, "POST", "/v1/vms", body.as_bytes(), 0);
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/v1/vms", a.addr))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
+        assert!(r.is_err(), "the caller gave up before the answer: {r:?}");
+    })
+    .await;
+
+    step("the agent finishes the create, then destroys it", async {
+        wait_until("the VM exists", Duration::from_secs(30), || async {
+            vm_state().await == 200
+        })
+        .await;
+        wait_until("the VM is rolled back", Duration::from_secs(120), || async {
+            vm_state().await == 404 && a.qemu_pids().is_empty()
+        })
+        .await;
+        assert!(
+            !a.dir.path().join("vms").join(id).exists(),
+            "nothing of it is left on disk"
+        );
+    })
     .await;
 }
