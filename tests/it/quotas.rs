@@ -12,7 +12,8 @@ use sandboxctl::proto::quota::TeamQuota;
 use sandboxctl::proto::vocab::{HostStatus, SandboxStatus};
 
 use crate::common::{
-    TestAgent, TestServer, agent_call_token, code, exec, raw, step, vm_permit, wait_until,
+    TestAgent, TestServer, agent_call_token, cli, cli_login, code, exec, raw, step, vm_permit,
+    wait_until,
 };
 
 /// Starts `n` creates at once; answers each one's outcome.
@@ -456,14 +457,94 @@ async fn an_agent_rolls_back_a_create_whose_caller_hung_up() {
             vm_state().await == 200
         })
         .await;
-        wait_until("the VM is rolled back", Duration::from_secs(120), || async {
-            vm_state().await == 404 && a.qemu_pids().is_empty()
-        })
+        wait_until(
+            "the VM is rolled back",
+            Duration::from_secs(120),
+            || async { vm_state().await == 404 && a.qemu_pids().is_empty() },
+        )
         .await;
         assert!(
             !a.dir.path().join("vms").join(id).exists(),
             "nothing of it is left on disk"
         );
     })
+    .await;
+}
+
+#[tokio::test]
+async fn cli_team_quota_shows_and_sets() {
+    let s = TestServer::start_with(&["--team-quota", "sandboxes=3,vcpus=4"]).await;
+    s.signup("root@example.com", "Root").await;
+    let (u, _) = s.signup("user@example.com", "User").await;
+    let team = u.team_id.unwrap();
+    let root = cli_login(&s, "root@example.com");
+    let user = cli_login(&s, "user@example.com");
+
+    step("a member sees the server's default and the usage", async {
+        let (rc, out, err) = cli(&user, &["team", "quota"], None);
+        assert_eq!(rc, 0, "{err}");
+        let line = |name: &str| -> Vec<String> {
+            out.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} line in {out}"))
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(line("sandboxes"), ["sandboxes", "0", "3"], "{out}");
+        assert_eq!(line("vcpus"), ["vcpus", "0", "4"], "{out}");
+        assert_eq!(line("memory_mb"), ["memory_mb", "0", "unlimited"], "{out}");
+        let (rc, _, err) = cli(&user, &["team", "quota", "--set", "sandboxes=50"], None);
+        assert_ne!(rc, 0);
+        assert!(err.contains("platform admin"), "{err}");
+    })
+    .await;
+
+    step(
+        "a platform admin sets a team's own quota and drops it again",
+        async {
+            let (rc, out, err) = cli(
+                &root,
+                &[
+                    "team",
+                    "quota",
+                    "--team",
+                    &team,
+                    "--set",
+                    "sandboxes=7,memory_mb=2048",
+                    "--json",
+                ],
+                None,
+            );
+            assert_eq!(rc, 0, "{err}");
+            let q: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(q["limits"]["sandboxes"], 7, "{q}");
+            assert_eq!(
+                q["limits"]["vcpus"], 4,
+                "the default where the team has none: {q}"
+            );
+            assert_eq!(q["limits"]["memory_mb"], 2048, "{q}");
+            let (rc, out, _) = cli(&user, &["team", "quota"], None);
+            assert_eq!(rc, 0);
+            assert!(out.contains("7 (team's own)"), "{out}");
+            let (rc, out, err) = cli(
+                &root,
+                &[
+                    "team", "quota", "--team", &team, "--set", "default", "--json",
+                ],
+                None,
+            );
+            assert_eq!(rc, 0, "{err}");
+            let q: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(q["limits"]["sandboxes"], 3, "{q}");
+            let (rc, _, err) = cli(
+                &root,
+                &["team", "quota", "--team", &team, "--set", "cpus=2"],
+                None,
+            );
+            assert_ne!(rc, 0);
+            assert!(err.contains("cpus"), "a bad limit is named: {err}");
+        },
+    )
     .await;
 }
