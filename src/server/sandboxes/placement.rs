@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 use super::SandboxService;
 use super::error::{SandboxError, SandboxResult};
 use crate::ids::HostId;
+use crate::server::db::DbError;
 use crate::server::db::hosts::{self, HostRow};
-use crate::server::db::sandboxes::{self, NewSandbox};
+use crate::server::db::sandboxes::{self, NewSandbox, SandboxRow};
 use crate::server::db::{self, quotas};
 use crate::server::scheduler::{Candidate, PlacementRequest};
+use crate::server::state::SandboxStatus;
 
 fn candidates_of(hosts: &[HostRow], load: &BTreeMap<String, (u32, u64)>) -> Vec<Candidate> {
     hosts
@@ -104,23 +106,30 @@ impl SandboxService<'_> {
             .await?
     }
 
-    /// Whether the team may hold one more running sandbox of this size (a resume), else 429
-    /// `quota_exceeded`.
-    pub async fn check_quota(&self, team: &str, vcpus: u32, memory_mb: u32) -> SandboxResult<()> {
+    /// Checks a paused sandbox's resume against its team's quota (429 `quota_exceeded`) and
+    /// records it as `running` in the same transaction.
+    pub async fn reserve_resume(&self, s: &SandboxRow) -> SandboxResult<()> {
         let default = self.st.settings.team_quota;
-        let team = team.to_string();
-        let why = self
-            .st
+        let (team, id, vcpus, memory_mb) = (s.team_id.clone(), s.id.clone(), s.vcpus, s.memory_mb);
+        self.st
             .db
             .call(move |c| {
-                let usage = quotas::usage(c, &team)?;
-                let quota = quotas::overrides(c, &team)?.or(default);
-                Ok(quota.exceeded_by(&usage, vcpus, u64::from(memory_mb)))
+                db::atomically(c, |tx| {
+                    let usage = quotas::usage(tx, &team)?;
+                    let quota = quotas::overrides(tx, &team)?.or(default);
+                    if let Some(why) = quota.exceeded_by(&usage, vcpus, u64::from(memory_mb)) {
+                        return Ok(Err(SandboxError::QuotaExceeded(why)));
+                    }
+                    match sandboxes::transition(tx, &id, SandboxStatus::Running, None) {
+                        Ok(_) => Ok(Ok(())),
+                        Err(DbError::Conflict(_)) => Ok(Err(SandboxError::conflict(
+                            "invalid_transition",
+                            "the sandbox is no longer paused",
+                        ))),
+                        Err(e) => Err(e),
+                    }
+                })
             })
-            .await?;
-        match why {
-            Some(why) => Err(SandboxError::QuotaExceeded(why)),
-            None => Ok(()),
-        }
+            .await?
     }
 }
