@@ -277,6 +277,7 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             signup: a.signup,
             bootstrap_requires_token: a.bootstrap_requires_token,
             limits: server_limits(&a.limits),
+            team_quota: a.team_quota,
         },
         local_agent,
     )

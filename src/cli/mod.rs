@@ -161,6 +161,11 @@ pub struct ServerArgs {
     /// it when a reverse proxy on this machine makes every client look local.
     #[arg(long, env = "SANDBOXCTL_BOOTSTRAP_REQUIRES_TOKEN")]
     pub bootstrap_requires_token: bool,
+    /// Every team's quota of running sandboxes, vCPUs and memory, e.g.
+    /// `sandboxes=10,vcpus=16,memory_mb=16384` (any subset; unlimited by default). A platform
+    /// admin can set a team's own with `sandboxctl team quota --set`.
+    #[arg(long, env = "SANDBOXCTL_TEAM_QUOTA", default_value = "", value_parser = crate::proto::quota::TeamQuota::parse)]
+    pub team_quota: crate::proto::quota::TeamQuota,
     /// The admin account created on a fresh server with --local-agent.
     #[arg(
         long,
@@ -300,6 +305,13 @@ pub struct VmArgs {
     /// Most members (files, directories, links) a template import's archive may hold.
     #[arg(long, env = "SANDBOXCTL_MAX_IMAGE_MEMBERS", default_value_t = crate::agent::images::import::Limits::DEFAULT_MAX_MEMBERS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_image_members: u64,
+}
+
+fn parse_quota_override(s: &str) -> Result<crate::proto::quota::TeamQuota, String> {
+    if s.trim() == "default" {
+        return Ok(Default::default());
+    }
+    crate::proto::quota::TeamQuota::parse(s)
 }
 
 fn parse_cidr(s: &str) -> Result<crate::proto::net::Cidr, String> {
@@ -735,6 +747,17 @@ pub enum TeamCommand {
     },
     /// Leave a team.
     Leave { team: String },
+    /// A team's quota (running sandboxes, vCPUs, memory) and what it uses; a platform admin can
+    /// set it with `--set sandboxes=N,vcpus=N,memory_mb=N` (left-out limits follow the server's
+    /// default; `--set default` drops the team's own).
+    Quota {
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long, value_name = "LIMITS", value_parser = parse_quota_override)]
+        set: Option<crate::proto::quota::TeamQuota>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a team (owner only): its sandboxes are destroyed first.
     Delete {
         team: String,

@@ -8,6 +8,7 @@ pub mod json;
 pub mod keys;
 pub mod net;
 pub mod path;
+pub mod quota;
 pub mod sessions;
 pub mod teams;
 pub mod validate;

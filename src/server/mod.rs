@@ -54,6 +54,8 @@ pub struct Settings {
     pub bootstrap_requires_token: bool,
     /// Timeouts, caps and trusted proxies.
     pub limits: listener::ServerLimits,
+    /// Every team's quota unless a platform admin set its own (`--team-quota`).
+    pub team_quota: crate::proto::quota::TeamQuota,
 }
 
 #[derive(Clone)]
@@ -70,6 +72,9 @@ pub struct AppState {
     pub hashing: Arc<ratelimit::HashPool>,
     /// Shutdown and open exec streams.
     pub lifecycle: Arc<listener::Lifecycle>,
+    /// When this process opened the state (server clock, seconds): a sandbox still `starting`
+    /// from before then was being created by a process that is gone (see `monitor`).
+    pub booted_at: i64,
 }
 
 impl AppState {
@@ -96,6 +101,7 @@ impl AppState {
             bootstrap: Arc::new(bootstrap::Bootstrap::new(data_dir)),
             hashing: Arc::new(hashing),
             lifecycle: Arc::default(),
+            booted_at: db::now(),
         })
     }
 }
@@ -143,6 +149,7 @@ pub struct ServerConfig {
     pub signup: SignupMode,
     pub bootstrap_requires_token: bool,
     pub limits: listener::ServerLimits,
+    pub team_quota: crate::proto::quota::TeamQuota,
 }
 
 /// Work that goes with the server, given its state: the single-machine setup (`sandboxctl server
@@ -183,6 +190,7 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
             signup: cfg.signup,
             bootstrap_requires_token: cfg.bootstrap_requires_token,
             limits: cfg.limits.clone(),
+            team_quota: cfg.team_quota,
         },
     )?;
     // Nothing is answered before this: the local setup's admin exists before anyone can sign up.

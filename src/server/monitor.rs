@@ -22,16 +22,32 @@ pub struct Reconciliation {
     pub orphans: Vec<String>,
 }
 
+/// How long a create may take before its `starting` row counts as abandoned even in the process
+/// that made it: the agent call's own timeout (`pool::create_vm`) and a margin.
+pub const CREATE_DEADLINE_SECS: i64 = 330;
+
 /// Pure: compares the database's live sandboxes on a host with the VMs the agent reports.
-/// `known_dead` are VM ids the database knows as ended (or does not know at all: pass every
-/// reported id not in `live` and let the caller check).
-pub fn reconcile(live: &[SandboxRow], agent: &HashMap<String, VmState>) -> Reconciliation {
+/// `abandoned_before`: a `starting`/`pending` sandbox created before then has no create in flight
+/// any more (its server crashed, or the call outlived its deadline), so the host decides: a VM
+/// there makes it `running`, none makes it `error` (its capacity and quota released).
+pub fn reconcile(
+    live: &[SandboxRow],
+    agent: &HashMap<String, VmState>,
+    abandoned_before: i64,
+) -> Reconciliation {
     let mut out = Reconciliation::default();
     for s in live {
         let on_agent = agent.get(&s.id).copied();
+        let abandoned = s.created_at < abandoned_before;
         let next = match (s.status, on_agent) {
             // A create is in flight; its handler records the outcome.
-            (SandboxStatus::Starting | SandboxStatus::Pending, _) => None,
+            (SandboxStatus::Starting | SandboxStatus::Pending, _) if !abandoned => None,
+            // The agent is still at it (or rolling it back): the next pass decides.
+            (SandboxStatus::Starting | SandboxStatus::Pending, Some(VmState::Starting)) => None,
+            (SandboxStatus::Starting, Some(VmState::Running | VmState::Paused)) => {
+                Some(SandboxStatus::Running)
+            }
+            (SandboxStatus::Starting | SandboxStatus::Pending, _) => Some(SandboxStatus::Error),
             (SandboxStatus::Missing, Some(VmState::Running | VmState::Starting)) => {
                 Some(SandboxStatus::Running)
             }
@@ -160,19 +176,28 @@ impl HostMonitor {
             .db
             .call(move |c| sandboxes::live_on_host(c, &hid))
             .await?;
-        let plan = reconcile(&live, &agent);
+        let abandoned_before = state
+            .booted_at
+            .max(now().saturating_sub(CREATE_DEADLINE_SECS));
+        let plan = reconcile(&live, &agent, abandoned_before);
         if !plan.changes.is_empty() {
             let changes = plan.changes.clone();
             state
                 .db
                 .call(move |c| {
                     for (id, next) in &changes {
-                        let why = (*next == SandboxStatus::Stopped).then(|| {
-                            reasons
-                                .get(id)
-                                .map(String::as_str)
-                                .unwrap_or("the VM is gone from its host")
-                        });
+                        let why = match next {
+                            SandboxStatus::Stopped => Some(
+                                reasons
+                                    .get(id)
+                                    .map(String::as_str)
+                                    .unwrap_or("the VM is gone from its host"),
+                            ),
+                            SandboxStatus::Error => Some(
+                                "the create was interrupted (the server restarted) and its host has no VM for it",
+                            ),
+                            _ => None,
+                        };
                         if let Err(e) = sandboxes::transition(c, id, *next, why) {
                             tracing::debug!(sandbox = %id, error = %e, "reconcile transition skipped");
                         }
@@ -254,7 +279,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let plan = reconcile(&live, &agent);
+        let plan = reconcile(&live, &agent, 0);
         let mut changes = plan.changes.clone();
         changes.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
@@ -272,5 +297,56 @@ mod tests {
             let from = live.iter().find(|s| &s.id == id).unwrap().status;
             assert!(from.can_become(*next), "{from} -> {next}");
         }
+    }
+
+    #[test]
+    fn abandoned_creates_follow_their_host() {
+        use SandboxStatus::*;
+        let old = |id: &str, status| {
+            let mut r = row(id, status);
+            r.created_at = 100;
+            r
+        };
+        let live = [
+            old("vm_running", Starting),
+            old("vm_paused", Starting),
+            old("vm_starting", Starting),
+            old("vm_gone", Starting),
+            old("vm_stopped", Starting),
+            old("pending", Pending),
+            row("in_flight", Starting),
+        ];
+        let mut young = live[6].clone();
+        young.created_at = 500;
+        let live = [&live[..6], &[young]].concat();
+        let agent: HashMap<String, VmState> = [
+            ("vm_running", VmState::Running),
+            ("vm_paused", VmState::Paused),
+            ("vm_starting", VmState::Starting),
+            ("vm_stopped", VmState::Stopped),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        // Rows made before 200 have no create in flight any more; the young one has.
+        let plan = reconcile(&live, &agent, 200);
+        let mut changes = plan.changes.clone();
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            changes,
+            vec![
+                ("pending".to_string(), Error),
+                ("vm_gone".to_string(), Error),
+                ("vm_paused".to_string(), Running),
+                ("vm_running".to_string(), Running),
+                ("vm_stopped".to_string(), Error),
+            ]
+        );
+        for (id, next) in &plan.changes {
+            let from = live.iter().find(|s| &s.id == id).unwrap().status;
+            assert!(from.can_become(*next), "{from} -> {next}");
+        }
+        // Nothing changes while the create may still be in flight.
+        assert!(reconcile(&live, &agent, 0).changes.is_empty());
     }
 }

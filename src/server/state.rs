@@ -30,8 +30,8 @@ impl HostStatus {
         matches!(
             (self, next),
             (Pending, Online)
-                | (Online, Unreachable)
-                | (Unreachable, Online)
+                | (Online | Draining, Unreachable)
+                | (Unreachable, Online | Draining)
                 | (Online, Draining)
                 | (Draining, Online)
         )
@@ -87,5 +87,10 @@ mod tests {
         assert!(!Pending.can_become(Unreachable));
         assert!(!Draining.can_become(Pending));
         assert!(Draining.can_become(Online), "undrain");
+        assert!(
+            Draining.can_become(Unreachable),
+            "a drained host can die too"
+        );
+        assert!(Unreachable.can_become(Draining), "and comes back drained");
     }
 }

@@ -257,6 +257,21 @@ fn rows() -> Vec<Row> {
             None,
             [401, 401, 401, 403, 404, 404, 204, 204, 409],
         ),
+        // Quotas: the team's members see theirs, a platform admin sees and sets any team's.
+        r(
+            M::GET,
+            "/v1/teams/{id}/quota",
+            "/v1/teams/{T}/quota",
+            None,
+            [401, 401, 401, 403, 404, 200, 200, 200, 200],
+        ),
+        r(
+            M::PUT,
+            "/v1/teams/{id}/quota",
+            "/v1/teams/{T}/quota",
+            Some(r#"{"sandboxes":1000}"#),
+            [401, 401, 401, 403, 404, 200, 403, 403, 403],
+        ),
         r(
             M::POST,
             "/v1/api-keys",

@@ -15,6 +15,7 @@ mod limits;
 mod oauth;
 mod openapi_fuzz;
 mod ops;
+mod quotas;
 mod sandboxes;
 mod sessions;
 mod signup;

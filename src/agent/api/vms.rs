@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::AgentState;
 use super::error::ApiError;
@@ -30,11 +32,50 @@ async fn list(State(st): State<AgentState>) -> Json<VmListResponse> {
     })
 }
 
+/// Set when the caller of a create went away (the request future was dropped) before the answer.
+struct CallerGone(Option<Arc<AtomicBool>>);
+
+impl CallerGone {
+    /// The caller is still there: the answer goes out.
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CallerGone {
+    fn drop(&mut self) {
+        if let Some(gone) = &self.0 {
+            gone.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Creates the VM in a task of its own, so a caller that hangs up (a server that crashed or timed
+/// out) never cuts a create in half; a VM whose caller left before the answer is destroyed again,
+/// since nobody recorded it. (If the answer was sent but lost, the server's monitor settles it.)
 async fn create(
     State(st): State<AgentState>,
     Body(req): Body<CreateVmRequest>,
 ) -> Result<(StatusCode, Json<VmInfo>), ApiError> {
-    Ok((StatusCode::CREATED, Json(st.vms.create(req).await?)))
+    let gone = Arc::new(AtomicBool::new(false));
+    let guard = CallerGone(Some(gone.clone()));
+    let vms = st.vms.clone();
+    let task = tokio::spawn(async move {
+        let id = req.id.clone();
+        let created = vms.create(req).await;
+        if created.is_ok() && gone.load(Ordering::Acquire) {
+            tracing::warn!(vm = %id, "the create's caller went away: rolling the VM back");
+            if let Err(e) = vms.destroy(&id).await {
+                tracing::warn!(vm = %id, error = %e, "rolling back an abandoned create");
+            }
+        }
+        created
+    });
+    let created = task.await;
+    guard.answered();
+    let info = created
+        .map_err(|e| crate::agent::vm::VmError::Internal(anyhow::anyhow!("create task: {e}")))??;
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 async fn get_vm(

@@ -2,6 +2,7 @@
 
 use super::{ApiClient, ClientError};
 use crate::proto::api::AuthResponse;
+use crate::proto::quota::{QuotaResponse, TeamQuota};
 use crate::proto::teams::{
     AcceptInviteRequest, CreateInviteRequest, CreatedInviteResponse, InviteListResponse,
     InviteResponse, MemberResponse, NameRequest, RoleRequest, SwitchTeamRequest,
@@ -36,6 +37,30 @@ impl ApiClient {
             reqwest::Method::PATCH,
             &format!("/v1/teams/{id}"),
             Some(&NameRequest { name: name.into() }),
+        )
+        .await
+    }
+
+    /// The team's quota: the limits in force, its overrides, the server's default and its usage.
+    pub async fn team_quota(&self, team: &str) -> Result<QuotaResponse, ClientError> {
+        self.json::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/teams/{}/quota", urlencode::encode(team)),
+            None,
+        )
+        .await
+    }
+
+    /// Sets the team's own limits (platform admins); `None` falls back to the server's default.
+    pub async fn set_team_quota(
+        &self,
+        team: &str,
+        quota: &TeamQuota,
+    ) -> Result<QuotaResponse, ClientError> {
+        self.json(
+            reqwest::Method::PUT,
+            &format!("/v1/teams/{}/quota", urlencode::encode(team)),
+            Some(quota),
         )
         .await
     }

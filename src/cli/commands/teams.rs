@@ -157,6 +157,51 @@ pub async fn team(cmd: TeamCommand) -> anyhow::Result<i32> {
             let t = c.rename_team(&id, &name).await?;
             println!("{} renamed to {}", t.id, t.name);
         }
+        TeamCommand::Quota { team, set, json } => {
+            let id = team_or_current(&c, team).await?;
+            let q = match set {
+                Some(q) => c.set_team_quota(&id, &q).await?,
+                None => c.team_quota(&id).await?,
+            };
+            if json {
+                print_json(&q)?;
+            } else {
+                let limit = |v: Option<u64>, own: Option<u64>| {
+                    let v = v.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+                    if own.is_some() {
+                        format!("{v} (team's own)")
+                    } else {
+                        v
+                    }
+                };
+                table(
+                    &["", "USED", "LIMIT"],
+                    vec![
+                        vec![
+                            "sandboxes".into(),
+                            q.usage.sandboxes.to_string(),
+                            limit(
+                                q.limits.sandboxes.map(u64::from),
+                                q.overrides.sandboxes.map(u64::from),
+                            ),
+                        ],
+                        vec![
+                            "vcpus".into(),
+                            q.usage.vcpus.to_string(),
+                            limit(
+                                q.limits.vcpus.map(u64::from),
+                                q.overrides.vcpus.map(u64::from),
+                            ),
+                        ],
+                        vec![
+                            "memory_mb".into(),
+                            q.usage.memory_mb.to_string(),
+                            limit(q.limits.memory_mb, q.overrides.memory_mb),
+                        ],
+                    ],
+                );
+            }
+        }
         TeamCommand::Leave { team } => {
             c.leave_team(&team).await?;
             println!("you left {team}");

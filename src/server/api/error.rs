@@ -46,6 +46,8 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("{0}")]
     NoHostAvailable(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("{message}")]
     HostFailed { code: &'static str, message: String },
     /// 504 `guest_unresponsive`: the sandbox's guest stopped answering.
@@ -136,6 +138,11 @@ impl ApiError {
                 "no_host_available",
                 format!("no host can take this sandbox: {reason}"),
             ),
+            QuotaExceeded(why) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!("over the team's quota: {why}"),
+            ),
             HostFailed { code, message } => (StatusCode::BAD_GATEWAY, code, message.clone()),
             GuestUnresponsive(m) => (StatusCode::GATEWAY_TIMEOUT, "guest_unresponsive", m.clone()),
             GuestDiskFull(m) => (
@@ -204,6 +211,7 @@ impl From<SandboxError> for ApiError {
             SandboxError::Conflict { code, message } => ApiError::Conflict { code, message },
             SandboxError::Forbidden { code, message } => ApiError::Forbidden { code, message },
             SandboxError::NoHostAvailable(reason) => ApiError::NoHostAvailable(reason),
+            SandboxError::QuotaExceeded(why) => ApiError::QuotaExceeded(why),
             SandboxError::TooLarge => ApiError::TooLarge,
             SandboxError::TooLargeBecause(why) => ApiError::TooLargeBecause(why),
             SandboxError::Host { code, message } => ApiError::HostFailed { code, message },

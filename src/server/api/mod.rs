@@ -12,6 +12,7 @@ pub mod invites;
 pub mod keys;
 pub mod lifecycle;
 pub mod oauth;
+pub mod quotas;
 pub mod sandboxes;
 pub mod sessions;
 pub mod signin;
@@ -66,6 +67,7 @@ pub fn router() -> Router<AppState> {
             axum::routing::patch(teams::set_role).delete(teams::remove_member),
         )
         .route("/v1/teams/{id}/leave", post(teams::leave))
+        .route("/v1/teams/{id}/quota", get(quotas::get).put(quotas::set))
         .route("/v1/api-keys", post(keys::create).get(keys::list))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/hosts", post(hosts::create).get(hosts::list))

@@ -147,7 +147,7 @@ pub async fn build(
             format!("base templates are {}", BASE_TEMPLATES.join(", ")),
         ));
     }
-    let online = st.db.call(hosts::schedulable).await?;
+    let online = st.db.call(|c| hosts::schedulable(c)).await?;
     let mut started = Vec::new();
     let mut failed = Vec::new();
     for h in online.into_iter().filter(|h| h.team_id.is_none()) {

@@ -350,7 +350,8 @@ pub fn rotate_refresh(
     })
 }
 
-/// Records a heartbeat; an unreachable host comes back online. Returns the host's status.
+/// Records a heartbeat; an unreachable host comes back online (or draining, if it was drained).
+/// Returns the host's status.
 pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbResult<HostStatus> {
     let t = now();
     let status: Option<HostStatus> = conn
@@ -358,7 +359,8 @@ pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbR
             "UPDATE hosts SET last_heartbeat_at = ?1, updated_at = ?1, address = ?2, cpu_cores = ?3,
                 memory_mb = ?4, disk_gb = ?5, accel = ?6, accel_reason = ?7, running_vms = ?8,
                 used_memory_mb = ?9, used_vcpus = ?10, templates = ?12, cgroups = ?13,
-                status = CASE WHEN status = ?14 THEN ?15 ELSE status END
+                status = CASE WHEN status = ?14 THEN (CASE WHEN drain = 1 THEN ?17 ELSE ?15 END)
+                    ELSE status END
              WHERE id = ?11 AND status != ?16
              RETURNING status",
             params![
@@ -377,7 +379,8 @@ pub fn heartbeat(conn: &Connection, host_id: &str, hb: &HeartbeatRequest) -> DbR
                 hb.facts.cgroups,
                 HostStatus::Unreachable,
                 HostStatus::Online,
-                HostStatus::Pending
+                HostStatus::Pending,
+                HostStatus::Draining
             ],
             |r| r.get(0),
         )
@@ -408,7 +411,7 @@ pub fn list(conn: &Connection, all: bool, team_ids: &[String]) -> DbResult<Vec<H
 }
 
 /// Hosts that may take new sandboxes: online with an address.
-pub fn schedulable(conn: &mut Connection) -> DbResult<Vec<HostRow>> {
+pub fn schedulable(conn: &Connection) -> DbResult<Vec<HostRow>> {
     let mut st = conn.prepare(&format!(
         "SELECT {COLS} FROM hosts WHERE status = 'online' AND address IS NOT NULL ORDER BY id"
     ))?;
@@ -464,8 +467,8 @@ pub fn set_draining(conn: &Connection, host_id: &str, draining: bool, actor: &st
         return Err(DbError::Conflict("invalid_transition"));
     }
     let n = conn.execute(
-        "UPDATE hosts SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4",
-        params![to, now(), host_id, from],
+        "UPDATE hosts SET status = ?1, drain = ?5, updated_at = ?2 WHERE id = ?3 AND status = ?4",
+        params![to, now(), host_id, from, draining],
     )?;
     if n == 0 {
         return Err(DbError::Conflict("invalid_transition"));
@@ -511,13 +514,18 @@ pub fn delete(conn: &mut Connection, id: &str, actor: Option<&str>) -> DbResult<
 pub fn mark_stale(conn: &mut Connection, cutoff: i64) -> DbResult<Vec<String>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let ids: Vec<String> = {
+        // Draining hosts too: draining stops new work, not the check that the host is alive.
         let mut st = tx.prepare(
             "UPDATE hosts SET status = ?3, updated_at = ?1
-             WHERE status = ?4 AND coalesce(last_heartbeat_at, 0) < ?2 RETURNING id",
+             WHERE status IN (?4, ?5) AND coalesce(last_heartbeat_at, 0) < ?2 RETURNING id",
         )?;
-        let (from, to) = (HostStatus::Online, HostStatus::Unreachable);
-        debug_assert!(from.can_become(to));
-        st.query_map(params![now(), cutoff, to, from], |r| r.get(0))?
+        let (online, draining, to) = (
+            HostStatus::Online,
+            HostStatus::Draining,
+            HostStatus::Unreachable,
+        );
+        debug_assert!(online.can_become(to) && draining.can_become(to));
+        st.query_map(params![now(), cutoff, to, online, draining], |r| r.get(0))?
             .collect::<Result<_, _>>()?
     };
     for id in &ids {

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod backup;
 pub mod hosts;
 pub mod invites;
+pub mod quotas;
 pub mod sandboxes;
 pub mod sessions;
 pub mod teams;
@@ -88,6 +89,20 @@ impl Db {
         .await
         .map_err(|e| DbError::Task(e.to_string()))?
     }
+}
+
+/// Runs `f` in one immediate transaction, committed only when it answers `Ok(Ok(_))`: a check
+/// and the write it allows (a quota and the sandbox counted against it) see the same state.
+pub fn atomically<T, E>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Connection) -> DbResult<Result<T, E>>,
+) -> DbResult<Result<T, E>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let out = f(&tx)?;
+    if out.is_ok() {
+        tx.commit()?;
+    }
+    Ok(out)
 }
 
 /// Seconds since the Unix epoch, on the server's clock (which tests may move; see

@@ -84,7 +84,6 @@ impl SandboxService<'_> {
         };
 
         // Place it.
-        let candidates = self.candidates().await?;
         let all_hosts = self.st.db.call(|c| hosts::list(c, true, &[])).await?;
         if own.is_none()
             && !BASE_TEMPLATES.contains(&template.as_str())
@@ -105,13 +104,12 @@ impl SandboxService<'_> {
             pinned_host: own.as_ref().and_then(|t| t.host_id.clone()),
             base_template: own.is_none().then(|| template.clone()),
         };
-        let (host_id, addr) = self.place(&candidates, &placement).await?;
-
         let id = SandboxId::generate();
         let new = NewSandbox {
             id: id.to_string(),
             team_id: team.to_string(),
-            host_id: host_id.to_string(),
+            // Chosen by `reserve`.
+            host_id: String::new(),
             template: template.clone(),
             vcpus,
             memory_mb,
@@ -129,11 +127,12 @@ impl SandboxService<'_> {
             vcpus,
             memory_mb,
             env,
-            network: new.network,
+            network: egress.is_some(),
             egress,
             cold_boot: req.cold_boot.unwrap_or(false),
         };
-        self.st.db.call(move |c| sandboxes::insert(c, &new)).await?;
+        // Quota, placement and the `starting` row in one transaction: 429 or 503 start nothing.
+        let (host_id, addr) = self.reserve(&placement, new).await?;
 
         // Start it in a task of its own: a caller that goes away mid-create leaves no sandbox
         // stuck in `starting`.

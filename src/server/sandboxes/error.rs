@@ -20,6 +20,9 @@ pub enum SandboxError {
     /// No host can take the work; the reason is ours.
     #[error("{0}")]
     NoHostAvailable(String),
+    /// The team's quota has no room for this; the reason names the limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// A body over the limit.
     #[error("request body too large")]
     TooLarge,

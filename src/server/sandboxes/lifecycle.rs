@@ -118,10 +118,22 @@ impl SandboxService<'_> {
                         .into(),
             });
         }
-        link.client
-            .resume_vm(&s.id)
-            .await
-            .map_err(|e| self.agent_error(AgentCall::Vm, &link.client, e))?;
+        // A paused sandbox holds no quota; running again it does: it counts as running from
+        // before the host is asked, so concurrent resumes and creates see it (if the server dies
+        // meanwhile, the monitor finds the VM paused or running and records which).
+        self.reserve_resume(&s).await?;
+        if let Err(e) = link.client.resume_vm(&s.id).await {
+            let sid = s.id.clone();
+            if let Err(back) = self
+                .st
+                .db
+                .call(move |c| sandboxes::settle(c, &sid, SandboxStatus::Paused, None))
+                .await
+            {
+                tracing::warn!(sandbox = %s.id, error = %back, "recording a failed resume");
+            }
+            return Err(self.agent_error(AgentCall::Vm, &link.client, e));
+        }
         let sid = s.id.clone();
         self.st
             .db

@@ -98,6 +98,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub url: String,
     child: Child,
+    /// `--signup` as started (None: the server's own default); a restart keeps it.
+    signup: Option<String>,
 }
 
 impl TestServer {
@@ -140,10 +142,68 @@ impl TestServer {
         allow_private_agents: bool,
         signup: Option<&str>,
     ) -> TestServer {
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let (child, url) = Self::spawn_at(
+            dir.path(),
+            "127.0.0.1:0",
+            extra,
+            allow_private_agents,
+            signup,
+        );
+        let s = TestServer {
+            dir,
+            url,
+            child,
+            signup: signup.map(str::to_string),
+        };
+        s.wait_healthy().await;
+        s
+    }
+
+    /// Kills the server with SIGKILL (mid-work, no cleanup) and starts it again with `extra` on
+    /// the same data dir and port, as an operator's restart would (agents keep its URL).
+    pub async fn crash_and_restart(&mut self, extra: &[&str]) {
+        self.kill();
+        let listen = self
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let (child, url) = Self::spawn_at(
+            self.dir.path(),
+            &listen,
+            extra,
+            true,
+            self.signup.as_deref(),
+        );
+        self.child = child;
+        self.url = url;
+        self.wait_healthy().await;
+    }
+
+    async fn wait_healthy(&self) {
+        let c = self.anon();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.healthz().await {
+            assert!(Instant::now() < deadline, "server never became healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn spawn_at(
+        dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        allow_private_agents: bool,
+        signup: Option<&str>,
+    ) -> (Child, String) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
+        cmd.args(["server", "--listen", listen, "--data-dir"])
+            .arg(dir.join("data"))
             .args(extra)
             .args(signup.map(|m| format!("--signup={m}")))
             .env_remove("SANDBOXCTL_SIGNUP")
@@ -151,7 +211,7 @@ impl TestServer {
             .args(allow_private_agents.then_some("--allow-private-agent-addresses"))
             .env(
                 sandboxctl::server::clock::TEST_CLOCK_FILE_ENV,
-                dir.path().join(CLOCK_FILE),
+                dir.join(CLOCK_FILE),
             )
             .stdout(Stdio::piped())
             .stderr(log);
@@ -171,14 +231,7 @@ impl TestServer {
         let url = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server printed its URL");
-        let s = TestServer { dir, url, child };
-        let c = s.anon();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !c.healthz().await {
-            assert!(Instant::now() < deadline, "server never became healthy");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        s
+        (child, url)
     }
 
     pub fn data_dir(&self) -> PathBuf {
