@@ -55,7 +55,9 @@ async fn the_server_answers_as_openapi_yaml_says() {
         .unwrap();
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml");
     let mut cmd = Command::new(bin);
-    cmd.args(["run", spec, "--url", &s.url])
+    // Its cache (`.schemathesis/`) goes to the server's temp dir, not the checkout.
+    cmd.current_dir(s.dir.path())
+        .args(["run", spec, "--url", &s.url])
         .args(["--header", &format!("Authorization: Bearer {}", auth.token)])
         .args(["--checks", "not_a_server_error,status_code_conformance"])
         .args(["--phases", "examples,fuzzing"])
