@@ -155,17 +155,15 @@ async fn guest_faults_are_named_and_guest_text_is_escaped() {
     )
     .await;
 
-    step(
-        "an exec in a guest frozen by a fork bomb answers 504 within its deadline",
-        async {
-            let r = admin.exec(&id, &sh("f(){ f|f& }; f", 20)).await.unwrap();
-            assert_eq!(r.exit_code, 0, "{r:?}");
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let timeout = 20;
+    // An exec into a guest that does not answer at all: its QEMU is stopped (SIGSTOP), so the
+    // guest program cannot run, which is what a guest frozen solid looks like from the host.
+    let exec_echo = |timeout: u64| {
+        let (url, token) = (format!("{}/v1/sandboxes/{id}/exec", s.url), token.clone());
+        async move {
             let started = Instant::now();
             let (st, v) = raw(
                 Method::POST,
-                &format!("{}/v1/sandboxes/{id}/exec", s.url),
+                &url,
                 Some(&token),
                 Some(
                     &serde_json::json!({"cmd": "echo", "args": ["alive"], "timeout_sec": timeout})
@@ -173,9 +171,51 @@ async fn guest_faults_are_named_and_guest_text_is_escaped() {
                 ),
             )
             .await;
-            let took = started.elapsed();
-            eprintln!("frozen guest: exec answered {st} after {took:?}");
+            (st, v, started.elapsed())
+        }
+    };
+    step(
+        "an exec in a guest that does not answer gets 504 within its deadline",
+        async {
+            let qemu = _agent
+                .qemu_pids()
+                .into_iter()
+                .find(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).contains(id.as_str()))
+                        .unwrap_or(false)
+                })
+                .expect("the sandbox's QEMU");
+            // SAFETY: signals to a process this test's agent started.
+            unsafe { libc::kill(qemu as i32, libc::SIGSTOP) };
+            let timeout = 20;
+            let (st, v, took) = exec_echo(timeout).await;
+            unsafe { libc::kill(qemu as i32, libc::SIGCONT) };
+            eprintln!("stopped guest: exec answered {st} after {took:?}");
             assert_eq!((st, code(&v)), (504, "guest_unresponsive"), "{v}");
+            assert!(
+                took < Duration::from_secs(timeout + 3),
+                "answered after {took:?}, past the exec's own {timeout} s"
+            );
+        },
+    )
+    .await;
+
+    step(
+        "a fork bomb in the guest never turns an exec into the host's failure",
+        async {
+            let r = admin.exec(&id, &sh("f(){ f|f& }; f", 20)).await.unwrap();
+            assert_eq!(r.exit_code, 0, "{r:?}");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Depending on how far the bomb got, the guest is frozen (504) or answers that it
+            // cannot start the command (the guest's own error, 200): never a 502 after 90 s.
+            let timeout = 20;
+            let (st, v, took) = exec_echo(timeout).await;
+            eprintln!("fork-bombed guest: exec answered {st} after {took:?}: {v}");
+            assert!(
+                st == 200 || (st, code(&v)) == (504, "guest_unresponsive"),
+                "{st} {v}"
+            );
             assert!(
                 took < Duration::from_secs(timeout + 3),
                 "answered after {took:?}, past the exec's own {timeout} s"
