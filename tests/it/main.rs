@@ -20,6 +20,7 @@ mod sandboxes;
 mod sessions;
 mod signup;
 mod snapshots;
+mod spec_agreement;
 mod streams;
 mod vm;
 mod web;

@@ -442,7 +442,11 @@ fn non_public_range(ip: std::net::IpAddr) -> Option<&'static str> {
 fn validate_facts(f: &crate::proto::agent::HostFacts) -> ApiResult<()> {
     let addr_ok = f.address.len() <= 255
         && f.address.rsplit_once(':').is_some_and(|(host, port)| {
-            port.parse::<u16>().is_ok_and(|p| p != 0)
+            // Digits only, no leading zero (the pattern openapi.yaml states): `u16::from_str`
+            // alone would take `+80` and `080`.
+            !port.starts_with('0')
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
                 && !host.is_empty()
                 && host
                     .bytes()

@@ -7,7 +7,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller, IdPath};
 use super::sandboxes::to_resp;
 use crate::ids::SandboxId;
@@ -75,6 +75,10 @@ pub async fn logs(
 ) -> ApiResult<Response> {
     let team = caller.team_id()?;
     let tail = q.tail_bytes.unwrap_or(64 * 1024);
+    // openapi.yaml declares an int64: larger values are refused, not read as 1 MiB.
+    if i64::try_from(tail).is_err() {
+        return Err(ApiError::bad("tail_bytes", "at most 9223372036854775807"));
+    }
     let text = st.sandboxes().logs(&team, &id, tail).await?;
     Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }

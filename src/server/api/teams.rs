@@ -290,10 +290,12 @@ pub async fn search_users(
     user: AuthUser,
     ApiQuery(q): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<UserSearchResponse>> {
-    let q = q.q.trim().to_lowercase();
-    if q.chars().filter(|c| c.is_alphanumeric()).count() < 3 {
-        return Err(ApiError::bad("q", "give at least 3 letters or digits"));
+    // The rule openapi.yaml states (`minLength: 3`): 3 characters, counted as JSON Schema counts
+    // them (code points), before trimming. What is left after trimming is matched.
+    if q.q.chars().count() < 3 {
+        return Err(ApiError::bad("q", "give at least 3 characters"));
     }
+    let q = q.q.trim().to_lowercase();
     let uid = user.user_id.clone();
     let rows = st
         .db

@@ -61,10 +61,13 @@ fn map(call: AgentCall, e: &AgentError) -> SandboxError {
         ..
     } = e
     {
-        return SandboxError::Invalid {
-            field: field.clone().unwrap_or_else(|| "request".into()),
-            message: message.clone(),
-        };
+        let field = field.clone().unwrap_or_else(|| "request".into());
+        // The agent's message already starts with the field's name, and so will ours.
+        let message = message
+            .strip_prefix(&format!("{field}: "))
+            .unwrap_or(message)
+            .to_string();
+        return SandboxError::Invalid { field, message };
     }
     if call == StartVm {
         return SandboxError::Host {
