@@ -29,7 +29,8 @@ pub const CREATE_DEADLINE_SECS: i64 = 330;
 /// Pure: compares the database's live sandboxes on a host with the VMs the agent reports.
 /// `abandoned_before`: a `starting`/`pending` sandbox created before then has no create in flight
 /// any more (its server crashed, or the call outlived its deadline), so the host decides: a VM
-/// there makes it `running`, none makes it `error` (its capacity and quota released).
+/// there that finished booting makes it `running`; none, or one still booting (which the agent rolls
+/// back), makes it `error` (its capacity and quota released).
 pub fn reconcile(
     live: &[SandboxRow],
     agent: &HashMap<String, VmState>,
@@ -42,11 +43,12 @@ pub fn reconcile(
         let next = match (s.status, on_agent) {
             // A create is in flight; its handler records the outcome.
             (SandboxStatus::Starting | SandboxStatus::Pending, _) if !abandoned => None,
-            // The agent is still at it (or rolling it back): the next pass decides.
-            (SandboxStatus::Starting | SandboxStatus::Pending, Some(VmState::Starting)) => None,
             (SandboxStatus::Starting, Some(VmState::Running | VmState::Paused)) => {
                 Some(SandboxStatus::Running)
             }
+            // No VM, or one still booting: its caller is gone (the server that asked died, or the
+            // call outlived its deadline) and the agent rolls back every create whose caller went
+            // away, so the row ends now and the VM goes when its boot ends.
             (SandboxStatus::Starting | SandboxStatus::Pending, _) => Some(SandboxStatus::Error),
             (SandboxStatus::Missing, Some(VmState::Running | VmState::Starting)) => {
                 Some(SandboxStatus::Running)
@@ -339,6 +341,7 @@ mod tests {
                 ("vm_gone".to_string(), Error),
                 ("vm_paused".to_string(), Running),
                 ("vm_running".to_string(), Running),
+                ("vm_starting".to_string(), Error),
                 ("vm_stopped".to_string(), Error),
             ]
         );
