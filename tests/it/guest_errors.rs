@@ -4,8 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
-use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest};
+use sandboxctl::proto::api::{
+    CreateSandboxRequest, ExecClientMessage, ExecRequest, ExecServerMessage, ExecStreamStart,
+};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use crate::common::{TestAgent, TestServer, cli_login, code, raw, step, urlenc, vm_permit};
 
@@ -229,8 +233,21 @@ async fn guest_faults_are_named_and_guest_text_is_escaped() {
 
             // SAFETY: signals to a process this test's agent started.
             unsafe { libc::kill(qemu as i32, libc::SIGSTOP) };
-            let (stat_r, up_r, down_r) = tokio::join!(stat(), upload(b"while frozen"), download());
+            let (stat_r, up_r, down_r, stream_r) = tokio::join!(
+                stat(),
+                upload(b"while frozen"),
+                download(),
+                stream_start(&s.url, &id, &token)
+            );
             unsafe { libc::kill(qemu as i32, libc::SIGCONT) };
+            // A streaming exec's start says so on the socket, as quickly.
+            let (msg, took) = stream_r;
+            eprintln!("stopped guest: the exec stream's start answered {msg:?} after {took:?}");
+            assert!(
+                matches!(&msg, ExecServerMessage::Error { code, .. } if code == "guest_unresponsive"),
+                "{msg:?}"
+            );
+            assert!(took < Duration::from_secs(15), "answered after {took:?}");
             for (what, (st, body, took)) in
                 [("stat", stat_r), ("upload", up_r), ("download", down_r)]
             {
@@ -252,6 +269,8 @@ async fn guest_faults_are_named_and_guest_text_is_escaped() {
             assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
             let (st, body, _) = download().await;
             assert_eq!((st, body.as_slice()), (200, &b"after"[..]));
+            let (msg, _) = stream_start(&s.url, &id, &token).await;
+            assert!(matches!(msg, ExecServerMessage::Started { .. }), "{msg:?}");
 
             // A guest that answers is never cut off, however long a call takes: an upload whose
             // client trickles its body for longer than an unanswered ping may last succeeds.
@@ -324,4 +343,37 @@ async fn file_call(
     let st = resp.status().as_u16();
     let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
     (st, body, started.elapsed())
+}
+
+/// Opens a streaming exec of `echo alive` and returns the server's first message on it, and how
+/// long it took to come.
+async fn stream_start(server: &str, id: &str, token: &str) -> (ExecServerMessage, Duration) {
+    let started = Instant::now();
+    let url = format!(
+        "{}/v1/sandboxes/{id}/exec/stream",
+        server.replacen("http", "ws", 1)
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the stream opens");
+    let start = ExecClientMessage::Start(ExecStreamStart {
+        cmd: "echo".into(),
+        args: vec!["alive".into()],
+        ..Default::default()
+    });
+    let text = serde_json::to_string(&start).unwrap();
+    ws.send(Message::Text(text.into())).await.unwrap();
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let m = serde_json::from_str(&t).expect("a server message");
+                return (m, started.elapsed());
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the stream ended without a message: {other:?}"),
+        }
+    }
 }
