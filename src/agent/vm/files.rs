@@ -1,6 +1,6 @@
 //! A VM's files over the guest channel: read and write streamed in chunks under flow control
 //! (the agent holds at most a window of a file), list, stat, mkdir, remove. Every wait on the
-//! guest runs under the channel's ping guard ([`super::channel::GuestChannel::guarded`]), as
+//! guest runs under the channel's ping guard (`GuestChannel::guarded`), as
 //! exec's does: a guest that stops answering pings fails the call within seconds (504
 //! `guest_unresponsive`), one that answers them is given the call's own time.
 
