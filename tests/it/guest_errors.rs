@@ -4,8 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
-use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest};
+use sandboxctl::proto::api::{
+    CreateSandboxRequest, ExecClientMessage, ExecRequest, ExecServerMessage, ExecStreamStart,
+};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use crate::common::{TestAgent, TestServer, cli_login, code, raw, step, urlenc, vm_permit};
 
@@ -174,18 +178,18 @@ async fn guest_faults_are_named_and_guest_text_is_escaped() {
             (st, v, started.elapsed())
         }
     };
+    let qemu = _agent
+        .qemu_pids()
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(id.as_str()))
+                .unwrap_or(false)
+        })
+        .expect("the sandbox's QEMU");
     step(
         "an exec in a guest that does not answer gets 504 within its deadline",
         async {
-            let qemu = _agent
-                .qemu_pids()
-                .into_iter()
-                .find(|p| {
-                    std::fs::read(format!("/proc/{p}/cmdline"))
-                        .map(|c| String::from_utf8_lossy(&c).contains(id.as_str()))
-                        .unwrap_or(false)
-                })
-                .expect("the sandbox's QEMU");
             // SAFETY: signals to a process this test's agent started.
             unsafe { libc::kill(qemu as i32, libc::SIGSTOP) };
             let timeout = 20;
@@ -197,6 +201,100 @@ async fn guest_faults_are_named_and_guest_text_is_escaped() {
                 took < Duration::from_secs(timeout + 3),
                 "answered after {took:?}, past the exec's own {timeout} s"
             );
+        },
+    )
+    .await;
+
+    step(
+        "file calls into a guest that does not answer get 504 quickly, and work once it answers",
+        async {
+            let files = format!("{}/v1/sandboxes/{id}/files", s.url);
+            let path = urlenc("/root/frozen.txt");
+            let stat = || {
+                file_call(
+                    Method::GET,
+                    format!("{files}/stat?path={path}"),
+                    &token,
+                    None,
+                )
+            };
+            let download = || file_call(Method::GET, format!("{files}?path={path}"), &token, None);
+            let upload = |body: &[u8]| {
+                let body = body.to_vec();
+                file_call(
+                    Method::PUT,
+                    format!("{files}?path={path}"),
+                    &token,
+                    Some(body),
+                )
+            };
+            let (st, body, _) = upload(b"before").await;
+            assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
+
+            // SAFETY: signals to a process this test's agent started.
+            unsafe { libc::kill(qemu as i32, libc::SIGSTOP) };
+            let (stat_r, up_r, down_r, stream_r) = tokio::join!(
+                stat(),
+                upload(b"while frozen"),
+                download(),
+                stream_start(&s.url, &id, &token)
+            );
+            unsafe { libc::kill(qemu as i32, libc::SIGCONT) };
+            // A streaming exec's start says so on the socket, as quickly.
+            let (msg, took) = stream_r;
+            eprintln!("stopped guest: the exec stream's start answered {msg:?} after {took:?}");
+            assert!(
+                matches!(&msg, ExecServerMessage::Error { code, .. } if code == "guest_unresponsive"),
+                "{msg:?}"
+            );
+            assert!(took < Duration::from_secs(15), "answered after {took:?}");
+            for (what, (st, body, took)) in
+                [("stat", stat_r), ("upload", up_r), ("download", down_r)]
+            {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                eprintln!("stopped guest: {what} answered {st} after {took:?}");
+                assert_eq!((st, code(&v)), (504, "guest_unresponsive"), "{what}: {v}");
+                assert!(
+                    took < Duration::from_secs(15),
+                    "{what} answered after {took:?}"
+                );
+            }
+
+            // Running again, the same calls work: nothing of the frozen upload was written.
+            let (st, body, _) = stat().await;
+            assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+            let (st, body, _) = download().await;
+            assert_eq!((st, body.as_slice()), (200, &b"before"[..]));
+            let (st, body, _) = upload(b"after").await;
+            assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
+            let (st, body, _) = download().await;
+            assert_eq!((st, body.as_slice()), (200, &b"after"[..]));
+            let (msg, _) = stream_start(&s.url, &id, &token).await;
+            assert!(matches!(msg, ExecServerMessage::Started { .. }), "{msg:?}");
+
+            // A guest that answers is never cut off, however long a call takes: an upload whose
+            // client trickles its body for longer than an unanswered ping may last succeeds.
+            let chunks = futures_util::stream::unfold(0u32, |i| async move {
+                if i == 9 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Some((Ok::<_, std::io::Error>(vec![b'x'; 1000]), i + 1))
+            });
+            let started = Instant::now();
+            let resp = reqwest::Client::new()
+                .put(format!("{files}?path={}", urlenc("/root/slow.bin")))
+                .bearer_auth(&token)
+                .body(reqwest::Body::wrap_stream(chunks))
+                .send()
+                .await
+                .unwrap();
+            let took = started.elapsed();
+            let st = resp.status().as_u16();
+            let v: serde_json::Value = resp.json().await.unwrap_or_default();
+            assert_eq!(st, 201, "{v}");
+            assert_eq!(v["size"], 9000, "{v}");
+            assert!(took >= Duration::from_secs(8), "{took:?}");
         },
     )
     .await;
@@ -225,4 +323,57 @@ async fn guest_faults_are_named_and_guest_text_is_escaped() {
         },
     )
     .await;
+}
+
+/// A file call as a user makes it: (status, body, how long it took).
+async fn file_call(
+    method: Method,
+    url: String,
+    token: &str,
+    body: Option<Vec<u8>>,
+) -> (u16, Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    let resp = req.send().await.expect("the server answers");
+    let st = resp.status().as_u16();
+    let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    (st, body, started.elapsed())
+}
+
+/// Opens a streaming exec of `echo alive` and returns the server's first message on it, and how
+/// long it took to come.
+async fn stream_start(server: &str, id: &str, token: &str) -> (ExecServerMessage, Duration) {
+    let started = Instant::now();
+    let url = format!(
+        "{}/v1/sandboxes/{id}/exec/stream",
+        server.replacen("http", "ws", 1)
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the stream opens");
+    let start = ExecClientMessage::Start(ExecStreamStart {
+        cmd: "echo".into(),
+        args: vec!["alive".into()],
+        ..Default::default()
+    });
+    let text = serde_json::to_string(&start).unwrap();
+    ws.send(Message::Text(text.into())).await.unwrap();
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let m = serde_json::from_str(&t).expect("a server message");
+                return (m, started.elapsed());
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the stream ended without a message: {other:?}"),
+        }
+    }
 }

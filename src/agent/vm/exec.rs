@@ -1,9 +1,8 @@
 //! One-shot exec: a command run to its end in a running VM, its output capped.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::channel::ChannelError;
+use super::stream::channel_error;
 use super::{
     DEFAULT_EXEC_TIMEOUT_SEC, ExecRequest, ExecResponse, OUTPUT_CAP, VmError, VmManager, VmState,
 };
@@ -36,26 +35,11 @@ impl VmManager {
             pty: None,
         };
         let wait = Duration::from_secs(timeout) + EXEC_GRACE;
-        let result = vm.channel.exec(&start, OUTPUT_CAP, wait).await;
-        let out = match result {
-            Ok(out) => out,
-            Err(_) if vm.destroyed.load(Ordering::Acquire) => {
-                return Err(VmError::NotFound(id.to_string()));
-            }
-            Err(ChannelError::Guest(msg)) => return Err(VmError::GuestUnavailable(msg)),
-            Err(ChannelError::CutOff(_)) => return Err(vm.stopped_error()),
-            // A guest that stopped answering pings, or did not end the command by its deadline
-            // (its late answers are dropped): the connection stays, and the next request finds
-            // out again within seconds whether the guest is back.
-            Err(e @ (ChannelError::Unresponsive(_) | ChannelError::Timeout)) => {
-                return Err(VmError::GuestUnresponsive(e.to_string()));
-            }
-            Err(e) => {
-                // A broken connection is retried by the next request.
-                vm.channel.disconnect();
-                return Err(VmError::GuestUnavailable(e.to_string()));
-            }
-        };
+        let out = vm
+            .channel
+            .exec(&start, OUTPUT_CAP, wait)
+            .await
+            .map_err(|e| channel_error(&vm, e))?;
         tracing::debug!(vm = %id, code = out.exit.exit_code, ms = out.exit.duration_ms, "exec done");
         let (stdout, cut_out) = json_text_capped(&out.stdout, OUTPUT_CAP);
         let (stderr, cut_err) = json_text_capped(&out.stderr, OUTPUT_CAP);

@@ -1,5 +1,8 @@
 //! A VM's files over the guest channel: read and write streamed in chunks under flow control
-//! (the agent holds at most a window of a file), list, stat, mkdir, remove.
+//! (the agent holds at most a window of a file), list, stat, mkdir, remove. Every wait on the
+//! guest runs under the channel's ping guard (`GuestChannel::guarded`), as
+//! exec's does: a guest that stops answering pings fails the call within seconds (504
+//! `guest_unresponsive`), one that answers them is given the call's own time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +38,31 @@ pub enum FileError {
     TooLarge(u64),
     #[error("the upload broke off: {0}")]
     Body(String),
+}
+
+/// An upload's failure: the channel's (told with the VM in hand, by [`file_error`]) or the
+/// file's own.
+enum UploadError {
+    Channel(ChannelError),
+    File(FileError),
+}
+
+impl From<ChannelError> for UploadError {
+    fn from(e: ChannelError) -> Self {
+        UploadError::Channel(e)
+    }
+}
+
+impl From<FileError> for UploadError {
+    fn from(e: FileError) -> Self {
+        UploadError::File(e)
+    }
+}
+
+impl From<VmError> for UploadError {
+    fn from(e: VmError) -> Self {
+        UploadError::File(e.into())
+    }
 }
 
 fn file_error(vm: &Vm, e: ChannelError) -> FileError {
@@ -78,8 +106,9 @@ impl FileDownload {
             .map_err(|e| file_error(&self.vm, e))?;
         loop {
             let f = self
-                .stream
-                .next(None)
+                .vm
+                .channel
+                .guarded(None, self.stream.next(None))
                 .await
                 .map_err(|e| file_error(&self.vm, e))?;
             match f.kind {
@@ -129,17 +158,21 @@ impl VmManager {
         wait: Duration,
     ) -> Result<(Arc<Vm>, GuestStream, FileResult), FileError> {
         let vm = self.running_vm(id)?;
-        let mut stream = vm
+        let answered = async {
+            let mut stream = vm
+                .channel
+                .open(
+                    Frame::json(FrameKind::FileRequest, next_id(), req),
+                    window,
+                    CONNECT_WAIT,
+                )
+                .await?;
+            let f = stream.next(Some(Instant::now() + wait)).await?;
+            Ok((stream, f))
+        };
+        let (mut stream, f) = vm
             .channel
-            .open(
-                Frame::json(FrameKind::FileRequest, next_id(), req),
-                window,
-                CONNECT_WAIT,
-            )
-            .await
-            .map_err(|e| file_error(&vm, e))?;
-        let f = stream
-            .next(Some(Instant::now() + wait))
+            .guarded(None, answered)
             .await
             .map_err(|e| file_error(&vm, e))?;
         match f.kind {
@@ -206,17 +239,38 @@ impl VmManager {
         let req = checked(path, |path| FileRequest::Write { path, mode })?;
         let limit = limit.min(MAX_UPLOAD_BYTES);
         let vm = self.running_vm(id)?;
+        // The whole upload waits on the guest under the one guard: a guest that stops answering
+        // pings ends it within seconds, one that answers them (a slow disk, a large file) never.
+        let written = self.upload(id, &vm, &req, body, limit);
+        match vm.channel.guarded(None, written).await {
+            Ok(entry) => Ok(entry),
+            Err(UploadError::Channel(e)) => Err(file_error(&vm, e)),
+            Err(UploadError::File(e)) => Err(e),
+        }
+    }
+
+    async fn upload<S, E>(
+        &self,
+        id: &str,
+        vm: &Arc<Vm>,
+        req: &FileRequest,
+        body: S,
+        limit: u64,
+    ) -> Result<FileEntry, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let path = req.path().as_str();
         let mut stream = vm
             .channel
             .open(
-                Frame::json(FrameKind::FileRequest, next_id(), &req),
+                Frame::json(FrameKind::FileRequest, next_id(), req),
                 0,
                 CONNECT_WAIT,
             )
-            .await
-            .map_err(|e| file_error(&vm, e))?;
+            .await?;
         let tx = stream.sender();
-        let vm2 = vm.clone();
         let upload = async move {
             let mut body = std::pin::pin!(body);
             let mut total = 0u64;
@@ -224,16 +278,12 @@ impl VmManager {
                 let chunk = chunk.map_err(|e| FileError::Body(e.to_string()))?;
                 total += chunk.len() as u64;
                 if total > limit {
-                    return Err(FileError::TooLarge(limit));
+                    return Err(FileError::TooLarge(limit).into());
                 }
-                tx.data(FrameKind::FileData, &chunk)
-                    .await
-                    .map_err(|e| file_error(&vm2, e))?;
+                tx.data(FrameKind::FileData, &chunk).await?;
             }
-            tx.data(FrameKind::FileData, &[])
-                .await
-                .map_err(|e| file_error(&vm2, e))?;
-            Ok::<u64, FileError>(total)
+            tx.data(FrameKind::FileData, &[]).await?;
+            Ok::<u64, UploadError>(total)
         };
         let mut upload = std::pin::pin!(upload);
         let mut deadline = None;
@@ -245,7 +295,7 @@ impl VmManager {
                     deadline = Some(Instant::now() + ANSWER_WAIT);
                 }
                 f = stream.next(deadline) => {
-                    let f = f.map_err(|e| file_error(&vm, e))?;
+                    let f = f?;
                     match f.kind {
                         FrameKind::FileResult if deadline.is_some() => {
                             stream.done = true;
@@ -253,13 +303,15 @@ impl VmManager {
                                 .parse()
                                 .map_err(|e| VmError::GuestUnavailable(e.to_string()))?;
                             return r.entry.ok_or_else(|| {
-                                VmError::GuestUnavailable("a write answered without an entry".into())
-                                    .into()
+                                FileError::from(VmError::GuestUnavailable(
+                                    "a write answered without an entry".into(),
+                                ))
+                                .into()
                             });
                         }
                         FrameKind::Error => {
                             stream.done = true;
-                            return Err(file_error(&vm, guest_error(&f)));
+                            return Err(guest_error(&f).into());
                         }
                         k => {
                             return Err(VmError::GuestUnavailable(format!(

@@ -145,14 +145,20 @@ impl ExecInput {
     }
 }
 
-/// A channel failure as the API reports it.
+/// A channel failure as the API reports it: the one mapping for exec, streaming exec and file
+/// calls. A guest that stopped answering pings, or did not answer by the call's deadline, is
+/// the guest's own state (504 `guest_unresponsive`); the connection stays, and the next request
+/// finds out again within seconds whether the guest is back (its late answers are dropped).
 pub(super) fn channel_error(vm: &Vm, e: ChannelError) -> VmError {
     if vm.destroyed.load(Ordering::Acquire) {
         return VmError::NotFound(vm.id.clone());
     }
     match e {
         ChannelError::Guest(m) => VmError::GuestUnavailable(m),
-        e @ ChannelError::Unresponsive(_) => VmError::GuestUnresponsive(e.to_string()),
+        ChannelError::CutOff(_) => vm.stopped_error(),
+        e @ (ChannelError::Unresponsive(_) | ChannelError::Timeout) => {
+            VmError::GuestUnresponsive(e.to_string())
+        }
         e => VmError::GuestUnavailable(e.to_string()),
     }
 }
@@ -193,17 +199,21 @@ impl VmManager {
             window: WINDOW,
         };
         let sid = next_id();
-        let mut stream = vm
+        let started = async {
+            let mut stream = vm
+                .channel
+                .open(
+                    Frame::json(FrameKind::ExecStart, sid, &start),
+                    WINDOW,
+                    Duration::from_secs(10),
+                )
+                .await?;
+            let f = stream.next(Some(Instant::now() + START_WAIT)).await?;
+            Ok((stream, f))
+        };
+        let (mut stream, f) = vm
             .channel
-            .open(
-                Frame::json(FrameKind::ExecStart, sid, &start),
-                WINDOW,
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|e| channel_error(&vm, e))?;
-        let f = stream
-            .next(Some(Instant::now() + START_WAIT))
+            .guarded(None, started)
             .await
             .map_err(|e| channel_error(&vm, e))?;
         let (pid, first) = match f.kind {

@@ -368,14 +368,21 @@ impl GuestChannel {
 
     /// Asks the guest program whether it is there: Ok once its Pong arrives within `wait`
     /// (connecting first if needed, within the same time).
+    /// The wait covers sending the ping too: a guest that reads nothing leaves the connection's
+    /// writer stuck, and a ping queued behind it gets no longer than one that went out.
     pub async fn ping(&self, wait: Duration) -> Result<(), ChannelError> {
         let deadline = Instant::now() + wait;
         let id = next_id();
         let ping = Frame::json(FrameKind::Ping, id, &Ping { token: id });
-        let mut s = self.open(ping, 0, wait).await?;
-        // Nothing to cancel in the guest, whatever happens next.
-        s.done = true;
-        let f = s.next(Some(deadline)).await?;
+        let answer = async {
+            let mut s = self.open(ping, 0, wait).await?;
+            // Nothing to cancel in the guest, whatever happens next.
+            s.done = true;
+            s.next(Some(deadline)).await
+        };
+        let f = tokio::time::timeout_at(deadline.into(), answer)
+            .await
+            .map_err(|_| ChannelError::Timeout)??;
         match f.kind {
             FrameKind::Pong => Ok(()),
             FrameKind::Error => Err(guest_error(&f)),
@@ -406,6 +413,25 @@ impl GuestChannel {
         }
     }
 
+    /// Runs `call`, a wait on the guest (connecting, sending a request, its answers), while
+    /// [`Self::until_unresponsive`] pings the guest: a guest that leaves a ping unanswered ends
+    /// it with [`ChannelError::Unresponsive`] within seconds. A guest that answers pings is never
+    /// cut off however long `call` takes (a large upload, a slow command): the wait is `call`'s
+    /// own. `due` is when a healthy guest would have answered `call` (see `until_unresponsive`).
+    /// Exec, streaming exec and every file call wait on the guest through this one guard.
+    pub(super) async fn guarded<T, E: From<ChannelError>>(
+        &self,
+        due: Option<Instant>,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let probe = self.until_unresponsive(due);
+        tokio::pin!(probe, call);
+        tokio::select! {
+            r = &mut call => r,
+            e = &mut probe => Err(e.into()),
+        }
+    }
+
     /// Runs a command to its end, keeping at most `cap` bytes of each output stream.
     /// `wait` bounds the whole call (the guest enforces the command's own timeout); a guest that
     /// stops answering pings meanwhile ends it early with [`ChannelError::Unresponsive`].
@@ -416,6 +442,19 @@ impl GuestChannel {
         wait: Duration,
     ) -> Result<CapturedOutput, ChannelError> {
         let deadline = Instant::now() + wait;
+        let due = req
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        self.guarded(due, self.exec_until_exit(req, cap, deadline))
+            .await
+    }
+
+    async fn exec_until_exit(
+        &self,
+        req: &ExecStart,
+        cap: usize,
+        deadline: Instant,
+    ) -> Result<CapturedOutput, ChannelError> {
         let id = next_id();
         let start = Windowed {
             request: req.clone(),
@@ -439,16 +478,8 @@ impl GuestChannel {
                 duration_ms: 0,
             },
         };
-        let due = req
-            .timeout_ms
-            .map(|ms| Instant::now() + Duration::from_millis(ms));
-        let probe = self.until_unresponsive(due);
-        tokio::pin!(probe);
         loop {
-            let f = tokio::select! {
-                f = s.next(Some(deadline)) => f?,
-                e = &mut probe => return Err(e),
-            };
+            let f = s.next(Some(deadline)).await?;
             match f.kind {
                 FrameKind::Stdout | FrameKind::Stderr => {
                     let buf = if f.kind == FrameKind::Stdout {
