@@ -446,6 +446,26 @@ impl TestAgent {
     }
 }
 
+/// QEMUs under `dir` and any other process that names `dir` on its command line (an agent's child
+/// that has not become QEMU yet), this test process aside.
+fn processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().to_string();
+    let me = std::process::id();
+    let mut out = qemu_pids_under(dir);
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if pid != me && !out.contains(&pid) && String::from_utf8_lossy(&cmd).contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().to_string();
     let mut out = Vec::new();
@@ -470,11 +490,20 @@ pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
 impl Drop for TestAgent {
     fn drop(&mut self) {
         self.kill();
-        // VMs outlive their agent on purpose; a test's VMs must not outlive the test.
-        for pid in self.qemu_pids() {
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
+        // VMs outlive their agent on purpose; a test's VMs must not outlive the test. A create the
+        // agent was in the middle of may still be a child between fork and exec (its command line
+        // still the agent's), so look again until two scans in a row find nothing.
+        let (mut quiet, mut scans) = (0, 0);
+        while quiet < 2 && scans < 50 {
+            scans += 1;
+            let left = processes_under(self.dir.path());
+            quiet = if left.is_empty() { quiet + 1 } else { 0 };
+            for pid in left {
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
         // And so must their network namespaces (a test that failed left its sandboxes).
         sandboxctl::agent::net::remove_namespaces_of(self.dir.path());
