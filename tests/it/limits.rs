@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use sandboxctl::proto::api::{CreateSandboxRequest, ExecClientMessage, ExecStreamStart};
+use sandboxctl::proto::api::{ExecClientMessage, ExecStreamStart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
-use crate::common::{TestAgent, TestServer, code, signal, step, vm_permit, wait_until};
+use crate::common::{
+    TestAgent, TestServer, code, create_when_ready, signal, step, vm_permit, wait_until,
+};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -389,23 +391,7 @@ async fn streams_are_capped_closed_when_idle_and_on_shutdown() {
     .await;
     let (auth, admin) = s.signup("admin@example.com", "Admin").await;
     let agent = TestAgent::start(&s, &admin).await;
-    let created = std::cell::RefCell::new(None);
-    wait_until(
-        "a sandbox is created (the agent may still build its template)",
-        Duration::from_secs(120),
-        || async {
-            match admin.create_sandbox(&CreateSandboxRequest::default()).await {
-                Ok(sb) => {
-                    *created.borrow_mut() = Some(sb);
-                    true
-                }
-                Err(e) if e.status() == Some(503) => false,
-                Err(e) => panic!("create: {e}\nagent log:\n{}", agent.log()),
-            }
-        },
-    )
-    .await;
-    let id = created.into_inner().expect("created").id;
+    let id = create_when_ready(&admin, &agent).await.id;
     let token = auth.token.as_str();
     let ticking = "while true; do echo tick; sleep 1; done";
 

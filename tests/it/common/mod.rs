@@ -594,6 +594,34 @@ pub async fn add_member(inviter: &ApiClient, team: &str, member: &ApiClient, rol
         .expect("invite accepted");
 }
 
+/// A default sandbox on `agent`, created as soon as the agent can take one (a fresh agent may still
+/// be building its template: those creates answer 503 and are tried again).
+pub async fn create_when_ready(
+    client: &ApiClient,
+    agent: &TestAgent,
+) -> sandboxctl::proto::api::SandboxResponse {
+    let created = std::cell::RefCell::new(None);
+    wait_until(
+        "a sandbox is created (the agent may still build its template)",
+        Duration::from_secs(120),
+        || async {
+            match client
+                .create_sandbox(&sandboxctl::proto::api::CreateSandboxRequest::default())
+                .await
+            {
+                Ok(sb) => {
+                    *created.borrow_mut() = Some(sb);
+                    true
+                }
+                Err(e) if e.status() == Some(503) => false,
+                Err(e) => panic!("create: {e}\nagent log:\n{}", agent.log()),
+            }
+        },
+    )
+    .await;
+    created.into_inner().expect("created")
+}
+
 /// Polls `check` every 100 ms until it is true; after `timeout`, fails naming `what` it waited
 /// for. Use it instead of sleeping for "long enough".
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)

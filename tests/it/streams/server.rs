@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use super::{chunks, random_bytes, sh_start, start};
-use crate::common::{TestAgent, TestServer, cli, step, vm_permit, wait_until};
+use crate::common::{TestAgent, TestServer, cli, create_when_ready, step, vm_permit, wait_until};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -123,24 +123,7 @@ async fn streams_and_files_through_the_server() {
     let s = TestServer::start().await;
     let (auth, admin) = s.signup("admin@example.com", "Admin").await;
     let agent = TestAgent::start(&s, &admin).await;
-    // The agent may still be building its template when it first reports in.
-    let created = std::cell::RefCell::new(None);
-    wait_until(
-        "a sandbox is created (the agent may still build its template)",
-        Duration::from_secs(120),
-        || async {
-            match admin.create_sandbox(&CreateSandboxRequest::default()).await {
-                Ok(sb) => {
-                    *created.borrow_mut() = Some(sb);
-                    true
-                }
-                Err(e) if e.status() == Some(503) => false,
-                Err(e) => panic!("create: {e}\nagent log:\n{}", agent.log()),
-            }
-        },
-    )
-    .await;
-    let sb = created.into_inner().expect("created");
+    let sb = create_when_ready(&admin, &agent).await;
     let id = sb.id.clone();
     let token = auth.token.as_str();
 
