@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod guest;
 pub mod ids;
 pub mod local;
+pub mod prom;
 pub mod proto;
 pub mod server;
 pub mod settings;

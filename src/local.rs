@@ -29,6 +29,8 @@ pub struct LocalAgentConfig {
     pub admin_email: String,
     pub net: crate::agent::net::NetConfig,
     pub jail: crate::agent::vm::JailConfig,
+    /// The local agent's `/metrics` listener.
+    pub metrics: crate::agent::metrics::MetricsConfig,
 }
 
 /// What goes with the server: the admin made before it answers anyone ([`ensure_admin`]), then
@@ -98,6 +100,7 @@ pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> a
             heartbeat_interval: cfg.heartbeat_interval,
             guest_binary: None,
             net: cfg.net,
+            metrics: cfg.metrics,
             jail: crate::agent::vm::JailConfig {
                 // The server's keys and database sit beside the agent's folder.
                 hidden: vec![data_dir.to_path_buf()],

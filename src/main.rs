@@ -152,8 +152,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             vm,
             heartbeat_interval,
             log,
+            metrics_listen,
+            metrics,
         }) => {
             init_logs("info", log.log_format);
+            let metrics = agent::metrics::MetricsConfig {
+                listen: metrics_listen.0,
+                token: metrics.token()?,
+            };
             let (net, jail) = (vm.net_config(), vm.jail_config());
             let import_limits = vm.import_limits();
             agent::run::run(
@@ -169,6 +175,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                     guest_binary: None,
                     net,
                     jail,
+                    metrics,
                 },
                 async {
                     let mut term =
@@ -223,6 +230,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
 
 async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
     init_logs("info,tower_http=warn", a.log.log_format);
+    let metrics_token = a.metrics.token()?;
     let local_agent = a.local_agent.then(|| {
         let cfg = LocalAgentConfig {
             listen: a.local_agent_listen.clone(),
@@ -235,6 +243,10 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             admin_email: a.admin_email.clone(),
             net: a.vm.net_config(),
             jail: a.vm.jail_config(),
+            metrics: agent::metrics::MetricsConfig {
+                listen: agent::metrics::DEFAULT_LISTEN.parse().ok(),
+                token: metrics_token.clone(),
+            },
         };
         local::companion(a.data_dir.clone(), cfg)
     });
@@ -278,6 +290,7 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             bootstrap_requires_token: a.bootstrap_requires_token,
             limits: server_limits(&a.limits),
             team_quota: a.team_quota,
+            metrics_token,
         },
         local_agent,
     )

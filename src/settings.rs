@@ -27,6 +27,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a listen address for an optional listener: `HOST:PORT`, or `off` for none.
+pub fn parse_optional_listen(s: &str) -> Result<OptionalListen, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(OptionalListen(None));
+    }
+    s.parse()
+        .map(|a| OptionalListen(Some(a)))
+        .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:9464 (or 'off')"))
+}
+
+/// A listener's address, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalListen(pub Option<std::net::SocketAddr>);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@ pub mod api;
 pub mod credentials;
 pub mod facts;
 pub mod images;
+pub mod metrics;
 pub mod net;
 pub mod register;
 pub mod run;

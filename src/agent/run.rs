@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub guest_binary: Option<PathBuf>,
     pub net: crate::agent::net::NetConfig,
     pub jail: crate::agent::vm::JailConfig,
+    /// The `/metrics` listener.
+    pub metrics: super::metrics::MetricsConfig,
 }
 
 /// Runs the agent until `shutdown` completes. VMs keep running after the agent exits; the next
@@ -49,6 +51,7 @@ pub async fn run(
             cfg.data_dir.display()
         )
     })?;
+    cfg.metrics.validate()?;
     let listen = cfg.listen.clone().unwrap_or_else(|| creds.listen.clone());
     // Bound now (a taken address fails at once), listening only once the VMs are up and the
     // server has this host's templates: a port that accepts means an agent that is ready.
@@ -68,6 +71,11 @@ pub async fn run(
     })
     .await
     .context("starting the VM manager")?;
+    let metrics = Arc::new(super::metrics::AgentMetrics::new(
+        vms.clone(),
+        cfg.data_dir.clone(),
+    ));
+    super::metrics::serve(&cfg.metrics, metrics.clone()).await?;
     let accel = vms.accel().clone();
     tracing::info!(host = %creds.host_id, %listen, accel = accel.kind, reason = %accel.reason, "agent serving");
     let verifier = Arc::new(CallVerifier::new(&creds.server_public_key, &creds.host_id)?);
@@ -93,7 +101,7 @@ pub async fn run(
         .with_context(|| format!("agent cannot listen on {listen}"))?;
     let interval = cfg.heartbeat_interval;
     let heartbeats = tokio::spawn(async move { hb.run(interval).await });
-    let result = axum::serve(listener, router(state))
+    let result = axum::serve(listener, router(state, metrics.http.clone()))
         .with_graceful_shutdown(shutdown)
         .await;
     heartbeats.abort();

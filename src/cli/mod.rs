@@ -183,6 +183,24 @@ pub struct ServerArgs {
     pub github: GithubArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub metrics: MetricsTokenArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsTokenArgs {
+    /// A file holding the token scrapers send (`Authorization: Bearer TOKEN`) to read /metrics
+    /// (the token itself may come in SANDBOXCTL_METRICS_TOKEN instead). On the server, platform
+    /// admins' tokens read /metrics too.
+    #[arg(long, env = "SANDBOXCTL_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+impl MetricsTokenArgs {
+    /// The token from the file or from SANDBOXCTL_METRICS_TOKEN, if any.
+    pub fn token(&self) -> anyhow::Result<Option<crate::crypto::Secret>> {
+        crate::prom::read_token(self.metrics_token_file.as_deref(), "SANDBOXCTL_METRICS_TOKEN")
+    }
 }
 
 /// The server's data dir, for its maintenance commands.
@@ -404,6 +422,12 @@ pub enum AgentCommand {
         heartbeat_interval: Duration,
         #[command(flatten)]
         log: LogArgs,
+        /// Where to serve the agent's Prometheus metrics (`GET /metrics`), or `off`. An address
+        /// off loopback needs --metrics-token-file.
+        #[arg(long, env = "SANDBOXCTL_METRICS_LISTEN", default_value = crate::agent::metrics::DEFAULT_LISTEN, value_parser = crate::settings::parse_optional_listen)]
+        metrics_listen: crate::settings::OptionalListen,
+        #[command(flatten)]
+        metrics: MetricsTokenArgs,
     },
     /// Check what an agent would use on this machine (guest kernel, QEMU, accelerator, cgroups),
     /// trying each for real; exits 1 when something an agent needs does not work.

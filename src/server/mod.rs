@@ -8,6 +8,7 @@ pub mod clock;
 pub mod db;
 pub mod listener;
 pub mod lock;
+pub mod metrics;
 pub mod monitor;
 pub mod pool;
 pub mod ratelimit;
@@ -56,6 +57,8 @@ pub struct Settings {
     pub limits: listener::ServerLimits,
     /// Every team's quota unless a platform admin set its own (`--team-quota`).
     pub team_quota: crate::proto::quota::TeamQuota,
+    /// A token that may read `GET /metrics` besides platform admins' (`--metrics-token-file`).
+    pub metrics_token: Option<crate::crypto::Secret>,
 }
 
 #[derive(Clone)]
@@ -75,6 +78,8 @@ pub struct AppState {
     /// When this process opened the state (server clock, seconds): a sandbox still `starting`
     /// from before then was being created by a process that is gone (see `monitor`).
     pub booted_at: i64,
+    /// The Prometheus series of `GET /metrics`.
+    pub metrics: Arc<metrics::ServerMetrics>,
 }
 
 impl AppState {
@@ -91,7 +96,9 @@ impl AppState {
             settings.limits.max_concurrent_hashes * 16,
             Duration::from_secs(5),
         );
+        let metrics = Arc::new(metrics::ServerMetrics::new(&db));
         Ok(AppState {
+            metrics,
             db,
             pool: Arc::new(HostClientPool::new(keys.clone())),
             keys,
@@ -113,10 +120,12 @@ fn restrict_dir(dir: &Path) {
 
 pub fn app(state: AppState) -> Router {
     let (limits, lifecycle) = (state.settings.limits.clone(), state.lifecycle.clone());
+    let http = state.metrics.http.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api::router())
         .fallback(web::fallback)
+        .layer(axum::middleware::from_fn_with_state(http, crate::prom::track))
         .with_state(state);
     listener::with_limits(app, &limits, lifecycle)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -150,6 +159,7 @@ pub struct ServerConfig {
     pub bootstrap_requires_token: bool,
     pub limits: listener::ServerLimits,
     pub team_quota: crate::proto::quota::TeamQuota,
+    pub metrics_token: Option<crate::crypto::Secret>,
 }
 
 /// Work that goes with the server, given its state: the single-machine setup (`sandboxctl server
@@ -191,6 +201,7 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
             bootstrap_requires_token: cfg.bootstrap_requires_token,
             limits: cfg.limits.clone(),
             team_quota: cfg.team_quota,
+            metrics_token: cfg.metrics_token.clone(),
         },
     )?;
     // Nothing is answered before this: the local setup's admin exists before anyone can sign up.

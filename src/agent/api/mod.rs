@@ -33,7 +33,8 @@ pub struct AgentState {
     pub verifier: Arc<CallVerifier>,
 }
 
-pub fn router(state: AgentState) -> Router {
+/// The agent's API; `http` counts and times its requests (the agent's `/metrics`).
+pub fn router(state: AgentState, http: Arc<crate::prom::HttpMetrics>) -> Router {
     Router::new()
         .merge(vms::routes())
         .merge(exec::routes())
@@ -48,5 +49,6 @@ pub fn router(state: AgentState) -> Router {
             state.clone(),
             auth::require_server,
         ))
+        .layer(middleware::from_fn_with_state(http, crate::prom::track))
         .with_state(state)
 }

@@ -230,6 +230,9 @@ impl VmManager {
                 ))));
             }
         };
+        if let Err(e) = &hello {
+            e.count();
+        }
         match hello {
             Ok(h) => {
                 tracing::debug!(vm = %vm.id, guest = %h.version, uptime_ms = h.uptime_ms, "guest answered")
@@ -256,7 +259,7 @@ impl VmManager {
     pub(super) async fn finish_start(
         &self,
         vm: &Arc<Vm>,
-        kind: &str,
+        kind: &'static str,
         started: Instant,
     ) -> Result<VmInfo, BootError> {
         send_init(vm)
@@ -273,6 +276,7 @@ impl VmManager {
             rt.boot_kind = Some(kind.into());
         }
         vm.persist()?;
+        crate::agent::metrics::boot(kind);
         tracing::info!(
             vm = %vm.id,
             boot_ms,

@@ -74,6 +74,9 @@ impl VmManager {
         );
         cont.context("continue the restored VM")?;
         let _ = std::fs::remove_file(dir.join(INCOMING));
+        if let Err(e) = &hello {
+            e.count();
+        }
         match hello {
             Ok(h) => {
                 tracing::debug!(vm = %vm.id, guest = %h.version, previous = ?h.sandbox_id, "restored guest answered")

@@ -153,6 +153,7 @@ pub(super) fn channel_error(vm: &Vm, e: ChannelError) -> VmError {
     if vm.destroyed.load(Ordering::Acquire) {
         return VmError::NotFound(vm.id.clone());
     }
+    e.count();
     match e {
         ChannelError::Guest(m) => VmError::GuestUnavailable(m),
         ChannelError::CutOff(_) => vm.stopped_error(),

@@ -11,6 +11,7 @@ pub mod imports;
 pub mod invites;
 pub mod keys;
 pub mod lifecycle;
+pub mod metrics;
 pub mod oauth;
 pub mod quotas;
 pub mod sandboxes;
@@ -32,6 +33,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/auth/signup", post(auth::signup))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/switch-team", post(teams::switch))

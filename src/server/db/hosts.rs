@@ -410,6 +410,13 @@ pub fn list(conn: &Connection, all: bool, team_ids: &[String]) -> DbResult<Vec<H
     Ok(out)
 }
 
+/// How many hosts are in each status (statuses with none are absent), for `/metrics`.
+pub fn count_by_status(conn: &Connection) -> DbResult<Vec<(HostStatus, u64)>> {
+    let mut st = conn.prepare("SELECT status, count(*) FROM hosts GROUP BY status")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Hosts that may take new sandboxes: online with an address.
 pub fn schedulable(conn: &Connection) -> DbResult<Vec<HostRow>> {
     let mut st = conn.prepare(&format!(

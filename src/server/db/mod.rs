@@ -45,6 +45,24 @@ pub type DbResult<T> = Result<T, DbError>;
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
+    timings: DbTimings,
+}
+
+/// How long calls wait for the one connection and how long their statements then take (the
+/// server's `/metrics` shows both).
+#[derive(Clone)]
+pub struct DbTimings {
+    pub wait: prometheus_client::metrics::histogram::Histogram,
+    pub query: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for DbTimings {
+    fn default() -> Self {
+        DbTimings {
+            wait: crate::prom::latency_histogram(),
+            query: crate::prom::latency_histogram(),
+        }
+    }
 }
 
 impl Db {
@@ -54,6 +72,7 @@ impl Db {
         Self::configure(&mut conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            timings: DbTimings::default(),
         })
     }
 
@@ -63,6 +82,7 @@ impl Db {
         Self::configure(&mut conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            timings: DbTimings::default(),
         })
     }
 
@@ -75,6 +95,11 @@ impl Db {
         Ok(())
     }
 
+    /// The wait and query timings of every [`Db::call`].
+    pub fn timings(&self) -> &DbTimings {
+        &self.timings
+    }
+
     /// Runs `f` with the connection on a blocking thread.
     pub async fn call<T, F>(&self, f: F) -> DbResult<T>
     where
@@ -82,9 +107,15 @@ impl Db {
         F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
     {
         let conn = self.conn.clone();
+        let timings = self.timings.clone();
+        let asked = std::time::Instant::now();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+            let started = std::time::Instant::now();
+            timings.wait.observe((started - asked).as_secs_f64());
+            let out = f(&mut guard);
+            timings.query.observe(started.elapsed().as_secs_f64());
+            out
         })
         .await
         .map_err(|e| DbError::Task(e.to_string()))?

@@ -247,6 +247,13 @@ pub fn touch(conn: &Connection, id: &str) -> DbResult<()> {
     Ok(())
 }
 
+/// How many sandboxes are in each status (statuses with none are absent), for `/metrics`.
+pub fn count_by_status(conn: &Connection) -> DbResult<Vec<(SandboxStatus, u64)>> {
+    let mut st = conn.prepare("SELECT status, count(*) FROM sandboxes GROUP BY status")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Sum of vCPUs and memory of the live sandboxes on each host, for the scheduler.
 pub fn load_by_host(conn: &Connection) -> DbResult<BTreeMap<String, (u32, u64)>> {
     let mut st = conn.prepare(

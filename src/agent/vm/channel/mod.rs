@@ -77,6 +77,22 @@ pub enum ChannelError {
     Unresponsive(Duration),
 }
 
+impl ChannelError {
+    /// Counts this error in the agent's `sandboxctl_guest_channel_errors_total` when it is the
+    /// channel's (not a guest's refusal or a file error; a cut-off is counted when it happens).
+    pub fn count(&self) {
+        use crate::agent::metrics::{ChannelFault, channel_error};
+        let fault = match self {
+            ChannelError::Timeout => ChannelFault::Timeout,
+            ChannelError::Unresponsive(_) => ChannelFault::Unresponsive,
+            ChannelError::Protocol(_) => ChannelFault::Protocol,
+            ChannelError::Connect(_) | ChannelError::Closed => ChannelFault::Connection,
+            ChannelError::Guest(_) | ChannelError::File { .. } | ChannelError::CutOff(_) => return,
+        };
+        channel_error(fault);
+    }
+}
+
 /// Bytes of garbage (not frames) a guest may send on one connection before it is cut off. A
 /// sane guest sends none after the handshake but for a frame cut short when its program
 /// restarts.
