@@ -156,12 +156,8 @@ impl HostMonitor {
             }
         };
         for s in expired {
-            match state.sandboxes().expire_idle(&s).await {
-                Ok(action) => tracing::info!(sandbox = %s.id, action = %action, "idle timeout"),
-                Err(e) => {
-                    tracing::warn!(sandbox = %s.id, error = %e, "idle timeout could not {}", s.on_timeout)
-                }
-            }
+            // The service logs the pause or delete once, as done by the idle timeout.
+            let _ = state.sandboxes().expire_idle(&s).await;
         }
     }
 

@@ -277,7 +277,7 @@ impl VmManager {
         }
         vm.persist()?;
         crate::agent::metrics::boot(kind);
-        tracing::info!(
+        tracing::debug!(
             vm = %vm.id,
             boot_ms,
             boot_kind = kind,

@@ -96,7 +96,7 @@ impl VmManager {
         // The RAM is in the state now: the template's RAM file is no longer needed.
         let _ = std::fs::remove_file(dir.join(qemu::MEM));
         let _ = std::fs::remove_file(qemu::pid_file(dir));
-        tracing::info!(
+        tracing::debug!(
             vm = %id,
             pause_ms = started.elapsed().as_millis() as u64,
             stop_ms = stopped_ms,
@@ -171,7 +171,7 @@ impl VmManager {
         if let Err(e) = answered {
             tracing::warn!(vm = %id, error = %e, "the resumed guest did not take its Init");
         }
-        tracing::info!(
+        tracing::debug!(
             vm = %id,
             resume_ms = started.elapsed().as_millis() as u64,
             "VM resumed"

@@ -275,7 +275,7 @@ impl VmManager {
                 vm.dir.display()
             )));
         }
-        tracing::info!(vm = %id, "VM destroyed");
+        tracing::debug!(vm = %id, "VM destroyed");
         Ok(())
     }
 

@@ -148,7 +148,9 @@ pub async fn delete(
         })
         .await?;
     for s in &live {
-        st.sandboxes().destroy_on_host(s).await?;
+        st.sandboxes()
+            .destroy_for(s, crate::server::sandboxes::oplog::BY_TEAM_DELETED)
+            .await?;
     }
     // The team's templates (snapshots hold guest memory) go from the hosts that hold them.
     let tid = id.clone();

@@ -4,6 +4,7 @@
 use super::SandboxService;
 use super::agent_errors::{self, AgentCall};
 use super::error::{SandboxError, SandboxResult};
+use super::oplog::{BY_REQUEST, OpLog};
 use super::rules::{self, DEFAULT_MEMORY_MB, DEFAULT_TEMPLATE, DEFAULT_TIMEOUT_SEC, DEFAULT_VCPUS};
 use super::templates::BASE_TEMPLATES;
 use crate::ids::{SandboxId, TeamId};
@@ -14,6 +15,7 @@ use crate::proto::validate::validate_env;
 use crate::proto::vocab::{OnTimeout, TemplateKind};
 use crate::server::db::sandboxes::{self, NewSandbox, SandboxRow};
 use crate::server::db::{hosts, templates};
+use crate::server::metrics::Operation;
 use crate::server::scheduler::PlacementRequest;
 use crate::server::state::SandboxStatus;
 
@@ -25,6 +27,7 @@ impl SandboxService<'_> {
         user: &str,
         req: &CreateSandboxRequest,
     ) -> SandboxResult<SandboxRow> {
+        let started = std::time::Instant::now();
         let template = req
             .template
             .clone()
@@ -168,11 +171,22 @@ impl SandboxService<'_> {
         });
         let result = task
             .await
-            .map_err(|e| anyhow::anyhow!("create task: {e}"))?;
-        if let Err(e) = result {
-            tracing::warn!(sandbox = %id, host = %host_id, error = %e, "sandbox failed to start");
-            return Err(e);
+            .map_err(|e| SandboxError::from(anyhow::anyhow!("create task: {e}")))
+            .and_then(|r| r);
+        let boot_kind = result.as_ref().ok().and_then(|i| i.boot_kind.clone());
+        if let Some(kind) = &boot_kind {
+            self.st.metrics.boot(kind);
         }
+        OpLog {
+            op: Operation::Create,
+            sandbox: id.as_str(),
+            team: team.as_str(),
+            host: Some(host_id.as_str()),
+            by: BY_REQUEST,
+            started,
+        }
+        .finish(self, &result, boot_kind.as_deref());
+        result?;
         self.lookup(team, &id).await
     }
 }

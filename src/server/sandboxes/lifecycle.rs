@@ -3,6 +3,7 @@
 //! did.
 
 use super::error::{SandboxError, SandboxResult};
+use super::oplog::{BY_IDLE_TIMEOUT, BY_REQUEST, OpLog};
 use super::rules;
 use super::{AgentCall, SandboxService};
 use crate::ids::{SandboxId, TeamId};
@@ -10,6 +11,7 @@ use crate::proto::api::{ExecRequest, ExecResponse};
 use crate::proto::net::EgressPolicy;
 use crate::proto::vocab::OnTimeout;
 use crate::server::db::sandboxes::{self, SandboxRow};
+use crate::server::metrics::Operation;
 use crate::server::pool::{AgentError, read_capped};
 use crate::server::state::SandboxStatus;
 
@@ -33,7 +35,14 @@ impl SandboxService<'_> {
         if s.status.is_terminal() {
             return Ok(());
         }
-        self.destroy_on_host(&s).await?;
+        let log = self.oplog(Operation::Delete, &s, BY_REQUEST);
+        let result = self.end_row(&s).await;
+        log.finish(self, &result, None);
+        result
+    }
+
+    async fn end_row(&self, s: &SandboxRow) -> SandboxResult<()> {
+        self.destroy_on_host(s).await?;
         let sid = s.id.clone();
         self.st
             .db
@@ -50,6 +59,27 @@ impl SandboxService<'_> {
             })
             .await?;
         Ok(())
+    }
+
+    /// The log line and latency sample of `op` on `s`, started now.
+    fn oplog<'s>(&self, op: Operation, s: &'s SandboxRow, by: &'static str) -> OpLog<'s> {
+        OpLog {
+            op,
+            sandbox: &s.id,
+            team: &s.team_id,
+            host: s.host_id.as_deref(),
+            by,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Ends a sandbox's VM on its host for `by` (say, its team was deleted), logged as a
+    /// delete; the caller records the sandbox's end.
+    pub async fn destroy_for(&self, s: &SandboxRow, by: &'static str) -> SandboxResult<()> {
+        let log = self.oplog(Operation::Delete, s, by);
+        let result = self.destroy_on_host(s).await;
+        log.finish(self, &result, None);
+        result
     }
 
     /// Ends a sandbox's VM on its host (a VM the host no longer has counts as ended). A host that
@@ -90,6 +120,18 @@ impl SandboxService<'_> {
     /// Pauses a running sandbox on its host (memory and device state saved, the VM process
     /// ended).
     pub async fn pause_row(&self, s: &SandboxRow) -> SandboxResult<()> {
+        self.pause_row_for(s, BY_REQUEST).await
+    }
+
+    /// [`Self::pause_row`] for `by` (a request, the idle timeout), as its log line says.
+    pub async fn pause_row_for(&self, s: &SandboxRow, by: &'static str) -> SandboxResult<()> {
+        let log = self.oplog(Operation::Pause, s, by);
+        let result = self.pause_on_host(s).await;
+        log.finish(self, &result, None);
+        result
+    }
+
+    async fn pause_on_host(&self, s: &SandboxRow) -> SandboxResult<()> {
         let link = self.host_of(s).await?;
         link.client
             .pause_vm(&s.id)
@@ -118,10 +160,18 @@ impl SandboxService<'_> {
                         .into(),
             });
         }
+        let log = self.oplog(Operation::Resume, &s, BY_REQUEST);
+        let result = self.resume_on_host(&s, &link).await;
+        log.finish(self, &result, None);
+        result?;
+        self.lookup(team, id).await
+    }
+
+    async fn resume_on_host(&self, s: &SandboxRow, link: &super::HostLink) -> SandboxResult<()> {
         // A paused sandbox holds no quota; running again it does: it counts as running from
         // before the host is asked, so concurrent resumes and creates see it (if the server dies
         // meanwhile, the monitor finds the VM paused or running and records which).
-        self.reserve_resume(&s).await?;
+        self.reserve_resume(s).await?;
         if let Err(e) = link.client.resume_vm(&s.id).await {
             let sid = s.id.clone();
             if let Err(back) = self
@@ -142,7 +192,7 @@ impl SandboxService<'_> {
                 sandboxes::touch(c, &sid)
             })
             .await?;
-        self.lookup(team, id).await
+        Ok(())
     }
 
     /// Sets the idle timeout, counting from now (so it also extends it); 0 = never. `on_timeout`
@@ -276,17 +326,23 @@ impl SandboxService<'_> {
     pub async fn expire_idle(&self, s: &SandboxRow) -> SandboxResult<OnTimeout> {
         match s.on_timeout {
             OnTimeout::Kill => {
-                self.destroy_on_host(s).await?;
-                let sid = s.id.clone();
-                self.st
-                    .db
-                    .call(move |c| {
-                        sandboxes::settle(c, &sid, SandboxStatus::Stopped, Some("idle timeout"))
-                    })
-                    .await?;
+                let log = self.oplog(Operation::Delete, s, BY_IDLE_TIMEOUT);
+                let result = self.kill_idle(s).await;
+                log.finish(self, &result, None);
+                result?;
             }
-            OnTimeout::Pause => self.pause_row(s).await?,
+            OnTimeout::Pause => self.pause_row_for(s, BY_IDLE_TIMEOUT).await?,
         }
         Ok(s.on_timeout)
+    }
+
+    async fn kill_idle(&self, s: &SandboxRow) -> SandboxResult<()> {
+        self.destroy_on_host(s).await?;
+        let sid = s.id.clone();
+        self.st
+            .db
+            .call(move |c| sandboxes::settle(c, &sid, SandboxStatus::Stopped, Some("idle timeout")))
+            .await?;
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@ pub mod agent_errors;
 mod create;
 pub mod error;
 mod lifecycle;
+pub mod oplog;
 pub mod placement;
 pub mod rules;
 mod streams;
