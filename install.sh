@@ -83,6 +83,12 @@ install_test_deps() {
     pip3 install -q schemathesis 2>/dev/null || pip3 install -q --break-system-packages schemathesis \
       || die "pip3 install schemathesis failed"
   fi
+  # The metrics test (tests/it/metrics.rs) reads /metrics with Prometheus' Python parser.
+  if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    say "installing prometheus-client for the metrics test (pip)"
+    pip3 install -q prometheus-client 2>/dev/null || pip3 install -q --break-system-packages prometheus-client \
+      || die "pip3 install prometheus-client failed"
+  fi
   local tests="$here/web/tests"
   if [ ! -d "$tests/node_modules/playwright-core" ] || [ "$tests/package-lock.json" -nt "$tests/node_modules/.package-lock.json" ]; then
     say "installing the browser test's node modules (npm ci in web/tests)"

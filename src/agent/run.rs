@@ -44,6 +44,7 @@ pub async fn run(
     cfg: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    cfg.metrics.validate()?;
     let creds = credentials::load(&cfg.data_dir)?.with_context(|| {
         format!(
             "no credentials in {}: run `sandboxctl agent register --server URL --token TOKEN --data-dir {}` first",
@@ -51,7 +52,6 @@ pub async fn run(
             cfg.data_dir.display()
         )
     })?;
-    cfg.metrics.validate()?;
     let listen = cfg.listen.clone().unwrap_or_else(|| creds.listen.clone());
     // Bound now (a taken address fails at once), listening only once the VMs are up and the
     // server has this host's templates: a port that accepts means an agent that is ready.

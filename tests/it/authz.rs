@@ -78,6 +78,14 @@ fn rows() -> Vec<Row> {
             None,
             [200, 200, 200, 200, 200, 200, 200, 200, 200],
         ),
+        // Platform admins only (and a scrapers' token, in tests/it/metrics.rs).
+        r(
+            M::GET,
+            "/metrics",
+            "/metrics",
+            None,
+            [401, 401, 401, 403, 403, 200, 403, 403, 403],
+        ),
         r(
             M::POST,
             "/v1/auth/signup",

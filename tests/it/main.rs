@@ -12,6 +12,7 @@ mod harness;
 mod isolation;
 mod layout;
 mod limits;
+mod metrics;
 mod oauth;
 mod openapi_fuzz;
 mod ops;
