@@ -326,8 +326,7 @@ mod tests {
 
     #[test]
     fn cpu_line_splits_busy_and_idle() {
-        let (busy, idle) =
-            parse_cpu_line("cpu  100 20 30 400 50 6 4 0 0 0").expect("a cpu line");
+        let (busy, idle) = parse_cpu_line("cpu  100 20 30 400 50 6 4 0 0 0").expect("a cpu line");
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         assert_eq!(busy, 160.0 / hz);
         assert_eq!(idle, 450.0 / hz);

@@ -199,7 +199,10 @@ pub struct MetricsTokenArgs {
 impl MetricsTokenArgs {
     /// The token from the file or from SANDBOXCTL_METRICS_TOKEN, if any.
     pub fn token(&self) -> anyhow::Result<Option<crate::crypto::Secret>> {
-        crate::prom::read_token(self.metrics_token_file.as_deref(), "SANDBOXCTL_METRICS_TOKEN")
+        crate::prom::read_token(
+            self.metrics_token_file.as_deref(),
+            "SANDBOXCTL_METRICS_TOKEN",
+        )
     }
 }
 

@@ -125,7 +125,10 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .merge(api::router())
         .fallback(web::fallback)
-        .layer(axum::middleware::from_fn_with_state(http, crate::prom::track))
+        .layer(axum::middleware::from_fn_with_state(
+            http,
+            crate::prom::track,
+        ))
         .with_state(state);
     listener::with_limits(app, &limits, lifecycle)
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -140,21 +140,24 @@ async fn metrics_move_with_a_sandbox_and_each_operation_is_logged_once() {
     let url = format!("{}/metrics", server.url);
     let agent_url = format!("http://{agent_metrics}/metrics");
 
-    step("only platform admins and the scrapers' token read the server's metrics", async {
-        let (s, body) = raw(Method::GET, &url, None, None).await;
-        assert_eq!(s, 401, "{body}");
-        let (s, body) = raw(Method::GET, &url, Some("not-the-token"), None).await;
-        assert_eq!(s, 401, "{body}");
-        let (s, body) = raw(Method::GET, &url, Some(&member_auth.token), None).await;
-        assert_eq!((s, code(&body)), (403, "admin_required"), "{body}");
-        let key = admin.create_key("ci").await.unwrap();
-        let (s, body) = raw(Method::GET, &url, key.key.as_deref(), None).await;
-        assert_eq!(s, 403, "an API key is no platform admin: {body}");
-        let (s, _, body) = get(&url, Some(agent_token)).await;
-        assert_eq!(s, 401, "the agent's token is not the server's: {body}");
-        scrape(&url, server_token).await;
-        scrape(&url, &admin_auth.token).await;
-    })
+    step(
+        "only platform admins and the scrapers' token read the server's metrics",
+        async {
+            let (s, body) = raw(Method::GET, &url, None, None).await;
+            assert_eq!(s, 401, "{body}");
+            let (s, body) = raw(Method::GET, &url, Some("not-the-token"), None).await;
+            assert_eq!(s, 401, "{body}");
+            let (s, body) = raw(Method::GET, &url, Some(&member_auth.token), None).await;
+            assert_eq!((s, code(&body)), (403, "admin_required"), "{body}");
+            let key = admin.create_key("ci").await.unwrap();
+            let (s, body) = raw(Method::GET, &url, key.key.as_deref(), None).await;
+            assert_eq!(s, 403, "an API key is no platform admin: {body}");
+            let (s, _, body) = get(&url, Some(agent_token)).await;
+            assert_eq!(s, 401, "the agent's token is not the server's: {body}");
+            scrape(&url, server_token).await;
+            scrape(&url, &admin_auth.token).await;
+        },
+    )
     .await;
 
     step("the agent's metrics need its token", async {
@@ -179,7 +182,10 @@ async fn metrics_move_with_a_sandbox_and_each_operation_is_logged_once() {
         ] {
             assert!(present(&before, name), "server: {name}");
         }
-        assert_eq!(value(&before, "sandboxctl_hosts", &[("state", "online")]), 1.0);
+        assert_eq!(
+            value(&before, "sandboxctl_hosts", &[("state", "online")]),
+            1.0
+        );
         assert!(value(&before, "sandboxctl_db_query_duration_seconds_count", &[]) > 0.0);
         for name in [
             "sandboxctl_vms",
@@ -192,7 +198,13 @@ async fn metrics_move_with_a_sandbox_and_each_operation_is_logged_once() {
         ] {
             assert!(present(&agent_before, name), "agent: {name}");
         }
-        assert!(value(&agent_before, "sandboxctl_host_cpu_seconds_total", &[("mode", "busy")]) > 0.0);
+        assert!(
+            value(
+                &agent_before,
+                "sandboxctl_host_cpu_seconds_total",
+                &[("mode", "busy")]
+            ) > 0.0
+        );
         assert!(value(&agent_before, "sandboxctl_host_memory_used_bytes", &[]) > 0.0);
         assert!(
             value(&agent_before, "sandboxctl_host_disk_used_bytes", &[])
@@ -220,7 +232,11 @@ async fn metrics_move_with_a_sandbox_and_each_operation_is_logged_once() {
         assert_eq!(
             delta(
                 "sandboxctl_http_requests_total",
-                &[("method", "POST"), ("route", "/v1/sandboxes"), ("status", "201")]
+                &[
+                    ("method", "POST"),
+                    ("route", "/v1/sandboxes"),
+                    ("status", "201")
+                ]
             ),
             1.0
         );
@@ -239,8 +255,14 @@ async fn metrics_move_with_a_sandbox_and_each_operation_is_logged_once() {
                 &[("method", "POST"), ("route", "/v1/sandboxes")]
             )
         );
-        let kind = sbx.boot_kind.clone().expect("the sandbox says how it booted");
-        assert_eq!(delta("sandboxctl_sandbox_boots_total", &[("kind", &kind)]), 1.0);
+        let kind = sbx
+            .boot_kind
+            .clone()
+            .expect("the sandbox says how it booted");
+        assert_eq!(
+            delta("sandboxctl_sandbox_boots_total", &[("kind", &kind)]),
+            1.0
+        );
         // Routes are templates: no sandbox id becomes a label.
         for s in &after {
             for v in s.labels.values() {
@@ -303,28 +325,34 @@ async fn metrics_move_with_a_sandbox_and_each_operation_is_logged_once() {
     })
     .await;
 
-    step("each operation is logged once, with sandbox, team, host and duration", async {
-        let lines = sandbox_lines(&server, &id);
-        for message in [
-            "sandbox created",
-            "sandbox paused",
-            "sandbox resumed",
-            "sandbox deleted",
-        ] {
-            let found: Vec<_> = lines.iter().filter(|l| l["message"] == message).collect();
-            assert_eq!(found.len(), 1, "{message}: {lines:#?}");
-            let l = found[0];
-            assert_eq!(l["level"], "INFO", "{l}");
-            assert_eq!(l["team"], admin_auth.team_id.as_deref().unwrap(), "{l}");
-            assert_eq!(l["host"], agent.host_id.as_str(), "{l}");
-            assert!(l["duration_ms"].is_u64(), "{l}");
-            assert_eq!(l["by"], "request", "{l}");
-        }
-        // Nothing else at info or above speaks of the sandbox: no layer repeats them.
-        assert_eq!(lines.len(), 4, "{lines:#?}");
-        let created = lines.iter().find(|l| l["message"] == "sandbox created").unwrap();
-        assert_eq!(created["boot_kind"], sbx.boot_kind.as_deref().unwrap());
-    })
+    step(
+        "each operation is logged once, with sandbox, team, host and duration",
+        async {
+            let lines = sandbox_lines(&server, &id);
+            for message in [
+                "sandbox created",
+                "sandbox paused",
+                "sandbox resumed",
+                "sandbox deleted",
+            ] {
+                let found: Vec<_> = lines.iter().filter(|l| l["message"] == message).collect();
+                assert_eq!(found.len(), 1, "{message}: {lines:#?}");
+                let l = found[0];
+                assert_eq!(l["level"], "INFO", "{l}");
+                assert_eq!(l["team"], admin_auth.team_id.as_deref().unwrap(), "{l}");
+                assert_eq!(l["host"], agent.host_id.as_str(), "{l}");
+                assert!(l["duration_ms"].is_u64(), "{l}");
+                assert_eq!(l["by"], "request", "{l}");
+            }
+            // Nothing else at info or above speaks of the sandbox: no layer repeats them.
+            assert_eq!(lines.len(), 4, "{lines:#?}");
+            let created = lines
+                .iter()
+                .find(|l| l["message"] == "sandbox created")
+                .unwrap();
+            assert_eq!(created["boot_kind"], sbx.boot_kind.as_deref().unwrap());
+        },
+    )
     .await;
     drop(member);
 }
@@ -333,7 +361,13 @@ async fn metrics_move_with_a_sandbox_and_each_operation_is_logged_once() {
 fn an_agent_refuses_open_metrics_off_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
-        .args(["agent", "run", "--metrics-listen", "0.0.0.0:0", "--data-dir"])
+        .args([
+            "agent",
+            "run",
+            "--metrics-listen",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env_remove("SANDBOXCTL_METRICS_TOKEN")
         .env_remove("SANDBOXCTL_METRICS_TOKEN_FILE")
