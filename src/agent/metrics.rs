@@ -81,6 +81,15 @@ pub fn channel_error(fault: ChannelFault) {
     CHANNEL_ERRORS.get_or_create(&KindLabels { kind }).inc();
 }
 
+/// Every kind of guest-channel error, as labelled.
+const CHANNEL_FAULT_KINDS: [&str; 5] = [
+    "timeout",
+    "unresponsive",
+    "protocol",
+    "cut_off",
+    "connection",
+];
+
 /// The agent's series.
 pub struct AgentMetrics {
     registry: Registry,
@@ -106,6 +115,13 @@ impl AgentMetrics {
             CHANNEL_ERRORS.clone(),
         );
         r.register_collector(Box::new(HostUsage { data_dir }));
+        // Every known series from the start, at 0: a scraper sees them before their first event.
+        for kind in CHANNEL_FAULT_KINDS {
+            CHANNEL_ERRORS.get_or_create(&KindLabels { kind });
+        }
+        for kind in ["snapshot", "cold"] {
+            BOOTS.get_or_create(&KindLabels { kind });
+        }
         AgentMetrics {
             registry: r,
             http,

@@ -91,6 +91,10 @@ impl ServerMetrics {
             "Time a database call's SQLite statements took",
             db.timings().query.clone(),
         );
+        // Both kinds from the start, at 0: a scraper sees them before the first boot.
+        for kind in ["snapshot", "cold"] {
+            boots.get_or_create(&KindLabels { kind: kind.into() });
+        }
         ServerMetrics {
             registry: r,
             http,

@@ -187,6 +187,35 @@ async fn metrics_move_with_a_sandbox_and_each_operation_is_logged_once() {
             1.0
         );
         assert!(value(&before, "sandboxctl_db_query_duration_seconds_count", &[]) > 0.0);
+        for kind in ["snapshot", "cold"] {
+            let boots = before
+                .iter()
+                .find(|s| s.name == "sandboxctl_sandbox_boots_total" && s.labels["kind"] == kind);
+            assert_eq!(boots.map(|s| s.value), Some(0.0), "server boots {kind}");
+        }
+        for kind in [
+            "timeout",
+            "unresponsive",
+            "protocol",
+            "cut_off",
+            "connection",
+        ] {
+            assert!(
+                agent_before
+                    .iter()
+                    .any(|s| s.name == "sandboxctl_guest_channel_errors_total"
+                        && s.labels["kind"] == kind),
+                "guest-channel errors of kind {kind}"
+            );
+        }
+        for kind in ["snapshot", "cold"] {
+            assert!(
+                agent_before
+                    .iter()
+                    .any(|s| s.name == "sandboxctl_vm_boots_total" && s.labels["kind"] == kind),
+                "agent boots {kind}"
+            );
+        }
         for name in [
             "sandboxctl_vms",
             "sandboxctl_host_cpu_seconds_total",
