@@ -314,6 +314,41 @@ async fn metrics_move_with_a_sandbox_and_each_operation_is_logged_once() {
     })
     .await;
 
+    step(
+        "a guest that stops answering counts as a guest-channel error",
+        async {
+            let qemu = agent
+                .qemu_pids()
+                .into_iter()
+                .find(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).contains(id.as_str()))
+                        .unwrap_or(false)
+                })
+                .expect("the sandbox's QEMU");
+            let req = sandboxctl::proto::api::ExecRequest {
+                timeout_sec: Some(20),
+                ..crate::common::exec("true", &[])
+            };
+            // SAFETY: signals to a process this test's agent started.
+            unsafe { libc::kill(qemu as i32, libc::SIGSTOP) };
+            let frozen = admin.exec(&id, &req).await;
+            unsafe { libc::kill(qemu as i32, libc::SIGCONT) };
+            let e = frozen.expect_err("a frozen guest does not answer");
+            assert_eq!(e.status(), Some(504), "{e}");
+            let kind = [("kind", "unresponsive")];
+            let now = scrape(&agent_url, agent_token).await;
+            assert_eq!(
+                value(&now, "sandboxctl_guest_channel_errors_total", &kind)
+                    - value(&agent_after, "sandboxctl_guest_channel_errors_total", &kind),
+                1.0
+            );
+            // Running again, it answers.
+            admin.exec(&id, &req).await.unwrap();
+        },
+    )
+    .await;
+
     step("pause, resume and delete are timed", async {
         admin.pause_sandbox(&id).await.unwrap();
         admin.resume_sandbox(&id).await.unwrap();
