@@ -117,10 +117,10 @@ impl AgentMetrics {
         r.register_collector(Box::new(HostUsage { data_dir }));
         // Every known series from the start, at 0: a scraper sees them before their first event.
         for kind in CHANNEL_FAULT_KINDS {
-            CHANNEL_ERRORS.get_or_create(&KindLabels { kind });
+            let _ = CHANNEL_ERRORS.get_or_create(&KindLabels { kind });
         }
         for kind in ["snapshot", "cold"] {
-            BOOTS.get_or_create(&KindLabels { kind });
+            let _ = BOOTS.get_or_create(&KindLabels { kind });
         }
         AgentMetrics {
             registry: r,

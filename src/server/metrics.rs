@@ -93,7 +93,7 @@ impl ServerMetrics {
         );
         // Both kinds from the start, at 0: a scraper sees them before the first boot.
         for kind in ["snapshot", "cold"] {
-            boots.get_or_create(&KindLabels { kind: kind.into() });
+            let _ = boots.get_or_create(&KindLabels { kind: kind.into() });
         }
         ServerMetrics {
             registry: r,

@@ -273,12 +273,13 @@ pub async fn delete(
             live.into_iter().map(|s| s.id).collect(),
         ));
     }
-    if let Some(addr) = &h.address {
-        let client = st.pool.get(&h.id, addr);
+    if h.address.is_some() {
         for s in &live {
-            if let Err(e) = client.destroy_vm(&s.id).await {
-                tracing::warn!(host = %h.id, sandbox = %s.id, error = %e, "could not destroy sandbox on deleted host");
-            }
+            // Logged (a failure too) as the sandbox's delete; the host goes all the same.
+            let _ = st
+                .sandboxes()
+                .destroy_for(s, crate::server::sandboxes::oplog::BY_HOST_DELETED)
+                .await;
         }
     }
     let (hid, uid) = (h.id.clone(), user.user_id.clone());

@@ -12,6 +12,7 @@ use crate::server::metrics::Operation;
 pub const BY_REQUEST: &str = "request";
 pub const BY_IDLE_TIMEOUT: &str = "idle timeout";
 pub const BY_TEAM_DELETED: &str = "team deleted";
+pub const BY_HOST_DELETED: &str = "host deleted";
 
 /// An operation under way on one sandbox.
 pub(super) struct OpLog<'a> {
