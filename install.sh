@@ -83,7 +83,7 @@ install_test_deps() {
     pip3 install -q schemathesis 2>/dev/null || pip3 install -q --break-system-packages schemathesis \
       || die "pip3 install schemathesis failed"
   fi
-  # The metrics test (tests/it/metrics.rs) reads /metrics with Prometheus' Python parser.
+  # The metrics test (tests/it/prometheus.rs) reads /metrics with Prometheus' Python parser.
   if ! python3 -c 'import prometheus_client' 2>/dev/null; then
     say "installing prometheus-client for the metrics test (pip)"
     pip3 install -q prometheus-client 2>/dev/null || pip3 install -q --break-system-packages prometheus-client \

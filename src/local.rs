@@ -30,7 +30,7 @@ pub struct LocalAgentConfig {
     pub net: crate::agent::net::NetConfig,
     pub jail: crate::agent::vm::JailConfig,
     /// The local agent's `/metrics` listener.
-    pub metrics: crate::agent::metrics::MetricsConfig,
+    pub metrics: crate::agent::prometheus::MetricsConfig,
 }
 
 /// What goes with the server: the admin made before it answers anyone ([`ensure_admin`]), then

@@ -156,7 +156,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             metrics,
         }) => {
             init_logs("info", log.log_format);
-            let metrics = agent::metrics::MetricsConfig {
+            let metrics = agent::prometheus::MetricsConfig {
                 listen: metrics_listen.0,
                 token: metrics.token()?,
             };
@@ -243,8 +243,8 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             admin_email: a.admin_email.clone(),
             net: a.vm.net_config(),
             jail: a.vm.jail_config(),
-            metrics: agent::metrics::MetricsConfig {
-                listen: agent::metrics::DEFAULT_LISTEN.parse().ok(),
+            metrics: agent::prometheus::MetricsConfig {
+                listen: agent::prometheus::DEFAULT_LISTEN.parse().ok(),
                 token: metrics_token.clone(),
             },
         };

@@ -35,7 +35,7 @@ pub struct AgentConfig {
     pub net: crate::agent::net::NetConfig,
     pub jail: crate::agent::vm::JailConfig,
     /// The `/metrics` listener.
-    pub metrics: super::metrics::MetricsConfig,
+    pub metrics: super::prometheus::MetricsConfig,
 }
 
 /// Runs the agent until `shutdown` completes. VMs keep running after the agent exits; the next
@@ -71,11 +71,11 @@ pub async fn run(
     })
     .await
     .context("starting the VM manager")?;
-    let metrics = Arc::new(super::metrics::AgentMetrics::new(
+    let metrics = Arc::new(super::prometheus::AgentMetrics::new(
         vms.clone(),
         cfg.data_dir.clone(),
     ));
-    super::metrics::serve(&cfg.metrics, metrics.clone()).await?;
+    super::prometheus::serve(&cfg.metrics, metrics.clone()).await?;
     let accel = vms.accel().clone();
     tracing::info!(host = %creds.host_id, %listen, accel = accel.kind, reason = %accel.reason, "agent serving");
     let verifier = Arc::new(CallVerifier::new(&creds.server_public_key, &creds.host_id)?);

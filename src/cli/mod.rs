@@ -427,7 +427,7 @@ pub enum AgentCommand {
         log: LogArgs,
         /// Where to serve the agent's Prometheus metrics (`GET /metrics`), or `off`. An address
         /// off loopback needs --metrics-token-file.
-        #[arg(long, env = "SANDBOXCTL_METRICS_LISTEN", default_value = crate::agent::metrics::DEFAULT_LISTEN, value_parser = crate::settings::parse_optional_listen)]
+        #[arg(long, env = "SANDBOXCTL_METRICS_LISTEN", default_value = crate::agent::prometheus::DEFAULT_LISTEN, value_parser = crate::settings::parse_optional_listen)]
         metrics_listen: crate::settings::OptionalListen,
         #[command(flatten)]
         metrics: MetricsTokenArgs,

@@ -8,9 +8,9 @@ pub mod clock;
 pub mod db;
 pub mod listener;
 pub mod lock;
-pub mod metrics;
 pub mod monitor;
 pub mod pool;
+pub mod prometheus;
 pub mod ratelimit;
 pub mod sandboxes;
 pub mod scheduler;
@@ -79,7 +79,7 @@ pub struct AppState {
     /// from before then was being created by a process that is gone (see `monitor`).
     pub booted_at: i64,
     /// The Prometheus series of `GET /metrics`.
-    pub metrics: Arc<metrics::ServerMetrics>,
+    pub metrics: Arc<prometheus::ServerMetrics>,
 }
 
 impl AppState {
@@ -96,7 +96,7 @@ impl AppState {
             settings.limits.max_concurrent_hashes * 16,
             Duration::from_secs(5),
         );
-        let metrics = Arc::new(metrics::ServerMetrics::new(&db));
+        let metrics = Arc::new(prometheus::ServerMetrics::new(&db));
         Ok(AppState {
             metrics,
             db,

@@ -78,7 +78,7 @@ fn rows() -> Vec<Row> {
             None,
             [200, 200, 200, 200, 200, 200, 200, 200, 200],
         ),
-        // Platform admins only (and a scrapers' token, in tests/it/metrics.rs).
+        // Platform admins only (and a scrapers' token, in tests/it/prometheus.rs).
         r(
             M::GET,
             "/metrics",

@@ -276,7 +276,7 @@ impl VmManager {
             rt.boot_kind = Some(kind.into());
         }
         vm.persist()?;
-        crate::agent::metrics::boot(kind);
+        super::counters::boot(kind);
         tracing::debug!(
             vm = %vm.id,
             boot_ms,

@@ -30,6 +30,7 @@ mod boot_snapshots;
 pub mod cgroup;
 mod channel;
 pub mod check;
+pub mod counters;
 mod create;
 mod error;
 mod exec;

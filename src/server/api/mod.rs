@@ -11,8 +11,8 @@ pub mod imports;
 pub mod invites;
 pub mod keys;
 pub mod lifecycle;
-pub mod metrics;
 pub mod oauth;
+pub mod prometheus;
 pub mod quotas;
 pub mod sandboxes;
 pub mod sessions;
@@ -33,7 +33,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/metrics", get(metrics::scrape))
+        .route("/metrics", get(prometheus::scrape))
         .route("/v1/auth/signup", post(auth::signup))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/switch-team", post(teams::switch))

@@ -15,7 +15,7 @@ use crate::proto::validate::validate_env;
 use crate::proto::vocab::{OnTimeout, TemplateKind};
 use crate::server::db::sandboxes::{self, NewSandbox, SandboxRow};
 use crate::server::db::{hosts, templates};
-use crate::server::metrics::Operation;
+use crate::server::prometheus::Operation;
 use crate::server::scheduler::PlacementRequest;
 use crate::server::state::SandboxStatus;
 

@@ -11,8 +11,8 @@ use crate::proto::api::{ExecRequest, ExecResponse};
 use crate::proto::net::EgressPolicy;
 use crate::proto::vocab::OnTimeout;
 use crate::server::db::sandboxes::{self, SandboxRow};
-use crate::server::metrics::Operation;
 use crate::server::pool::{AgentError, read_capped};
+use crate::server::prometheus::Operation;
 use crate::server::state::SandboxStatus;
 
 fn not_in(s: &SandboxRow, want: SandboxStatus, verb: &str) -> SandboxError {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::SandboxService;
 use super::error::SandboxResult;
-use crate::server::metrics::Operation;
+use crate::server::prometheus::Operation;
 
 /// Who asked for an operation, as the log line says.
 pub const BY_REQUEST: &str = "request";

@@ -81,7 +81,7 @@ impl ChannelError {
     /// Counts this error in the agent's `sandboxctl_guest_channel_errors_total` when it is the
     /// channel's (not a guest's refusal or a file error; a cut-off is counted when it happens).
     pub fn count(&self) {
-        use crate::agent::metrics::{ChannelFault, channel_error};
+        use super::counters::{ChannelFault, channel_error};
         let fault = match self {
             ChannelError::Timeout => ChannelFault::Timeout,
             ChannelError::Unresponsive(_) => ChannelFault::Unresponsive,

@@ -89,7 +89,7 @@ pub(super) async fn read_loop(
     alive.store(false, Ordering::Release);
     if let Some(why) = why {
         tracing::error!(reason = %why, "the guest broke the channel protocol; cutting it off");
-        crate::agent::metrics::channel_error(crate::agent::metrics::ChannelFault::CutOff);
+        super::super::counters::channel_error(super::super::counters::ChannelFault::CutOff);
         cut.send_replace(Some(why));
     }
     clear(&pending);

@@ -1,4 +1,4 @@
-//! `GET /metrics`: the server's Prometheus series (`server::metrics`), for a platform admin's token
+//! `GET /metrics`: the server's Prometheus series (`server::prometheus`), for a platform admin's token
 //! or the scrapers' token of `--metrics-token-file` (SPEC §12).
 
 use axum::extract::{FromRequestParts, State};

@@ -3,12 +3,11 @@
 //! agent's API by route and status, VMs by state, boot kinds, guest-channel errors and the host's
 //! CPU, memory and disk in use.
 //!
-//! Boots and guest-channel errors are counted where they happen, deep in `vm/`: those counters
-//! are process-wide (one agent per process).
+//! Boots and guest-channel errors are counted where they happen, in `vm/` (`vm::counters`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
@@ -18,23 +17,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-use super::vm::VmManager;
+use super::vm::{VmManager, counters};
 use crate::crypto::Secret;
 use crate::prom::{self, HttpMetrics};
 use crate::proto::agent::VmState;
 
 /// Where the metrics listener binds unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
@@ -45,50 +39,6 @@ struct StateLabels {
 struct ModeLabels {
     mode: &'static str,
 }
-
-static BOOTS: LazyLock<Family<KindLabels, Counter>> = LazyLock::new(Family::default);
-static CHANNEL_ERRORS: LazyLock<Family<KindLabels, Counter>> = LazyLock::new(Family::default);
-
-/// Counts a VM that booted: `snapshot` (restored) or `cold`.
-pub fn boot(kind: &'static str) {
-    BOOTS.get_or_create(&KindLabels { kind }).inc();
-}
-
-/// What went wrong on a guest channel, as `/metrics` counts it.
-#[derive(Clone, Copy, Debug)]
-pub enum ChannelFault {
-    /// An answer did not come by its deadline.
-    Timeout,
-    /// The guest left a ping unanswered (frozen).
-    Unresponsive,
-    /// An unexpected or malformed frame.
-    Protocol,
-    /// The guest broke the protocol too often and was cut off.
-    CutOff,
-    /// The guest could not be reached, or its connection closed.
-    Connection,
-}
-
-/// Counts a guest-channel error.
-pub fn channel_error(fault: ChannelFault) {
-    let kind = match fault {
-        ChannelFault::Timeout => "timeout",
-        ChannelFault::Unresponsive => "unresponsive",
-        ChannelFault::Protocol => "protocol",
-        ChannelFault::CutOff => "cut_off",
-        ChannelFault::Connection => "connection",
-    };
-    CHANNEL_ERRORS.get_or_create(&KindLabels { kind }).inc();
-}
-
-/// Every kind of guest-channel error, as labelled.
-const CHANNEL_FAULT_KINDS: [&str; 5] = [
-    "timeout",
-    "unresponsive",
-    "protocol",
-    "cut_off",
-    "connection",
-];
 
 /// The agent's series.
 pub struct AgentMetrics {
@@ -107,21 +57,14 @@ impl AgentMetrics {
         r.register(
             "vm_boots",
             "VMs booted, by kind (snapshot: restored from a boot snapshot; cold: a full boot)",
-            BOOTS.clone(),
+            counters::boots(),
         );
         r.register(
             "guest_channel_errors",
             "Guest-channel errors, by kind (timeout, unresponsive, protocol, cut_off, connection)",
-            CHANNEL_ERRORS.clone(),
+            counters::channel_errors(),
         );
         r.register_collector(Box::new(HostUsage { data_dir }));
-        // Every known series from the start, at 0: a scraper sees them before their first event.
-        for kind in CHANNEL_FAULT_KINDS {
-            let _ = CHANNEL_ERRORS.get_or_create(&KindLabels { kind });
-        }
-        for kind in ["snapshot", "cold"] {
-            let _ = BOOTS.get_or_create(&KindLabels { kind });
-        }
         AgentMetrics {
             registry: r,
             http,

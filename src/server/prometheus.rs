@@ -1,4 +1,4 @@
-//! The server's Prometheus series (`GET /metrics`, served by `api::metrics`): requests by route and
+//! The server's Prometheus series (`GET /metrics`, served by `api::prometheus`): requests by route and
 //! status, sandboxes and hosts by state (counted in the database at each scrape), sandbox
 //! operations' latency, boot kinds and SQLite timings.
 
