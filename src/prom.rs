@@ -180,6 +180,24 @@ mod tests {
     }
 
     #[test]
+    fn a_token_file_is_trimmed_and_an_empty_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "  abc123\n").unwrap();
+        let unset = "SANDBOXCTL_TEST_UNSET_METRICS_TOKEN";
+        let t = read_token(Some(&f), unset).unwrap().unwrap();
+        assert_eq!(t.expose(), "abc123");
+        std::fs::write(&f, "\n").unwrap();
+        let err = read_token(Some(&f), unset).unwrap_err().to_string();
+        assert!(err.contains("empty"), "{err}");
+        let err = read_token(Some(&dir.path().join("missing")), unset)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--metrics-token-file"), "{err}");
+        assert!(read_token(None, unset).unwrap().is_none());
+    }
+
+    #[test]
     fn series_carry_the_prefix_and_route_templates() {
         let mut r = registry();
         let m = HttpMetrics::new(&mut r);
