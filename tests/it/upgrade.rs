@@ -393,7 +393,28 @@ async fn an_agent_replaced_under_running_and_paused_sandboxes_loses_nothing() {
     };
 
     step("SIGTERM ends the agent; its running VM goes on", async {
+        // A long command in flight when the agent is told to stop: the agent does not wait for it.
+        let long = {
+            let (c, id) = (admin.clone(), running.clone());
+            tokio::spawn(async move {
+                let req = sandboxctl::proto::api::ExecRequest {
+                    timeout_sec: Some(600),
+                    ..exec("sh", &["-c", "sleep 599; echo finished > /root/long"])
+                };
+                c.exec(&id, &req).await
+            })
+        };
+        wait_until("the long command runs", Duration::from_secs(30), || {
+            let (c, id) = (admin.clone(), running.clone());
+            async move {
+                let r = c.exec(&id, &exec("ps", &[])).await.unwrap();
+                r.stdout.contains("sleep 599")
+            }
+        })
+        .await;
         let status = agent.terminate();
+        let cut = long.await.unwrap();
+        assert!(cut.is_err(), "the call in flight is cut, not answered: {cut:?}");
         assert!(status.success(), "the agent exits cleanly on SIGTERM: {status:?}");
         assert_eq!(
             agent.qemu_pids().len(),
@@ -427,6 +448,11 @@ async fn an_agent_replaced_under_running_and_paused_sandboxes_loses_nothing() {
             .await
             .expect("exec after the agent was replaced");
         assert_eq!(r.stdout, "kept\nalive\n", "{r:?}");
+        let ps = admin.exec(&running, &exec("ps", &[])).await.unwrap();
+        assert!(
+            ps.stdout.contains("sleep 599"),
+            "the command whose caller was cut goes on: {ps:?}"
+        );
     })
     .await;
 
