@@ -242,7 +242,8 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
 fn integrity(path: &Path) -> String {
     let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .unwrap();
-    c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -314,71 +315,77 @@ async fn a_backup_taken_during_10_creates_restores_the_sandboxes_of_its_moment()
     })
     .await;
 
-    let fresh = step("stop everything; restore into a new data dir with the keys", async {
-        server.kill();
-        // The restored server must not reach this fleet: it would reconcile the VMs made after
-        // the backup away.
-        agent.kill();
-        let fresh = tempfile::tempdir().unwrap();
-        let new_data = fresh.path().join("data");
-        std::fs::create_dir(&new_data).unwrap();
-        for k in ["jwt.key", "agent-signing.key"] {
-            std::fs::copy(data.join(k), new_data.join(k)).unwrap();
-        }
-        let restored = sandboxctl(&[
-            "server",
-            "restore",
-            "--data-dir",
-            s(&new_data),
-            "--from",
-            s(&file),
-        ]);
-        assert!(restored.status.success(), "{}", text(&restored.stderr));
-        fresh
-    })
+    let fresh = step(
+        "stop everything; restore into a new data dir with the keys",
+        async {
+            server.kill();
+            // The restored server must not reach this fleet: it would reconcile the VMs made after
+            // the backup away.
+            agent.kill();
+            let fresh = tempfile::tempdir().unwrap();
+            let new_data = fresh.path().join("data");
+            std::fs::create_dir(&new_data).unwrap();
+            for k in ["jwt.key", "agent-signing.key"] {
+                std::fs::copy(data.join(k), new_data.join(k)).unwrap();
+            }
+            let restored = sandboxctl(&[
+                "server",
+                "restore",
+                "--data-dir",
+                s(&new_data),
+                "--from",
+                s(&file),
+            ]);
+            assert!(restored.status.success(), "{}", text(&restored.stderr));
+            fresh
+        },
+    )
     .await;
     drop(agent);
 
-    step("the restored server lists the sandboxes of the backup's moment", async {
-        let server = TestServer::start_in(fresh, &[]).await;
-        let auth = server
-            .anon()
-            .login("root@example.com", "correct horse battery")
-            .await
-            .expect("login on the restored server");
-        let listed = server
-            .anon()
-            .with_token(&auth.token)
-            .list_sandboxes(None)
-            .await
-            .unwrap();
-        let ids: BTreeSet<String> = listed.iter().map(|s| s.id.clone()).collect();
-        // Every create answered before the backup began is there as running; nothing the
-        // backup could not have seen is; what was in flight is there as it stood (starting or
-        // running) or not yet.
-        assert!(ids.is_subset(&all), "{ids:?} ⊄ {all:?}");
-        assert!(ids.contains(&first.id), "{ids:?}");
-        for sb in &listed {
-            let done_before = sb.id == first.id || answered_before.contains(&sb.id);
-            if done_before {
-                assert_eq!(sb.status, SandboxStatus::Running, "{sb:?}");
-            } else {
-                assert!(
-                    matches!(sb.status, SandboxStatus::Starting | SandboxStatus::Running),
-                    "{sb:?}"
-                );
+    step(
+        "the restored server lists the sandboxes of the backup's moment",
+        async {
+            let server = TestServer::start_in(fresh, &[]).await;
+            let auth = server
+                .anon()
+                .login("root@example.com", "correct horse battery")
+                .await
+                .expect("login on the restored server");
+            let listed = server
+                .anon()
+                .with_token(&auth.token)
+                .list_sandboxes(None)
+                .await
+                .unwrap();
+            let ids: BTreeSet<String> = listed.iter().map(|s| s.id.clone()).collect();
+            // Every create answered before the backup began is there as running; nothing the
+            // backup could not have seen is; what was in flight is there as it stood (starting or
+            // running) or not yet.
+            assert!(ids.is_subset(&all), "{ids:?} ⊄ {all:?}");
+            assert!(ids.contains(&first.id), "{ids:?}");
+            for sb in &listed {
+                let done_before = sb.id == first.id || answered_before.contains(&sb.id);
+                if done_before {
+                    assert_eq!(sb.status, SandboxStatus::Running, "{sb:?}");
+                } else {
+                    assert!(
+                        matches!(sb.status, SandboxStatus::Starting | SandboxStatus::Running),
+                        "{sb:?}"
+                    );
+                }
             }
-        }
-        for id in &answered_before {
-            assert!(ids.contains(id), "{id} was created before the backup began");
-        }
-        eprintln!(
-            "restored: {} sandboxes ({} answered before the backup, {} created in all)",
-            ids.len(),
-            answered_before.len() + 1,
-            all.len()
-        );
-    })
+            for id in &answered_before {
+                assert!(ids.contains(id), "{id} was created before the backup began");
+            }
+            eprintln!(
+                "restored: {} sandboxes ({} answered before the backup, {} created in all)",
+                ids.len(),
+                answered_before.len() + 1,
+                all.len()
+            );
+        },
+    )
     .await;
 }
 

@@ -46,8 +46,18 @@ fn first_release_database(path: &Path, now: i64) {
     let t = now - 86_400;
     let tx = c.transaction().unwrap();
     for (id, email, name, admin) in [
-        ("usr_firstadmin00000001", "admin@example.com", "Ada Admin", 1),
-        ("usr_firstmember0000002", "member@example.com", "Max Member", 0),
+        (
+            "usr_firstadmin00000001",
+            "admin@example.com",
+            "Ada Admin",
+            1,
+        ),
+        (
+            "usr_firstmember0000002",
+            "member@example.com",
+            "Max Member",
+            0,
+        ),
     ] {
         tx.execute(
             "INSERT INTO users (id, email, name, password_hash, is_admin, created_at, updated_at)
@@ -68,10 +78,30 @@ fn first_release_database(path: &Path, now: i64) {
         .unwrap();
     }
     for (team, user, role, default) in [
-        ("team_adminpersonal0001", "usr_firstadmin00000001", "owner", 1),
-        ("team_memberpersonal002", "usr_firstmember0000002", "owner", 0),
-        ("team_shared00000000003", "usr_firstadmin00000001", "owner", 0),
-        ("team_shared00000000003", "usr_firstmember0000002", "member", 1),
+        (
+            "team_adminpersonal0001",
+            "usr_firstadmin00000001",
+            "owner",
+            1,
+        ),
+        (
+            "team_memberpersonal002",
+            "usr_firstmember0000002",
+            "owner",
+            0,
+        ),
+        (
+            "team_shared00000000003",
+            "usr_firstadmin00000001",
+            "owner",
+            0,
+        ),
+        (
+            "team_shared00000000003",
+            "usr_firstmember0000002",
+            "member",
+            1,
+        ),
     ] {
         tx.execute(
             "INSERT INTO memberships (team_id, user_id, role, is_default, created_at)
@@ -126,15 +156,30 @@ fn first_release_database(path: &Path, now: i64) {
     )
     .unwrap();
     for (id, team, status, ended) in [
-        ("sbx_firstrunning00001", "team_shared00000000003", "running", None),
-        ("sbx_firstpaused000002", "team_shared00000000003", "paused", None),
+        (
+            "sbx_firstrunning00001",
+            "team_shared00000000003",
+            "running",
+            None,
+        ),
+        (
+            "sbx_firstpaused000002",
+            "team_shared00000000003",
+            "paused",
+            None,
+        ),
         (
             "sbx_firststopped00003",
             "team_shared00000000003",
             "stopped",
             Some(t + 60),
         ),
-        ("sbx_adminrunning00004", "team_adminpersonal0001", "running", None),
+        (
+            "sbx_adminrunning00004",
+            "team_adminpersonal0001",
+            "running",
+            None,
+        ),
     ] {
         tx.execute(
             "INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb,
@@ -220,40 +265,46 @@ async fn a_first_release_database_upgrades_and_stays_usable() {
     })
     .await;
 
-    step("the team's sandboxes and templates are listed as they were", async {
-        let listed: BTreeMap<String, SandboxStatus> = member
-            .list_sandboxes(None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| (s.id, s.status))
-            .collect();
-        assert_eq!(
-            listed.get("sbx_firstrunning00001"),
-            Some(&SandboxStatus::Running)
-        );
-        assert_eq!(
-            listed.get("sbx_firstpaused000002"),
-            Some(&SandboxStatus::Paused)
-        );
-        assert!(
-            !listed.contains_key("sbx_adminrunning00004"),
-            "another team's sandbox"
-        );
-        let sb = member.get_sandbox("sbx_firststopped00003").await.unwrap();
-        assert_eq!(sb.status, SandboxStatus::Stopped);
-        assert_eq!(sb.metadata.get("purpose").map(String::as_str), Some("upgrade"));
-        let running = member.get_sandbox("sbx_firstrunning00001").await.unwrap();
-        assert_eq!((running.vcpus, running.memory_mb), (1, 256));
-        assert_eq!(running.host_id.as_deref(), Some("host_firstonline00001"));
-        let templates = member.list_templates().await.unwrap();
-        assert!(
-            templates
-                .iter()
-                .any(|t| t.id == "tpl_firstsnapshot0002" && t.name == "warm-python"),
-            "{templates:?}"
-        );
-    })
+    step(
+        "the team's sandboxes and templates are listed as they were",
+        async {
+            let listed: BTreeMap<String, SandboxStatus> = member
+                .list_sandboxes(None)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| (s.id, s.status))
+                .collect();
+            assert_eq!(
+                listed.get("sbx_firstrunning00001"),
+                Some(&SandboxStatus::Running)
+            );
+            assert_eq!(
+                listed.get("sbx_firstpaused000002"),
+                Some(&SandboxStatus::Paused)
+            );
+            assert!(
+                !listed.contains_key("sbx_adminrunning00004"),
+                "another team's sandbox"
+            );
+            let sb = member.get_sandbox("sbx_firststopped00003").await.unwrap();
+            assert_eq!(sb.status, SandboxStatus::Stopped);
+            assert_eq!(
+                sb.metadata.get("purpose").map(String::as_str),
+                Some("upgrade")
+            );
+            let running = member.get_sandbox("sbx_firstrunning00001").await.unwrap();
+            assert_eq!((running.vcpus, running.memory_mb), (1, 256));
+            assert_eq!(running.host_id.as_deref(), Some("host_firstonline00001"));
+            let templates = member.list_templates().await.unwrap();
+            assert!(
+                templates
+                    .iter()
+                    .any(|t| t.id == "tpl_firstsnapshot0002" && t.name == "warm-python"),
+                "{templates:?}"
+            );
+        },
+    )
     .await;
 
     step("the API key of the first release still works", async {
@@ -271,45 +322,48 @@ async fn a_first_release_database_upgrades_and_stays_usable() {
     })
     .await;
 
-    step("the admin sees the hosts; the server writes to the upgraded database", async {
-        let auth = server
-            .anon()
-            .login("admin@example.com", PASSWORD)
-            .await
-            .expect("the admin logs in");
-        let admin = server.anon().with_token(&auth.token);
-        assert!(admin.me().await.unwrap().is_admin);
-        let hosts = admin.list_hosts().await.unwrap();
-        let online = hosts
-            .iter()
-            .find(|h| h.id == "host_firstonline00001")
-            .expect("the online host");
-        assert_eq!(online.status, HostStatus::Online);
-        let tags: BTreeSet<&str> = online.tags.iter().map(String::as_str).collect();
-        assert_eq!(tags, BTreeSet::from(["eu", "gpu"]));
-        let draining = hosts
-            .iter()
-            .find(|h| h.id == "host_firstdraining002")
-            .expect("the draining host");
-        assert_eq!(draining.status, HostStatus::Draining);
-        // New rows in old and new tables alike.
-        let key = member.create_key("after-upgrade").await.unwrap();
-        server
-            .anon()
-            .with_token(&key.key.unwrap())
-            .list_sandboxes(None)
-            .await
-            .expect("a key made after the upgrade works");
-        member
-            .create_team("Made after the upgrade")
-            .await
-            .expect("a team made after the upgrade");
-        let sessions: i64 = server
-            .sqlite()
-            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(sessions, 2, "each login started a session");
-    })
+    step(
+        "the admin sees the hosts; the server writes to the upgraded database",
+        async {
+            let auth = server
+                .anon()
+                .login("admin@example.com", PASSWORD)
+                .await
+                .expect("the admin logs in");
+            let admin = server.anon().with_token(&auth.token);
+            assert!(admin.me().await.unwrap().is_admin);
+            let hosts = admin.list_hosts().await.unwrap();
+            let online = hosts
+                .iter()
+                .find(|h| h.id == "host_firstonline00001")
+                .expect("the online host");
+            assert_eq!(online.status, HostStatus::Online);
+            let tags: BTreeSet<&str> = online.tags.iter().map(String::as_str).collect();
+            assert_eq!(tags, BTreeSet::from(["eu", "gpu"]));
+            let draining = hosts
+                .iter()
+                .find(|h| h.id == "host_firstdraining002")
+                .expect("the draining host");
+            assert_eq!(draining.status, HostStatus::Draining);
+            // New rows in old and new tables alike.
+            let key = member.create_key("after-upgrade").await.unwrap();
+            server
+                .anon()
+                .with_token(&key.key.unwrap())
+                .list_sandboxes(None)
+                .await
+                .expect("a key made after the upgrade works");
+            member
+                .create_team("Made after the upgrade")
+                .await
+                .expect("a team made after the upgrade");
+            let sessions: i64 = server
+                .sqlite()
+                .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(sessions, 2, "each login started a session");
+        },
+    )
     .await;
 }
 
@@ -414,8 +468,14 @@ async fn an_agent_replaced_under_running_and_paused_sandboxes_loses_nothing() {
         .await;
         let status = agent.terminate();
         let cut = long.await.unwrap();
-        assert!(cut.is_err(), "the call in flight is cut, not answered: {cut:?}");
-        assert!(status.success(), "the agent exits cleanly on SIGTERM: {status:?}");
+        assert!(
+            cut.is_err(),
+            "the call in flight is cut, not answered: {cut:?}"
+        );
+        assert!(
+            status.success(),
+            "the agent exits cleanly on SIGTERM: {status:?}"
+        );
         assert_eq!(
             agent.qemu_pids().len(),
             1,
@@ -424,36 +484,45 @@ async fn an_agent_replaced_under_running_and_paused_sandboxes_loses_nothing() {
     })
     .await;
 
-    step("a new agent process on the same data dir takes both back", async {
-        agent.spawn();
-        agent.wait_ready(&admin).await;
-        let vms_line = |log: &str| {
-            log.lines()
-                .filter(|l| l.contains("found a VM of a previous agent"))
-                .count()
-        };
-        assert_eq!(vms_line(&agent.log()), 2, "{}", agent.log());
-    })
+    step(
+        "a new agent process on the same data dir takes both back",
+        async {
+            agent.spawn();
+            agent.wait_ready(&admin).await;
+            let vms_line = |log: &str| {
+                log.lines()
+                    .filter(|l| l.contains("found a VM of a previous agent"))
+                    .count()
+            };
+            assert_eq!(vms_line(&agent.log()), 2, "{}", agent.log());
+        },
+    )
     .await;
 
-    step("the running sandbox still runs its process and has its files", async {
-        let r = admin
-            .exec(
-                &running,
-                &exec(
-                    "sh",
-                    &["-c", &format!("cat /root/mark; kill -0 {sleeper} && echo alive")],
-                ),
-            )
-            .await
-            .expect("exec after the agent was replaced");
-        assert_eq!(r.stdout, "kept\nalive\n", "{r:?}");
-        let ps = admin.exec(&running, &exec("ps", &[])).await.unwrap();
-        assert!(
-            ps.stdout.contains("sleep 599"),
-            "the command whose caller was cut goes on: {ps:?}"
-        );
-    })
+    step(
+        "the running sandbox still runs its process and has its files",
+        async {
+            let r = admin
+                .exec(
+                    &running,
+                    &exec(
+                        "sh",
+                        &[
+                            "-c",
+                            &format!("cat /root/mark; kill -0 {sleeper} && echo alive"),
+                        ],
+                    ),
+                )
+                .await
+                .expect("exec after the agent was replaced");
+            assert_eq!(r.stdout, "kept\nalive\n", "{r:?}");
+            let ps = admin.exec(&running, &exec("ps", &[])).await.unwrap();
+            assert!(
+                ps.stdout.contains("sleep 599"),
+                "the command whose caller was cut goes on: {ps:?}"
+            );
+        },
+    )
     .await;
 
     step("the paused sandbox resumes with its memory", async {
@@ -473,13 +542,17 @@ async fn an_agent_replaced_under_running_and_paused_sandboxes_loses_nothing() {
             assert_eq!(lines.next(), Some("in-memory"), "{r:?}");
             lines.next().unwrap().parse().unwrap()
         };
-        wait_until("the counter loop runs again", Duration::from_secs(30), || {
-            let (c, id) = (admin.clone(), paused.clone());
-            async move {
-                let r = c.exec(&id, &exec("cat", &["/tmp/counter"])).await.unwrap();
-                r.stdout.trim().parse::<u32>().unwrap() > before
-            }
-        })
+        wait_until(
+            "the counter loop runs again",
+            Duration::from_secs(30),
+            || {
+                let (c, id) = (admin.clone(), paused.clone());
+                async move {
+                    let r = c.exec(&id, &exec("cat", &["/tmp/counter"])).await.unwrap();
+                    r.stdout.trim().parse::<u32>().unwrap() > before
+                }
+            },
+        )
         .await;
     })
     .await;
@@ -508,8 +581,9 @@ async fn an_agent_replaced_under_running_and_paused_sandboxes_loses_nothing() {
             assert!(!log.contains(bad), "server log says {bad:?}:\n{log}");
         }
         assert!(
-            !log.lines().any(|l| l.contains("reconciled")
-                && (l.contains("stopped") || l.contains("missing"))),
+            !log.lines()
+                .any(|l| l.contains("reconciled")
+                    && (l.contains("stopped") || l.contains("missing"))),
             "{log}"
         );
     })

@@ -418,7 +418,10 @@ mod tests {
             )
             .unwrap();
         let e = format!("{:#}", restore(&data, &foreign).unwrap_err());
-        assert!(e.contains("someone_elses") && e.contains("not this sandboxctl's"), "{e}");
+        assert!(
+            e.contains("someone_elses") && e.contains("not this sandboxctl's"),
+            "{e}"
+        );
         assert!(!data.join(DB_FILE).exists(), "nothing was put in place");
     }
 
