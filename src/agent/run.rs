@@ -98,7 +98,8 @@ pub async fn run(
     let heartbeats = tokio::spawn(async move { hb.run(interval).await });
     // On the signal the agent stops taking calls and lets those in flight finish, up to the
     // deadline: a long exec or upload must not hold an upgrade (or systemd's stop) hostage. Its
-    // VMs keep running either way, and the guest goes on with a command whose caller was cut.
+    // VMs keep running either way (the guest ends a command whose caller was cut when the next
+    // agent connects).
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signalled = stopping.clone();
     let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
