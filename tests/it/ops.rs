@@ -417,6 +417,77 @@ async fn restore_refuses_a_file_that_is_not_a_sandboxctl_database() {
 }
 
 #[test]
+fn backup_and_restore_name_what_is_wrong_with_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let file = dir.path().join("b.db");
+    let missing = dir.path().join("missing");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec![
+                "server",
+                "backup",
+                "--data-dir",
+                s(&missing),
+                "--to",
+                s(&file),
+            ],
+            format!("--data-dir {} is not a directory", missing.display()),
+        ),
+        (
+            vec!["server", "backup", "--data-dir", s(&data), "--to", s(&file)],
+            format!("no database at {}", data.join("sandboxctl.db").display()),
+        ),
+        (
+            vec![
+                "server",
+                "restore",
+                "--data-dir",
+                s(&data),
+                "--from",
+                s(&file),
+            ],
+            format!("--from {}: no such file", file.display()),
+        ),
+        (
+            vec![
+                "server",
+                "restore",
+                "--data-dir",
+                s(&missing),
+                "--from",
+                s(&file),
+            ],
+            format!("no data dir at {}", missing.display()),
+        ),
+    ];
+    for (args, want) in &cases {
+        let out = sandboxctl(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(want.as_str()),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // With a database in place, a target in a directory that does not exist is named.
+    drop(sandboxctl::server::db::Db::open(&data.join("sandboxctl.db")).unwrap());
+    let to = missing.join("b.db");
+    let out = sandboxctl(&["server", "backup", "--data-dir", s(&data), "--to", s(&to)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "the directory {} does not exist",
+            missing.display()
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!file.exists() && !missing.exists(), "nothing was written");
+}
+
+#[test]
 fn completion_scripts_name_the_commands() {
     for shell in ["bash", "zsh", "fish"] {
         let out = sandboxctl(&["completion", shell]);
