@@ -390,6 +390,85 @@ async fn a_backup_taken_during_10_creates_restores_the_sandboxes_of_its_moment()
 }
 
 #[tokio::test]
+async fn a_restore_in_place_keeps_the_fleet_and_ends_what_the_backup_never_knew() {
+    let _vm = vm_permit().await;
+    let flags = ["--monitor-interval", "1s"];
+    let mut server = TestServer::start_with(&flags).await;
+    let data = server.data_dir();
+    let (_, admin) = server.signup("root@example.com", "Root").await;
+    let agent = TestAgent::start(&server, &admin).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let file = out_dir.path().join("in-place.db");
+
+    let (known, unknown) = step("a sandbox, a backup, then a sandbox after it", async {
+        let known = create_when_ready(&admin, &agent).await.id;
+        let backup = sandboxctl(&["server", "backup", "--data-dir", s(&data), "--to", s(&file)]);
+        assert!(backup.status.success(), "{}", text(&backup.stderr));
+        let unknown = create_when_ready(&admin, &agent).await.id;
+        assert_eq!(agent.qemu_pids().len(), 2);
+        (known, unknown)
+    })
+    .await;
+
+    step("stop the server, restore in place, start it again", async {
+        server.kill();
+        let restored = sandboxctl(&[
+            "server",
+            "restore",
+            "--data-dir",
+            s(&data),
+            "--from",
+            s(&file),
+        ]);
+        assert!(restored.status.success(), "{}", text(&restored.stderr));
+        let said = text(&restored.stdout);
+        assert!(said.contains("previous database is kept"), "{said}");
+        assert!(!said.contains("warning"), "the keys are in place: {said}");
+        // Same data dir (same keys), same address: the agent never has to know.
+        server.crash_and_restart(&flags).await;
+    })
+    .await;
+
+    step("the agent and the sandbox the backup knew go on", async {
+        let auth = server
+            .anon()
+            .login("root@example.com", "correct horse battery")
+            .await
+            .unwrap();
+        let admin = server.anon().with_token(&auth.token);
+        let r = admin
+            .exec(&known, &crate::common::exec("echo", &["still here"]))
+            .await
+            .expect("the restored server's calls reach the agent");
+        assert_eq!(r.stdout, "still here\n");
+        assert_eq!(
+            admin.get_host(&agent.host_id).await.unwrap().status,
+            sandboxctl::proto::vocab::HostStatus::Online
+        );
+        let ids: BTreeSet<String> = admin
+            .list_sandboxes(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, BTreeSet::from([known.clone()]));
+        // The VM made after the backup is an orphan to the restored server: it goes.
+        wait_until(
+            "the monitor ends the VM the backup never knew",
+            Duration::from_secs(60),
+            || async { agent.qemu_pids().len() == 1 },
+        )
+        .await;
+        assert!(
+            server.log().contains(&unknown),
+            "the server logs the orphan it destroyed"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn restore_refuses_a_file_that_is_not_a_sandboxctl_database() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
