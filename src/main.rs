@@ -151,6 +151,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             listen,
             vm,
             heartbeat_interval,
+            shutdown_timeout,
             log,
             metrics_listen,
             metrics,
@@ -176,6 +177,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                     net,
                     jail,
                     metrics,
+                    shutdown_timeout,
                 },
                 async {
                     let mut term =
