@@ -26,6 +26,7 @@ pub struct LocalAgentConfig {
     pub max_concurrent_boots: usize,
     pub import_limits: Limits,
     pub heartbeat_interval: Duration,
+    pub sample_interval: Duration,
     pub admin_email: String,
     pub net: crate::agent::net::NetConfig,
     pub jail: crate::agent::vm::JailConfig,
@@ -96,6 +97,7 @@ pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> a
             max_concurrent_boots: cfg.max_concurrent_boots,
             import_limits: cfg.import_limits,
             heartbeat_interval: cfg.heartbeat_interval,
+            sample_interval: cfg.sample_interval,
             guest_binary: None,
             net: cfg.net,
             jail: crate::agent::vm::JailConfig {

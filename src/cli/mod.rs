@@ -305,6 +305,18 @@ pub struct VmArgs {
     /// Most members (files, directories, links) a template import's archive may hold.
     #[arg(long, env = "SANDBOXCTL_MAX_IMAGE_MEMBERS", default_value_t = crate::agent::images::import::Limits::DEFAULT_MAX_MEMBERS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_image_members: u64,
+    /// How often each running sandbox's CPU, memory and disk use is sampled (at least 1s); the
+    /// last hour of samples is kept.
+    #[arg(long, env = "SANDBOXCTL_SAMPLE_INTERVAL", default_value = "5s", value_parser = parse_sample_interval)]
+    pub sample_interval: Duration,
+}
+
+fn parse_sample_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err("at least 1s".into());
+    }
+    Ok(d)
 }
 
 fn parse_quota_override(s: &str) -> Result<crate::proto::quota::TeamQuota, String> {

@@ -207,6 +207,27 @@ pub struct SandboxResponse {
     pub network: Option<crate::proto::net::EgressPolicy>,
 }
 
+/// One usage sample of a running sandbox, taken by its host every few seconds (kept for the
+/// last hour). The fields are E2B's `SandboxMetric`'s; sizes in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SandboxMetric {
+    /// When the sample was taken, unix seconds.
+    pub timestamp: i64,
+    /// The sandbox's vCPUs.
+    pub cpu_count: u32,
+    /// CPU time used since the previous sample, in percent of all its vCPUs (0–100).
+    pub cpu_used_pct: f64,
+    /// Memory in use in the guest (total minus available).
+    pub mem_used: u64,
+    /// Memory the guest's kernel has (a little less than the sandbox's memory size).
+    pub mem_total: u64,
+    /// Page cache and buffers.
+    pub mem_cache: u64,
+    /// Used space of the guest's root filesystem.
+    pub disk_used: u64,
+    pub disk_total: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxListResponse {
     pub sandboxes: Vec<SandboxResponse>,
