@@ -587,6 +587,18 @@ pub enum SandboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// CPU, memory and disk use, sampled every few seconds (the last hour is kept).
+    Metrics {
+        id: String,
+        /// Keep printing new samples until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Samples from this far back (at most 1h are kept).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        since: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// The guest's console log (control characters escaped; `--raw` for the exact bytes).
     Logs {
         id: String,
