@@ -17,6 +17,7 @@ mod openapi_fuzz;
 mod ops;
 mod quotas;
 mod sandboxes;
+mod sbx_metrics;
 mod sessions;
 mod signup;
 mod snapshots;
