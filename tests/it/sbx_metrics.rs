@@ -44,7 +44,11 @@ async fn sandbox_metrics_follow_the_guest() {
             "a sample with the guest's figures",
             Duration::from_secs(60),
             || async {
-                got.set(latest_after(&admin, &id, 0).await.filter(|m| m.mem_total > 0));
+                got.set(
+                    latest_after(&admin, &id, 0)
+                        .await
+                        .filter(|m| m.mem_total > 0),
+                );
                 got.get().is_some()
             },
         )
@@ -54,12 +58,21 @@ async fn sandbox_metrics_follow_the_guest() {
         assert!((0.0..=100.0).contains(&m.cpu_used_pct), "{m:?}");
         // The guest's kernel has the sandbox's memory, less what it reserves for itself.
         let size = u64::from(sb.memory_mb) << 20;
-        assert!(m.mem_total <= size && m.mem_total >= size / 10 * 7, "{m:?} for {size}");
+        assert!(
+            m.mem_total <= size && m.mem_total >= size / 10 * 7,
+            "{m:?} for {size}"
+        );
         assert!(m.mem_used > 0 && m.mem_used < m.mem_total, "{m:?}");
         assert!(m.mem_cache < m.mem_total, "{m:?}");
         // The disk is the guest's root filesystem, as its own df sees it.
         let df = admin.exec(&id, &sh("df -k / | tail -n 1")).await.unwrap();
-        let blocks: u64 = df.stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let blocks: u64 = df
+            .stdout
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(m.disk_total, blocks * 1024, "df said {}", df.stdout);
         assert!(m.disk_used > 0 && m.disk_used < m.disk_total, "{m:?}");
         m
@@ -114,10 +127,7 @@ async fn sandbox_metrics_follow_the_guest() {
     .await;
 
     step("CPU falls after the burner is killed", async {
-        let r = admin
-            .exec(&id, &sh("kill $(pidof yes)"))
-            .await
-            .unwrap();
+        let r = admin.exec(&id, &sh("kill $(pidof yes)")).await.unwrap();
         assert_eq!(r.exit_code, 0, "{}", r.stderr);
         let killed = sandboxctl::time::unix_now();
         wait_until(
@@ -133,25 +143,28 @@ async fn sandbox_metrics_follow_the_guest() {
     })
     .await;
 
-    step("start and end choose samples; bad ones are refused naming the field", async {
-        let all = admin.sandbox_metrics(&id, None, None).await.unwrap();
-        assert!(all.len() >= 3);
-        assert!(all.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
-        let t = all[all.len() / 2].timestamp;
-        let some = admin.sandbox_metrics(&id, Some(t), Some(t)).await.unwrap();
-        assert!(!some.is_empty() && some.iter().all(|m| m.timestamp == t));
-        for (q, field) in [
-            ("?start=yesterday", "start"),
-            ("?start=-5", "start"),
-            ("?end=1.5", "end"),
-            ("?start=200&end=100", "end"),
-        ] {
-            let (st, body) = raw(Method::GET, &url(q), Some(&auth.token), None).await;
-            assert_eq!(st, 400, "{q}: {body}");
-            assert_eq!(code(&body), "invalid_field", "{q}: {body}");
-            assert_eq!(body["error"]["field"], field, "{q}: {body}");
-        }
-    })
+    step(
+        "start and end choose samples; bad ones are refused naming the field",
+        async {
+            let all = admin.sandbox_metrics(&id, None, None).await.unwrap();
+            assert!(all.len() >= 3);
+            assert!(all.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
+            let t = all[all.len() / 2].timestamp;
+            let some = admin.sandbox_metrics(&id, Some(t), Some(t)).await.unwrap();
+            assert!(!some.is_empty() && some.iter().all(|m| m.timestamp == t));
+            for (q, field) in [
+                ("?start=yesterday", "start"),
+                ("?start=-5", "start"),
+                ("?end=1.5", "end"),
+                ("?start=200&end=100", "end"),
+            ] {
+                let (st, body) = raw(Method::GET, &url(q), Some(&auth.token), None).await;
+                assert_eq!(st, 400, "{q}: {body}");
+                assert_eq!(code(&body), "invalid_field", "{q}: {body}");
+                assert_eq!(body["error"]["field"], field, "{q}: {body}");
+            }
+        },
+    )
     .await;
 
     step("another team sees no such sandbox", async {
@@ -161,69 +174,83 @@ async fn sandbox_metrics_follow_the_guest() {
     })
     .await;
 
-    step("the CLI prints samples, and --watch new ones as they come", async {
-        let cfg = cli_login(&s, "admin@example.com");
-        let (rc, out, err) = cli(&cfg, &["sandbox", "metrics", &id], None);
-        assert_eq!(rc, 0, "{err}");
-        let mut lines = out.lines();
-        let header = lines.next().unwrap();
-        assert!(header.starts_with("TIME") && header.contains("CPU"), "{out}");
-        assert!(header.contains("MEM USED") && header.contains("DISK TOTAL"), "{out}");
-        let row = lines.next().expect("a sample row");
-        assert!(row.contains(&format!("% of {}", sb.vcpus)), "{out}");
+    step(
+        "the CLI prints samples, and --watch new ones as they come",
+        async {
+            let cfg = cli_login(&s, "admin@example.com");
+            let (rc, out, err) = cli(&cfg, &["sandbox", "metrics", &id], None);
+            assert_eq!(rc, 0, "{err}");
+            let mut lines = out.lines();
+            let header = lines.next().unwrap();
+            assert!(
+                header.starts_with("TIME") && header.contains("CPU"),
+                "{out}"
+            );
+            assert!(
+                header.contains("MEM USED") && header.contains("DISK TOTAL"),
+                "{out}"
+            );
+            let row = lines.next().expect("a sample row");
+            assert!(row.contains(&format!("% of {}", sb.vcpus)), "{out}");
 
-        // From a second ago: all but at most one row --watch prints came after it started.
-        let mut child = Command::new(BIN)
-            .args(["sandbox", "metrics", &id, "--watch", "--since", "1s"])
-            .env("SANDBOXCTL_CONFIG", &cfg)
-            .env_remove("SANDBOXCTL_SERVER")
-            .env_remove("SANDBOXCTL_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let rows = tokio::task::spawn_blocking(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .skip(1)
-                .take(3)
-                .collect::<Vec<String>>()
-        });
-        let rows = tokio::time::timeout(Duration::from_secs(120), rows)
-            .await
-            .expect("--watch printed new rows")
-            .unwrap();
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(rows.len(), 3, "{rows:?} {err}");
-        let times: Vec<&str> = rows.iter().map(|r| &r[..8]).collect();
-        assert!(times.windows(2).all(|w| w[0] < w[1]), "{rows:?}");
-    })
+            // From a second ago: all but at most one row --watch prints came after it started.
+            let mut child = Command::new(BIN)
+                .args(["sandbox", "metrics", &id, "--watch", "--since", "1s"])
+                .env("SANDBOXCTL_CONFIG", &cfg)
+                .env_remove("SANDBOXCTL_SERVER")
+                .env_remove("SANDBOXCTL_TOKEN")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let rows = tokio::task::spawn_blocking(move || {
+                BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                    .skip(1)
+                    .take(3)
+                    .collect::<Vec<String>>()
+            });
+            let rows = tokio::time::timeout(Duration::from_secs(120), rows)
+                .await
+                .expect("--watch printed new rows")
+                .unwrap();
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(rows.len(), 3, "{rows:?} {err}");
+            let times: Vec<&str> = rows.iter().map(|r| &r[..8]).collect();
+            assert!(times.windows(2).all(|w| w[0] < w[1]), "{rows:?}");
+        },
+    )
     .await;
 
-    step("a paused sandbox keeps its samples and gets none while paused", async {
-        admin.pause_sandbox(&id).await.unwrap();
-        let paused_at = sandboxctl::time::unix_now();
-        let before = admin.sandbox_metrics(&id, None, None).await.unwrap();
-        assert!(!before.is_empty());
-        // Time passes while it is paused (no assertion on how long).
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let resumed_at = sandboxctl::time::unix_now();
-        admin.resume_sandbox(&id).await.unwrap();
-        wait_until("a sample after the resume", Duration::from_secs(60), || async {
-            latest_after(&admin, &id, resumed_at).await.is_some()
-        })
-        .await;
-        let all = admin.sandbox_metrics(&id, None, None).await.unwrap();
-        let gap: Vec<_> = all
-            .iter()
-            .filter(|m| m.timestamp > paused_at && m.timestamp < resumed_at)
-            .collect();
-        assert!(gap.is_empty(), "samples while paused: {gap:?}");
-    })
+    step(
+        "a paused sandbox keeps its samples and gets none while paused",
+        async {
+            admin.pause_sandbox(&id).await.unwrap();
+            let paused_at = sandboxctl::time::unix_now();
+            let before = admin.sandbox_metrics(&id, None, None).await.unwrap();
+            assert!(!before.is_empty());
+            // Time passes while it is paused (no assertion on how long).
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let resumed_at = sandboxctl::time::unix_now();
+            admin.resume_sandbox(&id).await.unwrap();
+            wait_until(
+                "a sample after the resume",
+                Duration::from_secs(60),
+                || async { latest_after(&admin, &id, resumed_at).await.is_some() },
+            )
+            .await;
+            let all = admin.sandbox_metrics(&id, None, None).await.unwrap();
+            let gap: Vec<_> = all
+                .iter()
+                .filter(|m| m.timestamp > paused_at && m.timestamp < resumed_at)
+                .collect();
+            assert!(gap.is_empty(), "samples while paused: {gap:?}");
+        },
+    )
     .await;
 
     step("an ended sandbox's samples went with it", async {

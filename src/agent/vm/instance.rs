@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::channel::{ChannelError, GuestChannel};
 use super::record::{VmRecord, write_record};
 use super::runtime::Runtime;
-use super::sampler::Samples;
+use super::samples::Samples;
 use super::snapshot::Shape;
 use super::{VmError, VmInfo, VmState, now_unix_ms, qemu};
 use crate::agent::net::SandboxNet;

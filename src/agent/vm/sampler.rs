@@ -1,6 +1,6 @@
 //! Per-VM usage samples: every `--sample-interval` (5 s by default) each running VM gets one
-//! [`SandboxMetric`], kept in memory for the last [`WINDOW`] and served by
-//! `GET /v1/vms/{id}/metrics`.
+//! [`SandboxMetric`], kept in memory for the last [`WINDOW`](super::samples::WINDOW) (see
+//! [`super::samples`]) and served by `GET /v1/vms/{id}/metrics`.
 //!
 //! CPU comes from the host's side: the VM's cgroup (`cpu.stat` `usage_usec`) or, without one,
 //! its QEMU's `/proc/PID/stat` (user + system time of all its threads); the share of the VM's
@@ -9,68 +9,17 @@
 //! A sample costs one file read and one frame each way per VM. Paused and stopped VMs get no
 //! samples: a gap in the series is the time they were not running.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use super::instance::Vm;
+use super::samples::{CpuMark, WINDOW, cpu_pct};
 use super::{VmManager, VmState};
 use crate::proto::api::SandboxMetric;
-use crate::proto::guest::GuestStats;
 
-/// How long samples are kept.
-pub const WINDOW: Duration = Duration::from_secs(3600);
 /// How long the guest may take to give its figures (it answers in milliseconds).
 const GUEST_WAIT: Duration = Duration::from_secs(2);
-
-/// One VM's samples and the CPU reading the next one is measured against.
-#[derive(Debug, Default)]
-pub(super) struct Samples {
-    window: VecDeque<SandboxMetric>,
-    last_cpu: Option<CpuMark>,
-    /// The guest's last figures, for a sample whose guest was slow to answer.
-    last_guest: Option<GuestStats>,
-}
-
-/// A cumulative CPU reading of one QEMU.
-#[derive(Debug, Clone, Copy)]
-struct CpuMark {
-    pid: u32,
-    usage_us: u64,
-    at: Instant,
-}
-
-impl Samples {
-    /// Forgets the CPU reading (the VM stopped running: the next QEMU counts from zero, and the
-    /// paused time is no CPU time).
-    fn pause(&mut self) {
-        self.last_cpu = None;
-    }
-
-    /// Adds a sample and drops those older than the window (and beyond `max` samples).
-    fn push(&mut self, m: SandboxMetric, max: usize) {
-        self.window.push_back(m);
-        let oldest = m.timestamp - WINDOW.as_secs() as i64;
-        while self
-            .window
-            .front()
-            .is_some_and(|f| f.timestamp < oldest || self.window.len() > max)
-        {
-            self.window.pop_front();
-        }
-    }
-
-    /// The samples taken from `start` to `end` (unix seconds, both included), oldest first.
-    pub(super) fn between(&self, start: Option<i64>, end: Option<i64>) -> Vec<SandboxMetric> {
-        self.window
-            .iter()
-            .filter(|m| start.is_none_or(|s| m.timestamp >= s))
-            .filter(|m| end.is_none_or(|e| m.timestamp <= e))
-            .copied()
-            .collect()
-    }
-}
 
 /// Samples every running VM every `interval` while the manager lives.
 pub(super) async fn run(mgr: Weak<VmManager>, interval: Duration) {
@@ -84,9 +33,7 @@ pub(super) async fn run(mgr: Weak<VmManager>, interval: Duration) {
         let vms: Vec<_> = m.vms().values().cloned().collect();
         let cgroup_root = m.cgroups.root().map(Path::to_path_buf);
         drop(m);
-        let samples = vms
-            .iter()
-            .map(|vm| sample(vm, cgroup_root.as_deref(), max));
+        let samples = vms.iter().map(|vm| sample(vm, cgroup_root.as_deref(), max));
         futures_util::future::join_all(samples).await;
     }
 }
@@ -144,18 +91,6 @@ async fn sample(vm: &Vm, cgroup_root: Option<&Path>, max: usize) {
     s.push(metric, max);
 }
 
-/// The share of `vcpus` the CPU time between two readings is, in percent (0–100, two
-/// decimals).
-fn cpu_pct(a: CpuMark, b: CpuMark, vcpus: u32) -> f64 {
-    let wall_us = b.at.duration_since(a.at).as_micros() as f64;
-    if wall_us <= 0.0 {
-        return 0.0;
-    }
-    let used = b.usage_us.saturating_sub(a.usage_us) as f64;
-    let pct = used * 100.0 / (wall_us * f64::from(vcpus.max(1)));
-    (pct.clamp(0.0, 100.0) * 100.0).round() / 100.0
-}
-
 /// CPU time used so far, in microseconds: the cgroup's `usage_usec` when the VM has a cgroup,
 /// its QEMU's user + system time otherwise.
 fn cpu_usage_us(cgroup: Option<&Path>, pid: u32) -> Option<u64> {
@@ -191,63 +126,14 @@ fn proc_usage_us(stat: &str, ticks_per_sec: u64) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn metric(timestamp: i64) -> SandboxMetric {
-        SandboxMetric {
-            timestamp,
-            cpu_count: 1,
-            cpu_used_pct: 0.0,
-            mem_used: 0,
-            mem_total: 0,
-            mem_cache: 0,
-            disk_used: 0,
-            disk_total: 0,
-        }
-    }
-
-    #[test]
-    fn the_window_keeps_the_last_hour_and_answers_ranges() {
-        let mut s = Samples::default();
-        for t in (0..5000).step_by(5) {
-            s.push(metric(t), 10_000);
-        }
-        let all = s.between(None, None);
-        assert_eq!(all.first().unwrap().timestamp, 4995 - 3600);
-        assert_eq!(all.last().unwrap().timestamp, 4995);
-        let some = s.between(Some(4000), Some(4010));
-        let ts: Vec<i64> = some.iter().map(|m| m.timestamp).collect();
-        assert_eq!(ts, vec![4000, 4005, 4010]);
-        assert!(s.between(Some(5000), None).is_empty());
-        // A count bound too (a short interval).
-        s.push(metric(5000), 3);
-        assert_eq!(s.between(None, None).len(), 3);
-    }
-
-    #[test]
-    fn cpu_is_a_share_of_the_vcpus() {
-        let at = Instant::now();
-        let a = CpuMark {
-            pid: 1,
-            usage_us: 1_000_000,
-            at,
-        };
-        let b = CpuMark {
-            pid: 1,
-            usage_us: 2_000_000,
-            at: at + Duration::from_secs(2),
-        };
-        assert_eq!(cpu_pct(a, b, 1), 50.0);
-        assert_eq!(cpu_pct(a, b, 2), 25.0);
-        // Emulation threads beyond the vCPUs: never over 100.
-        assert_eq!(cpu_pct(a, CpuMark { usage_us: 9_000_000, ..b }, 1), 100.0);
-    }
-
     #[test]
     fn readings_parse() {
         assert_eq!(
             cgroup_usage_us("usage_usec 1234\nuser_usec 1000\nsystem_usec 234\n"),
             Some(1234)
         );
-        let stat = "4242 (qemu-system-x86) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 4 0";
+        let stat =
+            "4242 (qemu-system-x86) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 4 0";
         assert_eq!(proc_usage_us(stat, 100), Some(3_000_000));
     }
 }

@@ -11,7 +11,13 @@ use crate::proto::api::SandboxMetric;
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 const HEADERS: [&str; 7] = [
-    "TIME", "CPU", "MEM USED", "MEM TOTAL", "CACHE", "DISK USED", "DISK TOTAL",
+    "TIME",
+    "CPU",
+    "MEM USED",
+    "MEM TOTAL",
+    "CACHE",
+    "DISK USED",
+    "DISK TOTAL",
 ];
 const WIDTHS: [usize; 7] = [8, 14, 9, 9, 9, 9, 10];
 

@@ -114,9 +114,21 @@ mod tests {
             MetricsRange::parse(None, Some("")).unwrap(),
             MetricsRange::default()
         );
-        assert_eq!(field(MetricsRange::parse(Some("soon"), None).unwrap_err()), "start");
-        assert_eq!(field(MetricsRange::parse(None, Some("-1")).unwrap_err()), "end");
-        assert_eq!(field(MetricsRange::parse(Some("1.5"), None).unwrap_err()), "start");
-        assert_eq!(field(MetricsRange::parse(Some("30"), Some("20")).unwrap_err()), "end");
+        assert_eq!(
+            field(MetricsRange::parse(Some("soon"), None).unwrap_err()),
+            "start"
+        );
+        assert_eq!(
+            field(MetricsRange::parse(None, Some("-1")).unwrap_err()),
+            "end"
+        );
+        assert_eq!(
+            field(MetricsRange::parse(Some("1.5"), None).unwrap_err()),
+            "start"
+        );
+        assert_eq!(
+            field(MetricsRange::parse(Some("30"), Some("20")).unwrap_err()),
+            "end"
+        );
     }
 }
