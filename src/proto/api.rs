@@ -94,6 +94,11 @@ pub struct HostResponse {
     /// How the agent puts VMs in cgroups: "v2 PATH: cpu memory pids", or "none: why".
     pub cgroups: Option<String>,
     pub running_vms: Option<u32>,
+    /// vCPUs and memory (MB) its live VMs were given, as of its last heartbeat.
+    #[serde(default)]
+    pub used_vcpus: Option<u32>,
+    #[serde(default)]
+    pub used_memory_mb: Option<u64>,
     pub last_heartbeat_at: Option<i64>,
     pub created_at: i64,
     #[serde(default)]
