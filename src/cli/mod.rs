@@ -307,16 +307,8 @@ pub struct VmArgs {
     pub max_image_members: u64,
     /// How often each running sandbox's CPU, memory and disk use is sampled (at least 1s); the
     /// last hour of samples is kept.
-    #[arg(long, env = "SANDBOXCTL_SAMPLE_INTERVAL", default_value = "5s", value_parser = parse_sample_interval)]
+    #[arg(long, env = "SANDBOXCTL_SAMPLE_INTERVAL", default_value = "5s", value_parser = crate::settings::parse_sample_interval)]
     pub sample_interval: Duration,
-}
-
-fn parse_sample_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d < Duration::from_secs(1) {
-        return Err("at least 1s".into());
-    }
-    Ok(d)
 }
 
 fn parse_quota_override(s: &str) -> Result<crate::proto::quota::TeamQuota, String> {
