@@ -10,8 +10,8 @@ use sandboxctl::cli::client::ApiClient;
 use sandboxctl::proto::api::{ExecRequest, SandboxMetric};
 
 use crate::common::{
-    BIN, TestAgent, TestServer, cli, cli_login, code, create_when_ready, raw, step, vm_permit,
-    wait_until,
+    BIN, TestAgent, TestServer, agent_call_token, cli, cli_login, code, create_when_ready, raw,
+    step, vm_permit, wait_until,
 };
 
 fn sh(script: &str) -> ExecRequest {
@@ -163,6 +163,25 @@ async fn sandbox_metrics_follow_the_guest() {
                 assert_eq!(code(&body), "invalid_field", "{q}: {body}");
                 assert_eq!(body["error"]["field"], field, "{q}: {body}");
             }
+        },
+    )
+    .await;
+
+    step(
+        "the agent gives samples only to the server's signed calls",
+        async {
+            let path = format!("/v1/vms/{id}/metrics?start=0");
+            let agent_url = format!("http://{}{path}", agent.addr);
+            let (st, _) = raw(Method::GET, &agent_url, None, None).await;
+            assert_eq!(st, 401);
+            let token = agent_call_token(&s, &agent.host_id, "GET", &path, b"", 0);
+            let (st, body) = raw(Method::GET, &agent_url, Some(&token), None).await;
+            assert_eq!(st, 200, "{body}");
+            assert!(!body.as_array().unwrap().is_empty(), "{body}");
+            // A token is bound to its path: the same one for another VM's samples is refused.
+            let other = agent_url.replace(&id, "sbx_someoneelse");
+            let (st, _) = raw(Method::GET, &other, Some(&token), None).await;
+            assert_eq!(st, 401);
         },
     )
     .await;
