@@ -105,6 +105,8 @@ pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> a
                 hidden: vec![data_dir.to_path_buf()],
                 ..cfg.jail
             },
+            // The local agent ends with its server's process.
+            shutdown_timeout: Duration::ZERO,
         },
         std::future::pending(),
     )

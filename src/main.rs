@@ -151,6 +151,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             listen,
             vm,
             heartbeat_interval,
+            shutdown_timeout,
             log,
         }) => {
             init_logs("info", log.log_format);
@@ -170,6 +171,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                     guest_binary: None,
                     net,
                     jail,
+                    shutdown_timeout,
                 },
                 async {
                     let mut term =

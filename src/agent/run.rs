@@ -36,6 +36,9 @@ pub struct AgentConfig {
     pub guest_binary: Option<PathBuf>,
     pub net: crate::agent::net::NetConfig,
     pub jail: crate::agent::vm::JailConfig,
+    /// After the shutdown signal, how long calls in flight may take before they are cut (the VMs
+    /// stay either way).
+    pub shutdown_timeout: Duration,
 }
 
 /// Runs the agent until `shutdown` completes. VMs keep running after the agent exits; the next
@@ -96,11 +99,30 @@ pub async fn run(
         .with_context(|| format!("agent cannot listen on {listen}"))?;
     let interval = cfg.heartbeat_interval;
     let heartbeats = tokio::spawn(async move { hb.run(interval).await });
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // On the signal the agent stops taking calls and lets those in flight finish, up to the
+    // deadline: a long exec or upload must not hold an upgrade (or systemd's stop) hostage. Its
+    // VMs keep running either way (the guest ends a command whose caller was cut when the next
+    // agent connects).
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signalled = stopping.clone();
+    let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("agent stopping; its VMs keep running");
+        signalled.notify_one();
+    });
+    let deadline = cfg.shutdown_timeout;
+    let result = tokio::select! {
+        r = serve.into_future() => r.context("serving the agent API"),
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(deadline).await;
+        } => {
+            tracing::warn!(deadline = ?deadline, "calls still in flight at the shutdown deadline are cut");
+            Ok(())
+        }
+    };
     heartbeats.abort();
-    result.context("serving the agent API")
+    result
 }
 
 /// A socket bound to `listen` (`host:port`), not yet listening.

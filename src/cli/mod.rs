@@ -406,6 +406,9 @@ pub enum AgentCommand {
         /// How often to send heartbeats.
         #[arg(long, env = "SANDBOXCTL_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
         heartbeat_interval: Duration,
+        /// On SIGTERM, how long calls in flight may take before they are cut (VMs keep running).
+        #[arg(long, env = "SANDBOXCTL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+        shutdown_timeout: Duration,
         #[command(flatten)]
         log: LogArgs,
     },

@@ -23,5 +23,6 @@ mod signup;
 mod snapshots;
 mod spec_agreement;
 mod streams;
+mod upgrade;
 mod vm;
 mod web;

@@ -68,8 +68,26 @@ pub struct RestoreReport {
 /// and moved into place at the end; an existing `to` is replaced only with `force`.
 pub fn backup(data_dir: &Path, to: &Path, force: bool) -> anyhow::Result<BackupReport> {
     let db_path = data_dir.join(DB_FILE);
+    if !data_dir.is_dir() {
+        bail!("--data-dir {} is not a directory", data_dir.display());
+    }
     if !db_path.is_file() {
-        bail!("no database at {}", db_path.display());
+        bail!(
+            "no database at {} (is --data-dir the server's data dir?)",
+            db_path.display()
+        );
+    }
+    if to.is_dir() {
+        bail!("--to {} is a directory; name a file", to.display());
+    }
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        bail!(
+            "--to {}: the directory {} does not exist",
+            to.display(),
+            parent.display()
+        );
     }
     if !force && to.exists() {
         bail!("{} exists; pass --force to replace it", to.display());
@@ -127,16 +145,30 @@ fn write_backup(db_path: &Path, tmp: &Path) -> anyhow::Result<DbSummary> {
     }
     // The copy is a standalone file: no -wal beside it.
     dst.pragma_update(None, "journal_mode", "DELETE")?;
-    let summary = summarize(&dst, tmp)?;
     drop(dst);
     File::open(tmp)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing {}", tmp.display()))?;
+    // Read back from disk before it is called done.
+    verify(tmp).context("the backup did not verify")
+}
+
+/// Checks that `path` is an intact sandboxctl database whose schema this binary can migrate, and
+/// says what it holds.
+pub fn check(path: &Path) -> anyhow::Result<DbSummary> {
+    let summary = verify(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
+    super::check_schema(&conn, HISTORY_TABLE)
+        .with_context(|| format!("{} cannot be used by this sandboxctl", path.display()))?;
     Ok(summary)
 }
 
-/// Checks that `path` is an intact sandboxctl database and says what it holds.
-pub fn check(path: &Path) -> anyhow::Result<DbSummary> {
+/// Checks that `path` is a sandboxctl database that passes SQLite's integrity check.
+fn verify(path: &Path) -> anyhow::Result<DbSummary> {
     let mut magic = [0u8; 16];
     {
         use std::io::Read;
@@ -214,6 +246,9 @@ pub fn restore(data_dir: &Path, from: &Path) -> anyhow::Result<RestoreReport> {
             "no data dir at {} (create it and put the key files in it)",
             data_dir.display()
         );
+    }
+    if !from.is_file() {
+        bail!("--from {}: no such file", from.display());
     }
     let _lock = DataDirLock::acquire(data_dir)?;
     let summary = check(from)?;
@@ -350,6 +385,64 @@ mod tests {
         assert!(restored.kept.as_ref().unwrap().exists());
         assert_eq!(restored.missing_keys, KEY_FILES.to_vec());
         Db::open(&data.join(DB_FILE)).unwrap();
+    }
+
+    #[test]
+    fn restore_refuses_a_schema_this_binary_cannot_migrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let newer = dir.path().join("newer.db");
+        drop(Db::open(&newer).unwrap());
+        let known = crate::server::db::newest_schema_version();
+        Connection::open(&newer)
+            .unwrap()
+            .execute(
+                "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
+                 VALUES (?1, 'from_the_future', '2030-01-01T00:00:00Z', '1')",
+                [known + 1],
+            )
+            .unwrap();
+        let e = format!("{:#}", restore(&data, &newer).unwrap_err());
+        assert!(
+            e.contains("newer sandboxctl") && e.contains(&format!("version {}", known + 1)),
+            "{e}"
+        );
+        let foreign = dir.path().join("foreign.db");
+        drop(Db::open(&foreign).unwrap());
+        Connection::open(&foreign)
+            .unwrap()
+            .execute(
+                "UPDATE refinery_schema_history SET name = 'someone_elses' WHERE version = 1",
+                [],
+            )
+            .unwrap();
+        let e = format!("{:#}", restore(&data, &foreign).unwrap_err());
+        assert!(
+            e.contains("someone_elses") && e.contains("not this sandboxctl's"),
+            "{e}"
+        );
+        assert!(!data.join(DB_FILE).exists(), "nothing was put in place");
+    }
+
+    #[test]
+    fn bad_paths_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let e = backup(&dir.path().join("nope"), &dir.path().join("b.db"), false).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        let e = backup(&data, &dir.path().join("b.db"), false).unwrap_err();
+        assert!(e.to_string().contains("no database at"), "{e}");
+        drop(Db::open(&data.join(DB_FILE)).unwrap());
+        let e = backup(&data, &dir.path().join("missing/b.db"), false).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let e = backup(&data, dir.path(), false).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        let e = restore(&data, &dir.path().join("missing.db")).unwrap_err();
+        assert!(e.to_string().contains("no such file"), "{e}");
+        let e = restore(&dir.path().join("nope"), &data.join(DB_FILE)).unwrap_err();
+        assert!(e.to_string().contains("no data dir"), "{e}");
     }
 
     #[test]

@@ -111,6 +111,66 @@ pub fn now() -> i64 {
     crate::server::clock::now()
 }
 
+/// The newest schema version this binary's migrations make.
+pub fn newest_schema_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Why a database's schema is not one this binary can migrate.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(
+        "its schema is version {found}, made by a newer sandboxctl (this one knows up to version \
+         {known}): restore it with that release or a newer one"
+    )]
+    Newer { found: i64, known: i64 },
+    #[error(
+        "its migration {version} ({name}) is not this sandboxctl's: it was not made by this \
+         sandboxctl or a release before it"
+    )]
+    Foreign { version: i64, name: String },
+    #[error("its migration history cannot be read: {0}")]
+    Unreadable(#[from] rusqlite::Error),
+}
+
+/// Checks that every migration applied to `conn` is one of this binary's (same version, name and
+/// checksum), so the server can open it and apply the rest; answers the newest one applied.
+pub fn check_schema(conn: &Connection, history_table: &str) -> Result<i64, SchemaError> {
+    let applied: Vec<(i64, String, String)> = conn
+        .prepare(&format!(
+            "SELECT version, name, checksum FROM {history_table} ORDER BY version"
+        ))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let runner = embedded::migrations::runner();
+    let ours = runner.get_migrations();
+    let known = newest_schema_version();
+    let mut newest = 0;
+    for (version, name, checksum) in applied {
+        if version > known {
+            return Err(SchemaError::Newer {
+                found: version,
+                known,
+            });
+        }
+        let same = ours.iter().any(|m| {
+            i64::from(m.version()) == version
+                && m.name() == name
+                && m.checksum().to_string() == checksum
+        });
+        if !same {
+            return Err(SchemaError::Foreign { version, name });
+        }
+        newest = newest.max(version);
+    }
+    Ok(newest)
+}
+
 /// Maps "no rows" to `NotFound`.
 pub(crate) fn one<T>(r: rusqlite::Result<T>) -> DbResult<T> {
     match r {

@@ -430,6 +430,14 @@ impl TestAgent {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Stops the agent as an operator or systemd would (SIGTERM) and waits for it to exit; its
+    /// VMs stay. Answers how the process ended.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("the agent runs");
+        signal(c.id(), libc::SIGTERM);
+        c.wait().expect("the agent exits")
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
