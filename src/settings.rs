@@ -42,6 +42,15 @@ pub fn parse_optional_listen(s: &str) -> Result<OptionalListen, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionalListen(pub Option<std::net::SocketAddr>);
 
+/// A sampling interval: a duration of at least one second.
+pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("'{s}' is too short (at least 1s)"));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +64,7 @@ mod tests {
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_sample_interval("5s").unwrap(), Duration::from_secs(5));
+        assert!(parse_sample_interval("500ms").is_err());
     }
 }

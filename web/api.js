@@ -161,6 +161,7 @@ export const api = {
   resumeSandbox: (id, o) => request('POST', `/v1/sandboxes/${enc(id)}/resume`, o),
   setSandboxNetwork: (id, policy, o) => request('PUT', `/v1/sandboxes/${enc(id)}/network`, { ...o, body: policy }),
   setSandboxTimeout: (id, timeoutSec, o) => request('POST', `/v1/sandboxes/${enc(id)}/timeout`, { ...o, body: { timeout_sec: timeoutSec } }),
+  sandboxMetrics: (id, start, o) => request('GET', `/v1/sandboxes/${enc(id)}/metrics`, { ...o, query: { start } }),
   sandboxLogs: (id, o) => request('GET', `/v1/sandboxes/${enc(id)}/logs`, { ...o, as: 'text' }),
   /** A plain GET of the exec stream route: its error says why a WebSocket could not open. */
   probeExecStream: (id, o) => request('GET', `/v1/sandboxes/${enc(id)}/exec/stream`, o),

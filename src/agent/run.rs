@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub max_concurrent_boots: usize,
     pub import_limits: Limits,
     pub heartbeat_interval: Duration,
+    /// How often running VMs' usage is sampled.
+    pub sample_interval: Duration,
     /// The binary put into guest images (None: this executable).
     pub guest_binary: Option<PathBuf>,
     pub net: crate::agent::net::NetConfig,
@@ -71,6 +73,7 @@ pub async fn run(
         net: cfg.net.clone(),
         jail: cfg.jail.clone(),
         import_limits: cfg.import_limits,
+        sample_interval: cfg.sample_interval,
     })
     .await
     .context("starting the VM manager")?;

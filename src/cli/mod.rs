@@ -326,6 +326,10 @@ pub struct VmArgs {
     /// Most members (files, directories, links) a template import's archive may hold.
     #[arg(long, env = "SANDBOXCTL_MAX_IMAGE_MEMBERS", default_value_t = crate::agent::images::import::Limits::DEFAULT_MAX_MEMBERS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_image_members: u64,
+    /// How often each running sandbox's CPU, memory and disk use is sampled (at least 1s); the
+    /// last hour of samples is kept.
+    #[arg(long, env = "SANDBOXCTL_SAMPLE_INTERVAL", default_value = "5s", value_parser = crate::settings::parse_sample_interval)]
+    pub sample_interval: Duration,
 }
 
 fn parse_quota_override(s: &str) -> Result<crate::proto::quota::TeamQuota, String> {
@@ -602,6 +606,18 @@ pub enum SandboxCommand {
         seconds: u64,
         #[arg(long, value_parser = ["pause", "kill"])]
         on_timeout: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// CPU, memory and disk use, sampled every few seconds (the last hour is kept).
+    Metrics {
+        id: String,
+        /// Keep printing new samples until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Samples from this far back (at most 1h are kept).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        since: Duration,
         #[arg(long)]
         json: bool,
     },

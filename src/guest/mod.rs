@@ -195,6 +195,9 @@ impl Guest {
                 Err(e) => self.error(0, e.to_string()),
             },
             FrameKind::Ping => self.send(Frame::new(FrameKind::Pong, frame.id, frame.payload)),
+            FrameKind::StatsRequest => {
+                self.send(Frame::json(FrameKind::Stats, frame.id, &sys::stats()));
+            }
             FrameKind::Init => match frame.parse::<Init>() {
                 Ok(init) if let Err(e) = init.validate() => self.error(frame.id, e.to_string()),
                 Ok(init) => {

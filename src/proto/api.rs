@@ -94,6 +94,11 @@ pub struct HostResponse {
     /// How the agent puts VMs in cgroups: "v2 PATH: cpu memory pids", or "none: why".
     pub cgroups: Option<String>,
     pub running_vms: Option<u32>,
+    /// vCPUs and memory (MB) its live VMs were given, as of its last heartbeat.
+    #[serde(default)]
+    pub used_vcpus: Option<u32>,
+    #[serde(default)]
+    pub used_memory_mb: Option<u64>,
     pub last_heartbeat_at: Option<i64>,
     pub created_at: i64,
     #[serde(default)]
@@ -205,6 +210,27 @@ pub struct SandboxResponse {
     /// The egress policy in force; null for a sandbox without a network device.
     #[serde(default)]
     pub network: Option<crate::proto::net::EgressPolicy>,
+}
+
+/// One usage sample of a running sandbox, taken by its host every few seconds (kept for the
+/// last hour). The fields are E2B's `SandboxMetric`'s; sizes in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SandboxMetric {
+    /// When the sample was taken, unix seconds.
+    pub timestamp: i64,
+    /// The sandbox's vCPUs.
+    pub cpu_count: u32,
+    /// CPU time used since the previous sample, in percent of all its vCPUs (0–100).
+    pub cpu_used_pct: f64,
+    /// Memory in use in the guest (total minus available).
+    pub mem_used: u64,
+    /// Memory the guest's kernel has (a little less than the sandbox's memory size).
+    pub mem_total: u64,
+    /// Page cache and buffers.
+    pub mem_cache: u64,
+    /// Used space of the guest's root filesystem.
+    pub disk_used: u64,
+    pub disk_total: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -98,6 +98,11 @@ pub enum FrameKind {
     /// and the data follows; for the others it is the last frame.
     FileResult = 0x22,
 
+    /// host → guest, no payload: how much memory and disk the guest uses.
+    StatsRequest = 0x40,
+    /// guest → host, [`GuestStats`]: the answer, the last frame of its stream.
+    Stats = 0x41,
+
     /// guest → host, [`ErrorMsg`]: the request under this id failed (or, with id 0, the frame
     /// could not be understood). Always the last frame of its stream.
     Error = 0x7f,
@@ -126,6 +131,8 @@ impl FrameKind {
             0x20 => FileRequest,
             0x21 => FileData,
             0x22 => FileResult,
+            0x40 => StatsRequest,
+            0x41 => Stats,
             0x7f => Error,
             _ => return None,
         })
@@ -483,6 +490,18 @@ pub struct FileResult {
     /// /proc and /sys).
     #[serde(default)]
     pub length: Option<u64>,
+}
+
+/// The guest's memory (`/proc/meminfo`) and root filesystem (`statvfs("/")`), in bytes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuestStats {
+    pub mem_total: u64,
+    /// `MemTotal - MemAvailable`.
+    pub mem_used: u64,
+    /// Page cache and buffers (`Cached + Buffers`).
+    pub mem_cache: u64,
+    pub disk_total: u64,
+    pub disk_used: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

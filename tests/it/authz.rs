@@ -464,6 +464,13 @@ fn rows() -> Vec<Row> {
         ),
         r(
             M::GET,
+            "/v1/sandboxes/{id}/metrics",
+            "/v1/sandboxes/{sbx}/metrics?start=0",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
+            M::GET,
             "/v1/sandboxes/{id}/files",
             "/v1/sandboxes/{sbx}/files?path=/etc/hostname",
             None,

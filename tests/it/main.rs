@@ -18,6 +18,7 @@ mod ops;
 mod prometheus;
 mod quotas;
 mod sandboxes;
+mod sbx_metrics;
 mod sessions;
 mod signup;
 mod snapshots;

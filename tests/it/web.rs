@@ -171,7 +171,7 @@ async fn dashboard_in_a_real_browser() {
     let _vm = vm_permit().await;
     let s = TestServer::start().await;
     let (_, admin) = s.signup(ADMIN_EMAIL, "Admin").await;
-    let agent = TestAgent::start(&s, &admin).await;
+    let agent = TestAgent::start_with(&s, &admin, &["--sample-interval", "1s"]).await;
     // A second, fresh server that takes no signups and wants the bootstrap token even from
     // loopback: the browser creates its admin with the token's link, then finds signups closed.
     let closed = TestServer::start_signup(Some("closed"), &["--bootstrap-requires-token"]).await;

@@ -1,4 +1,5 @@
-// Hosts (platform admins: all; team owners/admins: their BYOC hosts): status and capacity, adding a
+// Hosts (platform admins: all; team owners/admins: their BYOC hosts): status, capacity and
+// utilisation (vCPUs and memory given to VMs, free disk, from heartbeats), adding a
 // host (its one-line register command to copy), new tokens for pending hosts, tags, draining, and
 // deleting with a preview of the sandboxes it would take down.
 
@@ -22,7 +23,7 @@ export default {
         { label: 'Host', cell: (x) => h('div', {}, h('div', { class: 'strong' }, x.name || x.id), x.name && h('div', { class: 'mono small muted' }, x.id), x.address && h('div', { class: 'mono small muted', title: 'Where the agent listens' }, x.address), x.tags?.length > 0 && h('div', { class: 'tags' }, x.tags.map((t) => h('span', { class: 'tag' }, t)))) },
         { label: 'Status', cell: (x) => badge(x.status, STATUS_KIND[x.status] ?? 'off') },
         { label: 'Type', class: 'col-opt', cell: (x) => (x.type === 'byoc' ? h('span', {}, 'BYOC', teamName(x.team_id) && h('span', { class: 'muted' }, ` · ${teamName(x.team_id)}`)) : 'Regular') },
-        { label: 'Capacity', cell: capacity },
+        { label: 'Capacity and use', cell: capacity },
         { label: 'VMs', class: 'num', cell: (x) => x.running_vms ?? '—' },
         { label: 'Heartbeat', cell: (x) => h('span', { title: dateTime(x.last_heartbeat_at) }, ago(x.last_heartbeat_at)) },
         {
@@ -68,12 +69,32 @@ function teamName(id) {
   return id ? (store.teams.find((t) => t.id === id)?.name ?? null) : null;
 }
 
-/** Cores and memory, and how VMs run there (KVM, or TCG: software emulation). */
+/** Cores and memory with what the VMs use of them (see `utilisation`), and how VMs run there
+ * (KVM, or TCG: software emulation). */
 function capacity(x) {
   const parts = [x.cpu_cores && `${x.cpu_cores} CPU`, x.memory_mb && mib(x.memory_mb)].filter(Boolean);
   if (!parts.length) return '—';
-  const title = [x.arch, x.disk_gb && `${x.disk_gb} GB disk`, x.accel_reason, x.cgroups && `cgroups ${x.cgroups}`].filter(Boolean).join(' · ');
-  return h('span', { title }, parts.join(' · '), x.accel && h('span', { class: 'tag accel' }, x.accel.toUpperCase()));
+  const title = [x.arch, x.disk_gb && `${x.disk_gb} GB disk free`, x.accel_reason, x.cgroups && `cgroups ${x.cgroups}`].filter(Boolean).join(' · ');
+  const accel = x.accel && h('span', { class: 'tag accel' }, x.accel.toUpperCase());
+  const use = utilisation(x);
+  return use ? h('div', { class: 'capacity', title }, use, accel) : h('span', { title }, parts.join(' · '), accel);
+}
+
+/** What the host's live VMs were given of its vCPUs and memory, and its free disk, as of its last
+ * heartbeat: one meter per resource. */
+function utilisation(x) {
+  if (!x.last_heartbeat_at || !x.cpu_cores) return null;
+  const row = (label, value, max, text) =>
+    h('div', { class: 'usage-row' }, h('span', {}, label), h('meter', { min: 0, max, value: Math.min(value, max), low: max * 0.7, high: max * 0.9, optimum: 0, 'aria-label': `${label} of ${x.name || x.id}: ${text}` }), h('span', { class: 'usage-text' }, text));
+  const vcpus = x.used_vcpus ?? 0;
+  const memory = x.used_memory_mb ?? 0;
+  return h(
+    'div',
+    { class: 'usage', dataset: { usage: x.id } },
+    row('CPU', vcpus, x.cpu_cores, `${vcpus} / ${x.cpu_cores} vCPU`),
+    x.memory_mb && row('RAM', memory, x.memory_mb, `${mib(memory)} / ${mib(x.memory_mb)}`),
+    x.disk_gb !== null && x.disk_gb !== undefined && h('div', { class: 'usage-row' }, h('span', {}, 'Disk'), h('span', { class: 'usage-text usage-span' }, `${x.disk_gb} GB free`)),
+  );
 }
 
 /** The register command, once, with what to do next. */

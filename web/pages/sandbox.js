@@ -1,5 +1,5 @@
 // One sandbox: its details (with the idle-timeout countdown and a control to extend it), its
-// actions, and tabs for the live terminal, the file browser, one-shot commands and the console
+// actions, its usage charts (pages/sandbox-usage.js), and tabs for the live terminal, the file browser, one-shot commands and the console
 // log. A tab is a panel { id, label, icon, render(sandbox, ctx) → Element, update?(el, sandbox),
 // shown?(el) } (pages/terminal.js, pages/files.js, execPanel and logsPanel below).
 
@@ -9,6 +9,7 @@ import { alertBox, busy, button, card, errorText, fill, h, icon, keepFocus, toas
 import { actionButtons, onOpsChange, pendingOp, statusBadge } from './sandbox-actions.js';
 import { terminalPanel } from './terminal.js';
 import { filesPanel } from './files.js';
+import { usageCard } from './sandbox-usage.js';
 
 const REFRESH_MS = 4000;
 
@@ -21,6 +22,7 @@ export default {
     let sandbox = null;
     let headKey = null;
     let details = null;
+    let usage = null;
     let tabs = null;
 
     async function load() {
@@ -31,10 +33,12 @@ export default {
         renderHead();
         if (first) {
           details = detailsCard(s, ctx, load);
+          usage = usageCard(s, ctx);
           tabs = tabView(s, ctx);
-          fill(body, details, tabs);
+          fill(body, details, usage, tabs);
         } else {
           details.update(s);
+          usage.update(s);
           tabs.update(s);
         }
       } catch (err) {

@@ -503,6 +503,27 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     assert.ok((await log.innerText()).includes(`console-${RUN}`), 'the console log misses the line written to /dev/console');
   });
 
+  await step('usage: CPU and memory charts draw the samples and refresh', async () => {
+    const usage = page.locator('[data-panel="usage"]');
+    await usage.getByRole('heading', { name: 'Usage' }).waitFor();
+    // The agent samples every second and the card refreshes every few: wait for lines of points.
+    const drawn = (min) => [...document.querySelectorAll('[data-panel="usage"] svg.chart')].every((s) => Number(s.dataset.points) >= min && s.querySelector('polyline'));
+    await page.waitForFunction(drawn, 2, { timeout: 60_000 });
+    const before = Number(await usage.locator('[data-chart="cpu"] svg').getAttribute('data-points'));
+    for (const kind of ['cpu', 'memory']) {
+      const points = (await usage.locator(`[data-chart="${kind}"] polyline`).last().getAttribute('points')).trim().split(/\s+/);
+      assert.ok(points.length >= 2, `${kind}: ${points}`);
+      assert.ok(points.every((p) => /^[\d.]+,[\d.]+$/.test(p)), `${kind}: ${points}`);
+    }
+    assert.match(await usage.locator('[data-chart="cpu"] .chart-value').innerText(), /^\d+%$/);
+    assert.match(await usage.locator('[data-chart="memory"] .chart-value').innerText(), /MiB/);
+    assert.match(await usage.innerText(), /Disk: .+ used of .+/);
+    // It refreshes by itself: more points a moment later.
+    await page.waitForFunction(drawn, before + 1, { timeout: 60_000 });
+    await usage.scrollIntoViewIfNeeded();
+    await shot('sandbox-usage', { quiet: true });
+  });
+
   await step('files: upload a file and see it listed; folders; download; delete', async () => {
     // The tabs work with the keyboard (arrows, Home, End).
     const tab = (name) => page.getByRole('tab', { name });
@@ -635,6 +656,10 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     const agent = row(AGENT_HOST);
     await agent.getByText('online').waitFor();
     assert.match(await agent.innerText(), /KVM|TCG/);
+    // Utilisation from its heartbeats: the running sandbox's vCPU and memory, and free disk.
+    assert.equal(await agent.locator('meter').count(), 2);
+    assert.match(await agent.innerText(), /[1-9]\d* \/ \d+ vCPU/);
+    assert.match(await agent.innerText(), /\d+ GB free/);
     await page.getByRole('button', { name: 'Add host', exact: true }).first().click();
     await dialog().getByLabel('Name (optional)').fill('spare');
     await dialog().getByRole('button', { name: 'Create host', exact: true }).click();

@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { bytes, countdown, duration, fileMode, initials, joinPath, mib, normalizePath, parentPath, parseKeyValues, splitCommand, timeout } from '../format.js';
+import { segments } from '../chart.js';
 
 test('commands split like a shell would, without a shell', () => {
   assert.deepEqual(splitCommand('uname -a'), ['uname', '-a']);
@@ -55,4 +56,10 @@ test('paths in a sandbox stay absolute and plain', () => {
   assert.equal(normalizePath('x/y', '/root'), '/root/x/y');
   assert.equal(normalizePath('../..', '/a'), '/');
   assert.equal(normalizePath(''), '/');
+});
+
+test('chart lines break where samples are missing (a paused sandbox)', () => {
+  const pts = [[0, 1], [5, 2], [10, 3], [60, 4], [65, 5]];
+  assert.deepEqual(segments(pts, 15), [pts.slice(0, 3), pts.slice(3)]);
+  assert.deepEqual(segments([], 15), []);
 });

@@ -1,4 +1,5 @@
-//! A VM's life: create, inspect, list, destroy, pause, resume, and its console log.
+//! A VM's life: create, inspect, list, destroy, pause, resume, its console log and its usage
+//! samples.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -16,6 +17,7 @@ use super::error::ApiError;
 use super::extract::{Body, query};
 use crate::agent::vm::stream::DEFAULT_LOG_TAIL;
 use crate::proto::agent::{CreateVmRequest, VmInfo, VmListResponse};
+use crate::proto::api::SandboxMetric;
 
 pub fn routes() -> Router<AgentState> {
     Router::new()
@@ -24,6 +26,7 @@ pub fn routes() -> Router<AgentState> {
         .route("/v1/vms/{id}/pause", post(pause))
         .route("/v1/vms/{id}/resume", post(resume))
         .route("/v1/vms/{id}/logs", get(logs))
+        .route("/v1/vms/{id}/metrics", get(metrics))
 }
 
 async fn list(State(st): State<AgentState>) -> Json<VmListResponse> {
@@ -125,4 +128,22 @@ async fn logs(
         .console_log(&id, q.tail_bytes.unwrap_or(DEFAULT_LOG_TAIL))
         .await?;
     Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct MetricsQuery {
+    #[serde(default)]
+    start: Option<i64>,
+    #[serde(default)]
+    end: Option<i64>,
+}
+
+/// The VM's usage samples from `start` to `end` (unix seconds, both included), oldest first.
+async fn metrics(
+    State(st): State<AgentState>,
+    Path(id): Path<String>,
+    q: Result<Query<MetricsQuery>, QueryRejection>,
+) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
+    let q = query(q)?;
+    Ok(Json(st.vms.metrics(&id, q.start, q.end)?))
 }

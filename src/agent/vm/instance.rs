@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use super::channel::{ChannelError, GuestChannel};
 use super::record::{VmRecord, write_record};
 use super::runtime::Runtime;
+use super::samples::Samples;
 use super::snapshot::Shape;
 use super::{VmError, VmInfo, VmState, now_unix_ms, qemu};
 use crate::agent::net::SandboxNet;
@@ -28,6 +29,8 @@ pub(super) struct Vm {
     pub(super) destroyed: AtomicBool,
     /// Held by pause, resume and snapshot.
     pub(super) op: tokio::sync::Mutex<()>,
+    /// Its usage samples (see [`super::sampler`]).
+    pub(super) samples: Mutex<Samples>,
 }
 
 impl Vm {
@@ -41,11 +44,16 @@ impl Vm {
             channel: GuestChannel::new(dir, qemu::AGENT_SOCK),
             destroyed: AtomicBool::new(false),
             op: tokio::sync::Mutex::new(()),
+            samples: Mutex::new(Samples::default()),
         }
     }
 
     pub(super) fn rt(&self) -> std::sync::MutexGuard<'_, Runtime> {
         self.rt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn samples(&self) -> std::sync::MutexGuard<'_, Samples> {
+        self.samples.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(super) fn net_place(&self) -> Option<SandboxNet> {

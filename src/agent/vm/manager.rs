@@ -13,7 +13,9 @@ use anyhow::Context;
 use super::boot_snapshots::{BootSnapshots, HostEnv};
 use super::instance::Vm;
 use super::snapshot;
-use super::{Accel, VmConfig, VmError, VmInfo, VmState, cgroup, jail, qemu, ram, template_store};
+use super::{
+    Accel, VmConfig, VmError, VmInfo, VmState, cgroup, jail, qemu, ram, sampler, template_store,
+};
 use crate::agent::images::{self, Kernel, MINIMAL};
 use crate::agent::net::Network;
 
@@ -170,6 +172,7 @@ impl VmManager {
         }
         let mgr = Arc::new(mgr);
         tokio::spawn(cap_console_logs(Arc::downgrade(&mgr)));
+        tokio::spawn(sampler::run(Arc::downgrade(&mgr), mgr.cfg.sample_interval));
         Ok(mgr)
     }
 
@@ -221,6 +224,17 @@ impl VmManager {
 
     pub async fn get(&self, id: &str) -> Result<VmInfo, VmError> {
         Ok(self.lookup(id)?.info())
+    }
+
+    /// The VM's usage samples from `start` to `end` (unix seconds, both included; either
+    /// open), oldest first.
+    pub fn metrics(
+        &self,
+        id: &str,
+        start: Option<i64>,
+        end: Option<i64>,
+    ) -> Result<Vec<crate::proto::api::SandboxMetric>, VmError> {
+        Ok(self.lookup(id)?.samples().between(start, end))
     }
 
     pub async fn list(&self) -> Vec<VmInfo> {

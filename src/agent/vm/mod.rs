@@ -20,7 +20,8 @@
 //! capacity), [`create`] (checks and attempts), [`boot`] (a new VM's QEMU, cold or from a boot
 //! snapshot), [`restore`], [`lifecycle`] (pause, resume, snapshot), [`exec`] and [`stream`],
 //! [`files`], [`network`] (egress policy), [`recovery`] (after an agent restart),
-//! [`template_store`] and [`boot_snapshots`]. A VM is an [`instance::Vm`]: its [`record`] on
+//! [`template_store`] and [`boot_snapshots`], [`sampler`] and [`samples`] (usage samples). A VM
+//! is an [`instance::Vm`]: its [`record`] on
 //! disk, its [`runtime`] state, which changes only through [`runtime::Runtime::set_state`] (see
 //! [`VmState::can_become`]), and its guest [`channel`].
 
@@ -48,6 +49,8 @@ mod record;
 mod recovery;
 mod restore;
 mod runtime;
+mod sampler;
+mod samples;
 pub mod snapshot;
 mod sock;
 pub mod stream;
@@ -107,6 +110,8 @@ pub struct VmConfig {
     pub jail: JailConfig,
     /// How far a team's root filesystem archive may expand on import.
     pub import_limits: images::import::Limits,
+    /// How often each running VM's CPU, memory and disk are sampled (the `sampler` module).
+    pub sample_interval: Duration,
 }
 
 /// QEMU's confinement settings (see [`jail`]).

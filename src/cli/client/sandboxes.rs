@@ -1,12 +1,12 @@
 //! Sandboxes: create, list, get, delete, one-shot exec, pause and resume, network, idle timeout,
-//! logs.
+//! logs, usage metrics.
 
 use std::time::Duration;
 
 use super::{ApiClient, ClientError};
 use crate::proto::api::{
-    CreateSandboxRequest, ExecRequest, ExecResponse, SandboxListResponse, SandboxResponse,
-    TimeoutRequest,
+    CreateSandboxRequest, ExecRequest, ExecResponse, SandboxListResponse, SandboxMetric,
+    SandboxResponse, TimeoutRequest,
 };
 use crate::proto::net::EgressPolicy;
 
@@ -109,6 +109,24 @@ impl ApiClient {
             Some(&body),
         )
         .await
+    }
+
+    /// The sandbox's usage samples from `start` to `end` (unix seconds), oldest first.
+    pub async fn sandbox_metrics(
+        &self,
+        id: &str,
+        start: Option<i64>,
+        end: Option<i64>,
+    ) -> Result<Vec<SandboxMetric>, ClientError> {
+        let mut q = Vec::new();
+        if let Some(s) = start {
+            q.push(format!("start={s}"));
+        }
+        if let Some(e) = end {
+            q.push(format!("end={e}"));
+        }
+        let path = format!("/v1/sandboxes/{id}/metrics?{}", q.join("&"));
+        self.json::<(), _>(reqwest::Method::GET, &path, None).await
     }
 
     /// The guest's console log as it is (bytes: it may hold anything the guest wrote).

@@ -5,6 +5,7 @@ mod accounts;
 mod files;
 mod hosts;
 mod keys;
+mod metrics;
 mod output;
 mod sandboxes;
 mod teams;

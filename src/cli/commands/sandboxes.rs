@@ -223,6 +223,12 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 );
             }
         }
+        SandboxCommand::Metrics {
+            id,
+            watch,
+            since,
+            json,
+        } => return super::metrics::metrics(&id, watch, since, json).await,
         SandboxCommand::Logs { id, raw } => {
             use std::io::Write;
             super::terminal::set_raw(raw);

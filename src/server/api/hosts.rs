@@ -41,6 +41,8 @@ pub fn to_resp(h: HostRow) -> HostResponse {
         accel_reason: h.accel_reason,
         cgroups: h.cgroups,
         running_vms: h.running_vms,
+        used_vcpus: h.used_vcpus,
+        used_memory_mb: h.used_memory_mb,
         last_heartbeat_at: h.last_heartbeat_at,
         created_at: h.created_at,
         tags: h.tags,

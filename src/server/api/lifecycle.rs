@@ -1,4 +1,5 @@
-//! Pause, resume, idle timeouts, network policy and the console log of a sandbox over REST:
+//! Pause, resume, idle timeouts, network policy, the console log and the usage metrics of a
+//! sandbox over REST:
 //! parse, call the sandbox service, shape the answer.
 
 use axum::Json;
@@ -11,9 +12,10 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller, IdPath};
 use super::sandboxes::to_resp;
 use crate::ids::SandboxId;
-use crate::proto::api::{SandboxResponse, TimeoutRequest};
+use crate::proto::api::{SandboxMetric, SandboxResponse, TimeoutRequest};
 use crate::proto::net::EgressPolicy;
 use crate::server::AppState;
+use crate::server::sandboxes::MetricsRange;
 
 pub async fn pause(
     State(st): State<AppState>,
@@ -81,4 +83,24 @@ pub async fn logs(
     }
     let text = st.sandboxes().logs(&team, &id, tail).await?;
     Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MetricsQuery {
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub end: Option<String>,
+}
+
+/// The sandbox's usage samples (`start`, `end`: unix seconds, both included), oldest first.
+pub async fn metrics(
+    State(st): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<SandboxId>,
+    ApiQuery(q): ApiQuery<MetricsQuery>,
+) -> ApiResult<Json<Vec<SandboxMetric>>> {
+    let team = caller.team_id()?;
+    let range = MetricsRange::parse(q.start.as_deref(), q.end.as_deref())?;
+    Ok(Json(st.sandboxes().metrics(&team, &id, range).await?))
 }

@@ -102,6 +102,7 @@ pub fn router() -> Router<AppState> {
             axum::routing::put(lifecycle::set_network),
         )
         .route("/v1/sandboxes/{id}/logs", get(lifecycle::logs))
+        .route("/v1/sandboxes/{id}/metrics", get(lifecycle::metrics))
         .route(
             "/v1/sandboxes/{id}/files",
             get(files::read)

@@ -36,6 +36,7 @@ pub fn vm_config(data_dir: &Path) -> sandboxctl::agent::vm::VmConfig {
         net: Default::default(),
         jail: Default::default(),
         import_limits: Default::default(),
+        sample_interval: std::time::Duration::from_secs(5),
     }
 }
 

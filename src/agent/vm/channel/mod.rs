@@ -46,8 +46,8 @@ use self::queue::StreamQueue;
 use self::reader::read_loop;
 use super::sock::connect_unix;
 use crate::proto::guest::{
-    ErrorMsg, ExecStart, Exit, Frame, FrameDecoder, FrameKind, Hello, HelloAck, Init, InitAck,
-    PROTOCOL_VERSION, Ping, WINDOW, Windowed,
+    ErrorMsg, ExecStart, Exit, Frame, FrameDecoder, FrameKind, GuestStats, Hello, HelloAck, Init,
+    InitAck, PROTOCOL_VERSION, Ping, WINDOW, Windowed,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +403,31 @@ impl GuestChannel {
             FrameKind::Pong => Ok(()),
             FrameKind::Error => Err(guest_error(&f)),
             k => Err(ChannelError::Protocol(format!("{k:?} in answer to Ping"))),
+        }
+    }
+
+    /// The guest's memory and disk figures, answered within `wait` (connecting first if needed,
+    /// within the same time). A guest program too old to know the request leaves it unanswered:
+    /// a [`ChannelError::Timeout`].
+    pub async fn stats(&self, wait: Duration) -> Result<GuestStats, ChannelError> {
+        let deadline = Instant::now() + wait;
+        let id = next_id();
+        let answer = async {
+            let mut s = self
+                .open(Frame::new(FrameKind::StatsRequest, id, Vec::new()), 0, wait)
+                .await?;
+            s.done = true;
+            s.next(Some(deadline)).await
+        };
+        let f = tokio::time::timeout_at(deadline.into(), answer)
+            .await
+            .map_err(|_| ChannelError::Timeout)??;
+        match f.kind {
+            FrameKind::Stats => f.parse().map_err(|e| ChannelError::Protocol(e.to_string())),
+            FrameKind::Error => Err(guest_error(&f)),
+            k => Err(ChannelError::Protocol(format!(
+                "{k:?} in answer to StatsRequest"
+            ))),
         }
     }
 

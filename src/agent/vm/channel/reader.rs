@@ -101,7 +101,16 @@ pub(super) fn deliver(pending: &Pending, f: Frame) -> Result<(), String> {
     use FrameKind::*;
     if matches!(
         f.kind,
-        Hello | Init | Ping | Cancel | ExecStart | Stdin | Signal | Resize | FileRequest
+        Hello
+            | Init
+            | Ping
+            | Cancel
+            | ExecStart
+            | Stdin
+            | Signal
+            | Resize
+            | FileRequest
+            | StatsRequest
     ) {
         return Err(format!("sent {:?}, a frame only the host sends", f.kind));
     }
