@@ -1,6 +1,12 @@
 //! `sandboxctl bench`: measures a live server and its local agent and writes a markdown table —
 //! sandbox create (cold and from snapshot) next to the same boot done by bare QEMU with the same
 //! images, exec round trips, pause and resume, concurrent creates, and memory per sandbox.
+//! `sandboxctl bench server` ([`server`]) measures the control plane alone against a simulated
+//! fleet ([`fleet`]) under an open-loop load ([`load`]).
+
+pub mod fleet;
+pub mod load;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -350,7 +356,7 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
     );
     let text = format!("{header}{md}");
     println!("{text}");
-    write_section(&a.out, &text)?;
+    write_section(&a.out, "bench", &text)?;
     eprintln!("bench: table written to {}", a.out.display());
     Ok(0)
 }
@@ -371,17 +377,15 @@ fn chrono_like_now() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// Replaces the generated section of the output file (between markers), keeping the rest.
-fn write_section(path: &Path, table: &str) -> anyhow::Result<()> {
-    const BEGIN: &str = "<!-- bench:begin -->";
-    const END: &str = "<!-- bench:end -->";
+/// Replaces the generated section `name` of the output file (between `<!-- NAME:begin -->` and
+/// `<!-- NAME:end -->`), keeping the rest; appends it when the file has none.
+fn write_section(path: &Path, name: &str, table: &str) -> anyhow::Result<()> {
+    let (begin, end) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let section = format!("{BEGIN}\n{table}{END}");
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &old[..b], &old[e + END.len()..]),
-        _ if old.is_empty() => format!(
-            "# Benchmarks\n\nProduced by `sandboxctl bench` against a live server with a local agent.\n\n{section}\n"
-        ),
+    let section = format!("{begin}\n{table}{end}");
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &old[..b], &old[e + end.len()..]),
+        _ if old.is_empty() => format!("# Benchmarks\n\n{section}\n"),
         _ => format!("{old}\n{section}\n"),
     };
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))

@@ -1,7 +1,7 @@
 use clap::{CommandFactory, Parser};
 use sandboxctl::agent;
 use sandboxctl::cli::{
-    AgentCommand, Cli, Command, LogFormat, ServerArgs, ServerCommand, ServerDataDir, commands,
+    AgentCommand, BenchCommand, Cli, Command, LogFormat, ServerArgs, ServerCommand, ServerDataDir, commands,
 };
 use sandboxctl::local::{self, LocalAgentConfig};
 use sandboxctl::server::{self, ServerConfig};
@@ -206,28 +206,48 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         Command::Key(c) => commands::key(c).await,
         Command::Team(c) => commands::team(c).await,
         Command::Template(c) => commands::template(c).await,
-        Command::Bench {
-            runs,
-            concurrency,
-            out,
-            template,
-            agent_data_dir,
-            kernel_dir,
-        } => {
-            let c = commands::client()?;
-            sandboxctl::bench::run(
-                &c,
-                &sandboxctl::bench::BenchArgs {
-                    runs,
-                    concurrency,
+        Command::Bench(a) => match a.action {
+            Some(BenchCommand::Server {
+                hosts,
+                sandboxes,
+                teams,
+                rate,
+                duration,
+                list_share,
+                delete_every,
+                heartbeat_interval,
+                out,
+            }) => {
+                init_logs("warn", LogFormat::Text);
+                sandboxctl::bench::server::run(&sandboxctl::bench::server::ServerBenchArgs {
+                    hosts: hosts as usize,
+                    sandboxes,
+                    teams: teams as usize,
+                    rate,
+                    duration: std::time::Duration::from_secs(duration),
+                    list_share,
+                    delete_every,
+                    heartbeat_interval,
                     out,
-                    template,
-                    agent_data_dir,
-                    kernel_dir,
-                },
-            )
-            .await
-        }
+                })
+                .await
+            }
+            None => {
+                let c = commands::client()?;
+                sandboxctl::bench::run(
+                    &c,
+                    &sandboxctl::bench::BenchArgs {
+                        runs: a.runs,
+                        concurrency: a.concurrency,
+                        out: a.out,
+                        template: a.template,
+                        agent_data_dir: a.agent_data_dir,
+                        kernel_dir: a.kernel_dir,
+                    },
+                )
+                .await
+            }
+        },
     }
 }
 

@@ -76,28 +76,71 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Measure a live server with a local agent and write a markdown table.
-    Bench {
-        /// Sequential creates (and other repetitions) to measure.
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
-        /// Creates to run at once.
-        #[arg(long, default_value_t = 10)]
-        concurrency: usize,
+    /// Measure a live server with a local agent and write a markdown table (`bench server`: the
+    /// control plane alone against a simulated fleet).
+    #[command(args_conflicts_with_subcommands = true)]
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub action: Option<BenchCommand>,
+    /// Sequential creates (and other repetitions) to measure.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Creates to run at once.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// The markdown file to write (the generated section is replaced).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "minimal")]
+    pub template: String,
+    /// The local agent's data dir, for the bare-QEMU baseline and memory figures.
+    #[arg(long, env = "SANDBOXCTL_AGENT_DATA_DIR")]
+    pub agent_data_dir: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "SANDBOXCTL_KERNEL_DIR",
+        default_value = "/var/lib/sandboxctl/kernel"
+    )]
+    pub kernel_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Start a server (this program, on an ephemeral port with a temporary data dir) with a fleet
+    /// of simulated hosts and sandboxes, load it with sandbox GETs and lists at a fixed rate, and
+    /// write latency, errors, CPU and memory as a markdown table (section `bench-server`).
+    Server {
+        /// Simulated hosts (registered, heartbeating and refreshing over the real API).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+        hosts: u32,
+        /// Sandboxes created (through the API) before the load.
+        #[arg(long, default_value_t = 10_000)]
+        sandboxes: usize,
+        /// Teams the sandboxes belong to, each with its API key.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        teams: u32,
+        /// Requests a second (sandbox GETs and lists), sent on schedule.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// How long the load runs, in seconds.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        duration: u64,
+        /// The share of requests that list the team's sandboxes (the rest GET one).
+        #[arg(long, default_value_t = 0.1)]
+        list_share: f64,
+        /// One in this many seeded sandboxes is deleted again, so lists carry history (0: none).
+        #[arg(long, default_value_t = 5)]
+        delete_every: usize,
+        /// How often each simulated host heartbeats.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        heartbeat_interval: Duration,
         /// The markdown file to write (the generated section is replaced).
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
-        #[arg(long, default_value = "minimal")]
-        template: String,
-        /// The local agent's data dir, for the bare-QEMU baseline and memory figures.
-        #[arg(long, env = "SANDBOXCTL_AGENT_DATA_DIR")]
-        agent_data_dir: Option<PathBuf>,
-        #[arg(
-            long,
-            env = "SANDBOXCTL_KERNEL_DIR",
-            default_value = "/var/lib/sandboxctl/kernel"
-        )]
-        kernel_dir: PathBuf,
     },
 }
 
