@@ -123,10 +123,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 "credentials saved in {}",
                 agent::credentials::path(&data_dir).display()
             );
-            println!(
-                "start the agent with: sandboxctl agent run --data-dir {}",
-                data_dir.display()
-            );
+            let unit = std::path::Path::new(agent::register::AGENT_UNIT_PATH);
+            print!("{}", agent::register::next_step(&data_dir, unit.exists()));
             Ok(0)
         }
         Command::Agent(AgentCommand::Check { vm, only }) => {

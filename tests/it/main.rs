@@ -16,6 +16,7 @@ mod oauth;
 mod openapi_fuzz;
 mod ops;
 mod quotas;
+mod release;
 mod sandboxes;
 mod sessions;
 mod signup;
