@@ -496,3 +496,39 @@ fn install_sh_names_what_is_wrong_with_its_options() {
     assert!(!out.status.success());
     assert!(!root.path().join("usr/local/bin/sandboxctl").exists());
 }
+
+/// What bash offers after `words` (the last one being completed), from the script
+/// `sandboxctl completion bash` prints, loaded into a real bash.
+fn bash_completes(script: &Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let prog = format!(
+        "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={}\nCOMP_LINE=\"${{COMP_WORDS[*]}}\"\n\
+         COMP_POINT=${{#COMP_LINE}}\n_sandboxctl sandboxctl \"${{COMP_WORDS[COMP_CWORD]}}\" \
+         \"${{COMP_WORDS[COMP_CWORD-1]}}\"\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        script.display(),
+        quoted.join(" "),
+        words.len() - 1
+    );
+    let out = Command::new("bash").arg("-c").arg(prog).output().unwrap();
+    assert!(out.status.success(), "bash: {}", text(&out.stderr));
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn bash_completion_offers_commands_and_flags() {
+    let out = Command::new(BIN).args(["completion", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("sandboxctl.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+
+    assert_eq!(bash_completes(&script, &["sandboxctl", "sa"]), ["sandbox"]);
+    let sandbox = bash_completes(&script, &["sandboxctl", "sandbox", ""]);
+    for c in ["create", "exec", "pause", "resume", "files"] {
+        assert!(sandbox.iter().any(|w| w == c), "sandbox {c}: {sandbox:?}");
+    }
+    let register = bash_completes(&script, &["sandboxctl", "agent", "register", "--"]);
+    for f in ["--server", "--token", "--data-dir"] {
+        assert!(register.iter().any(|w| w == f), "{f}: {register:?}");
+    }
+}
