@@ -57,9 +57,7 @@ pub async fn register(
         token: token.to_string(),
         facts: facts::gather(data_dir, advertise, accel, reason, ""),
     };
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?;
+    let http = crate::tls::http_client(|b| b.timeout(std::time::Duration::from_secs(30)))?;
     let resp = http
         .post(format!("{server_url}/v1/hosts/register"))
         .json(&req)

@@ -18,6 +18,7 @@ const SHARED: &[&str] = &[
     "time",
     "urlencode",
     "settings",
+    "tls",
 ];
 /// Where the roles are put together: the binary's entry point and the clap tree (which builds each
 /// role's settings from flags), the single-machine setup (a server with its own agent) and the

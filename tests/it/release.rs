@@ -136,7 +136,12 @@ fn the_release_binary_is_static_and_stripped() {
 /// `bin` run as `/sandboxctl` inside `root` (chroot), with `env` and nothing else.
 fn in_chroot(root: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
     use std::io::Write;
-    let mut child = Command::new("chroot")
+    // Found here: the command runs with an empty environment (no PATH).
+    let chroot = ["/usr/sbin/chroot", "/usr/bin/chroot", "/sbin/chroot"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("chroot (coreutils) is installed");
+    let mut child = Command::new(chroot)
         .arg(root)
         .arg("/sandboxctl")
         .args(args)
