@@ -20,4 +20,5 @@ pub mod proto;
 pub mod server;
 pub mod settings;
 pub mod time;
+pub mod tls;
 pub mod urlencode;

@@ -22,7 +22,9 @@ fn init_logs(default: &str, format: LogFormat) {
 /// Large stream buffers (file transfers move megabytes through 1 MiB chunks) must go back to the
 /// system when freed: a fixed mmap threshold stops glibc from raising it and keeping freed chunks in
 /// per-thread arenas, which otherwise grows the resident memory of the server and agent by the
-/// size of the files they relay.
+/// size of the files they relay. (musl, the static release build, maps such chunks on its own
+/// and gives them back when freed: nothing to tune there.)
+#[cfg(target_env = "gnu")]
 fn tune_malloc() {
     // SAFETY: mallopt only adjusts allocator parameters; called before any other thread exists.
     unsafe {
@@ -30,6 +32,9 @@ fn tune_malloc() {
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
+
+#[cfg(not(target_env = "gnu"))]
+fn tune_malloc() {}
 
 fn main() {
     tune_malloc();
@@ -123,10 +128,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 "credentials saved in {}",
                 agent::credentials::path(&data_dir).display()
             );
-            println!(
-                "start the agent with: sandboxctl agent run --data-dir {}",
-                data_dir.display()
-            );
+            let unit = std::path::Path::new(agent::register::AGENT_UNIT_PATH);
+            print!("{}", agent::register::next_step(&data_dir, unit.exists()));
             Ok(0)
         }
         Command::Agent(AgentCommand::Check { vm, only }) => {

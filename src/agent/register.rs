@@ -9,6 +9,28 @@ use super::facts;
 use crate::proto::agent::{Accelerator, RegisterRequest, RegisterResponse};
 use crate::proto::api::ErrorBody;
 
+/// Where `install.sh --service agent` puts the agent's systemd unit.
+pub const AGENT_UNIT_PATH: &str = "/etc/systemd/system/sandboxctl-agent.service";
+
+/// What to do once registered: start the agent, as the installed service when there is one
+/// (`service_installed`), or in a terminal.
+pub fn next_step(data_dir: &Path, service_installed: bool) -> String {
+    let run = format!("sandboxctl agent run --data-dir {}", data_dir.display());
+    if service_installed {
+        format!(
+            "next, start the agent as a service (it starts at boot too):\n  \
+             systemctl start sandboxctl-agent    # logs: journalctl -u sandboxctl-agent -f\n\
+             or in this terminal:\n  {run}\n"
+        )
+    } else {
+        format!(
+            "next, start the agent in this terminal:\n  {run}\n\
+             or as a service that starts at boot (from a sandboxctl checkout):\n  \
+             ./install.sh --binary \"$(command -v sandboxctl)\" --service agent\n"
+        )
+    }
+}
+
 /// Registers this host with the server and stores the credentials in `data_dir`.
 pub async fn register(
     server_url: &str,
@@ -35,9 +57,7 @@ pub async fn register(
         token: token.to_string(),
         facts: facts::gather(data_dir, advertise, accel, reason, ""),
     };
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?;
+    let http = crate::tls::http_client(|b| b.timeout(std::time::Duration::from_secs(30)))?;
     let resp = http
         .post(format!("{server_url}/v1/hosts/register"))
         .json(&req)
@@ -71,4 +91,21 @@ pub async fn register(
     };
     credentials::save(data_dir, &creds)?;
     Ok(creds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_step_names_the_service_when_it_is_installed() {
+        let dir = Path::new("/var/lib/sandboxctl/agent");
+        let with = next_step(dir, true);
+        assert!(with.contains("systemctl start sandboxctl-agent"), "{with}");
+        assert!(with.contains("sandboxctl agent run --data-dir /var/lib/sandboxctl/agent"));
+        let without = next_step(dir, false);
+        assert!(without.starts_with("next, start the agent in this terminal:\n  sandboxctl agent run --data-dir /var/lib/sandboxctl/agent\n"), "{without}");
+        assert!(without.contains("./install.sh --binary"), "{without}");
+        assert!(without.contains("--service agent"), "{without}");
+    }
 }

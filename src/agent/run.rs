@@ -95,9 +95,7 @@ pub async fn run(
         vms,
         accel_kind: accel.kind.parse().context("the VM accelerator")?,
         accel_reason: accel.reason.clone(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()?,
+        http: crate::tls::http_client(|b| b.timeout(Duration::from_secs(20)))?,
     };
     if let Err(e) = hb.beat().await {
         tracing::warn!(error = ?e, "first heartbeat failed; retrying in the background");

@@ -68,7 +68,7 @@ pub(crate) fn now_unix_ms() -> u64 {
 pub(crate) fn apply_init(init: &Init) {
     if init.time_unix_ms > 0 {
         let ts = libc::timespec {
-            tv_sec: (init.time_unix_ms / 1000) as libc::time_t,
+            tv_sec: (init.time_unix_ms / 1000) as _,
             tv_nsec: ((init.time_unix_ms % 1000) * 1_000_000) as libc::c_long,
         };
         // SAFETY: a valid timespec pointer for the duration of the call.

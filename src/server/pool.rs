@@ -404,11 +404,11 @@ impl HostClientPool {
     pub fn new(keys: Arc<TokenKeys>) -> Self {
         // An agent's answer is never followed elsewhere: a redirect would send a signed call's
         // answer-taking to an address the agent chose (docs/ARCHITECTURE.md#server-and-agent).
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("HTTP client builds");
+        let http = crate::tls::http_client(|b| {
+            b.connect_timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+        })
+        .expect("HTTP client builds");
         Self {
             keys,
             http,

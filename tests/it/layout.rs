@@ -19,6 +19,7 @@ const SHARED: &[&str] = &[
     "urlencode",
     "settings",
     "prom",
+    "tls",
 ];
 /// Where the roles are put together: the binary's entry point and the clap tree (which builds each
 /// role's settings from flags), the single-machine setup (a server with its own agent) and the

@@ -17,6 +17,7 @@ mod openapi_fuzz;
 mod ops;
 mod prometheus;
 mod quotas;
+mod release;
 mod sandboxes;
 mod sbx_metrics;
 mod sessions;

@@ -297,7 +297,7 @@ pub fn set_owner_mode_mtime(f: &File, uid: u32, gid: u32, mode: u32, mtime: i64)
             tv_nsec: libc::UTIME_OMIT,
         },
         libc::timespec {
-            tv_sec: mtime as libc::time_t,
+            tv_sec: mtime as _,
             tv_nsec: 0,
         },
     ];

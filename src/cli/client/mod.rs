@@ -78,12 +78,12 @@ impl ApiClient {
         ApiClient {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                // Shown in the user's sessions list.
-                .user_agent(concat!("sandboxctl/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .expect("HTTP client builds"),
+            http: crate::tls::http_client(|b| {
+                b.connect_timeout(Duration::from_secs(10))
+                    // Shown in the user's sessions list.
+                    .user_agent(concat!("sandboxctl/", env!("CARGO_PKG_VERSION")))
+            })
+            .expect("HTTP client builds"),
         }
     }
 

@@ -344,11 +344,9 @@ async fn sign_in(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> ApiRes
             "the sign-in took too long or did not start here; try again",
         ));
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .user_agent("sandboxctl")
-        .build()
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let http =
+        crate::tls::http_client(|b| b.timeout(Duration::from_secs(15)).user_agent("sandboxctl"))
+            .map_err(|e| anyhow::anyhow!(e))?;
     let upstream = |e: reqwest::Error| ApiError::HostFailed {
         code: "oauth_upstream",
         message: format!("GitHub did not answer: {}", e.without_url()),

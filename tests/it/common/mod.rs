@@ -305,6 +305,10 @@ pub struct TestAgent {
     pub dir: tempfile::TempDir,
     pub host_id: String,
     pub addr: String,
+    /// What `sandboxctl agent register` printed.
+    pub registered: String,
+    /// The binary the agent runs (and puts into its guests): the test build, or another one.
+    bin: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
 }
@@ -347,11 +351,40 @@ impl TestAgent {
         extra: &[&str],
         advertise: Option<&str>,
     ) -> TestAgent {
+        Self::start_full(server, creator, req, extra, advertise, Path::new(BIN)).await
+    }
+
+    /// A regular host whose agent is `bin` (e.g. the static release binary) instead of the test
+    /// build; its guests run that binary too.
+    pub async fn start_binary(
+        server: &TestServer,
+        admin: &ApiClient,
+        bin: &Path,
+        extra: &[&str],
+    ) -> TestAgent {
+        let req = CreateHostRequest {
+            host_type: "regular".into(),
+            team_id: None,
+            name: Some("test".into()),
+            provider: None,
+            zone: None,
+        };
+        Self::start_full(server, admin, &req, extra, None, bin).await
+    }
+
+    async fn start_full(
+        server: &TestServer,
+        creator: &ApiClient,
+        req: &CreateHostRequest,
+        extra: &[&str],
+        advertise: Option<&str>,
+        bin: &Path,
+    ) -> TestAgent {
         let admin = creator;
         let created = admin.create_host(req).await.expect("host create");
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let out = Command::new(BIN)
+        let out = Command::new(bin)
             .args([
                 "agent",
                 "register",
@@ -377,6 +410,8 @@ impl TestAgent {
             dir,
             host_id: created.host.id.clone(),
             addr,
+            registered: String::from_utf8_lossy(&out.stdout).into_owned(),
+            bin: bin.to_path_buf(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -391,7 +426,7 @@ impl TestAgent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&self.bin);
         cmd.args(["agent", "run", "--data-dir"])
             .arg(self.dir.path())
             .arg("--kernel-dir")
