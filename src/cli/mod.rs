@@ -506,6 +506,10 @@ pub enum SandboxCommand {
         no_network: bool,
         #[command(flatten)]
         egress: EgressArgs,
+        /// Its ports answer anyone who knows the address (default: only with the sandbox's
+        /// access token or a credential of the team).
+        #[arg(long)]
+        public_ports: bool,
         #[arg(long)]
         json: bool,
     },

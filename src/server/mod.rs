@@ -85,7 +85,10 @@ impl AppState {
         restrict_dir(data_dir);
         let db = Db::open(&data_dir.join(db::DB_FILE)).context("opening the database")?;
         let keys = ServerKeys::load(data_dir)?;
-        let keys = Arc::new(TokenKeys::new(&keys.jwt_secret, &keys.agent_signing)?);
+        let keys = Arc::new(
+            TokenKeys::new(&keys.jwt_secret, &keys.agent_signing)?
+                .with_sandbox_access_key(keys.sandbox_access),
+        );
         let hashing = ratelimit::HashPool::new(
             settings.limits.max_concurrent_hashes,
             settings.limits.max_concurrent_hashes * 16,

@@ -61,6 +61,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
             metadata,
             no_network,
             egress,
+            public_ports,
             json,
         } => {
             let req = CreateSandboxRequest {
@@ -77,6 +78,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 }),
                 on_timeout,
                 cold_boot: None,
+                public_ports: public_ports.then_some(true),
             };
             if !json {
                 eprint!("creating sandbox… ");

@@ -122,6 +122,12 @@ impl SandboxService<'_> {
         Ok((addr, h.status.serves_sandboxes()))
     }
 
+    /// The sandbox's access token (its ports, its envd): derived from the server's key, the same
+    /// for the sandbox's whole life.
+    pub fn access_token(&self, id: &SandboxId) -> crate::crypto::Secret {
+        self.st.keys.sandbox_access_token(id.as_str())
+    }
+
     /// The one translation of an agent's error (see [`agent_errors`]).
     pub fn agent_error(
         &self,
