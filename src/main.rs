@@ -278,6 +278,11 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             bootstrap_requires_token: a.bootstrap_requires_token,
             limits: server_limits(&a.limits),
             team_quota: a.team_quota,
+            sandbox_domain: a.sandbox_domain,
+            tls: match (a.tls_cert, a.tls_key) {
+                (Some(cert), Some(key)) => Some(server::listener::TlsFiles { cert, key }),
+                _ => None,
+            },
         },
         local_agent,
     )

@@ -166,6 +166,16 @@ pub struct ServerArgs {
     /// admin can set a team's own with `sandboxctl team quota --set`.
     #[arg(long, env = "SANDBOXCTL_TEAM_QUOTA", default_value = "", value_parser = crate::proto::quota::TeamQuota::parse)]
     pub team_quota: crate::proto::quota::TeamQuota,
+    /// Requests for `{port}-{sandbox_id}.DOMAIN` go to that port of that sandbox (point a
+    /// wildcard DNS record `*.DOMAIN` at this server; with TLS, a wildcard certificate).
+    #[arg(long, env = "SANDBOXCTL_SANDBOX_DOMAIN", value_parser = crate::settings::parse_domain)]
+    pub sandbox_domain: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, env = "SANDBOXCTL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; with --tls-cert).
+    #[arg(long, env = "SANDBOXCTL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// The admin account created on a fresh server with --local-agent.
     #[arg(
         long,

@@ -240,13 +240,48 @@ pub fn with_limits(app: Router, limits: &ServerLimits, lifecycle: Arc<Lifecycle>
     ))
 }
 
-/// Serves `app` on `listener` with the connection limits until `shutdown` completes, then drains
-/// for at most `limits.shutdown_timeout` (see the module docs).
+/// The certificate chain and private key (PEM files) of `--tls-cert` / `--tls-key`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// The acceptor for these files (rustls, TLS 1.2 and 1.3, ALPN `http/1.1`); an error says
+    /// which file is wrong and how.
+    pub fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+        use anyhow::Context;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", self.cert.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("--tls-cert {}: no certificate in it", self.cert.display());
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", self.key.display()))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .context("--tls-cert and --tls-key do not make a usable pair")?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    }
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) with the connection limits until `shutdown`
+/// completes, then drains for at most `limits.shutdown_timeout` (see the module docs).
 pub async fn serve_http(
     listener: TcpListener,
     app: Router,
     limits: &ServerLimits,
     lifecycle: Arc<Lifecycle>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -307,10 +342,26 @@ pub async fn serve_http(
                         r
                     }
                 });
-                let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
                 let drain = drain.clone();
+                let (http, tls, handshake_wait) =
+                    (http.clone(), tls.clone(), limits.header_read_timeout);
                 conns.spawn(async move {
                     let _slot = slot;
+                    let io = match tls {
+                        None => tokio_util::either::Either::Left(stream),
+                        Some(tls) => {
+                            // A client gets as long for its TLS handshake as for its headers.
+                            match tokio::time::timeout(handshake_wait, tls.accept(stream)).await {
+                                Ok(Ok(s)) => tokio_util::either::Either::Right(s),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            }
+                        }
+                    };
+                    let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
                     let mut conn = std::pin::pin!(conn);
                     if drain.is_cancelled() {
                         // Accepted while shutting down: one answer (with `Connection: close`).

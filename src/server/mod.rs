@@ -10,6 +10,7 @@ pub mod listener;
 pub mod lock;
 pub mod monitor;
 pub mod pool;
+pub mod proxy;
 pub mod ratelimit;
 pub mod sandboxes;
 pub mod scheduler;
@@ -56,6 +57,8 @@ pub struct Settings {
     pub limits: listener::ServerLimits,
     /// Every team's quota unless a platform admin set its own (`--team-quota`).
     pub team_quota: crate::proto::quota::TeamQuota,
+    /// `{port}-{sandbox_id}.{DOMAIN}` reaches a sandbox's port (`--sandbox-domain`).
+    pub sandbox_domain: Option<String>,
 }
 
 #[derive(Clone)]
@@ -120,8 +123,13 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .merge(api::router())
         .fallback(web::fallback)
-        .with_state(state);
+        .with_state(state.clone());
+    // Sandbox ports first: their bodies are streamed, never read by the API's limits.
     listener::with_limits(app, &limits, lifecycle)
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            proxy::route_to_sandbox,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
@@ -130,11 +138,13 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let monitor = tokio::spawn(monitor::HostMonitor::run(state.clone()));
     let (limits, lifecycle) = (state.settings.limits.clone(), state.lifecycle.clone());
-    let result = listener::serve_http(listener, app(state), &limits, lifecycle, shutdown).await;
+    let result =
+        listener::serve_http(listener, app(state), &limits, lifecycle, tls, shutdown).await;
     monitor.abort();
     result.context("serving HTTP")
 }
@@ -153,6 +163,9 @@ pub struct ServerConfig {
     pub bootstrap_requires_token: bool,
     pub limits: listener::ServerLimits,
     pub team_quota: crate::proto::quota::TeamQuota,
+    pub sandbox_domain: Option<String>,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<listener::TlsFiles>,
 }
 
 /// Work that goes with the server, given its state: the single-machine setup (`sandboxctl server
@@ -173,6 +186,8 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
         )
     })?;
     let addr = listener.local_addr()?;
+    // A bad certificate stops the start, before anything is served.
+    let tls = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // Held until this function returns: another server (or a restore) on this data dir refuses.
@@ -180,7 +195,10 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
     let public_url = cfg
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{addr}")
+        });
     let state = AppState::open(
         &cfg.data_dir,
         Settings {
@@ -194,6 +212,7 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
             bootstrap_requires_token: cfg.bootstrap_requires_token,
             limits: cfg.limits.clone(),
             team_quota: cfg.team_quota,
+            sandbox_domain: cfg.sandbox_domain.clone(),
         },
     )?;
     // Nothing is answered before this: the local setup's admin exists before anyone can sign up.
@@ -210,7 +229,7 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
     let shutdown = async {
         let _ = shutdown_signal().await;
     };
-    let server = tokio::spawn(serve(listener, state.clone(), shutdown));
+    let server = tokio::spawn(serve(listener, state.clone(), tls, shutdown));
     if let Some(run) = companion {
         tokio::spawn(run(state.clone()));
     }

@@ -1,5 +1,5 @@
 //! The sandbox service: every rule about a team's sandboxes (create, end, pause, resume, idle
-//! timeouts, network, exec, logs, files' target, snapshots) and where they run (placement, the
+//! timeouts, network, exec, logs, files' target, snapshots, ports) and where they run (placement, the
 //! host's agent). Front-ends are thin translations over it: the REST handlers in
 //! `server::api`, the host monitor, and the E2B-compatible API to come. Nothing here knows HTTP:
 //! it takes typed ids and wire requests and answers rows or a [`SandboxError`], which each
@@ -10,6 +10,7 @@ mod create;
 pub mod error;
 mod lifecycle;
 pub mod placement;
+pub mod ports;
 pub mod rules;
 mod streams;
 mod templates;
