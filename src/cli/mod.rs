@@ -568,6 +568,14 @@ pub enum SandboxCommand {
     },
     /// An interactive shell in the sandbox.
     Shell { id: String },
+    /// Forward a local port to a TCP port inside the sandbox, through the server: listens on
+    /// 127.0.0.1:LOCAL (LOCAL defaults to PORT; 0 picks a free one) until interrupted.
+    PortForward {
+        id: String,
+        /// `PORT` or `LOCAL:PORT`.
+        #[arg(value_name = "[LOCAL:]PORT", value_parser = crate::cli::commands::ports::parse_forward)]
+        ports: (u16, u16),
+    },
     /// Pause: memory and devices saved to disk, the VM process ended.
     Pause {
         id: String,

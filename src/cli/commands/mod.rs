@@ -6,6 +6,7 @@ mod files;
 mod hosts;
 mod keys;
 mod output;
+pub mod ports;
 mod sandboxes;
 mod teams;
 mod templates;

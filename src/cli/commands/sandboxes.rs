@@ -161,6 +161,9 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                     .await?;
             return Ok(code.clamp(0, 255));
         }
+        SandboxCommand::PortForward { id, ports } => {
+            return super::ports::forward(&c, &id, ports.0, ports.1).await;
+        }
         SandboxCommand::Shell { id } => {
             let start = crate::cli::stream::shell_start()?;
             return crate::cli::stream::run(&c, &id, start, true).await;

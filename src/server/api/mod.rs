@@ -12,6 +12,7 @@ pub mod invites;
 pub mod keys;
 pub mod lifecycle;
 pub mod oauth;
+pub mod ports;
 pub mod quotas;
 pub mod sandboxes;
 pub mod sessions;
@@ -100,6 +101,7 @@ pub fn router() -> Router<AppState> {
             axum::routing::put(lifecycle::set_network),
         )
         .route("/v1/sandboxes/{id}/logs", get(lifecycle::logs))
+        .route("/v1/sandboxes/{id}/ports/{port}", get(ports::open))
         .route(
             "/v1/sandboxes/{id}/files",
             get(files::read)
