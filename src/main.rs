@@ -283,6 +283,7 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
                 (Some(cert), Some(key)) => Some(server::listener::TlsFiles { cert, key }),
                 _ => None,
             },
+            tls_listen: a.tls_listen,
         },
         local_agent,
     )

@@ -176,6 +176,10 @@ pub struct ServerArgs {
     /// The certificate's private key (PEM; with --tls-cert).
     #[arg(long, env = "SANDBOXCTL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS on this address and keep --listen plain HTTP (e.g. HTTPS on :443 for
+    /// browsers and SDKs, plain HTTP on a private address for agents). Default: HTTPS on --listen.
+    #[arg(long, env = "SANDBOXCTL_TLS_LISTEN", requires = "tls_cert")]
+    pub tls_listen: Option<SocketAddr>,
     /// The admin account created on a fresh server with --local-agent.
     #[arg(
         long,

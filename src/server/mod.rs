@@ -138,15 +138,45 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use futures_util::FutureExt;
     let monitor = tokio::spawn(monitor::HostMonitor::run(state.clone()));
     let (limits, lifecycle) = (state.settings.limits.clone(), state.lifecycle.clone());
-    let result =
-        listener::serve_http(listener, app(state), &limits, lifecycle, tls, shutdown).await;
+    let app = app(state);
+    let shutdown = shutdown.boxed().shared();
+    let (main_tls, extra) = match tls {
+        None => (None, None),
+        Some(Tls {
+            acceptor,
+            listener: None,
+        }) => (Some(acceptor), None),
+        Some(Tls {
+            acceptor,
+            listener: Some(l),
+        }) => (None, Some((l, acceptor))),
+    };
+    let extra = extra.map(|(l, acceptor)| {
+        let (app, limits, lifecycle, shutdown) =
+            (app.clone(), limits.clone(), lifecycle.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            listener::serve_http(l, app, &limits, lifecycle, Some(acceptor), shutdown).await
+        })
+    });
+    let result = listener::serve_http(listener, app, &limits, lifecycle, main_tls, shutdown).await;
+    if let Some(t) = extra {
+        let _ = t.await;
+    }
     monitor.abort();
     result.context("serving HTTP")
+}
+
+/// HTTPS: on the main listener, or (with `listener`) on a listener of its own while the main one
+/// stays plain HTTP (`--tls-listen`).
+pub struct Tls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub listener: Option<TcpListener>,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +196,8 @@ pub struct ServerConfig {
     pub sandbox_domain: Option<String>,
     /// Serve HTTPS with this certificate chain and key (PEM files).
     pub tls: Option<listener::TlsFiles>,
+    /// Serve HTTPS here, and plain HTTP on `listen` (default: HTTPS on `listen`).
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// Work that goes with the server, given its state: the single-machine setup (`sandboxctl server
@@ -187,7 +219,17 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
     })?;
     let addr = listener.local_addr()?;
     // A bad certificate stops the start, before anything is served.
-    let tls = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+    let acceptor = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+    let tls_listener = match (&acceptor, cfg.tls_listen) {
+        (Some(_), Some(at)) => Some(
+            TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} (--tls-listen)"))?,
+        ),
+        (None, Some(_)) => anyhow::bail!("--tls-listen needs --tls-cert and --tls-key"),
+        _ => None,
+    };
+    let https_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // Held until this function returns: another server (or a restore) on this data dir refuses.
@@ -196,7 +238,11 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
         .public_url
         .clone()
         .unwrap_or_else(|| {
-            let scheme = if tls.is_some() { "https" } else { "http" };
+            let scheme = if acceptor.is_some() && https_addr.is_none() {
+                "https"
+            } else {
+                "http"
+            };
             format!("{scheme}://{addr}")
         });
     let state = AppState::open(
@@ -226,6 +272,13 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
     bootstrap::announce(&state, &cfg.data_dir).await?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), signup = %cfg.signup, "sandboxctl server listening");
     println!("sandboxctl server listening on {public_url}");
+    if let Some(a) = https_addr {
+        println!("sandboxctl server serving HTTPS on {a}");
+    }
+    let tls = acceptor.map(|acceptor| Tls {
+        acceptor,
+        listener: tls_listener,
+    });
     let shutdown = async {
         let _ = shutdown_signal().await;
     };
