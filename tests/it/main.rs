@@ -13,6 +13,7 @@ mod isolation;
 mod layout;
 mod limits;
 mod oauth;
+mod ports;
 mod openapi_fuzz;
 mod ops;
 mod quotas;
