@@ -132,9 +132,7 @@ fn run(guest: Arc<Guest>, id: u64, port: u16, handle: Arc<PortHandle>) {
     guest.send(Frame::json(
         FrameKind::Credit,
         id,
-        &Credit {
-            bytes: WINDOW,
-        },
+        &Credit { bytes: WINDOW },
     ));
     let (g, h) = (guest.clone(), handle.clone());
     let spawned = std::thread::Builder::new()

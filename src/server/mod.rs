@@ -158,8 +158,12 @@ pub async fn serve(
         }) => (None, Some((l, acceptor))),
     };
     let extra = extra.map(|(l, acceptor)| {
-        let (app, limits, lifecycle, shutdown) =
-            (app.clone(), limits.clone(), lifecycle.clone(), shutdown.clone());
+        let (app, limits, lifecycle, shutdown) = (
+            app.clone(),
+            limits.clone(),
+            lifecycle.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             listener::serve_http(l, app, &limits, lifecycle, Some(acceptor), shutdown).await
         })
@@ -234,17 +238,14 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // Held until this function returns: another server (or a restore) on this data dir refuses.
     let _lock = lock::DataDirLock::acquire(&cfg.data_dir)?;
-    let public_url = cfg
-        .public_url
-        .clone()
-        .unwrap_or_else(|| {
-            let scheme = if acceptor.is_some() && https_addr.is_none() {
-                "https"
-            } else {
-                "http"
-            };
-            format!("{scheme}://{addr}")
-        });
+    let public_url = cfg.public_url.clone().unwrap_or_else(|| {
+        let scheme = if acceptor.is_some() && https_addr.is_none() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
+    });
     let state = AppState::open(
         &cfg.data_dir,
         Settings {

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::crypto::agent_call::CallBinding;
 use crate::proto::agent::{
-    BuildTemplateRequest, CreateVmRequest, MAX_LISTING_BYTES, PORT_UPGRADE, SnapshotVmRequest, TemplateInfo,
-    TemplateListResponse, VmInfo, VmListResponse,
+    BuildTemplateRequest, CreateVmRequest, MAX_LISTING_BYTES, PORT_UPGRADE, SnapshotVmRequest,
+    TemplateInfo, TemplateListResponse, VmInfo, VmListResponse,
 };
 use crate::proto::api::{EXEC_OUTPUT_CAP, ErrorBody, ExecRequest, ExecResponse};
 use crate::proto::net::EgressPolicy;

@@ -33,9 +33,22 @@ fn make_certs(dir: &Path) -> (String, String, String) {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     run(&[
-        &["req", "-x509", "-days", "2", "-subj", "/CN=sandboxctl test CA"][..],
+        &[
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sandboxctl test CA",
+        ][..],
         &ec,
         &["-keyout", "ca.key", "-out", "ca.pem"],
     ]
@@ -52,8 +65,21 @@ fn make_certs(dir: &Path) -> (String, String, String) {
     )
     .unwrap();
     run(&[
-        "x509", "-req", "-days", "2", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-extfile", "ext.cnf", "-out", "server.pem",
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
     ]);
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     (p("ca.pem"), p("server.pem"), p("server.key"))
@@ -98,8 +124,15 @@ setsid sh -c 'nc -ll -p 8002 -e /srv/ws.sh </dev/null >/dev/null 2>&1 &'
 "#;
 
 async fn sh(c: &ApiClient, id: &str, script: &str) -> String {
-    let r = c.exec(id, &exec("sh", &["-c", script])).await.expect("exec");
-    assert_eq!(r.exit_code, 0, "{script}\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
+    let r = c
+        .exec(id, &exec("sh", &["-c", script]))
+        .await
+        .expect("exec");
+    assert_eq!(
+        r.exit_code, 0,
+        "{script}\nstdout: {}\nstderr: {}",
+        r.stdout, r.stderr
+    );
     r.stdout
 }
 
@@ -135,7 +168,11 @@ async fn read_head(s: &mut tokio::net::TcpStream) -> String {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).await.expect("read"), 1, "closed mid-head: {head:?}");
+        assert_eq!(
+            s.read(&mut b).await.expect("read"),
+            1,
+            "closed mid-head: {head:?}"
+        );
         head.push(b[0]);
     }
     String::from_utf8_lossy(&head).into_owned()
@@ -150,25 +187,29 @@ fn masked_frame(text: &str) -> (Vec<u8>, [u8; 4]) {
     (f, mask)
 }
 
-/// A sandbox without a network device, created once the agent can take one (a fresh agent may
-/// still be building its template: those creates answer 503).
-async fn create(c: &ApiClient, agent: &TestAgent, public: bool) -> SandboxResponse {
+/// A sandbox (with a network device or without), created once the agent can take one (a fresh
+/// agent may still be building its template: those creates answer 503).
+async fn create(c: &ApiClient, agent: &TestAgent, public: bool, network: bool) -> SandboxResponse {
     let req = CreateSandboxRequest {
-        network: Some(NetworkSetting::Enabled(false)),
+        network: Some(NetworkSetting::Enabled(network)),
         public_ports: public.then_some(true),
         ..Default::default()
     };
     let created = std::cell::RefCell::new(None);
-    wait_until("a sandbox is created", std::time::Duration::from_secs(120), || async {
-        match c.create_sandbox(&req).await {
-            Ok(sb) => {
-                *created.borrow_mut() = Some(sb);
-                true
+    wait_until(
+        "a sandbox is created",
+        std::time::Duration::from_secs(120),
+        || async {
+            match c.create_sandbox(&req).await {
+                Ok(sb) => {
+                    *created.borrow_mut() = Some(sb);
+                    true
+                }
+                Err(e) if e.status() == Some(503) => false,
+                Err(e) => panic!("create: {e}\nagent log:\n{}", agent.log()),
             }
-            Err(e) if e.status() == Some(503) => false,
-            Err(e) => panic!("create: {e}\nagent log:\n{}", agent.log()),
-        }
-    })
+        },
+    )
     .await;
     created.into_inner().expect("created")
 }
@@ -193,16 +234,22 @@ async fn sandbox_ports_through_the_server() {
     .await;
     let (_, admin) = s.signup("admin@example.com", "Admin").await;
     let agent = TestAgent::start(&s, &admin).await;
-    // Neither has a network device: ports do not need one. The first opens its ports to anyone.
-    let public = create(&admin, &agent, true).await;
-    let sb = create(&admin, &agent, false).await;
+    // Ports work with a network device and without one. The first opens its ports to anyone.
+    let public = create(&admin, &agent, true, true).await;
+    let sb = create(&admin, &agent, false, false).await;
     let id = sb.id.as_str();
-    let token = sb.access_token.clone().expect("create answers the access token");
+    let token = sb
+        .access_token
+        .clone()
+        .expect("create answers the access token");
 
     step("ids are DNS labels and the token is the sandbox's", async {
         for i in [&sb.id, &public.id] {
             assert!(i.starts_with("sbx-"), "{i}");
-            assert!(i.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+            assert!(
+                i.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            );
         }
         assert!(!sb.public_ports && public.public_ports);
         let got = admin.get_sandbox(id).await.unwrap();
@@ -212,88 +259,129 @@ async fn sandbox_ports_through_the_server() {
     })
     .await;
 
-    step("header routing: a private port needs the token or a team credential", async {
-        let (st, body) = status_and_json(by_header(&s.url, id, 8000, "/", &[]).await).await;
-        assert_eq!(st, 401, "{body}");
-        assert_eq!(body["sandboxId"], id, "{body}");
-        let r = by_header(&s.url, id, 8000, "/", &[("X-Access-Token", &token)]).await;
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), "hello from the sandbox\n");
-        // The team's own user token and API key open it too.
-        let bearer = format!("Bearer {}", admin.token().unwrap());
-        let r = by_header(&s.url, id, 8000, "/", &[("Authorization", &bearer)]).await;
-        assert_eq!(r.status(), 200);
-        let k = admin.create_key("ports").await.unwrap().key.unwrap();
-        let r = by_header(&s.url, id, 8000, "/", &[("X-API-Key", &k)]).await;
-        assert_eq!(r.status(), 200);
-        // Many requests over one client connection.
-        let http = reqwest::Client::new();
-        for _ in 0..3 {
-            let r = http
-                .get(format!("{}/index.html", s.url))
-                .header("e2b-sandbox-id", id)
-                .header("e2b-sandbox-port", "8000")
-                .header("x-access-token", &token)
-                .send()
-                .await
-                .unwrap();
+    step(
+        "header routing: a private port needs the token or a team credential",
+        async {
+            let (st, body) = status_and_json(by_header(&s.url, id, 8000, "/", &[]).await).await;
+            assert_eq!(st, 401, "{body}");
+            assert_eq!(body["sandboxId"], id, "{body}");
+            let r = by_header(&s.url, id, 8000, "/", &[("X-Access-Token", &token)]).await;
+            assert_eq!(r.status(), 200);
             assert_eq!(r.text().await.unwrap(), "hello from the sandbox\n");
-        }
-    })
+            // The team's own user token and API key open it too.
+            let bearer = format!("Bearer {}", admin.token().unwrap());
+            let r = by_header(&s.url, id, 8000, "/", &[("Authorization", &bearer)]).await;
+            assert_eq!(r.status(), 200);
+            let k = admin.create_key("ports").await.unwrap().key.unwrap();
+            let r = by_header(&s.url, id, 8000, "/", &[("X-API-Key", &k)]).await;
+            assert_eq!(r.status(), 200);
+            // Many requests over one client connection.
+            let http = reqwest::Client::new();
+            for _ in 0..3 {
+                let r = http
+                    .get(format!("{}/index.html", s.url))
+                    .header("e2b-sandbox-id", id)
+                    .header("e2b-sandbox-port", "8000")
+                    .header("x-access-token", &token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.text().await.unwrap(), "hello from the sandbox\n");
+            }
+        },
+    )
     .await;
 
-    step("another team's credentials and another sandbox's token are refused", async {
-        let (_, bob) = s.signup("bob@example.com", "Bob").await;
-        let bearer = format!("Bearer {}", bob.token().unwrap());
-        let (st, body) =
-            status_and_json(by_header(&s.url, id, 8000, "/", &[("Authorization", &bearer)]).await)
-                .await;
-        assert_eq!(st, 403, "{body}");
-        let other = public.access_token.clone().unwrap();
-        let (st, _) =
-            status_and_json(by_header(&s.url, id, 8000, "/", &[("X-Access-Token", &other)]).await)
-                .await;
-        assert_eq!(st, 403);
-        // A public sandbox's ports answer anyone (nothing listens there yet: the port is closed).
-        let (st, body) = status_and_json(by_header(&s.url, &public.id, 8000, "/", &[]).await).await;
-        assert_eq!(st, 502, "{body}");
-        assert_eq!(body["message"], "The sandbox is running but port is not open");
-    })
+    step(
+        "another team's credentials and another sandbox's token are refused",
+        async {
+            let (_, bob) = s.signup("bob@example.com", "Bob").await;
+            let bearer = format!("Bearer {}", bob.token().unwrap());
+            let (st, body) = status_and_json(
+                by_header(&s.url, id, 8000, "/", &[("Authorization", &bearer)]).await,
+            )
+            .await;
+            assert_eq!(st, 403, "{body}");
+            let other = public.access_token.clone().unwrap();
+            let (st, _) = status_and_json(
+                by_header(&s.url, id, 8000, "/", &[("X-Access-Token", &other)]).await,
+            )
+            .await;
+            assert_eq!(st, 403);
+            // A public sandbox's ports answer anyone.
+            let (st, body) =
+                status_and_json(by_header(&s.url, &public.id, 8000, "/", &[]).await).await;
+            assert_eq!(st, 502, "{body}");
+            assert_eq!(
+                body["message"],
+                "The sandbox is running but port is not open"
+            );
+            sh(
+                &admin,
+                &public.id,
+                "mkdir -p /w && echo public > /w/index.html && httpd -p 8000 -h /w",
+            )
+            .await;
+            let r = by_header(&s.url, &public.id, 8000, "/", &[]).await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.text().await.unwrap(), "public\n");
+        },
+    )
     .await;
 
-    step("control-plane paths stay with the server whatever headers they carry", async {
-        let (st, body) = status_and_json(
-            by_header(&s.url, id, 8000, "/v1/sandboxes", &[("Authorization", &format!("Bearer {}", admin.token().unwrap()))]).await,
-        )
-        .await;
-        assert_eq!(st, 200, "{body}");
-        assert!(body["sandboxes"].is_array(), "{body}");
-    })
+    step(
+        "control-plane paths stay with the server whatever headers they carry",
+        async {
+            let (st, body) = status_and_json(
+                by_header(
+                    &s.url,
+                    id,
+                    8000,
+                    "/v1/sandboxes",
+                    &[(
+                        "Authorization",
+                        &format!("Bearer {}", admin.token().unwrap()),
+                    )],
+                )
+                .await,
+            )
+            .await;
+            assert_eq!(st, 200, "{body}");
+            assert!(body["sandboxes"].is_array(), "{body}");
+        },
+    )
     .await;
 
     step("a closed port answers 502 with E2B's message", async {
         let (st, body) =
-            status_and_json(by_header(&s.url, id, 9, "/", &[("X-Access-Token", &token)]).await).await;
+            status_and_json(by_header(&s.url, id, 9, "/", &[("X-Access-Token", &token)]).await)
+                .await;
         assert_eq!(st, 502, "{body}");
-        assert_eq!(body["message"], "The sandbox is running but port is not open");
+        assert_eq!(
+            body["message"],
+            "The sandbox is running but port is not open"
+        );
         assert_eq!(body["code"], 502);
         assert_eq!(body["sandboxId"], id);
     })
     .await;
 
-    step("a streamed response arrives in pieces before it ends", async {
-        let mut r = by_header(&s.url, id, 8001, "/", &[("X-Access-Token", &token)]).await;
-        assert_eq!(r.status(), 200);
-        let first = r.chunk().await.unwrap().expect("a first piece");
-        assert_eq!(&first[..], b"first\n");
-        // The second line is written only once /tmp/go exists: the first came on its own.
-        sh(&admin, id, "touch /tmp/go").await;
-        let mut rest = Vec::new();
-        while let Some(c) = r.chunk().await.unwrap() {
-            rest.extend_from_slice(&c);
-        }
-        assert_eq!(rest, b"second\n");
-    })
+    step(
+        "a streamed response arrives in pieces before it ends",
+        async {
+            let mut r = by_header(&s.url, id, 8001, "/", &[("X-Access-Token", &token)]).await;
+            assert_eq!(r.status(), 200);
+            let first = r.chunk().await.unwrap().expect("a first piece");
+            assert_eq!(&first[..], b"first\n");
+            // The second line is written only once /tmp/go exists: the first came on its own.
+            sh(&admin, id, "touch /tmp/go").await;
+            let mut rest = Vec::new();
+            while let Some(c) = r.chunk().await.unwrap() {
+                rest.extend_from_slice(&c);
+            }
+            assert_eq!(rest, b"second\n");
+        },
+    )
     .await;
 
     step("a WebSocket upgrade is bridged both ways", async {
@@ -329,89 +417,110 @@ async fn sandbox_ports_through_the_server() {
     })
     .await;
 
-    step("host-name routing over TLS, with the test CA and no DNS", async {
-        let host = format!("8000-{id}.{DOMAIN}");
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
-        let https = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .resolve(&host, SocketAddr::from(([127, 0, 0, 1], tls_port)))
-            .build()
-            .unwrap();
-        let url = format!("https://{host}:{tls_port}/");
-        let r = https.get(&url).send().await.unwrap();
-        assert_eq!(r.status(), 401);
-        let r = https
-            .get(&url)
-            .header("x-access-token", &token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), "hello from the sandbox\n");
-        // Any path goes to the sandbox on its host name, even an API one.
-        let r = https
-            .get(format!("https://{host}:{tls_port}/v1/me"))
-            .header("x-access-token", &token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404, "busybox httpd answers, not the API");
-    })
+    step(
+        "host-name routing over TLS, with the test CA and no DNS",
+        async {
+            let host = format!("8000-{id}.{DOMAIN}");
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+            let https = reqwest::Client::builder()
+                .tls_certs_only([ca])
+                .resolve(&host, SocketAddr::from(([127, 0, 0, 1], tls_port)))
+                .build()
+                .unwrap();
+            let url = format!("https://{host}:{tls_port}/");
+            let r = https.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 401);
+            let r = https
+                .get(&url)
+                .header("x-access-token", &token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.text().await.unwrap(), "hello from the sandbox\n");
+            // Any path goes to the sandbox on its host name, even an API one.
+            let r = https
+                .get(format!("https://{host}:{tls_port}/v1/me"))
+                .header("x-access-token", &token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "busybox httpd answers, not the API");
+        },
+    )
     .await;
 
-    step("port-forward carries local connections to the sandbox", async {
-        let cfg = cli_login(&s, "admin@example.com");
-        let mut child = Command::new(BIN)
-            .args(["sandbox", "port-forward", id, "0:8000"])
-            .env("SANDBOXCTL_CONFIG", &cfg)
-            .env_remove("SANDBOXCTL_SERVER")
-            .env_remove("SANDBOXCTL_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .strip_prefix("forwarding ")
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{line}"))
-            .to_string();
-        for _ in 0..2 {
-            let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            c.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
-            let mut out = String::new();
-            c.read_to_string(&mut out).await.unwrap();
-            assert!(out.starts_with("HTTP/1.") && out.ends_with("hello from the sandbox\n"), "{out}");
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        // Nothing listens on 9: the route answers 409 port_closed before any upgrade.
-        let e = admin.open_port(id, 9).await.err().expect("closed port");
-        assert_eq!((e.status(), e.code()), (Some(409), Some("port_closed")));
-    })
+    step(
+        "port-forward carries local connections to the sandbox",
+        async {
+            let cfg = cli_login(&s, "admin@example.com");
+            let mut child = Command::new(BIN)
+                .args(["sandbox", "port-forward", id, "0:8000"])
+                .env("SANDBOXCTL_CONFIG", &cfg)
+                .env_remove("SANDBOXCTL_SERVER")
+                .env_remove("SANDBOXCTL_TOKEN")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let addr = line
+                .strip_prefix("forwarding ")
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or_else(|| panic!("{line}"))
+                .to_string();
+            for _ in 0..2 {
+                let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                c.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut out = String::new();
+                c.read_to_string(&mut out).await.unwrap();
+                assert!(
+                    out.starts_with("HTTP/1.") && out.ends_with("hello from the sandbox\n"),
+                    "{out}"
+                );
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            // Nothing listens on 9: the route answers 409 port_closed before any upgrade.
+            let e = admin.open_port(id, 9).await.err().expect("closed port");
+            assert_eq!((e.status(), e.code()), (Some(409), Some("port_closed")));
+        },
+    )
     .await;
 
-    step("a paused and a killed sandbox answer 502 \"was not found\"", async {
-        admin.pause_sandbox(id).await.unwrap();
-        let (st, body) =
-            status_and_json(by_header(&s.url, id, 8000, "/", &[("X-Access-Token", &token)]).await).await;
-        assert_eq!(st, 502, "{body}");
-        assert!(body["message"].as_str().unwrap().contains("was not found"), "{body}");
-        admin.delete_sandbox(&public.id).await.unwrap();
-        let (st, body) = status_and_json(by_header(&s.url, &public.id, 8000, "/", &[]).await).await;
-        assert_eq!(st, 502, "{body}");
-        assert_eq!(body["message"], "The sandbox was not found");
-        // An id nobody ever had, and a malformed one, read the same.
-        for unknown in ["sbx-doesnotexist", "not-an-id"] {
-            let (st, body) = status_and_json(by_header(&s.url, unknown, 8000, "/", &[]).await).await;
+    step(
+        "a paused and a killed sandbox answer 502 \"was not found\"",
+        async {
+            admin.pause_sandbox(id).await.unwrap();
+            let (st, body) = status_and_json(
+                by_header(&s.url, id, 8000, "/", &[("X-Access-Token", &token)]).await,
+            )
+            .await;
             assert_eq!(st, 502, "{body}");
-            assert!(body["message"].as_str().unwrap().contains("was not found"));
-        }
-        admin.delete_sandbox(id).await.unwrap();
-    })
+            assert!(
+                body["message"].as_str().unwrap().contains("was not found"),
+                "{body}"
+            );
+            admin.delete_sandbox(&public.id).await.unwrap();
+            let (st, body) =
+                status_and_json(by_header(&s.url, &public.id, 8000, "/", &[]).await).await;
+            assert_eq!(st, 502, "{body}");
+            assert_eq!(body["message"], "The sandbox was not found");
+            // An id nobody ever had, and a malformed one, read the same.
+            for unknown in ["sbx-doesnotexist", "not-an-id"] {
+                let (st, body) =
+                    status_and_json(by_header(&s.url, unknown, 8000, "/", &[]).await).await;
+                assert_eq!(st, 502, "{body}");
+                assert!(body["message"].as_str().unwrap().contains("was not found"));
+            }
+            admin.delete_sandbox(id).await.unwrap();
+        },
+    )
     .await;
     drop(agent);
 }

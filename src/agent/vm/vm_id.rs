@@ -14,11 +14,11 @@ pub fn validate_id(id: &str) -> Result<(), VmError> {
     });
     let ok = dns
         || id.strip_prefix("sbx_").is_some_and(|rest| {
-        (1..=60).contains(&rest.len())
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    });
+            (1..=60).contains(&rest.len())
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
     if ok {
         Ok(())
     } else {

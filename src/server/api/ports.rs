@@ -27,6 +27,9 @@ pub async fn open(
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| ApiError::bad("port", "must be a port number from 1 to 65535"))?;
+    let team = caller.team_id()?;
+    let svc = st.sandboxes();
+    let s = svc.team_port_target(&team, &id).await?;
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -39,9 +42,6 @@ pub async fn open(
             format!("this route needs `Connection: Upgrade` and `Upgrade: {PORT_UPGRADE}`"),
         ));
     };
-    let team = caller.team_id()?;
-    let svc = st.sandboxes();
-    let s = svc.team_port_target(&team, &id).await?;
     let upstream = svc.open_port(&s, port).await?;
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -49,7 +49,9 @@ pub async fn open(
                 let (mut client, mut upstream) = (TokioIo::new(client), upstream);
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             }
-            Err(e) => tracing::debug!(sandbox = %id, port, error = %e, "port-forward upgrade failed"),
+            Err(e) => {
+                tracing::debug!(sandbox = %id, port, error = %e, "port-forward upgrade failed")
+            }
         }
     });
     let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();

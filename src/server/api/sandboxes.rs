@@ -95,7 +95,10 @@ pub async fn get(
     IdPath(id): IdPath<SandboxId>,
 ) -> ApiResult<Json<SandboxResponse>> {
     let team = caller.team_id()?;
-    Ok(Json(with_token(&st, st.sandboxes().lookup(&team, &id).await?)))
+    Ok(Json(with_token(
+        &st,
+        st.sandboxes().lookup(&team, &id).await?,
+    )))
 }
 
 pub async fn delete(

@@ -31,9 +31,7 @@ use crate::server::AppState;
 use crate::server::api::extract::Caller;
 use crate::server::db::api_keys;
 use crate::server::sandboxes::SandboxError;
-use crate::server::sandboxes::ports::{
-    ENVD_PORT, PortCredentials, PortRefusal, check_port_access,
-};
+use crate::server::sandboxes::ports::{ENVD_PORT, PortCredentials, PortRefusal, check_port_access};
 
 pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 const API_KEY_HEADER: &str = "x-api-key";
@@ -68,11 +66,9 @@ pub async fn route_to_sandbox(State(st): State<AppState>, req: Request, next: Ne
     let domain = st.settings.sandbox_domain.as_deref();
     match route::route(req.uri(), req.headers(), domain) {
         Routed::Server => next.run(req).await,
-        Routed::Bad(field, message) => answer(
-            StatusCode::BAD_REQUEST,
-            "",
-            &format!("{field}: {message}"),
-        ),
+        Routed::Bad(field, message) => {
+            answer(StatusCode::BAD_REQUEST, "", &format!("{field}: {message}"))
+        }
         Routed::Sandbox(t) => serve(&st, t, req).await,
     }
 }
@@ -87,7 +83,11 @@ async fn serve(st: &AppState, t: Target, req: Request) -> Response {
         Err(SandboxError::NotFound(_)) => return not_found(&t.sandbox_id),
         Err(e) => {
             tracing::warn!(sandbox = %id, error = %e, "looking up a sandbox for its port");
-            return answer(StatusCode::BAD_GATEWAY, &t.sandbox_id, "The sandbox could not be reached");
+            return answer(
+                StatusCode::BAD_GATEWAY,
+                &t.sandbox_id,
+                "The sandbox could not be reached",
+            );
         }
     };
     let (mut parts, body) = req.into_parts();
@@ -114,14 +114,19 @@ async fn serve(st: &AppState, t: Target, req: Request) -> Response {
     let upstream = match svc.open_port(&s, t.port).await {
         Ok(u) => u,
         Err(SandboxError::Conflict {
-            code: "port_closed", ..
+            code: "port_closed",
+            ..
         }) => return answer(StatusCode::BAD_GATEWAY, &t.sandbox_id, PORT_CLOSED_MESSAGE),
         Err(SandboxError::NotFound(_) | SandboxError::Conflict { .. }) => {
             return not_found(&t.sandbox_id);
         }
         Err(e) => {
             tracing::warn!(sandbox = %id, port = t.port, error = %e, "opening a sandbox port");
-            return answer(StatusCode::BAD_GATEWAY, &t.sandbox_id, "The sandbox could not be reached");
+            return answer(
+                StatusCode::BAD_GATEWAY,
+                &t.sandbox_id,
+                "The sandbox could not be reached",
+            );
         }
     };
     match forward::forward(upstream, Request::from_parts(parts, body)).await {
@@ -135,7 +140,10 @@ async fn serve(st: &AppState, t: Target, req: Request) -> Response {
 
 /// What the caller showed: the access token, and the team of a bearer token or `X-API-Key` that
 /// authenticated. True when the `Authorization` header was one of our credentials.
-async fn credentials(st: &AppState, parts: &mut axum::http::request::Parts) -> (PortCredentials, bool) {
+async fn credentials(
+    st: &AppState,
+    parts: &mut axum::http::request::Parts,
+) -> (PortCredentials, bool) {
     let access_token = parts
         .headers
         .get(ACCESS_TOKEN_HEADER)

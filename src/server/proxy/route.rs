@@ -74,7 +74,10 @@ pub fn route(uri: &Uri, headers: &HeaderMap, domain: Option<&str>) -> Routed {
         Some(v) => match v.to_str().ok().and_then(parse_port) {
             Some(p) => p,
             None => {
-                return Routed::Bad(SANDBOX_PORT_HEADER, "must be a port number from 1 to 65535".into());
+                return Routed::Bad(
+                    SANDBOX_PORT_HEADER,
+                    "must be a port number from 1 to 65535".into(),
+                );
             }
         },
     };
@@ -158,7 +161,13 @@ mod tests {
     #[test]
     fn headers_route_everything_but_control_plane_paths() {
         let hdrs = [("E2B-SANDBOX-ID", "sbx-abc"), ("e2b-sandbox-port", "8000")];
-        for path in ["/", "/health", "/files?path=%2Ftmp", "/process.Process/Start", "/app/v1"] {
+        for path in [
+            "/",
+            "/health",
+            "/files?path=%2Ftmp",
+            "/process.Process/Start",
+            "/app/v1",
+        ] {
             let (u, h) = req(path, &hdrs);
             assert_eq!(route(&u, &h, None), target("sbx-abc", 8000), "{path}");
         }
@@ -183,8 +192,14 @@ mod tests {
         let (u, h) = req("/health", &[("e2b-sandbox-id", "sbx-abc")]);
         assert_eq!(route(&u, &h, None), target("sbx-abc", ENVD_PORT));
         for bad in ["0", "65536", "x", "-1"] {
-            let (u, h) = req("/", &[("e2b-sandbox-id", "sbx-abc"), ("e2b-sandbox-port", bad)]);
-            assert!(matches!(route(&u, &h, None), Routed::Bad(SANDBOX_PORT_HEADER, _)), "{bad}");
+            let (u, h) = req(
+                "/",
+                &[("e2b-sandbox-id", "sbx-abc"), ("e2b-sandbox-port", bad)],
+            );
+            assert!(
+                matches!(route(&u, &h, None), Routed::Bad(SANDBOX_PORT_HEADER, _)),
+                "{bad}"
+            );
         }
         let (u, h) = req("/", &[]);
         assert_eq!(route(&u, &h, None), Routed::Server);

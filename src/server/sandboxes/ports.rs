@@ -75,7 +75,11 @@ impl SandboxService<'_> {
 
     /// The team's sandbox `id` for a port-forward: its own team's only (404 otherwise), running
     /// (409 otherwise).
-    pub async fn team_port_target(&self, team: &TeamId, id: &SandboxId) -> SandboxResult<SandboxRow> {
+    pub async fn team_port_target(
+        &self,
+        team: &TeamId,
+        id: &SandboxId,
+    ) -> SandboxResult<SandboxRow> {
         let s = self.lookup(team, id).await?;
         if s.status != SandboxStatus::Running {
             return Err(SandboxError::not_running(s.status));
@@ -144,13 +148,22 @@ mod tests {
             Err(PortRefusal::Unauthenticated)
         );
         assert_eq!(check_port_access(&public, 8000, "sat_x", &none), Ok(()));
-        assert_eq!(check_port_access(&private, ENVD_PORT, "sat_x", &none), Ok(()));
-        assert_eq!(check_port_access(&private, 8000, "sat_x", &token("sat_x")), Ok(()));
+        assert_eq!(
+            check_port_access(&private, ENVD_PORT, "sat_x", &none),
+            Ok(())
+        );
+        assert_eq!(
+            check_port_access(&private, 8000, "sat_x", &token("sat_x")),
+            Ok(())
+        );
         assert_eq!(
             check_port_access(&private, 8000, "sat_x", &token("sat_y")),
             Err(PortRefusal::Forbidden)
         );
-        assert_eq!(check_port_access(&private, 8000, "sat_x", &team("team_a")), Ok(()));
+        assert_eq!(
+            check_port_access(&private, 8000, "sat_x", &team("team_a")),
+            Ok(())
+        );
         assert_eq!(
             check_port_access(&private, 8000, "sat_x", &team("team_b")),
             Err(PortRefusal::Forbidden)
