@@ -487,7 +487,7 @@ async fn sandbox_ports_through_the_server() {
             let _ = child.kill();
             let _ = child.wait();
             // Nothing listens on 9: the route answers 409 port_closed before any upgrade.
-            let e = admin.open_port(id, 9).await.err().expect("closed port");
+            let e = admin.open_port(id, 9).await.expect_err("closed port");
             assert_eq!((e.status(), e.code()), (Some(409), Some("port_closed")));
         },
     )
