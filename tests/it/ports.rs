@@ -86,8 +86,8 @@ fn make_certs(dir: &Path) -> (String, String, String) {
 }
 
 /// What the guest serves: a page on 8000 (busybox httpd), on 8001 a response that sends its
-/// first line, then its second only once /tmp/go exists, and on 8002 an upgrade to WebSocket
-/// that echoes every byte after the handshake.
+/// first line, then its second only once /tmp/go exists, on 8002 an upgrade to WebSocket
+/// that echoes every byte after the handshake, and on 8003 the request's head as it arrived.
 const GUEST_SETUP: &str = r#"
 set -e
 mkdir -p /srv/www
@@ -117,10 +117,22 @@ accept=$(printf '%s' "${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11" | sha1sum | cu
 printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n' "$accept"
 exec cat
 EOF
-chmod +x /srv/stream.sh /srv/ws.sh
+cat > /srv/headers.sh <<'EOF'
+#!/bin/sh
+head=
+while IFS= read -r line; do
+  line=$(printf '%s' "$line" | tr -d '\r')
+  [ -z "$line" ] && break
+  head="$head$line
+"
+done
+printf 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n%s' "$head"
+EOF
+chmod +x /srv/stream.sh /srv/ws.sh /srv/headers.sh
 httpd -p 8000 -h /srv/www
 setsid sh -c 'nc -ll -p 8001 -e /srv/stream.sh </dev/null >/dev/null 2>&1 &'
 setsid sh -c 'nc -ll -p 8002 -e /srv/ws.sh </dev/null >/dev/null 2>&1 &'
+setsid sh -c 'nc -ll -p 8003 -e /srv/headers.sh </dev/null >/dev/null 2>&1 &'
 "#;
 
 async fn sh(c: &ApiClient, id: &str, script: &str) -> String {
@@ -275,6 +287,33 @@ async fn sandbox_ports_through_the_server() {
             let k = admin.create_key("ports").await.unwrap().key.unwrap();
             let r = by_header(&s.url, id, 8000, "/", &[("X-API-Key", &k)]).await;
             assert_eq!(r.status(), 200);
+            // The app sees the request, not our credentials or routing headers.
+            let r = by_header(
+                &s.url,
+                id,
+                8003,
+                "/seen?x=1",
+                &[
+                    ("X-Access-Token", &token),
+                    ("X-API-Key", &k),
+                    ("Authorization", &bearer),
+                    ("X-App", "kept"),
+                ],
+            )
+            .await;
+            let seen = r.text().await.unwrap().to_ascii_lowercase();
+            assert!(seen.starts_with("get /seen?x=1 http/1.1"), "{seen}");
+            assert!(seen.contains("x-app: kept"), "{seen}");
+            for gone in [
+                "e2b-sandbox",
+                "x-api-key",
+                "x-access-token",
+                "authorization",
+                "sk_",
+                "sat_",
+            ] {
+                assert!(!seen.contains(gone), "{gone} reached the app:\n{seen}");
+            }
             // Many requests over one client connection.
             let http = reqwest::Client::new();
             for _ in 0..3 {

@@ -34,6 +34,8 @@ use crate::server::sandboxes::SandboxError;
 use crate::server::sandboxes::ports::{ENVD_PORT, PortCredentials, PortRefusal, check_port_access};
 
 pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+/// What E2B's SDKs send for a sandbox's private ingress; the access token is taken there too.
+pub const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
 const API_KEY_HEADER: &str = "x-api-key";
 
 /// E2B's answer body for proxied requests the server answers itself.
@@ -138,17 +140,18 @@ async fn serve(st: &AppState, t: Target, req: Request) -> Response {
     }
 }
 
-/// What the caller showed: the access token, and the team of a bearer token or `X-API-Key` that
+/// What the caller showed: the access tokens, and the team of a bearer token or `X-API-Key` that
 /// authenticated. True when the `Authorization` header was one of our credentials.
 async fn credentials(
     st: &AppState,
     parts: &mut axum::http::request::Parts,
 ) -> (PortCredentials, bool) {
-    let access_token = parts
-        .headers
-        .get(ACCESS_TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string());
+    let access_tokens = [ACCESS_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER]
+        .into_iter()
+        .filter_map(|h| parts.headers.get(h))
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .collect();
     let bearer = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -175,7 +178,13 @@ async fn credentials(
             team = Some(TeamId::from_stored(k.team_id));
         }
     }
-    (PortCredentials { access_token, team }, bearer_was_ours)
+    (
+        PortCredentials {
+            access_tokens,
+            team,
+        },
+        bearer_was_ours,
+    )
 }
 
 /// Removes what the app must not see: the routing headers, our credentials, and the access
@@ -184,10 +193,48 @@ fn clean_headers(headers: &mut HeaderMap, port: u16, bearer_was_ours: bool) {
     headers.remove(SANDBOX_ID_HEADER);
     headers.remove(SANDBOX_PORT_HEADER);
     headers.remove(API_KEY_HEADER);
+    headers.remove(TRAFFIC_TOKEN_HEADER);
     if bearer_was_ours {
         headers.remove(header::AUTHORIZATION);
     }
     if port != ENVD_PORT {
         headers.remove(ACCESS_TOKEN_HEADER);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_never_sees_our_credentials() {
+        let headers = || {
+            let mut h = HeaderMap::new();
+            for (k, v) in [
+                ("e2b-sandbox-id", "sbx-a"),
+                ("E2b-Sandbox-Port", "8000"),
+                ("x-api-key", "sk_x"),
+                ("authorization", "Bearer sk_x"),
+                ("x-access-token", "sat_x"),
+                ("e2b-traffic-access-token", "sat_x"),
+                ("x-app", "kept"),
+            ] {
+                h.insert(
+                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        let mut h = headers();
+        clean_headers(&mut h, 8000, true);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-app"]);
+        // envd gets the access token (it checks it); a bearer that was not ours is the app's.
+        let mut h = headers();
+        clean_headers(&mut h, ENVD_PORT, false);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["authorization", "x-access-token", "x-app"]);
     }
 }

@@ -16,8 +16,8 @@ pub const ENVD_PORT: u16 = 49983;
 /// What a caller of a sandbox's port showed.
 #[derive(Debug, Default)]
 pub struct PortCredentials {
-    /// An `X-Access-Token` (or `access_token` query parameter), checked against the sandbox's.
-    pub access_token: Option<String>,
+    /// Tokens offered for the sandbox's (`X-Access-Token`, `E2B-Traffic-Access-Token`).
+    pub access_tokens: Vec<String>,
     /// The team of an API key or user token the caller authenticated with.
     pub team: Option<TeamId>,
 }
@@ -41,15 +41,17 @@ pub fn check_port_access(
     if s.public_ports || port == ENVD_PORT {
         return Ok(());
     }
-    if let Some(t) = &creds.access_token
-        && crate::crypto::ct_eq(t.as_bytes(), token.as_bytes())
+    if creds
+        .access_tokens
+        .iter()
+        .any(|t| crate::crypto::ct_eq(t.as_bytes(), token.as_bytes()))
     {
         return Ok(());
     }
     if creds.team.as_ref().is_some_and(|t| *t == s.team_id) {
         return Ok(());
     }
-    if creds.access_token.is_some() || creds.team.is_some() {
+    if !creds.access_tokens.is_empty() || creds.team.is_some() {
         Err(PortRefusal::Forbidden)
     } else {
         Err(PortRefusal::Unauthenticated)
@@ -135,7 +137,7 @@ mod tests {
     fn ports_are_private_unless_public_or_envd() {
         let none = PortCredentials::default();
         let token = |t: &str| PortCredentials {
-            access_token: Some(t.into()),
+            access_tokens: vec![t.into()],
             ..Default::default()
         };
         let team = |t: &str| PortCredentials {
