@@ -21,7 +21,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -248,7 +248,7 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// The acceptor for these files (rustls, TLS 1.2 and 1.3, ALPN `http/1.1`); an error says
+    /// The acceptor for these files (rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`); an error says
     /// which file is wrong and how.
     pub fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
         use anyhow::Context;
@@ -269,9 +269,29 @@ impl TlsFiles {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .context("--tls-cert and --tls-key do not make a usable pair")?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
     }
+}
+
+/// Runs one connection until it ends; once `drain` fires, idle connections close at once and
+/// busy ones after their call.
+macro_rules! drive {
+    ($conn:expr, $drain:expr) => {{
+        let mut conn = std::pin::pin!($conn);
+        if $drain.is_cancelled() {
+            // Accepted while shutting down: one answer (with `Connection: close`).
+            let _ = conn.await;
+        } else {
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = $drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }
+    }};
 }
 
 /// Serves `app` on `listener` (over TLS with `tls`) with the connection limits until `shutdown`
@@ -287,6 +307,13 @@ pub async fn serve_http(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    // Over TLS, HTTP/2 too (negotiated by ALPN); HTTP/1.1 keeps the same header timeout.
+    let mut http2 = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http2
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    http2.http2().timer(TokioTimer::new());
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut conns = JoinSet::new();
     let drain = CancellationToken::new();
@@ -343,38 +370,26 @@ pub async fn serve_http(
                     }
                 });
                 let drain = drain.clone();
-                let (http, tls, handshake_wait) =
-                    (http.clone(), tls.clone(), limits.header_read_timeout);
+                let (http, http2, tls, handshake_wait) =
+                    (http.clone(), http2.clone(), tls.clone(), limits.header_read_timeout);
                 conns.spawn(async move {
                     let _slot = slot;
-                    let io = match tls {
-                        None => tokio_util::either::Either::Left(stream),
-                        Some(tls) => {
-                            // A client gets as long for its TLS handshake as for its headers.
-                            match tokio::time::timeout(handshake_wait, tls.accept(stream)).await {
-                                Ok(Ok(s)) => tokio_util::either::Either::Right(s),
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => return,
-                            }
-                        }
-                    };
-                    let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
-                    let mut conn = std::pin::pin!(conn);
-                    if drain.is_cancelled() {
-                        // Accepted while shutting down: one answer (with `Connection: close`).
-                        let _ = conn.await;
+                    let Some(tls) = tls else {
+                        let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                        drive!(conn, drain);
                         return;
-                    }
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        () = drain.cancelled() => {}
-                    }
-                    // Idle connections close now, busy ones after their call.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    };
+                    // A client gets as long for its TLS handshake as for its headers.
+                    let stream = match tokio::time::timeout(handshake_wait, tls.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = http2.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    drive!(conn, drain);
                 });
             }
         }

@@ -2,8 +2,8 @@
 //! certificate from a CA made here), a real agent and a microVM without a network device, whose
 //! busybox serves a page (`httpd`), a response that streams, and a WebSocket-style upgrade
 //! that echoes (`nc -ll -e`). Reached by the `E2b-Sandbox-*` headers, by host name over TLS
-//! (connecting to 127.0.0.1 with the name in SNI and `Host`: no DNS), and by
-//! `sandboxctl sandbox port-forward`.
+//! (HTTP/1.1 and HTTP/2, connecting to 127.0.0.1 with the name in SNI and `Host`: no DNS), and
+//! by `sandboxctl sandbox port-forward`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -460,6 +460,7 @@ async fn sandbox_ports_through_the_server() {
         "host-name routing over TLS, with the test CA and no DNS",
         async {
             let host = format!("8000-{id}.{DOMAIN}");
+            let ca_path = ca.clone();
             let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
             let https = reqwest::Client::builder()
                 .tls_certs_only([ca])
@@ -485,6 +486,27 @@ async fn sandbox_ports_through_the_server() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 404, "busybox httpd answers, not the API");
+            // HTTP/2 where the client offers it (ALPN), through the same proxy.
+            let out = tokio::process::Command::new("curl")
+                .args(["-sS", "--http2", "--cacert", &ca_path, "--resolve"])
+                .arg(format!("{host}:{tls_port}:127.0.0.1"))
+                .args([
+                    "-H",
+                    &format!("x-access-token: {token}"),
+                    "-w",
+                    "%{http_version}",
+                ])
+                .arg(&url)
+                .output()
+                .await
+                .expect("curl runs");
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                said,
+                "hello from the sandbox\n2",
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         },
     )
     .await;
