@@ -42,6 +42,17 @@ pub fn sha256_hex(data: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A sandbox's access token (what its ports and its envd take): `sat_` + base64url of
+/// HMAC-SHA256(`key`, sandbox id). Derived, never stored: the same key and id give it again
+/// (across pauses and restarts); another server's key gives another token.
+pub fn sandbox_access_token(key: &[u8; 32], sandbox_id: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut m = hmac::Hmac::<Sha256>::new_from_slice(key).expect("any key length works");
+    m.update(b"sandbox-access:");
+    m.update(sandbox_id.as_bytes());
+    format!("sat_{}", URL_SAFE_NO_PAD.encode(m.finalize().into_bytes()))
+}
+
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }

@@ -44,8 +44,30 @@ pub trait TypedId: FromStr<Err = BadId> + fmt::Display {
     const WHAT: &'static str;
 }
 
+/// A new sandbox id: `sbx-` followed by 16 random lower-case alphanumerics, a valid DNS label
+/// (sandbox ids appear in host names: `{port}-{id}.{domain}`).
+pub fn new_sandbox_id() -> String {
+    new_id("sbx").replacen('_', "-", 1)
+}
+
+/// True for a sandbox id: a DNS-safe one (`sbx-` and 1 to 59 lower-case letters and digits)
+/// or one made before ids were DNS-safe (`sbx_…`, still read from existing databases).
+pub fn is_valid_sandbox_id(s: &str) -> bool {
+    match s.strip_prefix("sbx-") {
+        Some(t) => {
+            (1..=59).contains(&t.len())
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        }
+        None => is_valid("sbx", s),
+    }
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $what:literal) => {
+        id_type!($(#[$doc])* $name, $prefix, $what, new_id($prefix), |s| is_valid($prefix, s));
+    };
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $what:literal, $generate:expr, $valid:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
         #[serde(transparent)]
@@ -56,7 +78,7 @@ macro_rules! id_type {
 
             /// A new random id.
             pub fn generate() -> Self {
-                Self(new_id($prefix))
+                Self($generate)
             }
 
             /// An id read back from our own storage, which only ever holds ids this server made
@@ -81,7 +103,8 @@ macro_rules! id_type {
         impl FromStr for $name {
             type Err = BadId;
             fn from_str(s: &str) -> Result<Self, BadId> {
-                if is_valid($prefix, s) {
+                let valid: fn(&str) -> bool = $valid;
+                if valid(s) {
                     Ok(Self(s.to_string()))
                 } else {
                     Err(BadId {
@@ -151,8 +174,8 @@ macro_rules! id_type {
 }
 
 id_type!(
-    /// A sandbox (`sbx_…`).
-    SandboxId, "sbx", "sandbox"
+    /// A sandbox (`sbx-…`, a DNS label; `sbx_…` for sandboxes made by older versions).
+    SandboxId, "sbx", "sandbox", new_sandbox_id(), is_valid_sandbox_id
 );
 id_type!(
     /// A host (`host_…`).
@@ -211,6 +234,16 @@ mod tests {
             })
         );
         assert!("host_abc".parse::<SandboxId>().is_err());
+        // New ids are DNS labels; old ones still parse.
+        assert!(id.starts_with("sbx-") && id.len() == 20);
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        );
+        assert!("sbx_Old-id_1".parse::<SandboxId>().is_ok());
+        for bad in ["sbx-", "sbx-Upper", "sbx-a_b", "sbx-a.b", "sbx-a-"] {
+            assert!(bad.parse::<SandboxId>().is_err(), "{bad}");
+        }
         assert!("host_abc".parse::<HostId>().is_ok());
         assert!(serde_json::from_str::<TeamId>(r#""team_x1""#).is_ok());
         assert!(serde_json::from_str::<TeamId>(r#""team_""#).is_err());

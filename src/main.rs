@@ -318,6 +318,12 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             limits: server_limits(&a.limits),
             team_quota: a.team_quota,
             metrics_token,
+            sandbox_domain: a.sandbox_domain,
+            tls: match (a.tls_cert, a.tls_key) {
+                (Some(cert), Some(key)) => Some(server::listener::TlsFiles { cert, key }),
+                _ => None,
+            },
+            tls_listen: a.tls_listen,
         },
         local_agent,
     )

@@ -51,9 +51,36 @@ pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A DNS domain (`sbx.example.com`): dot-separated labels of letters, digits and `-`, made
+/// lower-case, without a trailing dot.
+pub fn parse_domain(s: &str) -> Result<String, String> {
+    let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if d.is_empty() || d.len() > 253 || !d.split('.').all(label_ok) {
+        return Err(format!(
+            "'{s}' is not a domain name (like sbx.example.com: letters, digits, '-' and dots)"
+        ));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domains() {
+        assert_eq!(parse_domain("Sbx.Example.com.").unwrap(), "sbx.example.com");
+        for bad in ["", "a..b", "-a.b", "a_b.c", "http://x.y", "*.x.y"] {
+            assert!(parse_domain(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

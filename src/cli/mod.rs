@@ -209,6 +209,20 @@ pub struct ServerArgs {
     /// admin can set a team's own with `sandboxctl team quota --set`.
     #[arg(long, env = "SANDBOXCTL_TEAM_QUOTA", default_value = "", value_parser = crate::proto::quota::TeamQuota::parse)]
     pub team_quota: crate::proto::quota::TeamQuota,
+    /// Requests for `{port}-{sandbox_id}.DOMAIN` go to that port of that sandbox (point a
+    /// wildcard DNS record `*.DOMAIN` at this server; with TLS, a wildcard certificate).
+    #[arg(long, env = "SANDBOXCTL_SANDBOX_DOMAIN", value_parser = crate::settings::parse_domain)]
+    pub sandbox_domain: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, env = "SANDBOXCTL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; with --tls-cert).
+    #[arg(long, env = "SANDBOXCTL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS on this address and keep --listen plain HTTP (e.g. HTTPS on :443 for
+    /// browsers and SDKs, plain HTTP on a private address for agents). Default: HTTPS on --listen.
+    #[arg(long, env = "SANDBOXCTL_TLS_LISTEN", requires = "tls_cert")]
+    pub tls_listen: Option<SocketAddr>,
     /// The admin account created on a fresh server with --local-agent.
     #[arg(
         long,
@@ -583,6 +597,10 @@ pub enum SandboxCommand {
         no_network: bool,
         #[command(flatten)]
         egress: EgressArgs,
+        /// Its ports answer anyone who knows the address (default: only with the sandbox's
+        /// access token or a credential of the team).
+        #[arg(long)]
+        public_ports: bool,
         #[arg(long)]
         json: bool,
     },
@@ -631,6 +649,14 @@ pub enum SandboxCommand {
     },
     /// An interactive shell in the sandbox.
     Shell { id: String },
+    /// Forward a local port to a TCP port inside the sandbox, through the server: listens on
+    /// 127.0.0.1:LOCAL (LOCAL defaults to PORT; 0 picks a free one) until interrupted.
+    PortForward {
+        id: String,
+        /// `PORT` or `LOCAL:PORT`.
+        #[arg(value_name = "[LOCAL:]PORT", value_parser = crate::cli::commands::ports::parse_forward)]
+        ports: (u16, u16),
+    },
     /// Pause: memory and devices saved to disk, the VM process ended.
     Pause {
         id: String,

@@ -13,6 +13,7 @@
 mod exec;
 mod files;
 mod flow;
+mod ports;
 mod sys;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +28,7 @@ use anyhow::Context;
 
 use crate::proto::guest::{
     Credit, ErrorMsg, ExecStart, FileRequest, Frame, FrameDecoder, FrameKind, Hello, HelloAck,
-    Init, InitAck, PROTOCOL_VERSION, Resize, Signal, Windowed,
+    Init, InitAck, PROTOCOL_VERSION, PortOpen, Resize, Signal, Windowed,
 };
 
 /// Where the last [`Init`] is kept, so a respawned guest program keeps the sandbox's identity.
@@ -139,6 +140,7 @@ fn reader_loop(mut port: File, guest: &Arc<Guest>) {
 pub(crate) enum StreamEntry {
     Exec(Arc<exec::ExecHandle>),
     File(Arc<files::FileHandle>),
+    Port(Arc<ports::PortHandle>),
 }
 
 impl StreamEntry {
@@ -146,6 +148,7 @@ impl StreamEntry {
         match self {
             StreamEntry::Exec(h) => h.cancel(),
             StreamEntry::File(h) => h.cancel(),
+            StreamEntry::Port(h) => h.cancel(),
         }
     }
 
@@ -153,6 +156,7 @@ impl StreamEntry {
         match self {
             StreamEntry::Exec(h) => h.grant(bytes),
             StreamEntry::File(h) => h.grant(bytes),
+            StreamEntry::Port(h) => h.grant(bytes),
         }
     }
 }
@@ -240,6 +244,21 @@ impl Guest {
                 }
                 Err(e) => self.error(frame.id, e.to_string()),
             },
+            FrameKind::PortOpen => match frame.parse::<Windowed<PortOpen>>() {
+                Ok(req) => {
+                    if self.lock_streams().contains_key(&frame.id) {
+                        self.error(frame.id, "stream id already in use");
+                        return;
+                    }
+                    ports::start(self.clone(), frame.id, req);
+                }
+                Err(e) => self.error(frame.id, e.to_string()),
+            },
+            FrameKind::PortData => {
+                if let Some(StreamEntry::Port(h)) = self.stream(frame.id) {
+                    h.data(frame.payload);
+                }
+            }
             FrameKind::Stdin => {
                 if let Some(StreamEntry::Exec(h)) = self.stream(frame.id) {
                     h.stdin(frame.payload);

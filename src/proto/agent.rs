@@ -149,7 +149,14 @@ pub struct CreateVmRequest {
     /// Boot the base template from scratch instead of restoring its boot snapshot.
     #[serde(default)]
     pub cold_boot: bool,
+    /// The sandbox's access token (what its envd checks); the server derives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
+
+/// The `Upgrade` protocol of `GET /v1/vms/{id}/ports/{port}`: after the 101 the connection
+/// carries the port's bytes both ways.
+pub const PORT_UPGRADE: &str = "sandboxctl-port";
 
 fn yes() -> bool {
     true

@@ -177,6 +177,10 @@ pub struct CreateSandboxRequest {
     /// measurements and debugging).
     #[serde(default)]
     pub cold_boot: Option<bool>,
+    /// Its ports answer anyone who knows the address (default false: the sandbox's access
+    /// token or a credential of its team is needed).
+    #[serde(default)]
+    pub public_ports: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,6 +214,13 @@ pub struct SandboxResponse {
     /// The egress policy in force; null for a sandbox without a network device.
     #[serde(default)]
     pub network: Option<crate::proto::net::EgressPolicy>,
+    /// Its ports answer without the access token.
+    #[serde(default)]
+    pub public_ports: bool,
+    /// The sandbox's access token (`X-Access-Token` on its ports): in the answers to create
+    /// and to a get by its team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
 
 /// One usage sample of a running sandbox, taken by its host every few seconds (kept for the

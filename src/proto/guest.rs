@@ -102,6 +102,18 @@ pub enum FrameKind {
     StatsRequest = 0x40,
     /// guest → host, [`GuestStats`]: the answer, the last frame of its stream.
     Stats = 0x41,
+    /// host → guest, `Windowed<`[`PortOpen`]`>`: connect to a TCP port on the guest's loopback
+    /// and relay bytes both ways under this stream id.
+    PortOpen = 0x30,
+    /// guest → host, no payload: the connection is up; the guest's first [`Credit`] follows
+    /// (the host's bytes wait for it).
+    PortOpened = 0x31,
+    /// both ways: raw bytes of a port stream; an empty payload ends that direction (a half
+    /// close). The stream is over once both directions ended (or on `Cancel`, or an `Error`).
+    PortData = 0x32,
+    /// guest → host, [`ErrorMsg`]: nothing listens on the port (the connection was refused).
+    /// The last frame of its stream.
+    PortClosed = 0x33,
 
     /// guest → host, [`ErrorMsg`]: the request under this id failed (or, with id 0, the frame
     /// could not be understood). Always the last frame of its stream.
@@ -133,6 +145,10 @@ impl FrameKind {
             0x22 => FileResult,
             0x40 => StatsRequest,
             0x41 => Stats,
+            0x30 => PortOpen,
+            0x31 => PortOpened,
+            0x32 => PortData,
+            0x33 => PortClosed,
             0x7f => Error,
             _ => return None,
         })
@@ -480,6 +496,12 @@ pub enum FileRequest {
         #[serde(default)]
         recursive: bool,
     },
+}
+
+/// Opens a TCP connection to `127.0.0.1:port` inside the guest (see [`FrameKind::PortOpen`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortOpen {
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -240,18 +240,80 @@ pub fn with_limits(app: Router, limits: &ServerLimits, lifecycle: Arc<Lifecycle>
     ))
 }
 
-/// Serves `app` on `listener` with the connection limits until `shutdown` completes, then drains
-/// for at most `limits.shutdown_timeout` (see the module docs).
+/// The certificate chain and private key (PEM files) of `--tls-cert` / `--tls-key`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// The acceptor for these files (rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`); an error says
+    /// which file is wrong and how.
+    pub fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+        use anyhow::Context;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", self.cert.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("--tls-cert {}: no certificate in it", self.cert.display());
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", self.key.display()))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .context("--tls-cert and --tls-key do not make a usable pair")?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    }
+}
+
+/// Runs one connection until it ends; once `drain` fires, idle connections close at once and
+/// busy ones after their call.
+macro_rules! drive {
+    ($conn:expr, $drain:expr) => {{
+        let mut conn = std::pin::pin!($conn);
+        if $drain.is_cancelled() {
+            // Accepted while shutting down: one answer (with `Connection: close`).
+            let _ = conn.await;
+        } else {
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = $drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }
+    }};
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) with the connection limits until `shutdown`
+/// completes, then drains for at most `limits.shutdown_timeout` (see the module docs).
 pub async fn serve_http(
     listener: TcpListener,
     app: Router,
     limits: &ServerLimits,
     lifecycle: Arc<Lifecycle>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    // Over TLS, HTTP/2 too (negotiated by ALPN); HTTP/1.1 keeps the same header timeout.
+    let mut http2 = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http2
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    http2.http2().timer(TokioTimer::new());
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut conns = JoinSet::new();
     let drain = CancellationToken::new();
@@ -307,23 +369,27 @@ pub async fn serve_http(
                         r
                     }
                 });
-                let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
                 let drain = drain.clone();
+                let (http, http2, tls, handshake_wait) =
+                    (http.clone(), http2.clone(), tls.clone(), limits.header_read_timeout);
                 conns.spawn(async move {
                     let _slot = slot;
-                    let mut conn = std::pin::pin!(conn);
-                    if drain.is_cancelled() {
-                        // Accepted while shutting down: one answer (with `Connection: close`).
-                        let _ = conn.await;
+                    let Some(tls) = tls else {
+                        let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                        drive!(conn, drain);
                         return;
-                    }
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        () = drain.cancelled() => {}
-                    }
-                    // Idle connections close now, busy ones after their call.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    };
+                    // A client gets as long for its TLS handshake as for its headers.
+                    let stream = match tokio::time::timeout(handshake_wait, tls.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = http2.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    drive!(conn, drain);
                 });
             }
         }

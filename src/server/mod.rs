@@ -11,6 +11,7 @@ pub mod lock;
 pub mod monitor;
 pub mod pool;
 pub mod prometheus;
+pub mod proxy;
 pub mod ratelimit;
 pub mod sandboxes;
 pub mod scheduler;
@@ -59,6 +60,8 @@ pub struct Settings {
     pub team_quota: crate::proto::quota::TeamQuota,
     /// A token that may read `GET /metrics` besides platform admins' (`--metrics-token-file`).
     pub metrics_token: Option<crate::crypto::Secret>,
+    /// `{port}-{sandbox_id}.{DOMAIN}` reaches a sandbox's port (`--sandbox-domain`).
+    pub sandbox_domain: Option<String>,
 }
 
 #[derive(Clone)]
@@ -90,7 +93,10 @@ impl AppState {
         restrict_dir(data_dir);
         let db = Db::open(&data_dir.join(db::DB_FILE)).context("opening the database")?;
         let keys = ServerKeys::load(data_dir)?;
-        let keys = Arc::new(TokenKeys::new(&keys.jwt_secret, &keys.agent_signing)?);
+        let keys = Arc::new(
+            TokenKeys::new(&keys.jwt_secret, &keys.agent_signing)?
+                .with_sandbox_access_key(keys.sandbox_access),
+        );
         let hashing = ratelimit::HashPool::new(
             settings.limits.max_concurrent_hashes,
             settings.limits.max_concurrent_hashes * 16,
@@ -129,8 +135,14 @@ pub fn app(state: AppState) -> Router {
             http,
             crate::prom::track,
         ))
-        .with_state(state);
+        .with_state(state.clone());
+    // Sandbox ports first: their bodies are streamed, never read by the API's limits (nor
+    // counted as API requests in /metrics).
     listener::with_limits(app, &limits, lifecycle)
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            proxy::route_to_sandbox,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
@@ -139,13 +151,49 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use futures_util::FutureExt;
     let monitor = tokio::spawn(monitor::HostMonitor::run(state.clone()));
     let (limits, lifecycle) = (state.settings.limits.clone(), state.lifecycle.clone());
-    let result = listener::serve_http(listener, app(state), &limits, lifecycle, shutdown).await;
+    let app = app(state);
+    let shutdown = shutdown.boxed().shared();
+    let (main_tls, extra) = match tls {
+        None => (None, None),
+        Some(Tls {
+            acceptor,
+            listener: None,
+        }) => (Some(acceptor), None),
+        Some(Tls {
+            acceptor,
+            listener: Some(l),
+        }) => (None, Some((l, acceptor))),
+    };
+    let extra = extra.map(|(l, acceptor)| {
+        let (app, limits, lifecycle, shutdown) = (
+            app.clone(),
+            limits.clone(),
+            lifecycle.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            listener::serve_http(l, app, &limits, lifecycle, Some(acceptor), shutdown).await
+        })
+    });
+    let result = listener::serve_http(listener, app, &limits, lifecycle, main_tls, shutdown).await;
+    if let Some(t) = extra {
+        let _ = t.await;
+    }
     monitor.abort();
     result.context("serving HTTP")
+}
+
+/// HTTPS: on the main listener, or (with `listener`) on a listener of its own while the main one
+/// stays plain HTTP (`--tls-listen`).
+pub struct Tls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub listener: Option<TcpListener>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +211,11 @@ pub struct ServerConfig {
     pub limits: listener::ServerLimits,
     pub team_quota: crate::proto::quota::TeamQuota,
     pub metrics_token: Option<crate::crypto::Secret>,
+    pub sandbox_domain: Option<String>,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<listener::TlsFiles>,
+    /// Serve HTTPS here, and plain HTTP on `listen` (default: HTTPS on `listen`).
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// Work that goes with the server, given its state: the single-machine setup (`sandboxctl server
@@ -183,14 +236,30 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
         )
     })?;
     let addr = listener.local_addr()?;
+    // A bad certificate stops the start, before anything is served.
+    let acceptor = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+    let tls_listener = match (&acceptor, cfg.tls_listen) {
+        (Some(_), Some(at)) => Some(
+            TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} (--tls-listen)"))?,
+        ),
+        (None, Some(_)) => anyhow::bail!("--tls-listen needs --tls-cert and --tls-key"),
+        _ => None,
+    };
+    let https_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // Held until this function returns: another server (or a restore) on this data dir refuses.
     let _lock = lock::DataDirLock::acquire(&cfg.data_dir)?;
-    let public_url = cfg
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let public_url = cfg.public_url.clone().unwrap_or_else(|| {
+        let scheme = if acceptor.is_some() && https_addr.is_none() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
+    });
     let state = AppState::open(
         &cfg.data_dir,
         Settings {
@@ -205,6 +274,7 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
             limits: cfg.limits.clone(),
             team_quota: cfg.team_quota,
             metrics_token: cfg.metrics_token.clone(),
+            sandbox_domain: cfg.sandbox_domain.clone(),
         },
     )?;
     // Nothing is answered before this: the local setup's admin exists before anyone can sign up.
@@ -218,10 +288,17 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
     bootstrap::announce(&state, &cfg.data_dir).await?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), signup = %cfg.signup, "sandboxctl server listening");
     println!("sandboxctl server listening on {public_url}");
+    if let Some(a) = https_addr {
+        println!("sandboxctl server serving HTTPS on {a}");
+    }
+    let tls = acceptor.map(|acceptor| Tls {
+        acceptor,
+        listener: tls_listener,
+    });
     let shutdown = async {
         let _ = shutdown_signal().await;
     };
-    let server = tokio::spawn(serve(listener, state.clone(), shutdown));
+    let server = tokio::spawn(serve(listener, state.clone(), tls, shutdown));
     if let Some(run) = companion {
         tokio::spawn(run(state.clone()));
     }

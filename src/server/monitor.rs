@@ -250,6 +250,7 @@ mod tests {
             last_active_at: None,
             boot_kind: None,
             egress: None,
+            public_ports: false,
         }
     }
 

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::crypto::agent_call::CallBinding;
 use crate::proto::agent::{
-    BuildTemplateRequest, CreateVmRequest, MAX_LISTING_BYTES, SnapshotVmRequest, TemplateInfo,
-    TemplateListResponse, VmInfo, VmListResponse,
+    BuildTemplateRequest, CreateVmRequest, MAX_LISTING_BYTES, PORT_UPGRADE, SnapshotVmRequest,
+    TemplateInfo, TemplateListResponse, VmInfo, VmListResponse,
 };
 use crate::proto::api::{EXEC_OUTPUT_CAP, ErrorBody, ExecRequest, ExecResponse};
 use crate::proto::net::EgressPolicy;
@@ -24,6 +24,8 @@ pub const MAX_JSON_ANSWER: usize = 4 << 20;
 pub const MAX_LISTING_ANSWER: usize = MAX_LISTING_BYTES as usize + (1 << 20);
 /// Largest one-shot exec answer: two streams of at most `EXEC_OUTPUT_CAP` bytes of JSON text each.
 pub const MAX_EXEC_ANSWER: usize = 2 * EXEC_OUTPUT_CAP + (64 << 10);
+/// How long an agent may take to connect a port (the guest answers at once, or is unresponsive).
+const PORT_OPEN_WAIT: Duration = Duration::from_secs(30);
 /// Largest error answer read from an agent.
 pub const MAX_ERROR_ANSWER: usize = 64 << 10;
 
@@ -60,6 +62,28 @@ pub struct AgentClient {
     base: String,
     http: reqwest::Client,
     keys: Arc<TokenKeys>,
+}
+
+/// An agent's error answer as [`AgentError::Remote`], with the agent's code.
+async fn remote_error(resp: reqwest::Response) -> AgentError {
+    let status = resp.status().as_u16();
+    let bytes = read_capped(resp, MAX_ERROR_ANSWER)
+        .await
+        .unwrap_or_default();
+    let (code, message, field) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(b) => (b.error.code, b.error.message, b.error.field),
+        Err(_) => (
+            "agent_error".into(),
+            String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+            None,
+        ),
+    };
+    AgentError::Remote {
+        status,
+        code,
+        message,
+        field,
+    }
 }
 
 /// Reads at most `limit` bytes of an answer; a longer one is an error, not an allocation.
@@ -152,24 +176,7 @@ impl AgentClient {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        let status = resp.status().as_u16();
-        let bytes = read_capped(resp, MAX_ERROR_ANSWER)
-            .await
-            .unwrap_or_default();
-        let (code, message, field) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => (b.error.code, b.error.message, b.error.field),
-            Err(_) => (
-                "agent_error".into(),
-                String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                None,
-            ),
-        };
-        Err(AgentError::Remote {
-            status,
-            code,
-            message,
-            field,
-        })
+        Err(remote_error(resp).await)
     }
 
     /// A JSON call: `None` for an empty (204) answer.
@@ -374,6 +381,30 @@ impl AgentClient {
         let (url, wire) = self.target(&format!("/v1/vms/{id}/exec/stream"))?;
         let token = self.sign(&CallBinding::new("GET", &wire, b""))?;
         Ok((url.as_str().replacen("http", "ws", 1), token))
+    }
+
+    /// A byte stream to `port` on VM `id`'s loopback (the agent's upgraded
+    /// `GET /v1/vms/{id}/ports/{port}`). Nothing listening there is [`AgentError::Remote`] with
+    /// code `port_closed`. The stream lives as long as either side keeps it open.
+    pub async fn open_port(&self, id: &str, port: u16) -> Result<reqwest::Upgraded, AgentError> {
+        let (url, wire) = self.target(&format!("/v1/vms/{id}/ports/{port}"))?;
+        let token = self.sign(&CallBinding::new("GET", &wire, b""))?;
+        let req = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, PORT_UPGRADE);
+        let resp = tokio::time::timeout(PORT_OPEN_WAIT, req.send())
+            .await
+            .map_err(|_| AgentError::Unreachable("the host did not answer in time".into()))?
+            .map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(remote_error(resp).await);
+        }
+        resp.upgrade()
+            .await
+            .map_err(|e| AgentError::BadAnswer(format!("upgrading the port stream: {e}")))
     }
 
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {

@@ -428,6 +428,13 @@ fn rows() -> Vec<Row> {
             [401, 401, 401, 409, 404, 404, 409, 409, 409],
         ),
         r(
+            M::GET,
+            "/v1/sandboxes/{id}/ports/{port}",
+            "/v1/sandboxes/{sbx}/ports/8000",
+            None,
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
             M::POST,
             "/v1/sandboxes/{id}/pause",
             "/v1/sandboxes/{sbx}/pause",

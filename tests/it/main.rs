@@ -16,6 +16,7 @@ mod oauth;
 mod openapi_fuzz;
 mod ops;
 mod prometheus;
+mod ports;
 mod quotas;
 mod release;
 mod sandboxes;

@@ -435,7 +435,7 @@ test('the dashboard in a real browser', { timeout: 240_000 }, async (t) => {
     const r = page.locator('tbody tr', { hasText: 'running' }).first();
     await r.waitFor();
     sandboxId = (await r.locator('td').first().innerText()).trim();
-    assert.match(sandboxId, /^sbx_/);
+    assert.match(sandboxId, /^sbx-[a-z0-9]+$/);
     assert.ok((await r.innerText()).includes('minimal'));
     await page.getByLabel('Search sandboxes').fill('browser-test');
     await row(sandboxId).waitFor();

@@ -138,6 +138,7 @@ fn vm_wire(e: VmError) -> Wire {
             field: Some(field.to_string()),
         },
         VmError::GuestUnavailable(m) => Wire::new(StatusCode::BAD_GATEWAY, "guest_unavailable", m),
+        VmError::PortClosed(m) => Wire::new(StatusCode::BAD_GATEWAY, "port_closed", m),
         VmError::GuestUnresponsive(m) => {
             Wire::new(StatusCode::GATEWAY_TIMEOUT, "guest_unresponsive", m)
         }

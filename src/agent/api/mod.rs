@@ -3,7 +3,7 @@
 //!
 //! The routes, by concept: [`vms`] (create, inspect, destroy, pause, resume, console log),
 //! [`exec`] (one-shot commands), [`exec_stream`] (the exec WebSocket), [`files`], [`network`]
-//! (egress policy), [`snapshots`] (a sandbox kept as a template), [`template_catalog`] (base
+//! (egress policy), [`ports`] (a sandbox's TCP port as a byte stream), [`snapshots`] (a sandbox kept as a template), [`template_catalog`] (base
 //! templates) and [`images`] (templates from uploaded root filesystems).
 
 mod auth;
@@ -14,6 +14,7 @@ mod extract;
 mod files;
 mod images;
 mod network;
+mod ports;
 mod snapshots;
 mod template_catalog;
 mod vms;
@@ -41,6 +42,7 @@ pub fn router(state: AgentState, http: Arc<crate::prom::HttpMetrics>) -> Router 
         .merge(exec_stream::routes())
         .merge(files::routes())
         .merge(network::routes())
+        .merge(ports::routes())
         .merge(snapshots::routes())
         .merge(template_catalog::routes())
         .merge(images::routes())

@@ -24,6 +24,9 @@ pub enum VmError {
     /// memory): the sandbox's own doing, not the host's.
     #[error("{0}")]
     GuestUnresponsive(String),
+    /// Nothing listens on the sandbox's port that was asked for.
+    #[error("{0}")]
+    PortClosed(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

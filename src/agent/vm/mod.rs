@@ -42,6 +42,7 @@ pub mod jail;
 mod lifecycle;
 mod manager;
 mod network;
+pub mod ports;
 mod qemu;
 mod qmp;
 mod ram;

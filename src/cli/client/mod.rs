@@ -5,6 +5,7 @@ mod accounts;
 mod files;
 mod hosts;
 mod keys;
+mod ports;
 mod sandboxes;
 pub mod teams;
 mod templates;

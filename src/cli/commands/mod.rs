@@ -7,6 +7,7 @@ mod hosts;
 mod keys;
 mod metrics;
 mod output;
+pub mod ports;
 mod sandboxes;
 mod teams;
 mod templates;

@@ -61,6 +61,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
             metadata,
             no_network,
             egress,
+            public_ports,
             json,
         } => {
             let req = CreateSandboxRequest {
@@ -77,6 +78,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 }),
                 on_timeout,
                 cold_boot: None,
+                public_ports: public_ports.then_some(true),
             };
             if !json {
                 eprint!("creating sandbox… ");
@@ -158,6 +160,9 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 crate::cli::stream::run(&c, &id, start, tty || !std::io::stdin().is_terminal())
                     .await?;
             return Ok(code.clamp(0, 255));
+        }
+        SandboxCommand::PortForward { id, ports } => {
+            return super::ports::forward(&c, &id, ports.0, ports.1).await;
         }
         SandboxCommand::Shell { id } => {
             let start = crate::cli::stream::shell_start()?;

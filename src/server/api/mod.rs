@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod oauth;
 pub mod prometheus;
+pub mod ports;
 pub mod quotas;
 pub mod sandboxes;
 pub mod sessions;
@@ -103,6 +104,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/sandboxes/{id}/logs", get(lifecycle::logs))
         .route("/v1/sandboxes/{id}/metrics", get(lifecycle::metrics))
+        .route("/v1/sandboxes/{id}/ports/{port}", get(ports::open))
         .route(
             "/v1/sandboxes/{id}/files",
             get(files::read)

@@ -39,6 +39,19 @@ pub fn to_resp(s: SandboxRow) -> SandboxResponse {
         last_active_at: s.last_active_at,
         boot_kind: s.boot_kind,
         network: s.egress,
+        public_ports: s.public_ports,
+        access_token: None,
+    }
+}
+
+/// The answer for the sandbox's own team: with its access token.
+fn with_token(st: &AppState, s: SandboxRow) -> SandboxResponse {
+    let token = st
+        .sandboxes()
+        .access_token(&SandboxId::from_stored(s.id.clone()));
+    SandboxResponse {
+        access_token: Some(token.expose().to_string()),
+        ..to_resp(s)
     }
 }
 
@@ -49,7 +62,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<SandboxResponse>)> {
     let team = caller.team_id()?;
     let row = st.sandboxes().create(&team, &caller.user_id, &req).await?;
-    Ok((StatusCode::CREATED, Json(to_resp(row))))
+    Ok((StatusCode::CREATED, Json(with_token(&st, row))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,7 +95,10 @@ pub async fn get(
     IdPath(id): IdPath<SandboxId>,
 ) -> ApiResult<Json<SandboxResponse>> {
     let team = caller.team_id()?;
-    Ok(Json(to_resp(st.sandboxes().lookup(&team, &id).await?)))
+    Ok(Json(with_token(
+        &st,
+        st.sandboxes().lookup(&team, &id).await?,
+    )))
 }
 
 pub async fn delete(

@@ -33,8 +33,12 @@ pub const JWT_KEY_FILE: &str = "jwt.key";
 /// The seed of the key the server signs its calls to agents with (agents pin it at registration).
 pub const AGENT_SIGNING_KEY_FILE: &str = "agent-signing.key";
 
+/// The key sandbox access tokens are derived from (`crypto::sandbox_access_token`).
+pub const SANDBOX_ACCESS_KEY_FILE: &str = "sandbox-access.key";
+
 pub struct ServerKeys {
     pub jwt_secret: [u8; 32],
+    pub sandbox_access: [u8; 32],
     pub agent_signing: SigningKeyPair,
 }
 
@@ -42,6 +46,7 @@ impl ServerKeys {
     pub fn load(data_dir: &Path) -> anyhow::Result<ServerKeys> {
         Ok(ServerKeys {
             jwt_secret: load_or_create_secret(&data_dir.join(JWT_KEY_FILE))?,
+            sandbox_access: load_or_create_secret(&data_dir.join(SANDBOX_ACCESS_KEY_FILE))?,
             agent_signing: SigningKeyPair::from_seed(load_or_create_secret(
                 &data_dir.join(AGENT_SIGNING_KEY_FILE),
             )?),

@@ -51,6 +51,8 @@ pub struct TokenKeys {
     hs_dec: DecodingKey,
     calls: CallSigner,
     ed_public: String,
+    /// Sandbox access tokens are derived with this (see [`TokenKeys::with_sandbox_access_key`]).
+    access_key: [u8; 32],
 }
 
 impl TokenKeys {
@@ -65,7 +67,20 @@ impl TokenKeys {
             hs_dec: DecodingKey::from_secret(hs_secret)?,
             calls: CallSigner::new(ed),
             ed_public: ed.public_b64(),
+            access_key: mac_key,
         })
+    }
+
+    /// Derives sandbox access tokens from `key` (the data dir's `sandbox-access.key`) instead of
+    /// the JWT secret.
+    pub fn with_sandbox_access_key(mut self, key: [u8; 32]) -> TokenKeys {
+        self.access_key = key;
+        self
+    }
+
+    /// The access token of sandbox `id` (its ports, its envd).
+    pub fn sandbox_access_token(&self, id: &str) -> crate::crypto::Secret {
+        crate::crypto::Secret(crate::crypto::sandbox_access_token(&self.access_key, id))
     }
 
     /// `value.MAC` where MAC is HMAC-SHA256 over `value` (base64url).

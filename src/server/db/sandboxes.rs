@@ -32,10 +32,12 @@ pub struct SandboxRow {
     pub boot_kind: Option<String>,
     /// The egress policy (None with no network device).
     pub egress: Option<EgressPolicy>,
+    /// Its ports answer anyone, without the access token.
+    pub public_ports: bool,
 }
 
 const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec, network,
-    metadata, env, boot_ms, created_at, started_at, ended_at, error, on_timeout, last_active_at, boot_kind, egress";
+    metadata, env, boot_ms, created_at, started_at, ended_at, error, on_timeout, last_active_at, boot_kind, egress, public_ports";
 
 fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
     let metadata: String = r.get(9)?;
@@ -67,6 +69,7 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
                 .and_then(|e| serde_json::from_str(&e).ok())
                 .unwrap_or_default()
         }),
+        public_ports: r.get(20)?,
     })
 }
 
@@ -84,6 +87,7 @@ pub struct NewSandbox {
     pub created_by: String,
     pub on_timeout: OnTimeout,
     pub egress: Option<EgressPolicy>,
+    pub public_ports: bool,
 }
 
 /// Records a sandbox's new egress policy.
@@ -103,8 +107,8 @@ pub fn set_egress(conn: &Connection, id: &str, egress: &EgressPolicy) -> DbResul
 pub fn insert(conn: &Connection, s: &NewSandbox) -> DbResult<()> {
     conn.execute(
         "INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec,
-            network, metadata, env, created_by, created_at, on_timeout, egress)
-         VALUES (?1, ?2, ?3, ?4, 'starting', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            network, metadata, env, created_by, created_at, on_timeout, egress, public_ports)
+         VALUES (?1, ?2, ?3, ?4, 'starting', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         params![
             s.id,
             s.team_id,
@@ -122,6 +126,7 @@ pub fn insert(conn: &Connection, s: &NewSandbox) -> DbResult<()> {
             s.egress
                 .as_ref()
                 .and_then(|e| serde_json::to_string(e).ok()),
+            s.public_ports,
         ],
     )?;
     Ok(())
@@ -318,6 +323,7 @@ mod tests {
                     metadata: BTreeMap::new(),
                     env: BTreeMap::new(),
                     egress: Some(EgressPolicy::default()),
+                    public_ports: false,
                     created_by: u.id.clone(),
                     on_timeout: OnTimeout::Pause,
                 },

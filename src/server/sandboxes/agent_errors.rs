@@ -108,6 +108,10 @@ fn map(call: AgentCall, e: &AgentError) -> SandboxError {
                 "the sandbox's VM is gone from its host",
             ),
             (_, 404) => SandboxError::NotFound("sandbox on its host"),
+            (Vm, 502) if code == "port_closed" => SandboxError::conflict(
+                "port_closed",
+                "the sandbox is running but nothing listens on that port",
+            ),
             (File, 413) => SandboxError::TooLarge,
             (Import, 413) => SandboxError::TooLargeBecause(message.clone()),
             // The guest's own state, told as such: it stopped answering, its disk is full.

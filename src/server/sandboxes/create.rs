@@ -123,6 +123,7 @@ impl SandboxService<'_> {
             env: env.clone(),
             created_by: user.to_string(),
             on_timeout,
+            public_ports: req.public_ports.unwrap_or(false),
         };
         let vm = CreateVmRequest {
             id: id.to_string(),
@@ -133,6 +134,7 @@ impl SandboxService<'_> {
             network: egress.is_some(),
             egress,
             cold_boot: req.cold_boot.unwrap_or(false),
+            access_token: Some(self.access_token(&id).expose().to_string()),
         };
         // Quota, placement and the `starting` row in one transaction: 429 or 503 start nothing.
         let (host_id, addr) = self.reserve(&placement, new).await?;

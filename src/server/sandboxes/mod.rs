@@ -1,5 +1,5 @@
 //! The sandbox service: every rule about a team's sandboxes (create, end, pause, resume, idle
-//! timeouts, network, exec, logs, usage metrics, files' target, snapshots) and where they run (placement, the
+//! timeouts, network, exec, logs, usage metrics, files' target, snapshots, ports) and where they run (placement, the
 //! host's agent). Front-ends are thin translations over it: the REST handlers in
 //! `server::api`, the host monitor, and the E2B-compatible API to come. Nothing here knows HTTP:
 //! it takes typed ids and wire requests and answers rows or a [`SandboxError`], which each
@@ -12,6 +12,7 @@ mod lifecycle;
 pub mod oplog;
 pub mod metrics;
 pub mod placement;
+pub mod ports;
 pub mod rules;
 mod streams;
 mod templates;
@@ -123,6 +124,12 @@ impl SandboxService<'_> {
             message: "the sandbox's host has no address".into(),
         })?;
         Ok((addr, h.status.serves_sandboxes()))
+    }
+
+    /// The sandbox's access token (its ports, its envd): derived from the server's key, the same
+    /// for the sandbox's whole life.
+    pub fn access_token(&self, id: &SandboxId) -> crate::crypto::Secret {
+        self.st.keys.sandbox_access_token(id.as_str())
     }
 
     /// The one translation of an agent's error (see [`agent_errors`]).

@@ -36,7 +36,7 @@ pub(super) enum Full {
 pub(super) fn is_data(kind: FrameKind) -> bool {
     matches!(
         kind,
-        FrameKind::Stdout | FrameKind::Stderr | FrameKind::FileData
+        FrameKind::Stdout | FrameKind::Stderr | FrameKind::FileData | FrameKind::PortData
     )
 }
 

@@ -111,6 +111,7 @@ pub(super) fn deliver(pending: &Pending, f: Frame) -> Result<(), String> {
             | Resize
             | FileRequest
             | StatsRequest
+            | PortOpen
     ) {
         return Err(format!("sent {:?}, a frame only the host sends", f.kind));
     }
@@ -148,11 +149,11 @@ pub(super) fn deliver(pending: &Pending, f: Frame) -> Result<(), String> {
             credit.add_permits((c.bytes.min(u64::from(u32::MAX)) as usize).min(room));
             return Ok(());
         }
-        Stdout | Stderr | FileData if window == 0 => {
+        Stdout | Stderr | FileData | PortData if window == 0 => {
             drop_stream();
             return Err(format!("{:?} data on a stream that takes none", f.kind));
         }
-        Stdout | Stderr | FileData => {
+        Stdout | Stderr | FileData | PortData => {
             let len = f.payload.len() as u64;
             let inflight = inflight.fetch_add(len, Ordering::AcqRel) + len;
             if inflight > window {
