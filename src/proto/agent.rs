@@ -149,6 +149,10 @@ pub struct CreateVmRequest {
     /// Boot the base template from scratch instead of restoring its boot snapshot.
     #[serde(default)]
     pub cold_boot: bool,
+    /// The token envd inside the sandbox requires (`X-Access-Token`, file URL signatures);
+    /// None: envd asks for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
 
 fn yes() -> bool {

@@ -535,6 +535,7 @@ async fn fifty_sandboxes_each_in_a_namespace_of_their_own() {
                         network: true,
                         egress: None,
                         cold_boot: false,
+                        access_token: None,
                     })
                 });
                 for r in futures_util::future::join_all(creates).await {

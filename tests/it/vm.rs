@@ -36,6 +36,7 @@ fn create_request(id: &str) -> CreateVmRequest {
         network: false,
         egress: None,
         cold_boot: false,
+        access_token: None,
     }
 }
 

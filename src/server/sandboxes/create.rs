@@ -130,6 +130,8 @@ impl SandboxService<'_> {
             network: egress.is_some(),
             egress,
             cold_boot: req.cold_boot.unwrap_or(false),
+            // The server derives one with the sandbox ports work (E1); until then none.
+            access_token: None,
         };
         // Quota, placement and the `starting` row in one transaction: 429 or 503 start nothing.
         let (host_id, addr) = self.reserve(&placement, new).await?;

@@ -79,6 +79,7 @@ async fn vm_exec_streams_and_files() {
         network: false,
         egress: None,
         cold_boot: false,
+        access_token: None,
     })
     .await
     .expect("create");
