@@ -203,7 +203,7 @@ async fn e2b_sdk_drives_envd_in_a_vm() {
             let pid = sdk.run("survivor.py", &["start"]).await;
             vms.pause(id).await.expect("pause");
             vms.resume(id).await.expect("resume");
-            let out = sdk.run("survivor.py", &["check"]).await;
+            let out = sdk.run("survivor.py", &["check", pid.trim()]).await;
             assert!(out.contains("survivor ok"), "pid {pid}: {out}");
         },
     )
