@@ -1,7 +1,8 @@
 use clap::{CommandFactory, Parser};
 use sandboxctl::agent;
 use sandboxctl::cli::{
-    AgentCommand, BenchCommand, Cli, Command, LogFormat, ServerArgs, ServerCommand, ServerDataDir, commands,
+    AgentCommand, BenchCommand, Cli, Command, GuestCommand, LogFormat, ServerArgs, ServerCommand,
+    ServerDataDir, commands,
 };
 use sandboxctl::local::{self, LocalAgentConfig};
 use sandboxctl::server::{self, ServerConfig};
@@ -48,7 +49,20 @@ fn main() {
         let _ = out.write_all(&script).and_then(|()| out.flush());
         return;
     }
-    if let Command::Guest { port } = &cli.command {
+    if let Command::Guest {
+        dev: Some(GuestCommand::Envd { listen }),
+        ..
+    } = &cli.command
+    {
+        init_logs("info", LogFormat::Text);
+        let token = std::env::var("SANDBOXCTL_ENVD_TOKEN").ok();
+        if let Err(e) = sandboxctl::guest::envd::serve_dev(*listen, token) {
+            eprintln!("sandboxctl guest envd: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Command::Guest { port, .. } = &cli.command {
         init_logs("info", LogFormat::Text);
         if let Err(e) = sandboxctl::guest::run(port) {
             eprintln!("sandboxctl guest: {e:#}");

@@ -29,6 +29,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// For development only: pieces of the guest program run on their own.
+#[derive(Debug, Subcommand)]
+pub enum GuestCommand {
+    /// Serve envd (the E2B in-sandbox API, normally inside every VM on port 49983) on this
+    /// machine, to try an E2B SDK against it (`E2B_DEBUG=true E2B_SANDBOX_URL=http://ADDR`).
+    /// Commands run on this machine as the requested user. An access token, if wanted, comes
+    /// from SANDBOXCTL_ENVD_TOKEN.
+    Envd {
+        /// Address to listen on.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:49983",
+            env = "SANDBOXCTL_ENVD_LISTEN"
+        )]
+        listen: std::net::SocketAddr,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane (REST API, scheduler, host monitor), or back up and restore its
@@ -39,11 +57,13 @@ pub enum Command {
     #[command(subcommand)]
     Agent(AgentCommand),
     /// The program inside every microVM (started by the guest's init; not for people).
-    #[command(hide = true)]
+    #[command(hide = true, args_conflicts_with_subcommands = true)]
     Guest {
         /// The virtio-serial port to serve.
         #[arg(long, default_value = "/dev/vport0p1")]
         port: PathBuf,
+        #[command(subcommand)]
+        dev: Option<GuestCommand>,
     },
     /// Create an account (the first account on a server becomes its admin) and log in.
     Signup(SignupArgs),

@@ -10,6 +10,7 @@
 //! connected (we back off), and writes block while the host is away (only the writer thread and
 //! the exec threads feeding it wait; the reader keeps going).
 
+pub mod envd;
 mod exec;
 mod files;
 mod flow;
@@ -49,8 +50,17 @@ pub fn run(port: &Path) -> anyhow::Result<()> {
     let init = std::fs::read(INIT_STATE)
         .ok()
         .and_then(|b| serde_json::from_slice::<Init>(&b).ok());
+    // envd listens before the host hears from us, and is configured before any InitAck.
+    let envd = envd::spawn(std::net::SocketAddr::from((
+        [0, 0, 0, 0],
+        crate::proto::e2b::ENVD_PORT,
+    )))?;
+    if let Some(i) = &init {
+        envd.configure(i.env.clone(), i.access_token.clone());
+    }
     let guest = Arc::new(Guest {
         out: tx,
+        envd,
         init: Mutex::new(init),
         streams: Mutex::new(HashMap::new()),
     });
@@ -164,6 +174,7 @@ impl StreamEntry {
 /// What the guest knows: the output queue, its identity and the running streams.
 pub(crate) struct Guest {
     out: SyncSender<Frame>,
+    envd: Arc<envd::Envd>,
     init: Mutex<Option<Init>>,
     streams: Mutex<HashMap<u64, StreamEntry>>,
 }
@@ -207,6 +218,8 @@ impl Guest {
                 Ok(init) => {
                     let previous = sys::now_unix_ms();
                     sys::apply_init(&init);
+                    self.envd
+                        .configure(init.env.clone(), init.access_token.clone());
                     if let Ok(bytes) = serde_json::to_vec(&init) {
                         let _ = std::fs::create_dir_all("/run/sandboxctl");
                         let _ = std::fs::write(INIT_STATE, bytes);

@@ -149,7 +149,8 @@ pub struct CreateVmRequest {
     /// Boot the base template from scratch instead of restoring its boot snapshot.
     #[serde(default)]
     pub cold_boot: bool,
-    /// The sandbox's access token (what its envd checks); the server derives it.
+    /// The sandbox's access token, derived by the server: what its envd requires
+    /// (`X-Access-Token`, file URL signatures). None: envd asks for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token: Option<String>,
 }

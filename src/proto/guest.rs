@@ -368,6 +368,10 @@ pub struct Init {
     /// Hostname to set; the sandbox id when absent.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// The token the in-guest envd requires (`X-Access-Token`, file URL signatures); None:
+    /// envd asks for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -2,6 +2,8 @@
 
 pub mod agent;
 pub mod api;
+pub mod e2b;
+pub mod envd;
 pub mod guest;
 pub mod invalid;
 pub mod json;

@@ -359,6 +359,7 @@ mod tests {
             time_unix_ms: 0,
             entropy: Vec::new(),
             hostname: None,
+            access_token: None,
         };
         assert!(init.validate().is_ok());
         init.env = env(&[("A\0", "1")]);

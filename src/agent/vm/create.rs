@@ -167,6 +167,7 @@ impl VmManager {
                     memory_file: false,
                     net: net.clone(),
                     uid: Some(uid),
+                    access_token: req.access_token.clone(),
                 },
                 Runtime::new(VmState::Starting),
             ));

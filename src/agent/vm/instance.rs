@@ -176,6 +176,7 @@ pub(super) async fn send_init(vm: &Vm) -> Result<(), ChannelError> {
         time_unix_ms: now_unix_ms(),
         entropy,
         hostname: None,
+        access_token: vm.record.access_token.clone(),
     };
     let ack = vm.channel.init(&init, Duration::from_secs(20)).await?;
     let skew = init.time_unix_ms as i64 - ack.previous_time_unix_ms as i64;

@@ -41,6 +41,9 @@ pub(super) struct VmRecord {
     /// The uid (and gid) its QEMU runs as.
     #[serde(default)]
     pub(super) uid: Option<u32>,
+    /// The token envd requires, sent to the guest in every `Init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) access_token: Option<String>,
 }
 
 pub(super) fn read_pid(dir: &Path) -> Option<u32> {
