@@ -492,9 +492,12 @@ pub enum SandboxCommand {
         /// Idle timeout in seconds (0 = never).
         #[arg(long)]
         timeout: Option<u64>,
-        /// What the timeout does: pause (default) or kill.
+        /// What the timeout (and the deadline) does: pause (default) or kill.
         #[arg(long, value_parser = ["pause", "kill"])]
         on_timeout: Option<String>,
+        /// An absolute deadline in seconds from now, whatever the activity (0 = none).
+        #[arg(long)]
+        end_in: Option<u64>,
         /// Environment variables, KEY=VALUE (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,

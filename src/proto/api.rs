@@ -165,9 +165,13 @@ pub struct CreateSandboxRequest {
     /// `{internet, allow_out, deny_out}`.
     #[serde(default)]
     pub network: Option<crate::proto::net::NetworkSetting>,
-    /// What happens when `timeout_sec` of idleness pass: `pause` (default) or `kill`.
+    /// What happens when `timeout_sec` of idleness pass, or the deadline `end_in_sec` does:
+    /// `pause` (default) or `kill`.
     #[serde(default)]
     pub on_timeout: Option<String>,
+    /// An absolute deadline, in seconds from now, whatever the activity (0 or absent: none).
+    #[serde(default)]
+    pub end_in_sec: Option<u64>,
     /// Boot the template from scratch instead of restoring its boot snapshot (slower; for
     /// measurements and debugging).
     #[serde(default)]
@@ -205,6 +209,10 @@ pub struct SandboxResponse {
     /// The egress policy in force; null for a sandbox without a network device.
     #[serde(default)]
     pub network: Option<crate::proto::net::EgressPolicy>,
+    /// The absolute deadline (Unix seconds) at which it is paused or killed as `on_timeout`
+    /// says; null: none.
+    #[serde(default)]
+    pub end_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,6 +229,13 @@ pub struct TimeoutRequest {
     /// `pause` or `kill`.
     #[serde(default)]
     pub on_timeout: Option<String>,
+}
+
+/// A sandbox's absolute deadline, counting from now: it may move it earlier or later.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadlineRequest {
+    /// Seconds from now; 0 removes the deadline.
+    pub end_in_sec: u64,
 }
 
 /// A one-shot command in a sandbox. `cmd` runs directly (looked up in PATH), not through a shell.

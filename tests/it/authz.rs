@@ -441,6 +441,13 @@ fn rows() -> Vec<Row> {
             [401, 401, 401, 409, 404, 404, 409, 409, 409],
         ),
         r(
+            M::POST,
+            "/v1/sandboxes/{id}/deadline",
+            "/v1/sandboxes/{sbx}/deadline",
+            Some(r#"{"end_in_sec":60}"#),
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
             M::PUT,
             "/v1/sandboxes/{id}/network",
             "/v1/sandboxes/{sbx}/network",

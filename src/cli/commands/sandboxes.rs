@@ -57,6 +57,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
             memory,
             timeout,
             on_timeout,
+            end_in,
             env,
             metadata,
             no_network,
@@ -76,6 +77,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                     crate::proto::net::NetworkSetting::Policy(egress.policy())
                 }),
                 on_timeout,
+                end_in_sec: end_in,
                 cold_boot: None,
             };
             if !json {

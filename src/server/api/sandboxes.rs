@@ -39,6 +39,7 @@ pub fn to_resp(s: SandboxRow) -> SandboxResponse {
         last_active_at: s.last_active_at,
         boot_kind: s.boot_kind,
         network: s.egress,
+        end_at: s.end_at,
     }
 }
 

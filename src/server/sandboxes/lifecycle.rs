@@ -103,7 +103,9 @@ impl SandboxService<'_> {
         Ok(())
     }
 
-    /// Resumes the team's paused sandbox `id` on the host that holds its memory.
+    /// Resumes the team's paused sandbox `id` on the host that holds its memory. A deadline that
+    /// passed (and paused it) is removed: it did its work; set a new one with
+    /// [`Self::set_deadline`].
     pub async fn resume(&self, team: &TeamId, id: &SandboxId) -> SandboxResult<SandboxRow> {
         let s = self.lookup(team, id).await?;
         if s.status != SandboxStatus::Paused {
@@ -139,6 +141,12 @@ impl SandboxService<'_> {
             .db
             .call(move |c| {
                 sandboxes::settle(c, &sid, SandboxStatus::Running, None)?;
+                if sandboxes::get_any(c, &sid)?
+                    .and_then(|r| r.end_at)
+                    .is_some_and(|end| end <= crate::server::db::now())
+                {
+                    sandboxes::set_end_at(c, &sid, None)?;
+                }
                 sandboxes::touch(c, &sid)
             })
             .await?;
@@ -274,6 +282,12 @@ impl SandboxService<'_> {
     /// What the idle timeout does to a sandbox past it: pause it, or end it when it was created
     /// to be killed. Returns what it did.
     pub async fn expire_idle(&self, s: &SandboxRow) -> SandboxResult<OnTimeout> {
+        self.expire(s, "idle timeout").await
+    }
+
+    /// Pauses a running sandbox, or ends it when it was created to be killed (`why` is recorded
+    /// on an ended one). Returns what it did.
+    pub(super) async fn expire(&self, s: &SandboxRow, why: &'static str) -> SandboxResult<OnTimeout> {
         match s.on_timeout {
             OnTimeout::Kill => {
                 self.destroy_on_host(s).await?;
@@ -281,7 +295,7 @@ impl SandboxService<'_> {
                 self.st
                     .db
                     .call(move |c| {
-                        sandboxes::settle(c, &sid, SandboxStatus::Stopped, Some("idle timeout"))
+                        sandboxes::settle(c, &sid, SandboxStatus::Stopped, Some(why))
                     })
                     .await?;
             }

@@ -7,6 +7,7 @@
 
 pub mod agent_errors;
 mod create;
+mod deadline;
 pub mod error;
 mod lifecycle;
 pub mod placement;
@@ -15,6 +16,7 @@ mod streams;
 mod templates;
 
 pub use agent_errors::AgentCall;
+pub use deadline::DeadlineChange;
 pub use error::{SandboxError, SandboxResult};
 pub use streams::AgentSocket;
 pub use templates::{BASE_TEMPLATES, team_template_name};
