@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod e2b;
 pub mod guest;
 pub mod invalid;
 pub mod json;

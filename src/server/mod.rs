@@ -116,6 +116,7 @@ pub fn app(state: AppState) -> Router {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api::router())
+        .merge(api::e2b::router())
         .fallback(web::fallback)
         .with_state(state);
     listener::with_limits(app, &limits, lifecycle)

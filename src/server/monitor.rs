@@ -157,8 +157,12 @@ impl HostMonitor {
             Ok(due) => {
                 for s in due {
                     match state.sandboxes().expire_deadline(&s).await {
-                        Ok(action) => tracing::info!(sandbox = %s.id, action = %action, "deadline reached"),
-                        Err(e) => tracing::warn!(sandbox = %s.id, error = %e, "deadline reached but could not {}", s.on_timeout),
+                        Ok(action) => {
+                            tracing::info!(sandbox = %s.id, action = %action, "deadline reached")
+                        }
+                        Err(e) => {
+                            tracing::warn!(sandbox = %s.id, error = %e, "deadline reached but could not {}", s.on_timeout)
+                        }
                     }
                 }
             }

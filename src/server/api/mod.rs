@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod client_ip;
 pub mod downloads;
+pub mod e2b;
 pub mod error;
 pub mod extract;
 pub mod files;

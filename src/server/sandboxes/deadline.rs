@@ -2,9 +2,9 @@
 //! sandbox is paused or killed as its `on_timeout` says, whatever its activity. E2B's `timeout`
 //! is this deadline; our own API sets it with `end_in_sec`.
 
+use super::SandboxService;
 use super::error::{SandboxError, SandboxResult};
 use super::rules;
-use super::SandboxService;
 use crate::ids::{SandboxId, TeamId};
 use crate::proto::vocab::OnTimeout;
 use crate::server::db::now;
@@ -70,11 +70,20 @@ mod tests {
 
     #[test]
     fn deadlines_move_as_asked() {
-        assert_eq!(next_deadline(Some(500), DeadlineChange::Set(10), 100), Some(110));
+        assert_eq!(
+            next_deadline(Some(500), DeadlineChange::Set(10), 100),
+            Some(110)
+        );
         assert_eq!(next_deadline(None, DeadlineChange::Set(10), 100), Some(110));
         assert_eq!(next_deadline(Some(500), DeadlineChange::Set(0), 100), None);
-        assert_eq!(next_deadline(Some(500), DeadlineChange::Extend(10), 100), Some(500));
-        assert_eq!(next_deadline(Some(500), DeadlineChange::Extend(900), 100), Some(1000));
+        assert_eq!(
+            next_deadline(Some(500), DeadlineChange::Extend(10), 100),
+            Some(500)
+        );
+        assert_eq!(
+            next_deadline(Some(500), DeadlineChange::Extend(900), 100),
+            Some(1000)
+        );
         assert_eq!(next_deadline(None, DeadlineChange::Extend(900), 100), None);
     }
 }

@@ -107,6 +107,20 @@ impl SandboxService<'_> {
     /// passed (and paused it) is removed: it did its work; set a new one with
     /// [`Self::set_deadline`].
     pub async fn resume(&self, team: &TeamId, id: &SandboxId) -> SandboxResult<SandboxRow> {
+        self.resume_until(team, id, None).await
+    }
+
+    /// Resumes like [`Self::resume`]; a deadline that passed becomes `renew_sec` from now
+    /// (None: removed).
+    pub async fn resume_until(
+        &self,
+        team: &TeamId,
+        id: &SandboxId,
+        renew_sec: Option<u64>,
+    ) -> SandboxResult<SandboxRow> {
+        if let Some(n) = renew_sec {
+            rules::check_deadline("timeout", n)?;
+        }
         let s = self.lookup(team, id).await?;
         if s.status != SandboxStatus::Paused {
             return Err(not_in(&s, SandboxStatus::Paused, "resume"));
@@ -141,11 +155,12 @@ impl SandboxService<'_> {
             .db
             .call(move |c| {
                 sandboxes::settle(c, &sid, SandboxStatus::Running, None)?;
+                let now = crate::server::db::now();
                 if sandboxes::get_any(c, &sid)?
                     .and_then(|r| r.end_at)
-                    .is_some_and(|end| end <= crate::server::db::now())
+                    .is_some_and(|end| end <= now)
                 {
-                    sandboxes::set_end_at(c, &sid, None)?;
+                    sandboxes::set_end_at(c, &sid, renew_sec.map(|n| now + n as i64))?;
                 }
                 sandboxes::touch(c, &sid)
             })
@@ -287,16 +302,18 @@ impl SandboxService<'_> {
 
     /// Pauses a running sandbox, or ends it when it was created to be killed (`why` is recorded
     /// on an ended one). Returns what it did.
-    pub(super) async fn expire(&self, s: &SandboxRow, why: &'static str) -> SandboxResult<OnTimeout> {
+    pub(super) async fn expire(
+        &self,
+        s: &SandboxRow,
+        why: &'static str,
+    ) -> SandboxResult<OnTimeout> {
         match s.on_timeout {
             OnTimeout::Kill => {
                 self.destroy_on_host(s).await?;
                 let sid = s.id.clone();
                 self.st
                     .db
-                    .call(move |c| {
-                        sandboxes::settle(c, &sid, SandboxStatus::Stopped, Some(why))
-                    })
+                    .call(move |c| sandboxes::settle(c, &sid, SandboxStatus::Stopped, Some(why)))
                     .await?;
             }
             OnTimeout::Pause => self.pause_row(s).await?,

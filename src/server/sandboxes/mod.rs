@@ -10,6 +10,7 @@ mod create;
 mod deadline;
 pub mod error;
 mod lifecycle;
+pub mod listing;
 pub mod placement;
 pub mod rules;
 mod streams;
