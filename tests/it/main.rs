@@ -5,6 +5,7 @@ mod agent_calls;
 mod api;
 mod authz;
 mod common;
+mod e2b;
 mod e2e;
 mod fleet;
 mod guest_errors;
