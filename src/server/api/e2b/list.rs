@@ -31,14 +31,19 @@ pub struct ListQuery {
     pub next_token: Option<String>,
 }
 
-/// `k1=v1&k2=v2`, each key and value percent-encoded once more (the query's own decoding has
-/// already happened).
+/// `k1=v1&k2=v2` as the SDKs send it: each key and value `quote`d, then the pairs form-encoded
+/// (the query's own decoding has already happened).
 pub fn parse_metadata(raw: &str) -> E2bResult<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // The form decoding of `parse_qsl`, then the SDK's own `quote` undone.
         let decode = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
+            let once = percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8()
+                .map_err(|_| E2bError::bad("metadata", "not UTF-8 once decoded"))?
+                .into_owned();
+            percent_encoding::percent_decode_str(&once)
                 .decode_utf8()
                 .map(|c| c.into_owned())
                 .map_err(|_| E2bError::bad("metadata", "not UTF-8 once decoded"))
@@ -143,7 +148,7 @@ mod tests {
     fn queries_as_the_sdk_sends_them() {
         let q = to_query(&ListQuery {
             state: Some("paused".into()),
-            metadata: Some("user%3Did=a%26b&env=prod".into()),
+            metadata: Some("user%253Did=a%2526b&env=prod&odd%2520key=x%2By".into()),
             limit: Some("1".into()),
             order: Some("asc".into()),
             ..Default::default()
@@ -152,6 +157,7 @@ mod tests {
         assert_eq!(q.statuses, vec![SandboxStatus::Paused]);
         assert_eq!(q.metadata.get("user=id").map(String::as_str), Some("a&b"));
         assert_eq!(q.metadata.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(q.metadata.get("odd key").map(String::as_str), Some("x+y"));
         assert!(q.oldest_first && q.limit == 1);
         let all = to_query(&ListQuery::default()).unwrap();
         assert_eq!(all.statuses.len(), 2);
