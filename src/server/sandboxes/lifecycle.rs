@@ -137,6 +137,22 @@ impl SandboxService<'_> {
         // A paused sandbox holds no quota; running again it does: it counts as running from
         // before the host is asked, so concurrent resumes and creates see it (if the server dies
         // meanwhile, the monitor finds the VM paused or running and records which).
+        // A deadline that passed goes first: the sandbox counts as running from the next step,
+        // and the monitor would pause or end it again at once.
+        let sid = s.id.clone();
+        self.st
+            .db
+            .call(move |c| {
+                let now = crate::server::db::now();
+                if sandboxes::get_any(c, &sid)?
+                    .and_then(|r| r.end_at)
+                    .is_some_and(|end| end <= now)
+                {
+                    sandboxes::set_end_at(c, &sid, renew_sec.map(|n| now + n as i64))?;
+                }
+                Ok(())
+            })
+            .await?;
         self.reserve_resume(&s).await?;
         if let Err(e) = link.client.resume_vm(&s.id).await {
             let sid = s.id.clone();
@@ -155,13 +171,6 @@ impl SandboxService<'_> {
             .db
             .call(move |c| {
                 sandboxes::settle(c, &sid, SandboxStatus::Running, None)?;
-                let now = crate::server::db::now();
-                if sandboxes::get_any(c, &sid)?
-                    .and_then(|r| r.end_at)
-                    .is_some_and(|end| end <= now)
-                {
-                    sandboxes::set_end_at(c, &sid, renew_sec.map(|n| now + n as i64))?;
-                }
                 sandboxes::touch(c, &sid)
             })
             .await?;

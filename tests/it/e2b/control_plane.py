@@ -115,8 +115,8 @@ def snapshots(a):
 
 
 def deadline(a, b):
-    Sandbox.connect(a).set_timeout(30)
-    Sandbox.connect(b).set_timeout(30)
+    Sandbox.connect(a).set_timeout(5)
+    Sandbox.connect(b).set_timeout(5)
     out(ok=True)
 
 
