@@ -13,7 +13,7 @@ use crate::server::pool::AgentError;
 use crate::server::state::SandboxStatus;
 
 /// Names the agents build themselves; a team template cannot take them.
-pub const BASE_TEMPLATES: [&str; 2] = ["minimal", "debian"];
+pub const BASE_TEMPLATES: [&str; 3] = ["minimal", "debian", "base"];
 
 /// A name for a team template (trimmed): valid, and not a base template's.
 pub fn team_template_name(raw: &str) -> SandboxResult<String> {
