@@ -373,6 +373,42 @@ async fn python_sdk_control_plane() {
         },
     )
     .await;
+    step("the README's example runs as written", async {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let section = readme
+            .split("## Use the E2B SDK")
+            .nth(1)
+            .expect("README has a section 'Use the E2B SDK'");
+        let example = section
+            .split("```python\n")
+            .nth(1)
+            .and_then(|r| r.split("```").next())
+            .expect("the section has a Python example");
+        assert!(example.lines().count() <= 5, "{example}");
+        let mut cmd = Command::new(&py_bin);
+        cmd.args(["-c", example]);
+        sdk_env(&mut cmd, &s, &key);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = stdout
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(stdout.contains("running"), "{stdout}");
+        assert_eq!(admin.get_sandbox(&id).await.unwrap().status, "stopped");
+    })
+    .await;
     step("unsupported settings are refused by name", async {
         p(vec!["refused".into(), b.clone()]).await;
     })
