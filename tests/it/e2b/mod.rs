@@ -103,6 +103,9 @@ async fn team_key(admin: &ApiClient) -> String {
     admin.create_key("e2b").await.unwrap().key.unwrap()
 }
 
+/// One call and what it must answer: method, path, key, body, status, words in the message.
+type Case<'a> = (Method, &'a str, Option<&'a str>, Option<&'a str>, u16, &'a str);
+
 /// Without a VM: E2B's error shape, 401s and the fields refused by name.
 #[tokio::test]
 async fn e2b_errors_name_the_field_in_e2b_shape() {
@@ -110,7 +113,7 @@ async fn e2b_errors_name_the_field_in_e2b_shape() {
     let (_, admin) = s.signup("admin@example.com", "Admin").await;
     let key = team_key(&admin).await;
     let k = Some(key.as_str());
-    let cases: &[(Method, &str, Option<&str>, Option<&str>, u16, &str)] = &[
+    let cases: &[Case] = &[
         (Method::GET, "/v2/sandboxes", None, None, 401, ""),
         (
             Method::GET,
