@@ -578,6 +578,14 @@ pub enum SandboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set the absolute deadline, SECONDS from now (earlier or later; 0 removes it): then the
+    /// sandbox is paused or killed as its on-timeout says, whatever its activity.
+    Deadline {
+        id: String,
+        seconds: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// The guest's console log (control characters escaped; `--raw` for the exact bytes).
     Logs {
         id: String,

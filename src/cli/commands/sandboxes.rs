@@ -181,6 +181,22 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 println!("{} {}", s.id, s.status);
             }
         }
+        SandboxCommand::Deadline { id, seconds, json } => {
+            let s = c.set_deadline(&id, seconds).await?;
+            if json {
+                print_json(&s)?;
+            } else if let Some(at) = s.end_at {
+                println!(
+                    "{} will {} at {} (in {}s)",
+                    s.id,
+                    s.on_timeout,
+                    at,
+                    at - crate::time::unix_now()
+                );
+            } else {
+                println!("{}: no deadline", s.id);
+            }
+        }
         SandboxCommand::Timeout {
             id,
             seconds,
