@@ -6,7 +6,8 @@
 #   ./install.sh --run      the same, then start a server with a local agent (the quick start)
 #   ./install.sh --deps     only packages and the guest kernel, plus what the tests need (Chromium,
 #                           Node.js and web/tests' node modules for the dashboard's browser test,
-#                           schemathesis for the API fuzz test)
+#                           schemathesis for the API fuzz test, the E2B SDKs for the E2B tests: a
+#                           Python venv at /opt/sandboxctl/e2b-venv and tests/e2b-js' node modules)
 #   ./install.sh --test     those, then the checks (cargo fmt, clippy, ESLint), the static release
 #                           binary and the whole test suite (cargo test)
 #
@@ -137,10 +138,34 @@ install_test_deps() {
     pip3 install -q prometheus-client 2>/dev/null || pip3 install -q --break-system-packages prometheus-client \
       || die "pip3 install prometheus-client failed"
   fi
+  install_e2b_sdks
   local tests="$here/web/tests"
   if [ ! -d "$tests/node_modules/playwright-core" ] || [ "$tests/package-lock.json" -nt "$tests/node_modules/.package-lock.json" ]; then
     say "installing the browser test's node modules (npm ci in web/tests)"
     (cd "$tests" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in web/tests failed"
+  fi
+}
+
+# The E2B SDK tests (tests/it/e2b): the Python SDK, pinned, in a venv of its own, and the JS SDK
+# pinned by tests/e2b-js/package-lock.json.
+E2B_PY_VERSION=2.63.0
+E2B_VENV=/opt/sandboxctl/e2b-venv
+install_e2b_sdks() {
+  if ! "$E2B_VENV/bin/python" -c "import e2b, importlib.metadata as m; assert m.version('e2b') == '$E2B_PY_VERSION'" 2>/dev/null; then
+    python3 -c 'import venv, ensurepip' 2>/dev/null || {
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/tmp/sandboxctl-apt.log 2>&1 \
+        || { tail -20 /tmp/sandboxctl-apt.log; die "apt-get install python3-venv failed"; }
+    }
+    say "installing the E2B Python SDK (e2b==$E2B_PY_VERSION) into $E2B_VENV"
+    $SUDO mkdir -p "$(dirname "$E2B_VENV")"
+    $SUDO python3 -m venv "$E2B_VENV" || die "python3 -m venv $E2B_VENV failed"
+    $SUDO "$E2B_VENV/bin/pip" install -q "e2b==$E2B_PY_VERSION" || die "pip install e2b==$E2B_PY_VERSION failed"
+  fi
+  local js="$here/tests/e2b-js"
+  if [ ! -f "$js/node_modules/e2b/package.json" ] || [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
+    say "installing the E2B JS SDK (npm ci in tests/e2b-js)"
+    (cd "$js" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/e2b-js failed"
   fi
 }
 

@@ -603,9 +603,12 @@ pub enum SandboxCommand {
         /// Idle timeout in seconds (0 = never).
         #[arg(long)]
         timeout: Option<u64>,
-        /// What the timeout does: pause (default) or kill.
+        /// What the timeout (and the deadline) does: pause (default) or kill.
         #[arg(long, value_parser = ["pause", "kill"])]
         on_timeout: Option<String>,
+        /// An absolute deadline in seconds from now, whatever the activity (0 = none).
+        #[arg(long)]
+        end_in: Option<u64>,
         /// Environment variables, KEY=VALUE (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
@@ -707,6 +710,14 @@ pub enum SandboxCommand {
         /// Samples from this far back (at most 1h are kept).
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         since: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the absolute deadline, SECONDS from now (earlier or later; 0 removes it): then the
+    /// sandbox is paused or killed as its on-timeout says, whatever its activity.
+    Deadline {
+        id: String,
+        seconds: u64,
         #[arg(long)]
         json: bool,
     },

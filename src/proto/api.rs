@@ -170,9 +170,13 @@ pub struct CreateSandboxRequest {
     /// `{internet, allow_out, deny_out}`.
     #[serde(default)]
     pub network: Option<crate::proto::net::NetworkSetting>,
-    /// What happens when `timeout_sec` of idleness pass: `pause` (default) or `kill`.
+    /// What happens when `timeout_sec` of idleness pass, or the deadline `end_in_sec` does:
+    /// `pause` (default) or `kill`.
     #[serde(default)]
     pub on_timeout: Option<String>,
+    /// An absolute deadline, in seconds from now, whatever the activity (0 or absent: none).
+    #[serde(default)]
+    pub end_in_sec: Option<u64>,
     /// Boot the template from scratch instead of restoring its boot snapshot (slower; for
     /// measurements and debugging).
     #[serde(default)]
@@ -221,6 +225,10 @@ pub struct SandboxResponse {
     /// and to a get by its team.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token: Option<String>,
+    /// The absolute deadline (Unix seconds) at which it is paused or killed as `on_timeout`
+    /// says; null: none.
+    #[serde(default)]
+    pub end_at: Option<i64>,
 }
 
 /// One usage sample of a running sandbox, taken by its host every few seconds (kept for the
@@ -258,6 +266,13 @@ pub struct TimeoutRequest {
     /// `pause` or `kill`.
     #[serde(default)]
     pub on_timeout: Option<String>,
+}
+
+/// A sandbox's absolute deadline, counting from now: it may move it earlier or later.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadlineRequest {
+    /// Seconds from now; 0 removes the deadline.
+    pub end_in_sec: u64,
 }
 
 /// A one-shot command in a sandbox. `cmd` runs directly (looked up in PATH), not through a shell.

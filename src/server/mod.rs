@@ -130,6 +130,7 @@ pub fn app(state: AppState) -> Router {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api::router())
+        .merge(api::e2b::router())
         .fallback(web::fallback)
         .layer(axum::middleware::from_fn_with_state(
             http,

@@ -146,8 +146,28 @@ impl HostMonitor {
         Ok(())
     }
 
-    /// Pauses (or kills, if so created) running sandboxes idle past their timeout.
+    /// Pauses (or kills, if so created) running sandboxes past their deadline or idle past
+    /// their timeout.
     async fn enforce_timeouts(state: &AppState) {
+        match state
+            .db
+            .call(|c| sandboxes::deadline_expired(c, now()))
+            .await
+        {
+            Ok(due) => {
+                for s in due {
+                    match state.sandboxes().expire_deadline(&s).await {
+                        Ok(action) => {
+                            tracing::info!(sandbox = %s.id, action = %action, "deadline reached")
+                        }
+                        Err(e) => {
+                            tracing::warn!(sandbox = %s.id, error = %e, "deadline reached but could not {}", s.on_timeout)
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing sandboxes past their deadline"),
+        }
         let expired = match state.db.call(|c| sandboxes::idle_expired(c, now())).await {
             Ok(v) => v,
             Err(e) => {
@@ -230,6 +250,7 @@ mod tests {
 
     fn row(id: &str, status: SandboxStatus) -> SandboxRow {
         SandboxRow {
+            end_at: None,
             id: id.into(),
             team_id: "t".into(),
             host_id: Some("h".into()),

@@ -456,6 +456,13 @@ fn rows() -> Vec<Row> {
             [401, 401, 401, 409, 404, 404, 409, 409, 409],
         ),
         r(
+            M::POST,
+            "/v1/sandboxes/{id}/deadline",
+            "/v1/sandboxes/{sbx}/deadline",
+            Some(r#"{"end_in_sec":60}"#),
+            [401, 401, 401, 409, 404, 404, 409, 409, 409],
+        ),
+        r(
             M::PUT,
             "/v1/sandboxes/{id}/network",
             "/v1/sandboxes/{sbx}/network",
@@ -888,7 +895,12 @@ fn every_route_is_in_the_matrix() {
         env!("CARGO_MANIFEST_DIR"),
         "/src/server/api/mod.rs"
     ))
-    .unwrap();
+    .unwrap()
+        + &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/server/api/e2b/mod.rs"
+        ))
+        .unwrap();
     let mut served = BTreeSet::new();
     served.insert(("GET".to_string(), "/healthz".to_string()));
     let routes = src.split(".route(").skip(1);
@@ -903,6 +915,7 @@ fn every_route_is_in_the_matrix() {
     }
     let in_matrix: BTreeSet<(String, String)> = rows()
         .iter()
+        .chain(e2b_rows().iter())
         .map(|r| (r.method.to_string(), r.route.to_string()))
         .collect();
     assert_eq!(
@@ -925,4 +938,197 @@ fn every_route_is_in_the_matrix() {
         }
     }
     assert_eq!(served, documented, "the router and openapi.yaml disagree");
+}
+
+/// E2B's callers (`X-API-KEY`), in the order each E2B row lists its statuses: none, a key that
+/// is not one, a user's JWT, a host's JWT, the team's API key, another team's API key.
+const E2B_ROLES: [&str; 6] = ["none", "bad_key", "user_jwt", "host", "apikey", "other_key"];
+
+fn e2b_rows() -> Vec<Row> {
+    use Method as M;
+    let r6 = |method: Method,
+              route: &'static str,
+              path: &'static str,
+              body: Option<&'static str>,
+              e: [u16; 6]| {
+        // The six statuses, padded to the Row's shape (the E2B matrix reads the first six).
+        r(
+            method,
+            route,
+            path,
+            body,
+            [e[0], e[1], e[2], e[3], e[4], e[5], 0, 0, 0],
+        )
+    };
+    //             none bad  jwt  host key  other
+    vec![
+        // The fixture's host is draining: a create finds no host (503, E2B's "busy").
+        r6(
+            M::POST,
+            "/sandboxes",
+            "/sandboxes",
+            Some(r#"{"templateID":"minimal"}"#),
+            [401, 401, 401, 401, 503, 503],
+        ),
+        r6(
+            M::GET,
+            "/sandboxes",
+            "/sandboxes",
+            None,
+            [401, 401, 401, 401, 200, 200],
+        ),
+        r6(
+            M::POST,
+            "/v2/sandboxes",
+            "/v2/sandboxes",
+            Some(r#"{"templateID":"minimal"}"#),
+            [401, 401, 401, 401, 503, 503],
+        ),
+        r6(
+            M::GET,
+            "/v2/sandboxes",
+            "/v2/sandboxes",
+            None,
+            [401, 401, 401, 401, 200, 200],
+        ),
+        // The fixture's sandbox has ended: for E2B it does not exist, for its team as for others.
+        r6(
+            M::GET,
+            "/sandboxes/{id}",
+            "/sandboxes/{sbx}",
+            None,
+            [401, 401, 401, 401, 404, 404],
+        ),
+        r6(
+            M::DELETE,
+            "/sandboxes/{id}",
+            "/sandboxes/{sbx}",
+            None,
+            [401, 401, 401, 401, 404, 404],
+        ),
+        r6(
+            M::POST,
+            "/sandboxes/{id}/connect",
+            "/sandboxes/{sbx}/connect",
+            Some(r#"{"timeout":60}"#),
+            [401, 401, 401, 401, 404, 404],
+        ),
+        r6(
+            M::POST,
+            "/v2/sandboxes/{id}/connect",
+            "/v2/sandboxes/{sbx}/connect",
+            Some("{}"),
+            [401, 401, 401, 401, 404, 404],
+        ),
+        r6(
+            M::POST,
+            "/sandboxes/{id}/resume",
+            "/sandboxes/{sbx}/resume",
+            Some("{}"),
+            [401, 401, 401, 401, 404, 404],
+        ),
+        r6(
+            M::POST,
+            "/sandboxes/{id}/timeout",
+            "/sandboxes/{sbx}/timeout",
+            Some(r#"{"timeout":60}"#),
+            [401, 401, 401, 401, 404, 404],
+        ),
+        r6(
+            M::POST,
+            "/sandboxes/{id}/refreshes",
+            "/sandboxes/{sbx}/refreshes",
+            Some("{}"),
+            [401, 401, 401, 401, 404, 404],
+        ),
+        r6(
+            M::POST,
+            "/sandboxes/{id}/pause",
+            "/sandboxes/{sbx}/pause",
+            Some("{}"),
+            [401, 401, 401, 401, 404, 404],
+        ),
+        r6(
+            M::PUT,
+            "/sandboxes/{id}/network",
+            "/sandboxes/{sbx}/network",
+            Some(r#"{"denyOut":["0.0.0.0/0"]}"#),
+            [401, 401, 401, 401, 404, 404],
+        ),
+        r6(
+            M::POST,
+            "/sandboxes/{id}/snapshots",
+            "/sandboxes/{sbx}/snapshots",
+            Some("{}"),
+            [401, 401, 401, 401, 404, 404],
+        ),
+        r6(
+            M::GET,
+            "/snapshots",
+            "/snapshots",
+            None,
+            [401, 401, 401, 401, 200, 200],
+        ),
+        r6(
+            M::DELETE,
+            "/templates/{id}",
+            "/templates/{fresh_tpl}",
+            None,
+            [401, 401, 401, 401, 204, 404],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn e2b_authorization_matrix() {
+    let f = Fixture::new().await;
+    // Another team's API key, made by the other team's owner.
+    let (_, other_key) = raw(
+        Method::POST,
+        &format!("{}/v1/api-keys", f.s.url),
+        f.tokens[4].as_deref(),
+        Some(r#"{"name":"other"}"#),
+    )
+    .await;
+    let keys: [Option<String>; 6] = [
+        None,
+        Some("sk_not_a_key".into()),
+        f.tokens[8].clone(),
+        f.tokens[2].clone(),
+        f.tokens[3].clone(),
+        other_key["key"].as_str().map(str::to_string),
+    ];
+    let http = reqwest::Client::new();
+    let mut failures = Vec::new();
+    for row in e2b_rows() {
+        for (i, role) in E2B_ROLES.iter().enumerate() {
+            let path = f.fill(row.path).await;
+            let mut req = http.request(row.method.clone(), format!("{}{path}", f.s.url));
+            if let Some(k) = &keys[i] {
+                req = req.header("X-API-KEY", k);
+            }
+            if let Some(b) = row.body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
+            }
+            let resp = req.send().await.unwrap();
+            let st = resp.status().as_u16();
+            let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+            if st != row.expect[i] {
+                failures.push(format!(
+                    "{} {} as {role}: expected {}, got {st} {v}",
+                    row.method, row.route, row.expect[i]
+                ));
+            }
+            if st >= 400 && !(v["code"].as_u64() == Some(u64::from(st)) && v["message"].is_string())
+            {
+                failures.push(format!(
+                    "{} {} as {role}: an E2B error is {{code: {st}, message}}, got {v}",
+                    row.method, row.route
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

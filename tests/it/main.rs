@@ -6,6 +6,7 @@ mod api;
 mod authz;
 mod common;
 mod e2b_envd;
+mod e2b;
 mod e2e;
 mod fleet;
 mod guest_errors;

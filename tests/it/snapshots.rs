@@ -596,3 +596,47 @@ async fn a_deleted_teams_snapshots_leave_their_host() {
         "{asked:?}"
     );
 }
+
+/// The whole `base` build (bookworm with bash, python3, pip, git, curl, sudo and the user
+/// `user`), then a sandbox from it with E2B's default template through our API. Minutes, and
+/// ~150 MB from the Debian mirror: run it by hand with
+/// `cargo test --test it base_full_build -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn base_full_build() {
+    let _vm = vm_permit().await;
+    let s = TestServer::start().await;
+    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let _agent = TestAgent::start(&s, &admin).await;
+    agent_ready(&admin).await;
+    let t = Instant::now();
+    admin.build_template("base").await.expect("build");
+    loop {
+        let st = serde_json::to_value(admin.template_build_status("base").await.unwrap()).unwrap();
+        let h = &st["hosts"][0];
+        assert_ne!(h["status"], "failed", "{st}");
+        if h["status"] == "ready" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1800),
+            "the build took over 30 minutes"
+        );
+        // The pace of a poll, not a wait for a condition.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    eprintln!("base template ready in {:?}", t.elapsed());
+    wait_for_template(&admin, "base", 30).await;
+    let sb = create(&admin, Some("base"), None).await;
+    let out = sh(
+        &admin,
+        &sb.id,
+        "id -u user; getent passwd user | cut -d: -f6; sudo -n -u user sudo -n true && echo sudo-ok; \
+         for c in bash python3 pip3 git curl; do command -v $c >/dev/null && echo $c; done",
+    )
+    .await;
+    assert_eq!(
+        out,
+        "1000\n/home/user\nsudo-ok\nbash\npython3\npip3\ngit\ncurl\n"
+    );
+}

@@ -105,7 +105,7 @@ export function createSandboxDialog({ preset = {}, onCreated } = {}) {
     wide: true,
     build(close) {
       const template = h('input', { name: 'template', value: preset.template ?? 'minimal', required: true, spellcheck: 'false', list: 'template-names', autocomplete: 'off' });
-      const names = h('datalist', { id: 'template-names' }, h('option', { value: 'minimal' }), h('option', { value: 'debian' }));
+      const names = h('datalist', { id: 'template-names' }, h('option', { value: 'minimal' }), h('option', { value: 'debian' }), h('option', { value: 'base' }));
       // The templates this team can start from (base ones on some host, and its snapshots).
       api
         .templates()
@@ -164,7 +164,7 @@ export function createSandboxDialog({ preset = {}, onCreated } = {}) {
         h(
           'div',
           { class: 'grid-2' },
-          field('Template', template, 'minimal (busybox), debian (python3), or one of your snapshots (see Templates).'),
+          field('Template', template, 'minimal (busybox), debian (python3), base (E2B\'s default), or one of your snapshots (see Templates).'),
           field('vCPUs', vcpus),
           field('Memory (MiB)', memory, '128 to 65536.'),
           field('Idle timeout (seconds)', timeoutSec, '0 means never.'),

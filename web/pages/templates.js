@@ -14,6 +14,7 @@ const BUILDABLE = 'debian';
 const BASE_ABOUT = {
   minimal: 'busybox and the guest program; boots fastest.',
   debian: 'Debian with python3 (built with debootstrap).',
+  base: "Debian with bash, python3, pip, git, curl, sudo and the user 'user': E2B's default template (sandboxctl template build base).",
 };
 
 export default {

@@ -1,11 +1,13 @@
-//! The `debian` template: Debian stable (bookworm) minbase with python3, made by debootstrap,
-//! plus the guest program, booted by the same initramfs as `minimal`.
+//! The Debian templates: Debian stable (bookworm) minbase made by debootstrap, plus the guest
+//! program, booted by the same initramfs as `minimal`. Two [`Flavor`]s share the build: `debian`
+//! (python3) and `base` (E2B's default template: bash, python3, pip, git, curl, sudo and the user
+//! `user`, uid 1000, home `/home/user`, passwordless sudo).
 //!
 //! The guest program is installed under `/opt/sandboxctl` with the host libraries it was linked
 //! against and started through their dynamic loader, so it never depends on the distribution's
 //! own libc; busybox (also under `/opt/sandboxctl`) is PID 1 and brings the network up.
 //!
-//! The build runs in `templates/.build-debian-<pid>/` and is renamed into place at the end: an
+//! The build runs in `templates/.build-<name>-<pid>/` and is renamed into place at the end: an
 //! interrupted build leaves nothing that looks like a template (the leftover is removed, mounts
 //! and all, by the next agent). Downloaded packages are kept in `data_dir/cache/debootstrap`,
 //! so a second build fetches nothing. The mirror is `$SANDBOXCTL_DEBIAN_MIRROR` or
@@ -29,44 +31,163 @@ use super::tree::{Dir, b};
 use super::{Kernel, Template, install_dir, remove_tree, template, templates_dir, unmount_under};
 
 pub const DEBIAN: &str = "debian";
+pub const BASE: &str = "base";
 const SUITE: &str = "bookworm";
 /// Bumped whenever the image layout or init scripts change.
 const FORMAT: u32 = 1;
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 const OPT: &str = "opt/sandboxctl";
 
+/// One Debian template: its name, the packages beyond minbase, and what is set up in the tree
+/// once they are installed.
+pub struct Flavor {
+    pub name: &'static str,
+    packages: &'static [&'static str],
+    setup: fn(&Path) -> anyhow::Result<()>,
+}
+
+/// `debian`: minbase with python3.
+pub const DEBIAN_FLAVOR: Flavor = Flavor {
+    name: DEBIAN,
+    packages: &["python3"],
+    setup: |_| Ok(()),
+};
+
+/// `base`: what E2B's `base` template offers, and its user.
+pub const BASE_FLAVOR: Flavor = Flavor {
+    name: BASE,
+    packages: &[
+        "bash",
+        "ca-certificates",
+        "curl",
+        "git",
+        "python3",
+        "python3-pip",
+        "python3-venv",
+        "sudo",
+    ],
+    setup: add_user,
+};
+
+/// The flavor named `name`, if it is one.
+pub fn flavor(name: &str) -> Option<&'static Flavor> {
+    [&DEBIAN_FLAVOR, &BASE_FLAVOR]
+        .into_iter()
+        .find(|f| f.name == name)
+}
+
 /// What the template is made of.
-fn stamp(kernel: &Kernel, guest_binary: &Path) -> anyhow::Result<String> {
+fn stamp(flavor: &Flavor, kernel: &Kernel, guest_binary: &Path) -> anyhow::Result<String> {
     Ok(format!(
-        "format={FORMAT}\nsuite={SUITE}\nkernel={}\nguest_sha256={}\n",
+        "format={FORMAT}\nsuite={SUITE}\npackages={}\nkernel={}\nguest_sha256={}\n",
+        flavor.packages.join(","),
         kernel.version,
         guest_digest(guest_binary)?
     ))
 }
 
-/// True when `t` was built from this kernel and guest program.
-pub fn is_current(t: &Template, kernel: &Kernel, guest_binary: &Path) -> bool {
+/// True when `t` was built as `flavor` from this kernel and guest program.
+pub fn is_current(flavor: &Flavor, t: &Template, kernel: &Kernel, guest_binary: &Path) -> bool {
     let Some(dir) = t.rootfs.parent() else {
         return false;
     };
     let have = std::fs::read_to_string(dir.join("stamp")).ok();
-    have.is_some() && have == stamp(kernel, guest_binary).ok()
+    have.is_some() && have == stamp(flavor, kernel, guest_binary).ok()
+}
+
+/// The user E2B's SDKs run as by default.
+pub const USER: &str = "user";
+pub const USER_UID: u32 = 1000;
+
+/// Adds the user `user` (uid and gid 1000, home `/home/user` from `/etc/skel`, bash, in the
+/// `sudo` group, passwordless sudo) to a Debian tree of ours.
+pub fn add_user(root: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::chown;
+    let etc = root.join("etc");
+    let append_line = |file: &str, line: &str| -> anyhow::Result<()> {
+        let path = etc.join(file);
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.split(':').next() == line.split(':').next())
+        {
+            return Ok(());
+        }
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&path, text).with_context(|| format!("write /etc/{file}"))
+    };
+    append_line(
+        "passwd",
+        &format!("{USER}:x:{USER_UID}:{USER_UID}::/home/{USER}:/bin/bash"),
+    )?;
+    append_line("group", &format!("{USER}:x:{USER_UID}:"))?;
+    append_line("shadow", &format!("{USER}:!:19000:0:99999:7:::"))?;
+    append_line("gshadow", &format!("{USER}:!::"))?;
+    // Into the sudo group (the group line's member list).
+    let group = etc.join("group");
+    let text = std::fs::read_to_string(&group)?;
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| match l.strip_prefix("sudo:") {
+            Some(rest)
+                if !l
+                    .split(':')
+                    .nth(3)
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|m| m == USER) =>
+            {
+                let sep = if l.ends_with(':') { "" } else { "," };
+                format!("sudo:{rest}{sep}{USER}")
+            }
+            _ => l.to_string(),
+        })
+        .collect();
+    std::fs::write(&group, text.join("\n") + "\n")?;
+    let sudoers = etc.join("sudoers.d");
+    std::fs::create_dir_all(&sudoers)?;
+    let rule = sudoers.join(USER);
+    std::fs::write(&rule, format!("{USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"))?;
+    std::fs::set_permissions(&rule, std::fs::Permissions::from_mode(0o440))?;
+    // The home, from /etc/skel, owned by the user.
+    let home = root.join("home").join(USER);
+    std::fs::create_dir_all(&home)?;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750))?;
+    for e in std::fs::read_dir(etc.join("skel"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let to = home.join(e.file_name());
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), &to)?;
+            chown(&to, Some(USER_UID), Some(USER_UID))?;
+        }
+    }
+    chown(&home, Some(USER_UID), Some(USER_UID)).context("chown /home/user")?;
+    Ok(())
 }
 
 /// Builds the template (minutes: the packages are downloaded). Blocking. `progress` hears what
 /// the build is doing; `cancel` stops it.
 pub fn build(
     data_dir: &Path,
+    flavor: &Flavor,
     kernel: &Kernel,
     guest_binary: &Path,
     progress: &dyn Fn(&str),
     cancel: &AtomicBool,
 ) -> anyhow::Result<Template> {
     let started = Instant::now();
+    let name = flavor.name;
     let templates = templates_dir(data_dir);
     std::fs::create_dir_all(&templates)?;
-    let stamp = stamp(kernel, guest_binary)?;
-    let tmp = templates.join(format!(".build-{DEBIAN}-{}", std::process::id()));
+    let stamp = stamp(flavor, kernel, guest_binary)?;
+    let tmp = templates.join(format!(".build-{name}-{}", std::process::id()));
     remove_tree(&tmp)?;
     std::fs::create_dir_all(&tmp)?;
     let result = (|| {
@@ -77,11 +198,14 @@ pub fn build(
         std::fs::create_dir_all(&cache)?;
         debootstrap(
             &root,
+            flavor.packages,
             &cache,
             &tmp.join("debootstrap.log"),
             progress,
             cancel,
         )?;
+        progress("setting up");
+        (flavor.setup)(&root)?;
         progress("installing the guest program");
         unmount_under(&root)?;
         install_guest(&root, guest_binary, &tmp)?;
@@ -101,21 +225,24 @@ pub fn build(
     })();
     if let Err(e) = result {
         if let Err(e2) = remove_tree(&tmp) {
-            tracing::warn!(error = %format!("{e2:#}"), "could not remove the failed debian build");
+            tracing::warn!(template = name, error = %format!("{e2:#}"), "could not remove the failed build");
         }
-        return Err(e.context("build the debian template"));
+        return Err(e.context(format!("build the {name} template")));
     }
-    install_dir(&tmp, &templates.join(DEBIAN))?;
+    install_dir(&tmp, &templates.join(name))?;
     tracing::info!(
+        template = name,
         elapsed_s = started.elapsed().as_secs(),
-        "built template debian"
+        "built template"
     );
-    template(data_dir, DEBIAN).context("template debian missing right after its build")
+    template(data_dir, name)
+        .with_context(|| format!("template {name} missing right after its build"))
 }
 
 /// Runs debootstrap into `root`, turning its log lines into progress.
 fn debootstrap(
     root: &Path,
+    packages: &[&str],
     cache: &Path,
     log: &Path,
     progress: &dyn Fn(&str),
@@ -127,7 +254,8 @@ fn debootstrap(
         .unwrap_or_else(|| DEFAULT_MIRROR.to_string());
     progress("debootstrap: starting");
     let mut cmd = Command::new("debootstrap");
-    cmd.args(["--variant=minbase", "--include=python3"])
+    cmd.arg("--variant=minbase")
+        .arg(format!("--include={}", packages.join(",")))
         .arg(format!("--cache-dir={}", cache.display()))
         .arg(SUITE)
         .arg(root)
@@ -383,6 +511,41 @@ fi
 #[cfg(test)]
 mod tests {
     use super::progress_of;
+    use super::*;
+
+    #[test]
+    fn base_gets_its_user_once() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/skel")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\nsudo:x:27:\n").unwrap();
+        std::fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        std::fs::write(root.join("etc/skel/.bashrc"), "# bashrc\n").unwrap();
+        add_user(root).unwrap();
+        add_user(root).unwrap();
+        let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+        assert_eq!(
+            passwd,
+            "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\n"
+        );
+        let group = std::fs::read_to_string(root.join("etc/group")).unwrap();
+        assert_eq!(group, "root:x:0:\nsudo:x:27:user\nuser:x:1000:\n");
+        let rule = root.join("etc/sudoers.d/user");
+        assert_eq!(
+            std::fs::read_to_string(&rule).unwrap(),
+            "user ALL=(ALL:ALL) NOPASSWD: ALL\n"
+        );
+        assert_eq!(std::fs::metadata(&rule).unwrap().mode() & 0o777, 0o440);
+        let home = std::fs::metadata(root.join("home/user")).unwrap();
+        assert_eq!((home.uid(), home.gid()), (1000, 1000));
+        let rc = std::fs::metadata(root.join("home/user/.bashrc")).unwrap();
+        assert_eq!(rc.uid(), 1000);
+        assert!(
+            flavor("base").is_some() && flavor("debian").is_some() && flavor("minimal").is_none()
+        );
+    }
 
     #[test]
     fn progress_from_debootstrap_lines() {

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-pub use debian::DEBIAN;
+pub use debian::{BASE, DEBIAN};
 pub use minimal::MINIMAL;
 
 /// The templates agents build themselves (the server refuses these names for snapshots).
-pub const BASE_TEMPLATES: [&str; 2] = [MINIMAL, DEBIAN];
+pub const BASE_TEMPLATES: [&str; 3] = [MINIMAL, DEBIAN, BASE];
 
 /// The guest kernel, as installed by install.sh into the agent's kernel dir.
 #[derive(Debug, Clone)]

@@ -160,12 +160,12 @@ impl VmManager {
                 };
                 continue;
             }
-            if name == images::DEBIAN
-                && !images::debian::is_current(&t, &mgr.kernel, &mgr.guest_binary)
+            if let Some(flavor) = images::debian::flavor(&name)
+                && !images::debian::is_current(flavor, &t, &mgr.kernel, &mgr.guest_binary)
             {
-                tracing::info!("the debian template is out of date; rebuilding it");
-                if let Err(e) = mgr.build_template(images::DEBIAN).await {
-                    tracing::warn!(error = %e, "could not start the debian rebuild");
+                tracing::info!(template = %name, "the template is out of date; rebuilding it");
+                if let Err(e) = mgr.build_template(flavor.name).await {
+                    tracing::warn!(template = %name, error = %e, "could not start the rebuild");
                 }
             }
             mgr.boot.request(&t, snapshot::DEFAULT_SHAPE);

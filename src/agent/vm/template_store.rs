@@ -17,7 +17,7 @@ use anyhow::Context;
 use super::boot_snapshots::BootSnapshots;
 use super::snapshot::{self, DEFAULT_SHAPE, Snapshot};
 use super::{VmError, VmManager};
-use crate::agent::images::{self, DEBIAN, MINIMAL};
+use crate::agent::images::{self, MINIMAL};
 use crate::proto::agent::{TemplateInfo, TemplateStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -183,8 +183,8 @@ impl VmManager {
         out
     }
 
-    /// Starts building base template `name` in the background (`debian`; `minimal` is built at
-    /// start and only gets its boot snapshot). Idempotent: a build in progress is reported, not
+    /// Starts building base template `name` in the background (`debian` or `base`; `minimal` is
+    /// built at start and only gets its boot snapshot). Idempotent: a build in progress is reported, not
     /// started again; a ready template is rebuilt only when it is out of date.
     pub async fn build_template(&self, name: &str) -> Result<TemplateInfo, TemplateError> {
         if !images::BASE_TEMPLATES.contains(&name) {
@@ -210,7 +210,9 @@ impl VmManager {
                 return Ok(building_info(name, b));
             }
             if let Some(t) = images::template(&self.cfg.data_dir, name)
-                && images::debian::is_current(&t, &self.kernel, &self.guest_binary)
+                && images::debian::flavor(name).is_some_and(|f| {
+                    images::debian::is_current(f, &t, &self.kernel, &self.guest_binary)
+                })
             {
                 drop(states);
                 self.boot.request(&t, DEFAULT_SHAPE);
@@ -238,7 +240,8 @@ impl VmManager {
         let name_owned = name.to_string();
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = build_debian(&builds, &boot, &data_dir, &kernel, &guest).await;
+            let result =
+                build_debian(&builds, &boot, &name_owned, &data_dir, &kernel, &guest).await;
             match &result {
                 Ok(()) => tracing::info!(
                     template = %name_owned,
@@ -307,11 +310,12 @@ fn building_info(name: &str, b: &BuildState) -> TemplateInfo {
     }
 }
 
-/// Builds the debian template (debootstrap, image, initrd: blocking, on a worker thread), then
-/// boots it once for its boot snapshot.
+/// Builds a Debian template, `debian` or `base` (debootstrap, image, initrd: blocking, on a
+/// worker thread), then boots it once for its boot snapshot.
 async fn build_debian(
     builds: &Arc<BaseBuilds>,
     boot: &Arc<BootSnapshots>,
+    name: &str,
     data_dir: &Path,
     kernel: &crate::agent::images::Kernel,
     guest: &Path,
@@ -323,19 +327,21 @@ async fn build_debian(
         guest.to_path_buf(),
     );
     let cancel = builds.cancel.clone();
+    let flavor = images::debian::flavor(name)
+        .ok_or_else(|| format!("{name} is not built with debootstrap"))?;
     let template = tokio::task::spawn_blocking(move || {
-        let progress = |p: &str| b.set_progress(DEBIAN, p);
-        images::debian::build(&d, &k, &g, &progress, &cancel)
+        let progress = |p: &str| b.set_progress(flavor.name, p);
+        images::debian::build(&d, flavor, &k, &g, &progress, &cancel)
     })
     .await
     .map_err(|e| format!("the build panicked: {e}"))?
     .map_err(|e| format!("{e:#}"))?;
-    builds.set_progress(DEBIAN, "booting for snapshot");
+    builds.set_progress(name, "booting for snapshot");
     if let Some(mut rx) = boot.request(&template, DEFAULT_SHAPE) {
         let _ = tokio::time::timeout(Duration::from_secs(300), rx.wait_for(|d| *d)).await;
     }
     if boot.ready(&template, DEFAULT_SHAPE).is_none() {
-        tracing::warn!("the debian template has no boot snapshot; its sandboxes cold-boot");
+        tracing::warn!(template = %name, "the template has no boot snapshot; its sandboxes cold-boot");
     }
     Ok(())
 }

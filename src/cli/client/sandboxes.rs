@@ -93,6 +93,21 @@ impl ApiClient {
         .await
     }
 
+    /// Sets the absolute deadline `end_in_sec` from now (0 removes it).
+    pub async fn set_deadline(
+        &self,
+        id: &str,
+        end_in_sec: u64,
+    ) -> Result<SandboxResponse, ClientError> {
+        let body = crate::proto::api::DeadlineRequest { end_in_sec };
+        self.json(
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/deadline"),
+            Some(&body),
+        )
+        .await
+    }
+
     pub async fn set_timeout(
         &self,
         id: &str,

@@ -57,6 +57,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
             memory,
             timeout,
             on_timeout,
+            end_in,
             env,
             metadata,
             no_network,
@@ -77,6 +78,7 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                     crate::proto::net::NetworkSetting::Policy(egress.policy())
                 }),
                 on_timeout,
+                end_in_sec: end_in,
                 cold_boot: None,
                 public_ports: public_ports.then_some(true),
             };
@@ -182,6 +184,22 @@ pub async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<i32> {
                 print_json(&s)?;
             } else {
                 println!("{} {}", s.id, s.status);
+            }
+        }
+        SandboxCommand::Deadline { id, seconds, json } => {
+            let s = c.set_deadline(&id, seconds).await?;
+            if json {
+                print_json(&s)?;
+            } else if let Some(at) = s.end_at {
+                println!(
+                    "{} will {} at {} (in {}s)",
+                    s.id,
+                    s.on_timeout,
+                    at,
+                    at - crate::time::unix_now()
+                );
+            } else {
+                println!("{}: no deadline", s.id);
             }
         }
         SandboxCommand::Timeout {

@@ -82,7 +82,7 @@ impl ApiError {
         }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, String) {
+    pub(crate) fn parts(&self) -> (StatusCode, &'static str, String) {
         use ApiError::*;
         match self {
             BadRequest { field, message } => (

@@ -145,25 +145,35 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// The caller an API key (`sk_…`) stands for: its team, as a member; 401 for anything else.
+    pub async fn from_api_key(key: &str, state: &AppState) -> Result<Caller, ApiError> {
+        if !key.starts_with("sk_") {
+            return Err(ApiError::Unauthorized);
+        }
+        let hash = sha256_hex(key.as_bytes());
+        let key = state
+            .db
+            .call(move |c| api_keys::authenticate(c, &hash))
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(Caller {
+            kind: CallerKind::ApiKey,
+            user_id: key.created_by,
+            team_id: Some(key.team_id),
+            role: Some(TeamRole::Member),
+            is_admin: false,
+        })
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?.to_string();
         if token.starts_with("sk_") {
-            let hash = sha256_hex(token.as_bytes());
-            let key = state
-                .db
-                .call(move |c| api_keys::authenticate(c, &hash))
-                .await?
-                .ok_or(ApiError::Unauthorized)?;
-            return Ok(Caller {
-                kind: CallerKind::ApiKey,
-                user_id: key.created_by,
-                team_id: Some(key.team_id),
-                role: Some(TeamRole::Member),
-                is_admin: false,
-            });
+            return Caller::from_api_key(&token, state).await;
         }
         let u = AuthUser::from_token(&token, state).await?;
         Ok(Caller {

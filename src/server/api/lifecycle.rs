@@ -12,10 +12,10 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller, IdPath};
 use super::sandboxes::to_resp;
 use crate::ids::SandboxId;
-use crate::proto::api::{SandboxMetric, SandboxResponse, TimeoutRequest};
+use crate::proto::api::{DeadlineRequest, SandboxMetric, SandboxResponse, TimeoutRequest};
 use crate::proto::net::EgressPolicy;
 use crate::server::AppState;
-use crate::server::sandboxes::MetricsRange;
+use crate::server::sandboxes::{DeadlineChange, MetricsRange};
 
 pub async fn pause(
     State(st): State<AppState>,
@@ -58,6 +58,21 @@ pub async fn set_timeout(
     let row = st
         .sandboxes()
         .set_timeout(&team, &id, req.timeout_sec, req.on_timeout.as_deref())
+        .await?;
+    Ok(Json(to_resp(row)))
+}
+
+/// Sets the absolute deadline, counting from now (earlier or later); 0 removes it.
+pub async fn set_deadline(
+    State(st): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<SandboxId>,
+    ApiJson(req): ApiJson<DeadlineRequest>,
+) -> ApiResult<Json<SandboxResponse>> {
+    let team = caller.team_id()?;
+    let row = st
+        .sandboxes()
+        .set_deadline(&team, &id, DeadlineChange::Set(req.end_in_sec))
         .await?;
     Ok(Json(to_resp(row)))
 }

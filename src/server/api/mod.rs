@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod client_ip;
 pub mod downloads;
+pub mod e2b;
 pub mod error;
 pub mod extract;
 pub mod files;
@@ -98,6 +99,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/sandboxes/{id}/pause", post(lifecycle::pause))
         .route("/v1/sandboxes/{id}/resume", post(lifecycle::resume))
         .route("/v1/sandboxes/{id}/timeout", post(lifecycle::set_timeout))
+        .route("/v1/sandboxes/{id}/deadline", post(lifecycle::set_deadline))
         .route(
             "/v1/sandboxes/{id}/network",
             axum::routing::put(lifecycle::set_network),

@@ -40,6 +40,7 @@ pub fn to_resp(s: SandboxRow) -> SandboxResponse {
         boot_kind: s.boot_kind,
         network: s.egress,
         public_ports: s.public_ports,
+        end_at: s.end_at,
         access_token: None,
     }
 }

@@ -34,10 +34,14 @@ pub struct SandboxRow {
     pub egress: Option<EgressPolicy>,
     /// Its ports answer anyone, without the access token.
     pub public_ports: bool,
+    /// The absolute deadline (Unix seconds): past it a running sandbox is paused or killed as
+    /// `on_timeout` says. None: no deadline.
+    pub end_at: Option<i64>,
 }
 
 const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec, network,
-    metadata, env, boot_ms, created_at, started_at, ended_at, error, on_timeout, last_active_at, boot_kind, egress, public_ports";
+    metadata, env, boot_ms, created_at, started_at, ended_at, error, on_timeout, last_active_at, boot_kind, egress, public_ports,
+    end_at";
 
 fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
     let metadata: String = r.get(9)?;
@@ -70,6 +74,7 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
                 .unwrap_or_default()
         }),
         public_ports: r.get(20)?,
+        end_at: r.get(21)?,
     })
 }
 
@@ -88,6 +93,7 @@ pub struct NewSandbox {
     pub on_timeout: OnTimeout,
     pub egress: Option<EgressPolicy>,
     pub public_ports: bool,
+    pub end_at: Option<i64>,
 }
 
 /// Records a sandbox's new egress policy.
@@ -107,8 +113,8 @@ pub fn set_egress(conn: &Connection, id: &str, egress: &EgressPolicy) -> DbResul
 pub fn insert(conn: &Connection, s: &NewSandbox) -> DbResult<()> {
     conn.execute(
         "INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec,
-            network, metadata, env, created_by, created_at, on_timeout, egress, public_ports)
-         VALUES (?1, ?2, ?3, ?4, 'starting', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            network, metadata, env, created_by, created_at, on_timeout, egress, public_ports, end_at)
+         VALUES (?1, ?2, ?3, ?4, 'starting', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             s.id,
             s.team_id,
@@ -127,6 +133,7 @@ pub fn insert(conn: &Connection, s: &NewSandbox) -> DbResult<()> {
                 .as_ref()
                 .and_then(|e| serde_json::to_string(e).ok()),
             s.public_ports,
+            s.end_at,
         ],
     )?;
     Ok(())
@@ -294,6 +301,28 @@ pub fn idle_expired(conn: &Connection, at: i64) -> DbResult<Vec<SandboxRow>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Sets (or with None clears) a sandbox's absolute deadline.
+pub fn set_end_at(conn: &Connection, id: &str, end_at: Option<i64>) -> DbResult<()> {
+    let n = conn.execute(
+        "UPDATE sandboxes SET end_at = ?1 WHERE id = ?2",
+        params![end_at, id],
+    )?;
+    if n == 0 {
+        return Err(DbError::NotFound);
+    }
+    Ok(())
+}
+
+/// Running sandboxes whose absolute deadline has passed.
+pub fn deadline_expired(conn: &Connection, at: i64) -> DbResult<Vec<SandboxRow>> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {COLS} FROM sandboxes WHERE status = 'running' AND end_at IS NOT NULL
+           AND end_at <= ?1 ORDER BY id"
+    ))?;
+    let rows = st.query_map([at], sandbox_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +355,7 @@ mod tests {
                     public_ports: false,
                     created_by: u.id.clone(),
                     on_timeout: OnTimeout::Pause,
+                    end_at: None,
                 },
             )?;
             transition(c, "sbx_a", SandboxStatus::Running, None)?;

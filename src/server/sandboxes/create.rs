@@ -81,6 +81,9 @@ impl SandboxService<'_> {
         if let Some(p) = &mut egress {
             p.validate().map_err(|(f, m)| SandboxError::invalid(f, m))?;
         }
+        let end_in = req.end_in_sec.unwrap_or(0);
+        rules::check_deadline("end_in_sec", end_in)?;
+        let end_at = (end_in > 0).then(|| crate::server::db::now() + end_in as i64);
         let on_timeout = match req.on_timeout.as_deref() {
             None => OnTimeout::default(),
             Some(o) => rules::parse_on_timeout(o)?,
@@ -124,6 +127,7 @@ impl SandboxService<'_> {
             created_by: user.to_string(),
             on_timeout,
             public_ports: req.public_ports.unwrap_or(false),
+            end_at,
         };
         let vm = CreateVmRequest {
             id: id.to_string(),

@@ -145,8 +145,24 @@ impl SandboxService<'_> {
         Ok(())
     }
 
-    /// Resumes the team's paused sandbox `id` on the host that holds its memory.
+    /// Resumes the team's paused sandbox `id` on the host that holds its memory. A deadline that
+    /// passed (and paused it) is removed: it did its work; set a new one with
+    /// [`Self::set_deadline`].
     pub async fn resume(&self, team: &TeamId, id: &SandboxId) -> SandboxResult<SandboxRow> {
+        self.resume_until(team, id, None).await
+    }
+
+    /// Resumes like [`Self::resume`]; a deadline that passed becomes `renew_sec` from now
+    /// (None: removed).
+    pub async fn resume_until(
+        &self,
+        team: &TeamId,
+        id: &SandboxId,
+        renew_sec: Option<u64>,
+    ) -> SandboxResult<SandboxRow> {
+        if let Some(n) = renew_sec {
+            rules::check_deadline("timeout", n)?;
+        }
         let s = self.lookup(team, id).await?;
         if s.status != SandboxStatus::Paused {
             return Err(not_in(&s, SandboxStatus::Paused, "resume"));
@@ -161,16 +177,37 @@ impl SandboxService<'_> {
             });
         }
         let log = self.oplog(Operation::Resume, &s, BY_REQUEST);
-        let result = self.resume_on_host(&s, &link).await;
+        let result = self.resume_on_host(&s, &link, renew_sec).await;
         log.finish(self, &result, None);
         result?;
         self.lookup(team, id).await
     }
 
-    async fn resume_on_host(&self, s: &SandboxRow, link: &super::HostLink) -> SandboxResult<()> {
+    async fn resume_on_host(
+        &self,
+        s: &SandboxRow,
+        link: &super::HostLink,
+        renew_sec: Option<u64>,
+    ) -> SandboxResult<()> {
         // A paused sandbox holds no quota; running again it does: it counts as running from
         // before the host is asked, so concurrent resumes and creates see it (if the server dies
         // meanwhile, the monitor finds the VM paused or running and records which).
+        // A deadline that passed goes first: the sandbox counts as running from the next step,
+        // and the monitor would pause or end it again at once.
+        let sid = s.id.clone();
+        self.st
+            .db
+            .call(move |c| {
+                let now = crate::server::db::now();
+                if sandboxes::get_any(c, &sid)?
+                    .and_then(|r| r.end_at)
+                    .is_some_and(|end| end <= now)
+                {
+                    sandboxes::set_end_at(c, &sid, renew_sec.map(|n| now + n as i64))?;
+                }
+                Ok(())
+            })
+            .await?;
         self.reserve_resume(s).await?;
         if let Err(e) = link.client.resume_vm(&s.id).await {
             let sid = s.id.clone();
@@ -324,24 +361,34 @@ impl SandboxService<'_> {
     /// What the idle timeout does to a sandbox past it: pause it, or end it when it was created
     /// to be killed. Returns what it did.
     pub async fn expire_idle(&self, s: &SandboxRow) -> SandboxResult<OnTimeout> {
+        self.expire(s, BY_IDLE_TIMEOUT).await
+    }
+
+    /// Pauses a running sandbox, or ends it when it was created to be killed (`why` is recorded
+    /// on an ended one). Returns what it did.
+    pub(super) async fn expire(
+        &self,
+        s: &SandboxRow,
+        why: &'static str,
+    ) -> SandboxResult<OnTimeout> {
         match s.on_timeout {
             OnTimeout::Kill => {
-                let log = self.oplog(Operation::Delete, s, BY_IDLE_TIMEOUT);
-                let result = self.kill_idle(s).await;
+                let log = self.oplog(Operation::Delete, s, why);
+                let result = self.kill_expired(s, why).await;
                 log.finish(self, &result, None);
                 result?;
             }
-            OnTimeout::Pause => self.pause_row_for(s, BY_IDLE_TIMEOUT).await?,
+            OnTimeout::Pause => self.pause_row_for(s, why).await?,
         }
         Ok(s.on_timeout)
     }
 
-    async fn kill_idle(&self, s: &SandboxRow) -> SandboxResult<()> {
+    async fn kill_expired(&self, s: &SandboxRow, why: &'static str) -> SandboxResult<()> {
         self.destroy_on_host(s).await?;
         let sid = s.id.clone();
         self.st
             .db
-            .call(move |c| sandboxes::settle(c, &sid, SandboxStatus::Stopped, Some("idle timeout")))
+            .call(move |c| sandboxes::settle(c, &sid, SandboxStatus::Stopped, Some(why)))
             .await?;
         Ok(())
     }

@@ -7,10 +7,12 @@
 
 pub mod agent_errors;
 mod create;
+mod deadline;
 pub mod error;
 mod lifecycle;
 pub mod oplog;
 pub mod metrics;
+pub mod listing;
 pub mod placement;
 pub mod ports;
 pub mod rules;
@@ -18,6 +20,7 @@ mod streams;
 mod templates;
 
 pub use agent_errors::AgentCall;
+pub use deadline::DeadlineChange;
 pub use error::{SandboxError, SandboxResult};
 pub use metrics::MetricsRange;
 pub use streams::AgentSocket;

@@ -89,6 +89,17 @@ pub fn check_timeout(timeout_sec: u64) -> SandboxResult<()> {
     Ok(())
 }
 
+/// An absolute deadline in seconds from now: 0 (none) to a week.
+pub fn check_deadline(field: &str, secs: u64) -> SandboxResult<()> {
+    if secs > MAX_TIMEOUT_SEC {
+        return Err(SandboxError::invalid(
+            field,
+            format!("must be 0 (none) to {MAX_TIMEOUT_SEC}"),
+        ));
+    }
+    Ok(())
+}
+
 /// What an idle timeout does, as a request spells it.
 pub fn parse_on_timeout(s: &str) -> SandboxResult<OnTimeout> {
     s.parse()

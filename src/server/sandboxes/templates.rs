@@ -13,7 +13,7 @@ use crate::server::pool::AgentError;
 use crate::server::state::SandboxStatus;
 
 /// Names the agents build themselves; a team template cannot take them.
-pub const BASE_TEMPLATES: [&str; 2] = ["minimal", "debian"];
+pub const BASE_TEMPLATES: [&str; 3] = ["minimal", "debian", "base"];
 
 /// A name for a team template (trimmed): valid, and not a base template's.
 pub fn team_template_name(raw: &str) -> SandboxResult<String> {
@@ -34,6 +34,12 @@ pub fn team_template_name(raw: &str) -> SandboxResult<String> {
 }
 
 impl SandboxService<'_> {
+    /// The team's own templates (snapshots and imports).
+    pub async fn team_templates(&self, team: &TeamId) -> SandboxResult<Vec<TemplateRow>> {
+        let t = team.clone();
+        Ok(self.st.db.call(move |c| templates::list(c, &t)).await?)
+    }
+
     /// The team's template `name`, if it has one.
     pub async fn team_template(
         &self,
