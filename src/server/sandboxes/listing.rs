@@ -129,6 +129,7 @@ mod tests {
             last_active_at: None,
             boot_kind: None,
             egress: None,
+            public_ports: false,
             end_at: None,
         }
     }

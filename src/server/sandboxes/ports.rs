@@ -130,6 +130,7 @@ mod tests {
             boot_kind: None,
             egress: None,
             public_ports: public,
+            end_at: None,
         }
     }
 

@@ -135,6 +135,8 @@ fn translate_create(req: &NewSandboxRequest) -> E2bResult<CreateSandboxRequest> 
         ),
         end_in_sec: Some(timeout),
         cold_boot: None,
+        // Private as ours are: the SDK sends the access token to envd, and a port needs it too.
+        public_ports: None,
     })
 }
 
