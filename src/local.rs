@@ -32,6 +32,8 @@ pub struct LocalAgentConfig {
     pub jail: crate::agent::vm::JailConfig,
     /// The local agent's `/metrics` listener.
     pub metrics: crate::agent::prometheus::MetricsConfig,
+    /// VMs kept restored and waiting for creates (`--warm-pool`).
+    pub warm_pool: crate::agent::vm::pool::WarmPoolConfig,
 }
 
 /// What goes with the server: the admin made before it answers anyone ([`ensure_admin`]), then
@@ -100,6 +102,7 @@ pub async fn start(state: AppState, data_dir: &Path, cfg: LocalAgentConfig) -> a
             import_limits: cfg.import_limits,
             heartbeat_interval: cfg.heartbeat_interval,
             sample_interval: cfg.sample_interval,
+            warm_pool: cfg.warm_pool,
             guest_binary: None,
             net: cfg.net,
             metrics: cfg.metrics,

@@ -180,6 +180,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             };
             let (net, jail) = (vm.net_config(), vm.jail_config());
             let import_limits = vm.import_limits();
+            let warm_pool = vm.warm_pool_config();
             agent::run::run(
                 agent::run::AgentConfig {
                     data_dir,
@@ -191,6 +192,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                     import_limits,
                     heartbeat_interval,
                     sample_interval: vm.sample_interval,
+                    warm_pool,
                     guest_binary: None,
                     net,
                     jail,
@@ -281,6 +283,7 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
             import_limits: a.vm.import_limits(),
             heartbeat_interval: a.timing.heartbeat_interval,
             sample_interval: a.vm.sample_interval,
+            warm_pool: a.vm.warm_pool_config(),
             admin_email: a.admin_email.clone(),
             net: a.vm.net_config(),
             jail: a.vm.jail_config(),

@@ -41,10 +41,12 @@ pub struct AgentConfig {
     /// After the shutdown signal, how long calls in flight may take before they are cut (the VMs
     /// stay either way).
     pub shutdown_timeout: Duration,
+    /// VMs kept restored and waiting for creates (`--warm-pool`).
+    pub warm_pool: crate::agent::vm::pool::WarmPoolConfig,
 }
 
 /// Runs the agent until `shutdown` completes. VMs keep running after the agent exits; the next
-/// agent process reattaches to them.
+/// agent process reattaches to them (the warm pool's waiting VMs are ended).
 pub async fn run(
     cfg: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -74,6 +76,7 @@ pub async fn run(
         jail: cfg.jail.clone(),
         import_limits: cfg.import_limits,
         sample_interval: cfg.sample_interval,
+        warm_pool: cfg.warm_pool.clone(),
     })
     .await
     .context("starting the VM manager")?;
@@ -85,6 +88,7 @@ pub async fn run(
     let accel = vms.accel().clone();
     tracing::info!(host = %creds.host_id, %listen, accel = accel.kind, reason = %accel.reason, "agent serving");
     let verifier = Arc::new(CallVerifier::new(&creds.server_public_key, &creds.host_id)?);
+    let pool_owner = vms.clone();
     let state = AgentState {
         vms: vms.clone(),
         verifier,
@@ -130,6 +134,8 @@ pub async fn run(
         }
     };
     heartbeats.abort();
+    // Waiting VMs belong to no sandbox: they end with the agent.
+    pool_owner.drain_pool().await;
     result
 }
 

@@ -407,6 +407,16 @@ pub struct VmArgs {
     /// last hour of samples is kept.
     #[arg(long, env = "SANDBOXCTL_SAMPLE_INTERVAL", default_value = "5s", value_parser = crate::settings::parse_sample_interval)]
     pub sample_interval: Duration,
+    /// Keep N VMs of a template and shape restored and waiting, so that a create of that
+    /// template and shape takes one (repeatable): TEMPLATE/SHAPE=N, SHAPE as boot snapshots name
+    /// it (MEMORYm-VCPUSc-net or -nonet), e.g. `minimal/256m-1c-net=2`. Waiting VMs count in
+    /// the host's used memory and vCPUs; they end with the agent.
+    #[arg(long, env = "SANDBOXCTL_WARM_POOL", value_delimiter = ',')]
+    pub warm_pool: Vec<crate::agent::vm::pool::WarmPoolSpec>,
+    /// The warm pool is drained (its VMs ended) while the host's MemAvailable is under this many
+    /// MB, and refilled only while a VM more leaves that much.
+    #[arg(long, env = "SANDBOXCTL_WARM_POOL_MIN_AVAILABLE_MB", default_value_t = crate::agent::vm::pool::DEFAULT_MIN_AVAILABLE_MB)]
+    pub warm_pool_min_available_mb: u64,
 }
 
 fn parse_quota_override(s: &str) -> Result<crate::proto::quota::TeamQuota, String> {
@@ -444,6 +454,14 @@ impl VmArgs {
         crate::agent::images::import::Limits {
             max_bytes: self.max_image_expanded_bytes,
             max_members: self.max_image_members,
+        }
+    }
+
+    /// The warm pool these flags set.
+    pub fn warm_pool_config(&self) -> crate::agent::vm::pool::WarmPoolConfig {
+        crate::agent::vm::pool::WarmPoolConfig {
+            specs: self.warm_pool.clone(),
+            min_available_mb: self.warm_pool_min_available_mb,
         }
     }
 }

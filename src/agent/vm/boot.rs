@@ -139,12 +139,12 @@ impl VmManager {
         tracing::debug!(vm = %vm.id, ?args, "starting QEMU");
         let cgroup = self
             .cgroups
-            .prepare(&vm.id, vm.record.vcpus, vm.record.memory_mb)?;
+            .prepare(vm.place(), vm.record.vcpus, vm.record.memory_mb)?;
         let jail = jail::Jail {
             uid: vm.uid(),
             gid: vm.uid(),
             hidden: self.cfg.hidden_dirs(),
-            netns: vm.record.network.then(|| self.net.netns_path(&vm.id)),
+            netns: vm.record.network.then(|| self.net.netns_path(vm.place())),
             ram: match spec.memory {
                 qemu::Memory::File { shared: false, .. } => Some(
                     self.ram

@@ -110,6 +110,12 @@ impl VmManager {
         if self.vms().contains_key(&req.id) {
             return Err(VmError::Conflict(format!("VM {} already exists", req.id)));
         }
+        if !req.cold_boot
+            && matches!(source, Source::Base(_))
+            && let Some(r) = self.from_pool(&req, policy.as_ref(), started).await
+        {
+            return r;
+        }
         let uid = self.claim_uid()?;
         let net = match &policy {
             Some(p) => match self.net.create(&req.id, p).await {
@@ -168,6 +174,7 @@ impl VmManager {
                     net: net.clone(),
                     uid: Some(uid),
                     access_token: req.access_token.clone(),
+                    place: None,
                 },
                 Runtime::new(VmState::Starting),
             ));

@@ -60,6 +60,12 @@ impl Vm {
         self.net.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The name of its folder, cgroup and network namespace (its id, but for a VM handed over
+    /// from the warm pool).
+    pub(super) fn place(&self) -> &str {
+        self.record.place()
+    }
+
     pub(super) fn uid(&self) -> u32 {
         self.record.uid.unwrap_or(u32::MAX)
     }

@@ -14,7 +14,8 @@ use super::boot_snapshots::{BootSnapshots, HostEnv};
 use super::instance::Vm;
 use super::snapshot;
 use super::{
-    Accel, VmConfig, VmError, VmInfo, VmState, cgroup, jail, qemu, ram, sampler, template_store,
+    Accel, VmConfig, VmError, VmInfo, VmState, cgroup, jail, pool, qemu, ram, sampler,
+    template_store,
 };
 use crate::agent::images::{self, Kernel, MINIMAL};
 use crate::agent::net::Network;
@@ -44,6 +45,8 @@ pub struct VmManager {
     pub(super) ram: ram::RamCache,
     /// VM numbers in use (uid `uid_base + 1 + n`).
     pub(super) uids: Mutex<std::collections::BTreeSet<u32>>,
+    /// VMs restored and waiting for a create (see [`super::pool`]).
+    pub(super) pool: pool::Pool,
 }
 
 impl VmManager {
@@ -101,6 +104,7 @@ impl VmManager {
                 ram: None,
             },
         }));
+        let cfg_pool = cfg.warm_pool.clone();
         let mgr = VmManager {
             guest_binary,
             boot,
@@ -118,9 +122,14 @@ impl VmManager {
             net,
             ram: Default::default(),
             uids: Mutex::new(Default::default()),
+            pool: pool::Pool::new(cfg_pool),
         };
         mgr.rediscover().await;
-        let known: Vec<String> = mgr.vms().keys().cloned().collect();
+        let known: Vec<String> = mgr
+            .vms()
+            .values()
+            .map(|v| v.place().to_string())
+            .collect();
         let removed = mgr.net.reconcile(&known).await;
         if removed > 0 {
             tracing::info!(removed, "removed network namespaces left without a VM");
@@ -173,6 +182,9 @@ impl VmManager {
         let mgr = Arc::new(mgr);
         tokio::spawn(cap_console_logs(Arc::downgrade(&mgr)));
         tokio::spawn(sampler::run(Arc::downgrade(&mgr), mgr.cfg.sample_interval));
+        if !mgr.pool.cfg.specs.is_empty() {
+            tokio::spawn(pool::run(Arc::downgrade(&mgr)));
+        }
         Ok(mgr)
     }
 
@@ -252,31 +264,7 @@ impl VmManager {
             // Another caller is destroying it.
             return Err(VmError::NotFound(id.to_string()));
         }
-        vm.channel.close();
-        vm.kill_qemu().await;
-        vm.rt().stop();
-        self.cgroups.remove(id).await;
-        if vm.record.network {
-            self.net.destroy(id, vm.net_place().as_ref()).await;
-        }
-        if let Some(uid) = vm.record.uid {
-            self.release_uid(uid);
-        }
-        let mut last = None;
-        for _ in 0..3 {
-            match tokio::fs::remove_dir_all(&vm.dir).await {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    last = None;
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let last = self.teardown(&vm).await;
         {
             let mut vms = self.vms();
             if vms.get(id).is_some_and(|v| Arc::ptr_eq(v, &vm)) {
@@ -293,8 +281,33 @@ impl VmManager {
         Ok(())
     }
 
-    /// Capacity figures for heartbeats: (VMs, their memory MB, their vcpus), counting starting
-    /// and running VMs.
+    /// Ends the VM's QEMU and removes its cgroup, network, uid and folder; the error is the
+    /// folder's when it could not be removed.
+    pub(super) async fn teardown(&self, vm: &Vm) -> Option<std::io::Error> {
+        vm.channel.close();
+        vm.kill_qemu().await;
+        vm.rt().stop();
+        self.cgroups.remove(vm.place()).await;
+        if vm.record.network {
+            self.net.destroy(vm.place(), vm.net_place().as_ref()).await;
+        }
+        if let Some(uid) = vm.record.uid {
+            self.release_uid(uid);
+        }
+        let mut last = None;
+        for _ in 0..3 {
+            match tokio::fs::remove_dir_all(&vm.dir).await {
+                Ok(()) => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
+    }
+
+    /// Capacity figures for heartbeats: (VMs, their memory MB, their vcpus), counting starting,
+    /// running and paused VMs; the warm pool's VMs count in memory and vCPUs (not as VMs).
     pub async fn usage(&self) -> (u32, u64, u32) {
         let vms: Vec<Arc<Vm>> = self.vms().values().cloned().collect();
         let mut n = 0;
@@ -310,7 +323,8 @@ impl VmManager {
                 cpus += vm.record.vcpus;
             }
         }
-        (n, mem, cpus)
+        let (pool_mem, pool_cpus) = self.pool.usage();
+        (n, mem + pool_mem, cpus + pool_cpus)
     }
 
     /// Names of the base templates available on this host (at least "minimal"); a team's
@@ -331,6 +345,7 @@ impl VmManager {
     /// Lets go of every VM without stopping it (agent shutdown): a later agent reattaches.
     /// Template builds in progress are stopped (a later agent cleans up after them).
     pub fn detach_all(&self) {
+        self.pool.kill_now();
         for vm in self.vms().values() {
             vm.channel.close();
         }

@@ -19,7 +19,8 @@
 //! The manager's work, by concept: [`manager`] (start-up, the VM table, uids, destroy,
 //! capacity), [`create`] (checks and attempts), [`boot`] (a new VM's QEMU, cold or from a boot
 //! snapshot), [`restore`], [`lifecycle`] (pause, resume, snapshot), [`exec`] and [`stream`],
-//! [`files`], [`network`] (egress policy), [`recovery`] (after an agent restart),
+//! [`files`], [`network`] (egress policy), [`pool`] (the warm pool), [`recovery`] (after an
+//! agent restart),
 //! [`template_store`] and [`boot_snapshots`], [`sampler`] and [`samples`] (usage samples). A VM
 //! is an [`instance::Vm`]: its [`record`] on
 //! disk, its [`runtime`] state, which changes only through [`runtime::Runtime::set_state`] (see
@@ -42,6 +43,7 @@ pub mod jail;
 mod lifecycle;
 mod manager;
 mod network;
+pub mod pool;
 pub mod ports;
 mod qemu;
 mod qmp;
@@ -113,6 +115,8 @@ pub struct VmConfig {
     pub import_limits: images::import::Limits,
     /// How often each running VM's CPU, memory and disk are sampled (the `sampler` module).
     pub sample_interval: Duration,
+    /// VMs kept restored and waiting for creates (the `pool` module).
+    pub warm_pool: pool::WarmPoolConfig,
 }
 
 /// QEMU's confinement settings (see [`jail`]).

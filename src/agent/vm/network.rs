@@ -18,7 +18,7 @@ impl VmManager {
             )));
         };
         self.net
-            .apply(id, &policy)
+            .apply(vm.place(), &policy)
             .await
             .map_err(|e| VmError::Internal(e.context("applying the egress policy")))?;
         place.policy = policy.clone();

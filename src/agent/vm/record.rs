@@ -44,6 +44,17 @@ pub(super) struct VmRecord {
     /// The token envd requires, sent to the guest in every `Init`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) access_token: Option<String>,
+    /// The name its folder, cgroup and network namespace were made under, when not its id: a
+    /// VM handed over from the warm pool keeps its `pool-…` place (see [`super::pool`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) place: Option<String>,
+}
+
+impl VmRecord {
+    /// The name of its folder, cgroup and network namespace.
+    pub(super) fn place(&self) -> &str {
+        self.place.as_deref().unwrap_or(&self.id)
+    }
 }
 
 pub(super) fn read_pid(dir: &Path) -> Option<u32> {

@@ -45,7 +45,7 @@ impl VmManager {
                         qemu::kill(pid, libc::SIGKILL);
                     }
                     let _ = std::fs::remove_dir_all(&dir);
-                    if validate_id(&name).is_ok() {
+                    if validate_id(&name).is_ok() || super::pool::is_place(&name) {
                         self.cgroups.remove(&name).await;
                     }
                 }
@@ -57,14 +57,14 @@ impl VmManager {
     /// (a host reboot) gets a new one with the same policy.
     pub(super) async fn reattach_net(&self, vm: &Arc<Vm>) {
         let Some(place) = vm.net_place() else { return };
-        let Err(e) = self.net.reattach(&vm.id, &place).await else {
+        let Err(e) = self.net.reattach(vm.place(), &place).await else {
             return;
         };
         if vm.rt().state() != VmState::Paused {
             tracing::warn!(vm = %vm.id, error = %format!("{e:#}"), "the running VM's network could not be taken back");
             return;
         }
-        match self.net.create(&vm.id, &place.policy).await {
+        match self.net.create(vm.place(), &place.policy).await {
             Ok(n) => {
                 *vm.net.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
                 let _ = vm.persist();
@@ -79,11 +79,12 @@ impl VmManager {
     /// snapshot, which is continued: the server still counts it running) or a saved state
     /// (`state.bin`: paused; a QEMU still around it is ended).
     pub(super) async fn reattach(&self, name: &str, dir: &Path) -> Result<Arc<Vm>, String> {
-        validate_id(name).map_err(|e| e.to_string())?;
         let record = read_record(dir).ok_or("no readable vm.json")?;
-        if record.id != name {
+        if record.place() != name {
             return Err("vm.json names another VM".into());
         }
+        // A warm pool VM that was never handed over has no sandbox id: it is not kept.
+        validate_id(&record.id).map_err(|_| "a warm pool VM that was never handed over")?;
         let saved = dir.join(qemu::STATE).is_file();
         let live = read_pid(dir).filter(|pid| qemu::is_our_qemu(*pid, dir));
         let _ = std::fs::remove_file(dir.join(STATE_TMP));

@@ -22,6 +22,18 @@ impl VmManager {
         snap: &Snapshot,
         started: Instant,
     ) -> Result<VmInfo, BootError> {
+        self.restore_guest(vm, snap, started).await?;
+        self.finish_start(vm, "snapshot", started).await
+    }
+
+    /// The restore up to the guest's answer, without its identity: a warm pool VM waits there
+    /// (see [`super::pool`]).
+    pub(super) async fn restore_guest(
+        &self,
+        vm: &Arc<Vm>,
+        snap: &Snapshot,
+        started: Instant,
+    ) -> Result<(), BootError> {
         let dir = &vm.dir;
         {
             let mut rt = vm.rt();
@@ -93,6 +105,6 @@ impl VmManager {
                 ))));
             }
         }
-        self.finish_start(vm, "snapshot", started).await
+        Ok(())
     }
 }

@@ -48,7 +48,7 @@ async fn sample(vm: &Vm, cgroup_root: Option<&Path>, max: usize) {
         vm.samples().pause();
         return;
     };
-    let cgroup = cgroup_root.map(|r| r.join(&vm.id));
+    let cgroup = cgroup_root.map(|r| r.join(vm.place()));
     let Some(usage_us) = cpu_usage_us(cgroup.as_deref(), pid) else {
         return;
     };

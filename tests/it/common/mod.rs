@@ -37,6 +37,7 @@ pub fn vm_config(data_dir: &Path) -> sandboxctl::agent::vm::VmConfig {
         jail: Default::default(),
         import_limits: Default::default(),
         sample_interval: std::time::Duration::from_secs(5),
+        warm_pool: Default::default(),
     }
 }
 
