@@ -30,4 +30,5 @@ mod spec_agreement;
 mod streams;
 mod upgrade;
 mod vm;
+mod warm_pool;
 mod web;

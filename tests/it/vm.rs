@@ -10,7 +10,7 @@ use sandboxctl::agent::vm::{
 
 use crate::common::{step, vm_config, vm_permit, wait_until};
 
-fn init_logs() {
+pub(crate) fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -21,7 +21,7 @@ fn init_logs() {
     }
 }
 
-fn create_request(id: &str) -> CreateVmRequest {
+pub(crate) fn create_request(id: &str) -> CreateVmRequest {
     let mut env = BTreeMap::new();
     env.insert(
         "SANDBOX_GREETING".to_string(),
@@ -48,7 +48,7 @@ fn cmd(cmd: &str, args: &[&str]) -> ExecRequest {
     }
 }
 
-async fn sh(vms: &VmManager, id: &str, script: &str) -> ExecResponse {
+pub(crate) async fn sh(vms: &VmManager, id: &str, script: &str) -> ExecResponse {
     vms.exec(id, cmd("sh", &["-c", script]))
         .await
         .expect("exec")
@@ -66,7 +66,7 @@ async fn guest_runs(vms: &VmManager, id: &str, needle: &str) -> bool {
     .contains(needle)
 }
 
-fn qemu_alive(pid: u32) -> bool {
+pub(crate) fn qemu_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !matches!(
             stat.rsplit_once(')')

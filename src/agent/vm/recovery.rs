@@ -35,7 +35,7 @@ impl VmManager {
                         (rt.pid, rt.state())
                     };
                     tracing::info!(vm = %name, ?pid, ?state, "found a VM of a previous agent");
-                    self.vms().insert(name, vm);
+                    self.vms().insert(vm.id.clone(), vm);
                 }
                 Err(why) => {
                     tracing::info!(vm = %name, %why, "removing a VM left by a previous agent");
