@@ -6,6 +6,7 @@
 
 pub mod fleet;
 pub mod load;
+mod pool;
 pub mod server;
 
 use std::path::{Path, PathBuf};
@@ -142,6 +143,8 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
         if s.boot_kind.as_deref() == Some("snapshot") {
             api_snap.push(wall);
             boot_snap.push(boot);
+        } else if s.boot_kind.as_deref() == Some("pool") {
+            // Measured on their own by `pool::pool_rows`.
         } else {
             api_cold.push(wall);
             boot_cold.push(boot);
@@ -220,6 +223,7 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
             "",
         ));
     }
+    rows.extend(pool::pool_rows(c, a, &req, &bare_restore).await?);
     rows.extend(net_rows);
     if !bare_cold.is_empty() {
         rows.push(row(

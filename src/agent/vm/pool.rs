@@ -537,6 +537,25 @@ pub(super) async fn run(mgr: Weak<VmManager>) {
     }
 }
 
+/// QEMU pids of the VMs waiting in the pool of the agent with data dir `data_dir` (for the
+/// bench, from another process): folders `vms/pool-…` whose record still has no sandbox id.
+pub fn waiting_pids(data_dir: &std::path::Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("vms")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| is_place(&e.file_name().to_string_lossy()))
+        .filter_map(|e| {
+            let dir = e.path();
+            let record = super::record::read_record(&dir)?;
+            let pid = super::record::read_pid(&dir)?;
+            (record.id == e.file_name().to_string_lossy() && super::qemu::is_our_qemu(pid, &dir))
+                .then_some(pid)
+        })
+        .collect()
+}
+
 /// The host's `MemAvailable` in MB.
 pub(super) fn mem_available_mb() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
