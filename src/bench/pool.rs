@@ -43,7 +43,11 @@ fn cpu_ms(pids: &[u32]) -> f64 {
 
 /// Waits until `want` VMs wait in the pool, twice in a row a poll apart (the last one may
 /// still be restoring when its process appears).
-async fn wait_full(dir: &std::path::Path, want: usize, limit: Duration) -> anyhow::Result<Vec<u32>> {
+async fn wait_full(
+    dir: &std::path::Path,
+    want: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<u32>> {
     let deadline = Instant::now() + limit;
     let mut seen = 0;
     loop {
@@ -72,10 +76,15 @@ pub(super) async fn pool_rows(
     };
     let full = crate::agent::vm::pool::waiting_pids(dir).len();
     if full == 0 {
-        eprintln!("bench: no warm pool on the local agent (start it with --warm-pool TEMPLATE/SHAPE=N for its rows)");
+        eprintln!(
+            "bench: no warm pool on the local agent (start it with --warm-pool TEMPLATE/SHAPE=N for its rows)"
+        );
         return Ok(Vec::new());
     }
-    eprintln!("bench: warm pool of {full}: memory, idle CPU, {} creates…", a.runs);
+    eprintln!(
+        "bench: warm pool of {full}: memory, idle CPU, {} creates…",
+        a.runs
+    );
     let waiting = wait_full(dir, full, Duration::from_secs(120)).await?;
     let pss: Vec<f64> = waiting.iter().filter_map(|p| pss_mb(*p)).collect();
     let idle_window = Duration::from_secs(5);

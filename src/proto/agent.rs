@@ -229,7 +229,7 @@ pub struct VmInfo {
     pub pid: Option<u32>,
     /// Milliseconds from the create call to the guest's first answer.
     pub boot_ms: Option<u64>,
-    /// "cold" or "snapshot".
+    /// "cold", "snapshot" or "pool" (a VM of the agent's warm pool, restored ahead).
     pub boot_kind: Option<String>,
     /// Why a stopped VM was stopped by its agent (a guest cut off for breaking the protocol).
     #[serde(default)]

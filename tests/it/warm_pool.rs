@@ -91,7 +91,11 @@ async fn warm_pool_hands_over_indistinguishable_sandboxes() {
         })
         .await;
         let (n, mem, cpus) = vms.usage().await;
-        assert_eq!((n, mem, cpus), (1, 3 * 256, 3), "the fresh VM plus two waiting");
+        assert_eq!(
+            (n, mem, cpus),
+            (1, 3 * 256, 3),
+            "the fresh VM plus two waiting"
+        );
         let listed: Vec<String> = vms.list().await.into_iter().map(|v| v.id).collect();
         assert_eq!(listed, vec![fresh.to_string()]);
     })
@@ -108,7 +112,10 @@ async fn warm_pool_hands_over_indistinguishable_sandboxes() {
         }
         let mut listed: Vec<String> = vms.list().await.into_iter().map(|v| v.id).collect();
         listed.sort();
-        assert_eq!(listed, vec![fresh.to_string(), a.to_string(), b.to_string()]);
+        assert_eq!(
+            listed,
+            vec![fresh.to_string(), a.to_string(), b.to_string()]
+        );
     })
     .await;
 
@@ -146,60 +153,76 @@ async fn warm_pool_hands_over_indistinguishable_sandboxes() {
 
     let waiting: Vec<u32> = vms.pool_vms().iter().filter_map(|p| p.pid).collect();
     assert_eq!(waiting.len(), 2);
-    step("the agent stopping ends the waiting VMs, not the sandboxes", async {
-        vms.drain_pool().await;
-        for pid in &waiting {
-            assert!(!qemu_alive(*pid), "waiting QEMU {pid} outlived the drain");
-        }
-        assert!(vms.pool_vms().is_empty());
-        assert_eq!(vms.usage().await, (3, 3 * 256, 3));
-        let left: Vec<String> = std::fs::read_dir(data.join("vms"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("pool-"))
-            .collect();
-        // The two handed-over sandboxes keep their pool- folders; nothing else is left.
-        assert_eq!(left.len(), 2, "{left:?}");
-        assert!(qemu_alive(fresh_pid));
-    })
+    step(
+        "the agent stopping ends the waiting VMs, not the sandboxes",
+        async {
+            vms.drain_pool().await;
+            for pid in &waiting {
+                assert!(!qemu_alive(*pid), "waiting QEMU {pid} outlived the drain");
+            }
+            assert!(vms.pool_vms().is_empty());
+            assert_eq!(vms.usage().await, (3, 3 * 256, 3));
+            let left: Vec<String> = std::fs::read_dir(data.join("vms"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("pool-"))
+                .collect();
+            // The two handed-over sandboxes keep their pool- folders; nothing else is left.
+            assert_eq!(left.len(), 2, "{left:?}");
+            assert!(qemu_alive(fresh_pid));
+        },
+    )
     .await;
     drop(vms);
 
     let vms = VmManager::start(pool_config(data)).await.expect("restart");
-    step("a restarted agent takes back the handed-over sandboxes", async {
-        for id in [a, b, fresh] {
-            let r = sh(&vms, id, "echo $SANDBOX_GREETING").await;
-            assert_eq!(r.stdout, "hello from create\n", "{id}");
-        }
-        wait_until("two VMs waiting", Duration::from_secs(120), || {
-            ready(&vms, 2)
-        })
-        .await;
-    })
+    step(
+        "a restarted agent takes back the handed-over sandboxes",
+        async {
+            for id in [a, b, fresh] {
+                let r = sh(&vms, id, "echo $SANDBOX_GREETING").await;
+                assert_eq!(r.stdout, "hello from create\n", "{id}");
+            }
+            wait_until("two VMs waiting", Duration::from_secs(120), || {
+                ready(&vms, 2)
+            })
+            .await;
+        },
+    )
     .await;
 
     let waiting: Vec<u32> = vms.pool_vms().iter().filter_map(|p| p.pid).collect();
-    step("dropping the agent's manager leaves no waiting QEMU", async {
-        drop(vms);
-        for pid in &waiting {
-            wait_until("the waiting QEMU is gone", Duration::from_secs(10), || async {
-                !qemu_alive(*pid)
-            })
-            .await;
-        }
-    })
+    step(
+        "dropping the agent's manager leaves no waiting QEMU",
+        async {
+            drop(vms);
+            for pid in &waiting {
+                wait_until(
+                    "the waiting QEMU is gone",
+                    Duration::from_secs(10),
+                    || async { !qemu_alive(*pid) },
+                )
+                .await;
+            }
+        },
+    )
     .await;
 
-    let vms = VmManager::start(vm_config(data)).await.expect("restart without a pool");
-    step("the next agent removes what the waiting VMs left; sandboxes are destroyed", async {
-        let left = std::fs::read_dir(data.join("vms")).unwrap().count();
-        assert_eq!(left, 3, "only the three sandboxes' folders are left");
-        for id in [a, b, fresh] {
-            vms.destroy(id).await.expect("destroy");
-        }
-        assert_eq!(std::fs::read_dir(data.join("vms")).unwrap().count(), 0);
-        assert!(vms.namespaces().is_empty(), "{:?}", vms.namespaces());
-    })
+    let vms = VmManager::start(vm_config(data))
+        .await
+        .expect("restart without a pool");
+    step(
+        "the next agent removes what the waiting VMs left; sandboxes are destroyed",
+        async {
+            let left = std::fs::read_dir(data.join("vms")).unwrap().count();
+            assert_eq!(left, 3, "only the three sandboxes' folders are left");
+            for id in [a, b, fresh] {
+                vms.destroy(id).await.expect("destroy");
+            }
+            assert_eq!(std::fs::read_dir(data.join("vms")).unwrap().count(), 0);
+            assert!(vms.namespaces().is_empty(), "{:?}", vms.namespaces());
+        },
+    )
     .await;
 }

@@ -112,7 +112,7 @@ impl VmManager {
         }
         if !req.cold_boot
             && matches!(source, Source::Base(_))
-            && let Some(r) = self.from_pool(&req, policy.as_ref(), started).await
+            && let Some(r) = self.take_from_pool(&req, policy.as_ref(), started).await
         {
             return r;
         }

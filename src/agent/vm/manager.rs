@@ -125,11 +125,7 @@ impl VmManager {
             pool: pool::Pool::new(cfg_pool),
         };
         mgr.rediscover().await;
-        let known: Vec<String> = mgr
-            .vms()
-            .values()
-            .map(|v| v.place().to_string())
-            .collect();
+        let known: Vec<String> = mgr.vms().values().map(|v| v.place().to_string()).collect();
         let removed = mgr.net.reconcile(&known).await;
         if removed > 0 {
             tracing::info!(removed, "removed network namespaces left without a VM");

@@ -367,7 +367,7 @@ impl VmManager {
     /// A create of a template and shape the pool holds: one waiting VM gets the sandbox's
     /// identity. None when none is waiting (the create restores as usual); an error only when
     /// the create must not go on (its id is taken).
-    pub(super) async fn from_pool(
+    pub(super) async fn take_from_pool(
         &self,
         req: &CreateVmRequest,
         policy: Option<&EgressPolicy>,

@@ -26,7 +26,7 @@ pub(super) struct OpLog<'a> {
 
 impl OpLog<'_> {
     /// Records the operation's latency and logs it: info when it worked, warn when not.
-    /// `boot_kind` is the created VM's (`snapshot` or `cold`).
+    /// `boot_kind` is the created VM's (`snapshot`, `cold` or `pool`).
     pub fn finish<T>(
         self,
         svc: &SandboxService<'_>,
