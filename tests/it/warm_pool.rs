@@ -66,12 +66,37 @@ async fn clock_skew(vms: &VmManager, id: &str) -> i64 {
     guest - host
 }
 
+/// Ends the QEMUs (by their pid files) and network namespaces a failed test left in `dir`.
+struct Cleanup<'a>(&'a std::path::Path);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir(self.0.join("vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some(pid) = std::fs::read_to_string(e.path().join("qemu.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
+            {
+                // SAFETY: a plain signal to a QEMU this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        sandboxctl::agent::net::remove_namespaces_of(self.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_hands_over_indistinguishable_sandboxes() {
     init_logs();
     let _permit = vm_permit().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path();
+    let _cleanup = Cleanup(data);
     let fresh = "sbx-itfresh";
     let (a, b) = ("sbx-itpoola", "sbx-itpoolb");
 
@@ -222,6 +247,102 @@ async fn warm_pool_hands_over_indistinguishable_sandboxes() {
             }
             assert_eq!(std::fs::read_dir(data.join("vms")).unwrap().count(), 0);
             assert!(vms.namespaces().is_empty(), "{:?}", vms.namespaces());
+        },
+    )
+    .await;
+}
+
+/// Through the server: the create's answer says `pool`, the host's capacity counts the waiting
+/// VM, an agent killed with SIGKILL leaves it to the next agent, which ends it, and an agent
+/// stopped with SIGTERM ends its waiting VMs itself; sandboxes survive both.
+#[tokio::test]
+async fn warm_pool_through_the_api_and_agent_restarts() {
+    use crate::common::{TestAgent, TestServer, create_when_ready, exec};
+    use sandboxctl::agent::vm::pool::waiting_pids;
+
+    let _vm = vm_permit().await;
+    let s = TestServer::start().await;
+    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let mut agent = TestAgent::start_with(
+        &s,
+        &admin,
+        &[
+            "--warm-pool",
+            "minimal/256m-1c-net=1",
+            "--warm-pool-min-available-mb",
+            "256",
+        ],
+    )
+    .await;
+    let dir = agent.dir.path().to_path_buf();
+    let one_waiting = || std::future::ready(waiting_pids(&dir).len() == 1);
+
+    step("the waiting VM counts in the host's capacity", async {
+        wait_until("a VM waits", Duration::from_secs(300), one_waiting).await;
+        wait_until(
+            "the heartbeat counts it",
+            Duration::from_secs(30),
+            || async {
+                let h = admin.get_host(&agent.host_id).await.expect("host");
+                h.used_memory_mb == Some(256) && h.used_vcpus == Some(1) && h.running_vms == Some(0)
+            },
+        )
+        .await;
+    })
+    .await;
+
+    let sb = step("a create takes it: boot_kind pool", async {
+        let sb = create_when_ready(&admin, &agent).await;
+        assert_eq!(sb.boot_kind.as_deref(), Some("pool"), "{sb:?}");
+        let r = admin
+            .exec(&sb.id, &exec("sh", &["-c", "echo $SANDBOX_ID"]))
+            .await
+            .expect("exec");
+        assert_eq!(r.stdout, format!("{}\n", sb.id));
+        sb
+    })
+    .await;
+
+    let stale = step("SIGKILL: the next agent ends the waiting VM first", async {
+        wait_until("the pool refills", Duration::from_secs(120), one_waiting).await;
+        let stale = waiting_pids(&dir)[0];
+        agent.kill();
+        assert!(qemu_alive(stale), "a killed agent cannot end its VMs");
+        agent.spawn();
+        agent.wait_ready(&admin).await;
+        assert!(
+            !qemu_alive(stale),
+            "the restarted agent left the old waiting VM"
+        );
+        let r = admin
+            .exec(&sb.id, &exec("sh", &["-c", "echo $SANDBOX_ID"]))
+            .await
+            .expect("the sandbox survived");
+        assert_eq!(r.stdout, format!("{}\n", sb.id));
+        stale
+    })
+    .await;
+
+    step(
+        "SIGTERM: the agent ends its waiting VMs, not its sandboxes",
+        async {
+            wait_until("the pool refills", Duration::from_secs(120), one_waiting).await;
+            let waiting = waiting_pids(&dir);
+            assert!(!waiting.contains(&stale));
+            let sandbox_qemus: Vec<u32> = agent
+                .qemu_pids()
+                .into_iter()
+                .filter(|p| !waiting.contains(p))
+                .collect();
+            assert_eq!(sandbox_qemus.len(), 1, "{sandbox_qemus:?}");
+            assert!(agent.terminate().success());
+            for pid in waiting {
+                assert!(!qemu_alive(pid), "waiting QEMU {pid} outlived its agent");
+            }
+            assert!(
+                qemu_alive(sandbox_qemus[0]),
+                "the sandbox must outlive the agent"
+            );
         },
     )
     .await;

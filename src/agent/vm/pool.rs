@@ -379,8 +379,10 @@ impl VmManager {
             network: req.network,
         };
         let waiting = self.pool.take(&req.template, shape)?;
+        let handed = self.hand_over(waiting, req, policy, started).await;
+        // The refill starts once this create is answered, not in its way.
         self.pool.wake.notify_one();
-        match self.hand_over(waiting, req, policy, started).await {
+        match handed {
             Ok(info) => Some(Ok(info)),
             Err(e @ VmError::Conflict(_)) => Some(Err(e)),
             Err(e) => {
@@ -524,11 +526,9 @@ pub(super) async fn run(mgr: Weak<VmManager>) {
         {
             if let Err(e) = m.fill_one(&spec).await {
                 tracing::warn!(template = %spec.template, shape = %spec.shape.key(), error = %e, "could not fill the warm pool; trying again later");
-                m.pool
-                    .failed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((spec_key(&spec), Instant::now()));
+                let mut failed = m.pool.failed.lock().unwrap_or_else(|p| p.into_inner());
+                failed.retain(|(_, t)| t.elapsed() < RETRY_AFTER);
+                failed.push((spec_key(&spec), Instant::now()));
             }
             continue;
         }

@@ -79,6 +79,9 @@ impl VmManager {
     /// snapshot, which is continued: the server still counts it running) or a saved state
     /// (`state.bin`: paused; a QEMU still around it is ended).
     pub(super) async fn reattach(&self, name: &str, dir: &Path) -> Result<Arc<Vm>, String> {
+        if validate_id(name).is_err() && !super::pool::is_place(name) {
+            return Err("not a VM folder name".into());
+        }
         let record = read_record(dir).ok_or("no readable vm.json")?;
         if record.place() != name {
             return Err("vm.json names another VM".into());
