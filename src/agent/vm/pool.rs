@@ -353,6 +353,11 @@ impl VmManager {
             return Ok(());
         }
         if keep {
+            // Its restore time on disk marks it waiting (see [`waiting_pids`]).
+            vm.rt().boot_ms = Some(started.elapsed().as_millis() as u64);
+            if let Err(e) = vm.persist() {
+                tracing::warn!(vm = %place, error = %format!("{e:#}"), "recording a warm pool VM");
+            }
             tracing::debug!(vm = %place, template = %spec.template, shape = %spec.shape.key(), ms = started.elapsed().as_millis() as u64, "warm pool VM waiting");
             return Ok(());
         }
@@ -538,7 +543,8 @@ pub(super) async fn run(mgr: Weak<VmManager>) {
 }
 
 /// QEMU pids of the VMs waiting in the pool of the agent with data dir `data_dir` (for the
-/// bench, from another process): folders `vms/pool-…` whose record still has no sandbox id.
+/// bench, from another process): folders `vms/pool-…` whose record has a restore time but still
+/// no sandbox id.
 pub fn waiting_pids(data_dir: &std::path::Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(data_dir.join("vms")) else {
         return Vec::new();
@@ -550,7 +556,9 @@ pub fn waiting_pids(data_dir: &std::path::Path) -> Vec<u32> {
             let dir = e.path();
             let record = super::record::read_record(&dir)?;
             let pid = super::record::read_pid(&dir)?;
-            (record.id == e.file_name().to_string_lossy() && super::qemu::is_our_qemu(pid, &dir))
+            (record.id == e.file_name().to_string_lossy()
+                && record.boot_ms.is_some()
+                && super::qemu::is_our_qemu(pid, &dir))
                 .then_some(pid)
         })
         .collect()
