@@ -110,6 +110,8 @@ async fn warm_pool_hands_over_indistinguishable_sandboxes() {
     .await;
 
     let vms = VmManager::start(pool_config(data)).await.expect("restart");
+    // Every place a pool VM had: none may keep a cgroup at the end.
+    let mut places: Vec<String> = Vec::new();
     step("the pool fills; counted in capacity, never listed", async {
         wait_until("two VMs waiting", Duration::from_secs(300), || {
             ready(&vms, 2)
@@ -177,6 +179,7 @@ async fn warm_pool_hands_over_indistinguishable_sandboxes() {
     .await;
 
     let waiting: Vec<u32> = vms.pool_vms().iter().filter_map(|p| p.pid).collect();
+    places.extend(vms.pool_vms().into_iter().map(|p| p.place));
     assert_eq!(waiting.len(), 2);
     step(
         "the agent stopping ends the waiting VMs, not the sandboxes",
@@ -218,6 +221,7 @@ async fn warm_pool_hands_over_indistinguishable_sandboxes() {
     .await;
 
     let waiting: Vec<u32> = vms.pool_vms().iter().filter_map(|p| p.pid).collect();
+    places.extend(vms.pool_vms().into_iter().map(|p| p.place));
     step(
         "dropping the agent's manager leaves no waiting QEMU",
         async {
@@ -247,6 +251,11 @@ async fn warm_pool_hands_over_indistinguishable_sandboxes() {
             }
             assert_eq!(std::fs::read_dir(data.join("vms")).unwrap().count(), 0);
             assert!(vms.namespaces().is_empty(), "{:?}", vms.namespaces());
+            if let Some(root) = vms.cgroups().root() {
+                for p in &places {
+                    assert!(!root.join(p).exists(), "the cgroup of {p} is left");
+                }
+            }
         },
     )
     .await;
@@ -339,6 +348,8 @@ async fn warm_pool_through_the_api_and_agent_restarts() {
             for pid in waiting {
                 assert!(!qemu_alive(pid), "waiting QEMU {pid} outlived its agent");
             }
+            let folders = std::fs::read_dir(dir.join("vms")).unwrap().count();
+            assert_eq!(folders, 1, "only the sandbox's folder is left");
             assert!(
                 qemu_alive(sandbox_qemus[0]),
                 "the sandbox must outlive the agent"

@@ -140,6 +140,8 @@ struct Member {
 /// A waiting VM as the bench and tests see it.
 #[derive(Debug, Clone)]
 pub struct PoolVm {
+    /// The name of its folder, cgroup and network namespace.
+    pub place: String,
     pub template: String,
     pub shape: String,
     pub pid: Option<u32>,
@@ -227,6 +229,7 @@ impl VmManager {
             .members()
             .iter()
             .map(|m| PoolVm {
+                place: m.vm.place().to_string(),
                 template: m.template.clone(),
                 shape: m.shape.key(),
                 pid: m.vm.rt().pid,
@@ -559,7 +562,7 @@ pub fn waiting_pids(data_dir: &std::path::Path) -> Vec<u32> {
             (record.id == e.file_name().to_string_lossy()
                 && record.boot_ms.is_some()
                 && super::qemu::is_our_qemu(pid, &dir))
-                .then_some(pid)
+            .then_some(pid)
         })
         .collect()
 }

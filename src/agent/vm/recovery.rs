@@ -43,6 +43,8 @@ impl VmManager {
                         && qemu::is_our_qemu(pid, &dir)
                     {
                         qemu::kill(pid, libc::SIGKILL);
+                        // Its cgroup can only go once it is gone.
+                        wait_gone(pid, None, Duration::from_secs(10)).await;
                     }
                     let _ = std::fs::remove_dir_all(&dir);
                     if validate_id(&name).is_ok() || super::pool::is_place(&name) {
