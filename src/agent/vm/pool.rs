@@ -245,6 +245,22 @@ impl VmManager {
         self.drain("the agent is stopping").await;
     }
 
+    /// Removes waiting VMs whose QEMU is gone (they would only fail their hand-over).
+    async fn prune_dead(&self) {
+        let dead: Vec<Member> = {
+            let mut m = self.pool.members();
+            let (dead, alive): (Vec<Member>, Vec<Member>) = std::mem::take(&mut *m)
+                .into_iter()
+                .partition(|x| x.ready && x.vm.rt().pid.is_none_or(|p| !super::qemu::is_alive(p)));
+            *m = alive;
+            dead
+        };
+        for d in dead {
+            tracing::warn!(vm = %d.vm.id, "a warm pool VM's QEMU is gone; replacing it");
+            self.discard(&d.vm).await;
+        }
+    }
+
     async fn drain(&self, why: &str) {
         let members: Vec<Member> = std::mem::take(&mut *self.pool.members());
         if !members.is_empty() {
@@ -392,7 +408,7 @@ impl VmManager {
         self.pool.wake.notify_one();
         match handed {
             Ok(info) => Some(Ok(info)),
-            Err(e @ VmError::Conflict(_)) => Some(Err(e)),
+            Err(e @ (VmError::Conflict(_) | VmError::NotFound(_))) => Some(Err(e)),
             Err(e) => {
                 tracing::warn!(vm = %req.id, error = %e, "the warm pool VM could not be handed over; restoring instead");
                 None
@@ -479,7 +495,10 @@ impl VmManager {
                     }
                 }
                 let gone = vm.destroyed.load(Ordering::Acquire);
-                self.discard(&vm).await;
+                if !gone {
+                    // (A destroy that came meanwhile tears it down itself.)
+                    self.discard(&vm).await;
+                }
                 Err(match e {
                     _ if gone => VmError::NotFound(req.id.clone()),
                     BootError::Failed(e) => e,
@@ -525,6 +544,7 @@ pub(super) async fn run(mgr: Weak<VmManager>) {
         }
         let wake = m.pool.wake.clone();
         let min = m.pool.cfg.min_available_mb;
+        m.prune_dead().await;
         let available = mem_available_mb().unwrap_or(u64::MAX);
         if available < min {
             m.drain(&format!("MemAvailable {available} MB is under {min} MB"))
