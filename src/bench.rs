@@ -2,8 +2,10 @@
 //! sandbox create (cold and from snapshot) next to the same boot done by bare QEMU with the same
 //! images, exec round trips, pause and resume, concurrent creates, and memory per sandbox.
 //! `sandboxctl bench server` ([`server`]) measures the control plane alone against a simulated
-//! fleet ([`fleet`]) under an open-loop load ([`load`]).
+//! fleet ([`fleet`]) under an open-loop load ([`load`]). `sandboxctl bench --density N`
+//! ([`density`]) measures how many idle sandboxes one host holds.
 
+pub mod density;
 pub mod fleet;
 pub mod load;
 pub mod server;

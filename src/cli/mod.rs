@@ -126,6 +126,20 @@ pub struct BenchArgs {
         default_value = "/var/lib/sandboxctl/kernel"
     )]
     pub kernel_dir: PathBuf,
+    /// Instead of the create/exec/pause table: start idle sandboxes until N (or the first
+    /// failure) and measure memory, idle CPU and exec round trip per sandbox at 1, 10, 50 and N
+    /// (section `bench-density`); every sandbox made is deleted again.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub density: Option<u32>,
+    /// Guest memory of each density sandbox, in MB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=65_536))]
+    pub density_memory_mb: u32,
+    /// How long the idle CPU of the density sandboxes is sampled at each step.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub density_quiet: Duration,
+    /// Exec round trips measured at each density step.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub density_execs: u32,
 }
 
 #[derive(Debug, Subcommand)]

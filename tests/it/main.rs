@@ -4,6 +4,7 @@ mod accounts;
 mod agent_calls;
 mod api;
 mod authz;
+mod bench;
 mod common;
 mod e2b_envd;
 mod e2b;

@@ -58,7 +58,7 @@ impl SandboxService<'_> {
         let (team, id) = (team.clone(), id.clone());
         self.st
             .db
-            .call(move |c| sandboxes::get(c, &team, &id))
+            .read(move |c| sandboxes::get(c, &team, &id))
             .await
             .map_err(SandboxError::not_found_as("sandbox"))
     }
@@ -73,7 +73,7 @@ impl SandboxService<'_> {
         Ok(self
             .st
             .db
-            .call(move |c| sandboxes::list(c, &team, status))
+            .read(move |c| sandboxes::list(c, &team, status))
             .await?)
     }
 
