@@ -44,7 +44,10 @@ pub struct Step {
 
 /// The counts measured for a target of `n`: 1, 10, 50 and `n` (those up to `n`).
 pub fn checkpoints(n: usize) -> BTreeSet<usize> {
-    [1, 10, 50, n].into_iter().filter(|c| *c >= 1 && *c <= n).collect()
+    [1, 10, 50, n]
+        .into_iter()
+        .filter(|c| *c >= 1 && *c <= n)
+        .collect()
 }
 
 /// `MemAvailable` of the host, in MB.
@@ -133,7 +136,8 @@ async fn measure(
         .zip(mem_available_mb())
         .map(|(before, now)| (before - now) / count)
         .unwrap_or(f64::NAN);
-    let ticks = |pids: &HashMap<String, u32>| pids.values().filter_map(|p| cpu_ticks(*p)).sum::<u64>();
+    let ticks =
+        |pids: &HashMap<String, u32>| pids.values().filter_map(|p| cpu_ticks(*p)).sum::<u64>();
     let t0 = Instant::now();
     let before = ticks(&pids);
     tokio::time::sleep(a.quiet).await;
@@ -212,8 +216,7 @@ async fn grow(
         }
     }
     // A failure before N: the count reached is a step of its own.
-    if stopped.is_some() && !ids.is_empty() && steps.last().is_none_or(|s| s.count != ids.len())
-    {
+    if stopped.is_some() && !ids.is_empty() && steps.last().is_none_or(|s| s.count != ids.len()) {
         steps.push(measure(c, a, ids, available_before).await?);
     }
     Ok((steps, stopped))
@@ -232,9 +235,7 @@ pub fn table(a: &DensityArgs, steps: &[Step], stopped: Option<&str>) -> String {
         a.memory_mb,
         a.template,
         a.n,
-        stopped
-            .map(|s| format!(" ({s})"))
-            .unwrap_or_default(),
+        stopped.map(|s| format!(" ({s})")).unwrap_or_default(),
         a.quiet.as_secs_f64(),
         a.execs
     ));
@@ -288,7 +289,10 @@ pub async fn run(c: &ApiClient, a: &DensityArgs) -> anyhow::Result<i32> {
     }
     let (steps, stopped) = result?;
     if !not_deleted.is_empty() {
-        anyhow::bail!("these sandboxes were not deleted: {}", not_deleted.join("; "));
+        anyhow::bail!(
+            "these sandboxes were not deleted: {}",
+            not_deleted.join("; ")
+        );
     }
     if steps.is_empty() {
         anyhow::bail!(

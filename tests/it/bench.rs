@@ -6,7 +6,10 @@ use crate::common::{TestAgent, TestServer, cli, cli_login, vm_permit};
 
 /// The rows of the markdown table between `<!-- NAME:begin -->` and `<!-- NAME:end -->`.
 fn section(md: &str, name: &str) -> String {
-    let (b, e) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+    let (b, e) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
     let start = md.find(&b).unwrap_or_else(|| panic!("no {b} in:\n{md}")) + b.len();
     let end = md.find(&e).unwrap_or_else(|| panic!("no {e} in:\n{md}"));
     md[start..end].to_string()
@@ -50,7 +53,10 @@ async fn bench_server_runs_the_real_server_against_a_simulated_fleet() {
     );
     assert_eq!(rc, 0, "bench server failed:\n{stderr}\n{stdout}");
     let md = std::fs::read_to_string(&out).unwrap();
-    assert!(md.starts_with("# Kept\n\nText around the section stays."), "{md}");
+    assert!(
+        md.starts_with("# Kept\n\nText around the section stays."),
+        "{md}"
+    );
     let t = section(&md, "bench-server");
     assert!(t.contains("5 simulated hosts"), "{t}");
     assert!(t.contains("2 teams with 40 sandboxes"), "{t}");
@@ -65,7 +71,10 @@ async fn bench_server_runs_the_real_server_against_a_simulated_fleet() {
         let n: u64 = cells[1].parse().unwrap();
         assert!(n > 0, "no {what} answered: {t}");
         assert_eq!(cells[5], "0", "{what} had errors: {t}\n{stderr}");
-        assert!(cells[2].ends_with(" ms") && cells[3].ends_with(" ms"), "{cells:?}");
+        assert!(
+            cells[2].ends_with(" ms") && cells[3].ends_with(" ms"),
+            "{cells:?}"
+        );
     }
     // GETs and lists together are what was scheduled: 50 a second for 2 s.
     let sent: u64 = ["sandbox GET (API key)", "sandbox list (API key"]

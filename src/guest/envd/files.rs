@@ -74,6 +74,7 @@ pub(super) fn signature(
 
 /// With an access token set, a request needs it in `X-Access-Token` or a valid, unexpired
 /// signature for this path, operation and user.
+#[allow(clippy::result_large_err)] // the refusal is the response itself
 fn authorize(envd: &Envd, headers: &HeaderMap, q: &FilesQuery, op: &str) -> Result<(), Response> {
     let Some(token) = envd.token() else {
         return Ok(());
@@ -110,10 +111,12 @@ fn authorize(envd: &Envd, headers: &HeaderMap, q: &FilesQuery, op: &str) -> Resu
     Ok(())
 }
 
+#[allow(clippy::result_large_err)] // the refusal is the response itself
 fn user_of(q: &FilesQuery) -> Result<User, Response> {
     users::select(q.username.as_deref()).map_err(|m| error(StatusCode::UNAUTHORIZED, m))
 }
 
+#[allow(clippy::result_large_err)] // the refusal is the response itself
 fn target(user: &User, path: &str) -> Result<PathBuf, Response> {
     if path.is_empty() {
         return Err(error(StatusCode::BAD_REQUEST, "path is required"));

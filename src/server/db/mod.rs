@@ -369,9 +369,7 @@ mod tests {
                 .unwrap();
             assert_eq!(n, 1, "every reader sees the commit");
         }
-        let refused = db
-            .read(|c| Ok(c.execute("DELETE FROM users", [])?))
-            .await;
+        let refused = db.read(|c| Ok(c.execute("DELETE FROM users", [])?)).await;
         assert!(refused.is_err(), "a reader cannot write");
         let mem = Db::open_in_memory().unwrap();
         let n: i64 = mem
