@@ -108,7 +108,7 @@ async fn bench_server_refuses_bad_arguments_by_name() {
 async fn bench_density_starts_measures_and_removes_idle_sandboxes() {
     let _vm = vm_permit().await;
     let s = TestServer::start().await;
-    let (_, admin) = s.signup("admin@example.com", "Admin").await;
+    let (auth, admin) = s.signup("admin@example.com", "Admin").await;
     let agent = TestAgent::start(&s, &admin).await;
     let cfg = cli_login(&s, "admin@example.com");
     let out = s.dir.path().join("BENCH.md");
@@ -143,7 +143,9 @@ async fn bench_density_starts_measures_and_removes_idle_sandboxes() {
         assert!(pss > 0.0, "{cells:?}");
         assert!(cells[7].ends_with(" ms"), "{cells:?}");
     }
-    // Every sandbox it made is gone again.
+    // Every sandbox it made is gone again (a fresh client: the bench ran for a while and the
+    // first one's pooled connection may have been closed by the server meanwhile).
+    let admin = sandboxctl::cli::client::ApiClient::new(&s.url, Some(auth.token.clone()));
     let left = admin.list_sandboxes(None).await.unwrap();
     assert!(
         left.iter().all(|x| x.status.as_str() == "stopped"),
