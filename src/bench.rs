@@ -380,7 +380,11 @@ async fn exec_rows(a: &BenchArgs, api: &[f64]) -> Vec<Row> {
     };
     let ping: Vec<f64> = bare.ping.iter().copied().map(ms).collect();
     let exec: Vec<f64> = bare.exec.iter().copied().map(ms).collect();
-    let (api50, exec50, ping50) = (percentiles(api).0, percentiles(&exec).0, percentiles(&ping).0);
+    let (api50, exec50, ping50) = (
+        percentiles(api).0,
+        percentiles(&exec).0,
+        percentiles(&ping).0,
+    );
     vec![
         row(
             "exec round trip (`true`, API)",
@@ -421,7 +425,10 @@ fn chrono_like_now() -> String {
 /// Replaces the generated section `name` of the output file (between `<!-- NAME:begin -->` and
 /// `<!-- NAME:end -->`), keeping the rest; appends it when the file has none.
 fn write_section(path: &Path, name: &str, table: &str) -> anyhow::Result<()> {
-    let (begin, end) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let section = format!("{begin}\n{table}{end}");
     let new = match (old.find(&begin), old.find(&end)) {

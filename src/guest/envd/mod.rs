@@ -93,6 +93,20 @@ impl Envd {
     }
 }
 
+/// `path` resolved for `user` (see [`resolve`]), refused when empty or holding a NUL byte; the
+/// error names `field`.
+fn resolve_required(user: &User, path: &str, field: &str) -> connect::RpcResult<PathBuf> {
+    if path.is_empty() {
+        return Err(connect::RpcError::invalid(format!("{field} is required")));
+    }
+    if path.contains('\0') {
+        return Err(connect::RpcError::invalid(format!(
+            "{field} contains a NUL byte"
+        )));
+    }
+    Ok(resolve(user, path))
+}
+
 /// `path` for `user`: relative paths start at the user's home; `.` and `..` are resolved
 /// lexically, so the answer is absolute and clean.
 pub(crate) fn resolve(user: &User, path: &str) -> PathBuf {

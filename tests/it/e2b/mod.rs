@@ -104,7 +104,14 @@ async fn team_key(admin: &ApiClient) -> String {
 }
 
 /// One call and what it must answer: method, path, key, body, status, words in the message.
-type Case<'a> = (Method, &'a str, Option<&'a str>, Option<&'a str>, u16, &'a str);
+type Case<'a> = (
+    Method,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    u16,
+    &'a str,
+);
 
 /// Without a VM: E2B's error shape, 401s and the fields refused by name.
 #[tokio::test]
