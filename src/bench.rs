@@ -380,7 +380,10 @@ fn chrono_like_now() -> String {
 /// Replaces the generated section `name` of the output file (between `<!-- NAME:begin -->` and
 /// `<!-- NAME:end -->`), keeping the rest; appends it when the file has none.
 fn write_section(path: &Path, name: &str, table: &str) -> anyhow::Result<()> {
-    let (begin, end) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let section = format!("{begin}\n{table}{end}");
     let new = match (old.find(&begin), old.find(&end)) {

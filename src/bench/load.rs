@@ -122,7 +122,10 @@ pub async fn run(
                 if !status.is_success() {
                     return Err(format!(
                         "{status}: {}",
-                        String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
+                        String::from_utf8_lossy(&body)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
                     ));
                 }
                 Ok(at.elapsed().as_secs_f64() * 1000.0)

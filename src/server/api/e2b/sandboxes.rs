@@ -20,6 +20,7 @@ use crate::proto::net::NetworkSetting;
 use crate::server::AppState;
 use crate::server::api::error::ApiError;
 use crate::server::db::sandboxes::SandboxRow;
+use crate::server::sandboxes::ports::ENVD_WAIT;
 use crate::server::sandboxes::{DeadlineChange, SandboxError};
 use crate::server::state::SandboxStatus;
 
@@ -60,6 +61,18 @@ pub fn e2b_fields(e: SandboxError) -> E2bError {
             E2bError(ApiError::BadRequest { field, message })
         }
         other => other.into(),
+    }
+}
+
+/// The sandbox's access token and the server's sandbox domain, for the SDK.
+fn reach(st: &AppState, s: &SandboxRow) -> shapes::Reach {
+    let token =
+        s.id.parse::<SandboxId>()
+            .map(|id| st.sandboxes().access_token(&id).expose().to_string())
+            .unwrap_or_default();
+    shapes::Reach {
+        token,
+        domain: st.settings.sandbox_domain.clone(),
     }
 }
 
@@ -148,12 +161,24 @@ pub async fn create(
 ) -> E2bResult<(StatusCode, Json<Sandbox>)> {
     let ours = translate_create(&req)?;
     let team = caller.team_id()?;
-    let row = st
-        .sandboxes()
+    let svc = st.sandboxes();
+    let row = svc
         .create(&team, &caller.user_id, &ours)
         .await
         .map_err(e2b_fields)?;
-    Ok((StatusCode::CREATED, Json(shapes::sandbox(&row))))
+    // The SDK talks to envd as soon as create answers: answer once envd does, or end the
+    // sandbox nobody will get to use.
+    if let Err(e) = svc.wait_envd(&row, ENVD_WAIT).await {
+        let id: SandboxId = row.id.parse().map_err(|_| E2bError::not_found("sandbox"))?;
+        if let Err(end) = svc.end(&team, &id).await {
+            tracing::warn!(sandbox = %id, error = %end, "ending a sandbox whose envd did not answer");
+        }
+        return Err(e.into());
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(shapes::sandbox(&row, &reach(&st, &row))),
+    ))
 }
 
 /// `POST /sandboxes/{id}/connect` and `/v2/…/connect`: 200 for a running sandbox (its
@@ -219,7 +244,11 @@ async fn connect_or_resume(
             .map_err(e2b_fields)?,
         None => row,
     };
-    Ok((status, Json(shapes::sandbox(&row))))
+    st.sandboxes()
+        .wait_envd(&row, ENVD_WAIT)
+        .await
+        .map_err(e2b_fields)?;
+    Ok((status, Json(shapes::sandbox(&row, &reach(st, &row)))))
 }
 
 /// `GET /sandboxes/{id}`: the detail, running or paused.
@@ -230,9 +259,11 @@ pub async fn get(
 ) -> E2bResult<Json<SandboxInfo>> {
     let team = caller.team_id()?;
     let s = live(&st, &team, &id).await?;
-    shapes::info(&s, true)
-        .map(Json)
-        .ok_or_else(|| E2bError::not_found("sandbox"))
+    let mut info = shapes::info(&s, true).ok_or_else(|| E2bError::not_found("sandbox"))?;
+    let r = reach(&st, &s);
+    info.envd_access_token = Some(r.token);
+    info.domain = r.domain;
+    Ok(Json(info))
 }
 
 /// `DELETE /sandboxes/{id}`: 204; an ended or unknown sandbox is 404.

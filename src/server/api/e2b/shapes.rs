@@ -56,16 +56,25 @@ fn end_at(s: &SandboxRow) -> String {
     NEVER.to_string()
 }
 
+/// How the SDK reaches a sandbox's envd and ports: its access token (sent as `X-Access-Token`
+/// to envd, `E2B-Traffic-Access-Token` to private ports, and the key of signed file URLs) and
+/// the server's `--sandbox-domain` (host names `{port}-{id}.{domain}`).
+pub struct Reach {
+    pub token: String,
+    pub domain: Option<String>,
+}
+
 /// The `Sandbox` answer of create, connect and resume.
-pub fn sandbox(s: &SandboxRow) -> Sandbox {
+pub fn sandbox(s: &SandboxRow, reach: &Reach) -> Sandbox {
     Sandbox {
         template_id: s.template.clone(),
         sandbox_id: s.id.clone(),
         client_id: CLIENT_ID.to_string(),
         envd_version: ENVD_VERSION.to_string(),
         alias: Some(s.template.clone()),
-        envd_access_token: None,
-        domain: None,
+        envd_access_token: Some(reach.token.clone()),
+        traffic_access_token: Some(reach.token.clone()),
+        domain: reach.domain.clone(),
     }
 }
 
