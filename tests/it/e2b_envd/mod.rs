@@ -12,6 +12,8 @@
 //! what E2B's `base` has and the scripts need, as root through our own API first: a `user`
 //! account with its home, and `bash` (busybox's sh).
 
+mod latency;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
