@@ -75,19 +75,24 @@ async fn latency() {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse::<u128>()
-                .unwrap()
+            let ms: Vec<u128> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(|w| w.parse().unwrap())
+                .collect();
+            assert_eq!(ms.len(), 3, "{ms:?}");
+            (ms[0], ms[1], ms[2])
         }
     };
     // A first run of each, not counted (caches, the template's first use).
     ours(cfg.clone()).await;
     sdk().await;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let (mut a, mut b, mut create, mut first) = (vec![], vec![], vec![], vec![]);
     for _ in 0..RUNS {
         a.push(ours(cfg.clone()).await);
-        b.push(sdk().await);
+        let (total, c, f) = sdk().await;
+        b.push(total);
+        create.push(c);
+        first.push(f);
     }
     println!("create→first command, ms, {RUNS} runs each");
     println!(
@@ -97,5 +102,10 @@ async fn latency() {
     println!(
         "  E2B Python SDK (Sandbox.create + commands.run): {b:?} p50 {}",
         p50(b.clone())
+    );
+    println!(
+        "    of which Sandbox.create p50 {}, commands.run p50 {}",
+        p50(create),
+        p50(first)
     );
 }
