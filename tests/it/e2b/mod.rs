@@ -322,6 +322,8 @@ async fn python_sdk_control_plane() {
             );
             let sb = admin.get_sandbox(&b).await.unwrap();
             assert_eq!(sb.on_timeout.to_string(), "pause");
+            // E2B's default: ports answer without the token.
+            assert!(sa.public_ports && sb.public_ports);
         },
     )
     .await;

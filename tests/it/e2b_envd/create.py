@@ -6,7 +6,9 @@ import os
 
 from e2b import Sandbox
 
-sbx = Sandbox.create("minimal", envs={"SANDBOX_GREETING": "hello from create"}, timeout=1800)
+# Private ports (E2B's default is public): the ports step checks the token is needed.
+sbx = Sandbox.create("minimal", envs={"SANDBOX_GREETING": "hello from create"}, timeout=1800,
+                     network={"allow_public_traffic": False})
 assert sbx.is_running()
 assert sbx._envd_access_token and sbx.traffic_access_token == sbx._envd_access_token
 assert sbx.sandbox_domain == os.environ["E2B_DOMAIN"], sbx.sandbox_domain

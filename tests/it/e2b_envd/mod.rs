@@ -120,6 +120,11 @@ async fn e2b_sdk_drives_envd_through_the_server() {
     )
     .await;
     let id = sdk.id.clone();
+    let sb = admin.get_sandbox(&id).await.unwrap();
+    assert!(
+        !sb.public_ports,
+        "allowPublicTraffic: false makes its ports private"
+    );
     step("give minimal a user and bash (as root, our API)", async {
         let r = admin
             .exec(&id, &exec("sh", &["-c", SETUP]))

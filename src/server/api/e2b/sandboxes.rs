@@ -148,8 +148,10 @@ fn translate_create(req: &NewSandboxRequest) -> E2bResult<CreateSandboxRequest> 
         ),
         end_in_sec: Some(timeout),
         cold_boot: None,
-        // Private as ours are: the SDK sends the access token to envd, and a port needs it too.
-        public_ports: None,
+        // E2B's default: ports answer anyone unless `allowPublicTraffic: false` (then the SDK's
+        // `E2B-Traffic-Access-Token`, the sandbox's access token, opens them). envd checks the
+        // token itself either way.
+        public_ports: Some(shapes::public_ports(req.network.as_ref())?),
     })
 }
 
@@ -339,6 +341,12 @@ pub async fn set_network(
     E2bSandboxId(id): E2bSandboxId,
     E2bJson(req): E2bJson<NetworkConfig>,
 ) -> E2bResult<StatusCode> {
+    if req.allow_public_traffic.is_some() {
+        return Err(E2bError::unsupported(
+            "allowPublicTraffic",
+            "changing who may reach the ports after create",
+        ));
+    }
     let policy = shapes::egress(Some(&req), None)?;
     let team = caller.team_id()?;
     live(&st, &team, &id).await?;
@@ -360,6 +368,18 @@ mod tests {
         )
         .unwrap();
         let ours = translate_create(&req).unwrap();
+        assert_eq!(
+            ours.public_ports,
+            Some(true),
+            "E2B's ports are public by default"
+        );
+        let private: NewSandboxRequest =
+            serde_json::from_str(r#"{"templateID":"base","network":{"allowPublicTraffic":false}}"#)
+                .unwrap();
+        assert_eq!(
+            translate_create(&private).unwrap().public_ports,
+            Some(false)
+        );
         assert_eq!(ours.end_in_sec, Some(DEFAULT_TIMEOUT_SEC));
         assert_eq!(ours.timeout_sec, Some(0));
         assert_eq!(ours.on_timeout.as_deref(), Some("pause"));
@@ -378,6 +398,10 @@ mod tests {
                 "autoResume.enabled",
             ),
             (r#"{"templateID":"base","timeout":0}"#, "timeout"),
+            (
+                r#"{"templateID":"base","network":{"allowPublicTraffic":"no"}}"#,
+                "network.allowPublicTraffic",
+            ),
             (r#"{"templateID":""}"#, "templateID"),
         ] {
             let req: NewSandboxRequest = serde_json::from_str(body).unwrap();

@@ -121,8 +121,21 @@ pub fn info(s: &SandboxRow, detail: bool) -> Option<SandboxInfo> {
     })
 }
 
+/// Whether the sandbox's ports answer without its token: E2B's default is yes, unless
+/// `network.allowPublicTraffic` is false.
+pub fn public_ports(net: Option<&NetworkConfig>) -> E2bResult<bool> {
+    match net.and_then(|n| n.allow_public_traffic.as_ref()) {
+        None | Some(serde_json::Value::Null) => Ok(true),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(E2bError::bad(
+            "network.allowPublicTraffic",
+            "must be true or false",
+        )),
+    }
+}
+
 /// E2B's network settings as our egress policy (`allow_internet_access` given beside them on
-/// create). `denyOut` holding `0.0.0.0/0` closes the internet (what E2B means by it); the keys
+/// create); `allowPublicTraffic` is not egress (see [`public_ports`]). `denyOut` holding `0.0.0.0/0` closes the internet (what E2B means by it); the keys
 /// we cannot honour are refused by name.
 pub fn egress(
     net: Option<&NetworkConfig>,
@@ -131,10 +144,6 @@ pub fn egress(
     let mut policy = EgressPolicy::default();
     if let Some(n) = net {
         for (field, present) in [
-            (
-                "network.allowPublicTraffic",
-                n.allow_public_traffic.is_some(),
-            ),
             ("network.maskRequestHost", n.mask_request_host.is_some()),
             ("network.dnsServers", n.dns_servers.is_some()),
             ("network.egressProxy", n.egress_proxy.is_some()),
