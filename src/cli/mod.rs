@@ -8,8 +8,10 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod limits;
-mod sandbox_command;
+mod sandbox_args;
 pub mod stream;
+
+pub use sandbox_args::{FilesCommand, SandboxCommand};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,8 +20,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::settings::parse_duration;
-
-pub use sandbox_command::SandboxCommand;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -752,57 +752,6 @@ pub enum TeamCommand {
         /// Confirm.
         #[arg(long)]
         yes: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum FilesCommand {
-    /// Download a file (to stdout with `-`).
-    Get {
-        id: String,
-        path: String,
-        dest: PathBuf,
-    },
-    /// Upload a file (from stdin with `-`).
-    Put {
-        id: String,
-        src: PathBuf,
-        path: String,
-    },
-    /// List a directory (control characters in names escaped; `--raw` for the exact names).
-    Ls {
-        id: String,
-        #[arg(default_value = "/")]
-        path: String,
-        #[arg(long)]
-        json: bool,
-        /// Print names exactly as they are, terminal escapes included.
-        #[arg(long)]
-        raw: bool,
-    },
-    /// Show one entry.
-    Stat {
-        id: String,
-        path: String,
-        #[arg(long)]
-        json: bool,
-        /// Print the path exactly as it is, terminal escapes included.
-        #[arg(long)]
-        raw: bool,
-    },
-    /// Make a directory.
-    Mkdir {
-        id: String,
-        path: String,
-        #[arg(long, short = 'p')]
-        parents: bool,
-    },
-    /// Remove a file or (with -r) a directory tree.
-    Rm {
-        id: String,
-        path: String,
-        #[arg(long, short = 'r')]
-        recursive: bool,
     },
 }
 

@@ -326,7 +326,7 @@ async fn an_agent_rides_out_a_server_outage_and_a_reboot_keeps_paused_sandboxes_
                     admin
                         .get_host(&agent.host_id)
                         .await
-                        .is_ok_and(|h| h.status.to_string() == "online")
+                        .is_ok_and(|h| h.status == "online")
                 },
             )
             .await;

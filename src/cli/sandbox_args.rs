@@ -1,10 +1,12 @@
-//! `sandboxctl sandbox …`: the sandbox subcommands' arguments.
+//! The `sandbox` and `sandbox files` subcommands' flags (the client's side: they name only
+//! `proto` and the commands' own parsers).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Subcommand;
 
-use super::{EgressArgs, FilesCommand};
+use super::EgressArgs;
 use crate::settings::parse_duration;
 
 #[derive(Debug, Subcommand)]
@@ -165,5 +167,56 @@ pub enum SandboxCommand {
         id: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// Download a file (to stdout with `-`).
+    Get {
+        id: String,
+        path: String,
+        dest: PathBuf,
+    },
+    /// Upload a file (from stdin with `-`).
+    Put {
+        id: String,
+        src: PathBuf,
+        path: String,
+    },
+    /// List a directory (control characters in names escaped; `--raw` for the exact names).
+    Ls {
+        id: String,
+        #[arg(default_value = "/")]
+        path: String,
+        #[arg(long)]
+        json: bool,
+        /// Print names exactly as they are, terminal escapes included.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Show one entry.
+    Stat {
+        id: String,
+        path: String,
+        #[arg(long)]
+        json: bool,
+        /// Print the path exactly as it is, terminal escapes included.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Make a directory.
+    Mkdir {
+        id: String,
+        path: String,
+        #[arg(long, short = 'p')]
+        parents: bool,
+    },
+    /// Remove a file or (with -r) a directory tree.
+    Rm {
+        id: String,
+        path: String,
+        #[arg(long, short = 'r')]
+        recursive: bool,
     },
 }
