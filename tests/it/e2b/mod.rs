@@ -30,7 +30,15 @@ pub(crate) fn python() -> Option<PathBuf> {
         .args(["-c", "import e2b"])
         .output()
         .is_ok_and(|o| o.status.success());
+    missing_under_ci(ok, "the e2b venv (./install.sh --deps makes it)");
     ok.then_some(py)
+}
+
+/// Under CI (`CI=true`) a missing SDK fails the test instead of skipping it.
+pub(crate) fn missing_under_ci(present: bool, what: &str) {
+    if !present && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} is missing, and CI must run the E2B tests");
+    }
 }
 
 /// The SDK environment for `server` with `key`.
@@ -526,7 +534,9 @@ async fn our_deadline_pauses_then_kills_whatever_the_activity() {
 #[tokio::test]
 async fn js_sdk_create_list_kill() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b-js");
-    if !dir.join("node_modules/e2b/package.json").is_file() {
+    let installed = dir.join("node_modules/e2b/package.json").is_file();
+    missing_under_ci(installed, "tests/e2b-js' node modules (./install.sh --deps installs them)");
+    if !installed {
         eprintln!("tests/e2b-js has no node_modules (./install.sh --deps installs them): skipped");
         return;
     }
