@@ -253,7 +253,7 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
         .await?;
         exec.push(ms(t.elapsed()));
     }
-    rows.push(row("exec round trip (`true`, API)", &exec, ""));
+    rows.extend(exec_rows(a, &exec).await);
 
     eprintln!("bench: pause/resume…");
     let (mut pause, mut resume) = (Vec::new(), Vec::new());
@@ -361,6 +361,51 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
     write_section(&a.out, "bench", &text)?;
     eprintln!("bench: table written to {}", a.out.display());
     Ok(0)
+}
+
+/// The API's exec beside the bare guest channel's round trips (a ping, and an exec of `true`
+/// straight on the channel of a bare restored VM): what the server and agent add.
+async fn exec_rows(a: &BenchArgs, api: &[f64]) -> Vec<Row> {
+    let n = api.len();
+    let bare = match &a.agent_data_dir {
+        Some(dir) => {
+            eprintln!("bench: bare guest-channel round trips…");
+            crate::agent::vm::bare_round_trips(dir, &a.kernel_dir, &a.template, n)
+                .await
+                .map_err(|e| eprintln!("bench: bare round trips failed: {e:#}"))
+                .ok()
+        }
+        None => None,
+    };
+    let Some(bare) = bare else {
+        return vec![row("exec round trip (`true`, API)", api, "")];
+    };
+    let ping: Vec<f64> = bare.ping.iter().copied().map(ms).collect();
+    let exec: Vec<f64> = bare.exec.iter().copied().map(ms).collect();
+    let (api50, exec50, ping50) = (
+        percentiles(api).0,
+        percentiles(&exec).0,
+        percentiles(&ping).0,
+    );
+    vec![
+        row(
+            "exec round trip (`true`, API)",
+            api,
+            format!(
+                "+{:.1} ms over the bare channel's exec (target +3 ms)",
+                api50 - exec50
+            ),
+        ),
+        row(
+            "bare guest channel: exec of `true` (baseline)",
+            &exec,
+            format!(
+                "a bare restored VM, no agent or server; the guest's fork and exec: {:.1} ms over a ping",
+                exec50 - ping50
+            ),
+        ),
+        row("bare guest channel: ping → pong (baseline)", &ping, ""),
+    ]
 }
 
 fn chrono_like_now() -> String {

@@ -63,6 +63,39 @@ pub async fn bare_restore(
     kernel_dir: &Path,
     template: &str,
 ) -> anyhow::Result<Duration> {
+    Ok(restore_then(agent_data_dir, kernel_dir, template, 0)
+        .await?
+        .restore)
+}
+
+/// What a bare restored VM's guest channel costs, with no agent, server or HTTP in the way.
+#[derive(Debug, Default)]
+pub struct BareRoundTrips {
+    /// The restore itself (as [`bare_restore`]).
+    pub restore: Duration,
+    /// A Ping answered by a Pong.
+    pub ping: Vec<Duration>,
+    /// `ExecStart` of `true` to its `Exit` (the guest forks and runs it).
+    pub exec: Vec<Duration>,
+}
+
+/// Restores `template`'s boot snapshot like [`bare_restore`], then times `n` pings and `n`
+/// execs of `true` on the guest channel, one after another.
+pub async fn bare_round_trips(
+    agent_data_dir: &Path,
+    kernel_dir: &Path,
+    template: &str,
+    n: usize,
+) -> anyhow::Result<BareRoundTrips> {
+    restore_then(agent_data_dir, kernel_dir, template, n).await
+}
+
+async fn restore_then(
+    agent_data_dir: &Path,
+    kernel_dir: &Path,
+    template: &str,
+    round_trips: usize,
+) -> anyhow::Result<BareRoundTrips> {
     let (kernel, tpl) = kernel_and_template(agent_data_dir, kernel_dir, template)?;
     let snap_dir = tpl
         .rootfs
@@ -118,7 +151,31 @@ pub async fn bare_restore(
             let (hello, cont) = tokio::join!(channel.connect(Duration::from_secs(30)), q.cont());
             cont?;
             hello.map_err(|e| anyhow::anyhow!("the restored guest did not answer: {e}"))?;
-            anyhow::Ok(t.elapsed())
+            let mut out = BareRoundTrips {
+                restore: t.elapsed(),
+                ..Default::default()
+            };
+            let wait = Duration::from_secs(10);
+            for _ in 0..round_trips {
+                let t = Instant::now();
+                channel.ping(wait).await?;
+                out.ping.push(t.elapsed());
+            }
+            let req = crate::proto::guest::ExecStart {
+                cmd: "true".into(),
+                ..Default::default()
+            };
+            for _ in 0..round_trips {
+                let t = Instant::now();
+                let done = channel.exec(&req, 4096, wait).await?;
+                anyhow::ensure!(
+                    done.exit.exit_code == 0,
+                    "true exited {}",
+                    done.exit.exit_code
+                );
+                out.exec.push(t.elapsed());
+            }
+            anyhow::Ok(out)
         }
         .await;
         channel.close();

@@ -65,7 +65,7 @@ pub use crate::proto::agent::{CreateVmRequest, VmInfo, VmState};
 pub use crate::proto::api::{ExecRequest, ExecResponse};
 
 use crate::agent::images;
-pub use bare::{bare_cold_boot, bare_restore};
+pub use bare::{BareRoundTrips, bare_cold_boot, bare_restore, bare_round_trips};
 pub use error::VmError;
 use error::bad;
 pub use import::MAX_IMAGE_BYTES;
