@@ -2,8 +2,10 @@
 //! sandbox create (cold and from snapshot) next to the same boot done by bare QEMU with the same
 //! images, exec round trips, pause and resume, concurrent creates, and memory per sandbox.
 //! `sandboxctl bench server` ([`server`]) measures the control plane alone against a simulated
-//! fleet ([`fleet`]) under an open-loop load ([`load`]).
+//! fleet ([`fleet`]) under an open-loop load ([`load`]). `sandboxctl bench --density N`
+//! ([`density`]) measures how many idle sandboxes one host holds.
 
+pub mod density;
 pub mod fleet;
 pub mod load;
 mod pool;
@@ -384,7 +386,11 @@ async fn exec_rows(a: &BenchArgs, api: &[f64]) -> Vec<Row> {
     };
     let ping: Vec<f64> = bare.ping.iter().copied().map(ms).collect();
     let exec: Vec<f64> = bare.exec.iter().copied().map(ms).collect();
-    let (api50, exec50, ping50) = (percentiles(api).0, percentiles(&exec).0, percentiles(&ping).0);
+    let (api50, exec50, ping50) = (
+        percentiles(api).0,
+        percentiles(&exec).0,
+        percentiles(&ping).0,
+    );
     vec![
         row(
             "exec round trip (`true`, API)",
@@ -425,7 +431,10 @@ fn chrono_like_now() -> String {
 /// Replaces the generated section `name` of the output file (between `<!-- NAME:begin -->` and
 /// `<!-- NAME:end -->`), keeping the rest; appends it when the file has none.
 fn write_section(path: &Path, name: &str, table: &str) -> anyhow::Result<()> {
-    let (begin, end) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let section = format!("{begin}\n{table}{end}");
     let new = match (old.find(&begin), old.find(&end)) {

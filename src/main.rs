@@ -251,6 +251,21 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
                 })
                 .await
             }
+            None if a.density.is_some() => {
+                let c = commands::client()?;
+                sandboxctl::bench::density::run(
+                    &c,
+                    &sandboxctl::bench::density::DensityArgs {
+                        n: a.density.unwrap_or(1) as usize,
+                        template: a.template,
+                        memory_mb: a.density_memory_mb,
+                        quiet: a.density_quiet,
+                        execs: a.density_execs as usize,
+                        out: a.out,
+                    },
+                )
+                .await
+            }
             None => {
                 let c = commands::client()?;
                 sandboxctl::bench::run(

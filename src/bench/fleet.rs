@@ -155,7 +155,7 @@ impl Fleet {
     pub fn run(
         &self,
         interval: Duration,
-        refresh_within: Duration,
+        refresh_within: Option<Duration>,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let n = self.hosts.len().max(1);
@@ -170,11 +170,12 @@ impl Fleet {
             );
             let offset = interval.mul_f64(h.index as f64 / n as f64);
             // A different spread for the refresh, so it does not fall on a heartbeat.
-            let refresh_at = refresh_within.mul_f64(((h.index * 7919) % n) as f64 / n as f64);
+            let refresh_at =
+                refresh_within.map(|w| w.mul_f64(((h.index * 7919) % n) as f64 / n as f64));
             tasks.spawn(async move {
                 let begun = tokio::time::Instant::now();
                 let mut next_beat = begun + offset;
-                let mut refresh = Some(begun + refresh_at);
+                let mut refresh = refresh_at.map(|r| begun + r);
                 loop {
                     let due = refresh.map_or(next_beat, |r| r.min(next_beat));
                     tokio::select! {

@@ -78,7 +78,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel::<(Kind, Result<f64, String>)>();
     let total = (rate * duration.as_secs_f64()).round() as u64;
     let step = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    let mut rng = Rng(0x5EED_0F5A_11D_B0C5);
+    let mut rng = Rng(0x05EE_D0F5_A11D_B0C5);
     let mut out = LoadResult::default();
     let start = Instant::now() + Duration::from_millis(10);
     for k in 0..total {
@@ -122,7 +122,10 @@ pub async fn run(
                 if !status.is_success() {
                     return Err(format!(
                         "{status}: {}",
-                        String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
+                        String::from_utf8_lossy(&body)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
                     ));
                 }
                 Ok(at.elapsed().as_secs_f64() * 1000.0)
@@ -158,7 +161,7 @@ mod tests {
 
     #[test]
     fn the_mix_is_spread() {
-        let mut r = Rng(0x5EED_0F5A_11D_B0C5);
+        let mut r = Rng(0x05EE_D0F5_A11D_B0C5);
         let lists = (0..10_000).filter(|_| r.unit() < 0.1).count();
         assert!((800..1200).contains(&lists), "{lists}");
         let mut seen = [0usize; 7];

@@ -180,7 +180,10 @@ async fn make_teams(admin: &ApiClient, n: usize) -> anyhow::Result<Vec<TeamTarge
             .create_team(&format!("bench-team-{t}"))
             .await
             .context("creating a team")?;
-        let auth = admin.switch_team(&team.id).await.context("switching team")?;
+        let auth = admin
+            .switch_team(&team.id)
+            .await
+            .context("switching team")?;
         let key = admin
             .with_token(&auth.token)
             .create_key("bench")
@@ -227,7 +230,9 @@ async fn seed(
             };
             let s = c.create_sandbox(&req).await.context("creating a sandbox")?;
             if delete_every > 0 && i % delete_every == delete_every - 1 {
-                c.delete_sandbox(&s.id).await.context("deleting a sandbox")?;
+                c.delete_sandbox(&s.id)
+                    .await
+                    .context("deleting a sandbox")?;
             }
             anyhow::Ok((t, s.id))
         }));
@@ -252,11 +257,13 @@ pub async fn run(a: &ServerBenchArgs) -> anyhow::Result<i32> {
     let began = Instant::now();
     let load_before = loadavg();
     let server = ServerProcess::start(a.heartbeat_interval).await?;
-    eprintln!("bench server: server at {} (pid {})", server.url, server.pid);
+    eprintln!(
+        "bench server: server at {} (pid {})",
+        server.url, server.pid
+    );
     let result = measure(a, &server).await;
-    let result = result.map_err(|e| {
-        anyhow::anyhow!("{e:#}\nthe server's log ends with:\n{}", server.log_tail())
-    });
+    let result = result
+        .map_err(|e| anyhow::anyhow!("{e:#}\nthe server's log ends with:\n{}", server.log_tail()));
     server.stop().await;
     let (table, errors) = result?;
     let header = format!(
@@ -309,14 +316,21 @@ async fn measure(a: &ServerBenchArgs, server: &ServerProcess) -> anyhow::Result<
         a.hosts,
         registered.as_secs_f64()
     );
-    let seeded = seed(&server.url, &mut teams, a.sandboxes, a.delete_every).await?;
+    // The hosts heartbeat while the sandboxes are made (it takes longer than a host may stay
+    // silent at this scale), and refresh their credentials once during the load.
+    let seeding = stop.child_token();
+    let beating = fleet.run(a.heartbeat_interval, None, seeding.clone());
+    let seeded = seed(&server.url, &mut teams, a.sandboxes, a.delete_every).await;
+    seeding.cancel();
+    let _ = beating.await;
+    let seeded = seeded?;
     eprintln!(
         "bench server: {} sandboxes created in {:.1} s",
         a.sandboxes,
         seeded.as_secs_f64()
     );
 
-    let hosts_running = fleet.run(a.heartbeat_interval, a.duration, stop.clone());
+    let hosts_running = fleet.run(a.heartbeat_interval, Some(a.duration), stop.clone());
     let cpu_before = cpu_seconds(server.pid);
     let t = Instant::now();
     eprintln!(
@@ -350,7 +364,9 @@ async fn measure(a: &ServerBenchArgs, server: &ServerProcess) -> anyhow::Result<
         a.duration.as_secs(),
         a.list_share * 100.0
     ));
-    md.push_str("| request | n | p50 | p99 | max | errors | note |\n|---|---:|---:|---:|---:|---:|---|\n");
+    md.push_str(
+        "| request | n | p50 | p99 | max | errors | note |\n|---|---:|---:|---:|---:|---:|---|\n",
+    );
     let mut line = |what: &str, v: &mut Vec<f64>, errors: u64, note: String| {
         let (p50, p99, max) = (quantile(v, 0.5), quantile(v, 0.99), quantile(v, 1.0));
         md.push_str(&format!(
@@ -385,7 +401,10 @@ async fn measure(a: &ServerBenchArgs, server: &ServerProcess) -> anyhow::Result<
         "host heartbeat",
         &mut hb,
         st.heartbeat_errors.load(Ordering::Relaxed),
-        format!("every {} s per host", a.heartbeat_interval.as_secs()),
+        format!(
+            "every {} s per host, while seeding and during the load",
+            a.heartbeat_interval.as_secs()
+        ),
     );
     line(
         "host credential refresh",

@@ -8,7 +8,10 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod limits;
+mod sandbox_args;
 pub mod stream;
+
+pub use sandbox_args::{FilesCommand, SandboxCommand};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -126,6 +129,20 @@ pub struct BenchArgs {
         default_value = "/var/lib/sandboxctl/kernel"
     )]
     pub kernel_dir: PathBuf,
+    /// Instead of the create/exec/pause table: start idle sandboxes until N (or the first
+    /// failure) and measure memory, idle CPU and exec round trip per sandbox at 1, 10, 50 and N
+    /// (section `bench-density`); every sandbox made is deleted again.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub density: Option<u32>,
+    /// Guest memory of each density sandbox, in MB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=65_536))]
+    pub density_memory_mb: u32,
+    /// How long the idle CPU of the density sandboxes is sampled at each step.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub density_quiet: Duration,
+    /// Exec round trips measured at each density step.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub density_execs: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -608,167 +625,6 @@ pub struct LoginArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SandboxCommand {
-    /// Start a new sandbox and wait until it answers.
-    Create {
-        #[arg(long, default_value = "minimal")]
-        template: String,
-        #[arg(long)]
-        vcpus: Option<u32>,
-        /// Memory in MB.
-        #[arg(long)]
-        memory: Option<u32>,
-        /// Idle timeout in seconds (0 = never).
-        #[arg(long)]
-        timeout: Option<u64>,
-        /// What the timeout (and the deadline) does: pause (default) or kill.
-        #[arg(long, value_parser = ["pause", "kill"])]
-        on_timeout: Option<String>,
-        /// An absolute deadline in seconds from now, whatever the activity (0 = none).
-        #[arg(long)]
-        end_in: Option<u64>,
-        /// Environment variables, KEY=VALUE (repeatable).
-        #[arg(long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
-        /// Metadata, KEY=VALUE (repeatable).
-        #[arg(long = "meta", value_name = "KEY=VALUE")]
-        metadata: Vec<String>,
-        /// No network device at all.
-        #[arg(long)]
-        no_network: bool,
-        #[command(flatten)]
-        egress: EgressArgs,
-        /// Its ports answer anyone who knows the address (default: only with the sandbox's
-        /// access token or a credential of the team).
-        #[arg(long)]
-        public_ports: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Replace a sandbox's egress policy (what it may reach); applies at once.
-    Network {
-        id: String,
-        #[command(flatten)]
-        egress: EgressArgs,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the team's sandboxes.
-    List {
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one sandbox.
-    Get {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run a command: its output streams as it comes, standard input is passed on when it is a
-    /// pipe, Ctrl-C reaches the command, and the CLI exits with the command's exit code.
-    Exec {
-        id: String,
-        /// Seconds before the command is killed.
-        #[arg(long)]
-        timeout: Option<u64>,
-        /// Working directory inside the sandbox.
-        #[arg(long)]
-        cwd: Option<String>,
-        #[arg(long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
-        /// Run on a pseudo-terminal.
-        #[arg(long, short = 't')]
-        tty: bool,
-        /// One-shot: wait and print {stdout, stderr, exit_code, duration_ms} as JSON.
-        #[arg(long)]
-        json: bool,
-        /// The command and its arguments (after --).
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
-    /// An interactive shell in the sandbox.
-    Shell { id: String },
-    /// Forward a local port to a TCP port inside the sandbox, through the server: listens on
-    /// 127.0.0.1:LOCAL (LOCAL defaults to PORT; 0 picks a free one) until interrupted.
-    PortForward {
-        id: String,
-        /// `PORT` or `LOCAL:PORT`.
-        #[arg(value_name = "[LOCAL:]PORT", value_parser = crate::cli::commands::ports::parse_forward)]
-        ports: (u16, u16),
-    },
-    /// Pause: memory and devices saved to disk, the VM process ended.
-    Pause {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Resume a paused sandbox where it left off.
-    Resume {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Set (or extend, counting from now) the idle timeout; 0 = never.
-    Timeout {
-        id: String,
-        seconds: u64,
-        #[arg(long, value_parser = ["pause", "kill"])]
-        on_timeout: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// CPU, memory and disk use, sampled every few seconds (the last hour is kept).
-    Metrics {
-        id: String,
-        /// Keep printing new samples until Ctrl-C.
-        #[arg(long)]
-        watch: bool,
-        /// Samples from this far back (at most 1h are kept).
-        #[arg(long, default_value = "10m", value_parser = parse_duration)]
-        since: Duration,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Set the absolute deadline, SECONDS from now (earlier or later; 0 removes it): then the
-    /// sandbox is paused or killed as its on-timeout says, whatever its activity.
-    Deadline {
-        id: String,
-        seconds: u64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// The guest's console log (control characters escaped; `--raw` for the exact bytes).
-    Logs {
-        id: String,
-        /// Print the log's exact bytes, terminal escapes included.
-        #[arg(long)]
-        raw: bool,
-    },
-    /// Keep the sandbox's memory and disk as a template of your team.
-    Snapshot {
-        id: String,
-        /// The template's name.
-        name: String,
-        /// Replace an existing template of that name.
-        #[arg(long)]
-        overwrite: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Files inside a sandbox.
-    #[command(subcommand)]
-    Files(FilesCommand),
-    /// Stop and delete a sandbox.
-    Kill {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 pub enum HostCommand {
     /// Add a host; prints the command to run on it.
     Create {
@@ -928,57 +784,6 @@ pub enum TeamCommand {
         /// Confirm.
         #[arg(long)]
         yes: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum FilesCommand {
-    /// Download a file (to stdout with `-`).
-    Get {
-        id: String,
-        path: String,
-        dest: PathBuf,
-    },
-    /// Upload a file (from stdin with `-`).
-    Put {
-        id: String,
-        src: PathBuf,
-        path: String,
-    },
-    /// List a directory (control characters in names escaped; `--raw` for the exact names).
-    Ls {
-        id: String,
-        #[arg(default_value = "/")]
-        path: String,
-        #[arg(long)]
-        json: bool,
-        /// Print names exactly as they are, terminal escapes included.
-        #[arg(long)]
-        raw: bool,
-    },
-    /// Show one entry.
-    Stat {
-        id: String,
-        path: String,
-        #[arg(long)]
-        json: bool,
-        /// Print the path exactly as it is, terminal escapes included.
-        #[arg(long)]
-        raw: bool,
-    },
-    /// Make a directory.
-    Mkdir {
-        id: String,
-        path: String,
-        #[arg(long, short = 'p')]
-        parents: bool,
-    },
-    /// Remove a file or (with -r) a directory tree.
-    Rm {
-        id: String,
-        path: String,
-        #[arg(long, short = 'r')]
-        recursive: bool,
     },
 }
 

@@ -17,10 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
 
-const DOMAIN: &str = "sbx.example.test";
+pub(crate) const DOMAIN: &str = "sbx.example.test";
 
 /// A CA and a wildcard certificate for `*.DOMAIN` signed by it, made with the openssl CLI.
-fn make_certs(dir: &Path) -> (String, String, String) {
+pub(crate) fn make_certs(dir: &Path) -> (String, String, String) {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use sandboxctl::proto::api::{CreateSandboxRequest, ExecRequest};
 
-use crate::common::{BIN, TestAgent, TestServer, create_when_ready, signal, step, vm_permit, wait_until};
+use crate::common::{
+    BIN, TestAgent, TestServer, create_when_ready, signal, step, vm_permit, wait_until,
+};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -181,29 +183,39 @@ async fn the_release_binary_runs_alone_in_an_empty_chroot() {
     // resolver library: the binary reads the file itself), a login and an authenticated call.
     let server = TestServer::start().await;
     server.signup("root@example.com", "Root").await;
-    step("the CLI reaches a server by its /etc/hosts name and logs in", async {
-        std::fs::create_dir(root.path().join("etc")).unwrap();
-        std::fs::write(
-            root.path().join("etc/hosts"),
-            "127.0.0.1 localhost\n127.0.0.1 control.sandboxctl.test\n",
-        )
-        .unwrap();
-        let port = server.url.rsplit(':').next().unwrap().trim_end_matches('/');
-        let url = format!("http://control.sandboxctl.test:{port}");
-        let env = [("HOME", "/"), ("SANDBOXCTL_CONFIG", "/cli.toml")];
-        let out = in_chroot(
-            root.path(),
-            &["login", "--server", &url, "--email", "root@example.com", "--password-stdin"],
-            &env,
-            Some("correct horse battery\n"),
-        );
-        assert!(out.status.success(), "login: {}", text(&out.stderr));
-        let out = in_chroot(root.path(), &["sandbox", "list", "--json"], &env, None);
-        assert!(out.status.success(), "sandbox list: {}", text(&out.stderr));
-        let listed: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("JSON ({e}): {}", text(&out.stdout)));
-        assert!(listed.is_array() || listed.is_object(), "{listed}");
-    })
+    step(
+        "the CLI reaches a server by its /etc/hosts name and logs in",
+        async {
+            std::fs::create_dir(root.path().join("etc")).unwrap();
+            std::fs::write(
+                root.path().join("etc/hosts"),
+                "127.0.0.1 localhost\n127.0.0.1 control.sandboxctl.test\n",
+            )
+            .unwrap();
+            let port = server.url.rsplit(':').next().unwrap().trim_end_matches('/');
+            let url = format!("http://control.sandboxctl.test:{port}");
+            let env = [("HOME", "/"), ("SANDBOXCTL_CONFIG", "/cli.toml")];
+            let out = in_chroot(
+                root.path(),
+                &[
+                    "login",
+                    "--server",
+                    &url,
+                    "--email",
+                    "root@example.com",
+                    "--password-stdin",
+                ],
+                &env,
+                Some("correct horse battery\n"),
+            );
+            assert!(out.status.success(), "login: {}", text(&out.stderr));
+            let out = in_chroot(root.path(), &["sandbox", "list", "--json"], &env, None);
+            assert!(out.status.success(), "sandbox list: {}", text(&out.stderr));
+            let listed: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("JSON ({e}): {}", text(&out.stdout)));
+            assert!(listed.is_array() || listed.is_object(), "{listed}");
+        },
+    )
     .await;
 }
 
@@ -258,7 +270,10 @@ async fn an_agent_rides_out_a_server_outage_and_a_reboot_keeps_paused_sandboxes_
             if static_bin.is_some() {
                 // The template holds the static binary alone: no libraries were copied beside it.
                 let r = admin
-                    .exec(&running.id, &sh("sandboxctl --version; find /lib /lib64 -mindepth 1"))
+                    .exec(
+                        &running.id,
+                        &sh("sandboxctl --version; find /lib /lib64 -mindepth 1"),
+                    )
                     .await
                     .unwrap();
                 assert_eq!(
@@ -278,7 +293,12 @@ async fn an_agent_rides_out_a_server_outage_and_a_reboot_keeps_paused_sandboxes_
             let sleeper = r.stdout.trim().to_string();
             assert!(sleeper.parse::<u32>().is_ok(), "{r:?}");
             assert_eq!(
-                admin.pause_sandbox(&paused.id).await.unwrap().status.to_string(),
+                admin
+                    .pause_sandbox(&paused.id)
+                    .await
+                    .unwrap()
+                    .status
+                    .to_string(),
                 "paused"
             );
             (running.id, paused.id, sleeper)
@@ -306,7 +326,7 @@ async fn an_agent_rides_out_a_server_outage_and_a_reboot_keeps_paused_sandboxes_
                     admin
                         .get_host(&agent.host_id)
                         .await
-                        .is_ok_and(|h| h.status.to_string() == "online")
+                        .is_ok_and(|h| h.status == "online")
                 },
             )
             .await;
@@ -344,7 +364,10 @@ async fn an_agent_rides_out_a_server_outage_and_a_reboot_keeps_paused_sandboxes_
                 .exec(&paused, &sh(&format!("kill -0 {sleeper} && echo alive")))
                 .await
                 .unwrap();
-            assert_eq!(r.stdout, "alive\n", "the process from before the pause: {r:?}");
+            assert_eq!(
+                r.stdout, "alive\n",
+                "the process from before the pause: {r:?}"
+            );
         },
     )
     .await;
@@ -378,20 +401,32 @@ fn install_sh_installs_a_given_binary_and_enabled_units_that_systemd_accepts() {
         "--root",
         root_arg,
     ]);
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 
     // The binary, byte for byte, executable.
     let installed = r.join("usr/local/bin/sandboxctl");
-    assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(&bin).unwrap());
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&bin).unwrap()
+    );
     let v = Command::new(&installed).arg("--version").output().unwrap();
     assert!(text(&v.stdout).starts_with("sandboxctl "));
 
     for role in ["server", "agent"] {
-        let unit = std::fs::read_to_string(r.join(format!(
-            "etc/systemd/system/sandboxctl-{role}.service"
-        )))
+        let unit = std::fs::read_to_string(
+            r.join(format!("etc/systemd/system/sandboxctl-{role}.service")),
+        )
         .unwrap();
-        let exec = if role == "agent" { "agent run" } else { "server" };
+        let exec = if role == "agent" {
+            "agent run"
+        } else {
+            "server"
+        };
         for line in [
             &format!("ExecStart=/usr/local/bin/sandboxctl {exec}"),
             "Restart=on-failure",
@@ -402,7 +437,10 @@ fn install_sh_installs_a_given_binary_and_enabled_units_that_systemd_accepts() {
             "WantedBy=multi-user.target",
             "After=network-online.target",
         ] {
-            assert!(unit.lines().any(|l| l == line), "{role} unit has {line}:\n{unit}");
+            assert!(
+                unit.lines().any(|l| l == line),
+                "{role} unit has {line}:\n{unit}"
+            );
         }
         // Enabled: the link systemd follows at boot.
         let wants = r.join(format!(
@@ -419,12 +457,13 @@ fn install_sh_installs_a_given_binary_and_enabled_units_that_systemd_accepts() {
             "/var/lib/sandboxctl"
         };
         assert!(
-            env.lines().any(|l| l == format!("SANDBOXCTL_DATA_DIR={data}")),
+            env.lines()
+                .any(|l| l == format!("SANDBOXCTL_DATA_DIR={data}")),
             "{env}"
         );
     }
-    let agent = std::fs::read_to_string(r.join("etc/systemd/system/sandboxctl-agent.service"))
-        .unwrap();
+    let agent =
+        std::fs::read_to_string(r.join("etc/systemd/system/sandboxctl-agent.service")).unwrap();
     assert!(agent.contains("\nStartLimitIntervalSec=0\n"), "{agent}");
     assert!(
         agent.contains("\nConditionPathExists=/var/lib/sandboxctl/agent/credentials.json\n"),
@@ -434,7 +473,14 @@ fn install_sh_installs_a_given_binary_and_enabled_units_that_systemd_accepts() {
     // The operator's settings survive a second run.
     let env_file = r.join("etc/sandboxctl/server.env");
     std::fs::write(&env_file, "SANDBOXCTL_LISTEN=0.0.0.0:8080\n").unwrap();
-    let again = install_sh(&["--binary", bin.to_str().unwrap(), "--service", "server", "--root", root_arg]);
+    let again = install_sh(&[
+        "--binary",
+        bin.to_str().unwrap(),
+        "--service",
+        "server",
+        "--root",
+        root_arg,
+    ]);
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(
         std::fs::read_to_string(&env_file).unwrap(),
@@ -473,15 +519,25 @@ fn install_sh_installs_a_given_binary_and_enabled_units_that_systemd_accepts() {
 #[test]
 fn install_sh_names_what_is_wrong_with_its_options() {
     let cases: [(&[&str], &str); 4] = [
-        (&["--service", "web"], "--service takes server or agent, not 'web'"),
+        (
+            &["--service", "web"],
+            "--service takes server or agent, not 'web'",
+        ),
         (&["--binary"], "--binary needs a value"),
-        (&["--test", "--service", "agent"], "go with an install, not --test"),
+        (
+            &["--test", "--service", "agent"],
+            "go with an install, not --test",
+        ),
         (&["--frobnicate"], "unknown option '--frobnicate'"),
     ];
     for (args, says) in cases {
         let out = install_sh(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(text(&out.stderr).contains(says), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
     let root = tempfile::tempdir().unwrap();
     let out = install_sh(&[
@@ -497,7 +553,12 @@ fn install_sh_names_what_is_wrong_with_its_options() {
         text(&out.stderr)
     );
     // Something that is not sandboxctl is refused before anything is written.
-    let out = install_sh(&["--binary", "/bin/true", "--root", root.path().to_str().unwrap()]);
+    let out = install_sh(&[
+        "--binary",
+        "/bin/true",
+        "--root",
+        root.path().to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(!root.path().join("usr/local/bin/sandboxctl").exists());
 }
@@ -521,7 +582,10 @@ fn bash_completes(script: &Path, words: &[&str]) -> Vec<String> {
 
 #[test]
 fn bash_completion_offers_commands_and_flags() {
-    let out = Command::new(BIN).args(["completion", "bash"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["completion", "bash"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("sandboxctl.bash");

@@ -63,7 +63,9 @@ pub async fn bare_restore(
     kernel_dir: &Path,
     template: &str,
 ) -> anyhow::Result<Duration> {
-    Ok(restore_then(agent_data_dir, kernel_dir, template, 0).await?.restore)
+    Ok(restore_then(agent_data_dir, kernel_dir, template, 0)
+        .await?
+        .restore)
 }
 
 /// What a bare restored VM's guest channel costs, with no agent, server or HTTP in the way.
@@ -166,7 +168,11 @@ async fn restore_then(
             for _ in 0..round_trips {
                 let t = Instant::now();
                 let done = channel.exec(&req, 4096, wait).await?;
-                anyhow::ensure!(done.exit.exit_code == 0, "true exited {}", done.exit.exit_code);
+                anyhow::ensure!(
+                    done.exit.exit_code == 0,
+                    "true exited {}",
+                    done.exit.exit_code
+                );
                 out.exec.push(t.elapsed());
             }
             anyhow::Ok(out)

@@ -74,7 +74,10 @@ pub(super) fn signature(
 
 /// With an access token set, a request needs it in `X-Access-Token` or a valid, unexpired
 /// signature for this path, operation and user.
-fn authorize(envd: &Envd, headers: &HeaderMap, q: &FilesQuery, op: &str) -> Result<(), Response> {
+/// An early answer of a `/files` handler (boxed: a `Response` is large).
+type Refused = Box<Response>;
+
+fn authorize(envd: &Envd, headers: &HeaderMap, q: &FilesQuery, op: &str) -> Result<(), Refused> {
     let Some(token) = envd.token() else {
         return Ok(());
     };
@@ -90,7 +93,7 @@ fn authorize(envd: &Envd, headers: &HeaderMap, q: &FilesQuery, op: &str) -> Resu
         )
     };
     let Some(sig) = &q.signature else {
-        return Err(denied());
+        return Err(Box::new(denied()));
     };
     let expected = signature(
         q.path.as_deref().unwrap_or(""),
@@ -100,26 +103,32 @@ fn authorize(envd: &Envd, headers: &HeaderMap, q: &FilesQuery, op: &str) -> Resu
         q.signature_expiration,
     );
     if !crate::crypto::ct_eq(sig.as_bytes(), expected.as_bytes()) {
-        return Err(denied());
+        return Err(Box::new(denied()));
     }
     if let Some(exp) = q.signature_expiration
         && exp < crate::time::unix_now()
     {
-        return Err(error(StatusCode::UNAUTHORIZED, "the signature has expired"));
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "the signature has expired",
+        )));
     }
     Ok(())
 }
 
-fn user_of(q: &FilesQuery) -> Result<User, Response> {
-    users::select(q.username.as_deref()).map_err(|m| error(StatusCode::UNAUTHORIZED, m))
+fn user_of(q: &FilesQuery) -> Result<User, Refused> {
+    users::select(q.username.as_deref()).map_err(|m| Box::new(error(StatusCode::UNAUTHORIZED, m)))
 }
 
-fn target(user: &User, path: &str) -> Result<PathBuf, Response> {
+fn target(user: &User, path: &str) -> Result<PathBuf, Refused> {
     if path.is_empty() {
-        return Err(error(StatusCode::BAD_REQUEST, "path is required"));
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, "path is required")));
     }
     if path.contains('\0') {
-        return Err(error(StatusCode::BAD_REQUEST, "path contains a NUL byte"));
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "path contains a NUL byte",
+        )));
     }
     Ok(super::resolve(user, path))
 }
@@ -131,15 +140,15 @@ pub(super) async fn download(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&envd, &headers, &q, "read") {
-        return r;
+        return *r;
     }
     let user = match user_of(&q) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let path = match target(&user, q.path.as_deref().unwrap_or("")) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let meta = match tokio::fs::metadata(&path).await {
         Ok(m) => m,
@@ -335,11 +344,11 @@ pub(super) async fn upload(
 ) -> Response {
     let headers = request.headers().clone();
     if let Err(r) = authorize(&envd, &headers, &q, "write") {
-        return r;
+        return *r;
     }
     let user = match user_of(&q) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -355,7 +364,7 @@ pub(super) async fn upload(
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
         let path = match target(&user, q.path.as_deref().unwrap_or("")) {
             Ok(p) => p,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let (tx, rx) = mpsc::channel(8);
         let mut stream = request.into_body().into_data_stream();
@@ -428,7 +437,7 @@ async fn upload_multipart(
                 ));
             }
         };
-        let path = target(user, &name)?;
+        let path = target(user, &name).map_err(|r| *r)?;
         if seen.contains(&path) {
             return Err(error(
                 StatusCode::BAD_REQUEST,

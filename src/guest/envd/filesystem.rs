@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::connect::{Code, RpcError, RpcResult, unary_request, unary_response};
 use super::users::{self, User};
-use super::{Envd, watch};
+use super::{Envd, resolve_required, watch};
 use crate::proto::envd::{
     Empty, EntryInfo, EntryResponse, FileType, ListDirRequest, ListDirResponse, MoveRequest,
     PathRequest,
@@ -76,16 +76,6 @@ where
         Err(e) => Err(e),
     };
     unary_response(result)
-}
-
-pub(super) fn resolve_required(user: &User, path: &str, field: &str) -> RpcResult<PathBuf> {
-    if path.is_empty() {
-        return Err(RpcError::invalid(format!("{field} is required")));
-    }
-    if path.contains('\0') {
-        return Err(RpcError::invalid(format!("{field} contains a NUL byte")));
-    }
-    Ok(super::resolve(user, path))
 }
 
 /// Go's `FileMode.String()` for what envd reports (`drwxr-xr-x`, `-rw-r--r--`).

@@ -93,6 +93,17 @@ impl Envd {
     }
 }
 
+/// `path` (the request's `field`) resolved for `user`; empty or with a NUL byte is refused.
+fn resolve_required(user: &User, path: &str, field: &str) -> RpcResult<PathBuf> {
+    if path.is_empty() {
+        return Err(RpcError::invalid(format!("{field} is required")));
+    }
+    if path.contains('\0') {
+        return Err(RpcError::invalid(format!("{field} contains a NUL byte")));
+    }
+    Ok(resolve(user, path))
+}
+
 /// `path` for `user`: relative paths start at the user's home; `.` and `..` are resolved
 /// lexically, so the answer is absolute and clean.
 pub(crate) fn resolve(user: &User, path: &str) -> PathBuf {

@@ -21,7 +21,7 @@ use super::connect::{
     Code, RpcError, RpcResult, keepalive_interval, stream_error, stream_request, stream_response,
     unary_request, unary_response,
 };
-use super::filesystem::resolve_required;
+use super::resolve_required;
 use crate::proto::envd::{
     CreateWatcherResponse, Empty, EventType, FilesystemEvent, GetWatcherEventsResponse,
     WatchDirResponse, WatchRequest, WatcherRequest,

@@ -152,9 +152,7 @@ impl Caller {
             return Err(ApiError::Unauthorized);
         }
         let hash = sha256_hex(key.as_bytes());
-        let key = state
-            .db
-            .call(move |c| api_keys::authenticate(c, &hash))
+        let key = api_keys::authenticate(&state.db, hash)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         Ok(Caller {

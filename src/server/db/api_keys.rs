@@ -102,24 +102,48 @@ pub fn revoke_created_by(conn: &Connection, team_id: &str, user_id: &str) -> DbR
     )?)
 }
 
-/// Looks a presented key up by its hash (unrevoked, team active, its creator still a member)
-/// and stamps `last_used_at`.
-pub fn authenticate(conn: &Connection, key_hash: &str) -> DbResult<Option<ApiKeyRow>> {
-    let row = conn
-        .query_row(
+/// How stale `last_used_at` may be: a key used many times a second stamps it once a minute, so
+/// authenticating stays a read.
+pub const LAST_USED_GRANULARITY_SECS: i64 = 60;
+
+/// Looks a presented key up by its hash (unrevoked, team active, its creator still a member).
+pub fn find(conn: &Connection, key_hash: &str) -> DbResult<Option<ApiKeyRow>> {
+    Ok(conn
+        .prepare_cached(
             "SELECT k.id, k.team_id, k.name, k.prefix, k.created_by, k.created_at, k.last_used_at
              FROM api_keys k JOIN teams t ON t.id = k.team_id
                JOIN memberships m ON m.team_id = k.team_id AND m.user_id = k.created_by
              WHERE k.key_hash = ?1 AND k.revoked_at IS NULL AND t.deleted_at IS NULL",
-            [key_hash],
-            key_row,
-        )
-        .optional()?;
-    if let Some(r) = &row {
-        conn.execute(
-            "UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2",
-            params![now(), r.id],
-        )?;
+        )?
+        .query_row([key_hash], key_row)
+        .optional()?)
+}
+
+/// Whether a key found with `last_used_at` needs a new stamp at `at`.
+pub fn needs_stamp(last_used_at: Option<i64>, at: i64) -> bool {
+    last_used_at.is_none_or(|t| at - t >= LAST_USED_GRANULARITY_SECS)
+}
+
+/// Stamps `last_used_at` unless another request did within the granularity.
+pub fn stamp_used(conn: &Connection, id: &str) -> DbResult<()> {
+    let t = now();
+    conn.prepare_cached(
+        "UPDATE api_keys SET last_used_at = ?1
+         WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at <= ?1 - ?3)",
+    )?
+    .execute(params![t, id, LAST_USED_GRANULARITY_SECS])?;
+    Ok(())
+}
+
+/// [`find`] on a read connection, then [`stamp_used`] on the writer only when the stamp is
+/// older than [`LAST_USED_GRANULARITY_SECS`].
+pub async fn authenticate(db: &super::Db, key_hash: String) -> DbResult<Option<ApiKeyRow>> {
+    let row = db.read(move |c| find(c, &key_hash)).await?;
+    if let Some(r) = &row
+        && needs_stamp(r.last_used_at, now())
+    {
+        let id = r.id.clone();
+        db.call(move |c| stamp_used(c, &id)).await?;
     }
     Ok(row)
 }

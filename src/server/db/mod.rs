@@ -1,5 +1,6 @@
-//! All SQL lives here. One SQLite file in WAL mode, one connection behind a mutex (one writer),
-//! used from blocking tasks so the async threads never wait on disk.
+//! All SQL lives here. One SQLite file in WAL mode, one connection behind a mutex (the one
+//! writer, [`Db::call`]) and a few read-only connections ([`Db::read`]) that never wait for it,
+//! all used from blocking tasks so the async threads never wait on disk.
 
 pub mod api_keys;
 pub mod audit;
@@ -16,6 +17,7 @@ pub mod users;
 pub mod vocab;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
@@ -45,7 +47,70 @@ pub type DbResult<T> = Result<T, DbError>;
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
+    /// Read-only connections to the same file (none for an in-memory database: reads then use
+    /// the writer). In WAL mode a reader sees the last commit and neither waits for the writer
+    /// nor holds it up.
+    readers: Arc<Readers>,
     timings: DbTimings,
+}
+
+/// How many read-only connections a file database keeps.
+const READERS: usize = 4;
+
+#[derive(Default)]
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl Readers {
+    fn open(path: &Path, n: usize) -> anyhow::Result<Readers> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let conn = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.pragma_update(None, "query_only", "ON")?;
+            Self::tune(&conn)?;
+            conns.push(Mutex::new(conn));
+        }
+        Ok(Readers {
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Page cache and memory-mapped reads, for the writer and every reader alike.
+    fn tune(conn: &Connection) -> rusqlite::Result<()> {
+        // 16 MiB of page cache (negative: KiB) and up to 256 MiB of the file mapped.
+        conn.pragma_update(None, "cache_size", -16384)?;
+        conn.pragma_update(None, "mmap_size", 268_435_456)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        Ok(())
+    }
+
+    /// A free reader if there is one, else the next in turn (waiting for it).
+    fn get(&self) -> Option<std::sync::MutexGuard<'_, Connection>> {
+        if self.conns.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.conns.len();
+        for i in 0..n {
+            if let Ok(g) = self.conns[(start + i) % n].try_lock() {
+                return Some(g);
+            }
+        }
+        Some(
+            self.conns[start % n]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
 }
 
 /// How long calls wait for the one connection and how long their statements then take (the
@@ -70,8 +135,11 @@ impl Db {
     pub fn open(path: &Path) -> anyhow::Result<Db> {
         let mut conn = Connection::open(path)?;
         Self::configure(&mut conn)?;
+        Readers::tune(&conn)?;
+        let readers = Readers::open(path, READERS)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(readers),
             timings: DbTimings::default(),
         })
     }
@@ -82,6 +150,7 @@ impl Db {
         Self::configure(&mut conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(Readers::default()),
             timings: DbTimings::default(),
         })
     }
@@ -114,6 +183,32 @@ impl Db {
             let started = std::time::Instant::now();
             timings.wait.observe((started - asked).as_secs_f64());
             let out = f(&mut guard);
+            timings.query.observe(started.elapsed().as_secs_f64());
+            out
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with a read-only connection on a blocking thread: it sees every write committed
+    /// before it starts and does not wait for [`Db::call`]s (a write in `f` fails). For reads on
+    /// the request path (authentication, sandbox GETs and lists).
+    pub async fn read<T, F>(&self, f: F) -> DbResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+    {
+        if self.readers.conns.is_empty() {
+            return self.call(move |c| f(c)).await;
+        }
+        let readers = self.readers.clone();
+        let timings = self.timings.clone();
+        let asked = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let guard = readers.get().expect("readers exist");
+            let started = std::time::Instant::now();
+            timings.wait.observe((started - asked).as_secs_f64());
+            let out = f(&guard);
             timings.query.observe(started.elapsed().as_secs_f64());
             out
         })
@@ -251,5 +346,36 @@ mod tests {
         // Opening again applies nothing twice.
         drop(db);
         Db::open(&dir.path().join("t.db")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn readers_see_commits_and_refuse_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        assert_eq!(db.readers.conns.len(), READERS);
+        db.call(|c| {
+            c.execute(
+                "INSERT INTO users (id, email, name, password_hash, created_at, updated_at) VALUES ('u1', 'a@example.com', 'A', 'x', 1, 1)",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        for _ in 0..READERS * 2 {
+            let n: i64 = db
+                .read(|c| Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?))
+                .await
+                .unwrap();
+            assert_eq!(n, 1, "every reader sees the commit");
+        }
+        let refused = db.read(|c| Ok(c.execute("DELETE FROM users", [])?)).await;
+        assert!(refused.is_err(), "a reader cannot write");
+        let mem = Db::open_in_memory().unwrap();
+        let n: i64 = mem
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "an in-memory database reads through its writer");
     }
 }

@@ -141,11 +141,11 @@ pub fn insert(conn: &Connection, s: &NewSandbox) -> DbResult<()> {
 
 /// A sandbox of this team (other teams' sandboxes are not found).
 pub fn get(conn: &Connection, team_id: &str, id: &str) -> DbResult<SandboxRow> {
-    one(conn.query_row(
-        &format!("SELECT {COLS} FROM sandboxes WHERE id = ?1 AND team_id = ?2"),
-        params![id, team_id],
-        sandbox_row,
-    ))
+    one(conn
+        .prepare_cached(&format!(
+            "SELECT {COLS} FROM sandboxes WHERE id = ?1 AND team_id = ?2"
+        ))?
+        .query_row(params![id, team_id], sandbox_row))
 }
 
 pub fn get_any(conn: &Connection, id: &str) -> DbResult<Option<SandboxRow>> {
@@ -163,7 +163,7 @@ pub fn list(
     team_id: &str,
     status: Option<SandboxStatus>,
 ) -> DbResult<Vec<SandboxRow>> {
-    let mut st = conn.prepare(&format!(
+    let mut st = conn.prepare_cached(&format!(
         "SELECT {COLS} FROM sandboxes WHERE team_id = ?1 AND (?2 IS NULL OR status = ?2)
          ORDER BY created_at DESC, id"
     ))?;

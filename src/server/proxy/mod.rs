@@ -174,7 +174,7 @@ async fn credentials(
             .filter(|k| k.starts_with("sk_"))
     {
         let hash = sha256_hex(key.trim().as_bytes());
-        if let Ok(Some(k)) = st.db.call(move |c| api_keys::authenticate(c, &hash)).await {
+        if let Ok(Some(k)) = api_keys::authenticate(&st.db, hash).await {
             team = Some(TeamId::from_stored(k.team_id));
         }
     }

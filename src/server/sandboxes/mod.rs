@@ -10,9 +10,9 @@ mod create;
 mod deadline;
 pub mod error;
 mod lifecycle;
-pub mod oplog;
-pub mod metrics;
 pub mod listing;
+pub mod metrics;
+pub mod oplog;
 pub mod placement;
 pub mod ports;
 pub mod rules;
@@ -58,7 +58,7 @@ impl SandboxService<'_> {
         let (team, id) = (team.clone(), id.clone());
         self.st
             .db
-            .call(move |c| sandboxes::get(c, &team, &id))
+            .read(move |c| sandboxes::get(c, &team, &id))
             .await
             .map_err(SandboxError::not_found_as("sandbox"))
     }
@@ -73,7 +73,7 @@ impl SandboxService<'_> {
         Ok(self
             .st
             .db
-            .call(move |c| sandboxes::list(c, &team, status))
+            .read(move |c| sandboxes::list(c, &team, status))
             .await?)
     }
 

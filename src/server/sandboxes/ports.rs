@@ -103,6 +103,75 @@ impl SandboxService<'_> {
     }
 }
 
+/// How long create and connect wait for envd to answer in a sandbox that runs.
+pub const ENVD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The status code of an HTTP/1 response head (`HTTP/1.1 204 No Content`).
+fn status_of(head: &[u8]) -> Option<u16> {
+    let line = head.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split_whitespace();
+    words.next().filter(|w| w.starts_with("HTTP/1."))?;
+    words.next()?.parse().ok()
+}
+
+impl SandboxService<'_> {
+    /// Waits until envd answers `GET /health` with a 2xx in the running sandbox `s` (through the
+    /// same port stream the proxy uses), retrying for at most `within`. `GuestUnresponsive`
+    /// naming what was last seen when it does not.
+    pub async fn wait_envd(
+        &self,
+        s: &SandboxRow,
+        within: std::time::Duration,
+    ) -> SandboxResult<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let started = std::time::Instant::now();
+        loop {
+            let last;
+            match self.open_port(s, ENVD_PORT).await {
+                Ok(mut stream) => {
+                    let asked = async {
+                        stream
+                            .write_all(
+                                b"GET /health HTTP/1.1\r\nHost: envd\r\nConnection: close\r\n\r\n",
+                            )
+                            .await?;
+                        let mut head = vec![0u8; 256];
+                        let mut n = 0;
+                        while n < head.len() && !head[..n].contains(&b'\n') {
+                            let got = stream.read(&mut head[n..]).await?;
+                            if got == 0 {
+                                break;
+                            }
+                            n += got;
+                        }
+                        Ok::<_, std::io::Error>(status_of(&head[..n]))
+                    };
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
+                        Ok(Ok(Some(code))) if (200..300).contains(&code) => return Ok(()),
+                        Ok(Ok(Some(code))) => last = format!("GET /health answered {code}"),
+                        Ok(Ok(None)) => last = "envd closed the connection".into(),
+                        Ok(Err(e)) => last = format!("envd's connection failed: {e}"),
+                        Err(_) => last = "GET /health took over 5 s".into(),
+                    }
+                }
+                Err(SandboxError::Conflict {
+                    code: "port_closed",
+                    ..
+                }) => last = format!("nothing listens on port {ENVD_PORT} yet"),
+                Err(e) => return Err(e),
+            }
+            if started.elapsed() >= within {
+                return Err(SandboxError::GuestUnresponsive(format!(
+                    "envd did not answer in the sandbox within {} s: {last}",
+                    within.as_secs()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +201,14 @@ mod tests {
             public_ports: public,
             end_at: None,
         }
+    }
+
+    #[test]
+    fn health_status_is_read_from_the_head() {
+        assert_eq!(status_of(b"HTTP/1.1 204 No Content\r\n\r\n"), Some(204));
+        assert_eq!(status_of(b"HTTP/1.0 502 Bad"), Some(502));
+        assert_eq!(status_of(b"SSH-2.0-x\r\n"), None);
+        assert_eq!(status_of(b""), None);
     }
 
     #[test]

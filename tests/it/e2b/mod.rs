@@ -21,7 +21,7 @@ fn here() -> PathBuf {
 }
 
 /// The venv's Python, if the SDK is installed.
-fn python() -> Option<PathBuf> {
+pub(crate) fn python() -> Option<PathBuf> {
     let venv = std::env::var_os("SANDBOXCTL_E2B_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/opt/sandboxctl/e2b-venv"));
@@ -30,11 +30,19 @@ fn python() -> Option<PathBuf> {
         .args(["-c", "import e2b"])
         .output()
         .is_ok_and(|o| o.status.success());
+    missing_under_ci(ok, "the e2b venv (./install.sh --deps makes it)");
     ok.then_some(py)
 }
 
+/// Under CI (`CI=true`) a missing SDK fails the test instead of skipping it.
+pub(crate) fn missing_under_ci(present: bool, what: &str) {
+    if !present && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} is missing, and CI must run the E2B tests");
+    }
+}
+
 /// The SDK environment for `server` with `key`.
-fn sdk_env(cmd: &mut Command, server: &TestServer, key: &str) {
+pub(crate) fn sdk_env(cmd: &mut Command, server: &TestServer, key: &str) {
     cmd.env("E2B_API_URL", &server.url)
         .env("E2B_SANDBOX_URL", &server.url)
         .env("E2B_API_KEY", key)
@@ -73,7 +81,7 @@ async fn py(
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{args:?} printed {stdout}: {e}"))
 }
 
-fn tail(s: &str) -> String {
+pub(crate) fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
@@ -99,12 +107,19 @@ async fn e2b_call(
     (st, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
-async fn team_key(admin: &ApiClient) -> String {
+pub(crate) async fn team_key(admin: &ApiClient) -> String {
     admin.create_key("e2b").await.unwrap().key.unwrap()
 }
 
 /// One call and what it must answer: method, path, key, body, status, words in the message.
-type Case<'a> = (Method, &'a str, Option<&'a str>, Option<&'a str>, u16, &'a str);
+type Case<'a> = (
+    Method,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    u16,
+    &'a str,
+);
 
 /// Without a VM: E2B's error shape, 401s and the fields refused by name.
 #[tokio::test]
@@ -315,6 +330,8 @@ async fn python_sdk_control_plane() {
             );
             let sb = admin.get_sandbox(&b).await.unwrap();
             assert_eq!(sb.on_timeout.to_string(), "pause");
+            // E2B's default: ports answer without the token.
+            assert!(sa.public_ports && sb.public_ports);
         },
     )
     .await;
@@ -408,7 +425,10 @@ async fn python_sdk_control_plane() {
             .next()
             .unwrap_or_default()
             .to_string();
-        assert!(stdout.contains("running"), "{stdout}");
+        assert!(
+            stdout.contains(" running hello from sandboxctl"),
+            "{stdout}"
+        );
         assert_eq!(admin.get_sandbox(&id).await.unwrap().status, "stopped");
     })
     .await;
@@ -510,11 +530,13 @@ async fn our_deadline_pauses_then_kills_whatever_the_activity() {
 }
 
 /// The JS SDK (tests/e2b-js, `npm ci` by `./install.sh --deps`) under `node --test`: create, get,
-/// list with filters and pages, kill.
+/// list with filters and pages, kill; then commands and files through envd.
 #[tokio::test]
 async fn js_sdk_create_list_kill() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b-js");
-    if !dir.join("node_modules/e2b/package.json").is_file() {
+    let installed = dir.join("node_modules/e2b/package.json").is_file();
+    missing_under_ci(installed, "tests/e2b-js' node modules (./install.sh --deps installs them)");
+    if !installed {
         eprintln!("tests/e2b-js has no node_modules (./install.sh --deps installs them): skipped");
         return;
     }
@@ -545,4 +567,34 @@ async fn js_sdk_create_list_kill() {
         sandboxes.iter().all(|x| x.status != "running"),
         "the JS test left sandboxes running"
     );
+    step("envd through the server: commands and files", async {
+        // Ours, given what E2B's `base` has and the test needs (a `user`, bash), then
+        // connected to by the SDK.
+        let sb = crate::common::create_when_ready(&admin, &agent).await;
+        let r = admin
+            .exec(
+                &sb.id,
+                &crate::common::exec("sh", &["-c", crate::e2b_envd::SETUP]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        let mut cmd = Command::new("node");
+        cmd.args(["--test", "envd.test.mjs"]).current_dir(&dir);
+        sdk_env(&mut cmd, &s, &key);
+        cmd.env("SANDBOX_ID", &sb.id);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .expect("node runs");
+        assert!(
+            out.status.success(),
+            "node --test envd failed:\n{}\n{}\n--- server log ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&s.log()),
+        );
+        admin.delete_sandbox(&sb.id).await.unwrap();
+    })
+    .await;
 }

@@ -27,7 +27,8 @@ def unary(method, msg, token=sdk.TOKEN):
     u = urllib.parse.urlparse(sdk.URL)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
     conn.request("POST", f"/process.Process/{method}", body=json.dumps(msg),
-                 headers={"Content-Type": "application/json", "X-Access-Token": token})
+                 headers={**sdk.HEADERS, "Content-Type": "application/json",
+                          "X-Access-Token": token})
     resp = conn.getresponse()
     return resp.status, json.loads(resp.read() or b"null")
 
@@ -83,7 +84,7 @@ conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
 conn.request("POST", "/process.Process/Start",
              body=envelope({"process": {"cmd": "/bin/sleep", "args": ["600"]},
                             "tag": "sleeper", "stdin": False}),
-             headers={"Content-Type": "application/connect+json", "X-Access-Token": sdk.TOKEN})
+             headers={**sdk.HEADERS, "Content-Type": "application/connect+json"})
 resp = conn.getresponse()
 assert resp.status == 200 and resp.getheader("Content-Type") == "application/connect+json"
 flags, msg = read_envelope(resp)

@@ -4,8 +4,6 @@ gzip, octet-stream uploads."""
 import gzip as gz
 import io
 import time
-import urllib.error
-import urllib.request
 
 from e2b import FileType, FilesystemEventType
 from e2b.exceptions import NotFoundException
@@ -87,31 +85,22 @@ w.stop()
 fs.write("/tmp/signed.txt", "signed content")
 url = sbx.download_url("/tmp/signed.txt")
 assert "signature=v1_" in url, url
-with urllib.request.urlopen(url) as resp:
-    assert resp.read() == b"signed content"
+assert sdk.fetch(url) == (200, b"signed content")
 url = sbx.download_url("/tmp/signed.txt", use_signature_expiration=600)
-with urllib.request.urlopen(url) as resp:
-    assert resp.read() == b"signed content"
+assert sdk.fetch(url) == (200, b"signed content")
 forged = url.replace("signature=v1_", "signature=v1_A")
-try:
-    urllib.request.urlopen(forged)
-    raise AssertionError("a forged signature was accepted")
-except urllib.error.HTTPError as e:
-    assert e.code == 401, e
+status, _ = sdk.fetch(forged)
+assert status == 401, "a forged signature was accepted"
 # A signature for another path does not open this one.
 other = sbx.download_url("/tmp/big.txt").replace("%2Fbig.txt", "%2Fsigned.txt")
-try:
-    urllib.request.urlopen(other)
-    raise AssertionError("a signature for another path was accepted")
-except urllib.error.HTTPError as e:
-    assert e.code == 401, e
+status, _ = sdk.fetch(other)
+assert status == 401, "a signature for another path was accepted"
 up = sbx.upload_url("/tmp/uploaded-by-url.txt")
 boundary = "sbxboundary"
 body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n"
         f"Content-Type: application/octet-stream\r\n\r\nvia url\r\n--{boundary}--\r\n").encode()
-req = urllib.request.Request(up, data=body, method="POST",
-                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-with urllib.request.urlopen(req) as resp:
-    assert resp.status == 200
+status, _ = sdk.fetch(up, "POST", body,
+                      {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+assert status == 200, status
 assert fs.read("/tmp/uploaded-by-url.txt") == "via url"
 print("files ok")

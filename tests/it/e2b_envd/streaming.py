@@ -8,7 +8,7 @@ import sdk
 
 
 async def main():
-    sbx = sdk.async_sandbox()
+    sbx = await sdk.async_sandbox()
     lines = []
     first = asyncio.Event()
 

@@ -8,7 +8,7 @@ import sdk
 
 
 async def main():
-    sbx = sdk.async_sandbox()
+    sbx = await sdk.async_sandbox()
     await sbx.files.make_dir("/tmp/watched-async")
     events = []
     done = asyncio.Event()

@@ -55,6 +55,12 @@ impl IntoResponse for E2bError {
             message,
         };
         let mut resp = (status, Json(body)).into_response();
+        // A sandbox whose envd did not answer is gone: retrying the create would only make
+        // another (the SDK retries 502/503/504 unless told not to).
+        if matches!(self.0, ApiError::GuestUnresponsive(_)) {
+            resp.headers_mut()
+                .insert("should-retry", HeaderValue::from_static("false"));
+        }
         if let ApiError::RateLimited { retry_after_secs }
         | ApiError::Unavailable {
             retry_after_secs, ..

@@ -10,6 +10,10 @@ pub mod shapes;
 pub mod snapshots;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 
 use crate::server::AppState;
@@ -32,4 +36,21 @@ pub fn router() -> Router<AppState> {
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/snapshots", get(snapshots::list))
         .route("/templates/{id}", delete(snapshots::delete))
+        .layer(axum::middleware::from_fn(dashboard_pages_first))
+}
+
+/// `/sandboxes` and `/sandboxes/{id}` are the dashboard's pages too: a GET or HEAD that carries
+/// neither E2B credential (`X-API-KEY`, `Authorization`) is a browser's and gets the dashboard;
+/// the SDKs always send one.
+async fn dashboard_pages_first(req: Request, next: Next) -> Response {
+    let page = (req.method() == Method::GET || req.method() == Method::HEAD)
+        && !req.uri().path().starts_with("/v2/")
+        && req.uri().path().starts_with("/sandboxes")
+        && !req.headers().contains_key("x-api-key")
+        && !req.headers().contains_key(header::AUTHORIZATION);
+    if !page {
+        return next.run(req).await;
+    }
+    let (parts, _) = req.into_parts();
+    crate::server::web::fallback(parts.method, parts.uri, parts.headers).await
 }

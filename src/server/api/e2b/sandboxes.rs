@@ -20,6 +20,7 @@ use crate::proto::net::NetworkSetting;
 use crate::server::AppState;
 use crate::server::api::error::ApiError;
 use crate::server::db::sandboxes::SandboxRow;
+use crate::server::sandboxes::ports::ENVD_WAIT;
 use crate::server::sandboxes::{DeadlineChange, SandboxError};
 use crate::server::state::SandboxStatus;
 
@@ -60,6 +61,18 @@ pub fn e2b_fields(e: SandboxError) -> E2bError {
             E2bError(ApiError::BadRequest { field, message })
         }
         other => other.into(),
+    }
+}
+
+/// The sandbox's access token and the server's sandbox domain, for the SDK.
+fn reach(st: &AppState, s: &SandboxRow) -> shapes::Reach {
+    let token =
+        s.id.parse::<SandboxId>()
+            .map(|id| st.sandboxes().access_token(&id).expose().to_string())
+            .unwrap_or_default();
+    shapes::Reach {
+        token,
+        domain: st.settings.sandbox_domain.clone(),
     }
 }
 
@@ -135,8 +148,10 @@ fn translate_create(req: &NewSandboxRequest) -> E2bResult<CreateSandboxRequest> 
         ),
         end_in_sec: Some(timeout),
         cold_boot: None,
-        // Private as ours are: the SDK sends the access token to envd, and a port needs it too.
-        public_ports: None,
+        // E2B's default: ports answer anyone unless `allowPublicTraffic: false` (then the SDK's
+        // `E2B-Traffic-Access-Token`, the sandbox's access token, opens them). envd checks the
+        // token itself either way.
+        public_ports: Some(shapes::public_ports(req.network.as_ref())?),
     })
 }
 
@@ -148,12 +163,24 @@ pub async fn create(
 ) -> E2bResult<(StatusCode, Json<Sandbox>)> {
     let ours = translate_create(&req)?;
     let team = caller.team_id()?;
-    let row = st
-        .sandboxes()
+    let svc = st.sandboxes();
+    let row = svc
         .create(&team, &caller.user_id, &ours)
         .await
         .map_err(e2b_fields)?;
-    Ok((StatusCode::CREATED, Json(shapes::sandbox(&row))))
+    // The SDK talks to envd as soon as create answers: answer once envd does, or end the
+    // sandbox nobody will get to use.
+    if let Err(e) = svc.wait_envd(&row, ENVD_WAIT).await {
+        let id: SandboxId = row.id.parse().map_err(|_| E2bError::not_found("sandbox"))?;
+        if let Err(end) = svc.end(&team, &id).await {
+            tracing::warn!(sandbox = %id, error = %end, "ending a sandbox whose envd did not answer");
+        }
+        return Err(e.into());
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(shapes::sandbox(&row, &reach(&st, &row))),
+    ))
 }
 
 /// `POST /sandboxes/{id}/connect` and `/v2/…/connect`: 200 for a running sandbox (its
@@ -219,7 +246,11 @@ async fn connect_or_resume(
             .map_err(e2b_fields)?,
         None => row,
     };
-    Ok((status, Json(shapes::sandbox(&row))))
+    st.sandboxes()
+        .wait_envd(&row, ENVD_WAIT)
+        .await
+        .map_err(e2b_fields)?;
+    Ok((status, Json(shapes::sandbox(&row, &reach(st, &row)))))
 }
 
 /// `GET /sandboxes/{id}`: the detail, running or paused.
@@ -230,9 +261,11 @@ pub async fn get(
 ) -> E2bResult<Json<SandboxInfo>> {
     let team = caller.team_id()?;
     let s = live(&st, &team, &id).await?;
-    shapes::info(&s, true)
-        .map(Json)
-        .ok_or_else(|| E2bError::not_found("sandbox"))
+    let mut info = shapes::info(&s, true).ok_or_else(|| E2bError::not_found("sandbox"))?;
+    let r = reach(&st, &s);
+    info.envd_access_token = Some(r.token);
+    info.domain = r.domain;
+    Ok(Json(info))
 }
 
 /// `DELETE /sandboxes/{id}`: 204; an ended or unknown sandbox is 404.
@@ -308,6 +341,12 @@ pub async fn set_network(
     E2bSandboxId(id): E2bSandboxId,
     E2bJson(req): E2bJson<NetworkConfig>,
 ) -> E2bResult<StatusCode> {
+    if req.allow_public_traffic.is_some() {
+        return Err(E2bError::unsupported(
+            "allowPublicTraffic",
+            "changing who may reach the ports after create",
+        ));
+    }
     let policy = shapes::egress(Some(&req), None)?;
     let team = caller.team_id()?;
     live(&st, &team, &id).await?;
@@ -329,6 +368,18 @@ mod tests {
         )
         .unwrap();
         let ours = translate_create(&req).unwrap();
+        assert_eq!(
+            ours.public_ports,
+            Some(true),
+            "E2B's ports are public by default"
+        );
+        let private: NewSandboxRequest =
+            serde_json::from_str(r#"{"templateID":"base","network":{"allowPublicTraffic":false}}"#)
+                .unwrap();
+        assert_eq!(
+            translate_create(&private).unwrap().public_ports,
+            Some(false)
+        );
         assert_eq!(ours.end_in_sec, Some(DEFAULT_TIMEOUT_SEC));
         assert_eq!(ours.timeout_sec, Some(0));
         assert_eq!(ours.on_timeout.as_deref(), Some("pause"));
@@ -347,6 +398,10 @@ mod tests {
                 "autoResume.enabled",
             ),
             (r#"{"templateID":"base","timeout":0}"#, "timeout"),
+            (
+                r#"{"templateID":"base","network":{"allowPublicTraffic":"no"}}"#,
+                "network.allowPublicTraffic",
+            ),
             (r#"{"templateID":""}"#, "templateID"),
         ] {
             let req: NewSandboxRequest = serde_json::from_str(body).unwrap();

@@ -56,16 +56,25 @@ fn end_at(s: &SandboxRow) -> String {
     NEVER.to_string()
 }
 
+/// How the SDK reaches a sandbox's envd and ports: its access token (sent as `X-Access-Token`
+/// to envd, `E2B-Traffic-Access-Token` to private ports, and the key of signed file URLs) and
+/// the server's `--sandbox-domain` (host names `{port}-{id}.{domain}`).
+pub struct Reach {
+    pub token: String,
+    pub domain: Option<String>,
+}
+
 /// The `Sandbox` answer of create, connect and resume.
-pub fn sandbox(s: &SandboxRow) -> Sandbox {
+pub fn sandbox(s: &SandboxRow, reach: &Reach) -> Sandbox {
     Sandbox {
         template_id: s.template.clone(),
         sandbox_id: s.id.clone(),
         client_id: CLIENT_ID.to_string(),
         envd_version: ENVD_VERSION.to_string(),
         alias: Some(s.template.clone()),
-        envd_access_token: None,
-        domain: None,
+        envd_access_token: Some(reach.token.clone()),
+        traffic_access_token: Some(reach.token.clone()),
+        domain: reach.domain.clone(),
     }
 }
 
@@ -112,8 +121,21 @@ pub fn info(s: &SandboxRow, detail: bool) -> Option<SandboxInfo> {
     })
 }
 
+/// Whether the sandbox's ports answer without its token: E2B's default is yes, unless
+/// `network.allowPublicTraffic` is false.
+pub fn public_ports(net: Option<&NetworkConfig>) -> E2bResult<bool> {
+    match net.and_then(|n| n.allow_public_traffic.as_ref()) {
+        None | Some(serde_json::Value::Null) => Ok(true),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(E2bError::bad(
+            "network.allowPublicTraffic",
+            "must be true or false",
+        )),
+    }
+}
+
 /// E2B's network settings as our egress policy (`allow_internet_access` given beside them on
-/// create). `denyOut` holding `0.0.0.0/0` closes the internet (what E2B means by it); the keys
+/// create); `allowPublicTraffic` is not egress (see [`public_ports`]). `denyOut` holding `0.0.0.0/0` closes the internet (what E2B means by it); the keys
 /// we cannot honour are refused by name.
 pub fn egress(
     net: Option<&NetworkConfig>,
@@ -122,10 +144,6 @@ pub fn egress(
     let mut policy = EgressPolicy::default();
     if let Some(n) = net {
         for (field, present) in [
-            (
-                "network.allowPublicTraffic",
-                n.allow_public_traffic.is_some(),
-            ),
             ("network.maskRequestHost", n.mask_request_host.is_some()),
             ("network.dnsServers", n.dns_servers.is_some()),
             ("network.egressProxy", n.egress_proxy.is_some()),
