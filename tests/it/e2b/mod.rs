@@ -535,7 +535,10 @@ async fn our_deadline_pauses_then_kills_whatever_the_activity() {
 async fn js_sdk_create_list_kill() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b-js");
     let installed = dir.join("node_modules/e2b/package.json").is_file();
-    missing_under_ci(installed, "tests/e2b-js' node modules (./install.sh --deps installs them)");
+    missing_under_ci(
+        installed,
+        "tests/e2b-js' node modules (./install.sh --deps installs them)",
+    );
     if !installed {
         eprintln!("tests/e2b-js has no node_modules (./install.sh --deps installs them): skipped");
         return;
