@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -99,12 +99,7 @@ fn kill_group(pgid: i32, sig: i32) {
 }
 
 fn winsize(size: PtySize) -> libc::winsize {
-    libc::winsize {
-        ws_row: size.rows,
-        ws_col: size.cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    }
+    crate::guest::pty::winsize(size.rows, size.cols)
 }
 
 /// Registers the exec under `id` and starts it on its own thread; returns at once.
@@ -161,33 +156,8 @@ fn credit_frame(id: u64, bytes: u64) -> Frame {
     Frame::json(FrameKind::Credit, id, &Credit { bytes })
 }
 
-/// A fresh PTY pair of the given size, both ends close-on-exec (the child gets dups).
 fn open_pty(size: PtySize) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut master: libc::c_int = -1;
-    let mut slave: libc::c_int = -1;
-    let ws = winsize(size);
-    // SAFETY: openpty writes two descriptors; name and termios are optional (null).
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: openpty succeeded, so both are open descriptors we now own.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    for fd in [&master, &slave] {
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe {
-            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-    }
-    Ok((master, slave))
+    crate::guest::pty::open(winsize(size))
 }
 
 fn run(

@@ -15,6 +15,7 @@ mod exec;
 mod files;
 mod flow;
 mod ports;
+mod pty;
 mod sys;
 
 use std::collections::{BTreeMap, HashMap};

@@ -598,7 +598,8 @@ async fn a_deleted_teams_snapshots_leave_their_host() {
 }
 
 /// The whole `base` build (bookworm with bash, python3, pip, git, curl, sudo and the user
-/// `user`), then a sandbox from it with E2B's default template through our API. Minutes, and
+/// `user`), then a sandbox from it with E2B's default template through our API and through the
+/// E2B Python SDK (`Sandbox.create()`, commands as `user`). Minutes, and
 /// ~150 MB from the Debian mirror: run it by hand with
 /// `cargo test --test it base_full_build -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,5 +639,33 @@ async fn base_full_build() {
     assert_eq!(
         out,
         "1000\n/home/user\nsudo-ok\nbash\npython3\npip3\ngit\ncurl\n"
+    );
+    // E2B's SDK with its default template (`base`), its commands as `user` in `/home/user`.
+    let Some(py) = crate::e2b::python() else {
+        return;
+    };
+    let key = admin.create_key("e2b").await.unwrap().key.unwrap();
+    let mut cmd = std::process::Command::new(py);
+    cmd.args([
+        "-c",
+        "from e2b import Sandbox\n\
+         sbx = Sandbox.create()\n\
+         r = sbx.commands.run('whoami; pwd; python3 -c \"print(6*7)\"')\n\
+         print(sbx.get_info().template_id, r.stdout.split(), sep='|')\n\
+         sbx.kill()",
+    ]);
+    crate::e2b::sdk_env(&mut cmd, &s, &key);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "base|['user', '/home/user', '42']"
     );
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc as std_mpsc;
@@ -332,41 +332,12 @@ fn signal_name(sig: i32) -> String {
 }
 
 fn winsize(size: PtySize) -> libc::winsize {
-    libc::winsize {
-        ws_row: size.rows.min(u16::MAX as u32) as u16,
-        ws_col: size.cols.min(u16::MAX as u32) as u16,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    }
+    let clamp = |n: u32| n.min(u32::from(u16::MAX)) as u16;
+    crate::guest::pty::winsize(clamp(size.rows), clamp(size.cols))
 }
 
-/// A fresh PTY pair of the given size, both ends close-on-exec (the child gets dups).
 fn open_pty(size: PtySize) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut master: libc::c_int = -1;
-    let mut slave: libc::c_int = -1;
-    let ws = winsize(size);
-    // SAFETY: openpty writes two descriptors; name and termios are optional (null).
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: openpty succeeded, so both are open descriptors we now own.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    for fd in [&master, &slave] {
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe {
-            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-    }
-    Ok((master, slave))
+    crate::guest::pty::open(winsize(size))
 }
 
 #[cfg(test)]
