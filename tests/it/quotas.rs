@@ -463,9 +463,12 @@ async fn an_agent_rolls_back_a_create_whose_caller_hung_up() {
             || async { vm_state().await == 404 && a.qemu_pids().is_empty() },
         )
         .await;
+        let dir = a.dir.path().join("vms").join(id);
         assert!(
-            !a.dir.path().join("vms").join(id).exists(),
-            "nothing of it is left on disk"
+            !dir.exists(),
+            "nothing of it is left on disk: {:?}\n--- agent log ---\n{}",
+            std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>()),
+            a.log()
         );
     })
     .await;

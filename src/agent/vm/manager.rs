@@ -290,14 +290,16 @@ impl VmManager {
         if let Some(uid) = vm.record.uid {
             self.release_uid(uid);
         }
+        // What QEMU's exit leaves behind can still be settling (a busy host): a few tries, up
+        // to about 3 s, before the folder counts as stuck.
         let mut last = None;
-        for _ in 0..3 {
+        for attempt in 0..10u64 {
             match tokio::fs::remove_dir_all(&vm.dir).await {
                 Ok(()) => return None,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
                 Err(e) => last = Some(e),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
         }
         last
     }
