@@ -238,6 +238,16 @@ pub fn settle(
     }
 }
 
+/// Records why an ended sandbox ended, over what the host monitor may have written when it saw
+/// the VM gone first (the service's own kill knows the reason: a deadline, the idle timeout).
+pub fn set_end_reason(conn: &Connection, id: &str, why: &str) -> DbResult<()> {
+    conn.execute(
+        "UPDATE sandboxes SET error = ?2 WHERE id = ?1 AND status = 'stopped'",
+        params![id, why],
+    )?;
+    Ok(())
+}
+
 pub fn set_boot(
     conn: &Connection,
     id: &str,

@@ -388,7 +388,10 @@ impl SandboxService<'_> {
         let sid = s.id.clone();
         self.st
             .db
-            .call(move |c| sandboxes::settle(c, &sid, SandboxStatus::Stopped, Some(why)))
+            .call(move |c| {
+                sandboxes::settle(c, &sid, SandboxStatus::Stopped, Some(why))?;
+                sandboxes::set_end_reason(c, &sid, why)
+            })
             .await?;
         Ok(())
     }

@@ -1,6 +1,8 @@
 """WatchDir (the async SDK's streaming watch)."""
 
 import asyncio
+import os
+import sys
 
 from e2b import FilesystemEventType
 
@@ -35,3 +37,7 @@ async def main():
 
 
 asyncio.run(main())
+# Everything was checked above. On a loaded machine the interpreter's teardown of the SDK's
+# async transports has aborted (SIGABRT, after "watch ok"): leave without that teardown.
+sys.stdout.flush()
+os._exit(0)
