@@ -550,8 +550,20 @@ impl Drop for TestAgent {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // And so must their network namespaces (a test that failed left its sandboxes).
+        // And so must their network namespaces (a test that failed left its sandboxes) and their
+        // cgroups (empty now that their QEMUs are gone; the folders under vms/ name them).
         sandboxctl::agent::net::remove_namespaces_of(self.dir.path());
+        let cgroups = sandboxctl::agent::vm::cgroup::Cgroups::detect(
+            &sandboxctl::agent::vm::cgroup::CgroupChoice::Auto,
+        );
+        if let (Some(root), Ok(vms)) = (
+            cgroups.root(),
+            std::fs::read_dir(self.dir.path().join("vms")),
+        ) {
+            for vm in vms.flatten() {
+                let _ = std::fs::remove_dir(root.join(vm.file_name()));
+            }
+        }
         if std::env::var_os("TEST_LOG").is_some() {
             eprintln!("--- agent log ---\n{}", self.log());
         }
