@@ -23,9 +23,14 @@ test('create, get, list with filters and pages, kill', async () => {
     const pages = []
     const paginator = Sandbox.list({ query: { metadata: { suite: 'js' } }, limit: 1 })
     while (paginator.hasNext) {
-      pages.push((await paginator.nextItems()).map((s) => s.sandboxId))
+      pages.push(await paginator.nextItems())
     }
-    assert.deepEqual(pages, [[b.sandboxId], [a.sandboxId]])
+    // One per page, each once, newest start first (start times are whole seconds: two
+    // sandboxes started in the same second come in id order).
+    assert.deepEqual(pages.map((p) => p.length), [1, 1])
+    const seen = pages.map((p) => p[0])
+    assert.deepEqual(seen.map((s) => s.sandboxId).sort(), [a.sandboxId, b.sandboxId].sort())
+    assert.ok(seen[0].startedAt.getTime() >= seen[1].startedAt.getTime(), 'newest first')
 
     const odd = await Sandbox.list({ query: { metadata: { 'odd key': 'a&b=c' } } }).nextItems()
     assert.deepEqual(odd.map((s) => s.sandboxId), [a.sandboxId])
