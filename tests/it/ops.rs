@@ -27,6 +27,27 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `server restore` of `file` into a new data dir (in the returned temp dir, as `data`) with the
+/// keys of `data` copied beside it, as the README says; the restore must succeed.
+fn restore_into_new_dir(data: &Path, file: &Path) -> (tempfile::TempDir, Output) {
+    let fresh = tempfile::tempdir().unwrap();
+    let new_data = fresh.path().join("data");
+    std::fs::create_dir(&new_data).unwrap();
+    for k in ["jwt.key", "agent-signing.key"] {
+        std::fs::copy(data.join(k), new_data.join(k)).unwrap();
+    }
+    let restored = sandboxctl(&[
+        "server",
+        "restore",
+        "--data-dir",
+        s(&new_data),
+        "--from",
+        s(file),
+    ]);
+    assert!(restored.status.success(), "{}", text(&restored.stderr));
+    (fresh, restored)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -170,21 +191,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_data_dir() {
     let fresh = step("restore into a new data dir", async {
         // Stop the server; restore into a new data dir with the keys copied beside it.
         server.kill();
-        let fresh = tempfile::tempdir().unwrap();
-        let new_data = fresh.path().join("data");
-        std::fs::create_dir(&new_data).unwrap();
-        for k in ["jwt.key", "agent-signing.key"] {
-            std::fs::copy(data.join(k), new_data.join(k)).unwrap();
-        }
-        let restored = sandboxctl(&[
-            "server",
-            "restore",
-            "--data-dir",
-            s(&new_data),
-            "--from",
-            s(&file),
-        ]);
-        assert!(restored.status.success(), "{}", text(&restored.stderr));
+        let (fresh, restored) = restore_into_new_dir(&data, &file);
         assert!(
             !text(&restored.stdout).contains("warning"),
             "{}",
@@ -322,21 +329,7 @@ async fn a_backup_taken_during_10_creates_restores_the_sandboxes_of_its_moment()
             // The restored server must not reach this fleet: it would reconcile the VMs made after
             // the backup away.
             agent.kill();
-            let fresh = tempfile::tempdir().unwrap();
-            let new_data = fresh.path().join("data");
-            std::fs::create_dir(&new_data).unwrap();
-            for k in ["jwt.key", "agent-signing.key"] {
-                std::fs::copy(data.join(k), new_data.join(k)).unwrap();
-            }
-            let restored = sandboxctl(&[
-                "server",
-                "restore",
-                "--data-dir",
-                s(&new_data),
-                "--from",
-                s(&file),
-            ]);
-            assert!(restored.status.success(), "{}", text(&restored.stderr));
+            let (fresh, _) = restore_into_new_dir(&data, &file);
             fresh
         },
     )
