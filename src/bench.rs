@@ -136,6 +136,13 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
         cold_boot: Some(true),
         ..req.clone()
     };
+    // Not timed: the first create of a shape on a host also makes its boot snapshot.
+    let warm = c.create_sandbox(&req).await.context("create")?;
+    c.delete_sandbox(&warm.id).await?;
+    // Bare QEMU with the same images, no server or agent in the way: one bare restore after each
+    // create from snapshot, so both see the same machine.
+    let mut bare_restore = Vec::new();
+    let mut bare_failed = a.agent_data_dir.is_none();
     for i in 0..a.runs + cold_runs {
         let t = Instant::now();
         let which = if i < a.runs { &req } else { &cold };
@@ -152,22 +159,22 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
             boot_cold.push(boot);
         }
         c.delete_sandbox(&s.id).await?;
-    }
-    // Bare QEMU with the same images, no server or agent in the way.
-    let mut bare_cold = Vec::new();
-    let mut bare_restore = Vec::new();
-    let mut net_rows = Vec::new();
-    if let Some(dir) = &a.agent_data_dir {
-        eprintln!("bench: {} bare QEMU restores…", a.runs);
-        for _ in 0..a.runs {
+        if i < a.runs
+            && !bare_failed
+            && let Some(dir) = &a.agent_data_dir
+        {
             match crate::agent::vm::bare_restore(dir, &a.kernel_dir, &a.template).await {
                 Ok(d) => bare_restore.push(ms(d)),
                 Err(e) => {
                     eprintln!("bench: bare QEMU restore failed: {e:#}");
-                    break;
+                    bare_failed = true;
                 }
             }
         }
+    }
+    let mut bare_cold = Vec::new();
+    let mut net_rows = Vec::new();
+    if let Some(dir) = &a.agent_data_dir {
         eprintln!("bench: {} sandbox network setups…", a.runs);
         match crate::agent::net::bench_setup(Default::default(), a.runs).await {
             Ok((setup, teardown)) => {
@@ -260,20 +267,54 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
     rows.extend(exec_rows(a, &exec).await);
 
     eprintln!("bench: pause/resume…");
-    let (mut pause, mut resume) = (Vec::new(), Vec::new());
+    let fresh_rss = qemu_pid(&s.id).and_then(|p| qemu_memory(p, s.memory_mb));
+    let (mut pause, mut resume, mut bare_resume) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.runs.clamp(1, 5) {
+        // Something to keep: 32 MB the guest wrote before the pause.
+        c.exec(
+            &s.id,
+            &ExecRequest {
+                cmd: "sh".into(),
+                args: vec![
+                    "-c".into(),
+                    "head -c 33554432 /dev/urandom > /tmp/bench.bin".into(),
+                ],
+                ..Default::default()
+            },
+        )
+        .await?;
         let t = Instant::now();
         c.pause_sandbox(&s.id).await?;
         pause.push(ms(t.elapsed()));
+        if let Some(dir) = &a.agent_data_dir {
+            // The same saved state restored by bare QEMU, before the agent resumes it.
+            match crate::agent::vm::bare_resume(dir, &a.kernel_dir, &s.id).await {
+                Ok(d) => bare_resume.push(ms(d)),
+                Err(e) => eprintln!("bench: bare QEMU resume failed: {e:#}"),
+            }
+        }
         let t = Instant::now();
         c.resume_sandbox(&s.id).await?;
         resume.push(ms(t.elapsed()));
     }
+    let resumed_rss = qemu_pid(&s.id).and_then(|p| qemu_memory(p, s.memory_mb));
     rows.push(row("pause (memory saved, VM process ended)", &pause, ""));
-    rows.push(row("resume (restored, guest answers)", &resume, ""));
+    rows.push(row(
+        "resume (restored, guest answers)",
+        &resume,
+        ratio(&resume, &bare_resume),
+    ));
+    if !bare_resume.is_empty() {
+        rows.push(row(
+            "bare QEMU resume of the same paused state (baseline)",
+            &bare_resume,
+            "the agent's saved state and files, restored without agent or server",
+        ));
+    }
     c.delete_sandbox(&s.id).await?;
 
     eprintln!("bench: {} concurrent creates…", a.concurrency);
+    let cpu_before = crate::agent::prometheus::cpu_seconds();
     let t = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.concurrency {
@@ -300,10 +341,27 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
         }
     }
     let total = ms(t.elapsed());
+    // What bounds a burst: the CPU the restores need against what the host has.
+    let cpu = match (cpu_before, crate::agent::prometheus::cpu_seconds()) {
+        (Some((b0, _)), Some((b1, _))) => format!(
+            "; the host's CPUs were busy {:.1} core-s of the {:.1} they had",
+            b1 - b0,
+            total / 1000.0
+                * std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1) as f64
+        ),
+        _ => String::new(),
+    };
+    let one = percentiles(&api_snap).0;
     rows.push(row(
         &format!("{} concurrent creates: each", a.concurrency),
         &each,
-        format!("all done in {:.1} s; {failed} failed", total / 1000.0),
+        format!(
+            "all done in {:.1} s = {:.1}× one create (target 3×); {failed} failed{cpu}",
+            total / 1000.0,
+            total / one
+        ),
     ));
 
     let mut rss = Vec::new();
@@ -326,6 +384,11 @@ pub async fn run(c: &ApiClient, a: &BenchArgs) -> anyhow::Result<i32> {
         md.push_str(&format!(
             "| {} | {} | {:.0} ms | {:.0} ms | {} |\n",
             r.what, r.n, r.p50, r.p95, r.note
+        ));
+    }
+    if let (Some((fresh, _)), Some((resumed, _))) = (fresh_rss, resumed_rss) {
+        md.push_str(&format!(
+            "| QEMU resident memory after a resume (32 MB written before each pause) | 1 | {resumed:.0} MB | {resumed:.0} MB | {fresh:.0} MB for the same sandbox freshly restored |\n"
         ));
     }
     if !rss.is_empty() {

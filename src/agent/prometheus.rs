@@ -228,7 +228,7 @@ impl Collector for HostUsage {
 }
 
 /// The host's busy and idle CPU seconds from `/proc/stat` (idle counts iowait).
-fn cpu_seconds() -> Option<(f64, f64)> {
+pub fn cpu_seconds() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     parse_cpu_line(stat.lines().next()?)
 }

@@ -105,7 +105,15 @@ async fn snapshots_pause_resume_and_templates() {
     })
     .await;
     let sleep_pid = step("pause and resume keep memory, processes and the console log", async {
-        // Pause/resume with memory: a background process and a counter loop go on; tmpfs survives.
+        // Pause/resume with memory: a background process and a counter loop go on; tmpfs survives,
+        // random bytes included (the paused state keeps only the pages that differ from the
+        // template's RAM: a page wrongly left out would show here).
+        let sum = sh(
+            &admin,
+            &a.id,
+            "head -c 24000000 /dev/urandom > /dev/shm/random; md5sum < /dev/shm/random",
+        )
+        .await;
         let out = sh(
             &admin,
             &a.id,
@@ -146,6 +154,11 @@ async fn snapshots_pause_resume_and_templates() {
             ),
         )
         .await;
+        assert_eq!(
+            sh(&admin, &a.id, "md5sum < /dev/shm/random; head -c 3 /dev/shm/fill").await,
+            format!("{sum}aaa"),
+            "memory written before the pause came back changed"
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(&lines[..2], &["alive", "a"], "{out}");
         let after: u32 = lines[2].parse().unwrap();
@@ -217,13 +230,21 @@ async fn snapshots_pause_resume_and_templates() {
     step(
         "a paused sandbox can be snapshotted; a deleted template leaves its sandboxes",
         async {
-            // A paused sandbox can be snapshotted too, and stays paused.
+            // A paused sandbox can be snapshotted too, and stays paused; the template has the
+            // memory it was paused with.
+            sh(&admin, &d.id, "echo in-d-memory > /dev/shm/d").await;
             admin.pause_sandbox(&d.id).await.expect("pause d");
             admin
                 .snapshot(&d.id, "snap-paused", false)
                 .await
                 .expect("snapshot of a paused sandbox");
             assert_eq!(admin.get_sandbox(&d.id).await.unwrap().status, "paused");
+            let e = create(&admin, Some("snap-paused"), None).await;
+            assert_eq!(
+                sh(&admin, &e.id, "cat /dev/shm/d /root/state; hostname").await,
+                format!("in-d-memory\noverwritten\n{}\n", e.id)
+            );
+            admin.delete_sandbox(&e.id).await.expect("delete e");
 
             let names = template_names(&admin).await;
             assert!(

@@ -188,6 +188,86 @@ async fn restore_then(
     result
 }
 
+/// One resume of the paused sandbox `id` the way the agent resumes it, by bare QEMU: its saved
+/// state, disk and RAM file (when the state keeps only the pages its guest changed) used from a
+/// copy of its folder (the disk copied, the rest linked: the sandbox's own files stay as they
+/// are), QEMU started with incoming state, loaded, continued. Timed from QEMU's start to the
+/// guest program's first answer; the VM is killed afterwards.
+pub async fn bare_resume(
+    agent_data_dir: &Path,
+    kernel_dir: &Path,
+    id: &str,
+) -> anyhow::Result<Duration> {
+    let src = agent_data_dir.join("vms").join(id);
+    let record = super::record::read_record(&src)
+        .with_context(|| format!("no VM record in {}", src.display()))?;
+    anyhow::ensure!(
+        src.join(qemu::STATE).is_file(),
+        "{id} is not paused (no saved state)"
+    );
+    let kernel = Kernel::find(kernel_dir)?;
+    let accel = qemu::detect_accel(AccelChoice::Auto, &kernel).await;
+    let dir = tempfile_dir()?;
+    let result = async {
+        for e in std::fs::read_dir(&src)?.flatten() {
+            let name = e.file_name();
+            let Some(n) = name.to_str() else { continue };
+            if !e.file_type()?.is_file() || n.ends_with(".sock") || n.ends_with(".log") {
+                continue;
+            }
+            if n == qemu::DISK {
+                std::fs::copy(e.path(), dir.join(n))?;
+            } else {
+                qemu::link_file(&e.path(), &dir.join(n), true)?;
+            }
+        }
+        let memory_file = record.memory_file && dir.join(qemu::MEM).is_file();
+        let spec = qemu::LaunchSpec {
+            id: "sbx_bench_bare_resume",
+            vcpus: record.vcpus,
+            memory_mb: record.memory_mb,
+            net: if record.network {
+                qemu::NetDev::Hub
+            } else {
+                qemu::NetDev::None
+            },
+            confined: false,
+            accel: &accel,
+            tsc_khz: qemu::host_tsc_khz(),
+            memory: if memory_file {
+                qemu::Memory::File {
+                    path: qemu::MEM,
+                    shared: false,
+                }
+            } else {
+                qemu::Memory::Anonymous
+            },
+            disk: qemu::DISK,
+            incoming: true,
+        };
+        let t = Instant::now();
+        let mut child = qemu::spawn(&dir, &qemu::args(&spec), None, None, false)?;
+        let channel = GuestChannel::new(&dir, qemu::AGENT_SOCK);
+        let resumed = async {
+            let mut q = Qmp::connect_wait(&dir, qemu::QMP_SOCK, Duration::from_secs(10)).await?;
+            q.set_ignore_shared(false).await?;
+            q.load_state(qemu::STATE, STATE_LIMIT).await?;
+            let (hello, cont) = tokio::join!(channel.connect(Duration::from_secs(30)), q.cont());
+            cont?;
+            hello.map_err(|e| anyhow::anyhow!("the resumed guest did not answer: {e}"))?;
+            anyhow::Ok(t.elapsed())
+        }
+        .await;
+        channel.close();
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        resumed
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 fn kernel_and_template(
     agent_data_dir: &Path,
     kernel_dir: &Path,

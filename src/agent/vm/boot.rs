@@ -262,7 +262,7 @@ impl VmManager {
         kind: &'static str,
         started: Instant,
     ) -> Result<VmInfo, BootError> {
-        send_init(vm)
+        send_init(vm, true)
             .await
             .map_err(|e| VmError::GuestUnavailable(format!("init: {e}")))?;
         let boot_ms = started.elapsed().as_millis() as u64;

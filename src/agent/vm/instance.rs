@@ -171,9 +171,16 @@ pub(super) async fn wait_gone(pid: u32, exited: Option<watch::Receiver<bool>>, l
     }
 }
 
+/// How long a guest gets to take its Init.
+pub(super) const INIT_WAIT: Duration = Duration::from_secs(20);
+
 /// Sends the guest its identity with the current clock and fresh entropy (after a boot, a
-/// restore and every resume).
-pub(super) async fn send_init(vm: &Vm) -> Result<(), ChannelError> {
+/// restore and every resume) and returns once it is sent: the guest applies it while the
+/// caller answers, and requests for the sandbox's user wait until it has (see
+/// [`GuestChannel::begin_init`](super::channel::GuestChannel::begin_init)). `first`: the
+/// sandbox's identity (a create), so a guest that does not take it is stopped; otherwise (a
+/// resume) only the clock is late and that is logged.
+pub(super) async fn send_init(vm: &Arc<Vm>, first: bool) -> Result<(), ChannelError> {
     let mut entropy = vec![0u8; 64];
     rand::rng().fill(&mut entropy[..]);
     let init = Init {
@@ -184,8 +191,20 @@ pub(super) async fn send_init(vm: &Vm) -> Result<(), ChannelError> {
         hostname: None,
         access_token: vm.record.access_token.clone(),
     };
-    let ack = vm.channel.init(&init, Duration::from_secs(20)).await?;
-    let skew = init.time_unix_ms as i64 - ack.previous_time_unix_ms as i64;
-    tracing::debug!(vm = %vm.id, skew_ms = skew, "guest clock set");
+    let deadline = Instant::now() + INIT_WAIT;
+    let stream = vm.channel.begin_init(&init, INIT_WAIT).await?;
+    let vm = vm.clone();
+    tokio::spawn(async move {
+        match vm.channel.finish_init(stream, deadline, first).await {
+            Ok(ack) => {
+                let skew = init.time_unix_ms as i64 - ack.previous_time_unix_ms as i64;
+                tracing::debug!(vm = %vm.id, skew_ms = skew, "guest clock set");
+            }
+            Err(e) => {
+                e.count();
+                tracing::warn!(vm = %vm.id, first, error = %e, "the guest did not take its Init");
+            }
+        }
+    });
     Ok(())
 }

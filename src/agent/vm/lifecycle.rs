@@ -2,10 +2,12 @@
 //!
 //! Pause: QMP `stop`, the memory and device state saved into the VM's folder (`state.tmp`, renamed
 //! to `state.bin` when complete: that rename is the commit point), QEMU ended. The VM keeps its
-//! folder, disk and place in the capacity figures. Resume: a new QEMU with the same command line
-//! (RAM now anonymous: the whole RAM is in the state) loads `state.bin`, continues, and the guest
-//! gets its Init again so its clock jumps to now; `state.bin` is removed once the VM runs. A
-//! process started before the pause goes on after it.
+//! folder, disk and place in the capacity figures. A VM whose RAM maps a template's RAM file keeps
+//! that file and only the pages its guest changed ([`super::state_diff`]); otherwise the whole RAM
+//! is in the state. Resume: a new QEMU with the same command line (the template's RAM mapped
+//! privately again, or anonymous RAM) loads `state.bin`, continues, and the guest gets its Init
+//! again so its clock jumps to now; `state.bin` is removed once the VM runs. A process started
+//! before the pause goes on after it.
 //!
 //! Snapshot: the same save, into a new template folder, plus a copy of the VM's overlay frozen as
 //! the template's top layer; a running VM is continued afterwards (it is stopped for about as long
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::instance::{send_init, wait_gone};
+use super::instance::{INIT_WAIT, send_init, wait_gone};
 use super::jail;
 use super::record::write_atomic;
 use super::snapshot::{self, STATE_LIMIT, SnapshotMeta};
@@ -31,6 +33,10 @@ use crate::proto::agent::{SnapshotVmRequest, TemplateInfo};
 
 /// The converted state while [`VmManager::ram_to_file`] writes it.
 const CONVERTED: &str = "state.converted";
+/// The paused state without the template's pages, while [`super::state_diff`] writes it.
+const STATE_LIGHT_TMP: &str = "state.light.tmp";
+/// The name QEMU gives the RAM block of the `memory-backend` with id `mem`.
+const RAM_BLOCK: &str = "mem";
 
 fn internal(e: anyhow::Error) -> VmError {
     VmError::Internal(e)
@@ -49,6 +55,9 @@ impl VmManager {
                 state.as_str()
             )));
         }
+        // An Init still on its way would be cut short by the disconnect below and take the VM
+        // down with it: let it land first (it is answered within milliseconds or never).
+        let _ = vm.channel.identity_settled(INIT_WAIT).await;
         let started = Instant::now();
         let (pid, exited) = {
             let rt = vm.rt();
@@ -74,6 +83,8 @@ impl VmManager {
             }
             return Err(self.gone_or(&vm, e.context("saving the VM state")));
         }
+        // QEMU stays (stopped) until the VM is recorded paused: its exit must not read as a crash.
+        let light = vm.rt().memory_file && dir.join(qemu::MEM).is_file() && lighten(dir).await;
         std::fs::rename(dir.join(STATE_TMP), dir.join(qemu::STATE))
             .context("keep the saved state")
             .map_err(internal)?;
@@ -82,7 +93,7 @@ impl VmManager {
             rt.pid = None;
             rt.exited = None;
             rt.set_state(VmState::Paused)?;
-            rt.memory_file = false;
+            rt.memory_file = light;
         }
         if let Err(e) = vm.persist() {
             tracing::warn!(vm = %id, error = %format!("{e:#}"), "recording the pause");
@@ -93,8 +104,10 @@ impl VmManager {
         if qemu::is_alive(pid) {
             qemu::kill(pid, libc::SIGKILL);
         }
-        // The RAM is in the state now: the template's RAM file is no longer needed.
-        let _ = std::fs::remove_file(dir.join(qemu::MEM));
+        if !light {
+            // The whole RAM is in the state: the template's RAM file is no longer needed.
+            let _ = std::fs::remove_file(dir.join(qemu::MEM));
+        }
         let _ = std::fs::remove_file(qemu::pid_file(dir));
         tracing::debug!(
             vm = %id,
@@ -133,7 +146,8 @@ impl VmManager {
                     dir.display()
                 )));
             }
-            let spec = self.launch_spec(&vm, true, false);
+            let memory_file = vm.rt().memory_file;
+            let spec = self.launch_spec(&vm, true, memory_file);
             let pid = self.spawn_qemu(&vm, &spec)?;
             let loaded = self.load_and_continue(&vm).await;
             if let Err(e) = loaded {
@@ -165,7 +179,7 @@ impl VmManager {
         // The VM runs whatever happens now; a guest that does not answer yet is reached by the
         // next request.
         let answered = match vm.channel.connect(RESTORE_TIMEOUT).await {
-            Ok(_) => send_init(&vm).await.map_err(|e| e.to_string()),
+            Ok(_) => send_init(&vm, false).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = answered {
@@ -304,6 +318,8 @@ impl VmManager {
         qemu::link_file(&dir.join(qemu::INITRD), &tmp.join(qemu::INITRD), false)?;
         let layer = snapshot::new_layer_name();
         let live = vm.rt().pid.filter(|p| qemu::is_alive(*p));
+        // A paused state without the template's pages: the conversion below needs them.
+        let light = live.is_none() && vm.rt().memory_file;
         if live.is_some() {
             let mut q = Qmp::connect_wait(dir, qemu::QMP_SOCK, Duration::from_secs(5)).await?;
             let was_running = q.status().await? == "running";
@@ -328,6 +344,17 @@ impl VmManager {
                 return Err(VmError::Conflict(format!("VM {} has no saved state", vm.id)).into());
             }
             qemu::link_file(&dir.join(qemu::STATE), &tmp.join(qemu::STATE), false)?;
+            if light {
+                tokio::fs::copy(dir.join(qemu::MEM), tmp.join(qemu::MEM))
+                    .await
+                    .context("copy the template's RAM under the paused state")?;
+                // The conversion's QEMU writes the paused state's pages into it.
+                std::fs::set_permissions(
+                    tmp.join(qemu::MEM),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .context("make the RAM copy writable")?;
+            }
             tokio::fs::copy(dir.join(qemu::DISK), tmp.join(&layer))
                 .await
                 .context("copy the VM's disk")?;
@@ -356,6 +383,12 @@ impl VmManager {
             Ok(()) => {
                 meta.memory_file = true;
                 tracing::debug!(vm = %vm.id, ms = t.elapsed().as_millis() as u64, "snapshot RAM moved to a file");
+            }
+            Err(e) if light => {
+                return Err(VmError::Internal(
+                    e.context("moving the paused VM's RAM into the snapshot"),
+                )
+                .into());
             }
             Err(e) => {
                 tracing::warn!(vm = %vm.id, error = %format!("{e:#}"), "keeping the snapshot's RAM in its state stream (slower restores)");
@@ -399,7 +432,12 @@ impl VmManager {
             incoming: true,
         };
         let j = &self.boot.env.jail;
-        jail::hand_over(tmp, j.uid, j.gid, &[qemu::DISK, qemu::CONSOLE_LOG])?;
+        jail::hand_over(
+            tmp,
+            j.uid,
+            j.gid,
+            &[qemu::DISK, qemu::CONSOLE_LOG, qemu::MEM],
+        )?;
         let mut child = qemu::spawn(tmp, &qemu::args(&spec), None, Some(j), false)?;
         let pid = child.id().context("QEMU exited at once")?;
         write_atomic(&qemu::pid_file(tmp), format!("{pid}\n").as_bytes())?;
@@ -454,6 +492,51 @@ impl VmManager {
             VmError::NotFound(vm.id.clone())
         } else {
             e
+        }
+    }
+}
+
+/// Rewrites the VM's just-saved `state.tmp` without the RAM pages its template's RAM file still
+/// holds (see [`super::state_diff`]). False when that failed: the full state is kept and the
+/// resume maps no RAM file.
+async fn lighten(dir: &std::path::Path) -> bool {
+    let dir = dir.to_path_buf();
+    let t = Instant::now();
+    let done = tokio::task::spawn_blocking(move || {
+        let light = dir.join(STATE_LIGHT_TMP);
+        let r = super::state_diff::drop_template_pages(
+            &dir.join(STATE_TMP),
+            &light,
+            RAM_BLOCK,
+            &dir.join(qemu::MEM),
+        )
+        .and_then(|f| {
+            std::fs::rename(&light, dir.join(STATE_TMP))?;
+            Ok(f)
+        });
+        if r.is_err() {
+            let _ = std::fs::remove_file(&light);
+        }
+        r
+    })
+    .await;
+    match done {
+        Ok(Ok(f)) => {
+            tracing::debug!(
+                pages = f.pages,
+                dropped = f.dropped,
+                ms = t.elapsed().as_millis() as u64,
+                "paused state: the template's pages dropped"
+            );
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "keeping the whole RAM in the paused state (a heavier resume)");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "keeping the whole RAM in the paused state (a heavier resume)");
+            false
         }
     }
 }

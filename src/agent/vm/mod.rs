@@ -56,6 +56,7 @@ mod sampler;
 mod samples;
 pub mod snapshot;
 mod sock;
+mod state_diff;
 pub mod stream;
 mod template_store;
 mod vm_id;
@@ -67,7 +68,7 @@ pub use crate::proto::agent::{CreateVmRequest, VmInfo, VmState};
 pub use crate::proto::api::{ExecRequest, ExecResponse};
 
 use crate::agent::images;
-pub use bare::{BareRoundTrips, bare_cold_boot, bare_restore, bare_round_trips};
+pub use bare::{BareRoundTrips, bare_cold_boot, bare_restore, bare_resume, bare_round_trips};
 pub use error::VmError;
 use error::bad;
 pub use import::MAX_IMAGE_BYTES;

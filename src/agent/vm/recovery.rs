@@ -132,7 +132,9 @@ impl VmManager {
             None if saved => (VmState::Paused, None),
             None => return Err("QEMU is not running and there is no saved state".into()),
         };
-        if pid.is_none() {
+        // A paused state that keeps only the pages its guest changed (`memory_file`, see
+        // `state_diff`) needs its template's RAM file to resume; a full one does not.
+        if pid.is_none() && !record.memory_file {
             let _ = std::fs::remove_file(dir.join(qemu::MEM));
         }
         let mut rt = Runtime::new(state);
@@ -144,7 +146,9 @@ impl VmManager {
         } else {
             record.layers.clone()
         };
-        rt.memory_file = record.memory_file && pid.is_some();
+        // A running VM maps its template's RAM file; a paused one with a light state resumes on
+        // it (and fails to, rather than resume without the pages, if the file went missing).
+        rt.memory_file = record.memory_file;
         let vm = Arc::new(Vm::new(dir, record, rt));
         vm.police_guest();
         if pid.is_none() {

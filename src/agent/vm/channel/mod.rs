@@ -27,6 +27,8 @@
 
 mod conn;
 mod guest_stream;
+#[cfg(test)]
+mod identity_tests;
 mod queue;
 mod reader;
 
@@ -118,6 +120,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether a request of this kind acts for the sandbox's user and so must wait for the guest's
+/// identity. Only the channel's own traffic does not: the Init itself, health pings and stats.
+fn needs_identity(kind: FrameKind) -> bool {
+    !matches!(
+        kind,
+        FrameKind::Init | FrameKind::Ping | FrameKind::StatsRequest
+    )
+}
+
 pub(super) fn next_id() -> u64 {
     static NEXT: OnceLock<AtomicU64> = OnceLock::new();
     let counter = NEXT.get_or_init(|| {
@@ -146,6 +157,9 @@ pub struct GuestChannel {
     closed: AtomicBool,
     /// Why the guest was cut off, once it was.
     cut: Arc<watch::Sender<Option<String>>>,
+    /// False while an [`Init`] is on its way: requests that act for the sandbox's user wait
+    /// (see [`GuestChannel::begin_init`]).
+    identity: watch::Sender<bool>,
 }
 
 impl GuestChannel {
@@ -157,6 +171,7 @@ impl GuestChannel {
             connecting: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             cut: Arc::new(watch::Sender::new(None)),
+            identity: watch::Sender::new(true),
         }
     }
 
@@ -335,6 +350,9 @@ impl GuestChannel {
         window: u64,
         wait: Duration,
     ) -> Result<GuestStream, ChannelError> {
+        if needs_identity(frame.kind) {
+            self.identity_settled(wait).await?;
+        }
         let (conn, _) = self.conn(wait).await?;
         let queue = Arc::new(StreamQueue::new(window));
         let id = frame.id;
@@ -367,18 +385,69 @@ impl GuestChannel {
         self.open(frame, 0, wait).await
     }
 
-    /// Gives the guest its identity, clock and entropy.
-    pub async fn init(&self, init: &Init, wait: Duration) -> Result<InitAck, ChannelError> {
-        let id = next_id();
-        let mut s = self
-            .open_stream(Frame::json(FrameKind::Init, id, init), wait)
-            .await?;
-        let f = s.next(Some(Instant::now() + wait)).await?;
+    /// Sends the guest its identity, clock and entropy ([`Init`]) without waiting for the answer:
+    /// the VM counts as started once its guest answered the handshake, and the identity is
+    /// applied while the create's answer travels. Until [`GuestChannel::finish_init`] has the
+    /// guest's acknowledgement, every request that acts for the sandbox's user (commands,
+    /// files, ports) waits, so none ever runs with the template's identity; health pings and
+    /// stats do not wait.
+    pub(in crate::agent::vm) async fn begin_init(
+        &self,
+        init: &Init,
+        wait: Duration,
+    ) -> Result<GuestStream, ChannelError> {
+        self.identity.send_replace(false);
+        let sent = self
+            .open_stream(Frame::json(FrameKind::Init, next_id(), init), wait)
+            .await;
+        if sent.is_err() {
+            // Nothing reached the guest: the caller fails (a create) or carries on (a resume).
+            self.identity.send_replace(true);
+        }
+        sent
+    }
+
+    /// Waits (until `deadline`) for the guest's answer to the Init that [`begin_init`] sent.
+    /// With `first` (the sandbox's identity, not a resume's clock) anything but the guest's
+    /// acknowledgement cuts the guest off and so stops its VM: a guest that may still carry the
+    /// template's identity never serves its user. Waiting requests then fail with
+    /// [`ChannelError::CutOff`].
+    ///
+    /// [`begin_init`]: GuestChannel::begin_init
+    pub(in crate::agent::vm) async fn finish_init(
+        &self,
+        mut s: GuestStream,
+        deadline: Instant,
+        first: bool,
+    ) -> Result<InitAck, ChannelError> {
+        let answer = s.next(Some(deadline)).await;
         s.done = true;
-        match f.kind {
+        let ack = answer.and_then(|f| match f.kind {
             FrameKind::InitAck => f.parse().map_err(|e| ChannelError::Protocol(e.to_string())),
             FrameKind::Error => Err(guest_error(&f)),
             k => Err(ChannelError::Protocol(format!("{k:?} in answer to Init"))),
+        });
+        // A channel closed on purpose: the VM is going away.
+        if let Err(e) = &ack
+            && first
+            && !self.closed.load(Ordering::Acquire)
+            && self.cut_reason().is_none()
+        {
+            let why = format!("it did not take its identity: {e}");
+            tracing::error!(reason = %why, "cutting the guest off");
+            self.cut.send_replace(Some(why));
+        }
+        self.identity.send_replace(true);
+        ack
+    }
+
+    /// Returns once no Init is on its way (at most `wait`).
+    pub async fn identity_settled(&self, wait: Duration) -> Result<(), ChannelError> {
+        let mut rx = self.identity.subscribe();
+        match tokio::time::timeout(wait, rx.wait_for(|given| *given)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ChannelError::Closed),
+            Err(_) => Err(ChannelError::Timeout),
         }
     }
 
