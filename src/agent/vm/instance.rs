@@ -208,3 +208,31 @@ pub(super) async fn send_init(vm: &Arc<Vm>, first: bool) -> Result<(), ChannelEr
     });
     Ok(())
 }
+
+/// For a VM found running by a new agent: user requests wait while the guest is asked who it
+/// is, and a guest that never got its Init (the previous agent went away between the create's
+/// answer and the guest's acknowledgement) gets it now.
+pub(super) fn confirm_identity(vm: &Arc<Vm>) {
+    vm.channel.hold_identity();
+    let vm = vm.clone();
+    tokio::spawn(async move {
+        let known = match vm.channel.connect(INIT_WAIT).await {
+            Ok(hello) => hello.sandbox_id.as_deref() == Some(vm.id.as_str()),
+            Err(e) => {
+                // Requests then fail on their own (the guest is unreachable).
+                tracing::warn!(vm = %vm.id, error = %e, "could not ask the guest for its identity");
+                vm.channel.release_identity();
+                return;
+            }
+        };
+        if known {
+            vm.channel.release_identity();
+            return;
+        }
+        tracing::warn!(vm = %vm.id, "the guest never took its identity; sending it again");
+        if let Err(e) = send_init(&vm, true).await {
+            tracing::warn!(vm = %vm.id, error = %e, "could not send the guest its identity");
+            vm.channel.release_identity();
+        }
+    });
+}

@@ -179,7 +179,11 @@ impl VmManager {
         // The VM runs whatever happens now; a guest that does not answer yet is reached by the
         // next request.
         let answered = match vm.channel.connect(RESTORE_TIMEOUT).await {
-            Ok(_) => send_init(&vm, false).await.map_err(|e| e.to_string()),
+            // A guest that never had its identity (see `confirm_identity`) is held to it as a
+            // create's; otherwise only its clock is set again.
+            Ok(hello) => send_init(&vm, hello.sandbox_id.as_deref() != Some(id))
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = answered {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::instance::{Vm, wait_gone};
+use super::instance::{Vm, confirm_identity, wait_gone};
 use super::record::{read_pid, read_record};
 use super::runtime::Runtime;
 use super::vm_id::validate_id;
@@ -151,6 +151,9 @@ impl VmManager {
         rt.memory_file = record.memory_file;
         let vm = Arc::new(Vm::new(dir, record, rt));
         vm.police_guest();
+        if pid.is_some() {
+            confirm_identity(&vm);
+        }
         if pid.is_none() {
             let _ = vm.persist();
         }

@@ -441,6 +441,18 @@ impl GuestChannel {
         ack
     }
 
+    /// Holds every request for the sandbox's user until [`GuestChannel::release_identity`] or an
+    /// Init's answer: for a VM a new agent found running, whose guest may never have had the
+    /// Init a previous agent sent just before it went away.
+    pub(in crate::agent::vm) fn hold_identity(&self) {
+        self.identity.send_replace(false);
+    }
+
+    /// Lets held requests go: the guest has its identity.
+    pub(in crate::agent::vm) fn release_identity(&self) {
+        self.identity.send_replace(true);
+    }
+
     /// Returns once no Init is on its way (at most `wait`).
     pub async fn identity_settled(&self, wait: Duration) -> Result<(), ChannelError> {
         let mut rx = self.identity.subscribe();
