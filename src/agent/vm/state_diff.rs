@@ -318,7 +318,7 @@ mod tests {
         s.extend(b"ram");
         s.extend(0u32.to_be_bytes());
         s.extend(4u32.to_be_bytes());
-        s.extend((3 * PAGE + 2 * PAGE | FLAG_MEM_SIZE).to_be_bytes());
+        s.extend(((3 * PAGE + 2 * PAGE) | FLAG_MEM_SIZE).to_be_bytes());
         for (name, len) in [("mem", 3 * PAGE), ("rom", 2 * PAGE)] {
             s.push(name.len() as u8);
             s.extend(name.as_bytes());
