@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod load;
 mod pool;
 pub mod server;
+mod server_side;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

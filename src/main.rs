@@ -356,6 +356,10 @@ async fn run_server(a: Box<ServerArgs>) -> anyhow::Result<i32> {
                 _ => None,
             },
             tls_listen: a.tls_listen,
+            overcommit: server::scheduler::Overcommit {
+                vcpus_per_core: a.vcpu_overcommit,
+                memory_percent: a.memory_overcommit,
+            },
         },
         local_agent,
     )

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fleet::{self, Fleet};
 use super::load::{self, TeamTarget};
+use super::server_side;
 use crate::cli::client::ApiClient;
 use crate::proto::api::CreateSandboxRequest;
 
@@ -331,6 +332,8 @@ async fn measure(a: &ServerBenchArgs, server: &ServerProcess) -> anyhow::Result<
     );
 
     let hosts_running = fleet.run(a.heartbeat_interval, Some(a.duration), stop.clone());
+    let metrics_before = metrics(&admin).await;
+    let own_cpu_before = cpu_seconds(std::process::id());
     let cpu_before = cpu_seconds(server.pid);
     let t = Instant::now();
     eprintln!(
@@ -343,6 +346,30 @@ async fn measure(a: &ServerBenchArgs, server: &ServerProcess) -> anyhow::Result<
     let cpu = cpu_seconds(server.pid)
         .zip(cpu_before)
         .map(|(after, before)| (after - before) / wall * 100.0);
+    let own_cpu = cpu_seconds(std::process::id())
+        .zip(own_cpu_before)
+        .map(|(after, before)| (after - before) / wall * 100.0);
+    let metrics_after = metrics(&admin).await;
+    // The server's own time per request (router to response head), from its histograms.
+    let server_side = |method: &str, route: &str| {
+        let (b, a) = (
+            server_side::buckets(&metrics_before, method, route),
+            server_side::buckets(&metrics_after, method, route),
+        );
+        match (
+            server_side::quantile_ms(&b, &a, 0.5),
+            server_side::quantile_ms(&b, &a, 0.99),
+        ) {
+            (Some(p50), Some(p99)) => {
+                format!("; in the server itself p50 {p50:.1} ms, p99 {p99:.1} ms")
+            }
+            _ => String::new(),
+        }
+    };
+    let (get_side, list_side) = (
+        server_side("GET", "/v1/sandboxes/{id}"),
+        server_side("GET", "/v1/sandboxes"),
+    );
     let mem = memory_mb(server.pid);
     stop.cancel();
     let _ = hosts_running.await;
@@ -387,13 +414,13 @@ async fn measure(a: &ServerBenchArgs, server: &ServerProcess) -> anyhow::Result<
         "sandbox GET (API key)",
         &mut r.get,
         r.get_errors,
-        gt.to_string(),
+        format!("{gt}{get_side}"),
     );
     line(
         &format!("sandbox list (API key, ~{per_team} rows)"),
         &mut r.list,
         r.list_errors,
-        lt,
+        format!("{lt}{list_side}"),
     );
     let mut hb = std::mem::take(&mut *st.heartbeats.lock().unwrap_or_else(|p| p.into_inner()));
     let mut rf = std::mem::take(&mut *st.refreshes.lock().unwrap_or_else(|p| p.into_inner()));
@@ -419,6 +446,11 @@ async fn measure(a: &ServerBenchArgs, server: &ServerProcess) -> anyhow::Result<
             "| CPU during the load (user + system) | {cpu:.0}% of one core |\n"
         ));
     }
+    if let Some(own) = own_cpu {
+        md.push_str(&format!(
+            "| CPU of the load generator and the simulated hosts (this process, same machine) | {own:.0}% of one core |\n"
+        ));
+    }
     if let Some((rss, peak)) = mem {
         md.push_str(&format!(
             "| resident memory after the load | {rss:.0} MB |\n| peak resident memory | {peak:.0} MB |\n"
@@ -441,6 +473,18 @@ async fn measure(a: &ServerBenchArgs, server: &ServerProcess) -> anyhow::Result<
         + st.heartbeat_errors.load(Ordering::Relaxed)
         + st.refresh_errors.load(Ordering::Relaxed);
     Ok((md, errors))
+}
+
+/// The server's `/metrics` exposition (the bench's admin is the platform admin); empty if it
+/// cannot be read.
+async fn metrics(admin: &ApiClient) -> String {
+    match admin.raw(reqwest::Method::GET, "/metrics", None).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("bench server: cannot read /metrics: {e}");
+            String::new()
+        }
+    }
 }
 
 #[cfg(test)]

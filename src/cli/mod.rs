@@ -260,6 +260,15 @@ pub struct ServerArgs {
     /// browsers and SDKs, plain HTTP on a private address for agents). Default: HTTPS on --listen.
     #[arg(long, env = "SANDBOXCTL_TLS_LISTEN", requires = "tls_cert")]
     pub tls_listen: Option<SocketAddr>,
+    /// How many vCPUs the scheduler places on a host per CPU core (idle sandboxes use little
+    /// CPU; memory is usually the real limit). 1 to 256.
+    #[arg(long, env = "SANDBOXCTL_VCPU_OVERCOMMIT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub vcpu_overcommit: u32,
+    /// How much sandbox memory the scheduler promises a host, in percent of the host's memory
+    /// (100: never more than it has; above, idle sandboxes from one template share most of their
+    /// pages, but a host whose sandboxes touch all their RAM runs out). 100 to 1000.
+    #[arg(long, env = "SANDBOXCTL_MEMORY_OVERCOMMIT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(100..=1000))]
+    pub memory_overcommit: u32,
     /// The admin account created on a fresh server with --local-agent.
     #[arg(
         long,

@@ -62,6 +62,8 @@ pub struct Settings {
     pub metrics_token: Option<crate::crypto::Secret>,
     /// `{port}-{sandbox_id}.{DOMAIN}` reaches a sandbox's port (`--sandbox-domain`).
     pub sandbox_domain: Option<String>,
+    /// How far hosts' CPU and memory may be promised (`--vcpu-overcommit`, `--memory-overcommit`).
+    pub overcommit: scheduler::Overcommit,
 }
 
 #[derive(Clone)]
@@ -108,7 +110,7 @@ impl AppState {
             db,
             pool: Arc::new(HostClientPool::new(keys.clone())),
             keys,
-            scheduler: Arc::new(RoundRobinScheduler::default()),
+            scheduler: Arc::new(RoundRobinScheduler::new(settings.overcommit)),
             settings: Arc::new(settings),
             limits: Arc::new(ratelimit::AuthLimits::default()),
             bootstrap: Arc::new(bootstrap::Bootstrap::new(data_dir)),
@@ -217,6 +219,7 @@ pub struct ServerConfig {
     pub tls: Option<listener::TlsFiles>,
     /// Serve HTTPS here, and plain HTTP on `listen` (default: HTTPS on `listen`).
     pub tls_listen: Option<SocketAddr>,
+    pub overcommit: scheduler::Overcommit,
 }
 
 /// Work that goes with the server, given its state: the single-machine setup (`sandboxctl server
@@ -276,6 +279,7 @@ pub async fn run(cfg: ServerConfig, companion: Option<Companion>) -> anyhow::Res
             team_quota: cfg.team_quota,
             metrics_token: cfg.metrics_token.clone(),
             sandbox_domain: cfg.sandbox_domain.clone(),
+            overcommit: cfg.overcommit,
         },
     )?;
     // Nothing is answered before this: the local setup's admin exists before anyone can sign up.

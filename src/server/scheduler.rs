@@ -27,9 +27,32 @@ pub struct PlacementRequest {
     pub base_template: Option<String>,
 }
 
-/// vCPUs may be overcommitted this many times over the host's cores: sandboxes are mostly idle,
-/// memory is the real limit.
-pub const VCPU_OVERCOMMIT: u32 = 16;
+/// vCPUs may be overcommitted this many times over the host's cores unless the server is told
+/// otherwise (`--vcpu-overcommit`): sandboxes are mostly idle, memory is the real limit.
+pub const DEFAULT_VCPU_OVERCOMMIT: u32 = 16;
+
+/// How much of its sandboxes' memory a host may be promised, in percent of its own: by default
+/// no more than it has (`--memory-overcommit`; idle sandboxes restored from one template share
+/// most of their pages, but one that touches all its RAM gets it).
+pub const DEFAULT_MEMORY_OVERCOMMIT_PERCENT: u32 = 100;
+
+/// How far the scheduler may promise a host's CPU and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overcommit {
+    /// vCPUs per core.
+    pub vcpus_per_core: u32,
+    /// Sandbox memory in percent of the host's.
+    pub memory_percent: u32,
+}
+
+impl Default for Overcommit {
+    fn default() -> Self {
+        Overcommit {
+            vcpus_per_core: DEFAULT_VCPU_OVERCOMMIT,
+            memory_percent: DEFAULT_MEMORY_OVERCOMMIT_PERCENT,
+        }
+    }
+}
 
 pub trait Scheduler: Send + Sync {
     /// The chosen host, or the reason none fits.
@@ -40,6 +63,7 @@ pub trait Scheduler: Send + Sync {
 pub fn eligible<'a>(
     hosts: &'a [Candidate],
     req: &PlacementRequest,
+    overcommit: Overcommit,
 ) -> Result<Vec<&'a Candidate>, String> {
     if hosts.is_empty() {
         return Err("no host is online".into());
@@ -75,8 +99,9 @@ pub fn eligible<'a>(
     let fits: Vec<&Candidate> = visible
         .into_iter()
         .filter(|h| {
-            h.used_memory_mb + u64::from(req.memory_mb) <= h.memory_mb
-                && h.used_vcpus + req.vcpus <= h.cpu_cores * VCPU_OVERCOMMIT
+            h.used_memory_mb + u64::from(req.memory_mb)
+                <= h.memory_mb * u64::from(overcommit.memory_percent) / 100
+                && h.used_vcpus + req.vcpus <= h.cpu_cores.saturating_mul(overcommit.vcpus_per_core)
                 && req.vcpus <= h.cpu_cores
         })
         .collect();
@@ -90,14 +115,29 @@ pub fn eligible<'a>(
 }
 
 /// Round-robin over the eligible hosts.
-#[derive(Default)]
 pub struct RoundRobinScheduler {
     next: AtomicUsize,
+    overcommit: Overcommit,
+}
+
+impl RoundRobinScheduler {
+    pub fn new(overcommit: Overcommit) -> RoundRobinScheduler {
+        RoundRobinScheduler {
+            next: AtomicUsize::new(0),
+            overcommit,
+        }
+    }
+}
+
+impl Default for RoundRobinScheduler {
+    fn default() -> Self {
+        RoundRobinScheduler::new(Overcommit::default())
+    }
 }
 
 impl Scheduler for RoundRobinScheduler {
     fn place(&self, hosts: &[Candidate], req: &PlacementRequest) -> Result<String, String> {
-        let fits = eligible(hosts, req)?;
+        let fits = eligible(hosts, req, self.overcommit)?;
         let i = self.next.fetch_add(1, Ordering::Relaxed) % fits.len();
         Ok(fits[i].host_id.clone())
     }
@@ -172,5 +212,28 @@ mod tests {
         let mut debian = req("t");
         debian.base_template = Some("debian".into());
         assert!(s.place(&hosts, &debian).unwrap_err().contains("debian"));
+    }
+
+    #[test]
+    fn cpu_and_memory_are_overcommitted_as_configured() {
+        // 2 cores and 4 GiB: 32 vCPUs and 4 GiB by default; 100 vCPUs and 6 GiB with 50× and 150%.
+        let mut h = host("h", None);
+        h.used_vcpus = 32;
+        let one =
+            |s: &RoundRobinScheduler, h: &Candidate| s.place(std::slice::from_ref(h), &req("t"));
+        assert!(one(&RoundRobinScheduler::default(), &h).is_err());
+        let wide = RoundRobinScheduler::new(Overcommit {
+            vcpus_per_core: 50,
+            memory_percent: 150,
+        });
+        assert_eq!(one(&wide, &h).unwrap(), "h");
+        h.used_vcpus = 100;
+        assert!(one(&wide, &h).unwrap_err().contains("room"));
+        h.used_vcpus = 0;
+        h.used_memory_mb = 4096;
+        assert!(one(&RoundRobinScheduler::default(), &h).is_err());
+        assert_eq!(one(&wide, &h).unwrap(), "h");
+        h.used_memory_mb = 6144 - 255;
+        assert!(one(&wide, &h).is_err());
     }
 }
