@@ -51,7 +51,26 @@ pub struct Db {
     /// the writer). In WAL mode a reader sees the last commit and neither waits for the writer
     /// nor holds it up.
     readers: Arc<Readers>,
+    /// Turns at the connections, handed out in order (a permit per connection): a call waits
+    /// here, as a task, instead of as one more blocking thread asleep on a connection's lock.
+    turns: Turns,
     timings: DbTimings,
+}
+
+/// The queues in front of the writer and the readers.
+#[derive(Clone)]
+struct Turns {
+    write: Arc<tokio::sync::Semaphore>,
+    read: Arc<tokio::sync::Semaphore>,
+}
+
+impl Turns {
+    fn new(readers: usize) -> Turns {
+        Turns {
+            write: Arc::new(tokio::sync::Semaphore::new(1)),
+            read: Arc::new(tokio::sync::Semaphore::new(readers.max(1))),
+        }
+    }
 }
 
 /// How many read-only connections a file database keeps.
@@ -140,6 +159,7 @@ impl Db {
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
             readers: Arc::new(readers),
+            turns: Turns::new(READERS),
             timings: DbTimings::default(),
         })
     }
@@ -151,6 +171,7 @@ impl Db {
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
             readers: Arc::new(Readers::default()),
+            turns: Turns::new(0),
             timings: DbTimings::default(),
         })
     }
@@ -178,7 +199,9 @@ impl Db {
         let conn = self.conn.clone();
         let timings = self.timings.clone();
         let asked = std::time::Instant::now();
+        let turn = self.turns.write.clone().acquire_owned().await.ok();
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
             let started = std::time::Instant::now();
             timings.wait.observe((started - asked).as_secs_f64());
@@ -204,7 +227,9 @@ impl Db {
         let readers = self.readers.clone();
         let timings = self.timings.clone();
         let asked = std::time::Instant::now();
+        let turn = self.turns.read.clone().acquire_owned().await.ok();
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let guard = readers.get().expect("readers exist");
             let started = std::time::Instant::now();
             timings.wait.observe((started - asked).as_secs_f64());
