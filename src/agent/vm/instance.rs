@@ -2,7 +2,7 @@
 //! lock its pause, resume and snapshot take.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -200,6 +200,8 @@ pub(super) async fn send_init(vm: &Arc<Vm>, first: bool) -> Result<(), ChannelEr
                 let skew = init.time_unix_ms as i64 - ack.previous_time_unix_ms as i64;
                 tracing::debug!(vm = %vm.id, skew_ms = skew, "guest clock set");
             }
+            // Deleted before the guest answered: nothing to tell.
+            Err(ChannelError::Closed) if vm.destroyed.load(Ordering::Acquire) => {}
             Err(e) => {
                 e.count();
                 tracing::warn!(vm = %vm.id, first, error = %e, "the guest did not take its Init");

@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use anyhow::{Context, bail, ensure};
@@ -61,7 +61,14 @@ pub fn drop_template_pages(
     template: &Path,
 ) -> anyhow::Result<Filtered> {
     let mut r = BufReader::with_capacity(1 << 20, File::open(src)?);
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(dst)?);
+    // The guest's memory: readable by no one else (as the state QEMU wrote).
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dst)?;
+    let mut w = BufWriter::with_capacity(1 << 20, out);
     let template = File::open(template).with_context(|| format!("open {}", template.display()))?;
     let template_len = template.metadata()?.len();
     let mut f = Filter {
