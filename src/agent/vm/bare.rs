@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::channel::GuestChannel;
+use super::instance::new_init;
 use super::qmp::Qmp;
 use super::snapshot::{DEFAULT_SHAPE, STATE_LIMIT, Snapshot, link_snapshot_files};
-use super::{AccelChoice, INCOMING, qemu};
+use super::{Accel, AccelChoice, INCOMING, qemu};
 use crate::agent::images::{self, Kernel};
 
 /// One cold boot of `template` from the agent data dir's images; the VM is killed afterwards.
@@ -43,9 +44,7 @@ pub async fn bare_cold_boot(
         let channel = GuestChannel::new(&dir, qemu::AGENT_SOCK);
         let answered = channel.connect(Duration::from_secs(90)).await;
         let elapsed = t.elapsed();
-        channel.close();
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        stop(&channel, &mut child).await;
         answered.map_err(|e| anyhow::anyhow!("the guest did not answer: {e}"))?;
         Ok(elapsed)
     }
@@ -119,40 +118,18 @@ async fn restore_then(
         qemu::link_file(&snap.dir.join(qemu::STATE), &dir.join(INCOMING), false)?;
         qemu::link_file(&kernel.vmlinuz, &dir.join(qemu::KERNEL), true)?;
         qemu::create_overlay(&dir, qemu::DISK, snap.meta.top(), "qcow2").await?;
-        let spec = qemu::LaunchSpec {
-            id: "sbx_bench_bare",
-            vcpus: snap.meta.vcpus,
-            memory_mb: snap.meta.memory_mb,
-            net: if snap.meta.network {
-                qemu::NetDev::Hub
-            } else {
-                qemu::NetDev::None
-            },
-            confined: false,
-            accel: &accel,
-            tsc_khz: qemu::host_tsc_khz(),
-            memory: if snap.meta.memory_file {
-                qemu::Memory::File {
-                    path: qemu::MEM,
-                    shared: false,
-                }
-            } else {
-                qemu::Memory::Anonymous
-            },
-            disk: qemu::DISK,
-            incoming: true,
-        };
+        let spec = incoming_spec(
+            "sbx_bench_bare",
+            &accel,
+            (snap.meta.vcpus, snap.meta.memory_mb),
+            snap.meta.network,
+            snap.meta.memory_file,
+        );
         let mut child = qemu::spawn(&dir, &qemu::args(&spec), None, None, false)?;
         let channel = GuestChannel::new(&dir, qemu::AGENT_SOCK);
         let restored = async {
-            let mut q = Qmp::connect_wait(&dir, qemu::QMP_SOCK, Duration::from_secs(10)).await?;
-            if snap.meta.memory_file {
-                q.set_ignore_shared(true).await?;
-            }
-            q.load_state(INCOMING, STATE_LIMIT).await?;
-            let (hello, cont) = tokio::join!(channel.connect(Duration::from_secs(30)), q.cont());
-            cont?;
-            hello.map_err(|e| anyhow::anyhow!("the restored guest did not answer: {e}"))?;
+            // A boot snapshot with a RAM file was saved with x-ignore-shared.
+            load_until_answer(&dir, &channel, INCOMING, snap.meta.memory_file).await?;
             let mut out = BareRoundTrips {
                 restore: t.elapsed(),
                 ..Default::default()
@@ -160,16 +137,7 @@ async fn restore_then(
             if round_trips > 0 {
                 // The round trips run on a guest in a sandbox's state: with an identity, clock
                 // and entropy, as the agent gives every sandbox.
-                let mut entropy = vec![0u8; 64];
-                rand::RngExt::fill(&mut rand::rng(), &mut entropy[..]);
-                let init = crate::proto::guest::Init {
-                    sandbox_id: "sbx-bench-bare".into(),
-                    env: Default::default(),
-                    time_unix_ms: super::now_unix_ms(),
-                    entropy,
-                    hostname: None,
-                    access_token: None,
-                };
+                let init = new_init("sbx-bench-bare", &Default::default(), None);
                 let wait = Duration::from_secs(20);
                 let s = channel.begin_init(&init, wait).await?;
                 channel.finish_init(s, Instant::now() + wait, true).await?;
@@ -201,9 +169,7 @@ async fn restore_then(
             anyhow::Ok(out)
         }
         .await;
-        channel.close();
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        stop(&channel, &mut child).await;
         restored
     }
     .await;
@@ -244,51 +210,87 @@ pub async fn bare_resume(
                 qemu::link_file(&e.path(), &dir.join(n), true)?;
             }
         }
-        let memory_file = record.memory_file && dir.join(qemu::MEM).is_file();
-        let spec = qemu::LaunchSpec {
-            id: "sbx_bench_bare_resume",
-            vcpus: record.vcpus,
-            memory_mb: record.memory_mb,
-            net: if record.network {
-                qemu::NetDev::Hub
-            } else {
-                qemu::NetDev::None
-            },
-            confined: false,
-            accel: &accel,
-            tsc_khz: qemu::host_tsc_khz(),
-            memory: if memory_file {
-                qemu::Memory::File {
-                    path: qemu::MEM,
-                    shared: false,
-                }
-            } else {
-                qemu::Memory::Anonymous
-            },
-            disk: qemu::DISK,
-            incoming: true,
-        };
+        let spec = incoming_spec(
+            "sbx_bench_bare_resume",
+            &accel,
+            (record.vcpus, record.memory_mb),
+            record.network,
+            record.memory_file && dir.join(qemu::MEM).is_file(),
+        );
         let t = Instant::now();
         let mut child = qemu::spawn(&dir, &qemu::args(&spec), None, None, false)?;
         let channel = GuestChannel::new(&dir, qemu::AGENT_SOCK);
-        let resumed = async {
-            let mut q = Qmp::connect_wait(&dir, qemu::QMP_SOCK, Duration::from_secs(10)).await?;
-            q.set_ignore_shared(false).await?;
-            q.load_state(qemu::STATE, STATE_LIMIT).await?;
-            let (hello, cont) = tokio::join!(channel.connect(Duration::from_secs(30)), q.cont());
-            cont?;
-            hello.map_err(|e| anyhow::anyhow!("the resumed guest did not answer: {e}"))?;
-            anyhow::Ok(t.elapsed())
-        }
-        .await;
-        channel.close();
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        // A pause saves without x-ignore-shared (see `lifecycle`).
+        let resumed = load_until_answer(&dir, &channel, qemu::STATE, false)
+            .await
+            .map(|()| t.elapsed());
+        stop(&channel, &mut child).await;
         resumed
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// The command line of a bare QEMU standing in for a VM of `shape` (vCPUs, MB): unconfined, its
+/// network device attached to nothing, waiting for incoming state, its RAM the folder's RAM file
+/// mapped privately when `memory_file` (as the agent maps a template's RAM), else anonymous.
+fn incoming_spec<'a>(
+    id: &'a str,
+    accel: &'a Accel,
+    shape: (u32, u32),
+    network: bool,
+    memory_file: bool,
+) -> qemu::LaunchSpec<'a> {
+    qemu::LaunchSpec {
+        id,
+        vcpus: shape.0,
+        memory_mb: shape.1,
+        net: if network {
+            qemu::NetDev::Hub
+        } else {
+            qemu::NetDev::None
+        },
+        confined: false,
+        accel,
+        tsc_khz: qemu::host_tsc_khz(),
+        memory: if memory_file {
+            qemu::Memory::File {
+                path: qemu::MEM,
+                shared: false,
+            }
+        } else {
+            qemu::Memory::Anonymous
+        },
+        disk: qemu::DISK,
+        incoming: true,
+    }
+}
+
+/// Loads the saved state `state` into the bare QEMU waiting in `dir` (with x-ignore-shared when
+/// it was saved so), continues it and returns once its guest answers on `channel`.
+async fn load_until_answer(
+    dir: &Path,
+    channel: &GuestChannel,
+    state: &str,
+    ignore_shared: bool,
+) -> anyhow::Result<()> {
+    let mut q = Qmp::connect_wait(dir, qemu::QMP_SOCK, Duration::from_secs(10)).await?;
+    if ignore_shared {
+        q.set_ignore_shared(true).await?;
+    }
+    q.load_state(state, STATE_LIMIT).await?;
+    let (hello, cont) = tokio::join!(channel.connect(Duration::from_secs(30)), q.cont());
+    cont?;
+    hello.map_err(|e| anyhow::anyhow!("the restored guest did not answer: {e}"))?;
+    Ok(())
+}
+
+/// Ends a bare VM: its channel closed, QEMU killed and reaped.
+async fn stop(channel: &GuestChannel, child: &mut tokio::process::Child) {
+    channel.close();
+    let _ = child.start_kill();
+    let _ = child.wait().await;
 }
 
 fn kernel_and_template(

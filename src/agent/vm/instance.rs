@@ -171,6 +171,24 @@ pub(super) async fn wait_gone(pid: u32, exited: Option<watch::Receiver<bool>>, l
     }
 }
 
+/// A sandbox's identity as of now: its id, env and token, the host's clock and fresh entropy.
+pub(super) fn new_init(
+    sandbox_id: &str,
+    env: &std::collections::BTreeMap<String, String>,
+    access_token: Option<String>,
+) -> Init {
+    let mut entropy = vec![0u8; 64];
+    rand::rng().fill(&mut entropy[..]);
+    Init {
+        sandbox_id: sandbox_id.to_string(),
+        env: env.clone(),
+        time_unix_ms: now_unix_ms(),
+        entropy,
+        hostname: None,
+        access_token,
+    }
+}
+
 /// How long a guest gets to take its Init.
 pub(super) const INIT_WAIT: Duration = Duration::from_secs(20);
 
@@ -181,16 +199,7 @@ pub(super) const INIT_WAIT: Duration = Duration::from_secs(20);
 /// sandbox's identity (a create), so a guest that does not take it is stopped; otherwise (a
 /// resume) only the clock is late and that is logged.
 pub(super) async fn send_init(vm: &Arc<Vm>, first: bool) -> Result<(), ChannelError> {
-    let mut entropy = vec![0u8; 64];
-    rand::rng().fill(&mut entropy[..]);
-    let init = Init {
-        sandbox_id: vm.id.clone(),
-        env: vm.record.env.clone(),
-        time_unix_ms: now_unix_ms(),
-        entropy,
-        hostname: None,
-        access_token: vm.record.access_token.clone(),
-    };
+    let init = new_init(&vm.id, &vm.record.env, vm.record.access_token.clone());
     let deadline = Instant::now() + INIT_WAIT;
     let stream = vm.channel.begin_init(&init, INIT_WAIT).await?;
     let vm = vm.clone();

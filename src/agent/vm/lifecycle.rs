@@ -523,9 +523,11 @@ async fn lighten(dir: &std::path::Path) -> bool {
         }
         r
     })
-    .await;
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
     match done {
-        Ok(Ok(f)) => {
+        Ok(f) => {
             tracing::debug!(
                 pages = f.pages,
                 dropped = f.dropped,
@@ -534,12 +536,8 @@ async fn lighten(dir: &std::path::Path) -> bool {
             );
             true
         }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %format!("{e:#}"), "keeping the whole RAM in the paused state (a heavier resume)");
-            false
-        }
         Err(e) => {
-            tracing::warn!(error = %e, "keeping the whole RAM in the paused state (a heavier resume)");
+            tracing::warn!(error = %format!("{e:#}"), "keeping the whole RAM in the paused state (a heavier resume)");
             false
         }
     }

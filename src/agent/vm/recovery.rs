@@ -153,8 +153,7 @@ impl VmManager {
         vm.police_guest();
         if pid.is_some() {
             confirm_identity(&vm);
-        }
-        if pid.is_none() {
+        } else {
             let _ = vm.persist();
         }
         Ok(vm)

@@ -1,8 +1,6 @@
 """Output streams while a background command runs (async SDK); a PTY with a resize."""
 
 import asyncio
-import os
-import sys
 
 from e2b import CommandExitException
 
@@ -71,8 +69,4 @@ async def main():
     print("streaming ok")
 
 
-asyncio.run(main())
-# Everything was checked above. On a loaded machine the interpreter's teardown of the SDK's
-# async transports has aborted (SIGABRT, after "streaming ok"): leave without that teardown.
-sys.stdout.flush()
-os._exit(0)
+sdk.run_async(main)

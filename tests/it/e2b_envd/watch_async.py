@@ -1,8 +1,6 @@
 """WatchDir (the async SDK's streaming watch)."""
 
 import asyncio
-import os
-import sys
 
 from e2b import FilesystemEventType
 
@@ -36,8 +34,4 @@ async def main():
     print("watch ok")
 
 
-asyncio.run(main())
-# Everything was checked above. On a loaded machine the interpreter's teardown of the SDK's
-# async transports has aborted (SIGABRT, after "watch ok"): leave without that teardown.
-sys.stdout.flush()
-os._exit(0)
+sdk.run_async(main)

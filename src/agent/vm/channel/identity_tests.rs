@@ -78,15 +78,34 @@ async fn connected() -> (tempfile::TempDir, GuestChannel, FarEnd) {
     (dir, channel, connected)
 }
 
-fn init() -> Init {
-    Init {
-        sandbox_id: "sbx-new".into(),
-        env: Default::default(),
-        time_unix_ms: 1,
-        entropy: vec![1; 64],
-        hostname: None,
-        access_token: None,
-    }
+/// What both tests start with, as a create's caller would: the Init sent (the far end has read
+/// it; its stream id) and a command started right after it.
+async fn init_then_command(
+    channel: GuestChannel,
+    far: &mut FarEnd,
+) -> (
+    Arc<GuestChannel>,
+    GuestStream,
+    u64,
+    tokio::task::JoinHandle<Result<CapturedOutput, ChannelError>>,
+) {
+    let init = crate::agent::vm::instance::new_init("sbx-new", &Default::default(), None);
+    let pending = channel
+        .begin_init(&init, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let f = far.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(f.kind, FrameKind::Init);
+    let channel = Arc::new(channel);
+    let exec = tokio::spawn({
+        let channel = channel.clone();
+        async move {
+            channel
+                .exec(&true_cmd(), 1024, Duration::from_secs(10))
+                .await
+        }
+    });
+    (channel, pending, f.id, exec)
 }
 
 fn true_cmd() -> ExecStart {
@@ -101,22 +120,7 @@ fn true_cmd() -> ExecStart {
 #[tokio::test]
 async fn a_command_waits_for_the_identity() {
     let (_dir, channel, mut far) = connected().await;
-    let pending = channel
-        .begin_init(&init(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let f = far.next(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(f.kind, FrameKind::Init);
-    let init_id = f.id;
-    let channel = Arc::new(channel);
-    let exec = tokio::spawn({
-        let channel = channel.clone();
-        async move {
-            channel
-                .exec(&true_cmd(), 1024, Duration::from_secs(10))
-                .await
-        }
-    });
+    let (channel, pending, init_id, exec) = init_then_command(channel, &mut far).await;
     // The slow guest: nothing but health traffic may arrive before it answers.
     let held = Instant::now();
     while held.elapsed() < Duration::from_millis(500) {
@@ -161,26 +165,12 @@ async fn a_command_waits_for_the_identity() {
 #[tokio::test]
 async fn a_guest_that_refuses_its_identity_serves_nothing() {
     let (_dir, channel, mut far) = connected().await;
-    let pending = channel
-        .begin_init(&init(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let f = far.next(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(f.kind, FrameKind::Init);
-    let channel = Arc::new(channel);
-    let exec = tokio::spawn({
-        let channel = channel.clone();
-        async move {
-            channel
-                .exec(&true_cmd(), 1024, Duration::from_secs(10))
-                .await
-        }
-    });
+    let (channel, pending, init_id, exec) = init_then_command(channel, &mut far).await;
     let refusal = ErrorMsg {
         message: "no".into(),
         code: None,
     };
-    far.send(Frame::json(FrameKind::Error, f.id, &refusal))
+    far.send(Frame::json(FrameKind::Error, init_id, &refusal))
         .await;
     let e = channel
         .finish_init(pending, Instant::now() + Duration::from_secs(5), true)
